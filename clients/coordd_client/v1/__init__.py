@@ -1,0 +1,1 @@
+"""Generated coordd.v1 messages and stubs (make protos)."""

@@ -1,0 +1,3 @@
+from coordd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,401 @@
+"""The interceptor chain: observability (request id, logs, metrics, error mapping, limits,
+stream shutdown) -> authentication and authorization -> idempotency -> servicer.
+
+Each interceptor wraps the servicer's behaviour, so an error raised by an inner layer is
+mapped to a status by the outer one, and the outer one sees the final code for its logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+from coordd_client.v1 import options_pb2
+from google.protobuf import descriptor, descriptor_pool
+from google.protobuf.message import Message
+
+from coordd import metrics
+from coordd.api.errors import status_for
+from coordd.domain import auth as auth_rules
+from coordd.domain import idempotency as idem
+from coordd.domain.errors import (
+    Aborted,
+    DomainError,
+    FieldViolation,
+    Internal,
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from coordd.domain.principal import ANONYMOUS, caller, current_principal
+from coordd.runtime import Runtime
+
+log = structlog.get_logger("coordd.rpc")
+
+REQUEST_ID = "x-request-id"
+IDEMPOTENCY_KEY = "idempotency-key"
+AUTHORIZATION = "authorization"
+
+Behaviour = Callable[[Any, grpc.aio.ServicerContext], Any]
+
+
+class Policy:
+    __slots__ = ("mutating", "public", "roles")
+
+    def __init__(self, public: bool, mutating: bool, roles: frozenset[str]) -> None:
+        self.public = public
+        self.mutating = mutating
+        self.roles = roles
+
+
+_PUBLIC = Policy(public=True, mutating=False, roles=frozenset())
+_policies: dict[str, Policy] = {}
+
+
+def policy_for(method: str) -> Policy:
+    """Reads (coordd.v1.policy) from the method's descriptor; other services are public."""
+    found = _policies.get(method)
+    if found is not None:
+        return found
+    policy = _PUBLIC
+    if method.startswith("/coordd."):
+        full_name = method.lstrip("/").replace("/", ".")
+        try:
+            desc = descriptor_pool.Default().FindMethodByName(full_name)
+        except KeyError:
+            desc = None
+        if desc is not None:
+            opts = desc.GetOptions().Extensions[options_pb2.policy]
+            roles = frozenset(options_pb2.common__pb2.Role.Name(r)[5:].lower() for r in opts.roles)
+            policy = Policy(public=opts.public, mutating=opts.mutating, roles=roles)
+        else:
+            policy = Policy(public=False, mutating=False, roles=frozenset())
+    _policies[method] = policy
+    return policy
+
+
+def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str:
+    for item in context.invocation_metadata() or ():
+        if item.key == key:
+            return item.value if isinstance(item.value, str) else ""
+    return ""
+
+
+class WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """Base: subclasses override `unary` (response is one message) and/or `stream`."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        return self.wrap(handler, details.method)
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        # grpc.aio tells coroutine and async-generator handlers apart with `inspect`, which
+        # sees through a partial of a plain function but not through a lambda.
+        req_des, resp_ser = handler.request_deserializer, handler.response_serializer
+        if handler.unary_unary:
+            inner = handler.unary_unary
+            return grpc.unary_unary_rpc_method_handler(
+                functools.partial(type(self).unary, self, method, inner), req_des, resp_ser
+            )
+        if handler.unary_stream:
+            inner = handler.unary_stream
+            return grpc.unary_stream_rpc_method_handler(
+                functools.partial(type(self).stream, self, method, inner), req_des, resp_ser
+            )
+        if handler.stream_unary:
+            inner = handler.stream_unary
+            return grpc.stream_unary_rpc_method_handler(
+                functools.partial(type(self).unary, self, method, inner), req_des, resp_ser
+            )
+        inner = handler.stream_stream
+        return grpc.stream_stream_rpc_method_handler(
+            functools.partial(type(self).stream, self, method, inner), req_des, resp_ser
+        )
+
+    async def unary(self, method: str, call: Behaviour, request: Any, context: Any) -> Any:
+        return await call(request, context)
+
+    async def stream(self, method: str, call: Behaviour, request: Any, context: Any) -> AsyncIterator[Any]:
+        async for item in call(request, context):
+            yield item
+
+
+def _long_strings(message: Message, limit: int, prefix: str = "") -> list[str]:
+    """Paths of string fields longer than `limit`, anywhere in the message."""
+    string, nested = descriptor.FieldDescriptor.TYPE_STRING, descriptor.FieldDescriptor.TYPE_MESSAGE
+    found: list[str] = []
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        if field.type == string:
+            values = value if field.is_repeated else [value]
+            found.extend(path for v in values if len(v) > limit)
+        elif field.type == nested and field.message_type.GetOptions().map_entry:
+            for k, v in value.items():
+                if isinstance(k, str) and len(k) > limit:
+                    found.append(path)
+                if isinstance(v, str) and len(v) > limit:
+                    found.append(f"{path}[{k}]")
+                elif isinstance(v, Message):
+                    found.extend(_long_strings(v, limit, f"{path}[{k}]."))
+        elif field.type == nested and field.is_repeated:
+            for i, v in enumerate(value):
+                found.extend(_long_strings(v, limit, f"{path}[{i}]."))
+        elif field.type == nested:
+            found.extend(_long_strings(value, limit, path + "."))
+    return found
+
+
+class ObservabilityInterceptor(WrappingInterceptor):
+    """Request id, structured log line, metrics, limits, and error -> status mapping."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def _begin(self, method: str, context: Any) -> str:
+        request_id = metadata_value(context, REQUEST_ID)
+        if not request_id or len(request_id) > 128 or not request_id.isprintable():
+            request_id = uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
+        return request_id
+
+    def _check_limits(self, request: Any) -> None:
+        if isinstance(request, Message):
+            too_long = _long_strings(request, self.rt.settings.max_string_chars)
+            if too_long:
+                limit = self.rt.settings.max_string_chars
+                raise InvalidArgument(
+                    f"strings longer than {limit} characters: {', '.join(too_long)}",
+                    reason="STRING_TOO_LONG",
+                    violations=[FieldViolation(p, f"at most {limit} characters") for p in too_long],
+                )
+
+    async def _fail(self, context: Any, request_id: str, exc: BaseException) -> str:
+        """Aborts the call with the mapped status; returns the code name for the log."""
+        if isinstance(exc, DomainError):
+            status = status_for(exc)
+            level = "warning" if exc.code in ("UNAVAILABLE", "ABORTED") else "info"
+            getattr(log, level)("rpc rejected", code=exc.code, reason=exc.reason, error=exc.message)
+        else:
+            log.error("rpc failed", exc_info=exc)
+            status = status_for(Internal(f"internal error; request id {request_id}"))
+        trailers = (*tuple(status.trailing_metadata or ()), (REQUEST_ID, request_id))
+        await context.abort(status.code, status.details, trailers)
+        return status.code.name  # pragma: no cover - abort raises
+
+    @staticmethod
+    def _code_of(context: Any) -> str:
+        code = context.code() if hasattr(context, "code") else None
+        if isinstance(code, grpc.StatusCode):
+            return code.name
+        return "UNKNOWN" if code else "OK"
+
+    def _finish(self, method: str, code: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        metrics.RPCS.labels(method, code).inc()
+        metrics.RPC_LATENCY.labels(method).observe(elapsed)
+        log.info("rpc", code=code, duration_ms=round(elapsed * 1000, 3), caller=caller().user_id or "-")
+
+    async def unary(self, method: str, call: Behaviour, request: Any, context: Any) -> Any:
+        request_id = self._begin(method, context)
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            self._check_limits(request)
+            if isinstance(request, Message):
+                response = await call(request, context)
+            else:
+                response = await self._until_shutdown(call(request, context), context)
+            context.set_trailing_metadata(((REQUEST_ID, request_id),))
+            return response
+        except grpc.aio.AbortError:
+            code = self._code_of(context)
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception as exc:
+            code = exc.code if isinstance(exc, DomainError) else "INTERNAL"
+            await self._fail(context, request_id, exc)
+        finally:
+            self._finish(method, code, started)
+
+    async def _until_shutdown(self, work: Awaitable[Any], context: Any) -> Any:
+        """Client streams end with UNAVAILABLE when the daemon shuts down."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self.rt.stopping.wait())
+        self._stream_opened()
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                return task.result()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            raise Unavailable("shutting down", reason="SHUTTING_DOWN")
+        finally:
+            stop.cancel()
+            self._stream_closed()
+
+    def _stream_opened(self) -> None:
+        self.rt.open_streams += 1
+        metrics.OPEN_STREAMS.inc()
+
+    def _stream_closed(self) -> None:
+        self.rt.open_streams -= 1
+        metrics.OPEN_STREAMS.dec()
+
+    async def stream(self, method: str, call: Behaviour, request: Any, context: Any) -> AsyncIterator[Any]:
+        request_id = self._begin(method, context)
+        started = time.perf_counter()
+        code = "OK"
+        self._stream_opened()
+        stop = asyncio.ensure_future(self.rt.stopping.wait())
+        source = call(request, context)
+        try:
+            self._check_limits(request)
+            while True:
+                step = asyncio.ensure_future(source.__anext__())
+                await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if not step.done():
+                    step.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
+                        await step
+                    raise Unavailable("shutting down", reason="SHUTTING_DOWN")
+                try:
+                    item = step.result()
+                except StopAsyncIteration:
+                    break
+                yield item
+            context.set_trailing_metadata(((REQUEST_ID, request_id),))
+        except grpc.aio.AbortError:
+            code = self._code_of(context)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            code = "CANCELLED"
+            raise
+        except Exception as exc:
+            code = exc.code if isinstance(exc, DomainError) else "INTERNAL"
+            await self._fail(context, request_id, exc)
+        finally:
+            stop.cancel()
+            with contextlib.suppress(Exception):
+                await source.aclose()
+            self._stream_closed()
+            self._finish(method, code, started)
+
+
+class AuthInterceptor(WrappingInterceptor):
+    """Turns the `authorization` metadata into a Principal and checks the method's roles."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    async def _authorize(self, method: str, context: Any) -> None:
+        policy = policy_for(method)
+        header = metadata_value(context, AUTHORIZATION)
+        principal = ANONYMOUS
+        if header:
+            scheme, _, credential = header.partition(" ")
+            credential = credential.strip()
+            if scheme.lower() != "bearer" or not credential:
+                raise Unauthenticated(
+                    "authorization metadata must be 'Bearer <access token or API key>'",
+                    reason="BAD_AUTHORIZATION_HEADER",
+                )
+            if credential.startswith(auth_rules.API_KEY_PREFIX):
+                principal = await self.rt.run(auth_rules.authenticate_api_key, self.rt, credential)
+            else:
+                principal = auth_rules.authenticate_token(self.rt, credential)
+        elif not policy.public:
+            raise Unauthenticated(
+                "this call needs a credential: send 'authorization: Bearer <access token or API key>'",
+                reason="CREDENTIAL_MISSING",
+            )
+        if not policy.public and not principal.has_any(policy.roles):
+            needed = ", ".join(sorted(policy.roles))
+            raise PermissionDenied(
+                f"{method} needs one of the roles: {needed}",
+                reason="ROLE_REQUIRED",
+                metadata={"roles": needed},
+            )
+        current_principal.set(principal)
+        if principal.user_id:
+            structlog.contextvars.bind_contextvars(caller=principal.user_id)
+
+    async def unary(self, method: str, call: Behaviour, request: Any, context: Any) -> Any:
+        await self._authorize(method, context)
+        return await call(request, context)
+
+    async def stream(self, method: str, call: Behaviour, request: Any, context: Any) -> AsyncIterator[Any]:
+        await self._authorize(method, context)
+        async for item in call(request, context):
+            yield item
+
+
+class IdempotencyInterceptor(WrappingInterceptor):
+    """Replays the stored response of a keyed mutating unary call, byte for byte."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if not (handler.unary_unary and policy_for(method).mutating):
+            return handler
+        serialize = handler.response_serializer
+        inner = handler.unary_unary
+        return grpc.unary_unary_rpc_method_handler(
+            functools.partial(type(self).unary, self, method, inner),
+            handler.request_deserializer,
+            # Replays (and first responses) are already bytes: sent exactly as stored.
+            lambda value: value if isinstance(value, bytes) else serialize(value),
+        )
+
+    async def unary(self, method: str, call: Behaviour, request: Any, context: Any) -> Any:
+        key = metadata_value(context, IDEMPOTENCY_KEY)
+        if not key:
+            return await call(request, context)
+        idem.check_key(key)
+        rt = self.rt
+        scope = caller().scope
+        digest = idem.request_hash(method, request.SerializeToString(deterministic=True))
+        deadline = time.monotonic() + rt.settings.idempotency_wait_s
+        delay = 0.01
+        while True:
+            claim = await rt.run(idem.claim, rt, scope, key, method, digest)
+            if claim.action == "replay":
+                await context.send_initial_metadata((("idempotency-replayed", "true"),))
+                return claim.response
+            if claim.action == "run":
+                break
+            if time.monotonic() >= deadline:
+                raise Aborted(
+                    "a call with this idempotency-key is still running; retry later",
+                    reason="IDEMPOTENCY_KEY_IN_USE",
+                    metadata={"idempotency_key": key},
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+        try:
+            response = await call(request, context)
+        except BaseException:
+            # A failure is not a result: free the key so a retry runs again.
+            await asyncio.shield(rt.run(idem.release, rt, scope, key))
+            raise
+        data = response.SerializeToString()
+        await asyncio.shield(rt.run(idem.complete, rt, scope, key, data))
+        return data

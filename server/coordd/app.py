@@ -1,0 +1,205 @@
+"""Builds and runs the grpc.aio server: interceptors, servicers, health, reflection,
+scheduler, metrics, and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import grpc
+import structlog
+from coordd_client.v1 import auth_pb2, auth_pb2_grpc, status_pb2, status_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from coordd import metrics
+from coordd.api.auth import AuthServicer
+from coordd.api.interceptors import AuthInterceptor, IdempotencyInterceptor, ObservabilityInterceptor
+from coordd.api.status import StatusServicer
+from coordd.config import Settings
+from coordd.runtime import Runtime
+from coordd.scheduler.core import Elector, PostgresElector, Scheduler
+from coordd.scheduler.tasks import platform_tasks
+from coordd.store.db import utcnow
+from coordd.store.lock import FileLock
+from coordd.store.migrations import migrate
+
+log = structlog.get_logger("coordd")
+
+
+class StartupError(Exception):
+    """A reason the daemon cannot start, printed as one line."""
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    register: Callable[[Any, grpc.aio.Server], None]
+    make: Callable[[Runtime, Scheduler], Any]
+
+
+def services() -> list[Service]:
+    """Every coordd.v1 service; each domain adds its entry here."""
+    return [
+        Service(
+            auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+            auth_pb2_grpc.add_AuthServiceServicer_to_server,
+            lambda rt, _: AuthServicer(rt),
+        ),
+        Service(
+            status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name,
+            status_pb2_grpc.add_StatusServiceServicer_to_server,
+            StatusServicer,
+        ),
+    ]
+
+
+class App:
+    def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.rt: Runtime | None = None
+        self.server: grpc.aio.Server | None = None
+        self.scheduler: Scheduler | None = None
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self._lock: FileLock | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        self._service_names: list[str] = []
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> int:
+        s = self.settings
+        if s.backend == "sqlite":
+            self._lock = FileLock(s.db_path().with_suffix(".db.lock"))
+            self._lock.acquire()
+        try:
+            return await self._start()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+
+    async def _start(self) -> int:
+        s = self.settings
+        rt = self.rt = Runtime(s, self.clock)
+        try:
+            applied = await rt.run(migrate, rt.store)
+        except Exception as exc:
+            raise StartupError(f"cannot open the database ({s.backend}): {exc}") from None
+        if applied:
+            log.info("migrations applied", versions=applied)
+        await rt.bus.start()
+        elector = PostgresElector() if rt.store.is_postgres else Elector()
+        self.scheduler = Scheduler(rt, platform_tasks(), elector)
+        server = self.server = grpc.aio.server(
+            interceptors=[ObservabilityInterceptor(rt), AuthInterceptor(rt), IdempotencyInterceptor(rt)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", s.max_message_bytes),
+                ("grpc.max_send_message_length", s.max_message_bytes),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.max_concurrent_streams", 100_000),
+            ],
+        )
+        for service in services():
+            service.register(service.make(rt, self.scheduler), server)
+            self._service_names.append(service.name)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = [
+            *self._service_names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        reflection.enable_server_reflection(names, server)
+        try:
+            self.port = server.add_insecure_port(s.listen)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {s.listen}: {exc}") from None
+        if self.port == 0:
+            raise StartupError(f"cannot listen on {s.listen}: address in use or not available")
+        await server.start()
+        await self._set_serving(True)
+        self._health_task = asyncio.create_task(self._watch_database(), name="health")
+        if s.scheduler_enabled:
+            await self.scheduler.start()
+        try:
+            metrics.serve_metrics(s.metrics_host, s.metrics_port)
+        except OSError as exc:
+            raise StartupError(f"cannot serve metrics on {s.metrics_host}:{s.metrics_port}: {exc}") from None
+        log.info(
+            "coordd serving",
+            listen=f"{s.listen.rpartition(':')[0]}:{self.port}",
+            backend=s.backend,
+            bus=rt.bus.kind,
+            instance=rt.instance_id,
+            version=rt.version,
+        )
+        return self.port
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self._service_names):
+            await self.health.set(name, status)
+
+    async def _watch_database(self) -> None:
+        """Health follows the database: NOT_SERVING while it cannot be reached."""
+        assert self.rt is not None
+        serving = True
+        while True:
+            await asyncio.sleep(self.settings.health_check_interval_s)
+            try:
+                await asyncio.wait_for(self.rt.run(self.rt.store.ping), 5)
+                ok = True
+            except Exception as exc:
+                ok = False
+                if serving:
+                    log.error("database unreachable; health is NOT_SERVING", error=str(exc))
+            if ok != serving:
+                if ok:
+                    log.info("database reachable again; health is SERVING")
+                await self._set_serving(ok)
+                serving = ok
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stops accepting calls, lets unary calls finish within the grace period, ends
+        streams with UNAVAILABLE, then stops the scheduler and closes the pool."""
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        if self.rt is not None:
+            self.rt.stopping.set()
+        if self.server is not None:
+            await self.health.enter_graceful_shutdown()
+            await self.server.stop(grace)
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        if self.rt is not None:
+            await self.rt.bus.close()
+            await asyncio.to_thread(self.rt.close)
+        if self._lock is not None:
+            self._lock.release()
+        self._stopped.set()
+
+    async def serve_forever(self, port_file: str | None = None) -> None:
+        port = await self.start()
+        if port_file:
+            with open(port_file, "w") as fh:
+                fh.write(str(port))
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down", grace_s=self.settings.shutdown_grace_s)
+        await self.stop()
+        log.info("stopped")

@@ -1,0 +1,136 @@
+"""`coordd serve | migrate | admin ...`. Errors a user can fix print as one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import sys
+from typing import Any
+
+from coordd import __version__
+from coordd.config import ConfigError, Settings, load_settings
+from coordd.logging import configure
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(
+        args.config,
+        listen=getattr(args, "listen", None),
+        data_dir=args.data_dir,
+        database_url=args.database_url,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from coordd.app import App
+
+    settings = _settings(args)
+    configure(settings.log_format, settings.log_level)
+    asyncio.run(App(settings).serve_forever(port_file=args.port_file))
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from coordd.runtime import Runtime
+    from coordd.store.migrations import migrate
+
+    settings = _settings(args)
+    configure(settings.log_format, settings.log_level)
+    rt = Runtime(settings)
+    try:
+        applied = migrate(rt.store)
+    finally:
+        rt.close()
+    print(json.dumps({"applied": applied}))
+    return 0
+
+
+def _create_user(args: argparse.Namespace) -> int:
+    from coordd.domain import auth
+    from coordd.domain.principal import Principal, parse_roles
+    from coordd.runtime import Runtime
+    from coordd.store.migrations import migrate
+
+    settings = _settings(args)
+    configure(settings.log_format, "warning")
+    rt = Runtime(settings)
+    try:
+        migrate(rt.store)
+        password = args.password or secrets.token_urlsafe(18)
+        user = auth.create_user(
+            rt,
+            args.email,
+            password,
+            args.display_name or "",
+            args.role or ["participant"],
+            self_service=False,
+        )
+        owner = Principal(user_id=user.id, roles=parse_roles(user.roles), kind="token")
+        key, secret = auth.create_api_key(rt, owner, "bootstrap (coordd admin create-user)", [], None)
+    finally:
+        rt.close()
+    out: dict[str, Any] = {
+        "user": f"users/{user.id}",
+        "email": user.email,
+        "roles": sorted(parse_roles(user.roles)),
+        "api_key": f"apiKeys/{key.id}",
+        "api_key_secret": secret,
+    }
+    if not args.password:
+        out["password"] = password
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coordd", description="gRPC coordination daemon")
+    parser.add_argument("--version", action="version", version=f"coordd {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="TOML settings file (COORDD_* environment wins over it)")
+    common.add_argument("--data-dir", help="directory for the SQLite file and generated secrets")
+    common.add_argument("--database-url", help="postgresql://... (default: SQLite under the data dir)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", parents=[common], help="run the daemon")
+    serve.add_argument("--listen", help="host:port (port 0 picks a free one)")
+    serve.add_argument("--port-file", help="write the bound port here once serving")
+    serve.set_defaults(func=_serve)
+
+    mig = sub.add_parser("migrate", parents=[common], help="apply pending schema migrations")
+    mig.set_defaults(func=_migrate)
+
+    admin = sub.add_parser("admin", help="operator commands that work on the database directly")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    cu = admin_sub.add_parser(
+        "create-user", parents=[common], help="create a user (any role) and print an API key for it"
+    )
+    cu.add_argument("--email", required=True)
+    cu.add_argument("--role", action="append", help="repeat for several roles (default participant)")
+    cu.add_argument("--password", help="default: a generated one, printed once")
+    cu.add_argument("--display-name")
+    cu.set_defaults(func=_create_user)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from coordd.app import StartupError
+    from coordd.domain.errors import DomainError
+    from coordd.store.lock import DataDirLocked
+
+    try:
+        return int(args.func(args))
+    except (ConfigError, StartupError, DataDirLocked, PermissionError) as exc:
+        print(f"coordd: {exc}", file=sys.stderr)
+        return 2
+    except DomainError as exc:
+        print(f"coordd: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

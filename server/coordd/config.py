@@ -1,0 +1,149 @@
+"""One Settings object: defaults < optional TOML file < COORDD_* environment.
+
+Bad configuration raises ConfigError with a one-line message; the CLI prints it and exits 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass
+class Settings:
+    listen: str = "127.0.0.1:50051"
+    data_dir: str = "./var"
+    # Empty: SQLite file `coordd.db` under data_dir. Otherwise postgresql://user@host:port/db.
+    database_url: str = ""
+    db_threads: int = 8
+    db_pool_size: int = 16
+    sqlite_busy_timeout_ms: int = 10000
+    # Empty: in-process event bus. redis://host:port/db for cross-replica fan-out.
+    redis_url: str = ""
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    log_format: str = "auto"  # auto | json | console
+    log_level: str = "info"
+    # Empty: a secret is generated into data_dir/jwt.secret (0600) on first start.
+    jwt_secret: str = ""
+    access_token_ttl_s: int = 3600
+    # Argon2id cost; tests lower it. RFC 9106's second recommendation is 64 MiB, t=3.
+    argon2_memory_kib: int = 65536
+    argon2_time_cost: int = 3
+    argon2_parallelism: int = 2
+    api_key_cache_ttl_s: float = 30.0
+    idempotency_retention_s: int = 86400
+    # How long a duplicate waits for the first call with its key before ABORTED.
+    idempotency_wait_s: float = 10.0
+    # A first call that has held its key this long is presumed dead and may be re-run.
+    idempotency_stale_s: float = 300.0
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_string_chars: int = 16384
+    shutdown_grace_s: float = 10.0
+    scheduler_enabled: bool = True
+    scheduler_lease_s: float = 10.0
+    health_check_interval_s: float = 2.0
+    # Ed25519 coordinator key; empty: generated into data_dir/coordinator.key (0600).
+    signing_key_path: str = ""
+
+    def db_path(self) -> Path:
+        return Path(self.data_dir) / "coordd.db"
+
+    @property
+    def backend(self) -> str:
+        return "postgresql" if self.database_url else "sqlite"
+
+
+_FIELDS = {f.name: f for f in fields(Settings)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = _FIELDS[name].type
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"expected a boolean, got {value!r}")
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError(f"expected an integer, got {value!r}")
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "str":
+            if not isinstance(value, str | int | float):
+                raise ValueError(f"expected a string, got {value!r}")
+            return str(value)
+    except ValueError as exc:
+        raise ConfigError(f"config {name}: {exc}") from None
+    raise ConfigError(f"config {name}: unsupported type {kind}")
+
+
+def _validate(s: Settings) -> None:
+    host, sep, port = s.listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"config listen: expected host:port, got {s.listen!r}")
+    if s.database_url and not s.database_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("config database_url: only postgresql:// URLs are supported (empty = SQLite)")
+    if s.redis_url and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("config redis_url: expected redis://host:port/db")
+    if s.log_format not in ("auto", "json", "console"):
+        raise ConfigError("config log_format: expected auto, json or console")
+    if s.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError("config log_level: expected debug, info, warning or error")
+    if not 0 <= s.metrics_port <= 65535:
+        raise ConfigError("config metrics_port: expected 0..65535")
+    for name in ("db_threads", "db_pool_size", "access_token_ttl_s", "max_message_bytes", "max_string_chars"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"config {name}: must be positive")
+    if s.jwt_secret and len(s.jwt_secret) < 32:
+        raise ConfigError("config jwt_secret: must be at least 32 characters")
+
+
+def load_settings(
+    config_file: str | None = None,
+    env: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Layers the sources; `overrides` (from CLI flags or tests) win over everything."""
+    env = dict(os.environ if env is None else env)
+    values: dict[str, Any] = {}
+    if config_file:
+        try:
+            with open(config_file, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {config_file}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file}: {exc}") from None
+        for key, value in data.items():
+            if key not in _FIELDS:
+                raise ConfigError(f"config file {config_file}: unknown setting {key!r}")
+            values[key] = _coerce(key, value)
+    for key, value in env.items():
+        if key.startswith("COORDD_") and key != "COORDD_CONFIG":
+            name = key[len("COORDD_") :].lower()
+            if name not in _FIELDS:
+                raise ConfigError(f"environment {key}: unknown setting")
+            values[name] = _coerce(name, value)
+    for key, value in overrides.items():
+        if value is not None:
+            if key not in _FIELDS:
+                raise ConfigError(f"unknown setting {key!r}")
+            values[key] = _coerce(key, value)
+    settings = dataclasses.replace(Settings(), **values)
+    _validate(settings)
+    return settings

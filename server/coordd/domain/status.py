@@ -1,0 +1,47 @@
+"""What GetStatus and ListEvents report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import peewee
+
+from coordd.store.models import ApiKey, EventLog, IdempotencyRecord, SchedulerLeader, SchedulerTaskRun, User
+from coordd.store.paging import Page, PageRequest, keyset_page
+
+SCHEDULER = "scheduler"
+
+# Each domain adds the tables it wants counted.
+COUNTED: dict[str, type[peewee.Model]] = {
+    "users": User,
+    "api_keys": ApiKey,
+    "events": EventLog,
+    "idempotency_records": IdempotencyRecord,
+}
+
+
+@dataclass(frozen=True)
+class SchedulerView:
+    leader: SchedulerLeader | None
+    tasks: list[SchedulerTaskRun]
+
+
+def counts() -> dict[str, int]:
+    return {name: model.select().count() for name, model in COUNTED.items()}
+
+
+def scheduler_view() -> SchedulerView:
+    leader = SchedulerLeader.get_or_none(SchedulerLeader.name == SCHEDULER)
+    tasks = list(SchedulerTaskRun.select().order_by(SchedulerTaskRun.name))
+    return SchedulerView(leader, tasks)
+
+
+def list_events(page: PageRequest, type_prefix: str, subject: str) -> Page[EventLog]:
+    query = EventLog.select()
+    if type_prefix:
+        query = query.where(EventLog.type.startswith(type_prefix))
+    if subject:
+        query = query.where(EventLog.subject == subject)
+    return keyset_page(
+        query, EventLog.id, page, filters={"type": type_prefix, "subject": subject}, descending=True
+    )

@@ -1,0 +1,86 @@
+"""The Runtime: what every layer needs at run time, built once by the app.
+
+`run()` is the only way async code touches the database: a bounded thread pool with the
+caller's contextvars (request id, principal) carried into the worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import os
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, ParamSpec, TypeVar
+
+import peewee
+
+from coordd import __version__
+from coordd.config import Settings
+from coordd.crypto.passwords import Passwords
+from coordd.crypto.secrets import load_or_create
+from coordd.crypto.tokens import AccessTokens
+from coordd.domain.errors import Unavailable
+from coordd.events.bus import EventBus, make_bus
+from coordd.store.db import Store, utcnow
+from coordd.store.ids import new_id
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Runtime:
+    def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow) -> None:
+        self.settings = settings
+        self.version = __version__
+        self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-6:]}"
+        self.clock = clock
+        self.start_time = clock()
+        self.start_monotonic = time.monotonic()
+        self.store = Store(settings, clock)
+        self.bus: EventBus = make_bus(self.instance_id, settings.redis_url)
+        self.store.on_commit(self.bus.publish_threadsafe)
+        self.executor = ThreadPoolExecutor(max_workers=settings.db_threads, thread_name_prefix="coordd-db")
+        data_dir = settings.data_dir
+        secret = settings.jwt_secret.encode() if settings.jwt_secret else None
+        if secret is None:
+            from pathlib import Path
+
+            secret = load_or_create(Path(data_dir) / "jwt.secret")
+        self.tokens = AccessTokens(secret, settings.access_token_ttl_s)
+        self.passwords = Passwords(
+            settings.argon2_memory_kib, settings.argon2_time_cost, settings.argon2_parallelism
+        )
+        # Set when shutdown starts: streams end with UNAVAILABLE, loops stop.
+        self.stopping = asyncio.Event()
+        self.open_streams = 0
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Runs blocking (database) work off the event loop, keeping contextvars."""
+        loop = asyncio.get_running_loop()
+        ctx = contextvars.copy_context()
+        call = functools.partial(ctx.run, self._guarded, fn, *args, **kwargs)
+        return await loop.run_in_executor(self.executor, call)
+
+    def _guarded(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+            # A broken connection is dropped so the next call on this thread reconnects.
+            with contextlib.suppress(Exception):
+                self.store.close_thread_connection()
+            raise Unavailable(
+                "the database is unavailable; retry shortly", reason="DATABASE_UNAVAILABLE"
+            ) from exc
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.store.close()

@@ -1,0 +1,176 @@
+"""Database setup and the unit of work.
+
+Every DB call runs in a bounded thread pool (see Runtime.run), never on the event loop.
+SQLite writers are serialized by a process lock and BEGIN IMMEDIATE so "database is
+locked" never reaches a client; PostgreSQL uses a connection pool.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import peewee
+from playhouse.pool import PooledPostgresqlDatabase
+
+from coordd.config import Settings
+
+database_proxy = peewee.DatabaseProxy()
+
+
+@dataclass(frozen=True)
+class Event:
+    """A committed domain event; `id` orders events across replicas."""
+
+    id: int
+    type: str
+    subject: str
+    data: dict[str, Any]
+    create_time: datetime
+
+    def to_wire(self, origin: str) -> str:
+        return json.dumps(
+            {
+                "id": self.id,
+                "type": self.type,
+                "subject": self.subject,
+                "data": self.data,
+                "create_time": self.create_time.isoformat(),
+                "origin": origin,
+            },
+            separators=(",", ":"),
+        )
+
+    @staticmethod
+    def from_wire(text: str | bytes) -> tuple[Event, str]:
+        raw = json.loads(text)
+        return (
+            Event(
+                id=int(raw["id"]),
+                type=raw["type"],
+                subject=raw["subject"],
+                data=raw["data"],
+                create_time=datetime.fromisoformat(raw["create_time"]),
+            ),
+            raw.get("origin", ""),
+        )
+
+
+@dataclass
+class Tx:
+    """Handle a domain function gets inside a write transaction."""
+
+    now: datetime
+    pending_events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def emit(self, type_: str, subject: str, data: dict[str, Any] | None = None) -> None:
+        """Records an event; it is written with the change and published after commit."""
+        self.pending_events.append((type_, subject, dict(data or {})))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _postgres(url: str, settings: Settings) -> peewee.Database:
+    parsed = urlparse(url)
+    return PooledPostgresqlDatabase(
+        (parsed.path or "/postgres").lstrip("/"),
+        user=unquote(parsed.username) if parsed.username else None,
+        password=unquote(parsed.password) if parsed.password else None,
+        host=parsed.hostname or "127.0.0.1",
+        port=parsed.port or 5432,
+        max_connections=settings.db_pool_size,
+        stale_timeout=300,
+        timeout=10,
+        connect_timeout=5,
+        autorollback=True,
+    )
+
+
+def _sqlite(path: Path, settings: Settings) -> peewee.Database:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return peewee.SqliteDatabase(
+        str(path),
+        pragmas={
+            "journal_mode": "wal",
+            "busy_timeout": settings.sqlite_busy_timeout_ms,
+            "foreign_keys": 1,
+            "synchronous": "normal",
+        },
+        timeout=settings.sqlite_busy_timeout_ms / 1000,
+    )
+
+
+class Store:
+    """Owns the peewee database and hands out transactions."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow) -> None:
+        self.settings = settings
+        self.backend = settings.backend
+        self.clock = clock
+        if settings.database_url:
+            self.db = _postgres(settings.database_url, settings)
+        else:
+            self.db = _sqlite(settings.db_path(), settings)
+        database_proxy.initialize(self.db)
+        self._write_lock = threading.Lock() if self.backend == "sqlite" else None
+        self._on_commit: list[Callable[[list[Event]], None]] = []
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.backend == "postgresql"
+
+    def on_commit(self, callback: Callable[[list[Event]], None]) -> None:
+        self._on_commit.append(callback)
+
+    @contextmanager
+    def write(self) -> Iterator[Tx]:
+        """One write transaction; events emitted inside are stored with it and published after."""
+        tx = Tx(now=self.clock())
+        if self._write_lock is not None:
+            with self._write_lock, self.db.atomic("IMMEDIATE"):
+                yield tx
+                self._store_events(tx)
+        else:
+            with self.db.atomic():
+                yield tx
+                self._store_events(tx)
+        if tx.events:
+            for callback in self._on_commit:
+                callback(tx.events)
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        """A consistent snapshot for multi-query reads."""
+        with self.db.atomic():
+            yield
+
+    def _store_events(self, tx: Tx) -> None:
+        from coordd.store.models import EventLog
+
+        for type_, subject, data in tx.pending_events:
+            row = EventLog.create(type=type_, subject=subject, data=data, create_time=tx.now)
+            tx.events.append(Event(row.id, type_, subject, data, tx.now))
+        tx.pending_events.clear()
+
+    def ping(self) -> None:
+        self.db.execute_sql("SELECT 1")
+
+    def close_thread_connection(self) -> None:
+        if not self.db.is_closed():
+            self.db.close()
+
+    def close(self) -> None:
+        if isinstance(self.db, PooledPostgresqlDatabase):
+            self.db.close_all()
+        else:
+            self.db.close()

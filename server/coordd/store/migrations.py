@@ -1,0 +1,71 @@
+"""Versioned schema migrations, applied by `coordd migrate` and on start.
+
+A migration is appended to MIGRATIONS (each domain adds its own entry), never edited once
+released. Each runs in its own transaction;
+on PostgreSQL an advisory lock keeps two replicas from migrating at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import peewee
+import structlog
+
+from coordd.store import models as m
+from coordd.store.db import Store
+
+log = structlog.get_logger(__name__)
+
+_MIGRATION_LOCK = 0x636F6F7264646D  # "coorddm"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    apply: Callable[[peewee.Database], None]
+
+
+def _create(*models: type[peewee.Model]) -> Callable[[peewee.Database], None]:
+    def apply(db: peewee.Database) -> None:
+        db.create_tables(list(models), safe=False)
+
+    return apply
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(
+        1,
+        "platform: users, api keys, idempotency, events, scheduler",
+        _create(m.User, m.ApiKey, m.IdempotencyRecord, m.EventLog, m.SchedulerLeader, m.SchedulerTaskRun),
+    ),
+]
+
+
+def applied_versions(store: Store) -> set[int]:
+    if not store.db.table_exists(m.SchemaMigration._meta.table_name):
+        return set()
+    return {row.version for row in m.SchemaMigration.select(m.SchemaMigration.version)}
+
+
+def migrate(store: Store) -> list[int]:
+    """Applies every pending migration; returns the versions applied now."""
+    db = store.db
+    with store.write():
+        if store.is_postgres:
+            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        db.create_tables([m.SchemaMigration], safe=True)
+    applied: list[int] = []
+    for migration in MIGRATIONS:
+        with store.write() as tx:
+            if store.is_postgres:
+                db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            if m.SchemaMigration.get_or_none(m.SchemaMigration.version == migration.version):
+                continue
+            migration.apply(db)
+            m.SchemaMigration.create(version=migration.version, name=migration.name, applied_time=tx.now)
+            applied.append(migration.version)
+            log.info("migration applied", version=migration.version, migration=migration.name)
+    return applied
