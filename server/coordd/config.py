@@ -28,6 +28,8 @@ class Settings:
     sqlite_busy_timeout_ms: int = 10000
     # Empty: in-process event bus. redis://host:port/db for cross-replica fan-out.
     redis_url: str = ""
+    # Channel/key prefix in Redis, so deployments (or test runs) sharing one Redis stay apart.
+    redis_prefix: str = "coordd"
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
     log_format: str = "auto"  # auto | json | console
@@ -109,6 +111,10 @@ def _validate(s: Settings) -> None:
     for name in ("db_threads", "db_pool_size", "access_token_ttl_s", "max_message_bytes", "max_string_chars"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"config {name}: must be positive")
+    if s.argon2_parallelism < 1 or s.argon2_time_cost < 1:
+        raise ConfigError("config argon2_parallelism and argon2_time_cost: must be at least 1")
+    if s.argon2_memory_kib < 8 * s.argon2_parallelism:
+        raise ConfigError("config argon2_memory_kib: must be at least 8 x argon2_parallelism")
     if s.jwt_secret and len(s.jwt_secret) < 32:
         raise ConfigError("config jwt_secret: must be at least 32 characters")
 

@@ -43,7 +43,7 @@ class Runtime:
         self.start_time = clock()
         self.start_monotonic = time.monotonic()
         self.store = Store(settings, clock)
-        self.bus: EventBus = make_bus(self.instance_id, settings.redis_url)
+        self.bus: EventBus = make_bus(self.instance_id, settings.redis_url, settings.redis_prefix)
         self.store.on_commit(self.bus.publish_threadsafe)
         self.executor = ThreadPoolExecutor(max_workers=settings.db_threads, thread_name_prefix="coordd-db")
         data_dir = settings.data_dir

@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 import structlog
-from coordd_client.v1 import options_pb2
+from coordd_client.v1 import common_pb2, options_pb2
 from google.protobuf import descriptor, descriptor_pool
 from google.protobuf.message import Message
 
@@ -74,7 +74,7 @@ def policy_for(method: str) -> Policy:
             desc = None
         if desc is not None:
             opts = desc.GetOptions().Extensions[options_pb2.policy]
-            roles = frozenset(options_pb2.common__pb2.Role.Name(r)[5:].lower() for r in opts.roles)
+            roles = frozenset(common_pb2.Role.Name(r)[5:].lower() for r in opts.roles)
             policy = Policy(public=opts.public, mutating=opts.mutating, roles=roles)
         else:
             policy = Policy(public=False, mutating=False, roles=frozenset())

@@ -16,7 +16,6 @@ from coordd.store.db import Event
 
 log = structlog.get_logger(__name__)
 
-CHANNEL = "coordd:events"
 _QUEUE_SIZE = 1024
 
 
@@ -91,8 +90,9 @@ class RedisEventBus(EventBus):
 
     kind = "redis"
 
-    def __init__(self, instance_id: str, url: str) -> None:
+    def __init__(self, instance_id: str, url: str, prefix: str) -> None:
         super().__init__(instance_id)
+        self.channel = f"{prefix}:events"
         import redis
         import redis.asyncio as aioredis
 
@@ -122,7 +122,7 @@ class RedisEventBus(EventBus):
         super().publish_threadsafe(events)
         try:
             for event in events:
-                self._sync.publish(CHANNEL, event.to_wire(self.instance_id))
+                self._sync.publish(self.channel, event.to_wire(self.instance_id))
         except Exception as exc:  # events are hints; never fail a committed change
             log.warning("redis publish failed", error=str(exc))
 
@@ -131,7 +131,7 @@ class RedisEventBus(EventBus):
         while True:
             try:
                 pubsub = self._async.pubsub()
-                await pubsub.subscribe(CHANNEL)
+                await pubsub.subscribe(self.channel)
                 self._ready.set()
                 backoff = 0.2
                 async for message in pubsub.listen():
@@ -148,5 +148,5 @@ class RedisEventBus(EventBus):
                 backoff = min(backoff * 2, 5.0)
 
 
-def make_bus(instance_id: str, redis_url: str) -> EventBus:
-    return RedisEventBus(instance_id, redis_url) if redis_url else EventBus(instance_id)
+def make_bus(instance_id: str, redis_url: str, prefix: str) -> EventBus:
+    return RedisEventBus(instance_id, redis_url, prefix) if redis_url else EventBus(instance_id)

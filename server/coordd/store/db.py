@@ -92,7 +92,6 @@ def _postgres(url: str, settings: Settings) -> peewee.Database:
         stale_timeout=300,
         timeout=10,
         connect_timeout=5,
-        autorollback=True,
     )
 
 

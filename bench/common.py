@@ -1,0 +1,72 @@
+"""Shared bench helpers: start servers as real processes, drive them with grpc.aio, report JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_coordd(extra_env: dict[str, str] | None = None, data_dir: str | None = None) -> tuple[subprocess.Popen[bytes], int, str]:
+    data = data_dir or tempfile.mkdtemp(prefix="coordd-bench-")
+    port_file = Path(data) / "port"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COORDD_")}
+    env.update({"COORDD_LOG_LEVEL": "warning", "COORDD_LOG_FORMAT": "json"})
+    env.update(extra_env or {})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coordd", "serve", "--data-dir", data, "--listen", "127.0.0.1:0", "--port-file", str(port_file)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not (port_file.exists() and port_file.read_text().strip()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("coordd did not start")
+        time.sleep(0.05)
+    return proc, int(port_file.read_text()), data
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def closed_loop(
+    call: Callable[[], Awaitable[Any]], concurrency: int, seconds: float, warmup: float = 0.5
+) -> dict[str, float]:
+    """`concurrency` callers each issue calls back to back for `seconds` (after a warm-up)."""
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + warmup + seconds
+    measure_from = time.perf_counter() + warmup
+
+    async def worker() -> None:
+        while True:
+            start = time.perf_counter()
+            if start >= stop_at:
+                return
+            await call()
+            end = time.perf_counter()
+            if start >= measure_from:
+                latencies.append(end - start)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {
+        "calls": len(latencies),
+        "rps": round(len(latencies) / seconds, 1),
+        "p50_ms": round(percentile(latencies, 50) * 1000, 3),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 3),
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 3) if latencies else 0.0,
+    }
