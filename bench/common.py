@@ -16,14 +16,27 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_coordd(extra_env: dict[str, str] | None = None, data_dir: str | None = None) -> tuple[subprocess.Popen[bytes], int, str]:
+def start_coordd(
+    extra_env: dict[str, str] | None = None, data_dir: str | None = None
+) -> tuple[subprocess.Popen[bytes], int, str]:
     data = data_dir or tempfile.mkdtemp(prefix="coordd-bench-")
     port_file = Path(data) / "port"
     env = {k: v for k, v in os.environ.items() if not k.startswith("COORDD_")}
     env.update({"COORDD_LOG_LEVEL": "warning", "COORDD_LOG_FORMAT": "json"})
     env.update(extra_env or {})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "coordd", "serve", "--data-dir", data, "--listen", "127.0.0.1:0", "--port-file", str(port_file)],
+        [
+            sys.executable,
+            "-m",
+            "coordd",
+            "serve",
+            "--data-dir",
+            data,
+            "--listen",
+            "127.0.0.1:0",
+            "--port-file",
+            str(port_file),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

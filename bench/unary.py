@@ -23,9 +23,8 @@ from pathlib import Path
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import closed_loop, start_coordd  # noqa: E402
-
-from coordd_client.v1 import auth_pb2, auth_pb2_grpc  # noqa: E402
+from common import closed_loop, start_coordd
+from coordd_client.v1 import auth_pb2, auth_pb2_grpc
 
 
 def start_echo() -> tuple[subprocess.Popen[bytes], int]:
@@ -41,17 +40,21 @@ def start_echo() -> tuple[subprocess.Popen[bytes], int]:
 
 async def run(seconds: float, concurrency: int) -> dict[str, object]:
     echo_proc, echo_port = start_echo()
-    coordd_proc, coordd_port, _ = start_coordd({"COORDD_ARGON2_MEMORY_KIB": "8", "COORDD_ARGON2_TIME_COST": "1",
-                                                "COORDD_ARGON2_PARALLELISM": "1"})
+    coordd_proc, coordd_port, _ = start_coordd(
+        {"COORDD_ARGON2_MEMORY_KIB": "8", "COORDD_ARGON2_TIME_COST": "1", "COORDD_ARGON2_PARALLELISM": "1"}
+    )
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}") as echo_channel, grpc.aio.insecure_channel(
-            f"127.0.0.1:{coordd_port}"
-        ) as coordd_channel:
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}") as echo_channel,
+            grpc.aio.insecure_channel(f"127.0.0.1:{coordd_port}") as coordd_channel,
+        ):
             echo = echo_channel.unary_unary("/bench.Echo/Echo")
             payload = auth_pb2.WhoAmIRequest().SerializeToString()
             auth = auth_pb2_grpc.AuthServiceStub(coordd_channel)
             signed = await auth.SignUp(
-                auth_pb2.SignUpRequest(email=f"bench-{uuid.uuid4().hex[:8]}@example.com", password="benchmark-password")
+                auth_pb2.SignUpRequest(
+                    email=f"bench-{uuid.uuid4().hex[:8]}@example.com", password="benchmark-password"
+                )
             )
             metadata = (("authorization", f"Bearer {signed.access_token}"),)
 

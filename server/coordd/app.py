@@ -24,7 +24,7 @@ from coordd.api.status import StatusServicer
 from coordd.config import Settings
 from coordd.runtime import Runtime
 from coordd.scheduler.core import Elector, PostgresElector, Scheduler
-from coordd.scheduler.tasks import platform_tasks
+from coordd.scheduler.tasks import all_tasks
 from coordd.store.db import utcnow
 from coordd.store.lock import FileLock
 from coordd.store.migrations import migrate
@@ -95,7 +95,7 @@ class App:
             log.info("migrations applied", versions=applied)
         await rt.bus.start()
         elector = PostgresElector() if rt.store.is_postgres else Elector()
-        self.scheduler = Scheduler(rt, platform_tasks(), elector)
+        self.scheduler = Scheduler(rt, all_tasks(), elector)
         server = self.server = grpc.aio.server(
             interceptors=[ObservabilityInterceptor(rt), AuthInterceptor(rt), IdempotencyInterceptor(rt)],
             options=[

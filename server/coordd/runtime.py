@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import peewee
@@ -24,9 +25,11 @@ from coordd import __version__
 from coordd.config import Settings
 from coordd.crypto.passwords import Passwords
 from coordd.crypto.secrets import load_or_create
+from coordd.crypto.signing import Signer
 from coordd.crypto.tokens import AccessTokens
 from coordd.domain.errors import Unavailable
 from coordd.events.bus import EventBus, make_bus
+from coordd.events.notify import Notifier
 from coordd.store.db import Store, utcnow
 from coordd.store.ids import new_id
 
@@ -45,17 +48,18 @@ class Runtime:
         self.store = Store(settings, clock)
         self.bus: EventBus = make_bus(self.instance_id, settings.redis_url, settings.redis_prefix)
         self.store.on_commit(self.bus.publish_threadsafe)
+        self.notifier = Notifier(self.bus)
         self.executor = ThreadPoolExecutor(max_workers=settings.db_threads, thread_name_prefix="coordd-db")
         data_dir = settings.data_dir
         secret = settings.jwt_secret.encode() if settings.jwt_secret else None
         if secret is None:
-            from pathlib import Path
-
             secret = load_or_create(Path(data_dir) / "jwt.secret")
         self.tokens = AccessTokens(secret, settings.access_token_ttl_s)
         self.passwords = Passwords(
             settings.argon2_memory_kib, settings.argon2_time_cost, settings.argon2_parallelism
         )
+        key_path = Path(settings.signing_key_path or Path(data_dir) / "coordinator.key")
+        self.signer = Signer.load_or_create(key_path)
         # Set when shutdown starts: streams end with UNAVAILABLE, loops stop.
         self.stopping = asyncio.Event()
         self.open_streams = 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 
@@ -55,6 +55,7 @@ class EventBus:
     def __init__(self, instance_id: str) -> None:
         self.instance_id = instance_id
         self._subscriptions: set[Subscription] = set()
+        self._listeners: list[Callable[[list[Event]], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
@@ -62,6 +63,10 @@ class EventBus:
 
     async def close(self) -> None:
         self._subscriptions.clear()
+
+    def add_listener(self, callback: Callable[[list[Event]], None]) -> None:
+        """Called on the event loop with every batch of committed events (local and remote)."""
+        self._listeners.append(callback)
 
     def subscribe(self, prefix: str = "") -> Subscription:
         sub = Subscription(self, prefix)
@@ -76,6 +81,11 @@ class EventBus:
             loop.call_soon_threadsafe(self._dispatch, events)
 
     def _dispatch(self, events: list[Event]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(events)
+            except Exception as exc:  # a broken listener must not starve the others
+                log.error("event listener failed", error=str(exc))
         for event in events:
             for sub in list(self._subscriptions):
                 sub.offer(event)

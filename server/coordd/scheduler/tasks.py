@@ -1,4 +1,5 @@
-"""The platform's scheduler tasks. Each domain appends its own in its scheduler module."""
+"""Every scheduler task. Each domain keeps its tasks in its own scheduler module and is
+listed here once."""
 
 from __future__ import annotations
 
@@ -9,4 +10,10 @@ from coordd.scheduler.core import Task
 def platform_tasks() -> list[Task]:
     return [
         Task("purge-idempotency-records", 60.0, idempotency.purge_expired),
+    ]
+
+
+def all_tasks() -> list[Task]:
+    return [
+        *platform_tasks(),
     ]
