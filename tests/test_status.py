@@ -186,3 +186,23 @@ def test_unexpected_error_is_internal_with_request_id_and_no_leak(server, monkey
     )
     assert "hunter2" not in failure.details
     assert failure.trailers["x-request-id"] in failure.details
+
+
+def test_prometheus_metrics_count_rpcs_by_method_and_code(settings_factory, clock):
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ServerHandle(settings_factory(metrics_port=port), clock)
+    try:
+        server.sign_up()
+        rpc_error(grpc.StatusCode.UNAUTHENTICATED, server.auth.WhoAmI, auth_pb2.WhoAmIRequest())
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        server.stop()
+    assert 'coordd_rpcs_total{code="OK",method="/coordd.v1.AuthService/SignUp"}' in body
+    assert 'coordd_rpcs_total{code="UNAUTHENTICATED",method="/coordd.v1.AuthService/WhoAmI"}' in body
+    assert "coordd_rpc_duration_seconds_bucket" in body
+    assert "coordd_scheduler_leader" in body

@@ -71,7 +71,7 @@ class App:
         self._lock: FileLock | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._service_names: list[str] = []
-        self._stopped = asyncio.Event()
+        self._metrics_server: Any = None
 
     async def start(self) -> int:
         s = self.settings
@@ -129,7 +129,7 @@ class App:
         if s.scheduler_enabled:
             await self.scheduler.start()
         try:
-            metrics.serve_metrics(s.metrics_host, s.metrics_port)
+            self._metrics_server = metrics.serve_metrics(s.metrics_host, s.metrics_port)
         except OSError as exc:
             raise StartupError(f"cannot serve metrics on {s.metrics_host}:{s.metrics_port}: {exc}") from None
         log.info(
@@ -186,9 +186,11 @@ class App:
         if self.rt is not None:
             await self.rt.bus.close()
             await asyncio.to_thread(self.rt.close)
+        if self._metrics_server is not None:
+            await asyncio.to_thread(self._metrics_server.shutdown)
+            self._metrics_server.server_close()
         if self._lock is not None:
             self._lock.release()
-        self._stopped.set()
 
     async def serve_forever(self, port_file: str | None = None) -> None:
         port = await self.start()

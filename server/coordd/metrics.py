@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RPCS = Counter("coordd_rpcs_total", "RPCs handled, by method and status code", ["method", "code"])
@@ -17,6 +19,9 @@ TASK_FAILURES = Counter("coordd_scheduler_task_failures_total", "Scheduler task 
 IS_LEADER = Gauge("coordd_scheduler_leader", "1 when this process runs the scheduler")
 
 
-def serve_metrics(host: str, port: int) -> None:
-    if port:
-        start_http_server(port, addr=host)
+def serve_metrics(host: str, port: int) -> Any:
+    """Starts the HTTP exporter; returns the server (call .shutdown() to stop) or None when off."""
+    if not port:
+        return None
+    server, _thread = start_http_server(port, addr=host)
+    return server

@@ -44,6 +44,22 @@ REQUEST_ID = "x-request-id"
 IDEMPOTENCY_KEY = "idempotency-key"
 AUTHORIZATION = "authorization"
 
+# Codes a healthy daemon returns in normal operation; anything else logs at warning.
+_EXPECTED_CODES = frozenset(
+    {
+        "OK",
+        "CANCELLED",
+        "INVALID_ARGUMENT",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "FAILED_PRECONDITION",
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+        "ABORTED",
+        "RESOURCE_EXHAUSTED",
+    }
+)
+
 Behaviour = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 
@@ -184,18 +200,17 @@ class ObservabilityInterceptor(WrappingInterceptor):
                     violations=[FieldViolation(p, f"at most {limit} characters") for p in too_long],
                 )
 
-    async def _fail(self, context: Any, request_id: str, exc: BaseException) -> str:
-        """Aborts the call with the mapped status; returns the code name for the log."""
+    async def _fail(self, context: Any, request_id: str, exc: BaseException) -> None:
+        """Aborts the call with the mapped status. Only unexpected errors log here (with
+        traceback); expected ones are summarised on the call's single `rpc` log line."""
         if isinstance(exc, DomainError):
+            structlog.contextvars.bind_contextvars(reason=exc.reason, error=exc.message)
             status = status_for(exc)
-            level = "warning" if exc.code in ("UNAVAILABLE", "ABORTED") else "info"
-            getattr(log, level)("rpc rejected", code=exc.code, reason=exc.reason, error=exc.message)
         else:
             log.error("rpc failed", exc_info=exc)
             status = status_for(Internal(f"internal error; request id {request_id}"))
         trailers = (*tuple(status.trailing_metadata or ()), (REQUEST_ID, request_id))
         await context.abort(status.code, status.details, trailers)
-        return status.code.name  # pragma: no cover - abort raises
 
     @staticmethod
     def _code_of(context: Any) -> str:
@@ -208,7 +223,8 @@ class ObservabilityInterceptor(WrappingInterceptor):
         elapsed = time.perf_counter() - started
         metrics.RPCS.labels(method, code).inc()
         metrics.RPC_LATENCY.labels(method).observe(elapsed)
-        log.info("rpc", code=code, duration_ms=round(elapsed * 1000, 3), caller=caller().user_id or "-")
+        level = "info" if code in _EXPECTED_CODES else "warning"
+        getattr(log, level)("rpc", code=code, duration_ms=round(elapsed * 1000, 3))
 
     async def unary(self, method: str, call: Behaviour, request: Any, context: Any) -> Any:
         request_id = self._begin(method, context)
