@@ -165,3 +165,13 @@ def test_bad_config_is_a_one_line_error(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "metrics_port" in proc.stderr
+
+
+def test_migrate_command_applies_then_reports_nothing_pending(tmp_path):
+    env = {"PATH": "/usr/bin:/bin"}
+    cmd = [sys.executable, "-m", "coordd", "migrate", "--data-dir", str(tmp_path)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout.strip().splitlines()[-1])["applied"]
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert json.loads(second.stdout.strip().splitlines()[-1]) == {"applied": []}

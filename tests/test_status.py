@@ -7,7 +7,7 @@ import time
 
 import grpc
 import pytest
-from coordd_client.v1 import auth_pb2, status_pb2, status_pb2_grpc
+from coordd_client.v1 import auth_pb2, auth_pb2_grpc, status_pb2, status_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.helpers import rpc_error
@@ -206,3 +206,39 @@ def test_prometheus_metrics_count_rpcs_by_method_and_code(settings_factory, cloc
     assert 'coordd_rpcs_total{code="UNAUTHENTICATED",method="/coordd.v1.AuthService/WhoAmI"}' in body
     assert "coordd_rpc_duration_seconds_bucket" in body
     assert "coordd_scheduler_leader" in body
+
+
+def test_shutdown_lets_a_unary_call_in_flight_finish(settings_factory, clock, monkeypatch):
+    from coordd.domain import auth
+
+    server = ServerHandle(settings_factory(), clock)
+    server.sign_up(email="slow@example.com")
+    real_login = auth.login
+    entered = threading.Event()
+
+    def slow_login(*args, **kwargs):
+        entered.set()
+        time.sleep(0.5)
+        return real_login(*args, **kwargs)
+
+    monkeypatch.setattr(auth, "login", slow_login)
+    outcome: list = []
+    channel = grpc.insecure_channel(server.target)  # the handle closes its own channel on stop
+
+    def call() -> None:
+        try:
+            outcome.append(
+                auth_pb2_grpc.AuthServiceStub(channel).Login(
+                    auth_pb2.LoginRequest(email="slow@example.com", password="correct horse battery")
+                )
+            )
+        except grpc.RpcError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    assert entered.wait(5)
+    server.stop(grace=5)
+    thread.join(5)
+    channel.close()
+    assert isinstance(outcome[0], auth_pb2.LoginResponse), outcome
