@@ -58,3 +58,20 @@ def test_a_rolled_back_transaction_stores_no_event(server):
     except RuntimeError:
         pass
     assert EventLog.select().where(EventLog.type == "test.rollback").count() == 0
+
+
+def test_a_nested_write_joins_the_outer_transaction(server):
+    try:
+        with server.rt.store.write() as outer:
+            with server.rt.store.write() as inner:
+                assert inner is outer
+                inner.emit("test.nested", "things/1", {})
+            raise RuntimeError("roll back both")
+    except RuntimeError:
+        pass
+    assert EventLog.select().where(EventLog.type == "test.nested").count() == 0
+    with server.rt.store.write() as tx:
+        with server.rt.store.write() as inner:
+            inner.emit("test.nested", "things/2", {})
+        assert tx.pending_events
+    assert EventLog.select().where(EventLog.type == "test.nested").count() == 1

@@ -123,6 +123,7 @@ class Store:
         database_proxy.initialize(self.db)
         self._write_lock = threading.Lock() if self.backend == "sqlite" else None
         self._on_commit: list[Callable[[list[Event]], None]] = []
+        self._local = threading.local()
 
     @property
     def is_postgres(self) -> bool:
@@ -133,16 +134,28 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Tx]:
-        """One write transaction; events emitted inside are stored with it and published after."""
+        """One write transaction; events emitted inside are stored with it and published after.
+
+        A write() inside another on the same thread joins the outer transaction (same Tx), so
+        domain functions compose without deadlocking on the SQLite writer lock.
+        """
+        outer: Tx | None = getattr(self._local, "tx", None)
+        if outer is not None:
+            yield outer
+            return
         tx = Tx(now=self.clock())
-        if self._write_lock is not None:
-            with self._write_lock, self.db.atomic("IMMEDIATE"):
-                yield tx
-                self._store_events(tx)
-        else:
-            with self.db.atomic():
-                yield tx
-                self._store_events(tx)
+        self._local.tx = tx
+        try:
+            if self._write_lock is not None:
+                with self._write_lock, self.db.atomic("IMMEDIATE"):
+                    yield tx
+                    self._store_events(tx)
+            else:
+                with self.db.atomic():
+                    yield tx
+                    self._store_events(tx)
+        finally:
+            self._local.tx = None
         if tx.events:
             for callback in self._on_commit:
                 callback(tx.events)
