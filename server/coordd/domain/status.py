@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import peewee
 
+from coordd.store.ledger_models import LedgerAccount, LedgerEntry
 from coordd.store.models import ApiKey, EventLog, IdempotencyRecord, SchedulerLeader, SchedulerTaskRun, User
 from coordd.store.paging import Page, PageRequest, keyset_page
 
@@ -17,6 +18,8 @@ COUNTED: dict[str, type[peewee.Model]] = {
     "api_keys": ApiKey,
     "events": EventLog,
     "idempotency_records": IdempotencyRecord,
+    "ledger_accounts": LedgerAccount,
+    "ledger_entries": LedgerEntry,
 }
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import peewee
 import structlog
 
+from coordd.store import ledger_models as ledger_m
 from coordd.store import models as m
 from coordd.store.db import Store
 
@@ -40,6 +41,11 @@ MIGRATIONS: list[Migration] = [
         1,
         "platform: users, api keys, idempotency, events, scheduler",
         _create(m.User, m.ApiKey, m.IdempotencyRecord, m.EventLog, m.SchedulerLeader, m.SchedulerTaskRun),
+    ),
+    Migration(
+        10,
+        "ledger: accounts, entries, postings",
+        _create(ledger_m.LedgerAccount, ledger_m.LedgerEntry, ledger_m.LedgerPosting),
     ),
 ]
 
