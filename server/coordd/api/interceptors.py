@@ -210,7 +210,12 @@ class ObservabilityInterceptor(WrappingInterceptor):
             log.error("rpc failed", exc_info=exc)
             status = status_for(Internal(f"internal error; request id {request_id}"))
         trailers = (*tuple(status.trailing_metadata or ()), (REQUEST_ID, request_id))
-        await context.abort(status.code, status.details, trailers)
+        try:
+            await context.abort(status.code, status.details, trailers)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as abort_failure:  # the call is already ending (peer gone, server stopping)
+            log.warning("could not send error status", error=str(abort_failure))
 
     @staticmethod
     def _code_of(context: Any) -> str:
@@ -284,6 +289,11 @@ class ObservabilityInterceptor(WrappingInterceptor):
         source = call(request, context)
         try:
             self._check_limits(request)
+            # Headers go out before anything else, and are awaited outside the shutdown race:
+            # an abort while a send is still in flight fails with TOO_MANY_OPERATIONS. It also
+            # tells clients at once that the stream is established. Servicers must not send
+            # initial metadata themselves.
+            await context.send_initial_metadata(())
             while True:
                 step = asyncio.ensure_future(source.__anext__())
                 await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)

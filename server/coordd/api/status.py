@@ -88,8 +88,6 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
     ) -> AsyncIterator[status_pb2.WatchEventsResponse]:
         subscription = self.rt.bus.subscribe(request.type_prefix)
         try:
-            # Headers go out at once so a client knows the watch is live before any event.
-            await context.send_initial_metadata(())
             async for event in subscription:
                 yield status_pb2.WatchEventsResponse(event=event_to_proto(event))
         finally:
