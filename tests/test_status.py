@@ -90,8 +90,8 @@ def _sign_ups_reach_watcher(server, seen) -> bool:
     """Headers reach the client just before the servicer subscribes, so the first event may
     precede the subscription (events are hints); a few sign-ups make the check deterministic."""
     for _ in range(5):
-        reply = server.sign_up()
-        if _wait_for(lambda: any(getattr(e, "subject", "") == reply.user.name for e in seen), timeout=2):
+        name = server.sign_up().user.name
+        if _wait_for(lambda name=name: any(getattr(e, "subject", "") == name for e in seen), timeout=2):
             return True
     return False
 
