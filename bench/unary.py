@@ -24,6 +24,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import closed_loop, start_coordd
+
 from coordd_client.v1 import auth_pb2, auth_pb2_grpc
 
 

@@ -6,10 +6,10 @@ from datetime import timedelta
 
 import grpc
 import jwt
-from coordd.store.models import ApiKey, User
-from coordd_client.v1 import auth_pb2, common_pb2, status_pb2
 from google.protobuf import timestamp_pb2
 
+from coordd.store.models import ApiKey, User
+from coordd_client.v1 import auth_pb2, common_pb2, status_pb2
 from tests.helpers import rpc_error
 from tests.support.server import bearer
 

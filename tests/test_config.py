@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from coordd.config import ConfigError, load_settings
 from coordd.store.ids import is_id, new_id
 

@@ -10,8 +10,8 @@ import time
 
 import grpc
 import pytest
-from coordd_client.v1 import status_pb2, status_pb2_grpc
 
+from coordd_client.v1 import status_pb2, status_pb2_grpc
 from tests.support.process import Daemon, grpcurl
 
 pytestmark = pytest.mark.e2e

@@ -6,10 +6,10 @@ import threading
 from datetime import timedelta
 
 import grpc
+
 from coordd.domain import idempotency
 from coordd.store.models import ApiKey, IdempotencyRecord
 from coordd_client.v1 import auth_pb2
-
 from tests.helpers import rpc_error
 from tests.support.server import ServerHandle, bearer
 

@@ -6,9 +6,9 @@ import asyncio
 import time
 
 import pytest
+
 from coordd.scheduler.core import Elector, PostgresElector, Scheduler, Task
 from coordd.store.models import SchedulerLeader, SchedulerTaskRun
-
 from tests.support.server import ServerHandle
 
 

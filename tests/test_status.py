@@ -7,9 +7,9 @@ import time
 
 import grpc
 import pytest
-from coordd_client.v1 import auth_pb2, auth_pb2_grpc, status_pb2, status_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from coordd_client.v1 import auth_pb2, auth_pb2_grpc, status_pb2, status_pb2_grpc
 from tests.helpers import rpc_error
 from tests.support.server import ServerHandle, bearer
 

@@ -1,11 +1,17 @@
-"""coordd's Python client: generated stubs under `coordd_client.v1` and offline verifiers.
+"""coordd's Python client: `connect()`, generated stubs under `coordd_client.v1`, typed
+errors, and offline verifiers.
 
-    import grpc
-    from coordd_client.v1 import auth_pb2, auth_pb2_grpc
+    import coordd_client
+    from coordd_client.v1 import auth_pb2
 
-    channel = grpc.insecure_channel("127.0.0.1:50051")
-    auth = auth_pb2_grpc.AuthServiceStub(channel)
-    me = auth.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=[("authorization", f"Bearer {token}")])
+    with coordd_client.connect("127.0.0.1:50051", token=token) as client:
+        me = client.auth.WhoAmI(auth_pb2.WhoAmIRequest())
+
+`coordd_client.aio.connect()` is the asyncio flavour.
 """
 
+from coordd_client.client import Client, connect
+from coordd_client.errors import CoorddError
+
+__all__ = ["Client", "CoorddError", "connect"]
 __version__ = "0.1.0"

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import grpc
+
 from coordd.app import App
 from coordd.config import Settings, load_settings
 from coordd.domain import auth

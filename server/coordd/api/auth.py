@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from coordd_client.v1 import auth_pb2, auth_pb2_grpc
-
 from coordd.api.convert import from_ts, parse_name, roles_from_proto, roles_to_proto, ts
 from coordd.domain import auth
 from coordd.domain.principal import parse_roles, require_user
 from coordd.runtime import Runtime
 from coordd.store.models import ApiKey, User
 from coordd.store.paging import PageRequest
+from coordd_client.v1 import auth_pb2, auth_pb2_grpc
 
 
 def user_to_proto(user: User) -> auth_pb2.User:

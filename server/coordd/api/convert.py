@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from coordd_client.v1 import common_pb2
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from coordd.domain.errors import FieldViolation, InvalidArgument
+from coordd_client.v1 import common_pb2
 
 _ROLE_PREFIX = "ROLE_"
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import grpc
 import structlog
-from coordd_client.v1 import common_pb2, options_pb2
 from google.protobuf import descriptor, descriptor_pool
 from google.protobuf.message import Message
 
@@ -37,6 +36,7 @@ from coordd.domain.errors import (
 )
 from coordd.domain.principal import ANONYMOUS, caller, current_principal
 from coordd.runtime import Runtime
+from coordd_client.v1 import common_pb2, options_pb2
 
 log = structlog.get_logger("coordd.rpc")
 

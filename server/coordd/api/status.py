@@ -6,7 +6,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from coordd_client.v1 import status_pb2, status_pb2_grpc
 from google.protobuf import struct_pb2
 
 from coordd.api.convert import duration, ts
@@ -16,6 +15,7 @@ from coordd.scheduler.core import Scheduler
 from coordd.store.db import Event
 from coordd.store.models import EventLog
 from coordd.store.paging import PageRequest
+from coordd_client.v1 import status_pb2, status_pb2_grpc
 
 _BACKENDS = {
     "sqlite": status_pb2.DATABASE_BACKEND_SQLITE,

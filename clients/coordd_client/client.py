@@ -1,0 +1,256 @@
+"""`connect()`: one channel, every service stub as an attribute, credentials attached,
+default deadlines, keepalive for long streams, and safe retries.
+
+Retries: a unary call that fails with UNAVAILABLE is retried with exponential backoff and
+full jitter. That is safe for every unary method: reads are idempotent, and each call to a
+mutating method (its `(coordd.v1.policy).mutating` option) carries an `idempotency-key`
+generated once per logical call and reused across its retries, so the server replays the
+first result instead of acting twice. Streams are not retried.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pool
+
+from coordd_client import v1
+from coordd_client.errors import from_rpc_error
+from coordd_client.v1 import options_pb2
+
+DEFAULT_TIMEOUT_S = 30.0
+KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+_mutating_cache: dict[str, bool] = {}
+
+
+def is_mutating(method: str) -> bool:
+    """Reads the method's policy from the generated descriptors (`/pkg.Service/Method`)."""
+    cached = _mutating_cache.get(method)
+    if cached is None:
+        try:
+            desc = descriptor_pool.Default().FindMethodByName(method.lstrip("/").replace("/", "."))
+            cached = desc.GetOptions().Extensions[options_pb2.policy].mutating
+        except KeyError:
+            cached = False
+        _mutating_cache[method] = cached
+    return cached
+
+
+def backoff_delays(attempts: int, base: float = 0.1, cap: float = 5.0) -> Iterator[float]:
+    """Full-jitter exponential backoff (AWS architecture blog): sleep U(0, min(cap, base*2^n))."""
+    for n in range(attempts):
+        yield random.uniform(0, min(cap, base * 2**n))
+
+
+def _service_modules() -> dict[str, Any]:
+    """Every generated `*_pb2_grpc` module with a Stub: auth, status, job, ledger, ..."""
+    found: dict[str, Any] = {}
+    for info in pkgutil.iter_modules(v1.__path__):
+        if info.name.endswith("_pb2_grpc"):
+            module = importlib.import_module(f"coordd_client.v1.{info.name}")
+            if any(name.endswith("Stub") for name in dir(module)):
+                found[info.name[: -len("_pb2_grpc")]] = module
+    return found
+
+
+def _stub_classes(module: Any) -> list[type]:
+    return [
+        getattr(module, n) for n in dir(module) if n.endswith("Stub") and isinstance(getattr(module, n), type)
+    ]
+
+
+def _with_metadata(
+    details: Any, extra: Sequence[tuple[str, str]], timeout: float | None, key: str | None
+) -> Any:
+    metadata = list(details.metadata or ())
+    present = {k for k, _ in metadata}
+    metadata.extend((k, v) for k, v in extra if k not in present)
+    if key and "idempotency-key" not in present:
+        metadata.append(("idempotency-key", key))
+    return details._replace(
+        metadata=metadata, timeout=details.timeout if details.timeout is not None else timeout
+    )
+
+
+class _CallDetails:
+    """grpc.ClientCallDetails is abstract; this is the plain record interceptors pass on."""
+
+    def __init__(
+        self,
+        method: str,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: Any,
+        compression: Any,
+    ) -> None:
+        self.method = method
+        self.timeout = timeout
+        self.metadata = metadata
+        self.credentials = credentials
+        self.wait_for_ready = wait_for_ready
+        self.compression = compression
+
+    def _replace(self, **changes: Any) -> _CallDetails:
+        values = {**self.__dict__, **changes}
+        return _CallDetails(**values)
+
+
+def _copy(details: grpc.ClientCallDetails) -> _CallDetails:
+    return _CallDetails(
+        details.method,
+        details.timeout,
+        details.metadata,
+        details.credentials,
+        getattr(details, "wait_for_ready", None),
+        getattr(details, "compression", None),
+    )
+
+
+class _Interceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    def __init__(self, metadata: Sequence[tuple[str, str]], timeout: float | None, retries: int) -> None:
+        self.metadata = list(metadata)
+        self.timeout = timeout
+        self.retries = retries
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        key = str(uuid.uuid4()) if is_mutating(details.method) else None
+        prepared = _with_metadata(_copy(details), self.metadata, self.timeout, key)
+        outcome = continuation(prepared, request)
+        for delay in backoff_delays(self.retries):
+            error = outcome.exception()
+            if error is None or error.code() != grpc.StatusCode.UNAVAILABLE:
+                break
+            time.sleep(delay)
+            outcome = continuation(prepared, request)
+        return outcome
+
+    def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(_with_metadata(_copy(details), self.metadata, None, None), request)
+
+    def intercept_stream_unary(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
+        return continuation(_with_metadata(_copy(details), self.metadata, None, None), requests)
+
+    def intercept_stream_stream(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
+        return continuation(_with_metadata(_copy(details), self.metadata, None, None), requests)
+
+
+class _Method:
+    """A stub method whose grpc.RpcErrors come out as coordd_client.errors exceptions."""
+
+    def __init__(self, callable_: Any) -> None:
+        self._callable = callable_
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = self._callable(*args, **kwargs)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        if isinstance(result, grpc.Call) and hasattr(result, "__iter__"):
+            return _Stream(result)
+        return result
+
+    def with_call(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._callable.with_call(*args, **kwargs)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._callable, name)
+
+
+class _Stream:
+    def __init__(self, call: Any) -> None:
+        self.call = call
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            yield from self.call
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    def cancel(self) -> bool:
+        return bool(self.call.cancel())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.call, name)
+
+
+class _Service:
+    def __init__(self, stub: Any) -> None:
+        self._stub = stub
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._stub, name)
+        return _Method(attr) if not name.startswith("_") else attr
+
+
+def _credentials_metadata(token: str | None, api_key: str | None) -> list[tuple[str, str]]:
+    if token and api_key:
+        raise ValueError("pass token or api_key, not both")
+    secret = token or api_key
+    return [("authorization", f"Bearer {secret}")] if secret else []
+
+
+class Client:
+    """Synchronous client. Attributes: one per service (`auth`, `status`, `job`, ...)."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        api_key: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+        retries: int = 4,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        opts = [*KEEPALIVE_OPTIONS, *options]
+        if tls:
+            raw = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates), options=opts)
+        else:
+            raw = grpc.insecure_channel(target, options=opts)
+        self._raw_channel = raw
+        self.channel = grpc.intercept_channel(
+            raw, _Interceptor(_credentials_metadata(token, api_key), timeout, retries)
+        )
+        self.services: dict[str, _Service] = {}
+        for name, module in _service_modules().items():
+            for stub_class in _stub_classes(module):
+                self.services[name] = _Service(stub_class(self.channel))
+                setattr(self, name, self.services[name])
+
+    def close(self) -> None:
+        self._raw_channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(target: str, **kwargs: Any) -> Client:
+    """`connect("127.0.0.1:50051", token=...)` or `api_key=...`; see Client for options."""
+    return Client(target, **kwargs)
