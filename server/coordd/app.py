@@ -13,12 +13,22 @@ from typing import Any
 
 import grpc
 import structlog
-from coordd_client.v1 import auth_pb2, auth_pb2_grpc, ledger_pb2, ledger_pb2_grpc, status_pb2, status_pb2_grpc
+from coordd_client.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    competition_pb2,
+    competition_pb2_grpc,
+    ledger_pb2,
+    ledger_pb2_grpc,
+    status_pb2,
+    status_pb2_grpc,
+)
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from coordd import metrics
 from coordd.api.auth import AuthServicer
+from coordd.api.competition import CompetitionServicer
 from coordd.api.interceptors import AuthInterceptor, IdempotencyInterceptor, ObservabilityInterceptor
 from coordd.api.ledger import LedgerServicer
 from coordd.api.status import StatusServicer
@@ -61,6 +71,11 @@ def services() -> list[Service]:
             ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
             ledger_pb2_grpc.add_LedgerServiceServicer_to_server,
             lambda rt, _: LedgerServicer(rt),
+        ),
+        Service(
+            competition_pb2.DESCRIPTOR.services_by_name["CompetitionService"].full_name,
+            competition_pb2_grpc.add_CompetitionServiceServicer_to_server,
+            lambda rt, _: CompetitionServicer(rt),
         ),
     ]
 

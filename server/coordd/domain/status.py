@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import peewee
 
 from coordd.store.ledger_models import LedgerAccount, LedgerEntry
+from coordd.store.competition_models import Competition, CompetitionNotification, Registration
 from coordd.store.models import ApiKey, EventLog, IdempotencyRecord, SchedulerLeader, SchedulerTaskRun, User
 from coordd.store.paging import Page, PageRequest, keyset_page
 
@@ -20,6 +21,9 @@ COUNTED: dict[str, type[peewee.Model]] = {
     "idempotency_records": IdempotencyRecord,
     "ledger_accounts": LedgerAccount,
     "ledger_entries": LedgerEntry,
+    "competitions": Competition,
+    "competition_registrations": Registration,
+    "competition_notifications": CompetitionNotification,
 }
 
 

@@ -4,6 +4,7 @@ listed here once."""
 from __future__ import annotations
 
 from coordd.domain import idempotency
+from coordd.scheduler import competition
 from coordd.scheduler.core import Task
 
 
@@ -16,4 +17,5 @@ def platform_tasks() -> list[Task]:
 def all_tasks() -> list[Task]:
     return [
         *platform_tasks(),
+        *competition.tasks(),
     ]

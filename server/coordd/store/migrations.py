@@ -14,6 +14,7 @@ import peewee
 import structlog
 
 from coordd.store import ledger_models as ledger_m
+from coordd.store import competition_models as competition_m
 from coordd.store import models as m
 from coordd.store.db import Store
 
@@ -46,6 +47,11 @@ MIGRATIONS: list[Migration] = [
         10,
         "ledger: accounts, entries, postings",
         _create(ledger_m.LedgerAccount, ledger_m.LedgerEntry, ledger_m.LedgerPosting),
+    ),
+    Migration(
+        40,
+        "competition: competitions, transitions, registrations, entries, results, notifications, webhooks",
+        _create(*competition_m.ALL_MODELS),
     ),
 ]
 

@@ -1,0 +1,148 @@
+"""Competition tables: competitions with their seat counters and lifecycle, transitions,
+registrations, entries, results, and the notification outbox.
+
+The seat counters live on the competition row so that registering is one conditional
+UPDATE on it (the row lock serializes seat allocation on PostgreSQL; SQLite's single
+writer does the same); the registrations table is the record the counters summarise.
+"""
+
+from __future__ import annotations
+
+import peewee
+
+from coordd.store.models import BaseModel, IdModel, JSONField, TimestampField, User
+
+
+class Competition(IdModel):
+    owner = peewee.ForeignKeyField(User, backref="competitions", on_delete="RESTRICT", index=True)
+    title = peewee.CharField(max_length=200)
+    description = peewee.TextField(default="")
+    tags = JSONField(default=list)
+    # ",tag1,tag2," so a tag filter is a LIKE on one column, the same on both backends.
+    tags_text = peewee.CharField(max_length=1100, default=",")
+    capacity = peewee.IntegerField()
+    confirmed = peewee.IntegerField(default=0)
+    offered = peewee.IntegerField(default=0)
+    waitlisted = peewee.IntegerField(default=0)
+    # Last waitlist sequence number handed out: orders the waitlist, never reused.
+    waitlist_seq = peewee.BigIntegerField(default=0)
+    open_time = TimestampField()
+    close_time = TimestampField()
+    start_time = TimestampField()
+    end_time = TimestampField()
+    entry_fee = peewee.BigIntegerField(default=0)
+    prize_split = JSONField(default=list)  # basis points, first place first
+    offer_hold_s = peewee.IntegerField()
+    reminder_lead_s = peewee.IntegerField()
+    state = peewee.CharField(max_length=32, index=True)
+    previous_state = peewee.CharField(max_length=32, default="")
+    publish_time = TimestampField(null=True)
+    # When the scheduler must look at it next (a time-based transition); NULL: nothing due.
+    due_time = TimestampField(null=True, index=True)
+    # When reminders must be queued; NULL once queued (or when not applicable).
+    reminder_time = TimestampField(null=True, index=True)
+    errors = JSONField(default=list)  # [{"message", "time"}], scheduler errors
+    results_payload = peewee.BlobField(null=True)
+    results_signature = peewee.BlobField(null=True)
+    results_key_id = peewee.CharField(max_length=32, default="")
+    create_time = TimestampField()
+    update_time = TimestampField()
+
+
+class CompetitionTransition(BaseModel):
+    id = peewee.BigAutoField()
+    competition = peewee.ForeignKeyField(Competition, backref="transitions", on_delete="CASCADE", index=True)
+    from_state = peewee.CharField(max_length=32)
+    to_state = peewee.CharField(max_length=32)
+    reason = peewee.CharField(max_length=500)
+    time = TimestampField()
+
+
+class Registration(IdModel):
+    competition = peewee.ForeignKeyField(Competition, backref="registrations", on_delete="CASCADE")
+    user = peewee.ForeignKeyField(User, backref="registrations", on_delete="RESTRICT", index=True)
+    state = peewee.CharField(max_length=32)
+    # Waitlist order (the competition's waitlist_seq when it joined); NULL if never waitlisted.
+    waitlist_seq = peewee.BigIntegerField(null=True)
+    offer_expire_time = TimestampField(null=True, index=True)
+    fee_held = peewee.BigIntegerField(default=0)
+    create_time = TimestampField()
+    update_time = TimestampField()
+    confirm_time = TimestampField(null=True)
+
+    class Meta:
+        indexes = (
+            (("competition", "user"), True),
+            (("competition", "state", "waitlist_seq"), False),
+        )
+
+
+class CompetitionEntry(IdModel):
+    registration = peewee.ForeignKeyField(Registration, backref="entries", on_delete="CASCADE", unique=True)
+    competition = peewee.ForeignKeyField(Competition, on_delete="CASCADE", index=True)
+    user = peewee.ForeignKeyField(User, on_delete="RESTRICT")
+    payload = peewee.BlobField(null=True)
+    uri = peewee.CharField(max_length=2048, default="")
+    digest = peewee.CharField(max_length=80)
+    size_bytes = peewee.BigIntegerField(default=0)
+    revision = peewee.IntegerField(default=1)
+    submit_time = TimestampField()
+
+
+class CompetitionResult(BaseModel):
+    id = peewee.BigAutoField()
+    competition = peewee.ForeignKeyField(Competition, backref="results", on_delete="CASCADE")
+    rank = peewee.IntegerField()
+    user = peewee.ForeignKeyField(User, on_delete="RESTRICT")
+    score = peewee.DoubleField()
+    prize = peewee.BigIntegerField(default=0)
+
+    class Meta:
+        indexes = (
+            (("competition", "rank"), True),
+            (("competition", "user"), True),
+        )
+
+
+class CompetitionNotification(BaseModel):
+    """The competition outbox: one row per (registration, kind), written in the same
+    transaction as the change it announces, delivered later by the scheduler."""
+
+    id = peewee.BigAutoField()
+    registration = peewee.ForeignKeyField(Registration, on_delete="CASCADE")
+    user = peewee.ForeignKeyField(User, on_delete="CASCADE")
+    competition = peewee.ForeignKeyField(Competition, on_delete="CASCADE")
+    kind = peewee.CharField(max_length=32)  # confirmation | offer | reminder | results | cancellation
+    payload = JSONField()
+    state = peewee.CharField(max_length=16, default="pending")  # pending | sent | failed
+    attempts = peewee.IntegerField(default=0)
+    # When delivery is next tried (also the claim lease while a delivery is in flight).
+    next_attempt_time = TimestampField(null=True, index=True)
+    last_error = peewee.TextField(default="")
+    delivered_to = peewee.CharField(max_length=2048, default="")
+    create_time = TimestampField()
+    sent_time = TimestampField(null=True)
+
+    class Meta:
+        table_name = "competition_notifications"
+        indexes = ((("registration", "kind"), True),)
+
+
+class CompetitionWebhook(BaseModel):
+    """Where a user's competition notifications go."""
+
+    user = peewee.ForeignKeyField(User, primary_key=True, on_delete="CASCADE")
+    url = peewee.CharField(max_length=2048)
+    secret = peewee.CharField(max_length=256)
+    update_time = TimestampField()
+
+
+ALL_MODELS: tuple[type[peewee.Model], ...] = (
+    Competition,
+    CompetitionTransition,
+    Registration,
+    CompetitionEntry,
+    CompetitionResult,
+    CompetitionNotification,
+    CompetitionWebhook,
+)
