@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 
 from coordd import metrics
 from coordd.api.auth import AuthServicer
+from coordd.api.ceremony import CeremonyServicer
 from coordd.api.competition import CompetitionServicer
 from coordd.api.interceptors import AuthInterceptor, IdempotencyInterceptor, ObservabilityInterceptor
 from coordd.api.ledger import LedgerServicer
@@ -76,6 +77,11 @@ def services() -> list[Service]:
             competition_pb2.DESCRIPTOR.services_by_name["CompetitionService"].full_name,
             competition_pb2_grpc.add_CompetitionServiceServicer_to_server,
             lambda rt, _: CompetitionServicer(rt),
+        ),
+        Service(
+            CeremonyServicer.SERVICE_NAME,
+            CeremonyServicer.register,
+            lambda rt, _: CeremonyServicer(rt),
         ),
     ]
 

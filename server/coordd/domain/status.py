@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import peewee
 
+from coordd.store.ceremony_models import Ceremony, Contribution, Participant
 from coordd.store.ledger_models import LedgerAccount, LedgerEntry
 from coordd.store.competition_models import Competition, CompetitionNotification, Registration
 from coordd.store.models import ApiKey, EventLog, IdempotencyRecord, SchedulerLeader, SchedulerTaskRun, User
@@ -24,6 +25,9 @@ COUNTED: dict[str, type[peewee.Model]] = {
     "competitions": Competition,
     "competition_registrations": Registration,
     "competition_notifications": CompetitionNotification,
+    "ceremonies": Ceremony,
+    "ceremony_participants": Participant,
+    "ceremony_contributions": Contribution,
 }
 
 

@@ -4,6 +4,7 @@ listed here once."""
 from __future__ import annotations
 
 from coordd.domain import idempotency
+from coordd.scheduler import ceremony as ceremony_tasks
 from coordd.scheduler import competition
 from coordd.scheduler.core import Task
 
@@ -18,4 +19,5 @@ def all_tasks() -> list[Task]:
     return [
         *platform_tasks(),
         *competition.tasks(),
+        *ceremony_tasks.tasks(),
     ]

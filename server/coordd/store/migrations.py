@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import peewee
 import structlog
 
+from coordd.store import ceremony_models as ceremony_m
 from coordd.store import ledger_models as ledger_m
 from coordd.store import competition_models as competition_m
 from coordd.store import models as m
@@ -52,6 +53,17 @@ MIGRATIONS: list[Migration] = [
         40,
         "competition: competitions, transitions, registrations, entries, results, notifications, webhooks",
         _create(*competition_m.ALL_MODELS),
+    ),
+    Migration(
+        30,
+        "ceremony: ceremonies, circuits, participants, contributions, uploads",
+        _create(
+            ceremony_m.Ceremony,
+            ceremony_m.Circuit,
+            ceremony_m.Participant,
+            ceremony_m.Contribution,
+            ceremony_m.CeremonyUpload,
+        ),
     ),
 ]
 

@@ -1,0 +1,3 @@
+from coordd_client.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""What every coordctl command shares: the saved config, the client, output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
+from coordd_client.client import Client, connect
+from coordd_client.errors import CoorddError
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "coordctl" / "config.json"
+
+
+def load_config() -> dict[str, Any]:
+    path = config_path()
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_config(data: dict[str, Any]) -> Path:
+    """Writes atomically with mode 0600: the file holds a bearer token."""
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass
+class Context:
+    target: str
+    token: str | None
+    api_key: str | None
+    as_json: bool
+    timeout: float
+    config: dict[str, Any] = field(default_factory=dict)
+    _client: Client | None = None
+
+    @staticmethod
+    def from_args(args: argparse.Namespace) -> Context:
+        config = load_config()
+        api_key = args.api_key or os.environ.get("COORDCTL_API_KEY")
+        token = args.token or os.environ.get("COORDCTL_TOKEN")
+        if not api_key and not token:
+            token = config.get("token")
+        return Context(
+            target=args.target or os.environ.get("COORDCTL_TARGET") or config.get("target") or DEFAULT_TARGET,
+            token=token,
+            api_key=api_key,
+            as_json=args.json,
+            timeout=args.timeout,
+            config=config,
+        )
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = connect(self.target, token=self.token, api_key=self.api_key, timeout=self.timeout)
+        return self._client
+
+    def anonymous_client(self) -> Client:
+        return connect(self.target, timeout=self.timeout)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    @property
+    def tty(self) -> bool:
+        return sys.stdout.isatty() and not self.as_json
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True)
+
+
+def emit(ctx: Context, data: Any, human: str | None = None) -> None:
+    """JSON with --json, otherwise the human text."""
+    if ctx.as_json:
+        print(json.dumps(to_dict(data) if isinstance(data, Message) else data, indent=2, sort_keys=True))
+    elif human is not None:
+        print(human)
+
+
+def table(ctx: Context, title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """A rich table on a terminal; tab-separated lines otherwise (easy to cut/awk)."""
+    if ctx.tty:
+        from rich.console import Console
+        from rich.table import Table
+
+        out = Table(title=title)
+        for column in columns:
+            out.add_column(column)
+        for row in rows:
+            out.add_row(*[str(v) for v in row])
+        Console().print(out)
+    else:
+        print("\t".join(columns))
+        for row in rows:
+            print("\t".join(str(v) for v in row))
+
+
+def fail(ctx: Context, exc: CoorddError) -> int:
+    if ctx.as_json:
+        print(
+            json.dumps(
+                {
+                    "error": {
+                        "code": exc.status_code.name,
+                        "message": exc.message,
+                        "reason": exc.reason,
+                        "violations": exc.violations,
+                        "request_id": exc.request_id,
+                    }
+                }
+            )
+        )
+    else:
+        print(f"error: {exc.status_code.name}: {exc.message}", file=sys.stderr)
+        for path, problem in exc.violations.items():
+            print(f"  {path}: {problem}", file=sys.stderr)
+    return 1

@@ -1,0 +1,1 @@
+"""File storage for ceremony artifacts and contributions under the data dir."""

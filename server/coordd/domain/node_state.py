@@ -1,0 +1,312 @@
+"""The node/workload state machine and what every transition brings with it: the stored
+transition, incidents (one per outage), notifications through the outbox, placement.
+
+Every function here runs inside the caller's write transaction (`tx`), so a transition,
+its incident, its notifications and its event commit together or not at all.
+
+    UNKNOWN --beat--> PENDING --successes_before_up beats--> UP --silence--> DOWN --beat--> PENDING
+    any (but DECOMMISSIONED) --window starts--> MAINTENANCE --window ends--> UP | DOWN
+    any --decommission--> DECOMMISSIONED (final)
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from coordd.domain import node_placement
+from coordd.notify import outbox
+from coordd.store.db import Tx
+from coordd.store.node_models import (
+    DOWN,
+    PENDING,
+    RUNNING,
+    UP,
+    Assignment,
+    Incident,
+    Node,
+    Project,
+    Transition,
+    Workload,
+)
+
+log = structlog.get_logger("coordd.node")
+
+STATUS_CHANGED = "node.status_changed"
+WORKLOAD_STATUS_CHANGED = "node.workload.status_changed"
+
+
+def nodes_key(project_id: str) -> str:
+    """Notifier key WatchNodes waits on: every node transition of the project wakes it."""
+    return f"projects/{project_id}/nodes"
+
+
+def set_node_status(
+    tx: Tx, node: Node, project: Project, to: str, reason: str, *, excluded: bool = False
+) -> bool:
+    """Stores the transition with its reason; returns False when the node is already there."""
+    if node.status == to:
+        return False
+    before = node.status
+    Transition.create(
+        kind="node",
+        subject_id=node.id,
+        project_id=project.id,
+        from_status=before,
+        to_status=to,
+        reason=reason[:500],
+        time=tx.now,
+        excluded=excluded,
+    )
+    node.status = to
+    node.status_reason = reason[:500]
+    node.status_time = tx.now
+    node.suppressed = excluded and to == DOWN
+    # Only a node that is heard from can fall silent: others have no deadline.
+    if to in (UP, PENDING):
+        node.deadline_time = tx.now + timedelta(seconds=project.window_s)
+    else:
+        node.deadline_time = None
+    node.update_time = tx.now
+    node.save()
+    tx.emit(
+        STATUS_CHANGED,
+        f"nodes/{node.id}",
+        {
+            "from": before,
+            "to": to,
+            "reason": reason[:500],
+            "project": f"projects/{project.id}",
+            "watch_keys": [nodes_key(project.id)],
+        },
+    )
+    return True
+
+
+def open_incident(
+    tx: Tx,
+    kind: str,
+    subject_id: str,
+    project_id: str,
+    cause: str,
+    *,
+    inhibited: bool,
+    recipients: set[str],
+    event_type: str,
+    data: dict[str, Any],
+) -> Incident:
+    """One incident per outage: an open one is returned as is, and notified only once
+    (the outbox key is the incident id)."""
+    existing = Incident.get_or_none((Incident.subject_id == subject_id) & Incident.end_time.is_null())
+    if existing is not None:
+        return existing
+    incident = Incident.create(
+        kind=kind,
+        subject_id=subject_id,
+        project_id=project_id,
+        start_time=tx.now,
+        cause=cause[:500],
+        inhibited=inhibited,
+    )
+    if not inhibited:
+        payload = {
+            **data,
+            "incident": f"incidents/{incident.id}",
+            "cause": incident.cause,
+            "start_time": tx.now.isoformat(),
+        }
+        outbox.enqueue(tx, recipients, event_type, f"{incident.id}:opened", payload)
+    tx.emit(
+        "node.incident.opened",
+        f"incidents/{incident.id}",
+        {"subject": data.get("subject", ""), "inhibited": inhibited},
+    )
+    return incident
+
+
+def close_incident(
+    tx: Tx,
+    subject_id: str,
+    resolution: str,
+    *,
+    recipients: set[str],
+    event_type: str,
+    data: dict[str, Any],
+    notify: bool = True,
+) -> Incident | None:
+    incident = Incident.get_or_none((Incident.subject_id == subject_id) & Incident.end_time.is_null())
+    if incident is None:
+        return None
+    incident.end_time = tx.now
+    incident.resolution = resolution
+    incident.save()
+    duration = (tx.now - incident.start_time).total_seconds()
+    if notify and not incident.inhibited:
+        payload = {
+            **data,
+            "incident": f"incidents/{incident.id}",
+            "cause": incident.cause,
+            "start_time": incident.start_time.isoformat(),
+            "end_time": tx.now.isoformat(),
+            "outage_seconds": duration,
+        }
+        outbox.enqueue(tx, recipients, event_type, f"{incident.id}:resolved", payload)
+    tx.emit("node.incident.closed", f"incidents/{incident.id}", {"resolution": resolution})
+    return incident
+
+
+def _node_data(node: Node, project: Project) -> dict[str, Any]:
+    return {
+        "subject": f"nodes/{node.id}",
+        "node": f"nodes/{node.id}",
+        "node_name": node.display_name,
+        "project": f"projects/{project.id}",
+    }
+
+
+def node_down(tx: Tx, node: Node, project: Project, reason: str, *, suppressed: bool) -> None:
+    """DOWN: an incident (unless a mass outage suppresses it) and its replicas move away."""
+    if not set_node_status(tx, node, project, DOWN, reason, excluded=suppressed):
+        return
+    if not suppressed:
+        open_incident(
+            tx,
+            "node",
+            node.id,
+            project.id,
+            reason,
+            inhibited=False,
+            recipients={node.owner_id, project.owner_id},
+            event_type="node.down",
+            data=_node_data(node, project),
+        )
+    release_node(tx, node, project, f"node nodes/{node.id} is down")
+
+
+def node_up(tx: Tx, node: Node, project: Project, reason: str) -> None:
+    """UP: the outage's incident closes with a recovery notification, and waiting
+    replicas may now be placed here."""
+    was_suppressed = node.suppressed
+    if not set_node_status(tx, node, project, UP, reason):
+        return
+    close_incident(
+        tx,
+        node.id,
+        "recovered",
+        recipients={node.owner_id, project.owner_id},
+        event_type="node.recovered",
+        data=_node_data(node, project),
+    )
+    if was_suppressed:
+        resolve_mass_outage(tx, project)
+    touched = node_placement.place_project(tx, project)
+    hosted = {a.workload_id for a in Assignment.select(Assignment.workload).where(Assignment.node == node.id)}
+    refresh_workloads(tx, touched | hosted, "node is up", inhibited=False)
+
+
+def release_node(tx: Tx, node: Node, project: Project, cause: str) -> None:
+    """Removes the node's replicas, re-places them on other nodes, and re-evaluates the
+    workloads. Their notifications are inhibited: the node's own incident says it all."""
+    workload_ids = [
+        a.workload_id for a in Assignment.select(Assignment.workload).where(Assignment.node == node.id)
+    ]
+    if not workload_ids:
+        return
+    Assignment.delete().where(Assignment.node == node.id).execute()
+    tx.emit("node.assignments_changed", f"nodes/{node.id}", {})
+    node_placement.place_project(tx, project)
+    refresh_workloads(tx, set(workload_ids), cause, inhibited=True)
+
+
+def resolve_mass_outage(tx: Tx, project: Project) -> None:
+    still_down = (
+        Node.select()
+        .where((Node.project == project.id) & (Node.status == DOWN) & (Node.suppressed == True))  # noqa: E712
+        .exists()
+    )
+    if still_down:
+        return
+    closed = close_incident(
+        tx,
+        project.id,
+        "recovered",
+        recipients={project.owner_id},
+        event_type="project.mass_outage_resolved",
+        data={"subject": f"projects/{project.id}", "project": f"projects/{project.id}"},
+    )
+    if closed is not None:
+        log.warning("mass outage over", project=project.id, incident=closed.id)
+
+
+def refresh_workloads(tx: Tx, workload_ids: set[str], cause: str, *, inhibited: bool) -> None:
+    for workload in Workload.select().where(Workload.id.in_(sorted(workload_ids))):
+        refresh_workload(tx, workload, cause, inhibited=inhibited)
+
+
+def refresh_workload(tx: Tx, workload: Workload, cause: str, *, inhibited: bool) -> None:
+    """A workload is UP when as many replicas run on UP nodes as it wants; once UP, any
+    shortfall is DOWN (an outage with an incident) until they run again."""
+    running = (
+        Assignment.select()
+        .join(Node)
+        .where((Assignment.workload == workload.id) & (Assignment.state == RUNNING) & (Node.status == UP))
+        .count()
+    )
+    if running >= workload.replicas:
+        to = UP
+    elif workload.status in (UP, DOWN):
+        to = DOWN
+    else:
+        to = PENDING
+    if to == workload.status:
+        return
+    before = workload.status
+    reason = f"{running} of {workload.replicas} replicas running" + (f": {cause}" if to == DOWN else "")
+    Transition.create(
+        kind="workload",
+        subject_id=workload.id,
+        project_id=workload.project_id,
+        from_status=before,
+        to_status=to,
+        reason=reason[:500],
+        time=tx.now,
+    )
+    workload.status = to
+    workload.status_reason = reason[:500]
+    workload.status_time = tx.now
+    workload.save()
+    project = Project.get_by_id(workload.project_id)
+    data = {
+        "subject": f"workloads/{workload.id}",
+        "workload": f"workloads/{workload.id}",
+        "workload_name": workload.display_name,
+        "project": f"projects/{project.id}",
+    }
+    if to == DOWN:
+        open_incident(
+            tx,
+            "workload",
+            workload.id,
+            project.id,
+            reason,
+            inhibited=inhibited,
+            recipients={project.owner_id},
+            event_type="workload.down",
+            data=data,
+        )
+    elif to == UP:
+        close_incident(
+            tx,
+            workload.id,
+            "recovered",
+            recipients={project.owner_id},
+            event_type="workload.recovered",
+            data=data,
+        )
+    tx.emit(
+        WORKLOAD_STATUS_CHANGED,
+        f"workloads/{workload.id}",
+        {"from": before, "to": to, "project": f"projects/{project.id}"},
+    )

@@ -1,0 +1,46 @@
+"""Tables of the notification outbox: channels and deliveries."""
+
+from __future__ import annotations
+
+import peewee
+
+from coordd.store.models import IdModel, JSONField, TimestampField, User
+
+PENDING = "pending"
+DELIVERED = "delivered"
+FAILED = "failed"
+
+
+class Channel(IdModel):
+    owner = peewee.ForeignKeyField(User, backref="notify_channels", on_delete="CASCADE")
+    display_name = peewee.CharField(max_length=100)
+    url = peewee.CharField(max_length=2000)
+    # The HMAC key has to be kept to sign; it is never returned after creation.
+    secret = peewee.CharField(max_length=200)
+    event_types = JSONField(default=list)
+    create_time = TimestampField()
+    delete_time = TimestampField(null=True)
+
+    class Meta:
+        table_name = "notify_channels"
+        indexes = ((("owner", "id"), False),)
+
+
+class Delivery(IdModel):
+    channel = peewee.ForeignKeyField(Channel, backref="deliveries", on_delete="CASCADE")
+    event_type = peewee.CharField(max_length=100)
+    dedup_key = peewee.CharField(max_length=200)
+    body = peewee.TextField()
+    state = peewee.CharField(max_length=16, default=PENDING)
+    attempts = peewee.IntegerField(default=0)
+    # When the next attempt is due; NULL once delivered or given up.
+    next_attempt_time = TimestampField(null=True, index=True)
+    last_status_code = peewee.IntegerField(default=0)
+    last_error = peewee.CharField(max_length=500, default="")
+    create_time = TimestampField()
+    delivered_time = TimestampField(null=True)
+
+    class Meta:
+        table_name = "notify_deliveries"
+        # Dedup: one delivery per channel and key, however often the change is replayed.
+        indexes = ((("channel", "dedup_key"), True),)

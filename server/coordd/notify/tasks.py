@@ -1,0 +1,10 @@
+"""Scheduler tasks of the notification outbox."""
+
+from __future__ import annotations
+
+from coordd.notify import outbox
+from coordd.scheduler.core import Task
+
+
+def tasks() -> list[Task]:
+    return [Task("notify-deliver", 1.0, outbox.deliver_due)]
