@@ -20,6 +20,8 @@ from coordd_client.v1 import (
     competition_pb2_grpc,
     ledger_pb2,
     ledger_pb2_grpc,
+    node_pb2,
+    node_pb2_grpc,
     status_pb2,
     status_pb2_grpc,
 )
@@ -32,6 +34,7 @@ from coordd.api.ceremony import CeremonyServicer
 from coordd.api.competition import CompetitionServicer
 from coordd.api.interceptors import AuthInterceptor, IdempotencyInterceptor, ObservabilityInterceptor
 from coordd.api.ledger import LedgerServicer
+from coordd.api.node import NodeServicer
 from coordd.api.status import StatusServicer
 from coordd.config import Settings
 from coordd.runtime import Runtime
@@ -82,6 +85,11 @@ def services() -> list[Service]:
             CeremonyServicer.SERVICE_NAME,
             CeremonyServicer.register,
             lambda rt, _: CeremonyServicer(rt),
+        ),
+        Service(
+            node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
+            node_pb2_grpc.add_NodeServiceServicer_to_server,
+            lambda rt, _: NodeServicer(rt),
         ),
     ]
 

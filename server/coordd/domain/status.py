@@ -9,7 +9,9 @@ import peewee
 from coordd.store.ceremony_models import Ceremony, Contribution, Participant
 from coordd.store.ledger_models import LedgerAccount, LedgerEntry
 from coordd.store.competition_models import Competition, CompetitionNotification, Registration
+from coordd.notify.models import Channel, Delivery
 from coordd.store.models import ApiKey, EventLog, IdempotencyRecord, SchedulerLeader, SchedulerTaskRun, User
+from coordd.store.node_models import Incident, Node, Project, Workload
 from coordd.store.paging import Page, PageRequest, keyset_page
 
 SCHEDULER = "scheduler"
@@ -20,6 +22,12 @@ COUNTED: dict[str, type[peewee.Model]] = {
     "api_keys": ApiKey,
     "events": EventLog,
     "idempotency_records": IdempotencyRecord,
+    "node_projects": Project,
+    "nodes": Node,
+    "node_workloads": Workload,
+    "node_incidents": Incident,
+    "notify_channels": Channel,
+    "notify_deliveries": Delivery,
     "ledger_accounts": LedgerAccount,
     "ledger_entries": LedgerEntry,
     "competitions": Competition,

@@ -4,8 +4,10 @@ listed here once."""
 from __future__ import annotations
 
 from coordd.domain import idempotency
+from coordd.notify import tasks as notify_tasks
 from coordd.scheduler import ceremony as ceremony_tasks
 from coordd.scheduler import competition
+from coordd.scheduler import node as node_tasks
 from coordd.scheduler.core import Task
 
 
@@ -18,6 +20,8 @@ def platform_tasks() -> list[Task]:
 def all_tasks() -> list[Task]:
     return [
         *platform_tasks(),
+        *node_tasks.tasks(),
+        *notify_tasks.tasks(),
         *competition.tasks(),
         *ceremony_tasks.tasks(),
     ]

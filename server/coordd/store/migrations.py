@@ -17,6 +17,8 @@ from coordd.store import ceremony_models as ceremony_m
 from coordd.store import ledger_models as ledger_m
 from coordd.store import competition_models as competition_m
 from coordd.store import models as m
+from coordd.store import node_models as node_m
+from coordd.notify import models as notify_m
 from coordd.store.db import Store
 
 log = structlog.get_logger(__name__)
@@ -65,6 +67,22 @@ MIGRATIONS: list[Migration] = [
             ceremony_m.CeremonyUpload,
         ),
     ),
+    Migration(
+        20,
+        "nodes: projects, nodes, labels, workloads, assignments, transitions, incidents, maintenance, rewards",
+        _create(
+            node_m.Project,
+            node_m.Node,
+            node_m.NodeLabel,
+            node_m.Workload,
+            node_m.Assignment,
+            node_m.Transition,
+            node_m.Incident,
+            node_m.MaintenanceWindow,
+            node_m.RewardEntry,
+        ),
+    ),
+    Migration(21, "notify: channels, deliveries (outbox)", _create(notify_m.Channel, notify_m.Delivery)),
 ]
 
 
