@@ -40,7 +40,17 @@ class Fleet:
         self.srv = srv
         self.stub = node_pb2_grpc.NodeServiceStub(srv.channel)
         self.owner_id, self.token = srv.make_user("node_operator")
+        self.refresh()
+
+    def refresh(self) -> None:
+        """A new access token after the clock moved past the old one's expiry."""
+        self.token, _ = self.srv.rt.tokens.issue(self.owner_id, ["node_operator"], self.srv.rt.now())
         self.md = bearer(self.token)
+
+    def rebind(self, srv: ServerHandle) -> None:
+        """Talks to another server (a restarted daemon on the same database)."""
+        self.srv = srv
+        self.stub = node_pb2_grpc.NodeServiceStub(srv.channel)
 
     def project(self, **policy: Any) -> node_pb2.Project:
         health = node_pb2.HealthPolicy(

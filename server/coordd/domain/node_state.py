@@ -188,7 +188,6 @@ def node_down(tx: Tx, node: Node, project: Project, reason: str, *, suppressed: 
 def node_up(tx: Tx, node: Node, project: Project, reason: str) -> None:
     """UP: the outage's incident closes with a recovery notification, and waiting
     replicas may now be placed here."""
-    was_suppressed = node.suppressed
     if not set_node_status(tx, node, project, UP, reason):
         return
     close_incident(
@@ -199,8 +198,8 @@ def node_up(tx: Tx, node: Node, project: Project, reason: str) -> None:
         event_type="node.recovered",
         data=_node_data(node, project),
     )
-    if was_suppressed:
-        resolve_mass_outage(tx, project)
+    # The node may have gone DOWN in a mass outage (and be PENDING by now).
+    resolve_mass_outage(tx, project)
     touched = node_placement.place_project(tx, project)
     hosted = {a.workload_id for a in Assignment.select(Assignment.workload).where(Assignment.node == node.id)}
     refresh_workloads(tx, touched | hosted, "node is up", inhibited=False)
@@ -221,6 +220,13 @@ def release_node(tx: Tx, node: Node, project: Project, cause: str) -> None:
 
 
 def resolve_mass_outage(tx: Tx, project: Project) -> None:
+    """Ends the project's mass outage once none of the nodes it took down is still DOWN."""
+    if (
+        not Incident.select()
+        .where((Incident.subject_id == project.id) & Incident.end_time.is_null())
+        .exists()
+    ):
+        return
     still_down = (
         Node.select()
         .where((Node.project == project.id) & (Node.status == DOWN) & (Node.suppressed == True))  # noqa: E712
