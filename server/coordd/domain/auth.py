@@ -201,7 +201,8 @@ def authenticate_token(rt: Runtime, token: str) -> Principal:
     if token.startswith(API_KEY_PREFIX):
         raise FailedPrecondition("internal: API keys are resolved by authenticate_api_key")
     try:
-        claims = rt.tokens.verify(token, rt.now())
+        # Wall-clock time, not rt.now(): token expiry is a security property of real time.
+        claims = rt.tokens.verify(token)
     except TokenError as exc:
         raise Unauthenticated(str(exc), reason="BAD_TOKEN") from None
     return Principal(user_id=claims.user_id, roles=frozenset(claims.roles), kind="token")
