@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 from google.protobuf import duration_pb2
 
 from coordd.api.convert import ts
 from coordd.domain import ledger
 from coordd_client.v1 import competition_pb2, competition_pb2_grpc
-from tests.support.server import ServerHandle, bearer
+from tests.support.server import Clock, ServerHandle, bearer
 
 HOUR = 3600.0
 DAY = 24 * HOUR
+
+
+@pytest.fixture(name="server")
+def competition_server(settings_factory: Any, clock: Clock) -> Iterator[ServerHandle]:
+    """The conftest server, with access tokens that outlive the days these tests skip
+    with `clock.advance` (tokens are checked against the daemon's clock)."""
+    handle = ServerHandle(settings_factory(access_token_ttl_s=60 * 86400), clock)
+    try:
+        yield handle
+    finally:
+        handle.stop()
 
 
 def stub(server: ServerHandle) -> competition_pb2_grpc.CompetitionServiceStub:

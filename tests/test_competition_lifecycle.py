@@ -9,9 +9,21 @@ from google.protobuf import field_mask_pb2
 from coordd.domain import competition as rules
 from coordd.store.competition_models import Competition
 from coordd_client.v1 import competition_pb2
-from tests.competition_support import DAY, HOUR, create, get, register, spec, state_name, stub
+from tests.competition_support import (
+    DAY,
+    HOUR,
+    competition_server,
+    create,
+    get,
+    register,
+    spec,
+    state_name,
+    stub,
+)
 from tests.helpers import rpc_error
 from tests.support.server import bearer
+
+__all__ = ["competition_server"]  # the `server` fixture: tokens outlive clock.advance()
 
 
 def test_draft_is_private_until_published_then_opens(server):

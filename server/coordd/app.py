@@ -13,18 +13,6 @@ from typing import Any
 
 import grpc
 import structlog
-from coordd_client.v1 import (
-    auth_pb2,
-    auth_pb2_grpc,
-    competition_pb2,
-    competition_pb2_grpc,
-    ledger_pb2,
-    ledger_pb2_grpc,
-    node_pb2,
-    node_pb2_grpc,
-    status_pb2,
-    status_pb2_grpc,
-)
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -43,6 +31,18 @@ from coordd.scheduler.tasks import all_tasks
 from coordd.store.db import utcnow
 from coordd.store.lock import FileLock
 from coordd.store.migrations import migrate
+from coordd_client.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    competition_pb2,
+    competition_pb2_grpc,
+    ledger_pb2,
+    ledger_pb2_grpc,
+    node_pb2,
+    node_pb2_grpc,
+    status_pb2,
+    status_pb2_grpc,
+)
 
 log = structlog.get_logger("coordd")
 

@@ -183,8 +183,10 @@ def _precondition(message: str, reason: str, comp: Competition | None = None) ->
 
 
 def _visible(who: Principal, comp: Competition) -> bool:
-    """Drafts are private to their owner (and admins); everything else is public."""
-    return comp.state != DRAFT or comp.owner_id == who.user_id or who.is_admin
+    """Unpublished drafts are private to their owner (and admins); the rest is public."""
+    return (
+        comp.state != DRAFT or comp.publish_time is not None or comp.owner_id == who.user_id or who.is_admin
+    )
 
 
 def _get_visible(who: Principal, comp_id: str) -> Competition:
@@ -355,7 +357,11 @@ def list_competitions(
 ) -> Page[CompetitionView]:
     query = Competition.select()
     if not who.is_admin:
-        query = query.where((Competition.state != DRAFT) | (Competition.owner == who.user_id))
+        query = query.where(
+            (Competition.state != DRAFT)
+            | Competition.publish_time.is_null(False)
+            | (Competition.owner == who.user_id)
+        )
     if state:
         query = query.where(Competition.state == state)
     if tag:

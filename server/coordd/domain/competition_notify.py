@@ -125,7 +125,12 @@ def deliver(rt: Runtime) -> int:
         hook = hooks.get(row.user_id)
         error = ""
         if hook is None:
-            log.info("competition notification", to=f"users/{row.user_id}", kind=row.kind, **row.payload)
+            log.info(
+                "competition notification",
+                notification=row.id,
+                to=f"users/{row.user_id}",
+                payload=row.payload,
+            )
         else:
             try:
                 _post(hook.url, hook.secret, row, s.notification_timeout_s)
