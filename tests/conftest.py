@@ -18,13 +18,22 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(scope="session")
+def pg_session_database() -> Iterator[str]:
+    infra.require("postgresql")
+    with infra.migrated_database() as url:
+        yield url
+
+
 @pytest.fixture
-def database_url(backend: str) -> Iterator[str]:
+def database_url(backend: str, request: pytest.FixtureRequest) -> str:
+    """SQLite: "" (a fresh file under the test's tmp dir). PostgreSQL: the session's
+    database, emptied before the test."""
     if backend == "sqlite":
-        yield ""
-    else:
-        with infra.fresh_pg_database() as url:
-            yield url
+        return ""
+    url = str(request.getfixturevalue("pg_session_database"))
+    infra.wipe(url)
+    return url
 
 
 @pytest.fixture

@@ -32,6 +32,8 @@ FAST_TEST_SETTINGS: dict[str, Any] = {
     "health_check_interval_s": 0.2,
     "shutdown_grace_s": 2.0,
     "db_threads": 8,
+    # Tests also touch the database from their own threads, beside the daemon's pool.
+    "db_pool_size": 48,
 }
 
 
