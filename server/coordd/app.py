@@ -21,6 +21,7 @@ from coordd.api.auth import AuthServicer
 from coordd.api.ceremony import CeremonyServicer
 from coordd.api.competition import CompetitionServicer
 from coordd.api.interceptors import AuthInterceptor, IdempotencyInterceptor, ObservabilityInterceptor
+from coordd.api.jobs import JobServicer
 from coordd.api.ledger import LedgerServicer
 from coordd.api.node import NodeServicer
 from coordd.api.status import StatusServicer
@@ -36,6 +37,8 @@ from coordd_client.v1 import (
     auth_pb2_grpc,
     competition_pb2,
     competition_pb2_grpc,
+    job_pb2,
+    job_pb2_grpc,
     ledger_pb2,
     ledger_pb2_grpc,
     node_pb2,
@@ -75,6 +78,11 @@ def services() -> list[Service]:
             ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
             ledger_pb2_grpc.add_LedgerServiceServicer_to_server,
             lambda rt, _: LedgerServicer(rt),
+        ),
+        Service(
+            job_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+            job_pb2_grpc.add_JobServiceServicer_to_server,
+            lambda rt, _: JobServicer(rt),
         ),
         Service(
             competition_pb2.DESCRIPTOR.services_by_name["CompetitionService"].full_name,

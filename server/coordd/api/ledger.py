@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from coordd_client.v1 import ledger_pb2, ledger_pb2_grpc
-
 from coordd.api.convert import parse_name, ts
 from coordd.domain import ledger
 from coordd.domain.principal import require_user
 from coordd.runtime import Runtime
 from coordd.store.paging import PageRequest
+from coordd_client.v1 import ledger_pb2, ledger_pb2_grpc
 
 
 def balance_to_proto(balance: ledger.Balance) -> ledger_pb2.Balance:

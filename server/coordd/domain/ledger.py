@@ -9,8 +9,9 @@ The movement functions (`deposit`, `hold`, `refund`, `release`, `transfer`, `pos
 the `Tx` of a transaction the caller already opened with `rt.store.write()`, so money moves
 in the same transaction as the state change it pays for (a job insert, a completion, a
 registration). They raise `InsufficientFunds` (FAILED_PRECONDITION), which rolls the whole
-transaction back. They never open a transaction themselves: on SQLite the write lock is not
-re-entrant.
+transaction back. They never open a transaction of their own. For many movements at once
+(a batch of job completions), build `Entry` values with the `*_entry` helpers and pass them
+to `post_many`: one UPDATE per account for the whole batch instead of one per movement.
 """
 
 from __future__ import annotations
@@ -83,8 +84,31 @@ def check_amount(amount: int, field: str = "amount", allow_zero: bool = False) -
     v.raise_if_any()
 
 
-def _apply(tx: Tx, account_id: str, delta: int, entry: LedgerEntry) -> None:
+@dataclass(frozen=True)
+class Entry:
+    """One balanced movement to post: (account id, signed amount) pairs."""
+
+    reason: str
+    reference: str
+    movements: tuple[tuple[str, int], ...]
+    memo: str = ""
+
+
+def _ensure_account(tx: Tx, account_id: str) -> None:
     owner, kind, allow_negative = _describe(account_id)
+    LedgerAccount.insert(
+        id=account_id,
+        owner=owner,
+        kind=kind,
+        balance=0,
+        allow_negative=allow_negative,
+        create_time=tx.now,
+        update_time=tx.now,
+    ).on_conflict_ignore().execute()
+
+
+def _apply(tx: Tx, account_id: str, delta: int) -> int:
+    """Adds `delta` to one account with a conditional UPDATE; returns the new balance."""
     for _ in range(2):
         rows = list(
             LedgerAccount.update(balance=LedgerAccount.balance + delta, update_time=tx.now)
@@ -96,82 +120,156 @@ def _apply(tx: Tx, account_id: str, delta: int, entry: LedgerEntry) -> None:
             .execute()
         )
         if rows:
-            LedgerPosting.insert(
-                entry=entry.id, account=account_id, amount=delta, balance_after=rows[0].balance
-            ).execute()
-            return
+            return int(rows[0].balance)
         if LedgerAccount.select(LedgerAccount.id).where(LedgerAccount.id == account_id).exists():
             break
         # First movement on this account: create it, then apply the same conditional update.
-        LedgerAccount.insert(
-            id=account_id,
-            owner=owner,
-            kind=kind,
-            balance=0,
-            allow_negative=allow_negative,
-            create_time=tx.now,
-            update_time=tx.now,
-        ).on_conflict_ignore().execute()
+        _ensure_account(tx, account_id)
     raise InsufficientFunds(
         f"insufficient funds in {account_id}: {-delta} needed",
         metadata={"account": account_id, "needed": str(-delta)},
     )
 
 
-def post(
-    tx: Tx, reason: str, reference: str, movements: Iterable[tuple[str, int]], memo: str = ""
-) -> LedgerEntry:
-    """Writes one balanced entry. `movements` are (account id, signed amount) pairs.
-
-    Accounts are updated in id order so two concurrent entries touching the same accounts
-    lock them in the same order (no deadlock on PostgreSQL).
-    """
+def _merged(entry: Entry) -> dict[str, int]:
     merged: dict[str, int] = {}
-    for account_id, amount in movements:
+    for account_id, amount in entry.movements:
         if not isinstance(amount, int) or isinstance(amount, bool):
             raise InvalidArgument("ledger amounts are integers in minor units")
         _describe(account_id)
         merged[account_id] = merged.get(account_id, 0) + amount
     merged = {a: d for a, d in merged.items() if d != 0}
     if sum(merged.values()) != 0:
-        raise ValueError(f"unbalanced ledger entry for {reference}: {merged}")
+        raise ValueError(f"unbalanced ledger entry for {entry.reference}: {merged}")
     if not merged:
         raise ValueError("a ledger entry needs at least one non-zero movement")
-    entry = LedgerEntry.create(reason=reason, reference=reference, memo=memo, create_time=tx.now)
-    # Credits after debits would also work; id order is what prevents lock-order deadlocks.
-    for account_id in sorted(merged):
-        _apply(tx, account_id, merged[account_id], entry)
-    owners = sorted({o for o in (_describe(a)[0] for a in merged) if o})
+    return merged
+
+
+def post_many(tx: Tx, entries: list[Entry]) -> list[LedgerEntry]:
+    """Writes balanced entries in order, with one UPDATE per account for the whole batch.
+
+    Each account's running balance after every posting is derived from its final balance,
+    and must stay non-negative (for accounts that may not go negative) at every step, not
+    only at the end. Accounts are updated in id order so two concurrent batches lock them in
+    the same order (no deadlock on PostgreSQL).
+    """
+    if not entries:
+        return []
+    merged = [_merged(e) for e in entries]
+    totals: dict[str, int] = {}
+    for m in merged:
+        for account_id, delta in m.items():
+            totals[account_id] = totals.get(account_id, 0) + delta
+    final: dict[str, int] = {}
+    for account_id in sorted(totals):
+        # A zero total still touches the row: that locks the account and reads its balance.
+        final[account_id] = _apply(tx, account_id, totals[account_id])
+    # Walk the entries backwards from the final balances to get each balance_after.
+    running = dict(final)
+    after: list[dict[str, int]] = [{} for _ in merged]
+    for index in range(len(merged) - 1, -1, -1):
+        for account_id, delta in merged[index].items():
+            after[index][account_id] = running[account_id]
+            running[account_id] -= delta
+    for index, m in enumerate(merged):
+        for account_id in m:
+            if after[index][account_id] < 0 and not _describe(account_id)[2]:
+                raise InsufficientFunds(
+                    f"insufficient funds in {account_id} for {entries[index].reference}",
+                    metadata={"account": account_id},
+                )
+    rows = [
+        {"reason": e.reason, "reference": e.reference, "memo": e.memo, "create_time": tx.now} for e in entries
+    ]
+    ids = sorted(r.id for r in LedgerEntry.insert_many(rows).returning(LedgerEntry.id).execute())
+    postings = [
+        {"entry": entry_id, "account": account_id, "amount": delta, "balance_after": after[index][account_id]}
+        for index, (entry_id, m) in enumerate(zip(ids, merged, strict=True))
+        for account_id, delta in sorted(m.items())
+    ]
+    LedgerPosting.insert_many(postings).execute()
+    owners = sorted({o for m in merged for o in (_describe(a)[0] for a in m) if o})
     tx.emit(
         "ledger.entry.posted",
-        f"ledgerEntries/{entry.id}",
-        {"reason": reason, "reference": reference, "watch_keys": [f"balances/{o}" for o in owners]},
+        f"ledgerEntries/{ids[0]}",
+        {
+            "reason": entries[0].reason,
+            "reference": entries[0].reference,
+            "entries": len(ids),
+            "watch_keys": [f"balances/{o}" for o in owners],
+        },
     )
-    return entry
+    return [
+        LedgerEntry(id=i, reason=e.reason, reference=e.reference, memo=e.memo, create_time=tx.now)
+        for i, e in zip(ids, entries, strict=True)
+    ]
+
+
+def post(
+    tx: Tx, reason: str, reference: str, movements: Iterable[tuple[str, int]], memo: str = ""
+) -> LedgerEntry:
+    """Writes one balanced entry. `movements` are (account id, signed amount) pairs."""
+    return post_many(tx, [Entry(reason, reference, tuple(movements), memo)])[0]
+
+
+def deposit_entry(user_id: str, amount: int, reference: str, memo: str = "") -> Entry:
+    check_amount(amount)
+    return Entry(
+        "deposit", reference, ((PLATFORM_EXTERNAL, -amount), (available_account(user_id), amount)), memo
+    )
+
+
+def hold_entry(user_id: str, amount: int, reference: str, reason: str = "hold") -> Entry:
+    check_amount(amount)
+    return Entry(reason, reference, ((available_account(user_id), -amount), (held_account(user_id), amount)))
+
+
+def refund_entry(user_id: str, amount: int, reference: str, reason: str = "refund") -> Entry:
+    check_amount(amount)
+    return Entry(reason, reference, ((held_account(user_id), -amount), (available_account(user_id), amount)))
+
+
+def release_entry(
+    payer_id: str, payee_id: str, amount: int, reference: str, fee: int = 0, reason: str = "payment"
+) -> Entry:
+    check_amount(amount)
+    check_amount(fee, "fee", allow_zero=True)
+    if fee > amount:
+        raise InvalidArgument("the fee cannot exceed the amount")
+    return Entry(
+        reason,
+        reference,
+        (
+            (held_account(payer_id), -amount),
+            (available_account(payee_id), amount - fee),
+            (PLATFORM_FEES, fee),
+        ),
+    )
+
+
+def transfer_entry(
+    from_user: str, to_user: str, amount: int, reference: str, reason: str = "transfer"
+) -> Entry:
+    check_amount(amount)
+    return Entry(
+        reason, reference, ((available_account(from_user), -amount), (available_account(to_user), amount))
+    )
 
 
 def deposit(tx: Tx, user_id: str, amount: int, reference: str, memo: str = "") -> LedgerEntry:
     """Money from outside the platform into a user's available balance."""
-    check_amount(amount)
-    return post(
-        tx, "deposit", reference, [(PLATFORM_EXTERNAL, -amount), (available_account(user_id), amount)], memo
-    )
+    return post_many(tx, [deposit_entry(user_id, amount, reference, memo)])[0]
 
 
 def hold(tx: Tx, user_id: str, amount: int, reference: str, reason: str = "hold") -> LedgerEntry:
     """Escrows `amount` of the user's available balance; InsufficientFunds when short."""
-    check_amount(amount)
-    return post(
-        tx, reason, reference, [(available_account(user_id), -amount), (held_account(user_id), amount)]
-    )
+    return post_many(tx, [hold_entry(user_id, amount, reference, reason)])[0]
 
 
 def refund(tx: Tx, user_id: str, amount: int, reference: str, reason: str = "refund") -> LedgerEntry:
     """Returns held money to the same user's available balance."""
-    check_amount(amount)
-    return post(
-        tx, reason, reference, [(held_account(user_id), -amount), (available_account(user_id), amount)]
-    )
+    return post_many(tx, [refund_entry(user_id, amount, reference, reason)])[0]
 
 
 def release(
@@ -184,30 +282,14 @@ def release(
     reason: str = "payment",
 ) -> LedgerEntry:
     """Pays held money out: `amount - fee` to the payee's available balance, `fee` to the platform."""
-    check_amount(amount)
-    check_amount(fee, "fee", allow_zero=True)
-    if fee > amount:
-        raise InvalidArgument("the fee cannot exceed the amount")
-    return post(
-        tx,
-        reason,
-        reference,
-        [
-            (held_account(payer_id), -amount),
-            (available_account(payee_id), amount - fee),
-            (PLATFORM_FEES, fee),
-        ],
-    )
+    return post_many(tx, [release_entry(payer_id, payee_id, amount, reference, fee, reason)])[0]
 
 
 def transfer(
     tx: Tx, from_user: str, to_user: str, amount: int, reference: str, reason: str = "transfer"
 ) -> LedgerEntry:
     """Available to available between two users (not exposed over the API)."""
-    check_amount(amount)
-    return post(
-        tx, reason, reference, [(available_account(from_user), -amount), (available_account(to_user), amount)]
-    )
+    return post_many(tx, [transfer_entry(from_user, to_user, amount, reference, reason)])[0]
 
 
 def fee_for(amount: int, fee_bps: int) -> int:
@@ -303,9 +385,10 @@ def deposit_funds(
     return EntryView(entry, postings), balance(user_id)
 
 
-def check_amount_into(v: Violations, amount: int, field: str = "amount") -> None:
+def check_amount_into(v: Violations, amount: int, field: str = "amount", allow_zero: bool = False) -> None:
+    """Like check_amount, adding to a request's other violations instead of raising."""
     try:
-        check_amount(amount, field)
+        check_amount(amount, field, allow_zero)
     except InvalidArgument as exc:
         v.items.extend(exc.violations)
 

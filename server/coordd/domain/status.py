@@ -9,6 +9,7 @@ import peewee
 from coordd.notify.models import Channel, Delivery
 from coordd.store.ceremony_models import Ceremony, Contribution, Participant
 from coordd.store.competition_models import Competition, CompetitionNotification, Registration
+from coordd.store.job_models import Job
 from coordd.store.ledger_models import LedgerAccount, LedgerEntry
 from coordd.store.models import ApiKey, EventLog, IdempotencyRecord, SchedulerLeader, SchedulerTaskRun, User
 from coordd.store.node_models import Incident, Node, Project, Workload
@@ -30,6 +31,7 @@ COUNTED: dict[str, type[peewee.Model]] = {
     "notify_deliveries": Delivery,
     "ledger_accounts": LedgerAccount,
     "ledger_entries": LedgerEntry,
+    "jobs": Job,
     "competitions": Competition,
     "competition_registrations": Registration,
     "competition_notifications": CompetitionNotification,

@@ -7,6 +7,7 @@ from coordd.domain import idempotency
 from coordd.notify import tasks as notify_tasks
 from coordd.scheduler import ceremony as ceremony_tasks
 from coordd.scheduler import competition
+from coordd.scheduler import jobs as job_tasks
 from coordd.scheduler import node as node_tasks
 from coordd.scheduler.core import Task
 
@@ -22,6 +23,7 @@ def all_tasks() -> list[Task]:
         *platform_tasks(),
         *node_tasks.tasks(),
         *notify_tasks.tasks(),
+        *job_tasks.tasks(),
         *competition.tasks(),
         *ceremony_tasks.tasks(),
     ]

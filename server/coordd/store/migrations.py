@@ -16,6 +16,7 @@ import structlog
 from coordd.notify import models as notify_m
 from coordd.store import ceremony_models as ceremony_m
 from coordd.store import competition_models as competition_m
+from coordd.store import job_models as job_m
 from coordd.store import ledger_models as ledger_m
 from coordd.store import models as m
 from coordd.store import node_models as node_m
@@ -51,6 +52,7 @@ MIGRATIONS: list[Migration] = [
         "ledger: accounts, entries, postings",
         _create(ledger_m.LedgerAccount, ledger_m.LedgerEntry, ledger_m.LedgerPosting),
     ),
+    Migration(11, "jobs: jobs, labels, attempts, attestations", job_m.create_tables),
     Migration(
         40,
         "competition: competitions, transitions, registrations, entries, results, notifications, webhooks",

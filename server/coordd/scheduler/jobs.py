@@ -1,0 +1,14 @@
+"""Job scheduler tasks: each selects only due rows through an indexed due-time column."""
+
+from __future__ import annotations
+
+from coordd.domain import jobs
+from coordd.scheduler.core import Task
+
+
+def tasks() -> list[Task]:
+    return [
+        Task("jobs-rescue-expired-leases", 1.0, jobs.rescue_expired_leases),
+        Task("jobs-enforce-deadlines", 1.0, jobs.enforce_deadlines),
+        Task("jobs-purge-payloads", 300.0, jobs.purge_payloads),
+    ]
