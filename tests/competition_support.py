@@ -18,11 +18,15 @@ HOUR = 3600.0
 DAY = 24 * HOUR
 
 
+QUIET: dict[str, Any] = {"access_token_ttl_s": 60 * 86400, "scheduler_enabled": False}
+
+
 @pytest.fixture(name="server")
 def competition_server(settings_factory: Any, clock: Clock) -> Iterator[ServerHandle]:
     """The conftest server, with access tokens that outlive the days these tests skip
-    with `clock.advance` (tokens are checked against the daemon's clock)."""
-    handle = ServerHandle(settings_factory(access_token_ttl_s=60 * 86400), clock)
+    with `clock.advance` (tokens are checked against the daemon's clock), and without the
+    scheduler loop: tests run its tasks themselves, so every step is deterministic."""
+    handle = ServerHandle(settings_factory(**QUIET), clock)
     try:
         yield handle
     finally:

@@ -106,7 +106,6 @@ def test_time_moves_it_through_every_state_in_one_tick_and_results_settle(server
 
 def test_chains_are_bounded_per_tick(server, clock):
     rules.configure(server.rt, max_chain=1)
-    server.app.scheduler.tasks.clear()  # only this test's explicit ticks advance it
     _, org = server.make_user("organizer")
     comp = create(server, org)
     clock.advance(4 * DAY)

@@ -162,7 +162,6 @@ def test_registering_twice_with_different_keys_returns_the_existing_registration
 
 
 def test_the_registration_window_is_enforced_even_before_the_scheduler_runs(server, clock):
-    server.app.scheduler.tasks.clear()
     _, org = server.make_user("organizer")
     _, token = server.make_user("participant")
     now = server.rt.now()

@@ -28,8 +28,10 @@ if _version_not_supported:
 class CompetitionServiceStub:
     """CompetitionService: organizers publish competitions with capacity and deadlines;
     participants register exactly once (retries with an `idempotency-key` replay the first
-    answer), seats are never oversold, a waitlist fills freed seats, reminders and results
-    are delivered as notifications, and results are signed with the coordinator key.
+    answer), seats are never oversold, a waitlist fills freed seats, and results are signed
+    with the coordinator key. Registrants are notified (confirmation, offer, reminder,
+    results, cancellation) once each, through their webhook channels (event types
+    `competition.<kind>`; see the notification outbox).
 
     Every competition runs through one persisted state machine:
     DRAFT -> OPEN -> REGISTRATION_CLOSED -> RUNNING -> ENDED -> RESULTS_PUBLISHED -> SETTLED,
@@ -128,18 +130,15 @@ class CompetitionServiceStub:
                 request_serializer=coordd_dot_v1_dot_competition__pb2.WatchCompetitionRequest.SerializeToString,
                 response_deserializer=coordd_dot_v1_dot_competition__pb2.WatchCompetitionResponse.FromString,
                 _registered_method=True)
-        self.SetNotificationWebhook = channel.unary_unary(
-                '/coordd.v1.CompetitionService/SetNotificationWebhook',
-                request_serializer=coordd_dot_v1_dot_competition__pb2.SetNotificationWebhookRequest.SerializeToString,
-                response_deserializer=coordd_dot_v1_dot_competition__pb2.SetNotificationWebhookResponse.FromString,
-                _registered_method=True)
 
 
 class CompetitionServiceServicer:
     """CompetitionService: organizers publish competitions with capacity and deadlines;
     participants register exactly once (retries with an `idempotency-key` replay the first
-    answer), seats are never oversold, a waitlist fills freed seats, reminders and results
-    are delivered as notifications, and results are signed with the coordinator key.
+    answer), seats are never oversold, a waitlist fills freed seats, and results are signed
+    with the coordinator key. Registrants are notified (confirmation, offer, reminder,
+    results, cancellation) once each, through their webhook channels (event types
+    `competition.<kind>`; see the notification outbox).
 
     Every competition runs through one persisted state machine:
     DRAFT -> OPEN -> REGISTRATION_CLOSED -> RUNNING -> ENDED -> RESULTS_PUBLISHED -> SETTLED,
@@ -274,14 +273,6 @@ class CompetitionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def SetNotificationWebhook(self, request, context):
-        """Sets (or, with an empty url, clears) where the caller's competition notifications are
-        delivered: an HTTPS POST signed with HMAC-SHA256 over the body.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_CompetitionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -370,11 +361,6 @@ def add_CompetitionServiceServicer_to_server(servicer, server):
                     request_deserializer=coordd_dot_v1_dot_competition__pb2.WatchCompetitionRequest.FromString,
                     response_serializer=coordd_dot_v1_dot_competition__pb2.WatchCompetitionResponse.SerializeToString,
             ),
-            'SetNotificationWebhook': grpc.unary_unary_rpc_method_handler(
-                    servicer.SetNotificationWebhook,
-                    request_deserializer=coordd_dot_v1_dot_competition__pb2.SetNotificationWebhookRequest.FromString,
-                    response_serializer=coordd_dot_v1_dot_competition__pb2.SetNotificationWebhookResponse.SerializeToString,
-            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'coordd.v1.CompetitionService', rpc_method_handlers)
@@ -386,8 +372,10 @@ def add_CompetitionServiceServicer_to_server(servicer, server):
 class CompetitionService:
     """CompetitionService: organizers publish competitions with capacity and deadlines;
     participants register exactly once (retries with an `idempotency-key` replay the first
-    answer), seats are never oversold, a waitlist fills freed seats, reminders and results
-    are delivered as notifications, and results are signed with the coordinator key.
+    answer), seats are never oversold, a waitlist fills freed seats, and results are signed
+    with the coordinator key. Registrants are notified (confirmation, offer, reminder,
+    results, cancellation) once each, through their webhook channels (event types
+    `competition.<kind>`; see the notification outbox).
 
     Every competition runs through one persisted state machine:
     DRAFT -> OPEN -> REGISTRATION_CLOSED -> RUNNING -> ENDED -> RESULTS_PUBLISHED -> SETTLED,
@@ -844,33 +832,6 @@ class CompetitionService:
             '/coordd.v1.CompetitionService/WatchCompetition',
             coordd_dot_v1_dot_competition__pb2.WatchCompetitionRequest.SerializeToString,
             coordd_dot_v1_dot_competition__pb2.WatchCompetitionResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def SetNotificationWebhook(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/coordd.v1.CompetitionService/SetNotificationWebhook',
-            coordd_dot_v1_dot_competition__pb2.SetNotificationWebhookRequest.SerializeToString,
-            coordd_dot_v1_dot_competition__pb2.SetNotificationWebhookResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,8 +29,10 @@ GRPC_VERSION: str
 class CompetitionServiceStub:
     """CompetitionService: organizers publish competitions with capacity and deadlines;
     participants register exactly once (retries with an `idempotency-key` replay the first
-    answer), seats are never oversold, a waitlist fills freed seats, reminders and results
-    are delivered as notifications, and results are signed with the coordinator key.
+    answer), seats are never oversold, a waitlist fills freed seats, and results are signed
+    with the coordinator key. Registrants are notified (confirmation, offer, reminder,
+    results, cancellation) once each, through their webhook channels (event types
+    `competition.<kind>`; see the notification outbox).
 
     Every competition runs through one persisted state machine:
     DRAFT -> OPEN -> REGISTRATION_CLOSED -> RUNNING -> ENDED -> RESULTS_PUBLISHED -> SETTLED,
@@ -91,17 +93,15 @@ class CompetitionServiceStub:
     """Streams the competition whenever its seats, waitlist or state change; ends after a
     terminal state.
     """
-    SetNotificationWebhook: _grpc.UnaryUnaryMultiCallable[_competition_pb2.SetNotificationWebhookRequest, _competition_pb2.SetNotificationWebhookResponse]
-    """Sets (or, with an empty url, clears) where the caller's competition notifications are
-    delivered: an HTTPS POST signed with HMAC-SHA256 over the body.
-    """
 
 @_typing.type_check_only
 class CompetitionServiceAsyncStub(CompetitionServiceStub):
     """CompetitionService: organizers publish competitions with capacity and deadlines;
     participants register exactly once (retries with an `idempotency-key` replay the first
-    answer), seats are never oversold, a waitlist fills freed seats, reminders and results
-    are delivered as notifications, and results are signed with the coordinator key.
+    answer), seats are never oversold, a waitlist fills freed seats, and results are signed
+    with the coordinator key. Registrants are notified (confirmation, offer, reminder,
+    results, cancellation) once each, through their webhook channels (event types
+    `competition.<kind>`; see the notification outbox).
 
     Every competition runs through one persisted state machine:
     DRAFT -> OPEN -> REGISTRATION_CLOSED -> RUNNING -> ENDED -> RESULTS_PUBLISHED -> SETTLED,
@@ -159,16 +159,14 @@ class CompetitionServiceAsyncStub(CompetitionServiceStub):
     """Streams the competition whenever its seats, waitlist or state change; ends after a
     terminal state.
     """
-    SetNotificationWebhook: _aio.UnaryUnaryMultiCallable[_competition_pb2.SetNotificationWebhookRequest, _competition_pb2.SetNotificationWebhookResponse]  # type: ignore[assignment]
-    """Sets (or, with an empty url, clears) where the caller's competition notifications are
-    delivered: an HTTPS POST signed with HMAC-SHA256 over the body.
-    """
 
 class CompetitionServiceServicer(metaclass=_abc_1.ABCMeta):
     """CompetitionService: organizers publish competitions with capacity and deadlines;
     participants register exactly once (retries with an `idempotency-key` replay the first
-    answer), seats are never oversold, a waitlist fills freed seats, reminders and results
-    are delivered as notifications, and results are signed with the coordinator key.
+    answer), seats are never oversold, a waitlist fills freed seats, and results are signed
+    with the coordinator key. Registrants are notified (confirmation, offer, reminder,
+    results, cancellation) once each, through their webhook channels (event types
+    `competition.<kind>`; see the notification outbox).
 
     Every competition runs through one persisted state machine:
     DRAFT -> OPEN -> REGISTRATION_CLOSED -> RUNNING -> ENDED -> RESULTS_PUBLISHED -> SETTLED,
@@ -325,16 +323,6 @@ class CompetitionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_competition_pb2.WatchCompetitionResponse], _abc.AsyncIterator[_competition_pb2.WatchCompetitionResponse]]:
         """Streams the competition whenever its seats, waitlist or state change; ends after a
         terminal state.
-        """
-
-    @_abc_1.abstractmethod
-    def SetNotificationWebhook(
-        self,
-        request: _competition_pb2.SetNotificationWebhookRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_competition_pb2.SetNotificationWebhookResponse, _abc.Awaitable[_competition_pb2.SetNotificationWebhookResponse]]:
-        """Sets (or, with an empty url, clears) where the caller's competition notifications are
-        delivered: an HTTPS POST signed with HMAC-SHA256 over the body.
         """
 
 def add_CompetitionServiceServicer_to_server(servicer: CompetitionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

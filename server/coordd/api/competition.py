@@ -10,7 +10,6 @@ from typing import Any
 
 from coordd.api.convert import duration, from_ts, parse_name, ts
 from coordd.domain import competition as comp_rules
-from coordd.domain import competition_notify
 from coordd.domain.errors import FieldViolation, InvalidArgument, Violations
 from coordd.domain.principal import require_user
 from coordd.runtime import Runtime
@@ -367,12 +366,3 @@ class CompetitionServicer(competition_pb2_grpc.CompetitionServiceServicer):
             if view.competition.state in comp_rules.TERMINAL:
                 return
             await self.rt.notifier.wait([key], WATCH_REFRESH_S)
-
-    async def SetNotificationWebhook(
-        self, request: competition_pb2.SetNotificationWebhookRequest, context: Any
-    ) -> competition_pb2.SetNotificationWebhookResponse:
-        who = require_user()
-        hook = await self.rt.run(competition_notify.set_webhook, self.rt, who, request.url, request.secret)
-        if hook is None:
-            return competition_pb2.SetNotificationWebhookResponse()
-        return competition_pb2.SetNotificationWebhookResponse(url=hook.url, update_time=ts(hook.update_time))

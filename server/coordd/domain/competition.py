@@ -4,8 +4,8 @@ Seats are allocated by one conditional UPDATE on the competition row
 (`confirmed = confirmed + 1 WHERE confirmed + offered < capacity AND now in the window`)
 inside one short transaction that also inserts the registration (unique per competition
 and user), holds the entry fee in the ledger and writes the confirmation to the outbox.
-Nothing slow happens while that transaction is open: webhooks are delivered later by the
-scheduler (domain/competition_notify.py).
+Nothing slow happens while that transaction is open: webhooks are queued in the shared
+outbox (notify/) and delivered later by its scheduler task.
 
 The lifecycle is an explicit, persisted state machine; every transition is a row with its
 time and reason. Time-based transitions are made by the scheduler (`advance_due`), which
@@ -29,6 +29,7 @@ import structlog
 from coordd.domain import ledger
 from coordd.domain.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
 from coordd.domain.principal import Principal, require_owner_or_admin
+from coordd.notify import outbox
 from coordd.runtime import Runtime
 from coordd.store.competition_models import (
     Competition,
@@ -98,11 +99,6 @@ class CompetitionSettings:
     max_chain: int = 10
     # Competitions (or offers, reminders) handled per scheduler tick.
     batch: int = 100
-    notification_max_attempts: int = 8
-    notification_timeout_s: float = 5.0
-    notification_backoff_s: float = 5.0
-    # A delivery in flight holds its row this long (a crash mid-delivery retries after it).
-    notification_lease_s: float = 60.0
 
 
 DEFAULT_SETTINGS = CompetitionSettings()
@@ -659,7 +655,7 @@ def _refund_movements(reg: Registration) -> list[tuple[str, int]]:
     ]
 
 
-# -- the outbox ------------------------------------------------------------------------------
+# -- notifications ------------------------------------------------------------------------------
 
 
 def _payload(comp: Competition, kind: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -686,28 +682,43 @@ def _notify_many(
     kind: str,
     extra: dict[str, Any] | None = None,
 ) -> int:
-    """Writes outbox rows; the unique (registration, kind) key drops duplicates, so a
-    retried or repeated step never notifies anyone twice."""
-    rows = [
-        {
-            "registration": reg_id,
-            "user": user_id,
-            "competition": comp.id,
-            "kind": kind,
-            "payload": _payload(
-                comp, kind, {"registration": f"{_name(comp.id)}/registrations/{reg_id}", **(extra or {})}
-            ),
-            "state": "pending",
-            "attempts": 0,
-            "next_attempt_time": tx.now,
-            "last_error": "",
-            "delivered_to": "",
-            "create_time": tx.now,
-        }
-        for reg_id, user_id in targets
-    ]
+    """Records each (registration, kind) once and queues it to the registrant's webhook
+    channels through the shared outbox, in the caller's transaction. The unique key makes a
+    retried or repeated step (a scheduler restart, a replayed call) notify nobody twice."""
+    wanted = dict(targets)
+    if not wanted:
+        return 0
+    done: set[str] = set()
+    ids = list(wanted)
+    for start in range(0, len(ids), 500):
+        done.update(
+            r.registration_id
+            for r in CompetitionNotification.select(CompetitionNotification.registration).where(
+                CompetitionNotification.registration.in_(ids[start : start + 500])
+                & (CompetitionNotification.kind == kind)
+            )
+        )
+    rows = []
+    for reg_id, user_id in wanted.items():
+        if reg_id in done:
+            continue
+        name = f"{_name(comp.id)}/registrations/{reg_id}"
+        payload = _payload(comp, kind, {"registration": name, "user": f"users/{user_id}", **(extra or {})})
+        queued = outbox.enqueue(tx, {user_id}, f"competition.{kind}", f"{name}:{kind}", payload)
+        log.info("competition notification", kind=kind, registration=name, deliveries_queued=queued)
+        rows.append(
+            {
+                "registration": reg_id,
+                "user": user_id,
+                "competition": comp.id,
+                "kind": kind,
+                "payload": payload,
+                "deliveries_queued": queued,
+                "create_time": tx.now,
+            }
+        )
     for start in range(0, len(rows), 200):
-        CompetitionNotification.insert_many(rows[start : start + 200]).on_conflict_ignore().execute()
+        CompetitionNotification.insert_many(rows[start : start + 200]).execute()
     return len(rows)
 
 

@@ -1,5 +1,5 @@
 """Competition tables: competitions with their seat counters and lifecycle, transitions,
-registrations, entries, results, and the notification outbox.
+registrations, entries, results, and the notifications given to registrants.
 
 The seat counters live on the competition row so that registering is one conditional
 UPDATE on it (the row lock serializes seat allocation on PostgreSQL; SQLite's single
@@ -105,36 +105,23 @@ class CompetitionResult(BaseModel):
 
 
 class CompetitionNotification(BaseModel):
-    """The competition outbox: one row per (registration, kind), written in the same
-    transaction as the change it announces, delivered later by the scheduler."""
+    """Which notifications a registration has been given: one row per (registration, kind),
+    written in the same transaction as the change it announces. A new row is also queued to
+    the shared webhook outbox (notify/); the unique key is what makes it exactly once."""
 
     id = peewee.BigAutoField()
     registration = peewee.ForeignKeyField(Registration, on_delete="CASCADE")
     user = peewee.ForeignKeyField(User, on_delete="CASCADE")
-    competition = peewee.ForeignKeyField(Competition, on_delete="CASCADE")
+    competition = peewee.ForeignKeyField(Competition, on_delete="CASCADE", index=True)
     kind = peewee.CharField(max_length=32)  # confirmation | offer | reminder | results | cancellation
     payload = JSONField()
-    state = peewee.CharField(max_length=16, default="pending")  # pending | sent | failed
-    attempts = peewee.IntegerField(default=0)
-    # When delivery is next tried (also the claim lease while a delivery is in flight).
-    next_attempt_time = TimestampField(null=True, index=True)
-    last_error = peewee.TextField(default="")
-    delivered_to = peewee.CharField(max_length=2048, default="")
+    # Webhook deliveries queued in the outbox for it (0: the user has no matching channel).
+    deliveries_queued = peewee.IntegerField(default=0)
     create_time = TimestampField()
-    sent_time = TimestampField(null=True)
 
     class Meta:
         table_name = "competition_notifications"
         indexes = ((("registration", "kind"), True),)
-
-
-class CompetitionWebhook(BaseModel):
-    """Where a user's competition notifications go."""
-
-    user = peewee.ForeignKeyField(User, primary_key=True, on_delete="CASCADE")
-    url = peewee.CharField(max_length=2048)
-    secret = peewee.CharField(max_length=256)
-    update_time = TimestampField()
 
 
 ALL_MODELS: tuple[type[peewee.Model], ...] = (
@@ -144,5 +131,4 @@ ALL_MODELS: tuple[type[peewee.Model], ...] = (
     CompetitionEntry,
     CompetitionResult,
     CompetitionNotification,
-    CompetitionWebhook,
 )
