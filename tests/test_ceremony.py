@@ -4,12 +4,14 @@ uploads, verification, transcript and finalization."""
 from __future__ import annotations
 
 import threading
+from datetime import UTC
 
 import grpc
 import pytest
 
 from coordd.api import ceremony as ceremony_api
 from coordd.domain import ceremony as rules
+from coordd.domain.principal import Principal
 from coordd.store.ceremony_models import Circuit, Participant
 from coordd_client.transcript import verify_transcript
 from coordd_client.v1 import ceremony_pb2 as pb
@@ -535,3 +537,67 @@ def test_transcript_and_key_are_public(server, cer):
     rpc_error(
         grpc.StatusCode.UNAUTHENTICATED, cer.stub.GetCeremony, pb.GetCeremonyRequest(name=ceremony.name)
     )
+
+
+def test_dynamic_turns_start_at_the_floor_then_follow_the_average(server, cer, clock):
+    ceremony, (circuit,) = cer.open(
+        policy=pb.TIMEOUT_POLICY_DYNAMIC, dynamic_floor=10, dynamic_threshold_percent=50, start_window=30
+    )
+    alice, bob = _users(server, 2)
+    cer.join(ceremony, alice)
+    cer.join(ceremony, bob)
+
+    def turn_left(token):
+        me = cer.me(ceremony, token)
+        return (me.deadline.ToDatetime(UTC) - server.rt.now()).total_seconds()
+
+    cer.download(alice, circuit.name)
+    assert 9 < turn_left(alice) <= 10, "no average yet: the floor is the turn"
+    clock.advance(8)
+    data, _ = cer.download(alice, circuit.name)
+    cer.upload(alice, circuit.name, data + b"alice")
+    stats = cer.circuit(circuit.name)
+    assert 8 <= stats.average_contribution_time.ToTimedelta().total_seconds() < 9
+    cer.download(bob, circuit.name)
+    # 8 s average x 1.5 = 12 s, above the 10 s floor.
+    assert 11 < turn_left(bob) <= 12.5
+
+
+def test_a_verification_that_never_finished_is_redone_by_the_scheduler(server, cer, clock):
+    ceremony, (circuit,) = cer.open()
+    alice_id, alice = server.make_user("participant")
+    _, bob = server.make_user("participant")
+    cer.join(ceremony, alice)
+    cer.join(ceremony, bob)
+    rt = server.rt
+    who = Principal(user_id=alice_id, roles=frozenset({"participant"}), kind="token")
+    cid, kid = ceremony.name.split("/")[1], circuit.name.split("/")[-1]
+    data = b"alice's contribution" * 50
+    # Upload through the rules without verifying: as if the daemon died right after the upload.
+    plan = rules.begin_upload(rt, who, cid, kid, rules.CONTRIBUTION_KIND, len(data), blake(data), None)
+    rules.blobs_of(rt).write_at(plan.blob_key, 0, data)
+    rules.commit_chunk(rt, plan.upload_id, len(data))
+    rules.finish_contribution_upload(rt, who, cid, plan.upload_id)
+    assert cer.me(ceremony, alice).status == S.Value("PARTICIPANT_STATUS_CONTRIBUTED")
+    cer.tick()
+    assert cer.me(ceremony, alice).status == S.Value("PARTICIPANT_STATUS_CONTRIBUTED")
+    clock.advance(rules.DEFAULT_VERIFY_TIMEOUT_S + rules.VERIFY_GRACE_S + 1)
+    cer.tick()
+    assert cer.me(ceremony, alice).status == S.Value("PARTICIPANT_STATUS_DONE")
+    assert cer.me(ceremony, bob).status == S.Value("PARTICIPANT_STATUS_READY")
+    entries = cer.transcript(ceremony).circuits[0].contributions
+    assert [e.state for e in entries] == [pb.CONTRIBUTION_STATE_VALID, pb.CONTRIBUTION_STATE_VALID]
+
+
+def test_download_offsets_and_who_may_download(server, cer):
+    ceremony, (circuit,) = cer.open()
+    alice, bob = _users(server, 2)
+    cer.join(ceremony, alice)
+    cer.join(ceremony, bob)
+    rpc_error(grpc.StatusCode.PERMISSION_DENIED, cer.download, bob, circuit.name)
+    failure = rpc_error(grpc.StatusCode.INVALID_ARGUMENT, cer.download, alice, circuit.name, offset=10**9)
+    assert "offset" in failure.violations
+    failure = rpc_error(grpc.StatusCode.NOT_FOUND, cer.download, alice, circuit.name, index=7)
+    assert failure.reason == "NO_CONTRIBUTION"
+    data, parts = cer.download(alice, circuit.name, index=0)
+    assert parts[0].index == 0 and len(data) == parts[0].size_bytes

@@ -16,6 +16,8 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from google.protobuf import duration_pb2
@@ -256,6 +258,24 @@ class QueueSnapshots:
                 del self._inflight[circuit_id]
 
 
+@dataclass(frozen=True)
+class _WatchState:
+    view: ceremony.ParticipantView
+    snap: ceremony.QueueSnapshot | None
+    state: str
+    position: int
+    wait: timedelta | None
+    keys: list[str]
+    finished: bool
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Everything the message shows, for a cheap "did anything change" check."""
+        current = self.snap.current.id if self.snap is not None and self.snap.current is not None else ""
+        length = self.snap.queue_length if self.snap is not None else 0
+        return (self.state, self.view, self.position, length, current, self.wait)
+
+
 class CeremonyServicer(ceremony_pb2_grpc.CeremonyServiceServicer):
     SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CeremonyService"].full_name
     register = staticmethod(ceremony_pb2_grpc.add_CeremonyServiceServicer_to_server)
@@ -394,9 +414,8 @@ class CeremonyServicer(ceremony_pb2_grpc.CeremonyServiceServicer):
 
     # -- WatchQueue ------------------------------------------------------------------------
 
-    async def _watch_state(
-        self, cid: str, pid: str, hint: str | None
-    ) -> tuple[pb.WatchQueueResponse, list[str], bool, str | None]:
+    async def _watch_state(self, cid: str, pid: str, hint: str | None) -> _WatchState:
+        """What the caller's next message says; most wake-ups are served from a shared snapshot."""
         snap = await self.snapshots.get(hint) if hint else None
         view = snap.participants.get(pid) if snap is not None else None
         if view is None:
@@ -410,27 +429,32 @@ class CeremonyServicer(ceremony_pb2_grpc.CeremonyServiceServicer):
             state = snap.ceremony_state
         else:
             state = (await self.rt.run(ceremony.get_ceremony, cid)).state
-        msg = pb.WatchQueueResponse(
-            ceremony_state=pb.CeremonyState.Value(f"CEREMONY_STATE_{state}"),
-            participant=participant_to_proto(view),
-            deadline=ts(view.due_time),
-        )
         keys = [ceremony.participant_name(cid, pid), ceremony.ceremony_name(cid)]
+        position, wait = 0, None
         if snap is not None:
             keys.append(ceremony.queue_key(cid, snap.circuit_id))
-            msg.queue_length = snap.queue_length
-            if snap.current is not None:
-                msg.current_contributor = ceremony.participant_name(cid, snap.current.id)
             position = snap.positions.get(pid, 0)
-            msg.position = position
             if view.status == WAITING:
                 wait = estimated_wait(position - 1, snap.per_turn, snap.current_elapsed)
-                if wait is not None:
-                    msg.estimated_wait.CopyFrom(duration(wait))
         finished = view.status in (DONE, FINALIZED) or (
             state in (CLOSED, FINALIZED) and view.status in (CREATED, WAITING, TIMEDOUT)
         )
-        return msg, keys, finished, view.circuit_id
+        return _WatchState(view, snap, state, position, wait, keys, finished)
+
+    @staticmethod
+    def _watch_message(cid: str, w: _WatchState) -> pb.WatchQueueResponse:
+        msg = pb.WatchQueueResponse(
+            ceremony_state=pb.CeremonyState.Value(f"CEREMONY_STATE_{w.state}"),
+            participant=participant_to_proto(w.view),
+            deadline=ts(w.view.due_time),
+            position=w.position,
+            estimated_wait=duration(w.wait) if w.wait is not None else None,
+        )
+        if w.snap is not None:
+            msg.queue_length = w.snap.queue_length
+            if w.snap.current is not None:
+                msg.current_contributor = ceremony.participant_name(cid, w.snap.current.id)
+        return msg
 
     async def WatchQueue(
         self, request: pb.WatchQueueRequest, context: Any
@@ -439,23 +463,27 @@ class CeremonyServicer(ceremony_pb2_grpc.CeremonyServiceServicer):
         cid = parse_name(request.ceremony, "ceremonies", "ceremony")
         p = await self.rt.run(ceremony.get_participation, who, cid)
         hint: str | None = p.circuit_id
-        last: pb.WatchQueueResponse | None = None
+        last_key: tuple[Any, ...] | None = None
+        msg = pb.WatchQueueResponse()
         last_sent = time.monotonic()
         while True:
-            msg, keys, finished, hint = await self._watch_state(cid, p.id, hint)
+            w = await self._watch_state(cid, p.id, hint)
+            hint = w.view.circuit_id
             now = time.monotonic()
-            if msg != last:
+            # A cheap comparison first: the message is only built when something changed.
+            if w.key != last_key:
+                msg = self._watch_message(cid, w)
                 yield msg
-                last, last_sent = msg, now
+                last_key, last_sent = w.key, now
             elif now - last_sent >= KEEPALIVE_S:
                 again = pb.WatchQueueResponse()
                 again.CopyFrom(msg)
                 again.keepalive = True
                 yield again
                 last_sent = now
-            if finished:
+            if w.finished:
                 return
-            await self.rt.notifier.wait(keys, max(0.01, KEEPALIVE_S - (time.monotonic() - last_sent)))
+            await self.rt.notifier.wait(w.keys, max(0.01, KEEPALIVE_S - (time.monotonic() - last_sent)))
 
     # -- downloads -------------------------------------------------------------------------
 

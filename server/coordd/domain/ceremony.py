@@ -654,8 +654,10 @@ def leave(rt: Runtime, who: Principal, ceremony_id: str) -> Participant:
         c = Ceremony.get_by_id(ceremony_id)
         p.left = True
         if p.status == CONTRIBUTED:
+            # The contribution under verification is still recorded; then the participant is DONE.
             p.update_time = tx.now
             p.save()
+            _participant_event(tx, p, "ceremony.participant.leaving")
             return p
         _discard_uploads(p.user_id, circuit)
         old_status = p.status
