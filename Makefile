@@ -38,7 +38,9 @@ lint: $(STAMP) tools/node_modules/.bin/buf
 	tools/node_modules/.bin/buf lint
 
 bench: $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python bench/unary.py
+	$(BIN)/python bench/jobs.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache tools/node_modules

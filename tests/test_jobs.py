@@ -618,8 +618,7 @@ def test_no_double_claim_8_workers_x_500_jobs(env):
     )
     with rt.store.write() as tx:
         ledger.deposit(tx, env.alice_id, 4_000, "bulk")
-        for _ in range(8 * 500):
-            jobs.insert_job(tx, env.alice_id, spec)
+        jobs.insert_jobs(tx, env.alice_id, [spec] * (8 * 500))
     from coordd.domain.principal import Principal
 
     claimed: list[list[tuple[str, int]]] = [[] for _ in range(8)]
@@ -631,7 +630,7 @@ def test_no_double_claim_8_workers_x_500_jobs(env):
         worker = jobs.Worker(who.user_id, frozenset(), 0)
         try:
             while True:
-                batch = jobs.claim(rt, worker, 25)
+                batch = jobs.claim(rt, worker, 50)
                 if not batch:
                     return
                 claimed[index].extend((x.job.id, x.job.attempt) for x in batch)

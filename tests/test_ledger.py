@@ -215,3 +215,33 @@ def test_consistency_check_detects_tampering(server, stub):
     LedgerPosting.update(amount=40).where(
         LedgerPosting.account == ledger.available_account(user_id)
     ).execute()
+
+
+def test_post_many_checks_every_intermediate_balance_and_matches_single_posts(server, stub):
+    user_id, _ = server.make_user("participant")
+    with server.rt.store.write() as tx:
+        ledger.deposit(tx, user_id, 50, "seed")
+    # The batch nets to +10 on available, but the first entry alone would overdraw it.
+    with pytest.raises(ledger.InsufficientFunds), server.rt.store.write() as tx:
+        ledger.post_many(
+            tx, [ledger.hold_entry(user_id, 60, "jobs/x"), ledger.deposit_entry(user_id, 70, "late")]
+        )
+    assert ledger.balance(user_id) == ledger.Balance(user_id, 50, 0)
+    with server.rt.store.write() as tx:
+        entries = ledger.post_many(
+            tx,
+            [
+                ledger.hold_entry(user_id, 20, "jobs/a"),
+                ledger.hold_entry(user_id, 30, "jobs/b"),
+                ledger.refund_entry(user_id, 20, "jobs/a"),
+            ],
+        )
+    assert [e.reference for e in entries] == ["jobs/a", "jobs/b", "jobs/a"]
+    after = {
+        (p.entry_id, p.account_id): p.balance_after
+        for p in LedgerPosting.select().where(LedgerPosting.entry.in_([e.id for e in entries]))
+    }
+    available, held = ledger.available_account(user_id), ledger.held_account(user_id)
+    assert [after[(e.id, available)] for e in entries] == [30, 0, 20]
+    assert [after[(e.id, held)] for e in entries] == [20, 50, 30]
+    assert ledger.balance(user_id) == ledger.Balance(user_id, 20, 30)

@@ -1,0 +1,349 @@
+"""Job queue throughput: coordd (through gRPC) vs pgqueuer, side by side in one run.
+
+Workload, for each system: enqueue N no-op jobs (C concurrent producers, one job per call),
+then W workers claim and complete all of them. Reported: enqueue jobs/s, claim+complete
+jobs/s, and enqueue->start latency p50/p99 (start = the moment a worker has the job in hand;
+jobs are all enqueued before workers start, so this is mostly time spent waiting in line).
+
+- coordd: a real `coordd serve` process on SQLite and on PostgreSQL. Producers call
+  SubmitJob; workers long-poll ClaimJobs(max_jobs=B) and ack with BatchCompleteJobs, each
+  completion signed (Ed25519 attestation) and recorded with its attempt row. `--budget`
+  above 0 also moves money through the ledger for every job (hold, payment, fee).
+- pgqueuer (PyPI, the `bench` extra): the same N jobs on the same PostgreSQL server (its own
+  database), enqueued one per call through an asyncpg pool by C producers, drained by W
+  QueueManagers (batch size B) running a no-op entrypoint in this process.
+
+The figure to watch is `ratio_claim_complete_coordd_pg_over_pgqueuer` (goal: >= 1).
+
+    .venv/bin/python bench/jobs.py [--jobs 20000] [--workers 8] [--batch 50] [--producers 32]
+        [--budget 0] [--backends sqlite,postgresql] [--pg-admin-url postgresql://postgres@127.0.0.1:5432/postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import percentile, start_coordd
+
+from coordd.config import load_settings
+from coordd.domain import auth, ledger
+from coordd.runtime import Runtime
+from coordd.store.migrations import migrate
+from coordd_client.v1 import job_pb2, job_pb2_grpc
+
+JWT_SECRET = "bench-jobs-" + "x" * 32
+FAST_ARGON = {"argon2_memory_kib": 8, "argon2_time_cost": 1, "argon2_parallelism": 1}
+
+
+class PgDatabase:
+    """A throw-away database on the benchmark's PostgreSQL server."""
+
+    def __init__(self, admin_url: str, tag: str) -> None:
+        import psycopg2
+
+        self.admin_url = admin_url
+        self.name = f"coordd_bench_{tag}_{uuid.uuid4().hex[:10]}"
+        conn = psycopg2.connect(admin_url)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{self.name}"')
+        conn.close()
+        self.url = urlparse(admin_url)._replace(path=f"/{self.name}").geturl()
+
+    def drop(self) -> None:
+        import psycopg2
+
+        conn = psycopg2.connect(self.admin_url)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        conn.close()
+
+
+def _rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds else 0.0
+
+
+def _latency(values: list[float]) -> dict[str, float]:
+    return {
+        "enqueue_to_start_p50_ms": round(percentile(values, 50) * 1000, 1),
+        "enqueue_to_start_p99_ms": round(percentile(values, 99) * 1000, 1),
+    }
+
+
+# -- coordd ---------------------------------------------------------------------------------
+
+
+def _prepare_coordd(data_dir: str, database_url: str, workers: int, jobs: int, budget: int) -> list[str]:
+    """Users created directly in the database; returns tokens: [submitter, provider...]."""
+    settings = load_settings(
+        None, env={}, data_dir=data_dir, database_url=database_url, jwt_secret=JWT_SECRET, **FAST_ARGON
+    )
+    rt = Runtime(settings)
+    try:
+        migrate(rt.store)
+        now = datetime.now(UTC)
+        tag = uuid.uuid4().hex[:8]
+        submitter = auth.create_user(
+            rt, f"submit-{tag}@bench.example", "bench-password-1", "", ["participant"], self_service=False
+        )
+        if budget:
+            with rt.store.write() as tx:
+                ledger.deposit(tx, submitter.id, budget * jobs, "bench")
+        tokens = [rt.tokens.issue(submitter.id, ["participant"], now)[0]]
+        for i in range(workers):
+            provider = auth.create_user(
+                rt, f"w{i}-{tag}@bench.example", "bench-password-1", "", ["provider"], self_service=False
+            )
+            tokens.append(rt.tokens.issue(provider.id, ["provider"], now)[0])
+        return tokens
+    finally:
+        rt.close()
+
+
+async def _drive_coordd(
+    port: int, tokens: list[str], jobs: int, producers: int, batch: int, budget: int
+) -> dict[str, Any]:
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(4)]
+    stubs = [job_pb2_grpc.JobServiceStub(c) for c in channels]
+    submit_meta = (("authorization", f"Bearer {tokens[0]}"),)
+    request = job_pb2.SubmitJobRequest(
+        kind=job_pb2.JOB_KIND_INFERENCE,
+        model_ref="noop",
+        input=job_pb2.Payload(data=b"{}"),
+        budget=budget,
+    )
+    remaining = jobs
+
+    async def produce(index: int) -> None:
+        nonlocal remaining
+        stub = stubs[index % len(stubs)]
+        while remaining > 0:
+            remaining -= 1
+            await stub.SubmitJob(request, metadata=submit_meta, timeout=60)
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(produce(i) for i in range(producers)))
+        enqueue_s = time.perf_counter() - started
+
+        done = 0
+        seen: set[str] = set()
+        duplicates = 0
+        errors = 0
+        latencies: list[float] = []
+        wait = job_pb2.ClaimJobsRequest(max_jobs=batch)
+        wait.wait.FromTimedelta(timedelta(seconds=1))
+        output = job_pb2.Payload(data=b"ok")
+
+        async def work(index: int) -> None:
+            nonlocal done, duplicates, errors
+            stub = stubs[index % len(stubs)]
+            meta = (("authorization", f"Bearer {tokens[1 + index]}"),)
+            while done < jobs:
+                claimed = (await stub.ClaimJobs(wait, metadata=meta, timeout=60)).jobs
+                now = time.time()
+                if not claimed:
+                    continue
+                for leased in claimed:
+                    latencies.append(now - leased.job.create_time.ToMicroseconds() / 1e6)
+                    if leased.job.name in seen:
+                        duplicates += 1
+                    seen.add(leased.job.name)
+                reply = await stub.BatchCompleteJobs(
+                    job_pb2.BatchCompleteJobsRequest(
+                        requests=[job_pb2.CompleteJobRequest(lease=x.lease, output=output) for x in claimed]
+                    ),
+                    metadata=meta,
+                    timeout=60,
+                )
+                errors += sum(1 for r in reply.results if r.error_code)
+                done += len(claimed)
+                last_ack[0] = time.perf_counter()
+
+        last_ack = [0.0]
+        started = time.perf_counter()
+        await asyncio.gather(*(work(i) for i in range(len(tokens) - 1)))
+        # Until the last acknowledged completion: idle workers still long-polling at the end
+        # would otherwise add up to one `wait` to the figure.
+        work_s = last_ack[0] - started
+    finally:
+        for channel in channels:
+            await channel.close()
+    return {
+        "enqueue_seconds": round(enqueue_s, 2),
+        "enqueue_jobs_per_s": _rate(jobs, enqueue_s),
+        "claim_complete_seconds": round(work_s, 2),
+        "claim_complete_jobs_per_s": _rate(jobs, work_s),
+        **_latency(latencies),
+        "completed": len(seen),
+        "double_claims": duplicates,
+        "completion_errors": errors,
+    }
+
+
+def run_coordd(
+    backend: str, jobs: int, workers: int, producers: int, batch: int, budget: int, pg_admin_url: str
+) -> dict[str, Any]:
+    data_dir = tempfile.mkdtemp(prefix="coordd-bench-jobs-")
+    pg = PgDatabase(pg_admin_url, "jobs") if backend == "postgresql" else None
+    try:
+        tokens = _prepare_coordd(data_dir, pg.url if pg else "", workers, jobs, budget)
+        env = {"COORDD_JWT_SECRET": JWT_SECRET}
+        if pg is not None:
+            env["COORDD_DATABASE_URL"] = pg.url
+            env["COORDD_DB_POOL_SIZE"] = "24"
+        env["COORDD_DB_THREADS"] = "16"
+        proc, port, _ = start_coordd(env, data_dir=data_dir)
+        try:
+            return asyncio.run(_drive_coordd(port, tokens, jobs, producers, batch, budget))
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    finally:
+        if pg is not None:
+            pg.drop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# -- pgqueuer -------------------------------------------------------------------------------
+
+
+async def _drive_pgqueuer(url: str, jobs: int, workers: int, producers: int, batch: int) -> dict[str, Any]:
+    import asyncpg
+    from pgqueuer import AsyncpgDriver, AsyncpgPoolDriver, QueueManager
+    from pgqueuer.models import Job
+    from pgqueuer.queries import Queries
+    from pgqueuer.types import QueueExecutionMode
+
+    setup = await asyncpg.connect(url)
+    await Queries(AsyncpgDriver(setup)).install()
+    await setup.close()
+
+    pool = await asyncpg.create_pool(url, min_size=producers, max_size=producers)
+    queries = Queries(AsyncpgPoolDriver(pool))
+    remaining = jobs
+
+    async def produce() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await queries.enqueue("noop", b"{}", 0)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(produce() for _ in range(producers)))
+    enqueue_s = time.perf_counter() - started
+    await pool.close()
+
+    latencies: list[float] = []
+    seen: set[int] = set()
+    duplicates = 0
+    managers = []
+    connections = []
+    for _ in range(workers):
+        conn = await asyncpg.connect(url)
+        connections.append(conn)
+        qm = QueueManager(Queries(AsyncpgDriver(conn)))
+
+        @qm.entrypoint("noop")
+        async def noop(job: Job) -> None:
+            nonlocal duplicates
+            latencies.append(time.time() - job.created.timestamp())
+            if job.id in seen:
+                duplicates += 1
+            seen.add(job.id)
+
+        managers.append(qm)
+
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(
+            qm.run(
+                dequeue_timeout=timedelta(seconds=1),
+                batch_size=batch,
+                mode=QueueExecutionMode.drain,
+            )
+            for qm in managers
+        )
+    )
+    work_s = time.perf_counter() - started
+    for conn in connections:
+        await conn.close()
+    return {
+        "enqueue_seconds": round(enqueue_s, 2),
+        "enqueue_jobs_per_s": _rate(jobs, enqueue_s),
+        "claim_complete_seconds": round(work_s, 2),
+        "claim_complete_jobs_per_s": _rate(jobs, work_s),
+        **_latency(latencies),
+        "completed": len(seen),
+        "double_claims": duplicates,
+    }
+
+
+def run_pgqueuer(jobs: int, workers: int, producers: int, batch: int, pg_admin_url: str) -> dict[str, Any]:
+    import pgqueuer
+
+    pg = PgDatabase(pg_admin_url, "pgqueuer")
+    try:
+        result = asyncio.run(_drive_pgqueuer(pg.url, jobs, workers, producers, batch))
+        return {"version": pgqueuer.__version__, **result}
+    finally:
+        pg.drop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--producers", type=int, default=32)
+    parser.add_argument("--budget", type=int, default=0, help="per job; >0 exercises the ledger too")
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    args = parser.parse_args()
+    from coordd.logging import configure
+
+    configure("console", "warning")
+    out: dict[str, Any] = {
+        "benchmark": "jobs",
+        "jobs": args.jobs,
+        "workers": args.workers,
+        "batch": args.batch,
+        "producers": args.producers,
+        "budget": args.budget,
+        "cpus": os.cpu_count(),
+    }
+    for backend in args.backends.split(","):
+        out[f"coordd_{backend}"] = run_coordd(
+            backend, args.jobs, args.workers, args.producers, args.batch, args.budget, args.pg_admin_url
+        )
+    if "postgresql" in args.backends.split(","):
+        out["pgqueuer_postgresql"] = run_pgqueuer(
+            args.jobs, args.workers, args.producers, args.batch, args.pg_admin_url
+        )
+        ours = out["coordd_postgresql"]["claim_complete_jobs_per_s"]
+        theirs = out["pgqueuer_postgresql"]["claim_complete_jobs_per_s"]
+        out["ratio_claim_complete_coordd_pg_over_pgqueuer"] = round(ours / theirs, 3) if theirs else None
+        ours = out["coordd_postgresql"]["enqueue_jobs_per_s"]
+        theirs = out["pgqueuer_postgresql"]["enqueue_jobs_per_s"]
+        out["ratio_enqueue_coordd_pg_over_pgqueuer"] = round(ours / theirs, 3) if theirs else None
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
