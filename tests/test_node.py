@@ -10,8 +10,9 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from coordd.domain import node_health
+from coordd.scheduler.node import place_all
 from coordd.store.models import EventLog
-from coordd.store.node_models import Node, Transition
+from coordd.store.node_models import Assignment, Node, Transition
 from coordd_client.v1 import auth_pb2, node_pb2
 from tests.helpers import rpc_error
 from tests.support.server import bearer
@@ -145,6 +146,8 @@ def test_a_node_key_only_beats_and_only_a_node_key_beats(srv):
     assert not_node.reason == "NODE_KEY_REQUIRED"
     assert fleet.beat(key).node == node.name
     rpc_error(grpc.StatusCode.UNAUTHENTICATED, fleet.beat, "ck_not-a-real-key")
+    bad = rpc_error(grpc.StatusCode.INVALID_ARGUMENT, fleet.beat, key, ("workloads/x", 99))
+    assert "workloads[0].state" in bad.violations
 
 
 def test_state_machine_stores_every_transition_with_its_reason(srv, clock):
@@ -265,6 +268,13 @@ def test_placement_spreads_fits_inventory_and_labels_and_reassigns_on_down(srv, 
         node_pb2.ListAssignmentsRequest(parent=by_name["c"][0]), metadata=fleet.md
     )
     assert [a.state for a in listed.assignments] == [RUNNING]
+
+    # The scheduler's safety net re-places replicas that are missing for any reason.
+    Assignment.delete().where(Assignment.workload == workload.name.split("/")[1]).execute()
+    assert fleet.run(place_all) == 1
+    assert len(fleet.workload(workload.name).assignments) == 2
+    windows = fleet.stub.GetUptime(node_pb2.GetUptimeRequest(name=workload.name), metadata=fleet.md).windows
+    assert len(windows) == 3 and 0 < windows[0].uptime_percent < 100
 
     scaled = fleet.stub.UpdateWorkload(
         node_pb2.UpdateWorkloadRequest(

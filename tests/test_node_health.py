@@ -61,6 +61,30 @@ def test_a_restart_gives_every_node_a_failover_grace(settings_factory, clock):
         second.stop()
 
 
+def test_a_beat_on_another_replica_reaches_the_detector_through_redis(backend, settings_factory, clock):
+    if backend != "postgresql":
+        pytest.skip("two replicas share PostgreSQL and Redis; one SQLite file has one daemon")
+    leader = ServerHandle(settings_factory(scheduler_enabled=False), clock)
+    other = ServerHandle(settings_factory(scheduler_enabled=False), clock)
+    try:
+        fleet = Fleet(leader)
+        project = fleet.project()
+        node, key = fleet.node(project)
+        fleet.up(key)
+        fleet.flush()
+        clock.advance(10)
+        elsewhere = Fleet(other)
+        elsewhere.beat(key)  # the node's beats now land on the other replica
+        other.call(node_health.tracker_for(other.rt).flush(database=False))  # Redis only
+        assert fleet.detect() == 0, "the leader saw the beat in Redis"
+        assert fleet.get(node.name).status == node_pb2.HEALTH_STATUS_UP
+        clock.advance(10)
+        assert fleet.detect() == 1
+    finally:
+        other.stop()
+        leader.stop()
+
+
 def test_mass_outage_opens_one_project_incident_and_debits_no_uptime(srv, clock):
     fleet = Fleet(srv)
     project = fleet.project(min_nodes=3, share=0.5)

@@ -1,8 +1,10 @@
 """Heartbeats and up/down detection.
 
-A beat costs no database write: last-seen lives in memory (and in Redis when configured)
-and is flushed in batches, each flush moving the nodes' indexed `deadline_time`. Only a
-beat that changes something (a status, a replica state) writes at once.
+A beat costs no database write: last-seen lives in memory and is flushed in batches, to
+Redis every second when configured (where every replica's detector reads it) and to the
+database every second without Redis, every five with it; each database flush moves the
+nodes' indexed `deadline_time`. Only a beat that changes something (a status, a replica
+state) writes at once.
 
 Detection selects nodes whose deadline has passed through that index, re-checks the
 freshest last-seen (this process's memory, Redis) before believing it, and applies two
@@ -51,6 +53,7 @@ from coordd.store.node_models import (
 log = structlog.get_logger("coordd.node")
 
 FLUSH_INTERVAL_S = 1.0
+DB_FLUSH_WITH_REDIS_S = 5.0
 # Cached assignments are re-read at least this often even without an event.
 ASSIGNMENT_TTL_S = 5.0
 # A detector that has not run for this long lost (or never had) leadership: grace again.
@@ -113,6 +116,9 @@ class Tracker:
         self.rt = rt
         self.last_seen: dict[str, datetime] = {}
         self.dirty: dict[str, datetime] = {}
+        # Taken from `dirty`, not yet in the database (with Redis, flushed there less often).
+        self.pending: dict[str, tuple[datetime, float]] = {}
+        self._last_db_flush = time.monotonic()
         self.info: dict[str, NodeInfo] = {}
         self.key_node: dict[str, str] = {}
         self.streak: dict[str, int] = {}
@@ -221,16 +227,18 @@ class Tracker:
         self.dirty = {}
         return batch
 
-    def write_batch(self, batch: dict[str, tuple[datetime, float]]) -> dict[str, str]:
-        """Worker thread: last-seen to Redis and to the nodes' deadlines in one transaction.
-        Returns the stored statuses, which correct any event this process missed."""
-        if not batch:
-            return {}
-        if self.redis is not None:
-            try:
-                self.redis.hset(self.redis_key, mapping={n: _micros(t) for n, (t, _) in batch.items()})
-            except Exception as exc:  # Redis is a cache here: the database is the record
-                log.warning("redis last-seen write failed", error=str(exc))
+    def write_redis(self, batch: dict[str, tuple[datetime, float]]) -> bool:
+        """Worker thread: last-seen to Redis, where every replica's detector reads it."""
+        try:
+            self.redis.hset(self.redis_key, mapping={n: _micros(t) for n, (t, _) in batch.items()})
+            return True
+        except Exception as exc:  # Redis is a cache here: the database is the record
+            log.warning("redis last-seen write failed; flushing to the database instead", error=str(exc))
+            return False
+
+    def write_db(self, batch: dict[str, tuple[datetime, float]]) -> dict[str, str]:
+        """Worker thread: last-seen and the nodes' deadlines in one transaction. Returns
+        the stored statuses, which correct any event this process missed."""
         with self.rt.store.write():
             for node_id, (seen, window_s) in sorted(batch.items()):
                 deadline = _micros(seen + timedelta(seconds=window_s)) if window_s else None
@@ -246,22 +254,28 @@ class Tracker:
         self.flushes += 1
         return statuses
 
-    async def flush(self) -> int:
+    async def flush(self, *, database: bool = True) -> int:
+        """Hands the beats since the last flush to Redis (when configured) and, when
+        `database`, everything not yet stored to the database. Returns the rows written."""
         batch = self.take_dirty()
-        if not batch:
+        if batch and self.redis is not None and not await self.rt.run(self.write_redis, batch):
+            database = True
+        self.pending.update(batch)
+        if not database or not self.pending:
             return 0
+        pending, self.pending = self.pending, {}
         try:
-            statuses = await self.rt.run(self.write_batch, batch)
+            statuses = await self.rt.run(self.write_db, pending)
         except BaseException:
-            # Not lost: merged back, unless a newer beat has arrived meanwhile.
-            for node_id, (seen, _) in batch.items():
-                self.dirty.setdefault(node_id, seen)
+            # Not lost: merged back under anything newer that arrived meanwhile.
+            self.pending = {**pending, **self.pending}
             raise
+        self._last_db_flush = time.monotonic()
         for node_id, status in statuses.items():
             info = self.info.get(node_id)
             if info is not None:
                 self._set_status(info, status)
-        return len(batch)
+        return len(pending)
 
     def start(self) -> None:
         if self._loop_task is None:
@@ -272,8 +286,14 @@ class Tracker:
         while not stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), FLUSH_INTERVAL_S)
+            # With Redis, detectors read last-seen there: the database is written less often.
+            database = (
+                stopping.is_set()
+                or self.redis is None
+                or time.monotonic() - self._last_db_flush >= DB_FLUSH_WITH_REDIS_S
+            )
             try:
-                await self.flush()
+                await self.flush(database=database)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-from coordd.domain import node_health, node_uptime
+import peewee
+
+from coordd.domain import node_health, node_placement, node_state, node_uptime
 from coordd.runtime import Runtime
 from coordd.scheduler.core import Task
-from coordd.store.node_models import Project
+from coordd.store.node_models import Assignment, Project, Workload
 
 
 def place_all(rt: Runtime) -> int:
     """Safety net: places replicas that could not be placed when they were created.
     Cheap: one query per project that has workloads waiting."""
-    from coordd.domain import node_placement, node_state
-    from coordd.store.node_models import Assignment, Workload
-
     placed = 0
     waiting = (
         Workload.select(Workload.project)
-        .join(Assignment, join_type="LEFT OUTER", on=(Assignment.workload == Workload.id))
+        .join(Assignment, join_type=peewee.JOIN.LEFT_OUTER, on=(Assignment.workload == Workload.id))
         .group_by(Workload.id, Workload.project, Workload.replicas)
-        .having(Workload.replicas > Assignment.id.count())
+        .having(Workload.replicas > peewee.fn.COUNT(Assignment.id))
     )
     for project_id in sorted({w.project_id for w in waiting}):
         with rt.store.write() as tx:

@@ -71,7 +71,7 @@ MIGRATIONS: list[Migration] = [
     ),
     Migration(
         20,
-        "nodes: projects, nodes, labels, workloads, assignments, transitions, incidents, maintenance, rewards",
+        "nodes: projects, nodes, workloads, assignments, transitions, incidents, maintenance, rewards",
         _create(
             node_m.Project,
             node_m.Node,
