@@ -1,0 +1,385 @@
+"""WatchQueue fan-out: K contributors hold WatchQueue open on one daemon while the queue
+advances; how long until every watcher has its new position, and what a stream costs.
+
+Setup (not timed): a coordd process, K participants signed up and joined to one circuit.
+Then K WatchQueue streams are opened (over --channels connections) and, each round, the
+contributor holding the turn leaves, which moves every waiter up by one. For each round
+and watcher: time from the Leave call to the message carrying the new position.
+Memory per stream: the daemon's RSS with all K streams open minus before, divided by K.
+
+Side by side in the same run: a bare grpc.aio server that pushes one small message to K
+open streams when triggered (no auth, no database, no per-watcher state): the floor for
+pushing K messages through grpc.aio on this machine. The ratio is the figure to watch.
+
+    .venv/bin/python bench/queue_watch.py --watchers 1000 [--rounds 5] [--channels 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2, timestamp_pb2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import percentile, start_coordd
+
+from coordd_client.v1 import auth_pb2, auth_pb2_grpc, ceremony_pb2_grpc
+from coordd_client.v1 import ceremony_pb2 as pb
+
+FAST_ARGON = {
+    "COORDD_ARGON2_MEMORY_KIB": "8",
+    "COORDD_ARGON2_TIME_COST": "1",
+    "COORDD_ARGON2_PARALLELISM": "1",
+}
+READY = pb.PARTICIPANT_STATUS_READY
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def summary(latencies: list[float], expected: int) -> dict[str, Any]:
+    return {
+        "updates": len(latencies),
+        "expected": expected,
+        "p50_ms": round(percentile(latencies, 50) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 1),
+        "max_ms": round(max(latencies, default=0) * 1000, 1),
+    }
+
+
+async def gather_limited(coros: list[Any], limit: int) -> list[Any]:
+    gate = asyncio.Semaphore(limit)
+
+    async def one(coro: Any) -> Any:
+        async with gate:
+            return await coro
+
+    return await asyncio.gather(*(one(c) for c in coros))
+
+
+class Watcher:
+    """One contributor's WatchQueue stream; records when each round's update arrives."""
+
+    def __init__(self, token: str) -> None:
+        self.metadata = (("authorization", f"Bearer {token}"),)
+        self.token = token
+        self.position = 0
+        self.status = 0
+        self.first = asyncio.Event()
+        self.updated = asyncio.Event()
+        self.latency: float | None = None
+        self.round_start = 0.0
+        self.call: Any = None
+
+    async def run(self, stub: ceremony_pb2_grpc.CeremonyServiceStub, ceremony: str) -> None:
+        self.call = stub.WatchQueue(pb.WatchQueueRequest(ceremony=ceremony), metadata=self.metadata)
+        try:
+            async for message in self.call:
+                changed = message.position != self.position or message.participant.status != self.status
+                self.position, self.status = message.position, message.participant.status
+                if not self.first.is_set():
+                    self.first.set()
+                elif changed and self.latency is None and self.round_start:
+                    self.latency = time.perf_counter() - self.round_start
+                    self.updated.set()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                raise
+
+
+async def coordd_side(watchers: int, rounds: int, channels: int) -> dict[str, Any]:
+    proc, port, data_dir = start_coordd(FAST_ARGON)
+    target = f"127.0.0.1:{port}"
+    created = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coordd",
+            "admin",
+            "create-user",
+            "--data-dir",
+            data_dir,
+            "--email",
+            "bench-coordinator@example.com",
+            "--role",
+            "coordinator",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **FAST_ARGON},
+        check=True,
+    )
+    admin = (("authorization", f"Bearer {json.loads(created.stdout)['api_key_secret']}"),)
+    chans = [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(channels)
+    ]
+    try:
+        stub = ceremony_pb2_grpc.CeremonyServiceStub(chans[0])
+        auth = auth_pb2_grpc.AuthServiceStub(chans[0])
+        now = datetime.now(UTC)
+        start, end = timestamp_pb2.Timestamp(), timestamp_pb2.Timestamp()
+        start.FromDatetime(now)
+        end.FromDatetime(now + timedelta(hours=2))
+        ceremony = (
+            await stub.CreateCeremony(
+                pb.CreateCeremonyRequest(
+                    title="bench",
+                    prefix=f"bench-{uuid.uuid4().hex[:8]}",
+                    start_time=start,
+                    end_time=end,
+                    timeout=pb.TimeoutConfig(
+                        policy=pb.TIMEOUT_POLICY_FIXED,
+                        fixed_timeout=duration_pb2.Duration(seconds=3600),
+                        start_window=duration_pb2.Duration(seconds=3600),
+                    ),
+                ),
+                metadata=admin,
+            )
+        ).ceremony
+        circuit = (
+            await stub.AddCircuit(
+                pb.AddCircuitRequest(parent=ceremony.name, display_name="c"), metadata=admin
+            )
+        ).circuit
+        genesis = b"genesis" * 10
+        import hashlib
+
+        await stub.UploadContribution(
+            iter(
+                [
+                    pb.UploadContributionRequest(
+                        header=pb.UploadHeader(
+                            circuit=circuit.name,
+                            size_bytes=len(genesis),
+                            blake2b_512=hashlib.blake2b(genesis, digest_size=64).digest(),
+                        )
+                    ),
+                    pb.UploadContributionRequest(chunk=pb.UploadChunk(offset=0, data=genesis)),
+                ]
+            ),
+            metadata=admin,
+        )
+        setup_started = time.perf_counter()
+
+        async def sign_up_and_join(i: int) -> str:
+            reply = await auth.SignUp(
+                auth_pb2.SignUpRequest(
+                    email=f"w{i}-{uuid.uuid4().hex[:6]}@example.com", password="watcher password"
+                )
+            )
+            md = (("authorization", f"Bearer {reply.access_token}"),)
+            await stub.JoinCeremony(pb.JoinCeremonyRequest(ceremony=ceremony.name), metadata=md)
+            return reply.access_token
+
+        # The scheduler opens the ceremony within a second of start_time.
+        while (
+            await stub.GetCeremony(pb.GetCeremonyRequest(name=ceremony.name), metadata=admin)
+        ).ceremony.state != (pb.CEREMONY_STATE_OPENED):
+            await asyncio.sleep(0.1)
+        tokens = await gather_limited([sign_up_and_join(i) for i in range(watchers + rounds)], 32)
+        setup_s = time.perf_counter() - setup_started
+        rss_before = rss_kib(proc.pid)
+        all_watchers = [Watcher(t) for t in tokens]
+        stubs = [ceremony_pb2_grpc.CeremonyServiceStub(c) for c in chans]
+        opened = time.perf_counter()
+        tasks = [
+            asyncio.create_task(w.run(stubs[i % channels], ceremony.name)) for i, w in enumerate(all_watchers)
+        ]
+        await asyncio.gather(*(w.first.wait() for w in all_watchers))
+        open_s = time.perf_counter() - opened
+        await asyncio.sleep(1.0)
+        rss_open = rss_kib(proc.pid)
+        latencies: list[float] = []
+        per_round = []
+        round_cpu = 0.0
+        for _ in range(rounds):
+            # Let the previous round settle (the old holder's last message) and every stream idle.
+            await asyncio.sleep(0.5)
+            holder = next(w for w in all_watchers if w.status == READY)
+            waiting = [w for w in all_watchers if w is not holder and w.position > 0]
+            t0 = time.perf_counter()
+            for w in waiting:
+                w.latency, w.round_start = None, t0
+                w.updated.clear()
+            cpu_before = cpu_s(proc.pid)
+            await stub.LeaveCeremony(
+                pb.LeaveCeremonyRequest(ceremony=ceremony.name), metadata=holder.metadata
+            )
+            await asyncio.wait_for(asyncio.gather(*(w.updated.wait() for w in waiting)), 120)
+            round_cpu += cpu_s(proc.pid) - cpu_before
+            got = [w.latency for w in waiting if w.latency is not None]
+            latencies.extend(got)
+            per_round.append(summary(got, len(waiting)))
+            for w in waiting:
+                w.round_start = 0.0
+        rss_after = rss_kib(proc.pid)
+        for w in all_watchers:
+            if w.call is not None:
+                w.call.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for c in chans:
+            await c.close()
+        proc.terminate()
+        proc.wait(20)
+    streams = len(all_watchers)
+    return {
+        "streams": streams,
+        "setup_s": round(setup_s, 1),
+        "open_all_streams_s": round(open_s, 2),
+        "update_latency": summary(latencies, sum(r["expected"] for r in per_round)),
+        # Daemon CPU spent per delivered update: robust to other load on the machine.
+        "daemon_cpu_us_per_update": round(round_cpu / max(len(latencies), 1) * 1e6, 1),
+        "rounds": per_round,
+        "rss_kib_before_streams": rss_before,
+        "rss_kib_with_streams": rss_open,
+        "rss_kib_after_rounds": rss_after,
+        "kib_per_stream": round((rss_open - rss_before) / streams, 2),
+    }
+
+
+BASELINE_SERVER = r"""
+import asyncio, sys, grpc
+
+async def main(port_file):
+    subscribers = set()
+    async def watch(request, context):
+        queue = asyncio.Queue()
+        subscribers.add(queue)
+        try:
+            yield b"first"
+            while True:
+                yield await queue.get()
+        finally:
+            subscribers.discard(queue)
+    async def trigger(request, context):
+        for q in list(subscribers):
+            q.put_nowait(request)
+        return b""
+    handler = grpc.method_handlers_generic_handler("bench.Fanout", {
+        "Watch": grpc.unary_stream_rpc_method_handler(watch),
+        "Trigger": grpc.unary_unary_rpc_method_handler(trigger),
+    })
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 100000)])
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    open(port_file, "w").write(str(port))
+    await server.wait_for_termination()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def baseline_side(watchers: int, rounds: int, channels: int) -> dict[str, Any]:
+    import tempfile
+
+    port_file = Path(tempfile.mkdtemp(prefix="fanout-")) / "port"
+    proc = subprocess.Popen([sys.executable, "-c", BASELINE_SERVER, str(port_file)])
+    while not (port_file.exists() and port_file.read_text().strip()):
+        if proc.poll() is not None:
+            raise RuntimeError("baseline server did not start")
+        await asyncio.sleep(0.05)
+    target = f"127.0.0.1:{port_file.read_text()}"
+    chans = [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(channels)
+    ]
+    try:
+        rss_before = rss_kib(proc.pid)
+        stamps: dict[int, list[float]] = {}
+        first = [asyncio.Event() for _ in range(watchers)]
+        calls = []
+
+        async def watch(i: int) -> None:
+            call = chans[i % channels].unary_stream("/bench.Fanout/Watch")(b"")
+            calls.append(call)
+            try:
+                async for message in call:
+                    if message == b"first":
+                        first[i].set()
+                    else:
+                        stamps.setdefault(int(message), []).append(time.perf_counter())
+            except grpc.aio.AioRpcError:
+                pass
+
+        tasks = [asyncio.create_task(watch(i)) for i in range(watchers)]
+        await asyncio.gather(*(e.wait() for e in first))
+        await asyncio.sleep(1.0)
+        rss_open = rss_kib(proc.pid)
+        trigger = chans[0].unary_unary("/bench.Fanout/Trigger")
+        latencies: list[float] = []
+        for r in range(rounds):
+            await asyncio.sleep(0.5)
+            t0 = time.perf_counter()
+            await trigger(str(r).encode())
+            while len(stamps.get(r, [])) < watchers:
+                await asyncio.sleep(0.01)
+            latencies.extend(t - t0 for t in stamps[r])
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for c in chans:
+            await c.close()
+        proc.terminate()
+        proc.wait(10)
+    return {
+        "streams": watchers,
+        "update_latency": summary(latencies, watchers * rounds),
+        "kib_per_stream": round((rss_open - rss_before) / watchers, 2),
+    }
+
+
+async def run(watchers: int, rounds: int, channels: int) -> dict[str, Any]:
+    coordd = await coordd_side(watchers, rounds, channels)
+    baseline = await baseline_side(coordd["streams"], rounds, channels)
+    c, b = coordd["update_latency"], baseline["update_latency"]
+    return {
+        "benchmark": "queue_watch",
+        "watchers": coordd["streams"],
+        "rounds": rounds,
+        "channels": channels,
+        "cpus": os.cpu_count(),
+        "loadavg_1m_at_end": os.getloadavg()[0],
+        "coordd": coordd,
+        "bare_grpc_fanout": baseline,
+        "ratio_p50_coordd_over_bare": round(c["p50_ms"] / b["p50_ms"], 2) if b["p50_ms"] else None,
+        "ratio_p99_coordd_over_bare": round(c["p99_ms"] / b["p99_ms"], 2) if b["p99_ms"] else None,
+        "goal": {"p99_ms": 250, "kib_per_stream": 20},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--watchers", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--channels", type=int, default=8)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(run(args.watchers, args.rounds, args.channels)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
