@@ -131,6 +131,17 @@ def test_nodes_register_list_filter_update_and_stay_private(srv):
     assert "update_mask" in bad_mask.violations
 
 
+def test_register_node_with_an_idempotency_key_replays_instead_of_registering_twice(srv):
+    fleet = Fleet(srv)
+    project = fleet.project()
+    request = node_pb2.RegisterNodeRequest(project=project.name, display_name="once")
+    md = bearer(fleet.token, **{"idempotency-key": "register-once"})
+    first = fleet.stub.RegisterNode(request, metadata=md)
+    again = fleet.stub.RegisterNode(request, metadata=md)
+    assert again == first
+    assert Node.select().count() == 1
+
+
 def test_a_node_key_only_beats_and_only_a_node_key_beats(srv):
     fleet = Fleet(srv)
     project = fleet.project()

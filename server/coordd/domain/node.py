@@ -19,6 +19,7 @@ from coordd.domain import auth, node_placement, node_state
 from coordd.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
+    FieldViolation,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -446,7 +447,9 @@ def decommission_node(rt: Runtime, who: Principal, node_id: str, reason: str) ->
     """Final: the key is revoked, open incidents close, replicas move elsewhere."""
     require_operator(who)
     if len(reason) > 400:
-        raise InvalidArgument("reason: at most 400 characters", violations=[])
+        raise InvalidArgument(
+            "reason: at most 400 characters", violations=[FieldViolation("reason", "at most 400 characters")]
+        )
     with rt.store.write() as tx:
         node = visible_node(who, node_id)
         project = node.project
@@ -539,6 +542,11 @@ def create_workload(
         node_placement.place_project(tx, project)
         node_state.refresh_workload(tx, workload, "created", inhibited=False)
     return Workload.get_by_id(workload.id)
+
+
+def get_workload(who: Principal, workload_id: str) -> Workload:
+    require_operator(who)
+    return visible_workload(who, workload_id)
 
 
 def list_workloads(who: Principal, project_id: str, page: PageRequest) -> Page[Workload]:
