@@ -455,9 +455,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     ) -> node_pb2.GetWorkloadResponse:
         who = require_user()
         workload_id = parse_name(request.name, "workloads")
-        w = await self.rt.run(
-            lambda: (node.require_operator(who), node.visible_workload(who, workload_id))[1]
-        )
+        w = await self.rt.run(node.get_workload, who, workload_id)
         return node_pb2.GetWorkloadResponse(workload=await self._workload(w))
 
     async def ListWorkloads(
