@@ -30,6 +30,7 @@ from coordd.domain import ledger
 from coordd.domain.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
 from coordd.domain.principal import Principal, require_owner_or_admin
 from coordd.notify import outbox
+from coordd.notify.models import Channel
 from coordd.runtime import Runtime
 from coordd.store.competition_models import (
     Competition,
@@ -39,7 +40,7 @@ from coordd.store.competition_models import (
     CompetitionTransition,
     Registration,
 )
-from coordd.store.db import Tx
+from coordd.store.db import Tx, database_proxy
 from coordd.store.models import User
 from coordd.store.paging import Page, PageRequest, keyset_page
 
@@ -681,6 +682,7 @@ def _notify_many(
     targets: Iterable[tuple[str, str]],
     kind: str,
     extra: dict[str, Any] | None = None,
+    known_new: bool = False,
 ) -> int:
     """Records each (registration, kind) once and queues it to the registrant's webhook
     channels through the shared outbox, in the caller's transaction. The unique key makes a
@@ -689,7 +691,7 @@ def _notify_many(
     if not wanted:
         return 0
     done: set[str] = set()
-    ids = list(wanted)
+    ids = [] if known_new else list(wanted)  # a registration created in this transaction has none
     for start in range(0, len(ids), 500):
         done.update(
             r.registration_id
@@ -699,12 +701,15 @@ def _notify_many(
             )
         )
     rows = []
+    with_channels = _with_channels([u for r, u in wanted.items() if r not in done])
     for reg_id, user_id in wanted.items():
         if reg_id in done:
             continue
         name = f"{_name(comp.id)}/registrations/{reg_id}"
         payload = _payload(comp, kind, {"registration": name, "user": f"users/{user_id}", **(extra or {})})
-        queued = outbox.enqueue(tx, {user_id}, f"competition.{kind}", f"{name}:{kind}", payload)
+        queued = 0
+        if user_id in with_channels:
+            queued = outbox.enqueue(tx, {user_id}, f"competition.{kind}", f"{name}:{kind}", payload)
         log.info("competition notification", kind=kind, registration=name, deliveries_queued=queued)
         rows.append(
             {
@@ -717,9 +722,51 @@ def _notify_many(
                 "create_time": tx.now,
             }
         )
+    if len(rows) == 1:
+        # The registration hot path: a fixed statement instead of the query builder.
+        row = rows[0]
+        db = database_proxy.obj
+        table = CompetitionNotification._meta.table_name
+        db.execute_sql(
+            f'INSERT INTO "{table}" (registration_id, user_id, competition_id, kind, payload,'
+            f" deliveries_queued, create_time) VALUES ({', '.join([db.param] * 7)})",
+            (
+                row["registration"],
+                row["user"],
+                row["competition"],
+                kind,
+                CompetitionNotification.payload.db_value(row["payload"]),
+                row["deliveries_queued"],
+                CompetitionNotification.create_time.db_value(tx.now),
+            ),
+        )
+        return 1
     for start in range(0, len(rows), 200):
         CompetitionNotification.insert_many(rows[start : start + 200]).execute()
     return len(rows)
+
+
+def _with_channels(user_ids: list[str]) -> set[str]:
+    """Which of these users have a live webhook channel: most registrants have none, and
+    asking once here is much cheaper than a full outbox enqueue per registrant."""
+    if not user_ids:
+        return set()
+    db = database_proxy.obj
+    table, owner, deleted = (
+        Channel._meta.table_name,
+        Channel.owner.column_name,
+        Channel.delete_time.column_name,
+    )
+    found: set[str] = set()
+    for start in range(0, len(user_ids), 500):
+        chunk = user_ids[start : start + 500]
+        cursor = db.execute_sql(
+            f'SELECT DISTINCT {owner} FROM "{table}" WHERE {deleted} IS NULL'
+            f" AND {owner} IN ({', '.join([db.param] * len(chunk))})",
+            tuple(chunk),
+        )
+        found.update(r[0] for r in cursor.fetchall())
+    return found
 
 
 # -- registration ------------------------------------------------------------------------------
@@ -749,48 +796,78 @@ def register(rt: Runtime, who: Principal, comp_id: str) -> RegistrationView:
         return RegistrationView(reg, _position(reg), created=False)
 
 
+_HOT_COLUMNS = ("confirmed", "waitlisted", "waitlist_seq", "entry_fee", "title", "state", "start_time")
+_hot_sql: dict[str, dict[str, str]] = {}
+
+
+def _sql_for(rt: Runtime) -> dict[str, str]:
+    """The registration hot path as fixed SQL strings, built once per placeholder style:
+    building them with the query builder on every call cost more than running them."""
+    p = rt.store.db.param
+    found = _hot_sql.get(p)
+    if found is None:
+        comp, reg = Competition._meta.table_name, Registration._meta.table_name
+        window = (
+            f"state IN ('{DRAFT}', '{OPEN}') AND publish_time IS NOT NULL"
+            f" AND open_time <= {p} AND close_time > {p}"
+        )
+        returning = ", ".join(_HOT_COLUMNS)
+        columns = (
+            "id, competition_id, user_id, state, waitlist_seq, fee_held, create_time, update_time,"
+            " confirm_time"
+        )
+        found = _hot_sql[p] = {
+            "existing": f'SELECT id FROM "{reg}" WHERE competition_id = {p} AND user_id = {p}',
+            "seat": (
+                f'UPDATE "{comp}" SET confirmed = confirmed + 1, update_time = {p}'
+                f" WHERE id = {p} AND confirmed + offered < capacity AND {window} RETURNING {returning}"
+            ),
+            "waitlist": (
+                f'UPDATE "{comp}" SET waitlisted = waitlisted + 1, waitlist_seq = waitlist_seq + 1,'
+                f" update_time = {p} WHERE id = {p} AND {window} RETURNING {returning}"
+            ),
+            "insert": f'INSERT INTO "{reg}" ({columns}) VALUES ({", ".join([p] * 9)})',
+        }
+    return found
+
+
 def _register(rt: Runtime, who: Principal, comp_id: str) -> RegistrationView:
+    sql = _sql_for(rt)
+    db = rt.store.db
     with rt.store.write() as tx:
         now = tx.now
-        existing = Registration.get_or_none(
-            (Registration.competition == comp_id) & (Registration.user == who.user_id)
-        )
+        stamp = Competition.update_time.db_value(now)
+        row = db.execute_sql(sql["existing"], (comp_id, who.user_id)).fetchone()
+        existing = Registration.get_by_id(row[0]) if row else None
         if existing is not None and existing.state in ACTIVE:
             return RegistrationView(existing, _position(existing), created=False)
-        comp = Competition.get_or_none(Competition.id == comp_id)
-        if comp is None or not _visible(who, comp):
-            raise _not_found(comp_id)
-        took_seat = (
-            Competition.update(confirmed=Competition.confirmed + 1, update_time=now)
-            .where(
-                (Competition.id == comp_id)
-                & (Competition.confirmed + Competition.offered < Competition.capacity)
-                & _window(now)
-            )
-            .execute()
-        )
-        seq = None
+        # The seat: one conditional UPDATE (the deadline is part of it); RETURNING hands back
+        # the row as updated, so no separate read. On PostgreSQL this takes the row lock
+        # that serializes seat allocation, held only for the few statements that follow.
+        values = db.execute_sql(sql["seat"], (stamp, comp_id, stamp, stamp)).fetchall()
+        took_seat = bool(values)
         if not took_seat:
-            rows = list(
-                Competition.update(
-                    waitlisted=Competition.waitlisted + 1,
-                    waitlist_seq=Competition.waitlist_seq + 1,
-                    update_time=now,
-                )
-                .where((Competition.id == comp_id) & _window(now))
-                .returning(Competition.waitlist_seq)
-                .execute()
-            )
-            if not rows:
-                raise _closed(comp, now)
-            seq = rows[0].waitlist_seq
+            values = db.execute_sql(sql["waitlist"], (stamp, comp_id, stamp, stamp)).fetchall()
+        if not values:
+            found = Competition.get_or_none(Competition.id == comp_id)
+            if found is None or not _visible(who, found):
+                raise _not_found(comp_id)
+            raise _closed(found, now)
+        got = dict(zip(_HOT_COLUMNS, values[0], strict=True))
+        comp = Competition(
+            id=comp_id,
+            title=got["title"],
+            state=got["state"],
+            start_time=Competition.start_time.python_value(got["start_time"]),
+            entry_fee=got["entry_fee"],
+        )
         reg = existing or Registration(competition=comp_id, user=who.user_id, create_time=now)
         reg.state = CONFIRMED if took_seat else WAITLISTED
-        reg.waitlist_seq = seq
+        reg.waitlist_seq = None if took_seat else got["waitlist_seq"]
         reg.offer_expire_time = None
         reg.confirm_time = now if took_seat else None
         reg.update_time = now
-        reg.save(force_insert=existing is None)
+        reg.fee_held = 0
         if took_seat and comp.entry_fee > 0:
             ledger.hold(
                 tx,
@@ -800,12 +877,28 @@ def _register(rt: Runtime, who: Principal, comp_id: str) -> RegistrationView:
                 "competition.entry_fee",
             )
             reg.fee_held = comp.entry_fee
-            Registration.update(fee_held=reg.fee_held).where(Registration.id == reg.id).execute()
+        if existing is None:
+            db.execute_sql(
+                sql["insert"],
+                (
+                    reg.id,
+                    comp_id,
+                    who.user_id,
+                    reg.state,
+                    reg.waitlist_seq,
+                    reg.fee_held,
+                    stamp,
+                    stamp,
+                    stamp if took_seat else None,
+                ),
+            )
+        else:
+            reg.save()
         if took_seat:
-            _notify(tx, comp, reg, CONFIRMATION)
+            _notify_many(tx, comp, [(reg.id, reg.user_id)], CONFIRMATION, known_new=existing is None)
         _emit_registration(tx, reg, "created")
-        position = _position(reg)
-    return RegistrationView(reg, position, created=True)
+    # A newcomer joins the tail: everyone waitlisted is ahead of it.
+    return RegistrationView(reg, 0 if took_seat else got["waitlisted"], created=True)
 
 
 def _closed(comp: Competition, now: datetime) -> FailedPrecondition:
