@@ -9,7 +9,8 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from coordd.domain import node_health, node_uptime
-from coordd.store.node_models import Node, RewardEntry
+from coordd.notify.models import Delivery
+from coordd.store.node_models import MaintenanceWindow, Node, RewardEntry
 from coordd_client.v1 import node_pb2
 from tests.helpers import rpc_error
 from tests.support.server import ServerHandle
@@ -25,6 +26,35 @@ def stamp(value) -> timestamp_pb2.Timestamp:  # type: ignore[no-untyped-def]
     out = timestamp_pb2.Timestamp()
     out.FromDatetime(value)
     return out
+
+
+def test_due_work_is_selected_through_indexed_due_times(srv):
+    """Detection, maintenance, rewards and the outbox select what is due through an index
+    on the due-time column, never by scanning every row."""
+    now = srv.rt.now()
+    queries = [
+        Node.select().where(Node.deadline_time <= now).order_by(Node.deadline_time).limit(10),
+        Node.select(Node.id).where(Node.reward_due_time <= now).order_by(Node.reward_due_time).limit(10),
+        MaintenanceWindow.select().where(MaintenanceWindow.next_action_time <= now).limit(10),
+        Delivery.select()
+        .where(Delivery.next_attempt_time <= now)
+        .order_by(Delivery.next_attempt_time)
+        .limit(10),
+    ]
+    db = srv.rt.store.db
+    for query in queries:
+        sql, params = query.sql()
+        with db.atomic():
+            if srv.rt.store.is_postgres:
+                db.execute_sql(
+                    "SET LOCAL enable_seqscan = off"
+                )  # tiny tables: ask whether an index can serve
+                plan = " ".join(row[0] for row in db.execute_sql("EXPLAIN " + sql, params).fetchall())
+            else:
+                plan = " ".join(
+                    str(row[-1]) for row in db.execute_sql("EXPLAIN QUERY PLAN " + sql, params).fetchall()
+                )
+        assert "index" in plan.lower(), plan
 
 
 def test_a_restart_gives_every_node_a_failover_grace(settings_factory, clock):

@@ -11,7 +11,7 @@ from typing import Any
 from google.protobuf import field_mask_pb2
 
 from coordd.api.convert import duration, from_ts, parse_name, ts
-from coordd.domain import node, node_health, node_uptime
+from coordd.domain import node, node_health, node_state, node_uptime
 from coordd.domain.errors import FieldViolation, InvalidArgument
 from coordd.domain.principal import require_user
 from coordd.notify import outbox
@@ -756,7 +756,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         await self.rt.run(node.watchable_project, who, project_id)
         cursor = await self.rt.run(node_uptime.last_transition_id, project_id)
         # The interceptor has sent the headers already: the client knows the watch is live.
-        key = node_health.node_state.nodes_key(project_id)
+        key = node_state.nodes_key(project_id)
         while True:
             rows = await self.rt.run(node_uptime.transitions_after, project_id, cursor)
             for transition, current in rows:

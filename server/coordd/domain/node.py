@@ -30,7 +30,6 @@ from coordd.runtime import Runtime
 from coordd.store.models import ApiKey
 from coordd.store.node_models import (
     DECOMMISSIONED,
-    MAINTENANCE,
     STATUSES,
     UNKNOWN,
     Assignment,
@@ -635,7 +634,3 @@ def list_assignments(who: Principal, kind: str, parent_id: str, page: PageReques
 def watchable_project(who: Principal, project_id: str) -> Project:
     require_operator(who)
     return owned_project(who, project_id)
-
-
-def in_maintenance(node: Node) -> bool:
-    return node.status == MAINTENANCE

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 import peewee
 
 from coordd.domain import node_health
-from coordd.domain.errors import FailedPrecondition, NotFound, PermissionDenied, Violations
+from coordd.domain.errors import FailedPrecondition, PermissionDenied, Violations
 from coordd.domain.node import owned_project, require_operator, visible_node, visible_workload
 from coordd.domain.principal import Principal
 from coordd.runtime import Runtime
@@ -364,10 +364,3 @@ def list_reward_entries(who: Principal, owner_id: str, page: PageRequest) -> Pag
     owner_id = _reward_owner(who, owner_id)
     query = RewardEntry.select().where(RewardEntry.owner == owner_id)
     return keyset_page(query, RewardEntry.id, page, filters={"o": owner_id}, descending=True)
-
-
-def project_of(project_id: str) -> Project:
-    project = Project.get_or_none(Project.id == project_id)
-    if project is None:
-        raise NotFound(f"projects/{project_id} not found", metadata={"resource": f"projects/{project_id}"})
-    return project
