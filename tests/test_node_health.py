@@ -231,7 +231,7 @@ def test_uptime_is_seconds_up_over_seconds_observed(srv, clock):
     )
 
 
-def test_rewards_credit_each_closed_bucket_once_with_a_daily_cap(srv, clock):
+def test_rewards_credit_each_closed_bucket_once_with_a_daily_cap(srv, clock, monkeypatch):
     clock.advance(next_utc_day_at(0, 5, srv.rt.now()))
     fleet = Fleet(srv)
     project = fleet.project(points=100, cap=250)
@@ -240,6 +240,21 @@ def test_rewards_credit_each_closed_bucket_once_with_a_daily_cap(srv, clock):
     fleet.flush()
     clock.advance(3 * 3600)
     fleet.refresh()
+    # A crash in the middle of a run (here: on the second bucket) rolls the whole node back.
+    real_measure = node_uptime.measure
+    calls = []
+
+    def crash_on_second_bucket(segs, holes):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("scheduler crashed")
+        return real_measure(segs, holes)
+
+    monkeypatch.setattr(node_uptime, "measure", crash_on_second_bucket)
+    with pytest.raises(RuntimeError):
+        fleet.run(node_uptime.credit_rewards)
+    monkeypatch.setattr(node_uptime, "measure", real_measure)
+    assert RewardEntry.select().count() == 0
     assert fleet.run(node_uptime.credit_rewards) == 3
     entries = fleet.stub.ListRewardEntries(node_pb2.ListRewardEntriesRequest(), metadata=fleet.md).entries
     points = [e.points for e in reversed(entries)]
