@@ -370,37 +370,24 @@ def submit(
 
 
 def _claim(rt: Runtime, tx: Tx, worker: Worker, limit: int, only_job: str | None = None) -> list[Leased]:
-    """Leases up to `limit` claimable jobs to `worker` (one UPDATE, see job_queries.claim_rows)
-    and opens an attempt row for each, in the caller's transaction."""
+    """Leases up to `limit` claimable jobs to `worker` and opens an attempt row for each, in
+    the caller's transaction (see job_queries.claim_jobs)."""
     lease_id = secrets.token_hex(12)
-    rows = job_queries.claim_rows(
+    claimed = job_queries.claim_jobs(
         rt.store, tx.now, lease_id, worker.provider_id, worker.labels, worker.gpus, limit, only_job
     )
-    if not rows:
+    if not claimed:
         return []
-    JobAttempt.insert_many(
-        [
-            {
-                "job": job_id,
-                "attempt": attempt,
-                "provider": worker.provider_id,
-                "lease_id": lease_id,
-                "start_time": tx.now,
-            }
-            for job_id, attempt in rows
-        ]
-    ).execute()
-    jobs = {j.id: j for j in Job.select().where(Job.id.in_([r[0] for r in rows]))}
-    ordered = sorted(rows, key=lambda r: (-jobs[r[0]].priority, r[0]))
-    leased = [Leased(jobs[r[0]], lease_id, jobs[r[0]].lease_expire_time) for r in ordered]
+    claimed.sort(key=lambda j: (-j.priority, j.id))
+    leased = [Leased(j, lease_id, j.lease_expire_time) for j in claimed]
     # One event per claim, not per job: its watch keys still wake each job's watchers.
-    names = [f"jobs/{r[0]}" for r in ordered]
+    names = [f"jobs/{j.id}" for j in claimed]
     tx.emit(
         "job.started",
         names[0],
         {
             "jobs": names,
-            "attempts": [r[1] for r in ordered],
+            "attempts": [j.attempt for j in claimed],
             "provider": f"users/{worker.provider_id}",
             "watch_keys": [*names, QUEUE_KEY],
         },
@@ -522,6 +509,8 @@ def heartbeat(rt: Runtime, who: Principal, lease: LeaseRef, progress: float) -> 
     with rt.store.write() as tx:
         job = _leased_job(rt, who, lease)
         if job.cancel_requested:
+            job = _lock(rt, job.id)  # the whole row: it is saved below
+            assert job is not None
             _close_attempt(tx, job, CANCELLED, "cancelled by request")
             _refund_and_finish(tx, job, CANCELLED, "cancelled while running", policy)
             return Heartbeat(None, True)
@@ -558,36 +547,50 @@ def statement(job: Job, output_digest: str, finish_time: datetime) -> dict[str, 
 def _complete_batch(
     rt: Runtime, tx: Tx, who: Principal, items: list[tuple[LeaseRef, Payload]]
 ) -> list[Completion | DomainError]:
-    """Records results for many leases with a fixed number of statements: one locking read,
-    one attempt update, two job updates, one ledger batch, one attestation insert, one event.
+    """Records results for many leases with a fixed number of statements: one conditional
+    UPDATE of the jobs and their attempts (it is the lease check), one attestation insert,
+    one ledger batch and one event, whatever the batch size.
 
     A bad lease yields its error without touching anything. A job cancelled while running
     is finalized as cancelled (and refunded) and yields JOB_CANCELLED; that still commits.
     """
     policy = policy_of(rt)
-    query = Job.select().where(Job.id.in_(sorted({lease.job_id for lease, _ in items}))).order_by(Job.id)
-    if rt.store.is_postgres:
-        query = query.for_update()
-    found = {j.id: j for j in query}
+    purge_time = tx.now + timedelta(seconds=policy.payload_retention_s)
+    rows = job_queries.succeed_rows(
+        rt.store,
+        tx.now,
+        purge_time,
+        policy.fee_bps,
+        who.user_id,
+        [
+            (lease.job_id, lease.attempt, lease.lease_id, out.data, out.uri, out.sha256)
+            for lease, out in items
+        ],
+    )
+    succeeded: dict[str, Job] = {}
+    for job_id, submitter, kind, model_ref, input_digest, budget, fee, attempt, start_time in rows:
+        succeeded[job_id] = Job(
+            id=job_id,
+            submitter=submitter,
+            kind=kind,
+            model_ref=model_ref,
+            input_digest=input_digest,
+            budget=budget,
+            fee=fee,
+            attempt=attempt,
+            provider=who.user_id,
+            start_time=start_time,
+            state=SUCCEEDED,
+            finish_time=tx.now,
+        )
     results: list[Completion | DomainError] = []
-    done: list[Job] = []
-    attestations: list[JobAttestation] = []
+    done: list[Completion] = []
     for lease, output in items:
-        job = found.get(lease.job_id)
-        error = _lease_error(job, who, lease)
-        if error is not None:
-            results.append(error)
+        job = succeeded.pop(lease.job_id, None)
+        if job is None:
+            results.append(_explain_rejected_completion(rt, tx, who, lease, policy))
             continue
-        assert job is not None
-        if job.cancel_requested:
-            _close_attempt(tx, job, CANCELLED, "cancelled by request")
-            _refund_and_finish(tx, job, CANCELLED, "cancelled while running", policy)
-            results.append(
-                FailedPrecondition(
-                    f"jobs/{job.id} was cancelled; the result is not accepted", reason="JOB_CANCELLED"
-                )
-            )
-            continue
+        job.output_data, job.output_uri, job.output_digest = output.data, output.uri, output.sha256
         payload = canonical_json(statement(job, output.sha256, tx.now))
         attestation = JobAttestation(
             job=job.id,
@@ -597,45 +600,27 @@ def _complete_batch(
             signature=rt.signer.sign(pae(PAYLOAD_TYPE, payload)),
             create_time=tx.now,
         )
-        # Mutating the loaded row makes a second completion of the same lease in this batch stale.
-        _finish(tx, job, SUCCEEDED, "", policy)
-        job.output_data, job.output_uri, job.output_digest = output.data, output.uri, output.sha256
-        job.progress = 1.0
-        job.fee = ledger.fee_for(job.budget, policy.fee_bps)
-        done.append(job)
-        attestations.append(attestation)
-        results.append(Completion(job, attestation))
+        done.append(Completion(job, attestation))
+        results.append(done[-1])
     if not done:
         return results
-    ids = [j.id for j in done]
-    # Only the current attempt of a running job is still open.
-    JobAttempt.update(end_time=tx.now, outcome=SUCCEEDED, error="").where(
-        JobAttempt.job.in_(ids) & (JobAttempt.outcome == RUNNING)
-    ).execute()
-    Job.update(
-        state=SUCCEEDED,
-        error="",
-        finish_time=tx.now,
-        progress=1.0,
-        lease_id=None,
-        lease_expire_time=None,
-        attempt_deadline=None,
-        start_deadline=None,
-        close_deadline=None,
-        purge_time=done[0].purge_time,
-    ).where(Job.id.in_(ids)).execute()
-    job_queries.set_outputs(
-        rt.store, [(j.id, j.output_data, j.output_uri, j.output_digest, j.fee) for j in done]
+    ids = [c.job.id for c in done]
+    job_queries.insert_attestations(
+        rt.store,
+        tx.now,
+        [
+            (c.job.id, PAYLOAD_TYPE, c.attestation.payload, c.attestation.key_id, c.attestation.signature)
+            for c in done
+        ],
     )
     ledger.post_many(
         tx,
         [
             ledger.release_entry(j.submitter, j.provider, j.budget, f"jobs/{j.id}", j.fee, "job.payment")
-            for j in done
+            for j in (c.job for c in done)
             if j.budget
         ],
     )
-    JobAttestation.insert_many([a.__data__ for a in attestations]).execute()
     names = [f"jobs/{i}" for i in ids]
     # One event per batch: its watch keys wake each job's watchers.
     tx.emit(
@@ -644,12 +629,29 @@ def _complete_batch(
         {
             "jobs": names,
             "provider": f"users/{who.user_id}",
-            "paid": sum(j.budget - j.fee for j in done),
-            "fee": sum(j.fee for j in done),
+            "paid": sum(c.job.budget - c.job.fee for c in done),
+            "fee": sum(c.job.fee for c in done),
             "watch_keys": names,
         },
     )
     return results
+
+
+def _explain_rejected_completion(
+    rt: Runtime, tx: Tx, who: Principal, lease: LeaseRef, policy: JobPolicy
+) -> DomainError:
+    """Why the conditional UPDATE skipped a completion: a lease error, or a pending
+    cancellation, which is carried out now."""
+    job = _lock(rt, lease.job_id)
+    error = _lease_error(job, who, lease)
+    if error is not None:
+        return error
+    assert job is not None and job.cancel_requested
+    _close_attempt(tx, job, CANCELLED, "cancelled by request")
+    _refund_and_finish(tx, job, CANCELLED, "cancelled while running", policy)
+    return FailedPrecondition(
+        f"jobs/{job.id} was cancelled; the result is not accepted", reason="JOB_CANCELLED"
+    )
 
 
 def complete(rt: Runtime, who: Principal, lease: LeaseRef, output: Payload) -> Completion:
@@ -657,7 +659,8 @@ def complete(rt: Runtime, who: Principal, lease: LeaseRef, output: Payload) -> C
         [result] = _complete_batch(rt, tx, who, [(lease, output)])
     if isinstance(result, DomainError):
         raise result
-    return result
+    # The batch path loads only the columns it needs; the single call returns the whole job.
+    return Completion(Job.get_by_id(result.job.id), result.attestation)
 
 
 def complete_many(

@@ -6,12 +6,13 @@ from __future__ import annotations
 from datetime import datetime
 
 from coordd.store.db import Store
+from coordd.store.job_models import Job
 from coordd.store.models import TimestampField
 
 _to_us = TimestampField().db_value
 
 
-def claim_rows(
+def claim_jobs(
     store: Store,
     now: datetime,
     lease_id: str,
@@ -20,14 +21,17 @@ def claim_rows(
     gpus: int,
     limit: int,
     only_job: str | None = None,
-) -> list[tuple[str, int]]:
-    """Leases up to `limit` claimable jobs with one UPDATE; returns (job id, attempt) pairs.
+) -> list[Job]:
+    """Leases up to `limit` claimable jobs and opens their attempt rows; returns the jobs as
+    updated.
 
-    PostgreSQL: candidates are locked with FOR UPDATE SKIP LOCKED, so concurrent claimers
-    skip each other's rows instead of waiting or double-claiming. SQLite: the statement runs
-    inside the serialized immediate transaction (`store.write()`), the same guarantee.
-    Order: priority (high first), then id (time-ordered: oldest first), via the partial index
-    `job_claim_order`. A job's labels must all be among the worker's labels.
+    PostgreSQL: one statement. Candidates are locked with FOR UPDATE SKIP LOCKED, so
+    concurrent claimers skip each other's rows instead of waiting or double-claiming; the
+    attempt rows are inserted by a data-modifying CTE. SQLite: UPDATE ... RETURNING inside
+    the serialized immediate transaction (`store.write()`), which is the same guarantee,
+    then one INSERT for the attempts. Order: priority (high first), then id (time-ordered:
+    oldest first), via the partial index `job_claim_order`. A job's labels must all be
+    among the worker's labels.
     """
     db = store.db
     p = db.param
@@ -60,34 +64,114 @@ def claim_rows(
     set_params: list[object] = [lease_id, provider_id, now_us, now_us, now_us]
     if store.is_postgres:
         sql = (
-            f"WITH c AS ({candidates}) UPDATE job SET {assignments} FROM c WHERE job.id = c.id"
-            " RETURNING job.id, job.attempt"
+            f"WITH c AS ({candidates}),"
+            f" u AS (UPDATE job SET {assignments} FROM c WHERE job.id = c.id RETURNING job.*),"
+            " a AS (INSERT INTO job_attempt (job_id, attempt, provider, lease_id, start_time, outcome, error)"
+            f" SELECT u.id, u.attempt, {p}, {p}, {p}, 'running', '' FROM u)"
+            " SELECT * FROM u"
         )
-        cursor = db.execute_sql(sql, [*params, *set_params])
+        return list(Job.raw(sql, *params, *set_params, provider_id, lease_id, now_us))
+    sql = f"UPDATE job SET {assignments} WHERE id IN ({candidates}) RETURNING *"
+    jobs = list(Job.raw(sql, *set_params, *params))
+    _insert_rows(
+        store,
+        "job_attempt",
+        ["job_id", "attempt", "provider", "lease_id", "start_time", "outcome", "error"],
+        [(j.id, j.attempt, provider_id, lease_id, now_us, "running", "") for j in jobs],
+    )
+    return jobs
+
+
+def succeed_rows(
+    store: Store,
+    now: datetime,
+    purge_time: datetime,
+    fee_bps: int,
+    provider_id: str,
+    items: list[tuple[str, int, str, bytes | None, str, str]],
+) -> list[tuple[str, str, str, str, str, int, int, int, datetime]]:
+    """Marks many leased jobs succeeded (and closes their attempts) with one conditional UPDATE.
+
+    `items` are (job id, attempt, lease id, output data, output uri, output digest). A row
+    changes only while the lease is still held (running, same attempt and lease id, this
+    provider) and no cancellation is pending; the caller explains the others. Returns
+    (id, submitter, kind, model_ref, input_digest, budget, fee, attempt, start_time) of each
+    job that succeeded.
+    """
+    if not items:
+        return []
+    p = store.db.param
+    blob, integer = ("bytea", "integer") if store.is_postgres else ("BLOB", "INTEGER")
+    row = f"({p}, CAST({p} AS {integer}), {p}, CAST({p} AS {blob}), {p}, {p})"
+    binary = _binary(store)
+    params: list[object] = []
+    for job_id, attempt, lease_id, data, uri, digest in items:
+        params.extend((job_id, attempt, lease_id, None if data is None else binary(data), uri, digest))
+    update = (
+        " UPDATE job SET state = 'succeeded', error = '', progress = 1.0, lease_id = NULL,"
+        " lease_expire_time = NULL, attempt_deadline = NULL, start_deadline = NULL, close_deadline = NULL,"
+        f" finish_time = {p}, purge_time = {p}, fee = job.budget * {p} / 10000,"
+        " output_data = v.data, output_uri = v.uri, output_digest = v.digest"
+        " FROM v WHERE job.id = v.id AND job.state = 'running' AND job.attempt = v.attempt"
+        f" AND job.lease_id = v.lease_id AND job.provider = {p} AND NOT job.cancel_requested"
+        " RETURNING job.id, job.submitter, job.kind, job.model_ref, job.input_digest, job.budget, job.fee,"
+        " job.attempt, job.start_time"
+    )
+    values = f"v(id, attempt, lease_id, data, uri, digest) AS (VALUES {', '.join([row] * len(items))})"
+    now_us = _to_us(now)
+    params.extend((now_us, _to_us(purge_time), fee_bps, provider_id))
+    close_attempts = f"UPDATE job_attempt SET end_time = {p}, outcome = 'succeeded', error = ''"
+    if store.is_postgres:
+        # The attempt rows are closed by a data-modifying CTE: still one statement.
+        sql = (
+            f"WITH {values}, u AS ({update}),"
+            f" a AS ({close_attempts} FROM u"
+            " WHERE job_attempt.job_id = u.id AND job_attempt.attempt = u.attempt)"
+            " SELECT * FROM u"
+        )
+        rows = store.db.execute_sql(sql, [*params, now_us]).fetchall()
     else:
-        sql = f"UPDATE job SET {assignments} WHERE id IN ({candidates}) RETURNING id, attempt"
-        cursor = db.execute_sql(sql, [*set_params, *params])
-    return [(str(r[0]), int(r[1])) for r in cursor.fetchall()]
+        rows = store.db.execute_sql(f"WITH {values}{update}", params).fetchall()
+        if rows:
+            pairs = ", ".join([f"({p}, {p})"] * len(rows))
+            store.db.execute_sql(
+                f"{close_attempts} WHERE (job_id, attempt) IN (VALUES {pairs})",
+                [now_us, *[x for r in rows for x in (r[0], r[7])]],
+            )
+    to_time = TimestampField().python_value
+    return [(r[0], r[1], r[2], r[3], r[4], int(r[5]), int(r[6]), int(r[7]), to_time(r[8])) for r in rows]
 
 
-def set_outputs(store: Store, rows: list[tuple[str, bytes | None, str, str, int]]) -> None:
-    """(job id, output data, output uri, output digest, fee) for many jobs in one round trip."""
+def _insert_rows(store: Store, table: str, columns: list[str], rows: list[tuple[object, ...]]) -> None:
+    """A multi-row INSERT without the query builder (its per-value cost dominates large batches)."""
     if not rows:
         return
     cursor = store.db.cursor()
+    names = ", ".join(columns)
     if store.is_postgres:
         from psycopg2.extras import execute_values
 
-        execute_values(
-            cursor,
-            "UPDATE job SET output_data = v.data, output_uri = v.uri, output_digest = v.digest, fee = v.fee"
-            " FROM (VALUES %s) AS v(id, data, uri, digest, fee) WHERE job.id = v.id",
-            [(i, d, u, g, f) for i, d, u, g, f in rows],
-            template="(%s, %s::bytea, %s, %s, %s::bigint)",
-            page_size=len(rows),
-        )
+        execute_values(cursor, f"INSERT INTO {table} ({names}) VALUES %s", rows, page_size=len(rows))
     else:
-        cursor.executemany(
-            "UPDATE job SET output_data = ?, output_uri = ?, output_digest = ?, fee = ? WHERE id = ?",
-            [(d, u, g, f, i) for i, d, u, g, f in rows],
-        )
+        marks = ", ".join("?" * len(columns))
+        cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
+
+
+def insert_attestations(store: Store, now: datetime, rows: list[tuple[str, str, bytes, str, bytes]]) -> None:
+    """(job id, payload type, payload, key id, signature) for each succeeded job."""
+    now_us = _to_us(now)
+    binary = _binary(store)
+    _insert_rows(
+        store,
+        "job_attestation",
+        ["job_id", "payload_type", "payload", "key_id", "signature", "create_time"],
+        [(j, t, binary(p), k, binary(s), now_us) for j, t, p, k, s in rows],
+    )
+
+
+def _binary(store: Store):  # type: ignore[no-untyped-def]
+    if store.is_postgres:
+        from psycopg2 import Binary
+
+        return Binary
+    return bytes
