@@ -700,17 +700,20 @@ def _notify_many(
                 & (CompetitionNotification.kind == kind)
             )
         )
+    todo = [(reg_id, user_id) for reg_id, user_id in wanted.items() if reg_id not in done]
+    with_channels = _with_channels([user_id for _, user_id in todo])
     rows = []
-    with_channels = _with_channels([u for r, u in wanted.items() if r not in done])
-    for reg_id, user_id in wanted.items():
-        if reg_id in done:
-            continue
-        name = f"{_name(comp.id)}/registrations/{reg_id}"
-        payload = _payload(comp, kind, {"registration": name, "user": f"users/{user_id}", **(extra or {})})
+    for reg_id, user_id in todo:
+        payload = _notification_payload(comp, reg_id, user_id, kind, extra)
         queued = 0
         if user_id in with_channels:
-            queued = outbox.enqueue(tx, {user_id}, f"competition.{kind}", f"{name}:{kind}", payload)
-        log.info("competition notification", kind=kind, registration=name, deliveries_queued=queued)
+            queued = outbox.enqueue(
+                tx, {user_id}, f"competition.{kind}", f"{payload['registration']}:{kind}", payload
+            )
+        if len(todo) == 1:
+            _record_notification(tx, comp, reg_id, user_id, kind, extra, queued, payload)
+            return 1
+        log.info("competition notification", kind=kind, registration=payload["registration"], queued=queued)
         rows.append(
             {
                 "registration": reg_id,
@@ -722,28 +725,46 @@ def _notify_many(
                 "create_time": tx.now,
             }
         )
-    if len(rows) == 1:
-        # The registration hot path: a fixed statement instead of the query builder.
-        row = rows[0]
-        db = database_proxy.obj
-        table = CompetitionNotification._meta.table_name
-        db.execute_sql(
-            f'INSERT INTO "{table}" (registration_id, user_id, competition_id, kind, payload,'
-            f" deliveries_queued, create_time) VALUES ({', '.join([db.param] * 7)})",
-            (
-                row["registration"],
-                row["user"],
-                row["competition"],
-                kind,
-                CompetitionNotification.payload.db_value(row["payload"]),
-                row["deliveries_queued"],
-                CompetitionNotification.create_time.db_value(tx.now),
-            ),
-        )
-        return 1
     for start in range(0, len(rows), 200):
         CompetitionNotification.insert_many(rows[start : start + 200]).execute()
     return len(rows)
+
+
+def _notification_payload(
+    comp: Competition, reg_id: str, user_id: str, kind: str, extra: dict[str, Any] | None
+) -> dict[str, Any]:
+    name = f"{_name(comp.id)}/registrations/{reg_id}"
+    return _payload(comp, kind, {"registration": name, "user": f"users/{user_id}", **(extra or {})})
+
+
+def _record_notification(
+    tx: Tx,
+    comp: Competition,
+    reg_id: str,
+    user_id: str,
+    kind: str,
+    extra: dict[str, Any] | None,
+    queued: int,
+    payload: dict[str, Any] | None = None,
+) -> None:
+    """One notification record, as a fixed statement (the registration hot path)."""
+    payload = payload or _notification_payload(comp, reg_id, user_id, kind, extra)
+    log.info("competition notification", kind=kind, registration=payload["registration"], queued=queued)
+    db = database_proxy.obj
+    db.execute_sql(
+        f'INSERT INTO "{CompetitionNotification._meta.table_name}" (registration_id, user_id,'
+        " competition_id, kind, payload, deliveries_queued, create_time)"
+        f" VALUES ({', '.join([db.param] * 7)})",
+        (
+            reg_id,
+            user_id,
+            comp.id,
+            kind,
+            CompetitionNotification.payload.db_value(payload),
+            queued,
+            CompetitionNotification.create_time.db_value(tx.now),
+        ),
+    )
 
 
 def _with_channels(user_ids: list[str]) -> set[str]:
@@ -824,14 +845,33 @@ def _sql_for(rt: Runtime) -> dict[str, str]:
             ),
             "waitlist": (
                 f'UPDATE "{comp}" SET waitlisted = waitlisted + 1, waitlist_seq = waitlist_seq + 1,'
-                f" update_time = {p} WHERE id = {p} AND {window} RETURNING {returning}"
+                f" update_time = {p} WHERE id = {p} AND confirmed + offered >= capacity AND {window}"
+                f" RETURNING {returning}"
+            ),
+            "full": (
+                "SELECT confirmed + offered >= capacity, title, state, start_time"
+                f' FROM "{comp}" WHERE id = {p}'
+            ),
+            "unnote": (
+                f'DELETE FROM "{CompetitionNotification._meta.table_name}" WHERE registration_id = {p}'
+                f" AND kind = '{CONFIRMATION}'"
             ),
             "insert": f'INSERT INTO "{reg}" ({columns}) VALUES ({", ".join([p] * 9)})',
+            "to_waitlist": (
+                f'UPDATE "{reg}" SET state = {p}, waitlist_seq = {p}, confirm_time = NULL WHERE id = {p}'
+            ),
+            "to_seat": f'UPDATE "{reg}" SET state = {p}, confirm_time = {p} WHERE id = {p}',
+            "fee": f'UPDATE "{reg}" SET fee_held = {p} WHERE id = {p}',
         }
     return found
 
 
 def _register(rt: Runtime, who: Principal, comp_id: str) -> RegistrationView:
+    """One short transaction. The registration row is written first, as a guess made from
+    an unlocked read of the counters; only then the conditional seat (or waitlist) UPDATE
+    takes the competition row's lock, so on PostgreSQL the lock covers as few statements
+    as possible before the commit. The guess is only an optimisation: the outcome is
+    decided by the UPDATE's condition, and a wrong guess is corrected under the lock."""
     sql = _sql_for(rt)
     db = rt.store.db
     with rt.store.write() as tx:
@@ -841,33 +881,67 @@ def _register(rt: Runtime, who: Principal, comp_id: str) -> RegistrationView:
         existing = Registration.get_by_id(row[0]) if row else None
         if existing is not None and existing.state in ACTIVE:
             return RegistrationView(existing, _position(existing), created=False)
-        # The seat: one conditional UPDATE (the deadline is part of it); RETURNING hands back
-        # the row as updated, so no separate read. On PostgreSQL this takes the row lock
-        # that serializes seat allocation, held only for the few statements that follow.
-        values = db.execute_sql(sql["seat"], (stamp, comp_id, stamp, stamp)).fetchall()
-        took_seat = bool(values)
-        if not took_seat:
-            values = db.execute_sql(sql["waitlist"], (stamp, comp_id, stamp, stamp)).fetchall()
+        row = db.execute_sql(sql["full"], (comp_id,)).fetchone()
+        if row is None:
+            raise _not_found(comp_id)
+        guess_seat = not row[0]
+        comp = Competition(
+            id=comp_id, title=row[1], state=row[2], start_time=Competition.start_time.python_value(row[3])
+        )
+        reg = existing or Registration(competition=comp_id, user=who.user_id, create_time=now)
+        reg.state = CONFIRMED if guess_seat else WAITLISTED
+        reg.waitlist_seq = None
+        reg.offer_expire_time = None
+        reg.confirm_time = now if guess_seat else None
+        reg.update_time = now
+        reg.fee_held = 0
+        if existing is None:
+            # Before any lock: a second registration of the same user fails here, early.
+            db.execute_sql(
+                sql["insert"],
+                (
+                    reg.id,
+                    comp_id,
+                    who.user_id,
+                    reg.state,
+                    None,
+                    0,
+                    stamp,
+                    stamp,
+                    stamp if guess_seat else None,
+                ),
+            )
+        else:
+            reg.save()
+        noted = False
+        if guess_seat and existing is None and not _with_channels([who.user_id]):
+            # The confirmation record too (undone below if the guess was wrong); registrants
+            # with a webhook channel are queued to the outbox after the seat is certain.
+            _record_notification(tx, comp, reg.id, who.user_id, CONFIRMATION, {}, 0)
+            noted = True
+        # The seat: a conditional UPDATE (the deadline is part of it); RETURNING hands back
+        # the row as updated. The waitlist UPDATE only applies while every seat is taken.
+        params = (stamp, comp_id, stamp, stamp)
+        attempts = ("seat", "waitlist") if guess_seat else ("waitlist", "seat")
+        values: list[Any] = []
+        for attempt in attempts:
+            values = db.execute_sql(sql[attempt], params).fetchall()
+            if values:
+                took_seat = attempt == "seat"
+                break
         if not values:
             found = Competition.get_or_none(Competition.id == comp_id)
             if found is None or not _visible(who, found):
                 raise _not_found(comp_id)
             raise _closed(found, now)
         got = dict(zip(_HOT_COLUMNS, values[0], strict=True))
-        comp = Competition(
-            id=comp_id,
-            title=got["title"],
-            state=got["state"],
-            start_time=Competition.start_time.python_value(got["start_time"]),
-            entry_fee=got["entry_fee"],
-        )
-        reg = existing or Registration(competition=comp_id, user=who.user_id, create_time=now)
-        reg.state = CONFIRMED if took_seat else WAITLISTED
-        reg.waitlist_seq = None if took_seat else got["waitlist_seq"]
-        reg.offer_expire_time = None
-        reg.confirm_time = now if took_seat else None
-        reg.update_time = now
-        reg.fee_held = 0
+        comp.entry_fee = got["entry_fee"]
+        if took_seat and not guess_seat:
+            reg.state, reg.confirm_time = CONFIRMED, now
+            db.execute_sql(sql["to_seat"], (CONFIRMED, stamp, reg.id))
+        elif not took_seat:
+            reg.state, reg.confirm_time, reg.waitlist_seq = WAITLISTED, None, got["waitlist_seq"]
+            db.execute_sql(sql["to_waitlist"], (WAITLISTED, reg.waitlist_seq, reg.id))
         if took_seat and comp.entry_fee > 0:
             ledger.hold(
                 tx,
@@ -877,25 +951,11 @@ def _register(rt: Runtime, who: Principal, comp_id: str) -> RegistrationView:
                 "competition.entry_fee",
             )
             reg.fee_held = comp.entry_fee
-        if existing is None:
-            db.execute_sql(
-                sql["insert"],
-                (
-                    reg.id,
-                    comp_id,
-                    who.user_id,
-                    reg.state,
-                    reg.waitlist_seq,
-                    reg.fee_held,
-                    stamp,
-                    stamp,
-                    stamp if took_seat else None,
-                ),
-            )
-        else:
-            reg.save()
-        if took_seat:
+            db.execute_sql(sql["fee"], (reg.fee_held, reg.id))
+        if took_seat and not noted:
             _notify_many(tx, comp, [(reg.id, reg.user_id)], CONFIRMATION, known_new=existing is None)
+        elif noted and not took_seat:
+            db.execute_sql(sql["unnote"], (reg.id,))
         _emit_registration(tx, reg, "created")
     # A newcomer joins the tail: everyone waitlisted is ahead of it.
     return RegistrationView(reg, 0 if took_seat else got["waitlisted"], created=True)
