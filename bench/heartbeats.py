@@ -159,10 +159,13 @@ async def detection(stub: node_pb2_grpc.NodeServiceStub, md: tuple[tuple[str, st
     }
 
 
-async def run(nodes: int, seconds: float, concurrency: int, database_url: str) -> dict:
+async def run(nodes: int, seconds: float, concurrency: int, database_url: str, redis_url: str) -> dict:
     env = {"COORDD_ARGON2_MEMORY_KIB": "8", "COORDD_ARGON2_TIME_COST": "1", "COORDD_ARGON2_PARALLELISM": "1"}
     if database_url:
         env["COORDD_DATABASE_URL"] = database_url
+    if redis_url:
+        env["COORDD_REDIS_URL"] = redis_url
+        env["COORDD_REDIS_PREFIX"] = f"bench-{uuid.uuid4().hex[:8]}"
     proc, port, _ = start_coordd(env)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -190,7 +193,7 @@ async def run(nodes: int, seconds: float, concurrency: int, database_url: str) -
         proc.wait(20)
     return {
         "benchmark": "heartbeats",
-        "backend": "postgresql" if database_url else "sqlite",
+        "backend": ("postgresql" if database_url else "sqlite") + ("+redis" if redis_url else ""),
         "nodes": nodes,
         "seconds": seconds,
         "unary_concurrency": concurrency,
@@ -212,10 +215,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--database-url", default="", help="postgresql://... (default: embedded SQLite)")
+    parser.add_argument("--redis-url", default="", help="redis://... (last-seen also kept in Redis)")
     args = parser.parse_args()
-    print(
-        json.dumps(asyncio.run(run(args.nodes, args.seconds, args.concurrency, args.database_url)), indent=2)
-    )
+    result = asyncio.run(run(args.nodes, args.seconds, args.concurrency, args.database_url, args.redis_url))
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
