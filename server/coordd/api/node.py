@@ -3,6 +3,7 @@ notification channels, rewards and WatchNodes."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -758,12 +759,18 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         # The interceptor has sent the headers already: the client knows the watch is live.
         key = node_state.nodes_key(project_id)
         while True:
-            rows = await self.rt.run(node_uptime.transitions_after, project_id, cursor)
-            for transition, current in rows:
-                cursor = transition.id
-                yield node_pb2.WatchNodesResponse(
-                    transition=transition_to_proto(transition), node=node_to_proto(current)
-                )
-            if not rows:
-                with contextlib.suppress(Exception):
-                    await self.rt.notifier.wait([key], WATCH_REFRESH_S)
+            # Wait first, read second: a change committed while we read still wakes us.
+            waiter = asyncio.ensure_future(self.rt.notifier.wait([key], WATCH_REFRESH_S))
+            await asyncio.sleep(0)
+            try:
+                rows = await self.rt.run(node_uptime.transitions_after, project_id, cursor)
+                for transition, current in rows:
+                    cursor = transition.id
+                    yield node_pb2.WatchNodesResponse(
+                        transition=transition_to_proto(transition), node=node_to_proto(current)
+                    )
+                if not rows:
+                    with contextlib.suppress(Exception):
+                        await waiter
+            finally:
+                waiter.cancel()

@@ -155,8 +155,18 @@ class Tracker:
                     self.info.pop(node_id, None)
             elif event.type == "node.decommissioned":
                 node_id = event.subject.partition("/")[2]
-                self.info.pop(node_id, None)
                 self.key_node.pop(str(event.data.get("api_key", "")), None)
+                # A decommissioned node never beats again: forget it, memory stays bounded.
+                tables: tuple[dict[str, Any], ...] = (
+                    self.info,
+                    self.last_seen,
+                    self.streak,
+                    self.reported,
+                    self.metrics,
+                    self.assignments,
+                )
+                for table in tables:
+                    table.pop(node_id, None)
 
     def _set_status(self, info: NodeInfo, status: str) -> None:
         # Consecutive beats count from the last time the node stopped being heard.
