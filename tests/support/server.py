@@ -81,7 +81,23 @@ class ServerHandle:
         return self.app.rt
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            self._dump_stacks()
+            raise
+
+    def _dump_stacks(self) -> None:
+        """A hang is diagnosed from its stacks: every thread, and every task on the loop."""
+        import faulthandler
+        import sys
+
+        print("\n=== coordd test server hung; thread stacks ===", file=sys.stderr)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        print("=== asyncio tasks ===", file=sys.stderr)
+        for task in asyncio.all_tasks(self.loop):
+            task.print_stack(file=sys.stderr)
 
     def stop(self, grace: float = 0) -> None:
         if self._stopped:
