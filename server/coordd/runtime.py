@@ -85,6 +85,17 @@ class Runtime:
                 "the database is unavailable; retry shortly", reason="DATABASE_UNAVAILABLE"
             ) from exc
 
-    def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
+    def close(self, wait_s: float = 5.0) -> None:
+        """Drops queued DB work and waits a bounded time for running work: a call stuck on
+        a lock must not hold shutdown forever."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + wait_s
+        busy = 0
+        for thread in list(getattr(self.executor, "_threads", ())):
+            thread.join(max(deadline - time.monotonic(), 0))
+            busy += thread.is_alive()
+        if busy:
+            import structlog
+
+            structlog.get_logger("coordd").warning("database work still running at shutdown", threads=busy)
         self.store.close()
