@@ -15,7 +15,7 @@ jobs are all enqueued before workers start, so this is mostly time spent waiting
 
 The figure to watch is `ratio_claim_complete_coordd_pg_over_pgqueuer` (goal: >= 1).
 
-    .venv/bin/python bench/jobs.py [--jobs 20000] [--workers 8] [--batch 50] [--producers 32]
+    .venv/bin/python bench/jobs.py [--jobs 20000] [--workers 8] [--batch 100] [--producers 32]
         [--budget 0] [--backends sqlite,postgresql] [--pg-admin-url postgresql://postgres@127.0.0.1:5432/postgres]
 """
 
@@ -75,6 +75,15 @@ class PgDatabase:
         conn.close()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), to show where a phase spends CPU."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rate(count: int, seconds: float) -> float:
     return round(count / seconds, 1) if seconds else 0.0
 
@@ -117,7 +126,7 @@ def _prepare_coordd(data_dir: str, database_url: str, workers: int, jobs: int, b
 
 
 async def _drive_coordd(
-    port: int, tokens: list[str], jobs: int, producers: int, batch: int, budget: int
+    port: int, tokens: list[str], jobs: int, producers: int, batch: int, budget: int, server_pid: int = 0
 ) -> dict[str, Any]:
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(4)]
     stubs = [job_pb2_grpc.JobServiceStub(c) for c in channels]
@@ -177,11 +186,14 @@ async def _drive_coordd(
                 last_ack[0] = time.perf_counter()
 
         last_ack = [0.0]
+        server_cpu, client_cpu = _cpu_seconds(server_pid), _cpu_seconds(os.getpid())
         started = time.perf_counter()
         await asyncio.gather(*(work(i) for i in range(len(tokens) - 1)))
         # Until the last acknowledged completion: idle workers still long-polling at the end
         # would otherwise add up to one `wait` to the figure.
         work_s = last_ack[0] - started
+        server_cpu = _cpu_seconds(server_pid) - server_cpu
+        client_cpu = _cpu_seconds(os.getpid()) - client_cpu
     finally:
         for channel in channels:
             await channel.close()
@@ -194,6 +206,10 @@ async def _drive_coordd(
         "completed": len(seen),
         "double_claims": duplicates,
         "completion_errors": errors,
+        "claim_complete_cpu_ms_per_job": {
+            "coordd_server": round(server_cpu * 1000 / jobs, 3),
+            "bench_client": round(client_cpu * 1000 / jobs, 3),
+        },
     }
 
 
@@ -211,7 +227,7 @@ def run_coordd(
         env["COORDD_DB_THREADS"] = "16"
         proc, port, _ = start_coordd(env, data_dir=data_dir)
         try:
-            return asyncio.run(_drive_coordd(port, tokens, jobs, producers, batch, budget))
+            return asyncio.run(_drive_coordd(port, tokens, jobs, producers, batch, budget, proc.pid))
         finally:
             proc.terminate()
             proc.wait(30)
@@ -270,6 +286,7 @@ async def _drive_pgqueuer(url: str, jobs: int, workers: int, producers: int, bat
 
         managers.append(qm)
 
+    client_cpu = _cpu_seconds(os.getpid())
     started = time.perf_counter()
     await asyncio.gather(
         *(
@@ -282,6 +299,7 @@ async def _drive_pgqueuer(url: str, jobs: int, workers: int, producers: int, bat
         )
     )
     work_s = time.perf_counter() - started
+    client_cpu = _cpu_seconds(os.getpid()) - client_cpu
     for conn in connections:
         await conn.close()
     return {
@@ -292,6 +310,7 @@ async def _drive_pgqueuer(url: str, jobs: int, workers: int, producers: int, bat
         **_latency(latencies),
         "completed": len(seen),
         "double_claims": duplicates,
+        "claim_complete_cpu_ms_per_job": {"pgqueuer_workers": round(client_cpu * 1000 / jobs, 3)},
     }
 
 
@@ -310,7 +329,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--producers", type=int, default=32)
     parser.add_argument("--budget", type=int, default=0, help="per job; >0 exercises the ledger too")
     parser.add_argument("--backends", default="sqlite,postgresql")

@@ -706,3 +706,39 @@ def test_job_tables_reject_a_second_attempt_row(env):
     with pytest.raises(peewee.IntegrityError), env.server.rt.store.write():
         JobAttempt.create(job=job_id, attempt=1, provider="x", lease_id="y", start_time=env.server.rt.now())
     env.complete(env.worker_a, leased.lease)
+
+
+def test_the_running_scheduler_rescues_expired_leases_by_itself(server, clock):
+    """The tasks are registered: with the daemon's scheduler on, an expired lease is rescued
+    without anyone calling the task."""
+    from coordd.scheduler.tasks import all_tasks
+
+    names = {t.name for t in all_tasks()}
+    assert {"jobs-rescue-expired-leases", "jobs-enforce-deadlines", "jobs-purge-payloads"} <= names
+    jobs.set_policy(server.rt, TEST_POLICY)
+    stub = job_pb2_grpc.JobServiceStub(server.channel)
+    alice_id, alice = server.make_user("participant")
+    _, worker = server.make_user("provider")
+    with server.rt.store.write() as tx:
+        ledger.deposit(tx, alice_id, 100, "seed")
+    job = stub.SubmitJob(
+        job_pb2.SubmitJobRequest(
+            kind=job_pb2.JOB_KIND_TRAINING,
+            model_ref="m",
+            input=job_pb2.Payload(uri="s3://b/k", sha256="a" * 64),
+            budget=100,
+            max_attempts=1,
+            heartbeat_timeout=_seconds(5),
+        ),
+        metadata=bearer(alice),
+    ).job
+    stub.ClaimJobs(job_pb2.ClaimJobsRequest(), metadata=bearer(worker))
+    clock.advance(6)
+    deadline = time.monotonic() + 15
+    state = job_pb2.JOB_STATE_RUNNING
+    while state == job_pb2.JOB_STATE_RUNNING and time.monotonic() < deadline:
+        time.sleep(0.1)
+        state = stub.GetJob(job_pb2.GetJobRequest(name=job.name), metadata=bearer(alice)).job.state
+    assert state == job_pb2.JOB_STATE_FAILED, "one attempt only: the rescue dead-letters it"
+    assert ledger.balance(alice_id) == ledger.Balance(alice_id, 100, 0)
+    assert ledger.check_consistency() == []

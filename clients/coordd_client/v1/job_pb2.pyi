@@ -381,7 +381,9 @@ class Attestation(_message.Message):
     payload: _builtins.bytes
     """The statement (JSON bytes) exactly as signed."""
     envelope_json: _builtins.str
-    """The same envelope in its standard JSON form, for tools outside gRPC."""
+    """The same envelope in its standard JSON form, for tools outside gRPC. Left empty in
+    BatchCompleteJobs results (GetAttestation returns it; coordd_client.attestation builds it).
+    """
     @_builtins.property
     def signatures(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttestationSignature]: ...
     def __init__(
