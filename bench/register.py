@@ -4,6 +4,8 @@ For each backend, side by side in one run:
 
 - grpc: a real `coordd serve` process; C grpc.aio callers each send Register (with an
   `idempotency-key`, as real clients do) for distinct users until R registrations are done.
+- grpc_without_idempotency_key: the same without the key (no idempotency records), to
+  show what the two extra idempotency transactions per call cost.
 - direct: the database ceiling: the same registration transaction
   (`coordd.domain.competition.register`) called from C threads in this process, no gRPC,
   no interceptors, no idempotency records.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -150,7 +153,7 @@ def run_direct(settings_kw: dict[str, object], registrations: int, concurrency: 
 
 
 async def _drive_grpc(
-    port: int, tokens: list[str], comp_id: str, concurrency: int
+    port: int, tokens: list[str], comp_id: str, concurrency: int, keyed: bool
 ) -> tuple[list[float], float]:
     latencies: list[float] = []
     queue = list(reversed(tokens))
@@ -162,7 +165,9 @@ async def _drive_grpc(
         stub = stubs[index % len(stubs)]
         while queue:
             token = queue.pop()
-            meta = (("authorization", f"Bearer {token}"), ("idempotency-key", uuid.uuid4().hex))
+            meta: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),)
+            if keyed:
+                meta = (*meta, ("idempotency-key", uuid.uuid4().hex))
             start = time.perf_counter()
             await stub.Register(request, metadata=meta, timeout=60)
             latencies.append(time.perf_counter() - start)
@@ -176,7 +181,9 @@ async def _drive_grpc(
             await channel.close()
 
 
-def run_grpc(settings_kw: dict[str, object], registrations: int, concurrency: int) -> dict[str, object]:
+def run_grpc(
+    settings_kw: dict[str, object], registrations: int, concurrency: int, keyed: bool = True
+) -> dict[str, object]:
     settings = load_settings(None, env={}, **settings_kw, jwt_secret=JWT_SECRET, **FAST_ARGON)
     rt = Runtime(settings)
     try:
@@ -190,7 +197,7 @@ def run_grpc(settings_kw: dict[str, object], registrations: int, concurrency: in
         env["COORDD_DATABASE_URL"] = settings.database_url
     proc, port, _ = start_coordd(env, data_dir=settings.data_dir)
     try:
-        latencies, elapsed = asyncio.run(_drive_grpc(port, tokens, comp_id, concurrency))
+        latencies, elapsed = asyncio.run(_drive_grpc(port, tokens, comp_id, concurrency, keyed))
     finally:
         proc.terminate()
         proc.wait(20)
@@ -227,7 +234,12 @@ class _PgDatabase:
 
 def run_backend(backend: str, registrations: int, concurrency: int, pg_admin_url: str) -> dict[str, object]:
     results: dict[str, object] = {}
-    for mode, runner in (("direct", run_direct), ("grpc", run_grpc)):
+    modes = (
+        ("direct", run_direct),
+        ("grpc", run_grpc),
+        ("grpc_without_idempotency_key", functools.partial(run_grpc, keyed=False)),
+    )
+    for mode, runner in modes:
         data_dir = tempfile.mkdtemp(prefix=f"coordd-bench-reg-{mode}-")
         pg = _PgDatabase(pg_admin_url) if backend == "postgresql" else None
         try:

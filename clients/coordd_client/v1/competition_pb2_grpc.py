@@ -169,7 +169,8 @@ class CompetitionServiceServicer:
 
     def UpdateCompetition(self, request, context):
         """Changes the fields named in update_mask (owner only). Capacity may grow at any time
-        and shrink down to the seats already taken; times, fee and prize split only in DRAFT.
+        and shrink down to the seats already taken; times, fee, prize split and reminder lead
+        only before PublishCompetition.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

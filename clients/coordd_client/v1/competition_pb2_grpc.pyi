@@ -52,7 +52,8 @@ class CompetitionServiceStub:
     """Lists competitions (published ones, plus the caller's own drafts), oldest first."""
     UpdateCompetition: _grpc.UnaryUnaryMultiCallable[_competition_pb2.UpdateCompetitionRequest, _competition_pb2.UpdateCompetitionResponse]
     """Changes the fields named in update_mask (owner only). Capacity may grow at any time
-    and shrink down to the seats already taken; times, fee and prize split only in DRAFT.
+    and shrink down to the seats already taken; times, fee, prize split and reminder lead
+    only before PublishCompetition.
     """
     PublishCompetition: _grpc.UnaryUnaryMultiCallable[_competition_pb2.PublishCompetitionRequest, _competition_pb2.PublishCompetitionResponse]
     """Publishes a DRAFT: it becomes OPEN at registration_open_time (at once if that has passed)."""
@@ -118,7 +119,8 @@ class CompetitionServiceAsyncStub(CompetitionServiceStub):
     """Lists competitions (published ones, plus the caller's own drafts), oldest first."""
     UpdateCompetition: _aio.UnaryUnaryMultiCallable[_competition_pb2.UpdateCompetitionRequest, _competition_pb2.UpdateCompetitionResponse]  # type: ignore[assignment]
     """Changes the fields named in update_mask (owner only). Capacity may grow at any time
-    and shrink down to the seats already taken; times, fee and prize split only in DRAFT.
+    and shrink down to the seats already taken; times, fee, prize split and reminder lead
+    only before PublishCompetition.
     """
     PublishCompetition: _aio.UnaryUnaryMultiCallable[_competition_pb2.PublishCompetitionRequest, _competition_pb2.PublishCompetitionResponse]  # type: ignore[assignment]
     """Publishes a DRAFT: it becomes OPEN at registration_open_time (at once if that has passed)."""
@@ -205,7 +207,8 @@ class CompetitionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_competition_pb2.UpdateCompetitionResponse, _abc.Awaitable[_competition_pb2.UpdateCompetitionResponse]]:
         """Changes the fields named in update_mask (owner only). Capacity may grow at any time
-        and shrink down to the seats already taken; times, fee and prize split only in DRAFT.
+        and shrink down to the seats already taken; times, fee, prize split and reminder lead
+        only before PublishCompetition.
         """
 
     @_abc_1.abstractmethod
