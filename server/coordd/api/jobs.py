@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from coordd.api.convert import duration, parse_name, ts
 from coordd.domain import jobs
@@ -50,7 +51,20 @@ def _ms(value: duration_pb2.Duration, present: bool) -> int | None:
 
 
 def _ms_duration(ms: int) -> duration_pb2.Duration | None:
-    return duration(ms / 1000) if ms else None
+    return duration_pb2.Duration(seconds=ms // 1000, nanos=ms % 1000 * 1_000_000) if ms else None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """convert.ts without FromDatetime's generality: a claim reply converts several per job."""
+    if value is None:
+        return None
+    delta = value - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000
+    )
 
 
 def payload_from_proto(payload: job_pb2.Payload, present: bool) -> jobs.Payload | None:
@@ -89,10 +103,10 @@ def job_to_proto(job: Job, attempts: list[Any] | None = None) -> job_pb2.Job:
         state=_STATE_PROTO[job.state],
         attempt=job.attempt,
         provider=f"users/{job.provider}" if job.provider else "",
-        create_time=ts(job.create_time),
-        start_time=ts(job.start_time),
-        finish_time=ts(job.finish_time),
-        next_attempt_time=ts(job.run_after) if job.state == jobs.QUEUED else None,
+        create_time=_ts(job.create_time),
+        start_time=_ts(job.start_time),
+        finish_time=_ts(job.finish_time),
+        next_attempt_time=_ts(job.run_after) if job.state == jobs.QUEUED else None,
         progress=job.progress,
         cancel_requested=job.cancel_requested,
         output=_payload(job.output_data, job.output_uri, job.output_digest, job.payload_purged),
@@ -100,8 +114,8 @@ def job_to_proto(job: Job, attempts: list[Any] | None = None) -> job_pb2.Job:
             job_pb2.JobAttempt(
                 attempt=a.attempt,
                 provider=f"users/{a.provider}",
-                start_time=ts(a.start_time),
-                end_time=ts(a.end_time),
+                start_time=_ts(a.start_time),
+                end_time=_ts(a.end_time),
                 outcome=a.outcome,
                 error=a.error,
             )
@@ -132,7 +146,7 @@ def leased_to_proto(leased: jobs.Leased) -> job_pb2.LeasedJob:
             job=f"jobs/{job.id}",
             attempt=job.attempt,
             lease_id=leased.lease_id,
-            expire_time=ts(leased.expire_time),
+            expire_time=_ts(leased.expire_time),
         ),
         job=job_to_proto(job),
     )
