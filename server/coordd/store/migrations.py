@@ -55,7 +55,7 @@ MIGRATIONS: list[Migration] = [
     Migration(11, "jobs: jobs, labels, attempts, attestations", job_m.create_tables),
     Migration(
         40,
-        "competition: competitions, transitions, registrations, entries, results, notifications, webhooks",
+        "competition: competitions, transitions, registrations, entries, results, notifications",
         _create(*competition_m.ALL_MODELS),
     ),
     Migration(
