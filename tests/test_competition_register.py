@@ -307,3 +307,44 @@ def test_cancelled_paid_competition_refunds_everyone(server):
     assert Registration.select().where(Registration.fee_held > 0).count() == 0
     assert ledger.check_consistency() == []
     assert len(rules.notifications_of(comp.name.split("/")[1], rules.CANCELLATION)) == 3
+
+
+def test_concurrent_cancels_and_registrations_keep_counters_and_waitlist_exact(server):
+    """Cancels (which lock the competition row and promote) racing new registrations (which
+    insert first, then take the row): no deadlock, no error, counters equal the rows."""
+    _, org = server.make_user("organizer")
+    comp = create(server, org, capacity=20)
+    first = _bulk_users(server, 40)
+    svc = stub(server)
+    regs = {}
+    for user_id, token in first:
+        regs[user_id] = register(server, token, comp.name)
+    leaving = [(u, t) for u, t in first if reg_state(regs[u].state) == "CONFIRMED"][:10]
+    arriving = _bulk_users(server, 30)
+
+    def cancel(item):
+        user_id, token = item
+        request = competition_pb2.CancelRegistrationRequest(name=regs[user_id].name)
+        return svc.CancelRegistration(request, metadata=bearer(token), timeout=60)
+
+    def join(item):
+        return register(server, item[1], comp.name)
+
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(cancel, i) for i in leaving] + [pool.submit(join, i) for i in arriving]
+        for future in futures:
+            future.result()
+    comp_id = comp.name.split("/")[1]
+    rows = Registration.select().where(Registration.competition == comp_id)
+    by_state = {s: [r for r in rows if r.state == s] for s in ("CONFIRMED", "WAITLISTED", "CANCELLED")}
+    stored = Competition.get_by_id(comp_id)
+    assert stored.confirmed == len(by_state["CONFIRMED"]) == 20
+    assert stored.waitlisted == len(by_state["WAITLISTED"]) == 40 - 10 + 30 - 20
+    assert len(by_state["CANCELLED"]) == 10
+    listed = svc.ListRegistrations(
+        competition_pb2.ListRegistrationsRequest(
+            competition=comp.name, state=competition_pb2.REGISTRATION_STATE_WAITLISTED, page_size=100
+        ),
+        metadata=bearer(org),
+    ).registrations
+    assert sorted(r.position for r in listed) == list(range(1, len(listed) + 1))
