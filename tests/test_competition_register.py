@@ -348,3 +348,30 @@ def test_concurrent_cancels_and_registrations_keep_counters_and_waitlist_exact(s
         metadata=bearer(org),
     ).registrations
     assert sorted(r.position for r in listed) == list(range(1, len(listed) + 1))
+
+
+def test_concurrent_paid_registrations_fail_alone_when_short_of_funds(server):
+    """Registrations that arrive together may share one transaction (PostgreSQL); one
+    caller's missing funds must undo only that caller's registration."""
+    _, org = server.make_user("organizer")
+    comp = create(server, org, capacity=30, entry_fee=100)
+    people = _bulk_users(server, 40)
+    funded = {user_id for user_id, _ in people[::2]}
+    for user_id in funded:
+        fund(server, user_id, 100)
+
+    def call(item):
+        try:
+            return reg_state(register(server, item[1], comp.name).state)
+        except grpc.RpcError as exc:
+            return exc.code()
+
+    with ThreadPoolExecutor(20) as pool:
+        outcomes = dict(zip([u for u, _ in people], pool.map(call, people), strict=True))
+    assert all(outcomes[u] == "CONFIRMED" for u in funded)
+    assert all(outcomes[u] == grpc.StatusCode.FAILED_PRECONDITION for u, _ in people if u not in funded)
+    comp_id = comp.name.split("/")[1]
+    assert Registration.select().where(Registration.competition == comp_id).count() == 20
+    assert Competition.get_by_id(comp_id).confirmed == 20
+    assert all(balance(u) == (0, 100) for u in funded)
+    assert ledger.check_consistency() == []

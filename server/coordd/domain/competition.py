@@ -806,27 +806,122 @@ def _window(now: datetime) -> peewee.Expression:
     )
 
 
-_seat_locks: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
-_seat_locks_guard = threading.Lock()
+# Registrations of one competition per PostgreSQL transaction, at most.
+MAX_BATCH = 64
 
 
-def _seat_lock(comp_id: str) -> threading.Lock:
-    with _seat_locks_guard:
-        lock = _seat_locks.get(comp_id)
-        if lock is None:
-            lock = _seat_locks[comp_id] = threading.Lock()
-        return lock
+@dataclass
+class _Pending:
+    """One caller's registration waiting in its competition's group."""
+
+    who: Principal
+    wake: threading.Event = field(default_factory=threading.Event)
+    lead: bool = False
+    finished: bool = False
+    result: RegistrationView | None = None
+    error: BaseException | None = None
+
+
+class _Group:
+    """The callers registering for one competition in this process right now."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.queue: list[_Pending] = []
+        self.busy = False
+
+
+_groups: weakref.WeakValueDictionary[str, _Group] = weakref.WeakValueDictionary()
+_groups_guard = threading.Lock()
+
+
+def _group_for(comp_id: str) -> _Group:
+    with _groups_guard:
+        group = _groups.get(comp_id)
+        if group is None:
+            group = _groups[comp_id] = _Group()
+        return group
 
 
 def register(rt: Runtime, who: Principal, comp_id: str) -> RegistrationView:
-    if rt.store.is_postgres:
-        # Registrations for one competition serialize on its row anyway; queueing them here
-        # first (per process) keeps a crowd of backends from piling onto that row lock and
-        # waking together on every commit, which cost more than half the throughput at 32
-        # concurrent callers. Other replicas still meet at the row lock, which is what decides.
-        with _seat_lock(comp_id):
-            return _register_once(rt, who, comp_id)
-    return _register_once(rt, who, comp_id)
+    """Registers `who`. On PostgreSQL, registrations for one competition serialize on its
+    row, and the lock is held until the commit, whose WAL flush then dominates. So callers
+    arriving together are grouped (per process): one of them runs up to MAX_BATCH
+    registrations in one transaction, each in its own savepoint (a failure, e.g. missing
+    funds, undoes only that one), and all answers are handed out after the one commit.
+    Nobody waits for a batch that started after it arrived; the next leader is the oldest
+    caller still waiting. SQLite commits are cheap and its writes are serialized already."""
+    if not rt.store.is_postgres:
+        return _register_once(rt, who, comp_id)
+    group = _group_for(comp_id)
+    me = _Pending(who)
+    with group.lock:
+        group.queue.append(me)
+        if not group.busy:
+            group.busy = me.lead = True
+    while not me.finished:
+        if me.lead:
+            _lead(rt, comp_id, group)
+        else:
+            me.wake.wait()
+            me.wake.clear()
+    if me.error is not None:
+        raise me.error
+    assert me.result is not None
+    return me.result
+
+
+def _lead(rt: Runtime, comp_id: str, group: _Group) -> None:
+    with group.lock:
+        batch = group.queue[:MAX_BATCH]
+        del group.queue[:MAX_BATCH]
+    try:
+        _run_batch(rt, comp_id, batch)
+    finally:
+        with group.lock:
+            if group.queue:
+                successor = group.queue[0]
+                successor.lead = True
+                successor.wake.set()
+            else:
+                group.busy = False
+        for pending in batch:
+            pending.lead = False
+            pending.finished = True
+            pending.wake.set()
+
+
+def _run_batch(rt: Runtime, comp_id: str, batch: list[_Pending]) -> None:
+    outcomes: list[tuple[RegistrationView | None, BaseException | None]] = []
+    try:
+        with rt.store.write() as tx:
+            for pending in batch:
+                mark = len(tx.pending_events)
+                try:
+                    with rt.store.db.atomic():  # a savepoint
+                        view = _register_in(rt, tx, pending.who, comp_id)
+                    outcomes.append((view, None))
+                except peewee.IntegrityError:
+                    # The same user twice in flight: the first one's row is the answer.
+                    del tx.pending_events[mark:]
+                    reg = Registration.get_or_none(
+                        (Registration.competition == comp_id) & (Registration.user == pending.who.user_id)
+                    )
+                    outcomes.append((RegistrationView(reg, _position(reg)), None) if reg else (None, _lost()))
+                except Exception as exc:
+                    del tx.pending_events[mark:]
+                    outcomes.append((None, exc))
+    except Exception as exc:
+        # The commit (or the connection) failed: nobody's registration happened.
+        for pending in batch:
+            pending.error = exc
+        return
+    for pending, (view, error) in zip(batch, outcomes, strict=True):
+        pending.result, pending.error = view, error
+
+
+def _lost() -> FailedPrecondition:
+    return FailedPrecondition("the registration conflicted with another; retry", reason="CONFLICT")
 
 
 def _register_once(rt: Runtime, who: Principal, comp_id: str) -> RegistrationView:
@@ -893,6 +988,11 @@ def _sql_for(rt: Runtime) -> dict[str, str]:
 
 
 def _register(rt: Runtime, who: Principal, comp_id: str) -> RegistrationView:
+    with rt.store.write() as tx:
+        return _register_in(rt, tx, who, comp_id)
+
+
+def _register_in(rt: Runtime, tx: Tx, who: Principal, comp_id: str) -> RegistrationView:
     """One short transaction. The registration row is written first, as a guess made from
     an unlocked read of the counters; only then the conditional seat (or waitlist) UPDATE
     takes the competition row's lock, so on PostgreSQL the lock covers as few statements
@@ -900,89 +1000,88 @@ def _register(rt: Runtime, who: Principal, comp_id: str) -> RegistrationView:
     decided by the UPDATE's condition, and a wrong guess is corrected under the lock."""
     sql = _sql_for(rt)
     db = rt.store.db
-    with rt.store.write() as tx:
-        now = tx.now
-        stamp = Competition.update_time.db_value(now)
-        row = db.execute_sql(sql["existing"], (comp_id, who.user_id)).fetchone()
-        existing = Registration.get_by_id(row[0]) if row else None
-        if existing is not None and existing.state in ACTIVE:
-            return RegistrationView(existing, _position(existing), created=False)
-        row = db.execute_sql(sql["full"], (comp_id,)).fetchone()
-        if row is None:
-            raise _not_found(comp_id)
-        guess_seat = not row[0]
-        comp = Competition(
-            id=comp_id, title=row[1], state=row[2], start_time=Competition.start_time.python_value(row[3])
-        )
-        reg = existing or Registration(competition=comp_id, user=who.user_id, create_time=now)
-        reg.state = CONFIRMED if guess_seat else WAITLISTED
-        reg.waitlist_seq = None
-        reg.offer_expire_time = None
-        reg.confirm_time = now if guess_seat else None
-        reg.update_time = now
-        reg.fee_held = 0
-        if existing is None:
-            # Before any lock: a second registration of the same user fails here, early.
-            db.execute_sql(
-                sql["insert"],
-                (
-                    reg.id,
-                    comp_id,
-                    who.user_id,
-                    reg.state,
-                    None,
-                    0,
-                    stamp,
-                    stamp,
-                    stamp if guess_seat else None,
-                ),
-            )
-        else:
-            reg.save()
-        noted = False
-        if guess_seat and existing is None and not _with_channels([who.user_id]):
-            # The confirmation record too (undone below if the guess was wrong); registrants
-            # with a webhook channel are queued to the outbox after the seat is certain.
-            _record_notification(tx, comp, reg.id, who.user_id, CONFIRMATION, {}, 0)
-            noted = True
-        # The seat: a conditional UPDATE (the deadline is part of it); RETURNING hands back
-        # the row as updated. The waitlist UPDATE only applies while every seat is taken.
-        params = (stamp, comp_id, stamp, stamp)
-        attempts = ("seat", "waitlist") if guess_seat else ("waitlist", "seat")
-        values: list[Any] = []
-        for attempt in attempts:
-            values = db.execute_sql(sql[attempt], params).fetchall()
-            if values:
-                took_seat = attempt == "seat"
-                break
-        if not values:
-            found = Competition.get_or_none(Competition.id == comp_id)
-            if found is None or not _visible(who, found):
-                raise _not_found(comp_id)
-            raise _closed(found, now)
-        got = dict(zip(_HOT_COLUMNS, values[0], strict=True))
-        comp.entry_fee = got["entry_fee"]
-        if took_seat and not guess_seat:
-            reg.state, reg.confirm_time = CONFIRMED, now
-            db.execute_sql(sql["to_seat"], (CONFIRMED, stamp, reg.id))
-        elif not took_seat:
-            reg.state, reg.confirm_time, reg.waitlist_seq = WAITLISTED, None, got["waitlist_seq"]
-            db.execute_sql(sql["to_waitlist"], (WAITLISTED, reg.waitlist_seq, reg.id))
-        if took_seat and comp.entry_fee > 0:
-            ledger.hold(
-                tx,
+    now = tx.now
+    stamp = Competition.update_time.db_value(now)
+    row = db.execute_sql(sql["existing"], (comp_id, who.user_id)).fetchone()
+    existing = Registration.get_by_id(row[0]) if row else None
+    if existing is not None and existing.state in ACTIVE:
+        return RegistrationView(existing, _position(existing), created=False)
+    row = db.execute_sql(sql["full"], (comp_id,)).fetchone()
+    if row is None:
+        raise _not_found(comp_id)
+    guess_seat = not row[0]
+    comp = Competition(
+        id=comp_id, title=row[1], state=row[2], start_time=Competition.start_time.python_value(row[3])
+    )
+    reg = existing or Registration(competition=comp_id, user=who.user_id, create_time=now)
+    reg.state = CONFIRMED if guess_seat else WAITLISTED
+    reg.waitlist_seq = None
+    reg.offer_expire_time = None
+    reg.confirm_time = now if guess_seat else None
+    reg.update_time = now
+    reg.fee_held = 0
+    if existing is None:
+        # Before any lock: a second registration of the same user fails here, early.
+        db.execute_sql(
+            sql["insert"],
+            (
+                reg.id,
+                comp_id,
                 who.user_id,
-                comp.entry_fee,
-                f"{_name(comp_id)}/registrations/{reg.id}",
-                "competition.entry_fee",
-            )
-            reg.fee_held = comp.entry_fee
-            db.execute_sql(sql["fee"], (reg.fee_held, reg.id))
-        if took_seat and not noted:
-            _notify_many(tx, comp, [(reg.id, reg.user_id)], CONFIRMATION, known_new=existing is None)
-        elif noted and not took_seat:
-            db.execute_sql(sql["unnote"], (reg.id,))
-        _emit_registration(tx, reg, "created")
+                reg.state,
+                None,
+                0,
+                stamp,
+                stamp,
+                stamp if guess_seat else None,
+            ),
+        )
+    else:
+        reg.save()
+    noted = False
+    if guess_seat and existing is None and not _with_channels([who.user_id]):
+        # The confirmation record too (undone below if the guess was wrong); registrants
+        # with a webhook channel are queued to the outbox after the seat is certain.
+        _record_notification(tx, comp, reg.id, who.user_id, CONFIRMATION, {}, 0)
+        noted = True
+    # The seat: a conditional UPDATE (the deadline is part of it); RETURNING hands back
+    # the row as updated. The waitlist UPDATE only applies while every seat is taken.
+    params = (stamp, comp_id, stamp, stamp)
+    attempts = ("seat", "waitlist") if guess_seat else ("waitlist", "seat")
+    values: list[Any] = []
+    for attempt in attempts:
+        values = db.execute_sql(sql[attempt], params).fetchall()
+        if values:
+            took_seat = attempt == "seat"
+            break
+    if not values:
+        found = Competition.get_or_none(Competition.id == comp_id)
+        if found is None or not _visible(who, found):
+            raise _not_found(comp_id)
+        raise _closed(found, now)
+    got = dict(zip(_HOT_COLUMNS, values[0], strict=True))
+    comp.entry_fee = got["entry_fee"]
+    if took_seat and not guess_seat:
+        reg.state, reg.confirm_time = CONFIRMED, now
+        db.execute_sql(sql["to_seat"], (CONFIRMED, stamp, reg.id))
+    elif not took_seat:
+        reg.state, reg.confirm_time, reg.waitlist_seq = WAITLISTED, None, got["waitlist_seq"]
+        db.execute_sql(sql["to_waitlist"], (WAITLISTED, reg.waitlist_seq, reg.id))
+    if took_seat and comp.entry_fee > 0:
+        ledger.hold(
+            tx,
+            who.user_id,
+            comp.entry_fee,
+            f"{_name(comp_id)}/registrations/{reg.id}",
+            "competition.entry_fee",
+        )
+        reg.fee_held = comp.entry_fee
+        db.execute_sql(sql["fee"], (reg.fee_held, reg.id))
+    if took_seat and not noted:
+        _notify_many(tx, comp, [(reg.id, reg.user_id)], CONFIRMATION, known_new=existing is None)
+    elif noted and not took_seat:
+        db.execute_sql(sql["unnote"], (reg.id,))
+    _emit_registration(tx, reg, "created")
     # A newcomer joins the tail: everyone waitlisted is ahead of it.
     return RegistrationView(reg, 0 if took_seat else got["waitlisted"], created=True)
 
