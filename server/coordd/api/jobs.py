@@ -15,7 +15,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from coordd.api.convert import duration, parse_name, ts
 from coordd.domain import jobs
 from coordd.domain.errors import DomainError, FieldViolation, InvalidArgument, Unavailable, Violations
-from coordd.domain.principal import require_user
+from coordd.domain.principal import Principal, require_user
 from coordd.runtime import Runtime
 from coordd.store.job_models import Job, JobAttestation
 from coordd.store.paging import PageRequest
@@ -226,13 +226,22 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
             _ms(r.schedule_to_close_timeout, r.HasField("schedule_to_close_timeout")),
             jobs.policy_of(self.rt),
         )
+        # Shielded: if the caller goes away mid-transaction, the hand-over still completes
+        # (or the job is put back) instead of leaving a job leased to a waiter nobody told.
+        task = asyncio.ensure_future(self._submit(who, spec))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        job = await asyncio.shield(task)
+        return job_pb2.SubmitJobResponse(job=job_to_proto(job))
+
+    async def _submit(self, who: Principal, spec: jobs.JobSpec) -> Job:
         waiter = self.dispatcher.take(spec.labels, spec.gpus)
         try:
             job, leased = await self.rt.run(
                 jobs.submit, self.rt, who, spec, waiter.worker if waiter is not None else None
             )
         except BaseException:
-            if waiter is not None:
+            if waiter is not None and not waiter.future.done():
                 self.dispatcher.add(waiter)
             raise
         if waiter is not None:
@@ -242,7 +251,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
                 self._spawn(self.rt.run(jobs.return_lease, self.rt, leased))
             elif not waiter.future.done():
                 self.dispatcher.add(waiter)
-        return job_pb2.SubmitJobResponse(job=job_to_proto(job))
+        return job
 
     async def GetJob(self, request: job_pb2.GetJobRequest, context: Any) -> job_pb2.GetJobResponse:
         who = require_user()
