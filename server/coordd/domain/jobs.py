@@ -570,6 +570,7 @@ def _complete_batch(
     succeeded: dict[str, Job] = {}
     for job_id, submitter, kind, model_ref, input_digest, budget, fee, attempt, start_time in rows:
         succeeded[job_id] = Job(
+            __no_default__=1,
             id=job_id,
             submitter=submitter,
             kind=kind,
