@@ -1,0 +1,327 @@
+"""coordctl ceremony contribute | transcript.
+
+`contribute` is what a contributor runs and leaves running: it joins, shows a live status
+line while waiting (position, queue length, estimated wait, who is contributing), and for
+each circuit in turn downloads the latest contribution (resumable, BLAKE2b-512 checked),
+runs the contribution command with entropy from the OS, uploads (resuming after a dropped
+connection from the committed offset) and prints the signed receipt. Ctrl-C leaves cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from coordd_client import transcript as transcript_check
+from coordd_client.cli.common import Context, emit
+from coordd_client.errors import AlreadyExists, CoorddError, Unavailable
+from coordd_client.v1 import ceremony_pb2 as pb
+
+CHUNK = 256 * 1024
+DEFAULT_CMD = "snarkjs zkey contribute {in} {out} --name={name} -e={entropy}"
+
+
+def _status(value: int) -> str:
+    return pb.ParticipantStatus.Name(value).removeprefix("PARTICIPANT_STATUS_").lower()
+
+
+def _ceremony_name(text: str) -> str:
+    return text if text.startswith("ceremonies/") else f"ceremonies/{text}"
+
+
+def register(sub: Any) -> None:
+    cer = sub.add_parser("ceremony", help="trusted-setup ceremonies").add_subparsers(
+        dest="ceremony_command", required=True
+    )
+    contribute = cer.add_parser("contribute", help="join and contribute to every circuit in turn")
+    contribute.add_argument("ceremony", help="ceremonies/{id} or the id")
+    contribute.add_argument(
+        "--contribute-cmd",
+        default=None,
+        help="placeholders {in} {out} {entropy} {name}; default when snarkjs is on PATH: " + DEFAULT_CMD,
+    )
+    contribute.add_argument(
+        "--workdir", default=None, help="where downloads and contributions go (kept for resume)"
+    )
+    contribute.set_defaults(func=_contribute)
+    tr = cer.add_parser(
+        "transcript", help="the public transcript; --verify checks every receipt and hash chain"
+    )
+    tr.add_argument("ceremony")
+    tr.add_argument("--verify", action="store_true")
+    tr.add_argument("--key-id", help="pin the coordinator key id you trust")
+    tr.set_defaults(func=_transcript)
+
+
+class _Contributor:
+    def __init__(self, ctx: Context, args: argparse.Namespace) -> None:
+        self.ctx = ctx
+        self.ceremony = _ceremony_name(args.ceremony)
+        command = args.contribute_cmd
+        if command is None and shutil.which("snarkjs"):
+            command = DEFAULT_CMD
+        self.command = command
+        self.workdir = Path(args.workdir or Path.cwd() / f".coordctl-{self.ceremony.replace('/', '-')}")
+        self.stub = ctx.client.ceremony
+        self.receipts: list[dict[str, Any]] = []
+        self.last_line = ""
+        self.coordinator_key = b""
+
+    # -- output ---------------------------------------------------------------------------
+
+    def event(self, text: str, **data: Any) -> None:
+        if self.ctx.as_json:
+            print(json.dumps({"event": text, **data}, sort_keys=True, default=str), flush=True)
+        else:
+            self._clear()
+            print(text + "".join(f" {k}={v}" for k, v in data.items()), flush=True)
+
+    def status_line(self, text: str) -> None:
+        """One line rewritten in place on a terminal; a new line (only on change) otherwise."""
+        if self.ctx.as_json or text == self.last_line:
+            return
+        self.last_line = text
+        if sys.stdout.isatty():
+            print("\r\033[K" + text, end="", flush=True)
+        else:
+            print(text, flush=True)
+
+    def _clear(self) -> None:
+        if sys.stdout.isatty() and self.last_line:
+            print("\r\033[K", end="")
+            self.last_line = ""
+
+    def progress(self, label: str, done: int, total: int) -> None:
+        if total and not self.ctx.as_json:
+            width = 30
+            filled = int(width * done / total)
+            bar = "#" * filled + "-" * (width - filled)
+            self.status_line(f"{label} [{bar}] {done * 100 // total}% ({done}/{total} bytes)")
+
+    # -- the run --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        if not self.command:
+            print("error: snarkjs is not on PATH; give --contribute-cmd", file=sys.stderr)
+            return 2
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.coordinator_key = self.stub.GetCoordinatorKey(pb.GetCoordinatorKeyRequest()).public_key
+        try:
+            me = self.stub.JoinCeremony(pb.JoinCeremonyRequest(ceremony=self.ceremony)).participant
+            self.event("joined", participant=me.name)
+        except AlreadyExists:
+            me = self.stub.GetMyParticipation(
+                pb.GetMyParticipationRequest(ceremony=self.ceremony)
+            ).participant
+            self.event("already joined; resuming", participant=me.name, status=_status(me.status))
+        try:
+            return self.follow_queue()
+        except KeyboardInterrupt:
+            self._clear()
+            try:
+                self.stub.LeaveCeremony(pb.LeaveCeremonyRequest(ceremony=self.ceremony), timeout=10)
+                self.event("left the ceremony")
+            except CoorddError as exc:
+                self.event("could not leave cleanly", error=exc.message)
+            return 130
+
+    def follow_queue(self) -> int:
+        """Watches the queue (reconnecting if the stream drops) until DONE."""
+        delay = 0.5
+        while True:
+            try:
+                for message in self.stub.WatchQueue(
+                    pb.WatchQueueRequest(ceremony=self.ceremony), timeout=None
+                ):
+                    delay = 0.5
+                    participant = message.participant
+                    if participant.status == pb.PARTICIPANT_STATUS_DONE:
+                        self._clear()
+                        self.event("done", receipts=len(self.receipts))
+                        return 0
+                    if participant.status == pb.PARTICIPANT_STATUS_READY:
+                        self.take_turn(participant.circuit)
+                        continue
+                    self.status_line(self.describe(message))
+            except Unavailable as exc:
+                self.event("connection lost; reconnecting", error=exc.message, retry_in_s=delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            # The stream ended without DONE (e.g. the ceremony closed): ask once more.
+            me = self.stub.GetMyParticipation(
+                pb.GetMyParticipationRequest(ceremony=self.ceremony)
+            ).participant
+            if me.status == pb.PARTICIPANT_STATUS_DONE:
+                self.event("done", receipts=len(self.receipts))
+                return 0
+            self.event("stream ended", status=_status(me.status))
+            return 1
+
+    @staticmethod
+    def describe(message: pb.WatchQueueResponse) -> str:
+        status = _status(message.participant.status)
+        wait = message.estimated_wait.ToTimedelta()
+        current = message.current_contributor or "nobody"
+        if message.participant.status == pb.PARTICIPANT_STATUS_WAITING:
+            return (
+                f"waiting: position {message.position}/{message.queue_length} on "
+                f"{message.participant.circuit}, ~{int(wait.total_seconds())}s, contributing now: {current}"
+            )
+        return f"{status} on {message.participant.circuit or '-'} (contributing now: {current})"
+
+    def take_turn(self, circuit: str) -> None:
+        self._clear()
+        self.event("my turn", circuit=circuit)
+        slug = circuit.replace("/", "-")
+        previous = self.workdir / f"{slug}.in.zkey"
+        mine = self.workdir / f"{slug}.out.zkey"
+        self.download(circuit, previous)
+        self.stub.ReportProgress(
+            pb.ReportProgressRequest(ceremony=self.ceremony, step=pb.CONTRIBUTION_STEP_COMPUTING)
+        )
+        entropy = secrets.token_hex(32)  # from the OS CSPRNG, never a constant
+        argv = [
+            a.replace("{in}", str(previous))
+            .replace("{out}", str(mine))
+            .replace("{entropy}", entropy)
+            .replace("{name}", self.ctx.config.get("email", "coordctl"))
+            for a in shlex.split(self.command)
+        ]
+        started = time.monotonic()
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"contribution command failed ({proc.returncode}): {proc.stderr[-500:]}")
+        self.event("computed", seconds=round(time.monotonic() - started, 2))
+        self.stub.ReportProgress(
+            pb.ReportProgressRequest(ceremony=self.ceremony, step=pb.CONTRIBUTION_STEP_UPLOADING)
+        )
+        reply = self.upload(circuit, mine)
+        contribution = reply.contribution
+        state = pb.ContributionState.Name(contribution.state).removeprefix("CONTRIBUTION_STATE_").lower()
+        try:
+            # Checked at once against the coordinator key: a receipt that does not verify is worthless.
+            receipt = transcript_check.verify_contribution(self.coordinator_key, contribution)
+        except transcript_check.ReceiptError as exc:
+            raise SystemExit(f"the coordinator's receipt does not verify: {exc}") from None
+        self.receipts.append(receipt)
+        self.event(
+            "contribution " + state,
+            contribution=contribution.name,
+            hash=contribution.hash_hex[:32] + "…",
+            receipt=receipt,
+            receipt_key=contribution.receipt.key_id,
+        )
+        for path in (previous, mine):
+            path.unlink(missing_ok=True)
+
+    def download(self, circuit: str, path: Path) -> None:
+        """Resumes from what is on disk; retries a dropped stream from the new offset."""
+        for attempt in range(6):
+            offset = path.stat().st_size if path.exists() else 0
+            total, digest = 0, b""
+            try:
+                with open(path, "ab") as fh:
+                    for part in self.stub.DownloadContribution(
+                        pb.DownloadContributionRequest(circuit=circuit, offset=offset), timeout=None
+                    ):
+                        if part.size_bytes:
+                            total, digest = part.size_bytes, part.blake2b_512 or digest
+                        if part.offset != fh.tell():
+                            raise SystemExit(f"download out of order at {part.offset}")
+                        fh.write(part.data)
+                        self.progress("downloading", fh.tell(), total)
+            except Unavailable as exc:
+                self.event("download interrupted; resuming", error=exc.message, attempt=attempt + 1)
+                time.sleep(min(2**attempt * 0.5, 10))
+                continue
+            data_hash = hashlib.blake2b(path.read_bytes(), digest_size=64).digest()
+            if digest and data_hash != digest:
+                path.unlink()
+                raise SystemExit("downloaded file does not match its BLAKE2b-512; start again")
+            self._clear()
+            self.event("downloaded", bytes=path.stat().st_size)
+            return
+        raise SystemExit("download failed after retries")
+
+    def upload(self, circuit: str, path: Path) -> pb.UploadContributionResponse:
+        size = path.stat().st_size
+        digest = hashlib.blake2b(path.read_bytes(), digest_size=64).digest()
+        for attempt in range(6):
+            status = self.stub.GetUploadStatus(pb.GetUploadStatusRequest(circuit=circuit))
+            start = (
+                status.committed_offset if status.size_bytes == size and status.blake2b_512 == digest else 0
+            )
+            try:
+                reply = self.stub.UploadContribution(
+                    self._chunks(circuit, path, size, digest, start), timeout=None
+                )
+                self._clear()
+                return reply
+            except Unavailable as exc:
+                self.event("upload interrupted; resuming", error=exc.message, attempt=attempt + 1)
+                time.sleep(min(2**attempt * 0.5, 10))
+        raise SystemExit("upload failed after retries")
+
+    def _chunks(self, circuit: str, path: Path, size: int, digest: bytes, start: int) -> Iterator[Any]:
+        yield pb.UploadContributionRequest(
+            header=pb.UploadHeader(circuit=circuit, size_bytes=size, blake2b_512=digest)
+        )
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            offset = start
+            while block := fh.read(CHUNK):
+                yield pb.UploadContributionRequest(chunk=pb.UploadChunk(offset=offset, data=block))
+                offset += len(block)
+                self.progress("uploading", offset, size)
+
+
+def _contribute(ctx: Context, args: argparse.Namespace) -> int:
+    return _Contributor(ctx, args).run()
+
+
+def _transcript(ctx: Context, args: argparse.Namespace) -> int:
+    reply = ctx.client.ceremony.GetTranscript(pb.GetTranscriptRequest(ceremony=_ceremony_name(args.ceremony)))
+    if not args.verify:
+        emit(
+            ctx,
+            reply,
+            f"{reply.ceremony.name}: {sum(len(c.contributions) for c in reply.circuits)} contributions",
+        )
+        return 0
+    key = ctx.client.ceremony.GetCoordinatorKey(pb.GetCoordinatorKeyRequest())
+    if args.key_id and key.key_id != args.key_id:
+        emit(
+            ctx,
+            {"verified": False, "problems": [f"coordinator key is {key.key_id}, pinned {args.key_id}"]},
+            f"coordinator key {key.key_id} is not the pinned {args.key_id}",
+        )
+        return 1
+    report = transcript_check.verify_transcript(reply, key.public_key)
+    summary = {
+        "verified": report.ok,
+        "key_id": key.key_id,
+        "receipts": report.receipts,
+        "valid": report.valid,
+        "invalid": report.invalid,
+        "heads": report.heads,
+        "problems": report.problems,
+    }
+    human = (
+        f"transcript verified: {report.receipts} receipts ({report.valid} valid, {report.invalid} invalid), "
+        f"key {key.key_id}"
+        if report.ok
+        else "transcript does NOT verify:\n  " + "\n  ".join(report.problems)
+    )
+    emit(ctx, summary, human)
+    return 0 if report.ok else 1
