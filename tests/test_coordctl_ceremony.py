@@ -125,13 +125,53 @@ def _contributor(daemon: Daemon, key: str, ceremony: str, workdir: Path) -> subp
     )
 
 
-def test_two_contributors_finish_every_circuit_and_the_transcript_verifies(tmp_path):
+def _ctl(daemon: Daemon, key: str, *args: str) -> dict:
+    out = subprocess.run(
+        [COORDCTL, "--target", daemon.target, "--api-key", key, "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": os.environ.get("PATH", "")},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out.stdout)
+
+
+def test_a_whole_ceremony_with_coordctl_only(tmp_path):
+    """Coordinator: create, add circuits, close, finalize with a beacon. Two contributors
+    finish every circuit. The transcript verifies offline."""
     daemon = Daemon(tmp_path / "data").wait_ready()
     try:
-        coordinator = coordd_client.connect(
-            daemon.target, api_key=_user(daemon, "coord@example.com", "coordinator")
-        )
-        ceremony = _ceremony(coordinator, circuits=2, start_in=0)
+        coordinator = _user(daemon, "coord@example.com", "coordinator")
+        ceremony = _ctl(
+            daemon,
+            coordinator,
+            "ceremony",
+            "create",
+            "--title",
+            "CLI",
+            "--prefix",
+            "cli-1",
+            "--start-in",
+            "2",
+            "--turn-timeout",
+            "60",
+        )["name"]
+        for i in range(2):
+            genesis = tmp_path / f"genesis{i}.zkey"
+            genesis.write_bytes(os.urandom(4096))
+            added = _ctl(
+                daemon,
+                coordinator,
+                "ceremony",
+                "add-circuit",
+                ceremony,
+                "--name",
+                f"c{i}",
+                "--genesis",
+                str(genesis),
+            )
+            assert added["genesis"] == "valid"
         keys = [_user(daemon, f"p{i}@example.com", "participant") for i in range(2)]
         procs = [_contributor(daemon, key, ceremony, tmp_path / f"w{i}") for i, key in enumerate(keys)]
         outputs = [p.communicate(timeout=120) for p in procs]
@@ -140,7 +180,27 @@ def test_two_contributors_finish_every_circuit_and_the_transcript_verifies(tmp_p
             events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
             valid = [e for e in events if e["event"] == "contribution valid"]
             assert len(valid) == 2, events
+            assert all(e["receipt"]["valid"] for e in valid)
             assert events[-1] == {"event": "done", "receipts": 2}
+        assert _ctl(daemon, coordinator, "ceremony", "close", ceremony)["state"] == "CEREMONY_STATE_CLOSED"
+        beacon = (
+            f"{sys.executable} -c \"import sys; data = open(sys.argv[1], 'rb').read(); "
+            f"open(sys.argv[2], 'wb').write(data + bytes.fromhex(sys.argv[3]))\" {{in}} {{out}} {{beacon}}"
+        )
+        finalized = _ctl(
+            daemon,
+            coordinator,
+            "ceremony",
+            "finalize",
+            ceremony,
+            "--beacon",
+            "ab" * 32,
+            "--beacon-cmd",
+            beacon,
+            "--workdir",
+            str(tmp_path / "final"),
+        )
+        assert finalized["state"] == "CEREMONY_STATE_FINALIZED"
         verified = subprocess.run(
             [COORDCTL, "--target", daemon.target, "--json", "ceremony", "transcript", ceremony, "--verify"],
             capture_output=True,
@@ -151,8 +211,7 @@ def test_two_contributors_finish_every_circuit_and_the_transcript_verifies(tmp_p
         assert verified.returncode == 0, verified.stdout + verified.stderr
         report = json.loads(verified.stdout)
         assert report["verified"] is True
-        assert report["valid"] == 2 * (1 + 2)  # genesis + two contributions, per circuit
-        coordinator.close()
+        assert report["valid"] == 2 * (1 + 2 + 1)  # genesis, two contributions, the final one; per circuit
     finally:
         daemon.stop()
 

@@ -19,8 +19,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from coordd_client import transcript as transcript_check
 from coordd_client.cli.common import Context, emit
@@ -54,6 +57,45 @@ def register(sub: Any) -> None:
         "--workdir", default=None, help="where downloads and contributions go (kept for resume)"
     )
     contribute.set_defaults(func=_contribute)
+    create = cer.add_parser("create", help="(coordinator) create a ceremony")
+    create.add_argument("--title", required=True)
+    create.add_argument("--prefix", required=True, help="short unique slug")
+    create.add_argument("--description", default="")
+    create.add_argument("--start-in", type=float, default=0, help="seconds from now (default: now)")
+    create.add_argument("--duration", type=float, default=86400, help="seconds it stays open")
+    create.add_argument("--turn-timeout", type=float, default=600, help="FIXED seconds per turn")
+    create.add_argument(
+        "--dynamic", type=int, metavar="PERCENT", help="DYNAMIC turns: average x (1 + PERCENT/100)"
+    )
+    create.add_argument("--start-window", type=float, default=60)
+    create.add_argument("--penalty", type=float, default=60)
+    create.add_argument(
+        "--verifier-cmd", default="", help="e.g. 'snarkjs zkey verify {r1cs} {ptau} {zkey}' (admin)"
+    )
+    create.set_defaults(func=_create)
+    add = cer.add_parser(
+        "add-circuit", help="(coordinator) add a circuit with its genesis zkey and artifacts"
+    )
+    add.add_argument("ceremony")
+    add.add_argument("--name", required=True)
+    add.add_argument("--genesis", required=True, help="the index-0 zkey")
+    add.add_argument("--r1cs", help="for an external verifier's {r1cs}")
+    add.add_argument("--ptau", help="for an external verifier's {ptau}")
+    add.set_defaults(func=_add_circuit)
+    close = cer.add_parser("close", help="(coordinator) stop new turns")
+    close.add_argument("ceremony")
+    close.set_defaults(func=_close)
+    fin = cer.add_parser("finalize", help="(coordinator) apply a beacon to every circuit and finalize")
+    fin.add_argument("ceremony")
+    fin.add_argument("--beacon", required=True, help="beacon hash, hex")
+    fin.add_argument("--iterations", type=int, default=10, help="beacon iterations exponent")
+    fin.add_argument(
+        "--beacon-cmd",
+        default="snarkjs zkey beacon {in} {out} {beacon} {iterations} -n=Final",
+        help="placeholders {in} {out} {beacon} {iterations}",
+    )
+    fin.add_argument("--workdir", default=None)
+    fin.set_defaults(func=_finalize)
     tr = cer.add_parser(
         "transcript", help="the public transcript; --verify checks every receipt and hash chain"
     )
@@ -288,6 +330,136 @@ class _Contributor:
 
 def _contribute(ctx: Context, args: argparse.Namespace) -> int:
     return _Contributor(ctx, args).run()
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    out = duration_pb2.Duration()
+    out.FromNanoseconds(int(seconds * 1e9))
+    return out
+
+
+def _timestamp(seconds_from_now: float) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(datetime.now(UTC) + timedelta(seconds=seconds_from_now))
+    return out
+
+
+def _create(ctx: Context, args: argparse.Namespace) -> int:
+    timeout = pb.TimeoutConfig(start_window=_duration(args.start_window), penalty=_duration(args.penalty))
+    if args.dynamic is not None:
+        timeout.policy = pb.TIMEOUT_POLICY_DYNAMIC
+        timeout.dynamic_threshold_percent = args.dynamic
+        timeout.dynamic_floor.CopyFrom(_duration(args.turn_timeout))
+    else:
+        timeout.policy = pb.TIMEOUT_POLICY_FIXED
+        timeout.fixed_timeout.CopyFrom(_duration(args.turn_timeout))
+    ceremony = ctx.client.ceremony.CreateCeremony(
+        pb.CreateCeremonyRequest(
+            title=args.title,
+            description=args.description,
+            prefix=args.prefix,
+            start_time=_timestamp(args.start_in),
+            end_time=_timestamp(args.start_in + args.duration),
+            timeout=timeout,
+            verifier=pb.Verifier(command=args.verifier_cmd),
+        )
+    ).ceremony
+    emit(ctx, ceremony, f"{ceremony.name} created ({pb.CeremonyState.Name(ceremony.state).lower()})")
+    return 0
+
+
+def _file_messages(header: Any, path: Path, message: Any, **header_fields: Any) -> Iterator[Any]:
+    data_size = path.stat().st_size
+    digest = hashlib.blake2b(path.read_bytes(), digest_size=64).digest()
+    yield message(header=header(size_bytes=data_size, blake2b_512=digest, **header_fields))
+    with open(path, "rb") as fh:
+        offset = 0
+        while block := fh.read(CHUNK):
+            yield message(chunk=pb.UploadChunk(offset=offset, data=block))
+            offset += len(block)
+
+
+def _add_circuit(ctx: Context, args: argparse.Namespace) -> int:
+    stub = ctx.client.ceremony
+    circuit = stub.AddCircuit(
+        pb.AddCircuitRequest(parent=_ceremony_name(args.ceremony), display_name=args.name)
+    ).circuit
+    for kind, path in ((pb.ARTIFACT_KIND_R1CS, args.r1cs), (pb.ARTIFACT_KIND_PTAU, args.ptau)):
+        if path:
+            messages = list(
+                _file_messages(pb.UploadHeader, Path(path), pb.UploadArtifactRequest, circuit=circuit.name)
+            )
+            messages[0].kind = kind
+            stub.UploadArtifact(iter(messages), timeout=None)
+    reply = stub.UploadContribution(
+        _file_messages(
+            pb.UploadHeader, Path(args.genesis), pb.UploadContributionRequest, circuit=circuit.name, index=0
+        ),
+        timeout=None,
+    )
+    state = pb.ContributionState.Name(reply.contribution.state).removeprefix("CONTRIBUTION_STATE_").lower()
+    emit(ctx, {"circuit": circuit.name, "genesis": state}, f"{circuit.name} added; genesis {state}")
+    return 0 if reply.contribution.state == pb.CONTRIBUTION_STATE_VALID else 1
+
+
+def _close(ctx: Context, args: argparse.Namespace) -> int:
+    ceremony = ctx.client.ceremony.CloseCeremony(
+        pb.CloseCeremonyRequest(name=_ceremony_name(args.ceremony))
+    ).ceremony
+    emit(ctx, ceremony, f"{ceremony.name} {pb.CeremonyState.Name(ceremony.state).lower()}")
+    return 0
+
+
+def _finalize(ctx: Context, args: argparse.Namespace) -> int:
+    """For each circuit: record the beacon, download the last valid zkey, apply the beacon
+    with the command, upload the final contribution (verified like any other); then finalize."""
+    stub = ctx.client.ceremony
+    name = _ceremony_name(args.ceremony)
+    workdir = Path(args.workdir or Path.cwd() / f".coordctl-final-{name.replace('/', '-')}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    circuits = stub.ListCircuits(pb.ListCircuitsRequest(parent=name)).circuits
+    for circuit in circuits:
+        stub.FinalizeCircuit(
+            pb.FinalizeCircuitRequest(
+                circuit=circuit.name, beacon_hash_hex=args.beacon, beacon_iterations_exponent=args.iterations
+            )
+        )
+        slug = circuit.name.replace("/", "-")
+        previous, final = workdir / f"{slug}.last.zkey", workdir / f"{slug}.final.zkey"
+        with open(previous, "wb") as fh:
+            for part in stub.DownloadContribution(
+                pb.DownloadContributionRequest(circuit=circuit.name), timeout=None
+            ):
+                fh.write(part.data)
+        argv = [
+            a.replace("{in}", str(previous))
+            .replace("{out}", str(final))
+            .replace("{beacon}", args.beacon)
+            .replace("{iterations}", str(args.iterations))
+            for a in shlex.split(args.beacon_cmd)
+        ]
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"error: beacon command failed: {proc.stderr[-500:]}", file=sys.stderr)
+            return 1
+        reply = stub.UploadContribution(
+            _file_messages(pb.UploadHeader, final, pb.UploadContributionRequest, circuit=circuit.name),
+            timeout=None,
+        )
+        state = (
+            pb.ContributionState.Name(reply.contribution.state).removeprefix("CONTRIBUTION_STATE_").lower()
+        )
+        if not ctx.as_json:
+            print(f"{circuit.name}: final contribution {state}")
+        if reply.contribution.state != pb.CONTRIBUTION_STATE_VALID:
+            print(
+                f"error: final contribution rejected: {reply.contribution.verifier_output[-500:]}",
+                file=sys.stderr,
+            )
+            return 1
+    ceremony = stub.FinalizeCeremony(pb.FinalizeCeremonyRequest(name=name)).ceremony
+    emit(ctx, ceremony, f"{ceremony.name} {pb.CeremonyState.Name(ceremony.state).lower()}")
+    return 0
 
 
 def _transcript(ctx: Context, args: argparse.Namespace) -> int:
