@@ -24,6 +24,7 @@ import peewee
 from coordd.domain.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
 from coordd.domain.principal import Principal
 from coordd.runtime import Runtime
+from coordd.store import ledger_queries
 from coordd.store.db import Tx
 from coordd.store.ledger_models import LedgerAccount, LedgerEntry, LedgerPosting
 from coordd.store.models import User
@@ -179,16 +180,14 @@ def post_many(tx: Tx, entries: list[Entry]) -> list[LedgerEntry]:
                     f"insufficient funds in {account_id} for {entries[index].reference}",
                     metadata={"account": account_id},
                 )
-    rows = [
-        {"reason": e.reason, "reference": e.reference, "memo": e.memo, "create_time": tx.now} for e in entries
-    ]
-    ids = sorted(r.id for r in LedgerEntry.insert_many(rows).returning(LedgerEntry.id).execute())
-    postings = [
-        {"entry": entry_id, "account": account_id, "amount": delta, "balance_after": after[index][account_id]}
-        for index, (entry_id, m) in enumerate(zip(ids, merged, strict=True))
-        for account_id, delta in sorted(m.items())
-    ]
-    LedgerPosting.insert_many(postings).execute()
+    ids = ledger_queries.insert_entries(tx.now, [(e.reason, e.reference, e.memo) for e in entries])
+    ledger_queries.insert_postings(
+        [
+            (entry_id, account_id, delta, after[index][account_id])
+            for index, (entry_id, m) in enumerate(zip(ids, merged, strict=True))
+            for account_id, delta in sorted(m.items())
+        ]
+    )
     owners = sorted({o for m in merged for o in (_describe(a)[0] for a in m) if o})
     tx.emit(
         "ledger.entry.posted",
