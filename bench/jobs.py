@@ -220,11 +220,10 @@ def run_coordd(
     pg = PgDatabase(pg_admin_url, "jobs") if backend == "postgresql" else None
     try:
         tokens = _prepare_coordd(data_dir, pg.url if pg else "", workers, jobs, budget)
+        # Default settings otherwise (8 database threads, a pool of 16 connections).
         env = {"COORDD_JWT_SECRET": JWT_SECRET}
         if pg is not None:
             env["COORDD_DATABASE_URL"] = pg.url
-            env["COORDD_DB_POOL_SIZE"] = "24"
-        env["COORDD_DB_THREADS"] = "16"
         proc, port, _ = start_coordd(env, data_dir=data_dir)
         try:
             return asyncio.run(_drive_coordd(port, tokens, jobs, producers, batch, budget, proc.pid))
