@@ -48,7 +48,7 @@ def register(sub: Any) -> None:
     source = submit.add_mutually_exclusive_group(required=True)
     source.add_argument("--file", help="send the file's bytes")
     source.add_argument("--uri", help="point at the entry elsewhere (needs --digest)")
-    submit.add_argument("--digest", help="sha256 hex of the --uri content")
+    submit.add_argument("--digest", help="sha256 of the --uri content (hex, or sha256:<hex>)")
     submit.set_defaults(func=_submit)
 
 
@@ -112,11 +112,16 @@ def _submit(ctx: Context, args: argparse.Namespace) -> int:
     if args.file:
         data = Path(args.file).read_bytes()
         request = competition_pb2.SubmitEntryRequest(
-            competition=_name(args.competition), payload=data, digest=hashlib.sha256(data).hexdigest()
+            competition=_name(args.competition),
+            payload=data,
+            digest="sha256:" + hashlib.sha256(data).hexdigest(),
         )
     else:
+        digest = args.digest or ""
+        if digest and not digest.startswith("sha256:"):
+            digest = "sha256:" + digest
         request = competition_pb2.SubmitEntryRequest(
-            competition=_name(args.competition), uri=args.uri, digest=args.digest or ""
+            competition=_name(args.competition), uri=args.uri, digest=digest
         )
     entry = ctx.client.competition.SubmitEntry(request).entry
     emit(ctx, entry, f"{entry.name} submitted")
