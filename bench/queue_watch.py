@@ -43,6 +43,7 @@ FAST_ARGON = {
     "COORDD_ARGON2_PARALLELISM": "1",
 }
 READY = pb.PARTICIPANT_STATUS_READY
+OPEN_BATCH = 250
 
 
 def rss_kib(pid: int) -> int:
@@ -68,6 +69,10 @@ def summary(latencies: list[float], expected: int) -> dict[str, Any]:
     }
 
 
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 async def gather_limited(coros: list[Any], limit: int) -> list[Any]:
     gate = asyncio.Semaphore(limit)
 
@@ -91,6 +96,7 @@ class Watcher:
         self.latency: float | None = None
         self.round_start = 0.0
         self.call: Any = None
+        self.error = ""
 
     async def run(self, stub: ceremony_pb2_grpc.CeremonyServiceStub, ceremony: str) -> None:
         self.call = stub.WatchQueue(pb.WatchQueueRequest(ceremony=ceremony), metadata=self.metadata)
@@ -105,7 +111,9 @@ class Watcher:
                     self.updated.set()
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
-                raise
+                self.error = f"{exc.code().name}: {exc.details()}"
+                self.first.set()
+                self.updated.set()
 
 
 async def coordd_side(watchers: int, rounds: int, channels: int) -> dict[str, Any]:
@@ -198,17 +206,27 @@ async def coordd_side(watchers: int, rounds: int, channels: int) -> dict[str, An
             await stub.GetCeremony(pb.GetCeremonyRequest(name=ceremony.name), metadata=admin)
         ).ceremony.state != (pb.CEREMONY_STATE_OPENED):
             await asyncio.sleep(0.1)
+        progress(f"signing up and joining {watchers + rounds} participants")
         tokens = await gather_limited([sign_up_and_join(i) for i in range(watchers + rounds)], 32)
+        progress(f"joined in {time.perf_counter() - setup_started:.1f} s; opening streams")
         setup_s = time.perf_counter() - setup_started
         rss_before = rss_kib(proc.pid)
         all_watchers = [Watcher(t) for t in tokens]
         stubs = [ceremony_pb2_grpc.CeremonyServiceStub(c) for c in chans]
         opened = time.perf_counter()
-        tasks = [
-            asyncio.create_task(w.run(stubs[i % channels], ceremony.name)) for i, w in enumerate(all_watchers)
-        ]
-        await asyncio.gather(*(w.first.wait() for w in all_watchers))
+        # Streams open in batches: a burst of thousands of new streams at once leaves some of
+        # them stalled in grpc (seen with the bare grpc.aio server too), so clients ramp up.
+        tasks = []
+        for i, w in enumerate(all_watchers):
+            tasks.append(asyncio.create_task(w.run(stubs[i % channels], ceremony.name)))
+            if len(tasks) % OPEN_BATCH == 0 or len(tasks) == len(all_watchers):
+                batch = all_watchers[len(tasks) - (len(tasks) - 1) % OPEN_BATCH - 1 : len(tasks)]
+                await asyncio.wait_for(asyncio.gather(*(b.first.wait() for b in batch)), 120)
         open_s = time.perf_counter() - opened
+        failed = [w.error for w in all_watchers if w.error]
+        if failed:
+            raise RuntimeError(f"{len(failed)} streams failed, e.g. {failed[0]}")
+        progress(f"{len(all_watchers)} streams open in {open_s:.1f} s; advancing the queue")
         await asyncio.sleep(1.0)
         rss_open = rss_kib(proc.pid)
         latencies: list[float] = []
@@ -229,7 +247,11 @@ async def coordd_side(watchers: int, rounds: int, channels: int) -> dict[str, An
             )
             await asyncio.wait_for(asyncio.gather(*(w.updated.wait() for w in waiting)), 120)
             round_cpu += cpu_s(proc.pid) - cpu_before
+            failed = [w.error for w in waiting if w.error]
+            if failed:
+                raise RuntimeError(f"{len(failed)} streams failed, e.g. {failed[0]}")
             got = [w.latency for w in waiting if w.latency is not None]
+            progress(f"round {len(per_round) + 1}: p99 {percentile(got, 99) * 1000:.0f} ms")
             latencies.extend(got)
             per_round.append(summary(got, len(waiting)))
             for w in waiting:
@@ -325,8 +347,12 @@ async def baseline_side(watchers: int, rounds: int, channels: int) -> dict[str, 
             except grpc.aio.AioRpcError:
                 pass
 
-        tasks = [asyncio.create_task(watch(i)) for i in range(watchers)]
-        await asyncio.gather(*(e.wait() for e in first))
+        tasks = []
+        for i in range(watchers):
+            tasks.append(asyncio.create_task(watch(i)))
+            if len(tasks) % OPEN_BATCH == 0 or len(tasks) == watchers:
+                start = len(tasks) - (len(tasks) - 1) % OPEN_BATCH - 1
+                await asyncio.wait_for(asyncio.gather(*(e.wait() for e in first[start : len(tasks)])), 120)
         await asyncio.sleep(1.0)
         rss_open = rss_kib(proc.pid)
         trigger = chans[0].unary_unary("/bench.Fanout/Trigger")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,14 @@ KEEPALIVE_S = 15.0
 # A cached queue snapshot is re-read after this long even without events (lost hints).
 SNAPSHOT_MAX_AGE_S = 5.0
 DOWNLOAD_CHUNK = 1 << 20
+
+
+def _keepalive_interval() -> float:
+    """90-100 % of KEEPALIVE_S, drawn per message: streams updated by the same change would
+    otherwise all send their keepalives in the same instant, 15 s later."""
+    return KEEPALIVE_S * (0.9 + 0.1 * random.random())
+
+
 VERIFY_THREADS = 2
 
 
@@ -466,6 +475,7 @@ class CeremonyServicer(ceremony_pb2_grpc.CeremonyServiceServicer):
         last_key: tuple[Any, ...] | None = None
         msg = pb.WatchQueueResponse()
         last_sent = time.monotonic()
+        quiet = _keepalive_interval()
         while True:
             w = await self._watch_state(cid, p.id, hint)
             hint = w.view.circuit_id
@@ -474,16 +484,16 @@ class CeremonyServicer(ceremony_pb2_grpc.CeremonyServiceServicer):
             if w.key != last_key:
                 msg = self._watch_message(cid, w)
                 yield msg
-                last_key, last_sent = w.key, now
-            elif now - last_sent >= KEEPALIVE_S:
+                last_key, last_sent, quiet = w.key, now, _keepalive_interval()
+            elif now - last_sent >= quiet:
                 again = pb.WatchQueueResponse()
                 again.CopyFrom(msg)
                 again.keepalive = True
                 yield again
-                last_sent = now
+                last_sent, quiet = now, _keepalive_interval()
             if w.finished:
                 return
-            await self.rt.notifier.wait(w.keys, max(0.01, KEEPALIVE_S - (time.monotonic() - last_sent)))
+            await self.rt.notifier.wait(w.keys, max(0.01, quiet - (time.monotonic() - last_sent)))
 
     # -- downloads -------------------------------------------------------------------------
 

@@ -620,7 +620,7 @@ def join(rt: Runtime, who: Principal, ceremony_id: str) -> Participant:
                 get_ceremony(ceremony_id)
             assert c is not None
             _require_state(c, (SCHEDULED, OPENED, PAUSED), "join")
-            circuits = _circuits(rt, c.id, lock=c.state != SCHEDULED)
+            circuits = _circuits(rt, c.id)
             if c.state != SCHEDULED and not circuits:
                 raise FailedPrecondition("this ceremony has no circuits", reason="NO_CIRCUITS")
             p = Participant.create(
@@ -628,8 +628,10 @@ def join(rt: Runtime, who: Principal, ceremony_id: str) -> Participant:
             )
             _participant_event(tx, p, "ceremony.participant.joined")
             if c.state != SCHEDULED:
-                _enter_queue(tx, c, p, circuits[0])
-                _promote(rt, tx, c, circuits[0])
+                # Only the first circuit's queue changes: only its row is locked.
+                first = _lock_circuit(rt, circuits[0].id)
+                _enter_queue(tx, c, p, first)
+                _promote(rt, tx, c, first)
                 p = Participant.get_by_id(p.id)
     except peewee.IntegrityError:
         raise AlreadyExists(
