@@ -196,7 +196,9 @@ class App:
         """Health follows the database: NOT_SERVING while it cannot be reached."""
         assert self.rt is not None
         serving = True
-        while True:
+        # Not `while True`: on Python 3.11 asyncio.wait_for below can swallow the stop's
+        # cancellation (when the ping finishes at that moment), and App.stop awaits this task.
+        while not self.rt.stopping.is_set():
             await asyncio.sleep(self.settings.health_check_interval_s)
             try:
                 await asyncio.wait_for(self.rt.run(self.rt.store.ping), 5)

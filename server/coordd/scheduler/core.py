@@ -155,7 +155,9 @@ class Scheduler:
 
     async def _loop(self, task: Task) -> None:
         wake = self._wake[task.name]
-        while True:
+        # Ends once _stop_loops has dropped it, even if asyncio.wait_for (Python 3.11) swallowed
+        # the cancellation because the wake event fired at that moment.
+        while self._loops.get(task.name) is asyncio.current_task():
             wake.clear()
             await self.run_once(task)
             with contextlib.suppress(TimeoutError):
