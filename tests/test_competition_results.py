@@ -29,6 +29,7 @@ from tests.competition_support import (
     create,
     get,
     register,
+    spec,
     state_name,
     stub,
 )
@@ -307,3 +308,32 @@ def test_the_scheduler_loop_advances_competitions_by_itself(settings_factory, cl
         assert state_name(get(handle, org, comp.name).state) == "ENDED"
     finally:
         handle.stop()
+
+
+def test_someone_confirmed_after_the_reminders_went_out_gets_one_at_once(server, clock):
+    _, org = server.make_user("organizer")
+    (first_id, first), (late_id, late), (waiting_id, waiting) = [server.make_user() for _ in range(3)]
+    now = server.rt.now()
+    comp = create(
+        server,
+        org,
+        capacity=2,
+        reminder_lead=DAY,
+        registration_close_time=spec(now).start_time,  # registration stays open until the start
+    )
+    register(server, first, comp.name)
+    clock.advance(DAY + HOUR)
+    assert rules.queue_reminders(server.rt) == 1
+    late_reg = register(server, late, comp.name)  # after the reminders: gets one now
+    register(server, waiting, comp.name)  # waitlisted: none
+
+    def reminded() -> list[str]:
+        return sorted(n.user_id for n in rules.notifications_of(comp.name.split("/")[1], rules.REMINDER))
+
+    assert reminded() == sorted([first_id, late_id])
+    stub(server).CancelRegistration(
+        competition_pb2.CancelRegistrationRequest(name=late_reg.name), metadata=bearer(late)
+    )
+    # The promoted head is confirmed after the reminders too.
+    assert reminded() == sorted([first_id, late_id, waiting_id])
+    assert rules.queue_reminders(server.rt) == 0

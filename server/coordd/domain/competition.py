@@ -938,7 +938,18 @@ def _register_once(rt: Runtime, who: Principal, comp_id: str) -> RegistrationVie
         return RegistrationView(reg, _position(reg), created=False)
 
 
-_HOT_COLUMNS = ("confirmed", "waitlisted", "waitlist_seq", "entry_fee", "title", "state", "start_time")
+_HOT_COLUMNS = (
+    "confirmed",
+    "waitlisted",
+    "waitlist_seq",
+    "entry_fee",
+    "title",
+    "state",
+    "start_time",
+    "publish_time",
+    "reminder_time",
+    "reminder_lead_s",
+)
 _hot_sql: dict[str, dict[str, str]] = {}
 
 
@@ -1061,6 +1072,9 @@ def _register_in(rt: Runtime, tx: Tx, who: Principal, comp_id: str) -> Registrat
         raise _closed(found, now)
     got = dict(zip(_HOT_COLUMNS, values[0], strict=True))
     comp.entry_fee = got["entry_fee"]
+    comp.publish_time = Competition.publish_time.python_value(got["publish_time"])
+    comp.reminder_time = Competition.reminder_time.python_value(got["reminder_time"])
+    comp.reminder_lead_s = got["reminder_lead_s"]
     if took_seat and not guess_seat:
         reg.state, reg.confirm_time = CONFIRMED, now
         db.execute_sql(sql["to_seat"], (CONFIRMED, stamp, reg.id))
@@ -1079,6 +1093,8 @@ def _register_in(rt: Runtime, tx: Tx, who: Principal, comp_id: str) -> Registrat
         db.execute_sql(sql["fee"], (reg.fee_held, reg.id))
     if took_seat and not noted:
         _notify_many(tx, comp, [(reg.id, reg.user_id)], CONFIRMATION, known_new=existing is None)
+    if took_seat:
+        _late_reminder(tx, comp, reg)
     elif noted and not took_seat:
         db.execute_sql(sql["unnote"], (reg.id,))
     _emit_registration(tx, reg, "created")
@@ -1182,6 +1198,7 @@ def _promote(tx: Tx, comp: Competition) -> None:
             comp.confirmed += 1
             head.save()
             _notify(tx, comp, head, CONFIRMATION, {"promoted": True})
+            _late_reminder(tx, comp, head)
         else:
             head.state = OFFERED
             head.offer_expire_time = min(tx.now + timedelta(seconds=comp.offer_hold_s), comp.start_time)
@@ -1195,6 +1212,17 @@ def _promote(tx: Tx, comp: Competition) -> None:
                 {"offer_expire_time": head.offer_expire_time.isoformat(), "fee": comp.entry_fee},
             )
         _emit_registration(tx, head, "promoted")
+
+
+def _late_reminder(tx: Tx, comp: Competition, reg: Registration) -> None:
+    """Someone confirmed after the reminders went out gets theirs now (once, as ever)."""
+    if (
+        comp.publish_time is not None
+        and comp.reminder_lead_s > 0
+        and comp.reminder_time is None
+        and tx.now >= comp.start_time - timedelta(seconds=comp.reminder_lead_s)
+    ):
+        _notify(tx, comp, reg, REMINDER)
 
 
 def accept_offer(rt: Runtime, who: Principal, comp_id: str, reg_id: str) -> RegistrationView:
@@ -1227,6 +1255,7 @@ def accept_offer(rt: Runtime, who: Principal, comp_id: str, reg_id: str) -> Regi
         reg.update_time = tx.now
         reg.save()
         _notify(tx, comp, reg, CONFIRMATION, {"promoted": True})
+        _late_reminder(tx, comp, reg)
         _emit_registration(tx, reg, "confirmed")
     return RegistrationView(reg, 0)
 
