@@ -153,7 +153,7 @@ def test_a_whole_ceremony_with_coordctl_only(tmp_path):
             "--prefix",
             "cli-1",
             "--start-in",
-            "2",
+            "3600",
             "--turn-timeout",
             "60",
         )["name"]
@@ -172,6 +172,8 @@ def test_a_whole_ceremony_with_coordctl_only(tmp_path):
                 str(genesis),
             )
             assert added["genesis"] == "valid"
+        # Circuits are in: open now instead of at the scheduled time.
+        assert "start_time" in _ctl(daemon, coordinator, "ceremony", "update", ceremony, "--start-in", "0")
         keys = [_user(daemon, f"p{i}@example.com", "participant") for i in range(2)]
         procs = [_contributor(daemon, key, ceremony, tmp_path / f"w{i}") for i, key in enumerate(keys)]
         outputs = [p.communicate(timeout=120) for p in procs]

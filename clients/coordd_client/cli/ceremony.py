@@ -82,6 +82,12 @@ def register(sub: Any) -> None:
     add.add_argument("--r1cs", help="for an external verifier's {r1cs}")
     add.add_argument("--ptau", help="for an external verifier's {ptau}")
     add.set_defaults(func=_add_circuit)
+    update = cer.add_parser("update", help="(coordinator) change a SCHEDULED ceremony, e.g. start it now")
+    update.add_argument("ceremony")
+    update.add_argument("--title")
+    update.add_argument("--start-in", type=float, help="seconds from now (0: open at once)")
+    update.add_argument("--end-in", type=float, help="seconds from now")
+    update.set_defaults(func=_update)
     close = cer.add_parser("close", help="(coordinator) stop new turns")
     close.add_argument("ceremony")
     close.set_defaults(func=_close)
@@ -400,6 +406,28 @@ def _add_circuit(ctx: Context, args: argparse.Namespace) -> int:
     state = pb.ContributionState.Name(reply.contribution.state).removeprefix("CONTRIBUTION_STATE_").lower()
     emit(ctx, {"circuit": circuit.name, "genesis": state}, f"{circuit.name} added; genesis {state}")
     return 0 if reply.contribution.state == pb.CONTRIBUTION_STATE_VALID else 1
+
+
+def _update(ctx: Context, args: argparse.Namespace) -> int:
+    ceremony = pb.Ceremony(name=_ceremony_name(args.ceremony))
+    mask = []
+    if args.title is not None:
+        ceremony.title = args.title
+        mask.append("title")
+    if args.start_in is not None:
+        ceremony.start_time.CopyFrom(_timestamp(args.start_in))
+        mask.append("start_time")
+    if args.end_in is not None:
+        ceremony.end_time.CopyFrom(_timestamp(args.end_in))
+        mask.append("end_time")
+    if not mask:
+        print("error: nothing to update", file=sys.stderr)
+        return 2
+    updated = ctx.client.ceremony.UpdateCeremony(
+        pb.UpdateCeremonyRequest(ceremony=ceremony, update_mask=mask)
+    )
+    emit(ctx, updated.ceremony, f"{updated.ceremony.name} updated ({', '.join(mask)})")
+    return 0
 
 
 def _close(ctx: Context, args: argparse.Namespace) -> int:
