@@ -34,7 +34,7 @@ tools/node_modules/.bin/buf: tools/package.json
 
 lint: $(STAMP) tools/node_modules/.bin/buf
 	$(BIN)/ruff check server clients tests bench tools
-	$(BIN)/ruff format --check server tests bench tools
+	$(BIN)/ruff format --check server clients tests bench tools
 	tools/node_modules/.bin/buf lint
 
 bench: $(STAMP)

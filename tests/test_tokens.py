@@ -21,7 +21,13 @@ def _b64(data: dict) -> str:
 
 def test_issued_tokens_are_standard_jwts():
     token, expire = AccessTokens(SECRET, 3600).issue("u1", ["participant"], NOW)
-    claims = jwt.decode(token, SECRET, algorithms=["HS256"], issuer="coordd", options={"verify_exp": False, "verify_iat": False})
+    claims = jwt.decode(
+        token,
+        SECRET,
+        algorithms=["HS256"],
+        issuer="coordd",
+        options={"verify_exp": False, "verify_iat": False},
+    )
     assert claims["sub"] == "u1" and claims["roles"] == ["participant"]
     assert expire == NOW + timedelta(hours=1)
 
