@@ -47,6 +47,19 @@ def claim(rt: Runtime, scope: str, key: str, method: str, digest: str) -> Claim:
     s = rt.settings
     try:
         with rt.store.write() as tx:
+            # The common case, a new key, is one statement: insert unless the key exists.
+            fresh = IdempotencyRecord.insert(
+                scope=scope,
+                key=key,
+                method=method,
+                request_hash=digest,
+                state=RUNNING,
+                locked_until=tx.now + timedelta(seconds=s.idempotency_stale_s),
+                expire_time=tx.now + timedelta(seconds=s.idempotency_retention_s),
+                create_time=tx.now,
+            ).on_conflict_ignore()
+            if rt.store.db.execute(fresh).rowcount == 1:
+                return Claim("run")
             query = IdempotencyRecord.select().where(
                 (IdempotencyRecord.scope == scope) & (IdempotencyRecord.key == key)
             )
