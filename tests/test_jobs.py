@@ -742,3 +742,42 @@ def test_the_running_scheduler_rescues_expired_leases_by_itself(server, clock):
     assert state == job_pb2.JOB_STATE_FAILED, "one attempt only: the rescue dead-letters it"
     assert ledger.balance(alice_id) == ledger.Balance(alice_id, 100, 0)
     assert ledger.check_consistency() == []
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_worker_waiting_on_another_replica_is_woken_through_redis(settings_factory, clock, monkeypatch):
+    """Two replicas on one PostgreSQL and Redis: a job submitted on A reaches a worker
+    long-polling on B through the queue event, not through B's periodic re-poll."""
+    from coordd.api import jobs as jobs_api
+
+    monkeypatch.setattr(jobs_api, "REPOLL_S", 60.0)  # only an event can wake the waiter in time
+    a = ServerHandle(settings_factory(scheduler_enabled=False), clock)
+    b = ServerHandle(settings_factory(scheduler_enabled=False), clock)
+    try:
+        _, alice = a.make_user("participant")
+        _, worker = a.make_user("provider")
+        stub_a, stub_b = job_pb2_grpc.JobServiceStub(a.channel), job_pb2_grpc.JobServiceStub(b.channel)
+        request = job_pb2.ClaimJobsRequest()
+        request.wait.FromTimedelta(timedelta(seconds=30))
+        got: list[list[job_pb2.LeasedJob]] = []
+        poller = threading.Thread(
+            target=lambda: got.append(list(stub_b.ClaimJobs(request, metadata=bearer(worker)).jobs))
+        )
+        poller.start()
+        deadline = time.monotonic() + 10
+        while b.rt.notifier.waiting(jobs.QUEUE_KEY) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        job = stub_a.SubmitJob(
+            job_pb2.SubmitJobRequest(
+                kind=job_pb2.JOB_KIND_INFERENCE, model_ref="m", input=job_pb2.Payload(data=b"x")
+            ),
+            metadata=bearer(alice),
+        ).job
+        assert job.state == job_pb2.JOB_STATE_QUEUED, "no worker waits on replica A"
+        poller.join(20)
+        assert not poller.is_alive()
+        [[leased]] = got
+        assert leased.job.name == job.name
+    finally:
+        b.stop()
+        a.stop()
