@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -116,8 +117,36 @@ class Watcher:
                 self.updated.set()
 
 
-async def coordd_side(watchers: int, rounds: int, channels: int) -> dict[str, Any]:
-    proc, port, data_dir = start_coordd(FAST_ARGON)
+# `--gc-threshold N`: the daemon runs with its startup heap frozen out of the cyclic GC and a
+# first-generation threshold of N (an experiment: `coordd serve` itself does not do this).
+GC_TUNED = (
+    "import gc, sys; from coordd import cli; gc.freeze(); "
+    "gc.set_threshold({threshold}, 20, 100); sys.exit(cli.main())"
+)
+
+
+def start_daemon(gc_threshold: int) -> tuple[subprocess.Popen[bytes], int, str]:
+    if not gc_threshold:
+        return start_coordd(FAST_ARGON)
+    data = tempfile.mkdtemp(prefix="coordd-bench-")
+    port_file = Path(data) / "port"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COORDD_")}
+    env.update({"COORDD_LOG_LEVEL": "warning", "COORDD_LOG_FORMAT": "json", **FAST_ARGON})
+    code = GC_TUNED.format(threshold=gc_threshold)
+    args = ["serve", "--data-dir", data, "--listen", "127.0.0.1:0", "--port-file", str(port_file)]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 30
+    while not (port_file.exists() and port_file.read_text().strip()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("coordd did not start")
+        time.sleep(0.05)
+    return proc, int(port_file.read_text()), data
+
+
+async def coordd_side(watchers: int, rounds: int, channels: int, gc_threshold: int = 0) -> dict[str, Any]:
+    proc, port, data_dir = start_daemon(gc_threshold)
     target = f"127.0.0.1:{port}"
     created = subprocess.run(
         [
@@ -316,8 +345,6 @@ asyncio.run(main(sys.argv[1]))
 
 
 async def baseline_side(watchers: int, rounds: int, channels: int) -> dict[str, Any]:
-    import tempfile
-
     port_file = Path(tempfile.mkdtemp(prefix="fanout-")) / "port"
     proc = subprocess.Popen([sys.executable, "-c", BASELINE_SERVER, str(port_file)])
     while not (port_file.exists() and port_file.read_text().strip()):
@@ -379,8 +406,8 @@ async def baseline_side(watchers: int, rounds: int, channels: int) -> dict[str, 
     }
 
 
-async def run(watchers: int, rounds: int, channels: int) -> dict[str, Any]:
-    coordd = await coordd_side(watchers, rounds, channels)
+async def run(watchers: int, rounds: int, channels: int, gc_threshold: int) -> dict[str, Any]:
+    coordd = await coordd_side(watchers, rounds, channels, gc_threshold)
     baseline = await baseline_side(coordd["streams"], rounds, channels)
     c, b = coordd["update_latency"], baseline["update_latency"]
     return {
@@ -388,6 +415,7 @@ async def run(watchers: int, rounds: int, channels: int) -> dict[str, Any]:
         "watchers": coordd["streams"],
         "rounds": rounds,
         "channels": channels,
+        "daemon_gc": f"frozen startup heap, threshold {gc_threshold}" if gc_threshold else "python default",
         "cpus": os.cpu_count(),
         "loadavg_1m_at_end": os.getloadavg()[0],
         "coordd": coordd,
@@ -403,8 +431,11 @@ def main() -> None:
     parser.add_argument("--watchers", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--channels", type=int, default=8)
+    parser.add_argument("--gc-threshold", type=int, default=0, help="experiment: tuned GC in the daemon")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.watchers, args.rounds, args.channels)), indent=2))
+    print(
+        json.dumps(asyncio.run(run(args.watchers, args.rounds, args.channels, args.gc_threshold)), indent=2)
+    )
 
 
 if __name__ == "__main__":
