@@ -781,3 +781,56 @@ def test_a_worker_waiting_on_another_replica_is_woken_through_redis(settings_fac
     finally:
         b.stop()
         a.stop()
+
+
+_WORKER_SCRIPT = """
+import sys
+import grpc
+from coordd_client.v1 import job_pb2, job_pb2_grpc
+
+target, token = sys.argv[1], sys.argv[2]
+stub = job_pb2_grpc.JobServiceStub(grpc.insecure_channel(target))
+reply = stub.ClaimJobs(job_pb2.ClaimJobsRequest(), metadata=(("authorization", "Bearer " + token),))
+sys.stdout.buffer.write(reply.jobs[0].lease.SerializeToString())
+sys.stdout.flush()
+import os
+import time
+
+os.close(1)  # end of output: the test reads the lease to EOF
+time.sleep(600)  # "working" until killed
+"""
+
+
+def test_a_killed_worker_process_loses_its_job_to_another_worker_which_is_paid_once(env, clock, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    job = env.submit(budget=400, heartbeat_timeout=_seconds(10))
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER_SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), env.server.target, env.worker_a], stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        lease = job_pb2.Lease.FromString(proc.stdout.read())
+        assert lease.job == job.name and lease.attempt == 1
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    assert env.get(job.name).state == job_pb2.JOB_STATE_RUNNING
+    clock.advance(11)
+    assert jobs.rescue_expired_leases(env.server.rt) == 1
+    clock.advance(TEST_POLICY.backoff_max_s)
+    [retry] = env.claim(env.worker_b)
+    assert retry.lease.attempt == 2
+    env.complete(env.worker_b, retry.lease)
+    # The dead worker's lease, replayed by anyone, is stale.
+    assert (
+        rpc_error(grpc.StatusCode.FAILED_PRECONDITION, env.complete, env.worker_a, lease).reason
+        == "STALE_LEASE"
+    )
+    assert env.balance(env.worker_b_id) == (360, 0) and env.balance(env.worker_a_id) == (0, 0)
+    assert env.balance(env.alice_id) == (9_600, 0)
