@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 LISTEN ?= 127.0.0.1:50051
 DATA_DIR ?= ./var
 
-.PHONY: run test test-fast protos check-protos lint bench clean
+.PHONY: run test protos check-protos lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python bench/unary.py
 	$(BIN)/python bench/jobs.py
+	$(BIN)/python bench/register.py
+	$(BIN)/python bench/heartbeats.py
+	$(BIN)/python bench/queue_watch.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache tools/node_modules
