@@ -19,44 +19,14 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 import coordd_client
 from coordd_client.v1 import ceremony_pb2 as pb
-from tests.support.process import Daemon
+from tests.support.process import COORDCTL, Daemon, admin_create_user
 
 pytestmark = pytest.mark.e2e
-COORDCTL = str(Path(sys.executable).parent / "coordctl")
 # A stand-in for `snarkjs zkey contribute`: the previous file plus fresh randomness.
 STAND_IN = (
     f"{sys.executable} -c \"import os,sys; d=open(sys.argv[1],'rb').read(); "
     f"open(sys.argv[2],'wb').write(d + os.urandom(32))\" {{in}} {{out}}"
 )
-
-
-def _user(daemon: Daemon, email: str, role: str) -> str:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "coordd",
-            "admin",
-            "create-user",
-            "--data-dir",
-            str(daemon.data_dir),
-            "--email",
-            email,
-            "--role",
-            role,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={
-            "PATH": os.environ.get("PATH", ""),
-            "COORDD_ARGON2_MEMORY_KIB": "8",
-            "COORDD_ARGON2_TIME_COST": "1",
-            "COORDD_ARGON2_PARALLELISM": "1",
-        },
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)["api_key_secret"]
 
 
 def _stamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -142,7 +112,7 @@ def test_a_whole_ceremony_with_coordctl_only(tmp_path):
     finish every circuit. The transcript verifies offline."""
     daemon = Daemon(tmp_path / "data").wait_ready()
     try:
-        coordinator = _user(daemon, "coord@example.com", "coordinator")
+        coordinator = admin_create_user(daemon, "coord@example.com", "coordinator")["api_key_secret"]
         ceremony = _ctl(
             daemon,
             coordinator,
@@ -174,7 +144,9 @@ def test_a_whole_ceremony_with_coordctl_only(tmp_path):
             assert added["genesis"] == "valid"
         # Circuits are in: open now instead of at the scheduled time.
         assert "start_time" in _ctl(daemon, coordinator, "ceremony", "update", ceremony, "--start-in", "0")
-        keys = [_user(daemon, f"p{i}@example.com", "participant") for i in range(2)]
+        keys = [
+            admin_create_user(daemon, f"p{i}@example.com", "participant")["api_key_secret"] for i in range(2)
+        ]
         procs = [_contributor(daemon, key, ceremony, tmp_path / f"w{i}") for i, key in enumerate(keys)]
         outputs = [p.communicate(timeout=120) for p in procs]
         for proc, (out, err) in zip(procs, outputs, strict=True):
@@ -222,10 +194,16 @@ def test_ctrl_c_while_waiting_leaves_the_ceremony(tmp_path):
     daemon = Daemon(tmp_path / "data").wait_ready()
     try:
         coordinator = coordd_client.connect(
-            daemon.target, api_key=_user(daemon, "coord@example.com", "coordinator")
+            daemon.target,
+            api_key=admin_create_user(daemon, "coord@example.com", "coordinator")["api_key_secret"],
         )
         ceremony = _ceremony(coordinator, circuits=1, start_in=3600)  # not open yet: everyone waits
-        proc = _contributor(daemon, _user(daemon, "p@example.com", "participant"), ceremony, tmp_path / "w")
+        proc = _contributor(
+            daemon,
+            admin_create_user(daemon, "p@example.com", "participant")["api_key_secret"],
+            ceremony,
+            tmp_path / "w",
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             listed = coordinator.ceremony.ListParticipants(pb.ListParticipantsRequest(parent=ceremony))

@@ -6,50 +6,22 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from google.protobuf import timestamp_pb2
 
 import coordd_client
 from coordd_client.v1 import competition_pb2 as pb
-from tests.support.process import Daemon
+from tests.support.process import COORDCTL, Daemon, admin_create_user
 
 pytestmark = pytest.mark.e2e
-COORDCTL = str(Path(sys.executable).parent / "coordctl")
 
 
 def _user(daemon: Daemon, email: str, role: str) -> tuple[str, str]:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "coordd",
-            "admin",
-            "create-user",
-            "--data-dir",
-            str(daemon.data_dir),
-            "--email",
-            email,
-            "--role",
-            role,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={
-            "PATH": os.environ.get("PATH", ""),
-            "COORDD_ARGON2_MEMORY_KIB": "8",
-            "COORDD_ARGON2_TIME_COST": "1",
-            "COORDD_ARGON2_PARALLELISM": "1",
-        },
-    )
-    assert out.returncode == 0, out.stderr
-    body = json.loads(out.stdout)
-    return body["user"], body["api_key_secret"]
+    created = admin_create_user(daemon, email, role)
+    return created["user"], created["api_key_secret"]
 
 
 def _ctl(daemon: Daemon, key: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:

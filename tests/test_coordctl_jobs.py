@@ -7,14 +7,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.support.process import Daemon
+from tests.support.process import COORDCTL, Daemon, admin_create_user
 
 pytestmark = pytest.mark.e2e
-COORDCTL = str(Path(sys.executable).parent / "coordctl")
 
 # Crashes on its first attempt, then reverses its input.
 FLAKY = (
@@ -24,31 +22,6 @@ FLAKY = (
     "    sys.exit(3)\n"
     "sys.stdout.write(sys.stdin.read()[::-1])\n"
 )
-
-
-def _admin_user(daemon: Daemon, email: str, *roles: str) -> str:
-    cmd = [
-        sys.executable,
-        "-m",
-        "coordd",
-        "admin",
-        "create-user",
-        "--data-dir",
-        str(daemon.data_dir),
-        "--email",
-        email,
-    ]
-    for role in roles:
-        cmd += ["--role", role]
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "COORDD_ARGON2_MEMORY_KIB": "8",
-        "COORDD_ARGON2_TIME_COST": "1",
-        "COORDD_ARGON2_PARALLELISM": "1",
-    }
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)["api_key_secret"]
 
 
 def _coordctl(daemon: Daemon, key: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -66,8 +39,8 @@ def _coordctl(daemon: Daemon, key: str, *args: str, timeout: float = 60) -> subp
 def test_worker_retries_a_crash_and_completes_with_a_verifiable_attestation(tmp_path):
     daemon = Daemon(tmp_path / "data").wait_ready()
     try:
-        submitter = _admin_user(daemon, "sub@example.com", "participant")
-        provider = _admin_user(daemon, "gpu@example.com", "provider")
+        submitter = admin_create_user(daemon, "sub@example.com", "participant")["api_key_secret"]
+        provider = admin_create_user(daemon, "gpu@example.com", "provider")["api_key_secret"]
         submitted = _coordctl(
             daemon,
             submitter,

@@ -7,51 +7,21 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from google.protobuf import duration_pb2
 
 import coordd_client
 from coordd_client.v1 import node_pb2
-from tests.support.process import Daemon
+from tests.support.process import COORDCTL, Daemon, admin_create_user
 
 pytestmark = pytest.mark.e2e
-COORDCTL = str(Path(sys.executable).parent / "coordctl")
 PASSWORD = "operator password 1"
 
 
 def _operator_key(daemon: Daemon) -> str:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "coordd",
-            "admin",
-            "create-user",
-            "--data-dir",
-            str(daemon.data_dir),
-            "--email",
-            "ops@example.com",
-            "--role",
-            "node_operator",
-            "--password",
-            PASSWORD,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={
-            "PATH": os.environ.get("PATH", ""),
-            "COORDD_ARGON2_MEMORY_KIB": "8",
-            "COORDD_ARGON2_TIME_COST": "1",
-            "COORDD_ARGON2_PARALLELISM": "1",
-        },
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)["api_key_secret"]
+    return admin_create_user(daemon, "ops@example.com", "node_operator", password=PASSWORD)["api_key_secret"]
 
 
 def _agent(daemon: Daemon, key: str, *extra: str) -> subprocess.Popen[str]:

@@ -94,3 +94,40 @@ def grpcurl(
         cmd += ["-d", json.dumps(data)]
     cmd += [target, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+
+
+# The console script the package installs, exactly as a user runs it.
+COORDCTL = str(Path(sys.executable).parent / "coordctl")
+FAST_KDF_ENV = {
+    "COORDD_ARGON2_MEMORY_KIB": "8",
+    "COORDD_ARGON2_TIME_COST": "1",
+    "COORDD_ARGON2_PARALLELISM": "1",
+}
+
+
+def admin_create_user(daemon: Daemon, email: str, *roles: str, password: str | None = None) -> dict[str, Any]:
+    """`coordd admin create-user` on the daemon's data dir; returns its JSON (user, api_key_secret, ...)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "coordd",
+        "admin",
+        "create-user",
+        "--data-dir",
+        str(daemon.data_dir),
+        "--email",
+        email,
+    ]
+    for role in roles:
+        cmd += ["--role", role]
+    if password:
+        cmd += ["--password", password]
+    out = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": os.environ.get("PATH", ""), **FAST_KDF_ENV},
+    )
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout))
