@@ -26,7 +26,7 @@ from typing import Any
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from coordd_client import transcript as transcript_check
-from coordd_client.cli.common import Context, emit
+from coordd_client.cli.common import Context, emit, enum_word, resource_name
 from coordd_client.errors import AlreadyExists, CoorddError, Unavailable
 from coordd_client.v1 import ceremony_pb2 as pb
 
@@ -35,11 +35,11 @@ DEFAULT_CMD = "snarkjs zkey contribute {in} {out} --name={name} -e={entropy}"
 
 
 def _status(value: int) -> str:
-    return pb.ParticipantStatus.Name(value).removeprefix("PARTICIPANT_STATUS_").lower()
+    return enum_word(pb.ParticipantStatus, value)
 
 
 def _ceremony_name(text: str) -> str:
-    return text if text.startswith("ceremonies/") else f"ceremonies/{text}"
+    return resource_name("ceremonies", text)
 
 
 def register(sub: Any) -> None:
@@ -256,7 +256,7 @@ class _Contributor:
         )
         reply = self.upload(circuit, mine)
         contribution = reply.contribution
-        state = pb.ContributionState.Name(contribution.state).removeprefix("CONTRIBUTION_STATE_").lower()
+        state = enum_word(pb.ContributionState, contribution.state)
         try:
             # Checked at once against the coordinator key: a receipt that does not verify is worthless.
             receipt = transcript_check.verify_contribution(self.coordinator_key, contribution)
@@ -370,7 +370,7 @@ def _create(ctx: Context, args: argparse.Namespace) -> int:
             verifier=pb.Verifier(command=args.verifier_cmd),
         )
     ).ceremony
-    emit(ctx, ceremony, f"{ceremony.name} created ({pb.CeremonyState.Name(ceremony.state).lower()})")
+    emit(ctx, ceremony, f"{ceremony.name} created ({enum_word(pb.CeremonyState, ceremony.state)})")
     return 0
 
 
@@ -403,7 +403,7 @@ def _add_circuit(ctx: Context, args: argparse.Namespace) -> int:
         ),
         timeout=None,
     )
-    state = pb.ContributionState.Name(reply.contribution.state).removeprefix("CONTRIBUTION_STATE_").lower()
+    state = enum_word(pb.ContributionState, reply.contribution.state)
     emit(ctx, {"circuit": circuit.name, "genesis": state}, f"{circuit.name} added; genesis {state}")
     return 0 if reply.contribution.state == pb.CONTRIBUTION_STATE_VALID else 1
 
@@ -434,7 +434,7 @@ def _close(ctx: Context, args: argparse.Namespace) -> int:
     ceremony = ctx.client.ceremony.CloseCeremony(
         pb.CloseCeremonyRequest(name=_ceremony_name(args.ceremony))
     ).ceremony
-    emit(ctx, ceremony, f"{ceremony.name} {pb.CeremonyState.Name(ceremony.state).lower()}")
+    emit(ctx, ceremony, f"{ceremony.name} {enum_word(pb.CeremonyState, ceremony.state)}")
     return 0
 
 
@@ -474,9 +474,7 @@ def _finalize(ctx: Context, args: argparse.Namespace) -> int:
             _file_messages(pb.UploadHeader, final, pb.UploadContributionRequest, circuit=circuit.name),
             timeout=None,
         )
-        state = (
-            pb.ContributionState.Name(reply.contribution.state).removeprefix("CONTRIBUTION_STATE_").lower()
-        )
+        state = enum_word(pb.ContributionState, reply.contribution.state)
         if not ctx.as_json:
             print(f"{circuit.name}: final contribution {state}")
         if reply.contribution.state != pb.CONTRIBUTION_STATE_VALID:
@@ -486,7 +484,7 @@ def _finalize(ctx: Context, args: argparse.Namespace) -> int:
             )
             return 1
     ceremony = stub.FinalizeCeremony(pb.FinalizeCeremonyRequest(name=name)).ceremony
-    emit(ctx, ceremony, f"{ceremony.name} {pb.CeremonyState.Name(ceremony.state).lower()}")
+    emit(ctx, ceremony, f"{ceremony.name} {enum_word(pb.CeremonyState, ceremony.state)}")
     return 0
 
 

@@ -140,3 +140,15 @@ def fail(ctx: Context, exc: CoorddError) -> int:
         for path, problem in exc.violations.items():
             print(f"  {path}: {problem}", file=sys.stderr)
     return 1
+
+
+def resource_name(collection: str, text: str) -> str:
+    """Accepts `jobs/abc` or just `abc` on the command line."""
+    return text if text.startswith(f"{collection}/") else f"{collection}/{text}"
+
+
+def enum_word(enum: Any, value: int) -> str:
+    """`JOB_STATE_SUCCEEDED` -> `succeeded`: the enum's own prefix (its type name) dropped."""
+    name = enum.Name(value)
+    prefix = "".join("_" + c if c.isupper() else c.upper() for c in enum.DESCRIPTOR.name).lstrip("_") + "_"
+    return name.removeprefix(prefix).lower()

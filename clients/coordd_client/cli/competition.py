@@ -8,17 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from coordd_client import results as signed_results
-from coordd_client.cli.common import Context, emit, table
+from coordd_client.cli.common import Context, emit, enum_word, resource_name, table
 from coordd_client.v1 import ceremony_pb2, competition_pb2
 
 
 def _state(value: int, enum: Any) -> str:
-    name = enum.Name(value)
-    return name.split("_STATE_", 1)[-1].lower()
+    return enum_word(enum, value)
 
 
 def _name(text: str) -> str:
-    return text if text.startswith("competitions/") else f"competitions/{text}"
+    return resource_name("competitions", text)
 
 
 def register(sub: Any) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from google.protobuf import duration_pb2
 
 from coordd_client import attestation
-from coordd_client.cli.common import Context, emit, table
+from coordd_client.cli.common import Context, emit, enum_word, resource_name, table
 from coordd_client.errors import CoorddError, FailedPrecondition
 from coordd_client.v1 import job_pb2
 
@@ -26,11 +26,11 @@ TERMINAL = {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_S
 
 
 def _state(value: int) -> str:
-    return job_pb2.JobState.Name(value).removeprefix("JOB_STATE_").lower()
+    return enum_word(job_pb2.JobState, value)
 
 
 def _job_name(text: str) -> str:
-    return text if text.startswith("jobs/") else f"jobs/{text}"
+    return resource_name("jobs", text)
 
 
 def _seconds(value: float | None) -> duration_pb2.Duration | None:

@@ -14,14 +14,14 @@ import threading
 import time
 from typing import Any
 
-from coordd_client.cli.common import Context, emit, table
+from coordd_client.cli.common import Context, emit, enum_word, table
 from coordd_client.client import connect
 from coordd_client.errors import CoorddError, PermissionDenied, Unauthenticated
 from coordd_client.v1 import node_pb2
 
 
 def _status(value: int) -> str:
-    return node_pb2.HealthStatus.Name(value).removeprefix("HEALTH_STATUS_").lower()
+    return enum_word(node_pb2.HealthStatus, value)
 
 
 def detect_inventory() -> node_pb2.Inventory:
