@@ -25,6 +25,7 @@ from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from coordd_client import contributions as transfers
 from coordd_client import transcript as transcript_check
 from coordd_client.cli.common import Context, emit, enum_word, resource_name
 from coordd_client.errors import AlreadyExists, CoorddError, Unavailable
@@ -274,64 +275,24 @@ class _Contributor:
             path.unlink(missing_ok=True)
 
     def download(self, circuit: str, path: Path) -> None:
-        """Resumes from what is on disk; retries a dropped stream from the new offset."""
-        for attempt in range(6):
-            offset = path.stat().st_size if path.exists() else 0
-            total, digest = 0, b""
-            try:
-                with open(path, "ab") as fh:
-                    for part in self.stub.DownloadContribution(
-                        pb.DownloadContributionRequest(circuit=circuit, offset=offset), timeout=None
-                    ):
-                        if part.size_bytes:
-                            total, digest = part.size_bytes, part.blake2b_512 or digest
-                        if part.offset != fh.tell():
-                            raise SystemExit(f"download out of order at {part.offset}")
-                        fh.write(part.data)
-                        self.progress("downloading", fh.tell(), total)
-            except Unavailable as exc:
-                self.event("download interrupted; resuming", error=exc.message, attempt=attempt + 1)
-                time.sleep(min(2**attempt * 0.5, 10))
-                continue
-            data_hash = hashlib.blake2b(path.read_bytes(), digest_size=64).digest()
-            if digest and data_hash != digest:
-                path.unlink()
-                raise SystemExit("downloaded file does not match its BLAKE2b-512; start again")
-            self._clear()
-            self.event("downloaded", bytes=path.stat().st_size)
-            return
-        raise SystemExit("download failed after retries")
+        try:
+            transfers.download(
+                self.ctx.client, circuit, path, progress=lambda d, t: self.progress("downloading", d, t)
+            )
+        except transfers.TransferError as exc:
+            raise SystemExit(str(exc)) from None
+        self._clear()
+        self.event("downloaded", bytes=path.stat().st_size)
 
     def upload(self, circuit: str, path: Path) -> pb.UploadContributionResponse:
-        size = path.stat().st_size
-        digest = hashlib.blake2b(path.read_bytes(), digest_size=64).digest()
-        for attempt in range(6):
-            status = self.stub.GetUploadStatus(pb.GetUploadStatusRequest(circuit=circuit))
-            start = (
-                status.committed_offset if status.size_bytes == size and status.blake2b_512 == digest else 0
+        try:
+            reply = transfers.upload(
+                self.ctx.client, circuit, path, progress=lambda d, t: self.progress("uploading", d, t)
             )
-            try:
-                reply = self.stub.UploadContribution(
-                    self._chunks(circuit, path, size, digest, start), timeout=None
-                )
-                self._clear()
-                return reply
-            except Unavailable as exc:
-                self.event("upload interrupted; resuming", error=exc.message, attempt=attempt + 1)
-                time.sleep(min(2**attempt * 0.5, 10))
-        raise SystemExit("upload failed after retries")
-
-    def _chunks(self, circuit: str, path: Path, size: int, digest: bytes, start: int) -> Iterator[Any]:
-        yield pb.UploadContributionRequest(
-            header=pb.UploadHeader(circuit=circuit, size_bytes=size, blake2b_512=digest)
-        )
-        with open(path, "rb") as fh:
-            fh.seek(start)
-            offset = start
-            while block := fh.read(CHUNK):
-                yield pb.UploadContributionRequest(chunk=pb.UploadChunk(offset=offset, data=block))
-                offset += len(block)
-                self.progress("uploading", offset, size)
+        except transfers.TransferError as exc:
+            raise SystemExit(str(exc)) from None
+        self._clear()
+        return reply
 
 
 def _contribute(ctx: Context, args: argparse.Namespace) -> int:
