@@ -452,8 +452,8 @@ def test_an_external_verifier_that_overruns_its_limit_makes_the_contribution_inv
     request = pb.CreateCeremonyRequest(
         title="slow verifier",
         prefix="slow-verifier",
-        start_time=stamp(server, 0),
-        end_time=stamp(server, 3600),
+        start_time=stamp(server, 3600),
+        end_time=stamp(server, 7200),
         timeout=pb.TimeoutConfig(policy=pb.TIMEOUT_POLICY_FIXED, fixed_timeout=dur(600)),
         verifier=pb.Verifier(command="sh -c 'test -s {zkey} && sleep $(cat {zkey})'", timeout=dur(1)),
     )

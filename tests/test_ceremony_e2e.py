@@ -113,8 +113,9 @@ def test_a_real_snarkjs_ceremony_end_to_end(tmp_path):
             pb.CreateCeremonyRequest(
                 title="Multiplier phase 2",
                 prefix="multiplier-e2e",
-                start_time=_ts(now),
-                end_time=_ts(now + timedelta(hours=1)),
+                # Opens once its circuit is ready (below): the daemon's scheduler must not open it first.
+                start_time=_ts(now + timedelta(hours=1)),
+                end_time=_ts(now + timedelta(hours=2)),
                 timeout=pb.TimeoutConfig(
                     policy=pb.TIMEOUT_POLICY_FIXED,
                     fixed_timeout=_dur(180),
@@ -137,6 +138,13 @@ def test_a_real_snarkjs_ceremony_end_to_end(tmp_path):
             _contribution_stream(art.genesis, circuit.name, index=0), metadata=md
         )
         assert genesis.contribution.state == pb.CONTRIBUTION_STATE_VALID, genesis.contribution.verifier_output
+        stub.UpdateCeremony(
+            pb.UpdateCeremonyRequest(
+                ceremony=pb.Ceremony(name=ceremony.name, start_time=_ts(datetime.now(UTC))),
+                update_mask=["start_time"],
+            ),
+            metadata=md,
+        )
 
         for i, bad in enumerate((False, True, False)):
             cmd = [

@@ -65,7 +65,7 @@ class Ceremonies:
         self.stub = ceremony_pb2_grpc.CeremonyServiceStub(server.channel)
         self.coordinator_id, self.coordinator = server.make_user("coordinator")
 
-    def create(self, token: str | None = None, *, start_in: float = 0, **timeout: Any) -> pb.Ceremony:
+    def create(self, token: str | None = None, *, start_in: float = 3600, **timeout: Any) -> pb.Ceremony:
         config = pb.TimeoutConfig(
             policy=pb.TIMEOUT_POLICY_FIXED, fixed_timeout=dur(60), start_window=dur(30), penalty=dur(20)
         )
@@ -100,11 +100,20 @@ class Ceremonies:
         return reply.contribution
 
     def open(self, circuits: int = 1, **timeout: Any) -> tuple[pb.Ceremony, list[pb.Circuit]]:
-        """A ceremony with `circuits` circuits, each with a genesis, opened now."""
-        ceremony = self.create(**timeout)
+        """A ceremony with `circuits` circuits, each with a genesis, opened now. It is created to
+        start in an hour (so the daemon's own scheduler cannot open it before its circuits are
+        added), then moved to start now."""
+        ceremony = self.create(start_in=3600, **timeout)
         made = [self.add_circuit(ceremony, f"circuit-{i + 1}") for i in range(circuits)]
         for circuit in made:
             self.genesis(circuit)
+        self.stub.UpdateCeremony(
+            pb.UpdateCeremonyRequest(
+                ceremony=pb.Ceremony(name=ceremony.name, start_time=stamp(self.server, 0)),
+                update_mask=["start_time"],
+            ),
+            metadata=bearer(self.coordinator),
+        )
         self.tick()
         return self.get(ceremony.name), made
 

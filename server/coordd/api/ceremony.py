@@ -27,7 +27,7 @@ from coordd.api.convert import duration, from_ts, parse_name, ts
 from coordd.domain import ceremony
 from coordd.domain import ceremony_verify as verify
 from coordd.domain.ceremony_timeouts import estimated_wait
-from coordd.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from coordd.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
 from coordd.domain.principal import require_user
 from coordd.events.notify import keys_of
 from coordd.runtime import Runtime
@@ -638,9 +638,19 @@ class CeremonyServicer(ceremony_pb2_grpc.CeremonyServiceServicer):
         job = await self.rt.run(ceremony.verification_job, self.rt, contribution_id)
         if job is not None:
             loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(
-                self._verify_pool, verify.run, ceremony.blobs_of(self.rt), job
-            )
+            running = loop.run_in_executor(self._verify_pool, verify.run, ceremony.blobs_of(self.rt), job)
+            stop = asyncio.ensure_future(self.rt.stopping.wait())
+            try:
+                await asyncio.wait({running, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+            if not running.done():
+                # Shutdown: a verifier may run for minutes; it is killed and redone after restart.
+                verify.stop_all()
+            try:
+                result = await running
+            except verify.VerifierStopped:
+                raise Unavailable("shutting down", reason="SHUTTING_DOWN") from None
             return await self.rt.run(ceremony.finish_verification, self.rt, contribution_id, result)
         return await self.rt.run(Contribution.get_by_id, contribution_id)
 

@@ -1391,7 +1391,15 @@ def reverify(rt: Runtime, contribution_id: str) -> None:
     if attempts > 1:
         result = VerifyResult(False, "verification did not complete within its limit", 0.0)
     else:
-        result = ceremony_verify.run(blobs_of(rt), job)
+        try:
+            result = ceremony_verify.run(blobs_of(rt), job)
+        except ceremony_verify.VerifierStopped:
+            # Shutdown, not an overrun: this attempt does not count.
+            with rt.store.write():
+                Contribution.update(extra=contrib.extra or {}).where(
+                    Contribution.id == contribution_id
+                ).execute()
+            raise
     log.warning("verification repaired", contribution=contribution_id, valid=result.valid)
     finish_verification(rt, contribution_id, result)
 

@@ -8,9 +8,12 @@ contribution is invalid, so verification never holds a circuit's queue forever.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,15 @@ from pathlib import Path
 from coordd.blobs.store import BlobStore
 
 PLACEHOLDERS = ("r1cs", "ptau", "zkey", "previous", "circuit")
+_running: set[subprocess.Popen[bytes]] = set()
+_stopped: set[int] = set()
+_lock = threading.Lock()
+
+
+class VerifierStopped(Exception):
+    """The daemon is shutting down: no verdict; the contribution is verified again later."""
+
+
 MAX_OUTPUT_CHARS = 4000
 
 
@@ -67,6 +79,21 @@ def _trim(text: str) -> str:
     return f"{text[:half]}\n...\n{text[-half:]}"
 
 
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def stop_all() -> None:
+    """Kills every running verifier (daemon shutdown): worker threads return at once, and the
+    contributions stay VERIFYING, to be verified again after the restart."""
+    with _lock:
+        running = list(_running)
+        _stopped.update(proc.pid for proc in running)
+    for proc in running:
+        _kill(proc)
+
+
 def run(blobs: BlobStore, job: VerifyJob) -> VerifyResult:
     """Blocking: call from a worker thread."""
     started = time.monotonic()
@@ -97,20 +124,35 @@ def run(blobs: BlobStore, job: VerifyJob) -> VerifyResult:
             return done(False, f"cannot verify: the circuit has no {name} file")
     argv = [arg.format(**paths) for arg in argv]
     try:
-        proc = subprocess.run(
+        # Its own process group, so a time limit or shutdown kills the whole tree (a shell
+        # wrapper's children too), and nothing keeps the output pipes open afterwards.
+        proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=job.timeout_s,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             cwd=Path(paths["zkey"]).parent,
             env={**os.environ, "NO_COLOR": "1"},
-            check=False,
+            start_new_session=True,
         )
-    except subprocess.TimeoutExpired:
-        return done(False, f"the verifier did not finish within {job.timeout_s:g} s")
     except OSError as exc:
         return done(False, f"the verifier could not run: {exc}")
-    output = (proc.stdout + proc.stderr).decode(errors="replace")
+    with _lock:
+        _running.add(proc)
+    try:
+        stdout, stderr = proc.communicate(timeout=job.timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill(proc)
+        proc.communicate()
+        return done(False, f"the verifier did not finish within {job.timeout_s:g} s")
+    finally:
+        with _lock:
+            _running.discard(proc)
+            stopped = proc.pid in _stopped
+            _stopped.discard(proc.pid)
+    if stopped:
+        raise VerifierStopped("the verifier was stopped: the daemon is shutting down")
+    output = (stdout + stderr).decode(errors="replace")
     if proc.returncode != 0:
         return done(False, f"exit status {proc.returncode}\n{output}")
     return done(True, output)
