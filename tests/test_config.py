@@ -56,3 +56,20 @@ def test_ids_are_unique_and_time_ordered():
     assert ids == sorted(ids)
     assert len({new_id() for _ in range(10000)}) == 10000
     assert all(is_id(i) for i in ids)
+
+
+def test_domain_settings_reach_the_domains(settings_factory, clock):
+    from coordd.domain import competition, jobs
+    from tests.support.server import ServerHandle
+
+    server = ServerHandle(
+        settings_factory(job_fee_bps=1234, job_backoff_base_s=2.5, competition_offer_hold_s=600), clock
+    )
+    try:
+        assert jobs.policy_of(server.rt).fee_bps == 1234
+        assert jobs.policy_of(server.rt).backoff_base_s == 2.5
+        assert competition.settings_of(server.rt).default_offer_hold_s == 600
+    finally:
+        server.stop()
+    with pytest.raises(ConfigError, match="job_fee_bps"):
+        load_settings(None, env={"COORDD_JOB_FEE_BPS": "20000"})

@@ -102,6 +102,30 @@ def services() -> list[Service]:
     ]
 
 
+def apply_domain_settings(rt: Runtime) -> None:
+    """Hands each domain its knobs from the one Settings object."""
+    from coordd.domain import competition, jobs
+
+    s = rt.settings
+    jobs.set_policy(
+        rt,
+        jobs.JobPolicy(
+            fee_bps=s.job_fee_bps,
+            default_max_attempts=s.job_default_max_attempts,
+            backoff_base_s=s.job_backoff_base_s,
+            backoff_max_s=s.job_backoff_max_s,
+            payload_retention_s=s.job_payload_retention_s,
+        ),
+    )
+    competition.configure(
+        rt,
+        default_offer_hold_s=s.competition_offer_hold_s,
+        default_reminder_lead_s=s.competition_reminder_lead_s,
+        max_entry_bytes=s.competition_max_entry_bytes,
+        max_errors=s.competition_max_errors,
+    )
+
+
 class App:
     def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
@@ -130,6 +154,7 @@ class App:
     async def _start(self) -> int:
         s = self.settings
         rt = self.rt = Runtime(s, self.clock)
+        apply_domain_settings(rt)
         try:
             applied = await rt.run(migrate, rt.store)
         except Exception as exc:

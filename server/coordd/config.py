@@ -55,6 +55,17 @@ class Settings:
     health_check_interval_s: float = 2.0
     # Ed25519 coordinator key; empty: generated into data_dir/coordinator.key (0600).
     signing_key_path: str = ""
+    # Jobs: platform fee on each payment (basis points), retries, payload retention.
+    job_fee_bps: int = 500
+    job_default_max_attempts: int = 3
+    job_backoff_base_s: float = 1.0
+    job_backoff_max_s: float = 300.0
+    job_payload_retention_s: float = 7 * 24 * 3600
+    # Competitions: waitlist offer hold, reminder lead, entry size, errors before FAILED.
+    competition_offer_hold_s: int = 12 * 3600
+    competition_reminder_lead_s: int = 24 * 3600
+    competition_max_entry_bytes: int = 1024 * 1024
+    competition_max_errors: int = 5
 
     def db_path(self) -> Path:
         return Path(self.data_dir) / "coordd.db"
@@ -115,6 +126,16 @@ def _validate(s: Settings) -> None:
         raise ConfigError("config argon2_parallelism and argon2_time_cost: must be at least 1")
     if s.argon2_memory_kib < 8 * s.argon2_parallelism:
         raise ConfigError("config argon2_memory_kib: must be at least 8 x argon2_parallelism")
+    if not 0 <= s.job_fee_bps <= 10_000:
+        raise ConfigError("config job_fee_bps: expected 0..10000 basis points")
+    if (
+        s.job_default_max_attempts < 1
+        or s.job_backoff_base_s <= 0
+        or s.job_backoff_max_s < s.job_backoff_base_s
+    ):
+        raise ConfigError("config job_*: attempts >= 1 and 0 < job_backoff_base_s <= job_backoff_max_s")
+    if s.competition_offer_hold_s < 60 or s.competition_max_entry_bytes <= 0 or s.competition_max_errors < 1:
+        raise ConfigError("config competition_*: offer hold >= 60 s, entry size and max errors positive")
     if s.jwt_secret and len(s.jwt_secret) < 32:
         raise ConfigError("config jwt_secret: must be at least 32 characters")
 
