@@ -125,6 +125,7 @@ class _Contributor:
         self.receipts: list[dict[str, Any]] = []
         self.last_line = ""
         self.coordinator_key = b""
+        self.turns_taken: set[tuple[str, str]] = set()
 
     # -- output ---------------------------------------------------------------------------
 
@@ -199,7 +200,12 @@ class _Contributor:
                         self.event("done", receipts=len(self.receipts))
                         return 0
                     if participant.status == pb.PARTICIPANT_STATUS_READY:
-                        self.take_turn(participant.circuit)
+                        # Messages sent while a turn ran still say READY for that turn (the
+                        # queue behind us changed); a new turn has a new start deadline.
+                        turn = (participant.circuit, participant.deadline.ToJsonString())
+                        if turn not in self.turns_taken:
+                            self.turns_taken.add(turn)
+                            self.take_turn(participant.circuit)
                         continue
                     self.status_line(self.describe(message))
             except Unavailable as exc:
