@@ -75,3 +75,9 @@ def test_a_nested_write_joins_the_outer_transaction(server):
             inner.emit("test.nested", "things/2", {})
         assert tx.pending_events
     assert EventLog.select().where(EventLog.type == "test.nested").count() == 1
+
+
+def test_migrations_apply_in_version_order_with_unique_versions():
+    versions = [m.version for m in MIGRATIONS]
+    assert versions == sorted(versions)
+    assert len(set(versions)) == len(versions)

@@ -90,14 +90,14 @@ def services() -> list[Service]:
             lambda rt, _: CompetitionServicer(rt),
         ),
         Service(
-            CeremonyServicer.SERVICE_NAME,
-            CeremonyServicer.register,
-            lambda rt, _: CeremonyServicer(rt),
-        ),
-        Service(
             node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
             node_pb2_grpc.add_NodeServiceServicer_to_server,
             lambda rt, _: NodeServicer(rt),
+        ),
+        Service(
+            CeremonyServicer.SERVICE_NAME,
+            CeremonyServicer.register,
+            lambda rt, _: CeremonyServicer(rt),
         ),
     ]
 

@@ -59,17 +59,6 @@ MIGRATIONS: list[Migration] = [
         _create(*competition_m.ALL_MODELS),
     ),
     Migration(
-        30,
-        "ceremony: ceremonies, circuits, participants, contributions, uploads",
-        _create(
-            ceremony_m.Ceremony,
-            ceremony_m.Circuit,
-            ceremony_m.Participant,
-            ceremony_m.Contribution,
-            ceremony_m.CeremonyUpload,
-        ),
-    ),
-    Migration(
         20,
         "nodes: projects, nodes, workloads, assignments, transitions, incidents, maintenance, rewards",
         _create(
@@ -85,7 +74,22 @@ MIGRATIONS: list[Migration] = [
         ),
     ),
     Migration(21, "notify: channels, deliveries (outbox)", _create(notify_m.Channel, notify_m.Delivery)),
+    Migration(
+        30,
+        "ceremony: ceremonies, circuits, participants, contributions, uploads",
+        _create(
+            ceremony_m.Ceremony,
+            ceremony_m.Circuit,
+            ceremony_m.Participant,
+            ceremony_m.Contribution,
+            ceremony_m.CeremonyUpload,
+        ),
+    ),
 ]
+# Domains append in any order; migrations apply in version order, and a version is unique.
+MIGRATIONS.sort(key=lambda item: item.version)
+if len({item.version for item in MIGRATIONS}) != len(MIGRATIONS):
+    raise RuntimeError("two migrations share a version number")
 
 
 def applied_versions(store: Store) -> set[int]:
