@@ -94,3 +94,62 @@ def test_worker_retries_a_crash_and_completes_with_a_verifiable_attestation(tmp_
         assert watched.returncode == 0 and "succeeded" in watched.stdout
     finally:
         daemon.stop()
+
+
+def test_sigterm_drains_the_worker_after_its_current_job(tmp_path):
+    import signal
+    import time
+
+    daemon = Daemon(tmp_path / "data").wait_ready()
+    try:
+        submitter = admin_create_user(daemon, "sub@example.com", "participant")["api_key_secret"]
+        provider = admin_create_user(daemon, "gpu@example.com", "provider")["api_key_secret"]
+        jobs = [
+            json.loads(
+                _coordctl(
+                    daemon, submitter, "--json", "job", "submit", "--model", "m", "--input-data", f"j{i}"
+                ).stdout
+            )["name"]
+            for i in range(2)
+        ]
+        env = {"PATH": os.environ.get("PATH", ""), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+        slow = "import sys, time; time.sleep(2); sys.stdout.write(sys.stdin.read())"
+        worker = subprocess.Popen(
+            [
+                COORDCTL,
+                "--target",
+                daemon.target,
+                "--api-key",
+                provider,
+                "--json",
+                "worker",
+                "run",
+                "--wait",
+                "1",
+                "--",
+                sys.executable,
+                "-c",
+                slow,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        # SIGTERM once the first job is running: that job finishes and is reported; no second claim.
+        deadline = time.monotonic() + 30
+        line = ""
+        while time.monotonic() < deadline and "job claimed" not in line:
+            line = worker.stdout.readline()
+        assert "job claimed" in line
+        worker.send_signal(signal.SIGTERM)
+        out, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, out + err
+        events = [json.loads(x)["event"] for x in (line + out).splitlines() if x.startswith("{")]
+        assert events == ["job claimed", "job completed", "worker stopped"], events
+        states = [
+            json.loads(_coordctl(daemon, submitter, "--json", "job", "get", j).stdout)["state"] for j in jobs
+        ]
+        assert sorted(states) == ["JOB_STATE_QUEUED", "JOB_STATE_SUCCEEDED"]
+    finally:
+        daemon.stop()
