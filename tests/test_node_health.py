@@ -91,9 +91,9 @@ def test_a_restart_gives_every_node_a_failover_grace(settings_factory, clock):
         second.stop()
 
 
+# Two replicas share PostgreSQL and Redis; one SQLite file has one daemon.
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_a_beat_on_another_replica_reaches_the_detector_through_redis(backend, settings_factory, clock):
-    if backend != "postgresql":
-        pytest.skip("two replicas share PostgreSQL and Redis; one SQLite file has one daemon")
     leader = ServerHandle(settings_factory(scheduler_enabled=False), clock)
     other = ServerHandle(settings_factory(scheduler_enabled=False), clock)
     try:
