@@ -73,3 +73,10 @@ def test_domain_settings_reach_the_domains(settings_factory, clock):
         server.stop()
     with pytest.raises(ConfigError, match="job_fee_bps"):
         load_settings(None, env={"COORDD_JOB_FEE_BPS": "20000"})
+
+
+def test_gc_threshold_is_validated():
+    assert load_settings(None, env={}).gc_threshold == 50000
+    assert load_settings(None, env={"COORDD_GC_THRESHOLD": "0"}).gc_threshold == 0
+    with pytest.raises(ConfigError, match="gc_threshold"):
+        load_settings(None, env={"COORDD_GC_THRESHOLD": "-1"})
