@@ -415,7 +415,9 @@ async def run(watchers: int, rounds: int, channels: int, gc_threshold: int) -> d
         "watchers": coordd["streams"],
         "rounds": rounds,
         "channels": channels,
-        "daemon_gc": f"frozen startup heap, threshold {gc_threshold}" if gc_threshold else "coordd default (COORDD_GC_THRESHOLD)",
+        "daemon_gc": f"frozen startup heap, threshold {gc_threshold}"
+        if gc_threshold
+        else "coordd default (COORDD_GC_THRESHOLD)",
         "cpus": os.cpu_count(),
         "loadavg_1m_at_end": os.getloadavg()[0],
         "coordd": coordd,
