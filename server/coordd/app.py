@@ -245,6 +245,8 @@ class App:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         if self.rt is not None:
             self.rt.stopping.set()
+            for task in list(self.rt.parked_streams):
+                task.cancel()
         if self.server is not None:
             await self.health.enter_graceful_shutdown()
             await self.server.stop(grace)

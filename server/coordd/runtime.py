@@ -63,6 +63,9 @@ class Runtime:
         # Set when shutdown starts: streams end with UNAVAILABLE, loops stop.
         self.stopping = asyncio.Event()
         self.open_streams = 0
+        # Stream handler tasks waiting for their servicer's next message (see the
+        # observability interceptor); shutdown cancels them to end their streams at once.
+        self.parked_streams: set[asyncio.Task[Any]] = set()
 
     def now(self) -> datetime:
         return self.clock()

@@ -257,20 +257,20 @@ class ObservabilityInterceptor(WrappingInterceptor):
             self._finish(method, code, started)
 
     async def _until_shutdown(self, work: Awaitable[Any], context: Any) -> Any:
-        """Client streams end with UNAVAILABLE when the daemon shuts down."""
-        task = asyncio.ensure_future(work)
-        stop = asyncio.ensure_future(self.rt.stopping.wait())
+        """Client streams end with UNAVAILABLE when the daemon shuts down: App.stop cancels
+        the parked task, and the cancellation becomes the status here."""
+        task = asyncio.current_task()
+        assert task is not None
         self._stream_opened()
+        self.rt.parked_streams.add(task)
         try:
-            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if task.done():
-                return task.result()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            raise Unavailable("shutting down", reason="SHUTTING_DOWN")
+            return await work
+        except asyncio.CancelledError:
+            if self.rt.stopping.is_set():
+                raise Unavailable("shutting down", reason="SHUTTING_DOWN") from None
+            raise
         finally:
-            stop.cancel()
+            self.rt.parked_streams.discard(task)
             self._stream_closed()
 
     def _stream_opened(self) -> None:
@@ -282,31 +282,36 @@ class ObservabilityInterceptor(WrappingInterceptor):
         metrics.OPEN_STREAMS.dec()
 
     async def stream(self, method: str, call: Behaviour, request: Any, context: Any) -> AsyncIterator[Any]:
+        """Server streams. While the servicer waits for its next message the task is "parked":
+        on shutdown App.stop cancels parked tasks and the cancellation becomes UNAVAILABLE.
+        A task that is sending is never cancelled (an abort during an in-flight send fails
+        with TOO_MANY_OPERATIONS); it sees `stopping` before it parks again."""
         request_id = self._begin(method, context)
         started = time.perf_counter()
         code = "OK"
         self._stream_opened()
-        stop = asyncio.ensure_future(self.rt.stopping.wait())
+        parked = self.rt.parked_streams
+        task = asyncio.current_task()
         source = call(request, context)
         try:
             self._check_limits(request)
-            # Headers go out before anything else, and are awaited outside the shutdown race:
-            # an abort while a send is still in flight fails with TOO_MANY_OPERATIONS. It also
-            # tells clients at once that the stream is established. Servicers must not send
-            # initial metadata themselves.
+            # Headers go out first (never cancelled mid-send, see above); they also tell the
+            # client at once that the stream is established. Servicers must not send them.
             await context.send_initial_metadata(())
             while True:
-                step = asyncio.ensure_future(source.__anext__())
-                await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
-                if not step.done():
-                    step.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
-                        await step
+                if self.rt.stopping.is_set():
                     raise Unavailable("shutting down", reason="SHUTTING_DOWN")
+                parked.add(task)
                 try:
-                    item = step.result()
+                    item = await source.__anext__()
                 except StopAsyncIteration:
                     break
+                except asyncio.CancelledError:
+                    if self.rt.stopping.is_set():
+                        raise Unavailable("shutting down", reason="SHUTTING_DOWN") from None
+                    raise
+                finally:
+                    parked.discard(task)
                 yield item
             context.set_trailing_metadata(((REQUEST_ID, request_id),))
         except grpc.aio.AbortError:
@@ -319,7 +324,7 @@ class ObservabilityInterceptor(WrappingInterceptor):
             code = exc.code if isinstance(exc, DomainError) else "INTERNAL"
             await self._fail(context, request_id, exc)
         finally:
-            stop.cancel()
+            parked.discard(task)
             with contextlib.suppress(Exception):
                 await source.aclose()
             self._stream_closed()

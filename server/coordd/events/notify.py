@@ -9,7 +9,6 @@ waiters on that key, not the number of open streams.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable
 
 from coordd.events.bus import EventBus
@@ -24,7 +23,7 @@ def keys_of(event: Event) -> list[str]:
 
 class Notifier:
     def __init__(self, bus: EventBus) -> None:
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, set[asyncio.Future[bool]]] = {}
         bus.add_listener(self._on_events)
 
     def _on_events(self, events: list[Event]) -> None:
@@ -32,26 +31,35 @@ class Notifier:
             for key in keys_of(event):
                 for waiter in self._waiters.get(key, ()):
                     if not waiter.done():
-                        waiter.set_result(None)
+                        waiter.set_result(True)
 
     def waiting(self, key: str) -> int:
         return len(self._waiters.get(key, ()))
 
     async def wait(self, keys: Iterable[str], timeout: float) -> bool:
-        """Returns True when woken by an event on any key, False on timeout."""
+        """Returns True when woken by an event on any key, False on timeout.
+
+        One future and one timer handle per wait (no wait_for/shield): with thousands of
+        streams waiting, this is on the hot path of every update.
+        """
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
+        waiter: asyncio.Future[bool] = loop.create_future()
         keys = list(keys)
         for key in keys:
             self._waiters.setdefault(key, set()).add(waiter)
+        timer = loop.call_later(timeout, _expire, waiter)
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(waiter), timeout)
-            return waiter.done()
+            return await waiter
         finally:
+            timer.cancel()
             for key in keys:
                 bucket = self._waiters.get(key)
                 if bucket is not None:
                     bucket.discard(waiter)
                     if not bucket:
                         del self._waiters[key]
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
