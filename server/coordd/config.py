@@ -52,7 +52,7 @@ class Settings:
     shutdown_grace_s: float = 10.0
     # Cyclic-GC generation-0 threshold for `coordd serve` (Python's default is 700; 0 keeps it).
     # With thousands of open streams the default runs full scans of every stream's objects
-    # many times a second (bench/queue_watch.py: p99 6.9 s -> 1.8 s at 10,000 watchers).
+    # many times a second (bench/queue_watch.py: p99 6.9 s -> ~2 s at 10,000 watchers).
     gc_threshold: int = 50000
     scheduler_enabled: bool = True
     scheduler_lease_s: float = 10.0
