@@ -47,6 +47,11 @@ def claim(rt: Runtime, scope: str, key: str, method: str, digest: str) -> Claim:
     s = rt.settings
     try:
         with rt.store.write() as tx:
+            if rt.store.is_postgres:
+                # No WAL flush for the claim: PostgreSQL flushes WAL in order, so the call's own
+                # commit (or the response record's) makes this claim durable too, and a claim
+                # lost in a crash before either is exactly a first call that died: the retry runs.
+                rt.store.db.execute_sql("SET LOCAL synchronous_commit = off")
             # The common case, a new key, is one statement: insert unless the key exists.
             fresh = IdempotencyRecord.insert(
                 scope=scope,
