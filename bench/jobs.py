@@ -84,6 +84,23 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _postgres_cpu_seconds() -> float:
+    """CPU time of every live PostgreSQL process on this machine: the database's share of a phase."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if "(postgres" not in stat and "(postmaster" not in stat:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def _rate(count: int, seconds: float) -> float:
     return round(count / seconds, 1) if seconds else 0.0
 
@@ -187,6 +204,7 @@ async def _drive_coordd(
 
         last_ack = [0.0]
         server_cpu, client_cpu = _cpu_seconds(server_pid), _cpu_seconds(os.getpid())
+        db_cpu = _postgres_cpu_seconds()
         started = time.perf_counter()
         await asyncio.gather(*(work(i) for i in range(len(tokens) - 1)))
         # Until the last acknowledged completion: idle workers still long-polling at the end
@@ -194,6 +212,7 @@ async def _drive_coordd(
         work_s = last_ack[0] - started
         server_cpu = _cpu_seconds(server_pid) - server_cpu
         client_cpu = _cpu_seconds(os.getpid()) - client_cpu
+        db_cpu = _postgres_cpu_seconds() - db_cpu
     finally:
         for channel in channels:
             await channel.close()
@@ -209,6 +228,7 @@ async def _drive_coordd(
         "claim_complete_cpu_ms_per_job": {
             "coordd_server": round(server_cpu * 1000 / jobs, 3),
             "bench_client": round(client_cpu * 1000 / jobs, 3),
+            "postgres": round(db_cpu * 1000 / jobs, 3),
         },
     }
 
@@ -286,6 +306,7 @@ async def _drive_pgqueuer(url: str, jobs: int, workers: int, producers: int, bat
         managers.append(qm)
 
     client_cpu = _cpu_seconds(os.getpid())
+    db_cpu = _postgres_cpu_seconds()
     started = time.perf_counter()
     await asyncio.gather(
         *(
@@ -299,6 +320,7 @@ async def _drive_pgqueuer(url: str, jobs: int, workers: int, producers: int, bat
     )
     work_s = time.perf_counter() - started
     client_cpu = _cpu_seconds(os.getpid()) - client_cpu
+    db_cpu = _postgres_cpu_seconds() - db_cpu
     for conn in connections:
         await conn.close()
     return {
@@ -309,7 +331,10 @@ async def _drive_pgqueuer(url: str, jobs: int, workers: int, producers: int, bat
         **_latency(latencies),
         "completed": len(seen),
         "double_claims": duplicates,
-        "claim_complete_cpu_ms_per_job": {"pgqueuer_workers": round(client_cpu * 1000 / jobs, 3)},
+        "claim_complete_cpu_ms_per_job": {
+            "pgqueuer_workers": round(client_cpu * 1000 / jobs, 3),
+            "postgres": round(db_cpu * 1000 / jobs, 3),
+        },
     }
 
 

@@ -11,6 +11,7 @@ someone else cannot complete, fail or heartbeat the job any more.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 import secrets
@@ -39,7 +40,7 @@ from coordd.store.ids import new_id
 from coordd.store.job_models import Job, JobAttempt, JobAttestation, JobLabel
 from coordd.store.models import TimestampField
 from coordd.store.paging import Page, PageRequest, keyset_page
-from coordd_client.attestation import PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE, canonical_json, pae
+from coordd_client.attestation import PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE, pae
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -132,11 +133,12 @@ class LeaseRef:
     lease_id: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Leased:
-    job: Job
+    """A job handed to a worker: the claimed row (times in microseconds) and its lease id."""
+
+    job: job_queries.ClaimedRow
     lease_id: str
-    expire_time: datetime
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ class JobView:
 @dataclass(frozen=True)
 class Completion:
     job: Job
-    attestation: JobAttestation
+    attestation: Attestation
 
 
 @dataclass(frozen=True)
@@ -362,16 +364,34 @@ def submit(
             {"budget": spec.budget, "watch_keys": [] if leased else [QUEUE_KEY]},
         )
     if leased:
-        return leased[0].job, leased[0]
+        _mark_claimed(job, leased[0])
+        return job, leased[0]
     return job, None
+
+
+def _mark_claimed(job: Job, leased: Leased) -> None:
+    """Brings a model loaded before its claim up to date with the claimed row."""
+    to_time = TimestampField().python_value
+    row = leased.job
+    job.state = RUNNING
+    job.attempt = row.attempt
+    job.provider = row.provider
+    job.lease_id = leased.lease_id
+    job.lease_expire_time = to_time(row.lease_expire_us)
+    job.start_time = to_time(row.start_us)
+    job.start_deadline = None
+    job.attempt_deadline = (
+        job.start_time + timedelta(milliseconds=job.start_to_close_ms) if job.start_to_close_ms else None
+    )
+    job.progress = 0.0
 
 
 # -- claims ------------------------------------------------------------------------------
 
 
 def _claim(rt: Runtime, tx: Tx, worker: Worker, limit: int, only_job: str | None = None) -> list[Leased]:
-    """Leases up to `limit` claimable jobs to `worker` and opens an attempt row for each, in
-    the caller's transaction (see job_queries.claim_jobs)."""
+    """Leases up to `limit` claimable jobs to `worker`, in the caller's transaction (see
+    job_queries.claim_jobs)."""
     lease_id = secrets.token_hex(12)
     claimed = job_queries.claim_jobs(
         rt.store, tx.now, lease_id, worker.provider_id, worker.labels, worker.gpus, limit, only_job
@@ -379,7 +399,7 @@ def _claim(rt: Runtime, tx: Tx, worker: Worker, limit: int, only_job: str | None
     if not claimed:
         return []
     claimed.sort(key=lambda j: (-j.priority, j.id))
-    leased = [Leased(j, lease_id, j.lease_expire_time) for j in claimed]
+    leased = [Leased(j, lease_id) for j in claimed]
     # One event per claim, not per job: its watch keys still wake each job's watchers.
     names = [f"jobs/{j.id}" for j in claimed]
     tx.emit(
@@ -451,9 +471,40 @@ def _leased_job(rt: Runtime, who: Principal, lease: LeaseRef) -> Job:
 
 
 def _close_attempt(tx: Tx, job: Job, outcome: str, error: str = "") -> None:
-    JobAttempt.update(end_time=tx.now, outcome=outcome, error=error[:4000]).where(
-        (JobAttempt.job == job.id) & (JobAttempt.attempt == job.attempt)
+    """Records the attempt that just ended without success; call before the job row's lease
+    fields are cleared. Successful and running attempts are read from the job row instead
+    (see `attempt_history`), so the hot path (claim, complete) writes no attempt row."""
+    JobAttempt.insert(
+        job=job.id,
+        attempt=job.attempt,
+        provider=job.provider or "",
+        lease_id=job.lease_id or "",
+        start_time=job.start_time or tx.now,
+        end_time=tx.now,
+        outcome=outcome,
+        error=error[:4000],
     ).execute()
+
+
+def attempt_history(job: Job, ended: list[JobAttempt]) -> list[JobAttempt]:
+    """Every attempt in order: the stored rows of attempts that ended without success, then
+    the current attempt (running) or the successful one, taken from the job row."""
+    history = list(ended)
+    current = job.attempt
+    if current and job.state in (RUNNING, SUCCEEDED) and (not history or history[-1].attempt != current):
+        history.append(
+            JobAttempt(
+                job=job.id,
+                attempt=current,
+                provider=job.provider or "",
+                lease_id=job.lease_id or "",
+                start_time=job.start_time,
+                end_time=job.finish_time if job.state == SUCCEEDED else None,
+                outcome=job.state,
+                error="",
+            )
+        )
+    return history
 
 
 def _finish(tx: Tx, job: Job, state: str, error: str, policy: JobPolicy) -> None:
@@ -525,7 +576,8 @@ def heartbeat(rt: Runtime, who: Principal, lease: LeaseRef, progress: float) -> 
 
 
 def statement(job: Job, output_digest: str, finish_time: datetime) -> dict[str, object]:
-    """The in-toto Statement v1 the coordinator signs for a result."""
+    """The in-toto Statement v1 the coordinator signs for a result (the readable definition;
+    `statement_json` writes the same bytes faster)."""
     return {
         "_type": STATEMENT_TYPE,
         "subject": [{"name": f"jobs/{job.id}/output", "digest": {"sha256": output_digest}}],
@@ -538,102 +590,141 @@ def statement(job: Job, output_digest: str, finish_time: datetime) -> dict[str, 
             "inputDigest": {"sha256": job.input_digest},
             "attempt": job.attempt,
             "provider": f"users/{job.provider}",
-            "startedOn": job.start_time.isoformat().replace("+00:00", "Z"),
-            "finishedOn": finish_time.isoformat().replace("+00:00", "Z"),
+            "startedOn": _rfc3339(job.start_time),
+            "finishedOn": _rfc3339(finish_time),
         },
     }
 
 
+def _rfc3339(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+_quote = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) quotes strings with
+# canonical_json(statement(...)) with its keys in sorted order, as a template.
+_STATEMENT = (
+    '{"_type":' + _quote(STATEMENT_TYPE) + ',"predicate":{"attempt":%d,"finishedOn":%s,'
+    '"inputDigest":{"sha256":%s},"job":%s,"kind":%s,"modelRef":%s,"provider":%s,"startedOn":%s,'
+    '"submitter":%s},"predicateType":' + _quote(PREDICATE_TYPE) + ',"subject":[{"digest":{"sha256":%s},'
+    '"name":%s}]}'
+)
+
+
+def statement_json(
+    job_id: str,
+    kind: str,
+    submitter: str,
+    model_ref: str,
+    input_digest: str,
+    attempt: int,
+    provider: str,
+    started: datetime,
+    finished: datetime,
+    output_digest: str,
+) -> bytes:
+    """canonical_json(statement(...)), byte for byte (a test holds them equal), at a fifth of
+    the cost: it runs once per completed job."""
+    return (
+        _STATEMENT
+        % (
+            attempt,
+            _quote(_rfc3339(finished)),
+            _quote(input_digest),
+            _quote(f"jobs/{job_id}"),
+            _quote(kind),
+            _quote(model_ref),
+            _quote(f"users/{provider}"),
+            _quote(_rfc3339(started)),
+            _quote(f"users/{submitter}"),
+            _quote(output_digest),
+            _quote(f"jobs/{job_id}/output"),
+        )
+    ).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Attestation:
+    """A signed DSSE envelope's parts, as stored and served."""
+
+    job_id: str
+    payload_type: str
+    payload: bytes
+    key_id: str
+    signature: bytes
+
+    @staticmethod
+    def of(row: JobAttestation) -> Attestation:
+        return Attestation(row.job_id, row.payload_type, bytes(row.payload), row.key_id, bytes(row.signature))
+
+
 def _complete_batch(
     rt: Runtime, tx: Tx, who: Principal, items: list[tuple[LeaseRef, Payload]]
-) -> list[Completion | DomainError]:
+) -> list[Attestation | DomainError]:
     """Records results for many leases with a fixed number of statements: one conditional
-    UPDATE of the jobs and their attempts (it is the lease check), one attestation insert,
-    one ledger batch and one event, whatever the batch size.
+    UPDATE of the jobs (it is the lease check), one attestation insert, one ledger batch and
+    one event, whatever the batch size.
 
     A bad lease yields its error without touching anything. A job cancelled while running
     is finalized as cancelled (and refunded) and yields JOB_CANCELLED; that still commits.
     """
     policy = policy_of(rt)
     purge_time = tx.now + timedelta(seconds=policy.payload_retention_s)
+    provider = who.user_id
     rows = job_queries.succeed_rows(
         rt.store,
         tx.now,
         purge_time,
         policy.fee_bps,
-        who.user_id,
+        provider,
         [
             (lease.job_id, lease.attempt, lease.lease_id, out.data, out.uri, out.sha256)
             for lease, out in items
         ],
     )
-    succeeded: dict[str, Job] = {}
-    for job_id, submitter, kind, model_ref, input_digest, budget, fee, attempt, start_time in rows:
-        succeeded[job_id] = Job(
-            __no_default__=1,
-            id=job_id,
-            submitter=submitter,
-            kind=kind,
-            model_ref=model_ref,
-            input_digest=input_digest,
-            budget=budget,
-            fee=fee,
-            attempt=attempt,
-            provider=who.user_id,
-            start_time=start_time,
-            state=SUCCEEDED,
-            finish_time=tx.now,
-        )
-    results: list[Completion | DomainError] = []
-    done: list[Completion] = []
+    succeeded = {row[0]: row for row in rows}
+    results: list[Attestation | DomainError] = []
+    done: list[Attestation] = []
+    payments: list[ledger.Entry] = []
+    sign, key_id = rt.signer.sign, rt.signer.key_id
     for lease, output in items:
-        job = succeeded.pop(lease.job_id, None)
-        if job is None:
+        row = succeeded.pop(lease.job_id, None)
+        if row is None:
             results.append(_explain_rejected_completion(rt, tx, who, lease, policy))
             continue
-        job.output_data, job.output_uri, job.output_digest = output.data, output.uri, output.sha256
-        payload = canonical_json(statement(job, output.sha256, tx.now))
-        attestation = JobAttestation(
-            job=job.id,
-            payload_type=PAYLOAD_TYPE,
-            payload=payload,
-            key_id=rt.signer.key_id,
-            signature=rt.signer.sign(pae(PAYLOAD_TYPE, payload)),
-            create_time=tx.now,
+        job_id, submitter, kind, model_ref, input_digest, budget, fee, attempt, start_time = row
+        payload = statement_json(
+            job_id,
+            kind,
+            submitter,
+            model_ref,
+            input_digest,
+            attempt,
+            provider,
+            start_time,
+            tx.now,
+            output.sha256,
         )
-        done.append(Completion(job, attestation))
-        results.append(done[-1])
+        attestation = Attestation(job_id, PAYLOAD_TYPE, payload, key_id, sign(pae(PAYLOAD_TYPE, payload)))
+        done.append(attestation)
+        results.append(attestation)
+        if budget:
+            payments.append(
+                ledger.release_entry(submitter, provider, budget, f"jobs/{job_id}", fee, "job.payment")
+            )
     if not done:
         return results
-    ids = [c.job.id for c in done]
     job_queries.insert_attestations(
-        rt.store,
-        tx.now,
-        [
-            (c.job.id, PAYLOAD_TYPE, c.attestation.payload, c.attestation.key_id, c.attestation.signature)
-            for c in done
-        ],
+        rt.store, tx.now, [(a.job_id, a.payload_type, a.payload, a.key_id, a.signature) for a in done]
     )
-    ledger.post_many(
-        tx,
-        [
-            ledger.release_entry(j.submitter, j.provider, j.budget, f"jobs/{j.id}", j.fee, "job.payment")
-            for j in (c.job for c in done)
-            if j.budget
-        ],
-    )
-    names = [f"jobs/{i}" for i in ids]
+    ledger.post_many(tx, payments)
+    names = [f"jobs/{a.job_id}" for a in done]
+    paid = sum(row[5] - row[6] for row in rows)
+    fees = sum(row[6] for row in rows)
     # One event per batch: its watch keys wake each job's watchers.
     tx.emit(
         "job.succeeded",
         names[0],
-        {
-            "jobs": names,
-            "provider": f"users/{who.user_id}",
-            "paid": sum(c.job.budget - c.job.fee for c in done),
-            "fee": sum(c.job.fee for c in done),
-            "watch_keys": names,
-        },
+        {"jobs": names, "provider": f"users/{provider}", "paid": paid, "fee": fees, "watch_keys": names},
     )
     return results
 
@@ -661,12 +752,12 @@ def complete(rt: Runtime, who: Principal, lease: LeaseRef, output: Payload) -> C
     if isinstance(result, DomainError):
         raise result
     # The batch path loads only the columns it needs; the single call returns the whole job.
-    return Completion(Job.get_by_id(result.job.id), result.attestation)
+    return Completion(Job.get_by_id(result.job_id), result)
 
 
 def complete_many(
     rt: Runtime, who: Principal, items: list[tuple[LeaseRef, Payload]]
-) -> list[Completion | DomainError]:
+) -> list[Attestation | DomainError]:
     """Completes a batch in one transaction; each item succeeds or fails on its own. Batched
     acks are what make a worker's throughput independent of per-call overhead."""
     with rt.store.write() as tx:
@@ -694,8 +785,8 @@ def get_job(who: Principal, job_id: str) -> JobView:
     if job is None or not _visible(who, job):
         # Someone else's job is reported as missing: existence is not leaked.
         raise _not_found(job_id)
-    attempts = list(JobAttempt.select().where(JobAttempt.job == job_id).order_by(JobAttempt.attempt))
-    return JobView(job, attempts)
+    ended = list(JobAttempt.select().where(JobAttempt.job == job_id).order_by(JobAttempt.attempt))
+    return JobView(job, attempt_history(job, ended))
 
 
 def queue_position(job: Job) -> int:
@@ -779,7 +870,7 @@ def requeue(rt: Runtime, who: Principal, job_id: str) -> Job:
         return job
 
 
-def get_attestation(who: Principal, job_id: str) -> JobAttestation:
+def get_attestation(who: Principal, job_id: str) -> Attestation:
     job = Job.get_or_none(Job.id == job_id)
     if job is None or not _visible(who, job):
         raise _not_found(job_id)
@@ -788,7 +879,7 @@ def get_attestation(who: Principal, job_id: str) -> JobAttestation:
         raise FailedPrecondition(
             f"jobs/{job_id} has no attestation: it is {job.state}", reason="NOT_ATTESTED"
         )
-    return found
+    return Attestation.of(found)
 
 
 @dataclass(frozen=True)

@@ -3,38 +3,69 @@ and the batched write of completion outputs. Both run inside the caller's transa
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
-from typing import Any
-
-import peewee
+from typing import Any, NamedTuple
 
 from coordd.store.db import Store
-from coordd.store.job_models import Job
-from coordd.store.models import JSONField, TimestampField
+from coordd.store.models import TimestampField
 
 _to_us = TimestampField().db_value
-# Columns whose stored form differs from the Python value; every other column is used as is.
-_CONVERT = {
-    name: field.python_value
-    for name, field in Job._meta.columns.items()
-    if isinstance(field, TimestampField | JSONField | peewee.BooleanField)
-}
 
 
-def _jobs_from(cursor: Any) -> list[Job]:
-    """Job models from a cursor over whole job rows, without the query builder's per-field
-    descriptor calls (they were most of a claim's CPU time)."""
-    names = [d[0] for d in cursor.description]
-    jobs = []
-    for row in cursor.fetchall():
-        data = dict(zip(names, row, strict=True))
-        for name, convert in _CONVERT.items():
-            if name in data:
-                data[name] = convert(data[name])
-        job = Job(__no_default__=1)
-        job.__data__ = data
-        jobs.append(job)
-    return jobs
+class ClaimedRow(NamedTuple):
+    """A job as a claim leaves it: what a worker needs, straight from the row. Times stay
+    integer microseconds; a claim of 100 jobs spent a third of its CPU building and
+    converting whole models before this."""
+
+    id: str
+    submitter: str
+    kind: str
+    model_ref: str
+    input_data: bytes | None
+    input_uri: str
+    input_digest: str
+    labels: list[str]
+    gpus: int
+    budget: int
+    priority: int
+    max_attempts: int
+    schedule_to_start_ms: int
+    start_to_close_ms: int
+    heartbeat_ms: int
+    schedule_to_close_ms: int
+    attempt: int
+    provider: str
+    lease_expire_us: int
+    create_us: int
+    start_us: int
+    payload_purged: bool
+
+
+_CLAIMED_COLUMNS = (
+    "id, submitter, kind, model_ref, input_data, input_uri, input_digest, labels, gpus, budget, priority,"
+    " max_attempts, schedule_to_start_ms, start_to_close_ms, heartbeat_ms, schedule_to_close_ms, attempt,"
+    " provider, lease_expire_time, create_time, start_time, payload_purged"
+)
+# PostgreSQL's UPDATE ... FROM needs them qualified (the CTE has an `id` too).
+_CLAIMED_JOB_COLUMNS = ", ".join(f"job.{c.strip()}" for c in _CLAIMED_COLUMNS.split(","))
+
+
+def _claimed(row: tuple[Any, ...]) -> ClaimedRow:
+    labels = row[7]
+    data = row[4]
+    return ClaimedRow(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        None if data is None else bytes(data),
+        row[5],
+        row[6],
+        [] if labels == "[]" else json.loads(labels),
+        *row[8:21],
+        bool(row[21]),
+    )
 
 
 def claim_jobs(
@@ -46,17 +77,15 @@ def claim_jobs(
     gpus: int,
     limit: int,
     only_job: str | None = None,
-) -> list[Job]:
-    """Leases up to `limit` claimable jobs and opens their attempt rows; returns the jobs as
-    updated.
+) -> list[ClaimedRow]:
+    """Leases up to `limit` claimable jobs; returns them as claimed.
 
-    PostgreSQL: one statement. Candidates are locked with FOR UPDATE SKIP LOCKED, so
-    concurrent claimers skip each other's rows instead of waiting or double-claiming; the
-    attempt rows are inserted by a data-modifying CTE. SQLite: UPDATE ... RETURNING inside
-    the serialized immediate transaction (`store.write()`), which is the same guarantee,
-    then one INSERT for the attempts. Order: priority (high first), then id (time-ordered:
-    oldest first), via the partial index `job_claim_order`. A job's labels must all be
-    among the worker's labels.
+    One statement. PostgreSQL: candidates are locked with FOR UPDATE SKIP LOCKED, so
+    concurrent claimers skip each other's rows instead of waiting or double-claiming.
+    SQLite: UPDATE ... RETURNING inside the serialized immediate transaction
+    (`store.write()`), which is the same guarantee. Order: priority (high first), then id
+    (time-ordered: oldest first), via the partial index `job_claim_order`. A job's labels
+    must all be among the worker's labels.
     """
     db = store.db
     p = db.param
@@ -89,22 +118,14 @@ def claim_jobs(
     set_params: list[object] = [lease_id, provider_id, now_us, now_us, now_us]
     if store.is_postgres:
         sql = (
-            f"WITH c AS ({candidates}),"
-            f" u AS (UPDATE job SET {assignments} FROM c WHERE job.id = c.id RETURNING job.*),"
-            " a AS (INSERT INTO job_attempt (job_id, attempt, provider, lease_id, start_time, outcome, error)"
-            f" SELECT u.id, u.attempt, {p}, {p}, {p}, 'running', '' FROM u)"
-            " SELECT * FROM u"
+            f"WITH c AS ({candidates})"
+            f" UPDATE job SET {assignments} FROM c WHERE job.id = c.id RETURNING {_CLAIMED_JOB_COLUMNS}"
         )
-        return _jobs_from(db.execute_sql(sql, [*params, *set_params, provider_id, lease_id, now_us]))
-    sql = f"UPDATE job SET {assignments} WHERE id IN ({candidates}) RETURNING *"
-    jobs = _jobs_from(db.execute_sql(sql, [*set_params, *params]))
-    _insert_rows(
-        store,
-        "job_attempt",
-        ["job_id", "attempt", "provider", "lease_id", "start_time", "outcome", "error"],
-        [(j.id, j.attempt, provider_id, lease_id, now_us, "running", "") for j in jobs],
-    )
-    return jobs
+        rows = db.execute_sql(sql, [*params, *set_params]).fetchall()
+    else:
+        sql = f"UPDATE job SET {assignments} WHERE id IN ({candidates}) RETURNING {_CLAIMED_COLUMNS}"
+        rows = db.execute_sql(sql, [*set_params, *params]).fetchall()
+    return [_claimed(r) for r in rows]
 
 
 def succeed_rows(
@@ -115,7 +136,7 @@ def succeed_rows(
     provider_id: str,
     items: list[tuple[str, int, str, bytes | None, str, str]],
 ) -> list[tuple[str, str, str, str, str, int, int, int, datetime]]:
-    """Marks many leased jobs succeeded (and closes their attempts) with one conditional UPDATE.
+    """Marks many leased jobs succeeded with one conditional UPDATE.
 
     `items` are (job id, attempt, lease id, output data, output uri, output digest). A row
     changes only while the lease is still held (running, same attempt and lease id, this
@@ -128,10 +149,9 @@ def succeed_rows(
     p = store.db.param
     blob, integer = ("bytea", "integer") if store.is_postgres else ("BLOB", "INTEGER")
     row = f"({p}, CAST({p} AS {integer}), {p}, CAST({p} AS {blob}), {p}, {p})"
-    binary = _binary(store)
     params: list[object] = []
     for job_id, attempt, lease_id, data, uri, digest in items:
-        params.extend((job_id, attempt, lease_id, None if data is None else binary(data), uri, digest))
+        params.extend((job_id, attempt, lease_id, data, uri, digest))
     update = (
         " UPDATE job SET state = 'succeeded', error = '', progress = 1.0, lease_id = NULL,"
         " lease_expire_time = NULL, attempt_deadline = NULL, start_deadline = NULL, close_deadline = NULL,"
@@ -143,60 +163,32 @@ def succeed_rows(
         " job.attempt, job.start_time"
     )
     values = f"v(id, attempt, lease_id, data, uri, digest) AS (VALUES {', '.join([row] * len(items))})"
-    now_us = _to_us(now)
-    params.extend((now_us, _to_us(purge_time), fee_bps, provider_id))
-    close_attempts = f"UPDATE job_attempt SET end_time = {p}, outcome = 'succeeded', error = ''"
-    if store.is_postgres:
-        # The attempt rows are closed by a data-modifying CTE: still one statement.
-        sql = (
-            f"WITH {values}, u AS ({update}),"
-            f" a AS ({close_attempts} FROM u"
-            " WHERE job_attempt.job_id = u.id AND job_attempt.attempt = u.attempt)"
-            " SELECT * FROM u"
-        )
-        rows = store.db.execute_sql(sql, [*params, now_us]).fetchall()
-    else:
-        rows = store.db.execute_sql(f"WITH {values}{update}", params).fetchall()
-        if rows:
-            pairs = ", ".join([f"({p}, {p})"] * len(rows))
-            store.db.execute_sql(
-                f"{close_attempts} WHERE (job_id, attempt) IN (VALUES {pairs})",
-                [now_us, *[x for r in rows for x in (r[0], r[7])]],
-            )
+    params.extend((_to_us(now), _to_us(purge_time), fee_bps, provider_id))
+    rows = store.db.execute_sql(f"WITH {values}{update}", params).fetchall()
     to_time = TimestampField().python_value
     return [(r[0], r[1], r[2], r[3], r[4], int(r[5]), int(r[6]), int(r[7]), to_time(r[8])) for r in rows]
 
 
 def _insert_rows(store: Store, table: str, columns: list[str], rows: list[tuple[object, ...]]) -> None:
-    """A multi-row INSERT without the query builder (its per-value cost dominates large batches)."""
+    """A multi-row INSERT without the query builder (its per-value cost dominates large
+    batches), as one statement with every value a parameter: the driver interpolates them in
+    C, where psycopg2's execute_values formats each row in Python."""
     if not rows:
         return
-    cursor = store.db.cursor()
-    names = ", ".join(columns)
-    if store.is_postgres:
-        from psycopg2.extras import execute_values
-
-        execute_values(cursor, f"INSERT INTO {table} ({names}) VALUES %s", rows, page_size=len(rows))
-    else:
-        marks = ", ".join("?" * len(columns))
-        cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
+    p = store.db.param
+    row = f"({', '.join([p] * len(columns))})"
+    store.db.execute_sql(
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row] * len(rows))}",
+        [value for r in rows for value in r],
+    )
 
 
 def insert_attestations(store: Store, now: datetime, rows: list[tuple[str, str, bytes, str, bytes]]) -> None:
     """(job id, payload type, payload, key id, signature) for each succeeded job."""
     now_us = _to_us(now)
-    binary = _binary(store)
     _insert_rows(
         store,
         "job_attestation",
         ["job_id", "payload_type", "payload", "key_id", "signature", "create_time"],
-        [(j, t, binary(p), k, binary(s), now_us) for j, t, p, k, s in rows],
+        [(*r, now_us) for r in rows],
     )
-
-
-def _binary(store: Store):  # type: ignore[no-untyped-def]
-    if store.is_postgres:
-        from psycopg2 import Binary
-
-        return Binary
-    return bytes
