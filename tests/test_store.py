@@ -5,8 +5,14 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 
+import pytest
+
+from coordd.store.db import Store
+from coordd.store.job_models import Job, JobAttempt
 from coordd.store.migrations import MIGRATIONS, applied_versions, migrate
 from coordd.store.models import EventLog, User
+from tests.support import infra
+from tests.support.server import make_settings
 
 
 def test_migrations_are_recorded_and_idempotent(server):
@@ -81,3 +87,67 @@ def test_migrations_apply_in_version_order_with_unique_versions():
     versions = [m.version for m in MIGRATIONS]
     assert versions == sorted(versions)
     assert len(set(versions)) == len(versions)
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_migration_12_makes_job_indexes_partial_and_keeps_only_unsuccessful_attempts(tmp_path, engine):
+    """An install from before migration 12: full due-time indexes and an attempt row per attempt."""
+    if engine == "postgresql":
+        infra.require("postgresql")
+        database = infra.fresh_pg_database()
+    else:
+        from contextlib import nullcontext
+
+        database = nullcontext("")
+    with database as url:
+        store = Store(make_settings(str(tmp_path / "data"), url))
+        try:
+            assert migrate(store, up_to=11)[-1] == 11
+            db = store.db
+            for column in ("lease_expire_time", "finish_time", "purge_time"):
+                db.execute_sql(f"CREATE INDEX job_{column} ON job ({column})")
+            db.execute_sql("CREATE INDEX job_attempt_job_id ON job_attempt (job_id)")
+            Job.insert(
+                id="j1",
+                submitter="u",
+                kind="inference",
+                model_ref="m",
+                input_digest="d",
+                max_attempts=3,
+                attempt_limit=3,
+                heartbeat_ms=60_000,
+                lease_ms=60_000,
+                state="succeeded",
+                attempt=3,
+                run_after=0,
+                queue_time=0,
+                create_time=0,
+            ).execute()
+            for attempt, outcome in ((1, "failed"), (2, "lease_expired"), (3, "succeeded")):
+                JobAttempt.insert(
+                    job="j1", attempt=attempt, provider="p", lease_id="l", start_time=0, outcome=outcome
+                ).execute()
+
+            assert 12 in migrate(store)
+
+            if store.is_postgres:
+                rows = db.execute_sql(
+                    "SELECT indexname, indexdef FROM pg_indexes WHERE tablename LIKE 'job%%'"
+                )
+            else:
+                rows = db.execute_sql(
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name LIKE 'job%'"
+                )
+            indexes = {name: (sql or "") for name, sql in rows.fetchall()}
+            assert not {
+                "job_lease_expire_time",
+                "job_finish_time",
+                "job_purge_time",
+                "job_attempt_job_id",
+            } & set(indexes)
+            for name in ("job_lease_due", "job_finished", "job_purge_due", "job_start_due", "job_close_due"):
+                assert "IS NOT NULL" in indexes[name].upper(), name
+            outcomes = db.execute_sql("SELECT attempt, outcome FROM job_attempt ORDER BY attempt").fetchall()
+            assert [tuple(r) for r in outcomes] == [(1, "failed"), (2, "lease_expired")]
+        finally:
+            store.db.close()

@@ -99,8 +99,9 @@ def applied_versions(store: Store) -> set[int]:
     return {row.version for row in m.SchemaMigration.select(m.SchemaMigration.version)}
 
 
-def migrate(store: Store) -> list[int]:
-    """Applies every pending migration; returns the versions applied now."""
+def migrate(store: Store, up_to: int | None = None) -> list[int]:
+    """Applies every pending migration (through version `up_to`, if given); returns the
+    versions applied now."""
     db = store.db
     with store.write():
         if store.is_postgres:
@@ -108,6 +109,8 @@ def migrate(store: Store) -> list[int]:
         db.create_tables([m.SchemaMigration], safe=True)
     applied: list[int] = []
     for migration in MIGRATIONS:
+        if up_to is not None and migration.version > up_to:
+            break
         with store.write() as tx:
             if store.is_postgres:
                 db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
