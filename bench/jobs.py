@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -168,57 +169,69 @@ async def _drive_coordd(
         await asyncio.gather(*(produce(i) for i in range(producers)))
         enqueue_s = time.perf_counter() - started
 
-        done = 0
-        seen: set[str] = set()
-        duplicates = 0
-        errors = 0
-        latencies: list[float] = []
-        wait = job_pb2.ClaimJobsRequest(max_jobs=batch)
-        wait.wait.FromTimedelta(timedelta(seconds=1))
-        output = job_pb2.Payload(data=b"ok")
-
-        async def work(index: int) -> None:
-            nonlocal done, duplicates, errors
-            stub = stubs[index % len(stubs)]
-            meta = (("authorization", f"Bearer {tokens[1 + index]}"),)
-            while done < jobs:
-                claimed = (await stub.ClaimJobs(wait, metadata=meta, timeout=60)).jobs
-                now = time.time()
-                if not claimed:
-                    continue
-                for leased in claimed:
-                    latencies.append(now - leased.job.create_time.ToMicroseconds() / 1e6)
-                    if leased.job.name in seen:
-                        duplicates += 1
-                    seen.add(leased.job.name)
-                reply = await stub.BatchCompleteJobs(
-                    job_pb2.BatchCompleteJobsRequest(
-                        requests=[job_pb2.CompleteJobRequest(lease=x.lease, output=output) for x in claimed]
-                    ),
-                    metadata=meta,
-                    timeout=60,
-                )
-                errors += sum(1 for r in reply.results if r.error_code)
-                done += len(claimed)
-                last_ack[0] = time.perf_counter()
-
-        last_ack = [0.0]
-        server_cpu, client_cpu = _cpu_seconds(server_pid), _cpu_seconds(os.getpid())
-        db_cpu = _postgres_cpu_seconds()
-        started = time.perf_counter()
-        await asyncio.gather(*(work(i) for i in range(len(tokens) - 1)))
-        # Until the last acknowledged completion: idle workers still long-polling at the end
-        # would otherwise add up to one `wait` to the figure.
-        work_s = last_ack[0] - started
-        server_cpu = _cpu_seconds(server_pid) - server_cpu
-        client_cpu = _cpu_seconds(os.getpid()) - client_cpu
-        db_cpu = _postgres_cpu_seconds() - db_cpu
+        drained = await _drain(stubs, tokens[1:], jobs, batch, server_pid)
     finally:
         for channel in channels:
             await channel.close()
     return {
         "enqueue_seconds": round(enqueue_s, 2),
         "enqueue_jobs_per_s": _rate(jobs, enqueue_s),
+        **drained,
+    }
+
+
+async def _drain(
+    stubs: list[job_pb2_grpc.JobServiceStub], tokens: list[str], jobs: int, batch: int, server_pid: int
+) -> dict[str, Any]:
+    """One worker per token: ClaimJobs(max_jobs=batch, wait=1s), then BatchCompleteJobs for
+    the claimed jobs, until `jobs` are done. CPU per job of the server, this process and
+    PostgreSQL is measured over the phase."""
+    done = 0
+    seen: set[str] = set()
+    duplicates = 0
+    errors = 0
+    latencies: list[float] = []
+    wait = job_pb2.ClaimJobsRequest(max_jobs=batch)
+    wait.wait.FromTimedelta(timedelta(seconds=1))
+    output = job_pb2.Payload(data=b"ok")
+    last_ack = [0.0]
+
+    async def work(index: int) -> None:
+        nonlocal done, duplicates, errors
+        stub = stubs[index % len(stubs)]
+        meta = (("authorization", f"Bearer {tokens[index]}"),)
+        while done < jobs:
+            claimed = (await stub.ClaimJobs(wait, metadata=meta, timeout=60)).jobs
+            now = time.time()
+            if not claimed:
+                continue
+            for leased in claimed:
+                latencies.append(now - leased.job.create_time.ToMicroseconds() / 1e6)
+                if leased.job.name in seen:
+                    duplicates += 1
+                seen.add(leased.job.name)
+            reply = await stub.BatchCompleteJobs(
+                job_pb2.BatchCompleteJobsRequest(
+                    requests=[job_pb2.CompleteJobRequest(lease=x.lease, output=output) for x in claimed]
+                ),
+                metadata=meta,
+                timeout=60,
+            )
+            errors += sum(1 for r in reply.results if r.error_code)
+            done += len(claimed)
+            last_ack[0] = time.perf_counter()
+
+    server_cpu, client_cpu = _cpu_seconds(server_pid), _cpu_seconds(os.getpid())
+    db_cpu = _postgres_cpu_seconds()
+    started = time.perf_counter()
+    await asyncio.gather(*(work(i) for i in range(len(tokens))))
+    # Until the last acknowledged completion: idle workers still long-polling at the end
+    # would otherwise add up to one `wait` to the figure.
+    work_s = last_ack[0] - started
+    server_cpu = _cpu_seconds(server_pid) - server_cpu
+    client_cpu = _cpu_seconds(os.getpid()) - client_cpu
+    db_cpu = _postgres_cpu_seconds() - db_cpu
+    return {
         "claim_complete_seconds": round(work_s, 2),
         "claim_complete_jobs_per_s": _rate(jobs, work_s),
         **_latency(latencies),
@@ -226,7 +239,7 @@ async def _drive_coordd(
         "double_claims": duplicates,
         "completion_errors": errors,
         "claim_complete_cpu_ms_per_job": {
-            "coordd_server": round(server_cpu * 1000 / jobs, 3),
+            "server": round(server_cpu * 1000 / jobs, 3),
             "bench_client": round(client_cpu * 1000 / jobs, 3),
             "postgres": round(db_cpu * 1000 / jobs, 3),
         },
@@ -254,6 +267,124 @@ def run_coordd(
         if pg is not None:
             pg.drop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# -- coordd without gRPC ---------------------------------------------------------------------
+
+
+def run_domain_ceiling(jobs: int, workers: int, batch: int, pg_admin_url: str) -> dict[str, Any]:
+    """coordd's claim and batched completion called in-process by `workers` threads, the way
+    the servicer calls them, with no gRPC, auth or protobuf: the ceiling for the server as
+    DESIGN.md prescribes it (peewee on a thread pool, a signed attestation per job)."""
+    import hashlib
+    import threading
+
+    from coordd.domain import jobs as job_domain
+    from coordd.domain.principal import Principal
+
+    data_dir = tempfile.mkdtemp(prefix="coordd-bench-ceiling-")
+    pg = PgDatabase(pg_admin_url, "ceiling")
+    settings = load_settings(
+        None, env={}, data_dir=data_dir, database_url=pg.url, jwt_secret=JWT_SECRET, **FAST_ARGON
+    )
+    rt = Runtime(settings)
+    try:
+        migrate(rt.store)
+        tag = uuid.uuid4().hex[:8]
+        submitter = auth.create_user(
+            rt, f"submit-{tag}@bench.example", "bench-password-1", "", ["participant"], self_service=False
+        )
+        providers = [
+            auth.create_user(
+                rt, f"w{i}-{tag}@bench.example", "bench-password-1", "", ["provider"], self_service=False
+            )
+            for i in range(workers)
+        ]
+        spec = job_domain.make_spec(
+            "inference", "noop", job_domain.Payload(b"{}", "", ""), [], 0, 0, 0, 0, None, None, None, None
+        )
+        for start in range(0, jobs, 1000):
+            with rt.store.write() as tx:
+                job_domain.insert_jobs(tx, submitter.id, [spec] * min(1000, jobs - start))
+        output = job_domain.Payload(b"ok", "", hashlib.sha256(b"ok").hexdigest())
+        done = [0] * workers
+        errors: list[BaseException] = []
+
+        def work(index: int) -> None:
+            who = Principal(providers[index].id, frozenset({"provider"}), "bench")
+            worker = job_domain.Worker(who.user_id, frozenset(), 0)
+            try:
+                while True:
+                    claimed = job_domain.claim(rt, worker, batch)
+                    if not claimed:
+                        return
+                    leases = [job_domain.LeaseRef(x.job.id, x.job.attempt, x.lease_id) for x in claimed]
+                    results = job_domain.complete_many(rt, who, [(lease, output) for lease in leases])
+                    done[index] += sum(1 for r in results if isinstance(r, job_domain.Attestation))
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+            finally:
+                rt.store.close_thread_connection()
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+        process_cpu, db_cpu = time.process_time(), _postgres_cpu_seconds()
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        work_s = time.perf_counter() - started
+        process_cpu, db_cpu = time.process_time() - process_cpu, _postgres_cpu_seconds() - db_cpu
+        if errors:
+            raise errors[0]
+        return {
+            "claim_complete_seconds": round(work_s, 2),
+            "claim_complete_jobs_per_s": _rate(jobs, work_s),
+            "completed": sum(done),
+            "claim_complete_cpu_ms_per_job": {
+                "coordd_domain_in_process": round(process_cpu * 1000 / jobs, 3),
+                "postgres": round(db_cpu * 1000 / jobs, 3),
+            },
+        }
+    finally:
+        rt.close()
+        pg.drop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# -- the gRPC floor ---------------------------------------------------------------------------
+
+
+def run_floor(jobs: int, workers: int, batch: int) -> dict[str, Any]:
+    """The same worker loop against bench/job_floor_server.py (no auth, database or signing)."""
+    port_file = Path(tempfile.mkdtemp(prefix="job-floor-")) / "port"
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "job_floor_server.py"), str(port_file), str(jobs)]
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the floor server did not start")
+            time.sleep(0.05)
+        port = int(port_file.read_text())
+
+        async def drive() -> dict[str, Any]:
+            channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(4)]
+            try:
+                stubs = [job_pb2_grpc.JobServiceStub(c) for c in channels]
+                result = await _drain(stubs, ["floor"] * workers, jobs, batch, proc.pid)
+            finally:
+                for channel in channels:
+                    await channel.close()
+            result["claim_complete_cpu_ms_per_job"].pop("postgres")
+            return result
+
+        return asyncio.run(drive())
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(port_file.parent, ignore_errors=True)
 
 
 # -- pgqueuer -------------------------------------------------------------------------------
@@ -357,6 +488,7 @@ def main() -> None:
     parser.add_argument("--producers", type=int, default=32)
     parser.add_argument("--budget", type=int, default=0, help="per job; >0 exercises the ledger too")
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--no-floor", action="store_true", help="skip the bare gRPC floor run")
     parser.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     from coordd.logging import configure
@@ -375,6 +507,12 @@ def main() -> None:
         out[f"coordd_{backend}"] = run_coordd(
             backend, args.jobs, args.workers, args.producers, args.batch, args.budget, args.pg_admin_url
         )
+    if not args.no_floor:
+        out["grpc_floor"] = run_floor(args.jobs, args.workers, args.batch)
+        if "postgresql" in args.backends.split(","):
+            out["coordd_without_grpc_postgresql"] = run_domain_ceiling(
+                args.jobs, args.workers, args.batch, args.pg_admin_url
+            )
     if "postgresql" in args.backends.split(","):
         out["pgqueuer_postgresql"] = run_pgqueuer(
             args.jobs, args.workers, args.producers, args.batch, args.pg_admin_url

@@ -14,7 +14,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 from coordd.domain import jobs, ledger
-from coordd.store.job_models import Job, JobAttempt
+from coordd.store.job_models import Job, JobAttempt, JobAttestation
 from coordd.store.ledger_models import LedgerAccount
 from coordd_client import attestation as offline
 from coordd_client.v1 import job_pb2, job_pb2_grpc, ledger_pb2, ledger_pb2_grpc
@@ -633,6 +633,27 @@ def test_backoff_grows_exponentially_with_bounded_jitter():
         values = [jobs.backoff_s(attempt, policy, rng) for _ in range(50)]
         assert all(full / 2 <= v <= full for v in values)
         assert len(set(values)) > 1, "jittered"
+
+
+def test_attestations_signed_before_migration_12_are_still_served(env):
+    """Those stored the whole envelope in job_attestation; newer ones only the signature."""
+    job = env.submit(budget=10)
+    [leased] = env.claim(env.worker_a)
+    done = env.complete(env.worker_a, leased.lease, b"out")
+    row = Job.get_by_id(job.name.split("/")[1])
+    JobAttestation.create(
+        job=row.id,
+        payload_type=done.attestation.payload_type,
+        payload=done.attestation.payload,
+        key_id=row.attestation_key_id,
+        signature=row.attestation_sig,
+        create_time=row.finish_time,
+    )
+    Job.update(attestation_sig=None, attestation_key_id="").where(Job.id == row.id).execute()
+    fetched = env.stub.GetAttestation(
+        job_pb2.GetAttestationRequest(name=job.name), metadata=bearer(env.alice)
+    )
+    assert fetched.attestation == done.attestation
 
 
 @pytest.mark.parametrize(

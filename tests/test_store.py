@@ -127,8 +127,11 @@ def test_migration_12_makes_job_indexes_partial_and_keeps_only_unsuccessful_atte
                 JobAttempt.insert(
                     job="j1", attempt=attempt, provider="p", lease_id="l", start_time=0, outcome=outcome
                 ).execute()
+            for column in ("attestation_key_id", "attestation_sig"):  # added by migration 12
+                db.execute_sql(f"ALTER TABLE job DROP COLUMN {column}")
 
             assert 12 in migrate(store)
+            assert {"attestation_key_id", "attestation_sig"} <= {c.name for c in db.get_columns("job")}
 
             if store.is_postgres:
                 rows = db.execute_sql(

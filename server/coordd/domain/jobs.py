@@ -660,66 +660,64 @@ class Attestation:
 def _complete_batch(
     rt: Runtime, tx: Tx, who: Principal, items: list[tuple[LeaseRef, Payload]]
 ) -> list[Attestation | DomainError]:
-    """Records results for many leases with a fixed number of statements: one conditional
-    UPDATE of the jobs (it is the lease check), one attestation insert, one ledger batch and
-    one event, whatever the batch size.
+    """Records results for many leases with a fixed number of statements whatever the batch
+    size: one SELECT ... FOR UPDATE that is the lease check, one UPDATE that records the
+    outputs and signatures, one ledger batch and one event.
 
     A bad lease yields its error without touching anything. A job cancelled while running
     is finalized as cancelled (and refunded) and yields JOB_CANCELLED; that still commits.
     """
     policy = policy_of(rt)
-    purge_time = tx.now + timedelta(seconds=policy.payload_retention_s)
     provider = who.user_id
-    rows = job_queries.succeed_rows(
-        rt.store,
-        tx.now,
-        purge_time,
-        policy.fee_bps,
-        provider,
-        [
-            (lease.job_id, lease.attempt, lease.lease_id, out.data, out.uri, out.sha256)
-            for lease, out in items
-        ],
-    )
-    succeeded = {row[0]: row for row in rows}
+    locked = {
+        row.id: row
+        for row in job_queries.lock_leased(
+            rt.store, provider, [(lease.job_id, lease.attempt, lease.lease_id) for lease, _ in items]
+        )
+    }
     results: list[Attestation | DomainError] = []
     done: list[Attestation] = []
+    successes: list[tuple[str, int, bytes | None, str, str, bytes]] = []
     payments: list[ledger.Entry] = []
+    paid = fees = 0
     sign, key_id = rt.signer.sign, rt.signer.key_id
     for lease, output in items:
-        row = succeeded.pop(lease.job_id, None)
+        row = locked.pop(lease.job_id, None)
         if row is None:
             results.append(_explain_rejected_completion(rt, tx, who, lease, policy))
             continue
-        job_id, submitter, kind, model_ref, input_digest, budget, fee, attempt, start_time = row
         payload = statement_json(
-            job_id,
-            kind,
-            submitter,
-            model_ref,
-            input_digest,
-            attempt,
+            row.id,
+            row.kind,
+            row.submitter,
+            row.model_ref,
+            row.input_digest,
+            row.attempt,
             provider,
-            start_time,
+            row.start_time,
             tx.now,
             output.sha256,
         )
-        attestation = Attestation(job_id, PAYLOAD_TYPE, payload, key_id, sign(pae(PAYLOAD_TYPE, payload)))
+        signature = sign(pae(PAYLOAD_TYPE, payload))
+        fee = platform_fee(row.budget, policy)
+        successes.append((row.id, fee, output.data, output.uri, output.sha256, signature))
+        attestation = Attestation(row.id, PAYLOAD_TYPE, payload, key_id, signature)
         done.append(attestation)
         results.append(attestation)
-        if budget:
+        if row.budget:
             payments.append(
-                ledger.release_entry(submitter, provider, budget, f"jobs/{job_id}", fee, "job.payment")
+                ledger.release_entry(
+                    row.submitter, provider, row.budget, f"jobs/{row.id}", fee, "job.payment"
+                )
             )
+            paid += row.budget - fee
+            fees += fee
     if not done:
         return results
-    job_queries.insert_attestations(
-        rt.store, tx.now, [(a.job_id, a.payload_type, a.payload, a.key_id, a.signature) for a in done]
-    )
+    purge_time = tx.now + timedelta(seconds=policy.payload_retention_s)
+    job_queries.record_successes(rt.store, tx.now, purge_time, key_id, successes)
     ledger.post_many(tx, payments)
     names = [f"jobs/{a.job_id}" for a in done]
-    paid = sum(row[5] - row[6] for row in rows)
-    fees = sum(row[6] for row in rows)
     # One event per batch: its watch keys wake each job's watchers.
     tx.emit(
         "job.succeeded",
@@ -727,6 +725,11 @@ def _complete_batch(
         {"jobs": names, "provider": f"users/{provider}", "paid": paid, "fee": fees, "watch_keys": names},
     )
     return results
+
+
+def platform_fee(budget: int, policy: JobPolicy) -> int:
+    """The platform's share of a payment, rounded down: a budget of 1 at 5% pays no fee."""
+    return budget * policy.fee_bps // 10_000
 
 
 def _explain_rejected_completion(
@@ -874,12 +877,32 @@ def get_attestation(who: Principal, job_id: str) -> Attestation:
     job = Job.get_or_none(Job.id == job_id)
     if job is None or not _visible(who, job):
         raise _not_found(job_id)
-    found = JobAttestation.get_or_none(JobAttestation.job == job_id)
-    if found is None:
+    if job.attestation_sig is not None:
+        return attestation_of(job)
+    legacy = JobAttestation.get_or_none(JobAttestation.job == job_id)
+    if legacy is None:
         raise FailedPrecondition(
             f"jobs/{job_id} has no attestation: it is {job.state}", reason="NOT_ATTESTED"
         )
-    return Attestation.of(found)
+    return Attestation.of(legacy)
+
+
+def attestation_of(job: Job) -> Attestation:
+    """The signed envelope of a succeeded job, its statement rebuilt from the row (see
+    Job.attestation_sig)."""
+    payload = statement_json(
+        job.id,
+        job.kind,
+        job.submitter,
+        job.model_ref,
+        job.input_digest,
+        job.attempt,
+        job.provider,
+        job.start_time,
+        job.finish_time,
+        job.output_digest,
+    )
+    return Attestation(job.id, PAYLOAD_TYPE, payload, job.attestation_key_id, bytes(job.attestation_sig))
 
 
 @dataclass(frozen=True)

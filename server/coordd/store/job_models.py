@@ -64,6 +64,14 @@ class Job(IdModel):
     error = peewee.TextField(default="")
     purge_time = TimestampField(null=True)
     payload_purged = peewee.BooleanField(default=False)
+    # The coordinator's Ed25519 signature over the result statement, and the key that made it
+    # (migration 12). The statement itself is not stored: it is a deterministic function of
+    # this row's columns, none of which change once the job succeeded (domain.jobs.statement_json
+    # rebuilds the signed bytes; a new statement format must keep writing the old one for
+    # rows signed before it). Storing ~700 bytes per job cost more PostgreSQL CPU than the
+    # rest of the completion together.
+    attestation_key_id = peewee.CharField(max_length=64, default="")
+    attestation_sig = peewee.BlobField(null=True)
 
     class Meta:
         indexes = ((("submitter", "id"), False),)
@@ -97,6 +105,9 @@ class JobAttempt(BaseModel):
 
 
 class JobAttestation(BaseModel):
+    """Attestations signed before migration 12, which stored the whole envelope per job; read
+    only for those jobs."""
+
     job = peewee.ForeignKeyField(Job, primary_key=True, on_delete="CASCADE")
     payload_type = peewee.CharField(max_length=100)
     payload = peewee.BlobField()
@@ -133,9 +144,16 @@ _REPLACED_INDEXES = (
 )
 
 
-def lean_indexes(db: peewee.Database) -> None:
-    """Migration 12: partial due-time indexes, no redundant ones, and attempt rows only for
-    attempts that ended without success."""
+def lean_hot_path(db: peewee.Database) -> None:
+    """Migration 12: partial due-time indexes, no redundant ones, attempt rows only for
+    attempts that ended without success, and the attestation signature on the job row."""
+    columns = {c.name for c in db.get_columns("job")}
+    # Created by migration 11 already on installs that started with this model.
+    if "attestation_key_id" not in columns:
+        db.execute_sql("ALTER TABLE job ADD COLUMN attestation_key_id VARCHAR(64) NOT NULL DEFAULT ''")
+    if "attestation_sig" not in columns:
+        blob = "BYTEA" if isinstance(db, peewee.PostgresqlDatabase) else "BLOB"
+        db.execute_sql(f"ALTER TABLE job ADD COLUMN attestation_sig {blob}")
     for name in _REPLACED_INDEXES:
         db.execute_sql(f"DROP INDEX IF EXISTS {name}")
     for name, columns, predicate in _PARTIAL_INDEXES:

@@ -128,67 +128,69 @@ def claim_jobs(
     return [_claimed(r) for r in rows]
 
 
-def succeed_rows(
+class LeasedRow(NamedTuple):
+    """What a result statement and its payment need from a job whose lease was just checked."""
+
+    id: str
+    submitter: str
+    kind: str
+    model_ref: str
+    input_digest: str
+    attempt: int
+    start_time: datetime
+    budget: int
+
+
+def lock_leased(store: Store, provider_id: str, leases: list[tuple[str, int, str]]) -> list[LeasedRow]:
+    """Locks the jobs among `leases` (job id, attempt, lease id) whose lease is still held by
+    `provider_id` with no cancellation pending, in one statement; the others are left alone
+    for the caller to explain. PostgreSQL: FOR UPDATE, so the rows cannot change before the
+    caller's UPDATE; SQLite: the immediate transaction already excludes other writers."""
+    if not leases:
+        return []
+    p = store.db.param
+    integer = "integer" if store.is_postgres else "INTEGER"
+    values = ", ".join([f"({p}, CAST({p} AS {integer}), {p})"] * len(leases))
+    sql = (
+        f"WITH v(id, attempt, lease_id) AS (VALUES {values})"
+        " SELECT job.id, job.submitter, job.kind, job.model_ref, job.input_digest, job.attempt,"
+        " job.start_time, job.budget FROM job JOIN v ON job.id = v.id"
+        " WHERE job.state = 'running' AND job.attempt = v.attempt AND job.lease_id = v.lease_id"
+        f" AND job.provider = {p} AND NOT job.cancel_requested"
+    )
+    if store.is_postgres:
+        sql += " FOR UPDATE OF job"
+    params = [x for lease in leases for x in lease]
+    params.append(provider_id)
+    to_time = TimestampField().python_value
+    return [
+        LeasedRow(r[0], r[1], r[2], r[3], r[4], int(r[5]), to_time(r[6]), int(r[7]))
+        for r in store.db.execute_sql(sql, params).fetchall()
+    ]
+
+
+def record_successes(
     store: Store,
     now: datetime,
     purge_time: datetime,
-    fee_bps: int,
-    provider_id: str,
-    items: list[tuple[str, int, str, bytes | None, str, str]],
-) -> list[tuple[str, str, str, str, str, int, int, int, datetime]]:
-    """Marks many leased jobs succeeded with one conditional UPDATE.
-
-    `items` are (job id, attempt, lease id, output data, output uri, output digest). A row
-    changes only while the lease is still held (running, same attempt and lease id, this
-    provider) and no cancellation is pending; the caller explains the others. Returns
-    (id, submitter, kind, model_ref, input_digest, budget, fee, attempt, start_time) of each
-    job that succeeded.
-    """
-    if not items:
-        return []
-    p = store.db.param
-    blob, integer = ("bytea", "integer") if store.is_postgres else ("BLOB", "INTEGER")
-    row = f"({p}, CAST({p} AS {integer}), {p}, CAST({p} AS {blob}), {p}, {p})"
-    params: list[object] = []
-    for job_id, attempt, lease_id, data, uri, digest in items:
-        params.extend((job_id, attempt, lease_id, data, uri, digest))
-    update = (
-        " UPDATE job SET state = 'succeeded', error = '', progress = 1.0, lease_id = NULL,"
-        " lease_expire_time = NULL, attempt_deadline = NULL, start_deadline = NULL, close_deadline = NULL,"
-        f" finish_time = {p}, purge_time = {p}, fee = job.budget * {p} / 10000,"
-        " output_data = v.data, output_uri = v.uri, output_digest = v.digest"
-        " FROM v WHERE job.id = v.id AND job.state = 'running' AND job.attempt = v.attempt"
-        f" AND job.lease_id = v.lease_id AND job.provider = {p} AND NOT job.cancel_requested"
-        " RETURNING job.id, job.submitter, job.kind, job.model_ref, job.input_digest, job.budget, job.fee,"
-        " job.attempt, job.start_time"
-    )
-    values = f"v(id, attempt, lease_id, data, uri, digest) AS (VALUES {', '.join([row] * len(items))})"
-    params.extend((_to_us(now), _to_us(purge_time), fee_bps, provider_id))
-    rows = store.db.execute_sql(f"WITH {values}{update}", params).fetchall()
-    to_time = TimestampField().python_value
-    return [(r[0], r[1], r[2], r[3], r[4], int(r[5]), int(r[6]), int(r[7]), to_time(r[8])) for r in rows]
-
-
-def _insert_rows(store: Store, table: str, columns: list[str], rows: list[tuple[object, ...]]) -> None:
-    """A multi-row INSERT without the query builder (its per-value cost dominates large
-    batches), as one statement with every value a parameter: the driver interpolates them in
-    C, where psycopg2's execute_values formats each row in Python."""
-    if not rows:
+    key_id: str,
+    results: list[tuple[str, int, bytes | None, str, str, bytes]],
+) -> None:
+    """Marks jobs locked by `lock_leased` succeeded with one UPDATE. `results` are (job id, fee,
+    output data, output uri, output digest, attestation signature)."""
+    if not results:
         return
     p = store.db.param
-    row = f"({', '.join([p] * len(columns))})"
+    blob, integer = ("bytea", "bigint") if store.is_postgres else ("BLOB", "INTEGER")
+    row = f"({p}, CAST({p} AS {integer}), CAST({p} AS {blob}), {p}, {p}, CAST({p} AS {blob}))"
+    params: list[object] = [x for r in results for x in r]
+    params.extend((_to_us(now), _to_us(purge_time), key_id))
     store.db.execute_sql(
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row] * len(rows))}",
-        [value for r in rows for value in r],
-    )
-
-
-def insert_attestations(store: Store, now: datetime, rows: list[tuple[str, str, bytes, str, bytes]]) -> None:
-    """(job id, payload type, payload, key id, signature) for each succeeded job."""
-    now_us = _to_us(now)
-    _insert_rows(
-        store,
-        "job_attestation",
-        ["job_id", "payload_type", "payload", "key_id", "signature", "create_time"],
-        [(*r, now_us) for r in rows],
+        f"WITH v(id, fee, data, uri, digest, sig) AS (VALUES {', '.join([row] * len(results))})"
+        " UPDATE job SET state = 'succeeded', error = '', progress = 1.0, lease_id = NULL,"
+        " lease_expire_time = NULL, attempt_deadline = NULL, start_deadline = NULL, close_deadline = NULL,"
+        f" finish_time = {p}, purge_time = {p}, fee = v.fee, output_data = v.data, output_uri = v.uri,"
+        f" output_digest = v.digest, attestation_key_id = {p}, attestation_sig = v.sig"
+        " FROM v WHERE job.id = v.id",
+        params,
     )

@@ -53,7 +53,9 @@ MIGRATIONS: list[Migration] = [
         _create(ledger_m.LedgerAccount, ledger_m.LedgerEntry, ledger_m.LedgerPosting),
     ),
     Migration(11, "jobs: jobs, labels, attempts, attestations", job_m.create_tables),
-    Migration(12, "jobs: partial due-time indexes, attempt rows only for failures", job_m.lean_indexes),
+    Migration(
+        12, "jobs: partial indexes, failure-only attempt rows, signature on the job", job_m.lean_hot_path
+    ),
     Migration(
         40,
         "competition: competitions, transitions, registrations, entries, results, notifications",
