@@ -926,12 +926,16 @@ class QueueStats:
 
 def queue_stats(rt: Runtime, window_s: float) -> QueueStats:
     now = rt.now()
+    # Each through its partial index: job_claim_order (queued), job_lease_due (running jobs,
+    # and only they, have a lease expiry).
+    queued = Job.select(Job.priority, peewee.fn.COUNT(Job.id).alias("n")).where(Job.state == QUEUED)
+    running = Job.select(Job.priority, peewee.fn.COUNT(Job.id).alias("n")).where(
+        Job.lease_expire_time.is_null(False) & (Job.state == RUNNING)
+    )
     depths = [
-        (r.state, r.priority, r.n)
-        for r in Job.select(Job.state, Job.priority, peewee.fn.COUNT(Job.id).alias("n"))
-        .where(Job.state.in_([QUEUED, RUNNING]))
-        .group_by(Job.state, Job.priority)
-        .order_by(Job.state, Job.priority.desc())
+        (state, r.priority, r.n)
+        for state, query in ((QUEUED, queued), (RUNNING, running))
+        for r in query.group_by(Job.priority).order_by(Job.priority.desc())
     ]
     oldest = (
         Job.select(peewee.fn.MIN(Job.queue_time))

@@ -68,6 +68,14 @@ def _claimed(row: tuple[Any, ...]) -> ClaimedRow:
     )
 
 
+# Candidates must come from walking job_claim_order in order and stop at the LIMIT. Before a
+# queue table's first ANALYZE (a freshly filled queue), the planner believed it nearly empty and
+# chose a bitmap scan of every queued job plus a sort instead: measured, a claim of 100 from a
+# 20,000-job queue took 54 ms instead of 15 ms, and grew with the queue. Transaction-local.
+_ORDERED_SCAN_ONLY = "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off;"
+_PLANNER_DEFAULTS = "RESET enable_bitmapscan; RESET enable_sort"
+
+
 def claim_jobs(
     store: Store,
     now: datetime,
@@ -118,10 +126,11 @@ def claim_jobs(
     set_params: list[object] = [lease_id, provider_id, now_us, now_us, now_us]
     if store.is_postgres:
         sql = (
-            f"WITH c AS ({candidates})"
+            f"{_ORDERED_SCAN_ONLY} WITH c AS ({candidates})"
             f" UPDATE job SET {assignments} FROM c WHERE job.id = c.id RETURNING {_CLAIMED_JOB_COLUMNS}"
         )
         rows = db.execute_sql(sql, [*params, *set_params]).fetchall()
+        db.execute_sql(_PLANNER_DEFAULTS)
     else:
         sql = f"UPDATE job SET {assignments} WHERE id IN ({candidates}) RETURNING {_CLAIMED_COLUMNS}"
         rows = db.execute_sql(sql, [*set_params, *params]).fetchall()
@@ -145,22 +154,25 @@ def lock_leased(store: Store, provider_id: str, leases: list[tuple[str, int, str
     """Locks the jobs among `leases` (job id, attempt, lease id) whose lease is still held by
     `provider_id` with no cancellation pending, in one statement; the others are left alone
     for the caller to explain. PostgreSQL: FOR UPDATE, so the rows cannot change before the
-    caller's UPDATE; SQLite: the immediate transaction already excludes other writers."""
+    caller's UPDATE; SQLite: the immediate transaction already excludes other writers.
+
+    Rows are found by primary key (`id IN (...)`) and the lease compared as one string: a
+    join against a VALUES list let the planner scan every running job instead (measured:
+    PostgreSQL's CPU per job doubled between a 8,000- and a 20,000-job queue)."""
     if not leases:
         return []
     p = store.db.param
-    integer = "integer" if store.is_postgres else "INTEGER"
-    values = ", ".join([f"({p}, CAST({p} AS {integer}), {p})"] * len(leases))
+    concat = "job.id || ':' || job.attempt || ':' || job.lease_id"
     sql = (
-        f"WITH v(id, attempt, lease_id) AS (VALUES {values})"
-        " SELECT job.id, job.submitter, job.kind, job.model_ref, job.input_digest, job.attempt,"
-        " job.start_time, job.budget FROM job JOIN v ON job.id = v.id"
-        " WHERE job.state = 'running' AND job.attempt = v.attempt AND job.lease_id = v.lease_id"
-        f" AND job.provider = {p} AND NOT job.cancel_requested"
+        "SELECT job.id, job.submitter, job.kind, job.model_ref, job.input_digest, job.attempt,"
+        f" job.start_time, job.budget FROM job WHERE job.id IN ({', '.join([p] * len(leases))})"
+        f" AND {concat} IN ({', '.join([p] * len(leases))})"
+        f" AND job.state = 'running' AND job.provider = {p} AND NOT job.cancel_requested"
     )
     if store.is_postgres:
-        sql += " FOR UPDATE OF job"
-    params = [x for lease in leases for x in lease]
+        sql += " FOR UPDATE"
+    params: list[object] = [job_id for job_id, _, _ in leases]
+    params.extend(f"{job_id}:{attempt}:{lease_id}" for job_id, attempt, lease_id in leases)
     params.append(provider_id)
     to_time = TimestampField().python_value
     return [
@@ -177,7 +189,8 @@ def record_successes(
     results: list[tuple[str, int, bytes | None, str, str, bytes]],
 ) -> None:
     """Marks jobs locked by `lock_leased` succeeded with one UPDATE. `results` are (job id, fee,
-    output data, output uri, output digest, attestation signature)."""
+    output data, output uri, output digest, attestation signature). The redundant `id IN`
+    keeps the planner on the primary key (see lock_leased)."""
     if not results:
         return
     p = store.db.param
@@ -191,6 +204,6 @@ def record_successes(
         " lease_expire_time = NULL, attempt_deadline = NULL, start_deadline = NULL, close_deadline = NULL,"
         f" finish_time = {p}, purge_time = {p}, fee = v.fee, output_data = v.data, output_uri = v.uri,"
         f" output_digest = v.digest, attestation_key_id = {p}, attestation_sig = v.sig"
-        " FROM v WHERE job.id = v.id",
-        params,
+        f" FROM v WHERE job.id = v.id AND job.id IN ({', '.join([p] * len(results))})",
+        [*params, *(r[0] for r in results)],
     )
