@@ -337,7 +337,7 @@ def insert_jobs(tx: Tx, submitter_id: str, specs: list[JobSpec]) -> list[Job]:
         jobs.append(job)
     if not jobs:
         return []
-    Job.insert_many([j.__data__ for j in jobs]).execute()
+    job_queries.insert_jobs(jobs)
     labels = [{"job": j.id, "label": label} for j in jobs for label in j.labels]
     if labels:
         JobLabel.insert_many(labels).execute()

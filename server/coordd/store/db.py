@@ -167,11 +167,23 @@ class Store:
             yield
 
     def _store_events(self, tx: Tx) -> None:
-        from coordd.store.models import EventLog
+        """One prepared-text INSERT per event: peewee's query builder cost ~0.3 ms per row,
+        paid by every write that emits an event (most of them)."""
+        from coordd.store.models import JSONField, TimestampField
 
+        if not tx.pending_events:
+            return
+        p = self.db.param
+        sql = f"INSERT INTO event_log (type, subject, data, create_time) VALUES ({p}, {p}, {p}, {p})"
+        created = TimestampField().db_value(tx.now)
+        encode = JSONField().db_value
         for type_, subject, data in tx.pending_events:
-            row = EventLog.create(type=type_, subject=subject, data=data, create_time=tx.now)
-            tx.events.append(Event(row.id, type_, subject, data, tx.now))
+            params = (type_, subject, encode(data), created)
+            if self.is_postgres:
+                event_id = self.db.execute_sql(sql + " RETURNING id", params).fetchone()[0]
+            else:
+                event_id = self.db.execute_sql(sql, params).lastrowid
+            tx.events.append(Event(event_id, type_, subject, data, tx.now))
         tx.pending_events.clear()
 
     def ping(self) -> None:

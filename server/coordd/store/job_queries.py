@@ -8,9 +8,27 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from coordd.store.db import Store
+from coordd.store.job_models import Job
 from coordd.store.models import TimestampField
 
 _to_us = TimestampField().db_value
+_JOB_FIELDS = Job._meta.sorted_fields
+_JOB_INSERT = f"INSERT INTO job ({', '.join(f.column_name for f in _JOB_FIELDS)}) VALUES "
+
+
+def insert_jobs(jobs: list[Job]) -> None:
+    """New job rows in one INSERT whose text depends only on the batch size: peewee's
+    insert_many spent ~0.5 ms building the SQL for one 40-column row, more than the rest of a
+    submission."""
+    if not jobs:
+        return
+    db = Job._meta.database  # the store's database, inside the caller's transaction
+    p = db.param
+    row = f"({', '.join([p] * len(_JOB_FIELDS))})"
+    db.execute_sql(
+        _JOB_INSERT + ", ".join([row] * len(jobs)),
+        [field.db_value(job.__data__.get(field.name)) for job in jobs for field in _JOB_FIELDS],
+    )
 
 
 class ClaimedRow(NamedTuple):
