@@ -144,7 +144,14 @@ def _prepare_coordd(data_dir: str, database_url: str, workers: int, jobs: int, b
 
 
 async def _drive_coordd(
-    port: int, tokens: list[str], jobs: int, producers: int, batch: int, budget: int, server_pid: int = 0
+    port: int,
+    tokens: list[str],
+    jobs: int,
+    producers: int,
+    batch: int,
+    budget: int,
+    server_pid: int = 0,
+    submit_batch: int = 1,
 ) -> dict[str, Any]:
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(4)]
     stubs = [job_pb2_grpc.JobServiceStub(c) for c in channels]
@@ -161,8 +168,13 @@ async def _drive_coordd(
         nonlocal remaining
         stub = stubs[index % len(stubs)]
         while remaining > 0:
-            remaining -= 1
-            await stub.SubmitJob(request, metadata=submit_meta, timeout=60)
+            count = min(submit_batch, remaining)
+            remaining -= count
+            if submit_batch == 1:
+                await stub.SubmitJob(request, metadata=submit_meta, timeout=60)
+            else:
+                batch_request = job_pb2.BatchSubmitJobsRequest(requests=[request] * count)
+                await stub.BatchSubmitJobs(batch_request, metadata=submit_meta, timeout=60)
 
     try:
         started = time.perf_counter()
@@ -247,7 +259,14 @@ async def _drain(
 
 
 def run_coordd(
-    backend: str, jobs: int, workers: int, producers: int, batch: int, budget: int, pg_admin_url: str
+    backend: str,
+    jobs: int,
+    workers: int,
+    producers: int,
+    batch: int,
+    budget: int,
+    pg_admin_url: str,
+    submit_batch: int = 1,
 ) -> dict[str, Any]:
     data_dir = tempfile.mkdtemp(prefix="coordd-bench-jobs-")
     pg = PgDatabase(pg_admin_url, "jobs") if backend == "postgresql" else None
@@ -259,7 +278,9 @@ def run_coordd(
             env["COORDD_DATABASE_URL"] = pg.url
         proc, port, _ = start_coordd(env, data_dir=data_dir)
         try:
-            return asyncio.run(_drive_coordd(port, tokens, jobs, producers, batch, budget, proc.pid))
+            return asyncio.run(
+                _drive_coordd(port, tokens, jobs, producers, batch, budget, proc.pid, submit_batch)
+            )
         finally:
             proc.terminate()
             proc.wait(30)
@@ -390,7 +411,9 @@ def run_floor(jobs: int, workers: int, batch: int) -> dict[str, Any]:
 # -- pgqueuer -------------------------------------------------------------------------------
 
 
-async def _drive_pgqueuer(url: str, jobs: int, workers: int, producers: int, batch: int) -> dict[str, Any]:
+async def _drive_pgqueuer(
+    url: str, jobs: int, workers: int, producers: int, batch: int, submit_batch: int = 1
+) -> dict[str, Any]:
     import asyncpg
     from pgqueuer import AsyncpgDriver, AsyncpgPoolDriver, QueueManager
     from pgqueuer.models import Job
@@ -408,8 +431,12 @@ async def _drive_pgqueuer(url: str, jobs: int, workers: int, producers: int, bat
     async def produce() -> None:
         nonlocal remaining
         while remaining > 0:
-            remaining -= 1
-            await queries.enqueue("noop", b"{}", 0)
+            count = min(submit_batch, remaining)
+            remaining -= count
+            if submit_batch == 1:
+                await queries.enqueue("noop", b"{}", 0)
+            else:
+                await queries.enqueue(["noop"] * count, [b"{}"] * count, [0] * count)
 
     started = time.perf_counter()
     await asyncio.gather(*(produce() for _ in range(producers)))
@@ -469,12 +496,14 @@ async def _drive_pgqueuer(url: str, jobs: int, workers: int, producers: int, bat
     }
 
 
-def run_pgqueuer(jobs: int, workers: int, producers: int, batch: int, pg_admin_url: str) -> dict[str, Any]:
+def run_pgqueuer(
+    jobs: int, workers: int, producers: int, batch: int, pg_admin_url: str, submit_batch: int = 1
+) -> dict[str, Any]:
     import pgqueuer
 
     pg = PgDatabase(pg_admin_url, "pgqueuer")
     try:
-        result = asyncio.run(_drive_pgqueuer(pg.url, jobs, workers, producers, batch))
+        result = asyncio.run(_drive_pgqueuer(pg.url, jobs, workers, producers, batch, submit_batch))
         return {"version": pgqueuer.__version__, **result}
     finally:
         pg.drop()
@@ -489,6 +518,12 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=0, help="per job; >0 exercises the ledger too")
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--no-floor", action="store_true", help="skip the bare gRPC floor run")
+    parser.add_argument(
+        "--submit-batch",
+        type=int,
+        default=1,
+        help="jobs per enqueue call (>1: BatchSubmitJobs / a list enqueue)",
+    )
     parser.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     from coordd.logging import configure
@@ -501,11 +536,19 @@ def main() -> None:
         "batch": args.batch,
         "producers": args.producers,
         "budget": args.budget,
+        "submit_batch": args.submit_batch,
         "cpus": os.cpu_count(),
     }
     for backend in args.backends.split(","):
         out[f"coordd_{backend}"] = run_coordd(
-            backend, args.jobs, args.workers, args.producers, args.batch, args.budget, args.pg_admin_url
+            backend,
+            args.jobs,
+            args.workers,
+            args.producers,
+            args.batch,
+            args.budget,
+            args.pg_admin_url,
+            args.submit_batch,
         )
     if not args.no_floor:
         out["grpc_floor"] = run_floor(args.jobs, args.workers, args.batch)
@@ -515,7 +558,7 @@ def main() -> None:
             )
     if "postgresql" in args.backends.split(","):
         out["pgqueuer_postgresql"] = run_pgqueuer(
-            args.jobs, args.workers, args.producers, args.batch, args.pg_admin_url
+            args.jobs, args.workers, args.producers, args.batch, args.pg_admin_url, args.submit_batch
         )
         ours = out["coordd_postgresql"]["claim_complete_jobs_per_s"]
         theirs = out["pgqueuer_postgresql"]["claim_complete_jobs_per_s"]

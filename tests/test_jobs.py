@@ -175,6 +175,67 @@ def test_submit_with_idempotency_key_is_applied_once(env):
     assert env.balance(env.alice_id) == (9_900, 100)
 
 
+def _submission(**fields) -> job_pb2.SubmitJobRequest:
+    fields.setdefault("kind", job_pb2.JOB_KIND_INFERENCE)
+    fields.setdefault("model_ref", "hf://org/model@1")
+    fields.setdefault("input", job_pb2.Payload(data=b"prompt"))
+    return job_pb2.SubmitJobRequest(**fields)
+
+
+def test_batch_submit_queues_every_job_in_order_and_holds_every_budget(env):
+    reply = env.stub.BatchSubmitJobs(
+        job_pb2.BatchSubmitJobsRequest(
+            requests=[_submission(budget=100), _submission(budget=250, priority=5), _submission(budget=0)]
+        ),
+        metadata=bearer(env.alice),
+    )
+    assert [j.budget for j in reply.jobs] == [100, 250, 0]
+    assert all(j.state == job_pb2.JOB_STATE_QUEUED for j in reply.jobs)
+    assert [env.get(j.name) for j in reply.jobs] == list(reply.jobs)
+    assert env.balance(env.alice_id) == (9_650, 350)
+    claimed = env.claim(env.worker_a, max_jobs=3)
+    assert claimed[0].job.name == reply.jobs[1].name, "priority 5 first"
+    assert {x.job.name for x in claimed} == {j.name for j in reply.jobs}
+
+
+def test_batch_submit_is_all_or_nothing(env):
+    bad = rpc_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        env.stub.BatchSubmitJobs,
+        job_pb2.BatchSubmitJobsRequest(
+            requests=[_submission(budget=1), _submission(model_ref=""), _submission(priority=99)]
+        ),
+        metadata=bearer(env.alice),
+    )
+    assert {"requests[1].model_ref", "requests[2].priority"} <= set(bad.violations)
+    broke = rpc_error(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        env.stub.BatchSubmitJobs,
+        job_pb2.BatchSubmitJobsRequest(requests=[_submission(budget=6_000), _submission(budget=6_000)]),
+        metadata=bearer(env.alice),
+    )
+    assert broke.reason == "INSUFFICIENT_FUNDS"
+    for requests in ([], [_submission()] * 101):
+        rpc_error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            env.stub.BatchSubmitJobs,
+            job_pb2.BatchSubmitJobsRequest(requests=requests),
+            metadata=bearer(env.alice),
+        )
+    assert Job.select().count() == 0
+    assert env.balance(env.alice_id) == (10_000, 0)
+
+
+def test_batch_submit_with_idempotency_key_is_applied_once(env):
+    meta = bearer(env.alice, **{"idempotency-key": "batch-1"})
+    request = job_pb2.BatchSubmitJobsRequest(requests=[_submission(budget=10)] * 4)
+    first = env.stub.BatchSubmitJobs(request, metadata=meta)
+    second = env.stub.BatchSubmitJobs(request, metadata=meta)
+    assert first == second and len(first.jobs) == 4
+    assert Job.select().count() == 4
+    assert env.balance(env.alice_id) == (9_960, 40)
+
+
 def test_jobs_are_private_and_listed_with_filters(env):
     a = env.submit(budget=1)
     b = env.submit(budget=1, kind=job_pb2.JOB_KIND_TRAINING)

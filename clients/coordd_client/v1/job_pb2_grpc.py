@@ -46,6 +46,11 @@ class JobServiceStub:
                 request_serializer=coordd_dot_v1_dot_job__pb2.SubmitJobRequest.SerializeToString,
                 response_deserializer=coordd_dot_v1_dot_job__pb2.SubmitJobResponse.FromString,
                 _registered_method=True)
+        self.BatchSubmitJobs = channel.unary_unary(
+                '/coordd.v1.JobService/BatchSubmitJobs',
+                request_serializer=coordd_dot_v1_dot_job__pb2.BatchSubmitJobsRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_job__pb2.BatchSubmitJobsResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/coordd.v1.JobService/GetJob',
                 request_serializer=coordd_dot_v1_dot_job__pb2.GetJobRequest.SerializeToString,
@@ -127,6 +132,16 @@ class JobServiceServicer:
         """Submits a job. The budget moves from available to held in the same transaction that
         queues the job; without enough funds the call fails with FAILED_PRECONDITION
         (INSUFFICIENT_FUNDS) and nothing is written. Honors `idempotency-key`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchSubmitJobs(self, request, context):
+        """Submits up to 100 jobs in one transaction: all are queued (their budgets held) or none
+        is. Any invalid request fails the call with INVALID_ARGUMENT, its fields prefixed
+        `requests[i].`; without enough funds for all of them, FAILED_PRECONDITION
+        (INSUFFICIENT_FUNDS). Honors `idempotency-key` for the whole batch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -237,6 +252,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     request_deserializer=coordd_dot_v1_dot_job__pb2.SubmitJobRequest.FromString,
                     response_serializer=coordd_dot_v1_dot_job__pb2.SubmitJobResponse.SerializeToString,
             ),
+            'BatchSubmitJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchSubmitJobs,
+                    request_deserializer=coordd_dot_v1_dot_job__pb2.BatchSubmitJobsRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_job__pb2.BatchSubmitJobsResponse.SerializeToString,
+            ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
                     request_deserializer=coordd_dot_v1_dot_job__pb2.GetJobRequest.FromString,
@@ -337,6 +357,33 @@ class JobService:
             '/coordd.v1.JobService/SubmitJob',
             coordd_dot_v1_dot_job__pb2.SubmitJobRequest.SerializeToString,
             coordd_dot_v1_dot_job__pb2.SubmitJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchSubmitJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.JobService/BatchSubmitJobs',
+            coordd_dot_v1_dot_job__pb2.BatchSubmitJobsRequest.SerializeToString,
+            coordd_dot_v1_dot_job__pb2.BatchSubmitJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

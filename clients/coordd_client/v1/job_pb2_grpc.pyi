@@ -45,6 +45,12 @@ class JobServiceStub:
     queues the job; without enough funds the call fails with FAILED_PRECONDITION
     (INSUFFICIENT_FUNDS) and nothing is written. Honors `idempotency-key`.
     """
+    BatchSubmitJobs: _grpc.UnaryUnaryMultiCallable[_job_pb2.BatchSubmitJobsRequest, _job_pb2.BatchSubmitJobsResponse]
+    """Submits up to 100 jobs in one transaction: all are queued (their budgets held) or none
+    is. Any invalid request fails the call with INVALID_ARGUMENT, its fields prefixed
+    `requests[i].`; without enough funds for all of them, FAILED_PRECONDITION
+    (INSUFFICIENT_FUNDS). Honors `idempotency-key` for the whole batch.
+    """
     GetJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.GetJobRequest, _job_pb2.GetJobResponse]
     """A job, with its attempts. Visible to its submitter, its provider and admins."""
     ListJobs: _grpc.UnaryUnaryMultiCallable[_job_pb2.ListJobsRequest, _job_pb2.ListJobsResponse]
@@ -100,6 +106,12 @@ class JobServiceAsyncStub(JobServiceStub):
     """Submits a job. The budget moves from available to held in the same transaction that
     queues the job; without enough funds the call fails with FAILED_PRECONDITION
     (INSUFFICIENT_FUNDS) and nothing is written. Honors `idempotency-key`.
+    """
+    BatchSubmitJobs: _aio.UnaryUnaryMultiCallable[_job_pb2.BatchSubmitJobsRequest, _job_pb2.BatchSubmitJobsResponse]  # type: ignore[assignment]
+    """Submits up to 100 jobs in one transaction: all are queued (their budgets held) or none
+    is. Any invalid request fails the call with INVALID_ARGUMENT, its fields prefixed
+    `requests[i].`; without enough funds for all of them, FAILED_PRECONDITION
+    (INSUFFICIENT_FUNDS). Honors `idempotency-key` for the whole batch.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_job_pb2.GetJobRequest, _job_pb2.GetJobResponse]  # type: ignore[assignment]
     """A job, with its attempts. Visible to its submitter, its provider and admins."""
@@ -159,6 +171,18 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Submits a job. The budget moves from available to held in the same transaction that
         queues the job; without enough funds the call fails with FAILED_PRECONDITION
         (INSUFFICIENT_FUNDS) and nothing is written. Honors `idempotency-key`.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchSubmitJobs(
+        self,
+        request: _job_pb2.BatchSubmitJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.BatchSubmitJobsResponse, _abc.Awaitable[_job_pb2.BatchSubmitJobsResponse]]:
+        """Submits up to 100 jobs in one transaction: all are queued (their budgets held) or none
+        is. Any invalid request fails the call with INVALID_ARGUMENT, its fields prefixed
+        `requests[i].`; without enough funds for all of them, FAILED_PRECONDITION
+        (INSUFFICIENT_FUNDS). Honors `idempotency-key` for the whole batch.
         """
 
     @_abc_1.abstractmethod

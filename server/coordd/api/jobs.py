@@ -250,8 +250,42 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
 
     async def SubmitJob(self, request: job_pb2.SubmitJobRequest, context: Any) -> job_pb2.SubmitJobResponse:
         who = require_user()
-        r = request
-        spec = jobs.make_spec(
+        spec = self._spec(request)
+        # Shielded: if the caller goes away mid-transaction, the hand-over still completes
+        # (or the job is put back) instead of leaving a job leased to a waiter nobody told.
+        task = asyncio.ensure_future(self._submit(who, spec))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        job = await asyncio.shield(task)
+        return job_pb2.SubmitJobResponse(job=job_to_proto(job))
+
+    async def BatchSubmitJobs(
+        self, request: job_pb2.BatchSubmitJobsRequest, context: Any
+    ) -> job_pb2.BatchSubmitJobsResponse:
+        who = require_user()
+        if not 1 <= len(request.requests) <= jobs.MAX_SUBMIT_BATCH:
+            raise InvalidArgument(
+                f"requests: 1..{jobs.MAX_SUBMIT_BATCH} submissions",
+                violations=[FieldViolation("requests", f"1..{jobs.MAX_SUBMIT_BATCH} items")],
+            )
+        specs: list[jobs.JobSpec] = []
+        violations: list[FieldViolation] = []
+        for i, item in enumerate(request.requests):
+            try:
+                specs.append(self._spec(item))
+            except InvalidArgument as exc:
+                violations.extend(
+                    FieldViolation(f"requests[{i}].{v.field}", v.description) for v in exc.violations
+                )
+        if violations:
+            detail = "; ".join(f"{v.field}: {v.description}" for v in violations)
+            raise InvalidArgument(f"the request has invalid fields: {detail}", violations=violations)
+        # No hand-over to waiting workers: the queue event wakes them and they claim in bulk.
+        queued = await self.rt.run(jobs.submit_many, self.rt, who, specs)
+        return job_pb2.BatchSubmitJobsResponse(jobs=[job_to_proto(job) for job in queued])
+
+    def _spec(self, r: job_pb2.SubmitJobRequest) -> jobs.JobSpec:
+        return jobs.make_spec(
             _KINDS.get(r.kind, ""),
             r.model_ref,
             payload_from_proto(r.input, r.HasField("input")),
@@ -266,13 +300,6 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
             _ms(r.schedule_to_close_timeout, r.HasField("schedule_to_close_timeout")),
             jobs.policy_of(self.rt),
         )
-        # Shielded: if the caller goes away mid-transaction, the hand-over still completes
-        # (or the job is put back) instead of leaving a job leased to a waiter nobody told.
-        task = asyncio.ensure_future(self._submit(who, spec))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        job = await asyncio.shield(task)
-        return job_pb2.SubmitJobResponse(job=job_to_proto(job))
 
     async def _submit(self, who: Principal, spec: jobs.JobSpec) -> Job:
         waiter = self.dispatcher.take(spec.labels, spec.gpus)
