@@ -8,6 +8,7 @@ from datetime import UTC
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 
 from coordd.api import ceremony as ceremony_api
 from coordd.domain import ceremony as rules
@@ -85,11 +86,24 @@ def test_scheduler_opens_and_closes_at_their_times_and_early_joiners_queue(serve
     assert cer.join(ceremony, alice).status == S.Value("PARTICIPANT_STATUS_CREATED")
     updated = cer.stub.UpdateCeremony(
         pb.UpdateCeremonyRequest(
-            ceremony=pb.Ceremony(name=ceremony.name, title="Renamed"), update_mask=["title"]
+            ceremony=pb.Ceremony(name=ceremony.name, title="Renamed"),
+            update_mask=field_mask_pb2.FieldMask(paths=["title"]),
         ),
         metadata=bearer(cer.coordinator),
     ).ceremony
     assert updated.title == "Renamed"
+    for paths, field in (([], "update_mask"), (["title", "state"], "update_mask.paths[1]")):
+        bad = rpc_error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            cer.stub.UpdateCeremony,
+            pb.UpdateCeremonyRequest(
+                ceremony=pb.Ceremony(name=ceremony.name, title="Not applied"),
+                update_mask=field_mask_pb2.FieldMask(paths=paths),
+            ),
+            metadata=bearer(cer.coordinator),
+        )
+        assert field in bad.violations
+    assert cer.get(ceremony.name).title == "Renamed"
     cer.tick()
     assert cer.get(ceremony.name).state == pb.CEREMONY_STATE_SCHEDULED
     clock.advance(121)
@@ -100,7 +114,10 @@ def test_scheduler_opens_and_closes_at_their_times_and_early_joiners_queue(serve
     failure = rpc_error(
         grpc.StatusCode.FAILED_PRECONDITION,
         cer.stub.UpdateCeremony,
-        pb.UpdateCeremonyRequest(ceremony=pb.Ceremony(name=ceremony.name, title="x"), update_mask=["title"]),
+        pb.UpdateCeremonyRequest(
+            ceremony=pb.Ceremony(name=ceremony.name, title="x"),
+            update_mask=field_mask_pb2.FieldMask(paths=["title"]),
+        ),
         metadata=bearer(cer.coordinator),
     )
     assert failure.reason == "CEREMONY_STATE"

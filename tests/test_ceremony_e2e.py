@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 
 from coordd_client.transcript import file_hash, verify_transcript
 from coordd_client.v1 import ceremony_pb2 as pb
@@ -142,7 +142,7 @@ def test_a_real_snarkjs_ceremony_end_to_end(tmp_path):
         stub.UpdateCeremony(
             pb.UpdateCeremonyRequest(
                 ceremony=pb.Ceremony(name=ceremony.name, start_time=_ts(datetime.now(UTC))),
-                update_mask=["start_time"],
+                update_mask=field_mask_pb2.FieldMask(paths=["start_time"]),
             ),
             metadata=md,
         )

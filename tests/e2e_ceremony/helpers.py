@@ -110,7 +110,7 @@ class Ceremonies:
         self.stub.UpdateCeremony(
             pb.UpdateCeremonyRequest(
                 ceremony=pb.Ceremony(name=ceremony.name, start_time=stamp(self.server, 0)),
-                update_mask=["start_time"],
+                update_mask={"paths": ["start_time"]},
             ),
             metadata=bearer(self.coordinator),
         )

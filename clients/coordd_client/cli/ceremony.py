@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 
 from coordd_client import contributions as transfers
 from coordd_client import transcript as transcript_check
@@ -391,7 +391,7 @@ def _update(ctx: Context, args: argparse.Namespace) -> int:
         print("error: nothing to update", file=sys.stderr)
         return 2
     updated = ctx.client.ceremony.UpdateCeremony(
-        pb.UpdateCeremonyRequest(ceremony=ceremony, update_mask=mask)
+        pb.UpdateCeremonyRequest(ceremony=ceremony, update_mask=field_mask_pb2.FieldMask(paths=mask))
     )
     emit(ctx, updated.ceremony, f"{updated.ceremony.name} updated ({', '.join(mask)})")
     return 0

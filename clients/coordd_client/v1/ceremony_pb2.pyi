@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -765,16 +766,16 @@ class UpdateCeremonyRequest(_message.Message):
         """`name` identifies the ceremony; the fields listed in update_mask are replaced."""
 
     @_builtins.property
-    def update_mask(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Paths among: title, description, start_time, end_time, timeout, verifier."""
 
     def __init__(
         self,
         *,
         ceremony: Global___Ceremony | None = ...,
-        update_mask: _abc.Iterable[_builtins.str] | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ceremony", b"ceremony"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ceremony", b"ceremony", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["ceremony", b"ceremony", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...

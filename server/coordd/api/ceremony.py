@@ -328,7 +328,7 @@ class CeremonyServicer(ceremony_pb2_grpc.CeremonyServiceServicer):
     ) -> pb.UpdateCeremonyResponse:
         who = require_user()
         cid = parse_name(request.ceremony.name, "ceremonies", "ceremony.name")
-        mask = list(request.update_mask)
+        mask = list(request.update_mask.paths)
         spec = spec_from_proto(request.ceremony, set(mask))
         c = await self.rt.run(ceremony.update_ceremony, self.rt, who, cid, spec, mask)
         return pb.UpdateCeremonyResponse(ceremony=ceremony_to_proto(c))

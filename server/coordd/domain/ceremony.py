@@ -345,7 +345,7 @@ def update_ceremony(
         v.add("update_mask", "name at least one field")
     for index, path in enumerate(mask):
         if path not in UPDATABLE:
-            v.add(f"update_mask[{index}]", f"not updatable (one of: {', '.join(UPDATABLE)})")
+            v.add(f"update_mask.paths[{index}]", f"not updatable (one of: {', '.join(UPDATABLE)})")
     v.raise_if_any()
     fields = set(mask)
     with rt.store.write() as tx:
