@@ -4,6 +4,8 @@ with retries and backoff, dedup by incident, inhibition and the delivery log."""
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 import pytest
@@ -12,6 +14,7 @@ from coordd.notify import outbox, webhook
 from coordd.store.node_models import Incident
 from coordd_client.v1 import node_pb2
 from tests.helpers import rpc_error
+from tests.support.server import ServerHandle
 from tests.test_node_helpers import Fleet, Receiver, serve
 
 
@@ -164,3 +167,95 @@ def test_mass_outage_sends_one_project_alert_instead_of_per_node_ones(srv, clock
         fleet.up(key)
     fleet.run(outbox.deliver_due)
     assert [b["type"] for b in receiver.bodies()] == ["project.mass_outage", "project.mass_outage_resolved"]
+
+
+# -- webhook targets: no way into the daemon's own network unless allowed -------------------------
+
+
+@pytest.fixture
+def public_only(settings_factory, clock):
+    handle = ServerHandle(
+        settings_factory(scheduler_enabled=False, webhook_allow_private_networks=False), clock
+    )
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.1.2.3/hook",
+        "http://[::1]:9000/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://localhost:8080/hook",
+        "https://api.localhost/hook",
+        "http://0.0.0.0/hook",
+    ],
+)
+def test_webhook_channels_to_non_public_addresses_are_refused(public_only, url):
+    fleet = Fleet(public_only)
+    failure = rpc_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        fleet.stub.CreateChannel,
+        node_pb2.CreateChannelRequest(display_name="internal", url=url),
+        metadata=fleet.md,
+    )
+    assert "webhook_allow_private_networks" in failure.violations["url"]
+    channels = fleet.stub.ListChannels(node_pb2.ListChannelsRequest(), metadata=fleet.md).channels
+    assert list(channels) == []
+
+
+def test_webhook_channel_to_a_public_name_is_accepted(public_only):
+    """Names are not resolved when a channel is created: DNS is checked at each delivery."""
+    fleet = Fleet(public_only)
+    created = fleet.stub.CreateChannel(
+        node_pb2.CreateChannelRequest(display_name="ops", url="https://hooks.example.com/coordd"),
+        metadata=fleet.md,
+    )
+    assert created.channel.url == "https://hooks.example.com/coordd"
+
+
+def test_webhook_delivery_refuses_an_address_that_is_not_public():
+    """A name may resolve to a private address after its channel was accepted (or a channel
+    may predate the setting): the resolved address is checked before connecting."""
+    target = Receiver()
+    try:
+        for url in (target.url, target.url.replace("127.0.0.1", "localhost")):
+            outcome = webhook.post(url, "s" * 32, "{}", "node.down", "d1", allow_private_networks=False)
+            assert not outcome.ok and outcome.status_code == 0
+            assert outcome.error.startswith("refused:") and "not a public address" in outcome.error
+        assert target.requests == []
+        allowed = webhook.post(target.url, "s" * 32, "{}", "node.down", "d2", allow_private_networks=True)
+        assert allowed.ok and len(target.requests) == 1
+    finally:
+        target.close()
+
+
+def test_webhook_redirects_are_not_followed():
+    """A receiver answering 3xx cannot bounce the daemon to another address."""
+    inner = Receiver()
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(307)
+            self.send_header("Location", inner.url)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    outer = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=outer.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{outer.server_address[1]}/hook"
+        outcome = webhook.post(url, "s" * 32, "{}", "node.down", "d1", allow_private_networks=True)
+        assert not outcome.ok and outcome.status_code == 307 and outcome.error == "HTTP 307"
+        assert inner.requests == []
+    finally:
+        outer.shutdown()
+        outer.server_close()
+        inner.close()

@@ -57,6 +57,11 @@ class Settings:
     scheduler_enabled: bool = True
     scheduler_lease_s: float = 10.0
     health_check_interval_s: float = 2.0
+    # Webhook channels may point at loopback, private, link-local or other non-public addresses
+    # (checked when a channel is created and again, on the resolved address, at each delivery).
+    # Off by default: a channel owner must not be able to make the daemon POST into its own
+    # network (cloud metadata endpoints, admin ports). Turn on for receivers on a private network.
+    webhook_allow_private_networks: bool = False
     # Ed25519 coordinator key; empty: generated into data_dir/coordinator.key (0600).
     signing_key_path: str = ""
     # Jobs: platform fee on each payment (basis points), retries, payload retention.

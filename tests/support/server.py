@@ -34,6 +34,8 @@ FAST_TEST_SETTINGS: dict[str, Any] = {
     "db_threads": 8,
     # Tests also touch the database from their own threads, beside the daemon's pool.
     "db_pool_size": 48,
+    # Webhook receivers in tests listen on 127.0.0.1; test_webhook_* turn this off again.
+    "webhook_allow_private_networks": True,
 }
 
 

@@ -50,11 +50,19 @@ def create_channel(
         v.add("display_name", "required")
     elif len(display_name) > 100:
         v.add("display_name", "at most 100 characters")
-    parsed = urlparse(url)
+    try:
+        parsed = urlparse(url)
+        parsed.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        parsed = urlparse("")
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         v.add("url", "must be an http:// or https:// URL")
     elif len(url) > 2000:
         v.add("url", "at most 2000 characters")
+    elif not rt.settings.webhook_allow_private_networks:
+        refused = webhook.refused_host(parsed.hostname)
+        if refused:
+            v.add("url", f"{refused} (webhook_allow_private_networks is off)")
     if secret and not 16 <= len(secret) <= 200:
         v.add("secret", "16 to 200 characters")
     for index, kind in enumerate(event_types):
@@ -225,6 +233,13 @@ def deliver_due(rt: Runtime, batch: int = 50) -> int:
     for delivery, channel in claimed:
         if channel.delete_time is not None:
             continue
-        outcome = webhook.post(channel.url, channel.secret, delivery.body, delivery.event_type, delivery.id)
+        outcome = webhook.post(
+            channel.url,
+            channel.secret,
+            delivery.body,
+            delivery.event_type,
+            delivery.id,
+            rt.settings.webhook_allow_private_networks,
+        )
         _record(rt, delivery, outcome)
     return len(claimed)
