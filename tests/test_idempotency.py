@@ -111,6 +111,57 @@ def test_a_key_still_running_elsewhere_gets_aborted(settings_factory, clock):
         server.stop()
 
 
+def test_a_call_that_committed_before_the_server_died_is_never_run_twice(settings_factory, clock):
+    """The crash window between the call's commit and the stored response: the record was
+    marked applied in the call's own transaction, so the retry does not execute again."""
+    from coordd.domain import auth
+    from coordd.domain.principal import Principal
+
+    server = ServerHandle(settings_factory(idempotency_wait_s=0.2), clock)
+    try:
+        user_id, token = server.make_user("participant")
+        method = "/coordd.v1.AuthService/CreateApiKey"
+        request = auth_pb2.CreateApiKeyRequest(display_name="k")
+        digest = idempotency.request_hash(method, request.SerializeToString(deterministic=True))
+        assert idempotency.claim(server.rt, user_id, "crashy", method, digest).action == "run"
+        # The first call's handler commits its change, then the process dies before `complete`.
+        marker = idempotency.PENDING.set(idempotency.PendingKey(user_id, "crashy"))
+        try:
+            who = Principal(user_id, frozenset({"participant"}), "token")
+            auth.create_api_key(server.rt, who, "k", [], None)
+        finally:
+            idempotency.PENDING.reset(marker)
+        assert IdempotencyRecord.get().state == "applied"
+        meta = bearer(token, **{"idempotency-key": "crashy"})
+        busy = rpc_error(grpc.StatusCode.ABORTED, server.auth.CreateApiKey, request, metadata=meta)
+        assert busy.reason == "IDEMPOTENCY_KEY_IN_USE", "the holder may still be storing its response"
+        clock.advance(server.settings.idempotency_stale_s + 1)
+        lost = rpc_error(
+            grpc.StatusCode.FAILED_PRECONDITION, server.auth.CreateApiKey, request, metadata=meta
+        )
+        assert lost.reason == "IDEMPOTENCY_RESPONSE_LOST"
+        assert ApiKey.select().count() == 1, "not executed a second time"
+    finally:
+        server.stop()
+
+
+def test_a_completed_call_marks_its_record_applied_in_its_own_transaction(server):
+    """Observed from inside the call: by the time the response is stored, the record had been
+    applied by the same commit as the API key (the replay test shows the final state)."""
+    seen: list[str] = []
+    _, token = server.make_user("participant")
+
+    def spy(tx) -> None:  # runs inside every write transaction, after mark_applied
+        record = IdempotencyRecord.get_or_none(IdempotencyRecord.key == "observed")
+        if record is not None and ApiKey.select().count() == 1:
+            seen.append(record.state)
+
+    server.rt.store.before_commit(spy)
+    _create_key(server, token, "observed")
+    assert seen[0] == "applied"
+    assert IdempotencyRecord.get().state == "done"
+
+
 def test_bad_idempotency_key_is_invalid_argument(server):
     _, token = server.make_user("participant")
     failure = rpc_error(grpc.StatusCode.INVALID_ARGUMENT, _create_key, server, token, "x" * 200)

@@ -31,6 +31,7 @@ from coordd.domain.errors import Unavailable
 from coordd.events.bus import EventBus, make_bus
 from coordd.events.notify import Notifier
 from coordd.store.db import Store, utcnow
+from coordd.store.idempotency_marks import mark_applied
 from coordd.store.ids import new_id
 
 P = ParamSpec("P")
@@ -48,6 +49,8 @@ class Runtime:
         self.store = Store(settings, clock)
         self.bus: EventBus = make_bus(self.instance_id, settings.redis_url, settings.redis_prefix)
         self.store.on_commit(self.bus.publish_threadsafe)
+        # A keyed call's first committed change also marks its idempotency record applied.
+        self.store.before_commit(mark_applied)
         self.notifier = Notifier(self.bus)
         self.executor = ThreadPoolExecutor(max_workers=settings.db_threads, thread_name_prefix="coordd-db")
         data_dir = settings.data_dir

@@ -428,12 +428,16 @@ class IdempotencyInterceptor(WrappingInterceptor):
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.25)
+        # The call's first committed write marks the record applied in the same transaction.
+        token = idem.PENDING.set(idem.PendingKey(scope, key))
         try:
             response = await call(request, context)
         except BaseException:
+            idem.PENDING.reset(token)
             # A failure is not a result: free the key so a retry runs again.
             await asyncio.shield(rt.run(idem.release, rt, scope, key))
             raise
+        idem.PENDING.reset(token)
         data = response.SerializeToString()
         await asyncio.shield(rt.run(idem.complete, rt, scope, key, data))
         return data

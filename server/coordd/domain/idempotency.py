@@ -1,8 +1,12 @@
 """Idempotency records: the first result of a keyed mutating call, replayed on retry.
 
-A record is claimed (state `running`) before the call executes and filled with the
-serialized response when it succeeds. A failed call deletes its claim, so a retry
-re-executes. Records are scoped per caller and kept for `idempotency_retention_s`.
+A record is claimed (state `running`) before the call executes, marked `applied` by the
+call's first committed write in that same transaction (store.idempotency_marks), and filled
+with the serialized response (`done`) when the call returns. A failed call deletes its
+record, so a retry re-executes. A retry that finds a `running` record whose holder is
+presumed dead takes it over (nothing was committed); one that finds an `applied` record
+whose holder died gets IDEMPOTENCY_RESPONSE_LOST rather than a second execution. Records
+are scoped per caller and kept for `idempotency_retention_s`.
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ from datetime import timedelta
 
 import peewee
 
-from coordd.domain.errors import InvalidArgument, Violations
+from coordd.domain.errors import FailedPrecondition, InvalidArgument, Violations
 from coordd.runtime import Runtime
+from coordd.store.idempotency_marks import APPLIED, DONE, PENDING, RUNNING, PendingKey
+
+__all__ = ["PENDING", "Claim", "PendingKey", "check_key", "claim", "complete", "release", "request_hash"]
 from coordd.store.models import IdempotencyRecord
 
 MAX_KEY_LENGTH = 128
-RUNNING = "running"
-DONE = "done"
 
 
 @dataclass(frozen=True)
@@ -94,12 +99,19 @@ def claim(rt: Runtime, scope: str, key: str, method: str, digest: str) -> Claim:
                 )
             if record.state == DONE:
                 return Claim("replay", bytes(record.response or b""))
-            if record.locked_until <= tx.now:
-                # The first caller died mid-call: the retry takes the key over.
-                record.locked_until = tx.now + timedelta(seconds=s.idempotency_stale_s)
-                record.save()
-                return Claim("run")
-            return Claim("wait")
+            if record.locked_until > tx.now:
+                return Claim("wait")  # the first call is still running
+            if record.state == APPLIED:
+                raise FailedPrecondition(
+                    "the first call with this idempotency-key was applied, but the server stopped"
+                    " before storing its response; read the resource to see the result",
+                    reason="IDEMPOTENCY_RESPONSE_LOST",
+                    metadata={"idempotency_key": key, "first_method": record.method},
+                )
+            # The first caller died before committing anything: the retry takes the key over.
+            record.locked_until = tx.now + timedelta(seconds=s.idempotency_stale_s)
+            record.save()
+            return Claim("run")
     except peewee.IntegrityError:
         # A concurrent first call inserted the record between our read and insert.
         return Claim("wait")
@@ -113,11 +125,13 @@ def complete(rt: Runtime, scope: str, key: str, response: bytes) -> None:
 
 
 def release(rt: Runtime, scope: str, key: str) -> None:
+    """The call failed: its error is not a result to replay, so a retry runs it again (also
+    when it had committed part of its work before failing, as before the applied mark)."""
     with rt.store.write():
         IdempotencyRecord.delete().where(
             (IdempotencyRecord.scope == scope)
             & (IdempotencyRecord.key == key)
-            & (IdempotencyRecord.state == RUNNING)
+            & (IdempotencyRecord.state.in_([RUNNING, APPLIED]))
         ).execute()
 
 

@@ -123,6 +123,7 @@ class Store:
         database_proxy.initialize(self.db)
         self._write_lock = threading.Lock() if self.backend == "sqlite" else None
         self._on_commit: list[Callable[[list[Event]], None]] = []
+        self._before_commit: list[Callable[[Tx], None]] = []
         self._local = threading.local()
 
     @property
@@ -131,6 +132,11 @@ class Store:
 
     def on_commit(self, callback: Callable[[list[Event]], None]) -> None:
         self._on_commit.append(callback)
+
+    def before_commit(self, callback: Callable[[Tx], None]) -> None:
+        """`callback(tx)` runs inside every outermost write transaction, last, so what it
+        writes commits (or rolls back) with the transaction's own changes."""
+        self._before_commit.append(callback)
 
     @contextmanager
     def write(self) -> Iterator[Tx]:
@@ -149,11 +155,11 @@ class Store:
             if self._write_lock is not None:
                 with self._write_lock, self.db.atomic("IMMEDIATE"):
                     yield tx
-                    self._store_events(tx)
+                    self._finish(tx)
             else:
                 with self.db.atomic():
                     yield tx
-                    self._store_events(tx)
+                    self._finish(tx)
         finally:
             self._local.tx = None
         if tx.events:
@@ -165,6 +171,11 @@ class Store:
         """A consistent snapshot for multi-query reads."""
         with self.db.atomic():
             yield
+
+    def _finish(self, tx: Tx) -> None:
+        self._store_events(tx)
+        for callback in self._before_commit:
+            callback(tx)
 
     def _store_events(self, tx: Tx) -> None:
         """One prepared-text INSERT per event: peewee's query builder cost ~0.3 ms per row,
