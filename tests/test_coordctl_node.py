@@ -55,59 +55,65 @@ def _wait_status(client, node: str, status: int, timeout: float = 20) -> bool:
     return False
 
 
+def _register_node(daemon: Daemon, tmp_path, slug: str) -> tuple[coordd_client.Client, str, str, str]:
+    """An operator's project with a fast health policy and one node registered through
+    `coordctl login` + `coordctl node register`; returns (operator client, node name, node key,
+    operator API key)."""
+    operator = _operator_key(daemon)
+    client = coordd_client.connect(daemon.target, api_key=operator)
+    policy = node_pb2.HealthPolicy(
+        heartbeat_interval=duration_pb2.Duration(nanos=250_000_000),
+        misses=2,
+        grace=duration_pb2.Duration(nanos=500_000_000),
+        successes_before_up=2,
+    )
+    project = client.node.CreateProject(
+        node_pb2.CreateProjectRequest(display_name="Fleet", slug=slug, health_policy=policy)
+    ).project
+    # Registering a node takes the operator's login, not an API key (node keys are API keys).
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
+        "COORDCTL_PASSWORD": PASSWORD,
+    }
+    login = subprocess.run(
+        [COORDCTL, "--target", daemon.target, "login", "--email", "ops@example.com"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert login.returncode == 0, login.stderr
+    registered = subprocess.run(
+        [
+            COORDCTL,
+            "--json",
+            "node",
+            "register",
+            "--project",
+            project.name,
+            "--name",
+            "box-1",
+            "--label",
+            "zone=a",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert registered.returncode == 0, registered.stderr
+    reply = json.loads(registered.stdout)
+    assert reply["node"]["inventory"]["cpu_cores"] == os.cpu_count()
+    return client, reply["node"]["name"], reply["api_key_secret"], operator
+
+
 @pytest.mark.parametrize("mode", ["unary", "stream"])
 def test_agent_keeps_the_node_up_and_its_death_is_detected(tmp_path, mode):
     daemon = Daemon(tmp_path / "data").wait_ready()
     agents: list[subprocess.Popen[str]] = []
     try:
-        operator = _operator_key(daemon)
-        client = coordctl_client = coordd_client.connect(daemon.target, api_key=operator)
-        policy = node_pb2.HealthPolicy(
-            heartbeat_interval=duration_pb2.Duration(nanos=250_000_000),
-            misses=2,
-            grace=duration_pb2.Duration(nanos=500_000_000),
-            successes_before_up=2,
-        )
-        project = client.node.CreateProject(
-            node_pb2.CreateProjectRequest(display_name="Fleet", slug=f"fleet-{mode}", health_policy=policy)
-        ).project
-        # Registering a node takes the operator's login, not an API key (node keys are API keys).
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
-            "COORDCTL_PASSWORD": PASSWORD,
-        }
-        login = subprocess.run(
-            [COORDCTL, "--target", daemon.target, "login", "--email", "ops@example.com"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        )
-        assert login.returncode == 0, login.stderr
-        registered = subprocess.run(
-            [
-                COORDCTL,
-                "--json",
-                "node",
-                "register",
-                "--project",
-                project.name,
-                "--name",
-                "box-1",
-                "--label",
-                "zone=a",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        )
-        assert registered.returncode == 0, registered.stderr
-        reply = json.loads(registered.stdout)
-        node, key = reply["node"]["name"], reply["api_key_secret"]
-        assert reply["node"]["inventory"]["cpu_cores"] == os.cpu_count()
-
+        client, node, key, _ = _register_node(daemon, tmp_path, f"fleet-{mode}")
         extra = ("--stream",) if mode == "stream" else ()
         agents.append(_agent(daemon, key, *extra))
         assert _wait_status(client, node, node_pb2.HEALTH_STATUS_UP), "agent beats bring the node UP"
@@ -120,9 +126,60 @@ def test_agent_keeps_the_node_up_and_its_death_is_detected(tmp_path, mode):
         out, _ = agents[-1].communicate(timeout=15)
         assert agents[-1].returncode == 0
         assert '"agent stopped"' in out
-        coordctl_client.close()
+        client.close()
     finally:
         for agent in agents:
             if agent.poll() is None:
                 agent.kill()
         daemon.stop()
+
+
+@pytest.mark.parametrize("mode", ["unary", "stream"])
+def test_agent_rides_out_a_daemon_kill_and_restart(tmp_path, mode):
+    """The daemon is SIGKILLed under a running agent and restarted on the same address: the
+    agent logs the outage, backs off, reconnects on its own and the node beats again."""
+    data = tmp_path / "data"
+    first = Daemon(data).wait_ready()
+    second: Daemon | None = None
+    agent = None
+    try:
+        client, node, key, operator = _register_node(first, tmp_path, f"restart-{mode}")
+        client.close()
+        agent = _agent(first, key, *(("--stream",) if mode == "stream" else ()))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if _last_beat(first, node, operator) is not None:
+                break
+            time.sleep(0.1)
+        first.stop()  # SIGKILL
+        time.sleep(1.0)  # the agent now fails at least one beat
+        second = Daemon(data, "--listen", first.target).wait_ready()
+        restarted = time.time()
+        beat = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            beat = _last_beat(second, node, operator)
+            if beat is not None and beat > restarted:
+                break
+            time.sleep(0.1)
+        assert beat is not None and beat > restarted, "the agent beats the restarted daemon"
+        assert agent.poll() is None, "the agent kept running through the outage"
+        agent.send_signal(signal.SIGTERM)
+        out, err = agent.communicate(timeout=15)
+        assert agent.returncode == 0, err
+        events = [json.loads(line)["event"] for line in out.splitlines() if line.startswith("{")]
+        assert "daemon unreachable; retrying" in events
+        assert events[-1] == "agent stopped"
+    finally:
+        if agent is not None and agent.poll() is None:
+            agent.kill()
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def _last_beat(daemon: Daemon, node: str, operator_key: str) -> float | None:
+    """The node's last heartbeat time, as the daemon reports it to the operator."""
+    with coordd_client.connect(daemon.target, api_key=operator_key, timeout=5, retries=0) as client:
+        got = client.node.GetNode(node_pb2.GetNodeRequest(name=node)).node
+    return got.last_heartbeat_time.ToDatetime().timestamp() if got.HasField("last_heartbeat_time") else None
