@@ -58,25 +58,37 @@ def refused_host(host: str) -> str:
     return f"{host} is not a public address" if literal else ""
 
 
+def _connect_any(addresses: list[str], port: int, timeout: float) -> socket.socket:
+    """The first of the checked addresses that accepts, in resolver order (as
+    socket.create_connection does with a name)."""
+    failure: OSError = OSError(f"no address to connect to (port {port})")
+    for address in addresses:
+        try:
+            return socket.create_connection((address, port), timeout)
+        except OSError as exc:
+            failure = exc
+    raise failure
+
+
 class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """Connects to the address that was checked, not to whatever the name resolves to next
+    """Connects to the addresses that were checked, not to whatever the name resolves to next
     (DNS rebinding); the Host header still carries the name."""
 
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+    def __init__(self, host: str, port: int, addresses: list[str], timeout: float) -> None:
         super().__init__(host, port, timeout=timeout)
-        self._address = address
+        self._addresses = addresses
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = _connect_any(self._addresses, self.port, self.timeout)
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+    def __init__(self, host: str, port: int, addresses: list[str], timeout: float) -> None:
         super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self._address = address
+        self._addresses = addresses
 
     def connect(self) -> None:
-        raw = socket.create_connection((self._address, self.port), self.timeout)
+        raw = _connect_any(self._addresses, self.port, self.timeout)
         # The certificate is verified against the name, as for any HTTPS request.
         self.sock = self._context.wrap_socket(raw, server_hostname=self.host)
 
@@ -110,7 +122,7 @@ def post(
                 " (webhook_allow_private_networks is off)",
             )
     connection_type = _PinnedHTTPSConnection if https else _PinnedHTTPConnection
-    connection = connection_type(host, port, addresses[0], TIMEOUT_S)
+    connection = connection_type(host, port, list(dict.fromkeys(addresses)), TIMEOUT_S)
     target = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
     try:
         connection.request(
