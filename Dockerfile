@@ -5,7 +5,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY server ./server
 COPY clients ./clients
-RUN pip install . && useradd --system --home /data coordd && mkdir -p /data && chown coordd /data
+RUN pip install . && useradd --system --home /data coordd && mkdir -p /data /keys && chown coordd /data /keys
 USER coordd
 ENV COORDD_DATA_DIR=/data COORDD_LISTEN=0.0.0.0:50051 COORDD_LOG_FORMAT=json
 EXPOSE 50051 9100

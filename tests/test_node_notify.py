@@ -9,8 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 import pytest
+from cryptography.exceptions import InvalidTag
 
 from coordd.notify import outbox, webhook
+from coordd.notify.models import Channel
 from coordd.store.node_models import Incident
 from coordd_client.v1 import node_pb2
 from tests.helpers import rpc_error
@@ -262,3 +264,65 @@ def test_webhook_redirects_are_not_followed():
         outer.shutdown()
         outer.server_close()
         inner.close()
+
+
+# -- channel secrets are sealed at rest ----------------------------------------------------------
+
+
+def test_channel_secrets_are_sealed_in_the_database_and_still_sign(srv, receiver):
+    fleet = Fleet(srv)
+    created = fleet.stub.CreateChannel(
+        node_pb2.CreateChannelRequest(display_name="ops", url=receiver.url, secret="s" * 40),
+        metadata=fleet.md,
+    )
+    row = Channel.get_by_id(created.channel.name.split("/")[1])
+    assert row.secret.startswith("sealed:v1:") and "s" * 40 not in row.secret
+    # A sealed value is bound to its channel: copied onto another row it does not open.
+    other = Channel.create(
+        owner=fleet.owner_id,
+        display_name="copy",
+        url=receiver.url,
+        secret=row.secret,
+        create_time=srv.rt.now(),
+    )
+    with pytest.raises(InvalidTag):
+        srv.rt.sealer.open(other.secret, f"notify_channels/{other.id}/secret")
+    assert srv.rt.sealer.open(row.secret, f"notify_channels/{row.id}/secret") == "s" * 40
+
+
+def test_a_channel_stored_before_sealing_still_delivers(srv, clock):
+    """Rows written before migration 22 hold the secret as is: read as is, and still signing."""
+    fleet = Fleet(srv)
+    target = Receiver()
+    try:
+        legacy = Channel.create(
+            owner=fleet.owner_id,
+            display_name="old",
+            url=target.url,
+            secret="p" * 32,
+            create_time=srv.rt.now(),
+        )
+        with srv.rt.store.write() as tx:
+            assert outbox.enqueue(tx, {fleet.owner_id}, "node.down", "legacy-1", {"node": "nodes/x"}) == 1
+        assert fleet.run(outbox.deliver_due) == 1
+        [(headers, body)] = target.requests
+        assert webhook.verify("p" * 32, body, headers["x-coordd-signature"])
+        assert Channel.get_by_id(legacy.id).secret == "p" * 32
+    finally:
+        target.close()
+
+
+def test_sealing_round_trips_and_detects_tampering(tmp_path):
+    from coordd.crypto.sealing import Sealer
+
+    sealer = Sealer.load_or_create(tmp_path / "secrets.key")
+    sealed = sealer.seal("webhook key ✓", "ctx-a")
+    assert sealed != sealer.seal("webhook key ✓", "ctx-a"), "a fresh nonce each time"
+    assert Sealer.load_or_create(tmp_path / "secrets.key").open(sealed, "ctx-a") == "webhook key ✓"
+    tampered = sealed[:-4] + ("AAAA" if not sealed.endswith("AAAA") else "BBBB")
+    for value, context in ((tampered, "ctx-a"), (sealed, "ctx-b")):
+        with pytest.raises(InvalidTag):
+            sealer.open(value, context)
+    with pytest.raises(InvalidTag):
+        Sealer(b"k" * 32).open(sealed, "ctx-a")
+    assert (tmp_path / "secrets.key").stat().st_mode & 0o777 == 0o600

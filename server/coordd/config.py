@@ -64,6 +64,9 @@ class Settings:
     webhook_allow_private_networks: bool = False
     # Ed25519 coordinator key; empty: generated into data_dir/coordinator.key (0600).
     signing_key_path: str = ""
+    # AES-256 key sealing webhook secrets in the database; empty: data_dir/secrets.key (0600).
+    # Replicas must share it, like the signing key.
+    sealing_key_path: str = ""
     # Jobs: platform fee on each payment (basis points), retries, payload retention.
     job_fee_bps: int = 500
     job_default_max_attempts: int = 3

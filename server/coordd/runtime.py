@@ -24,6 +24,7 @@ import peewee
 from coordd import __version__
 from coordd.config import Settings
 from coordd.crypto.passwords import Passwords
+from coordd.crypto.sealing import Sealer
 from coordd.crypto.secrets import load_or_create
 from coordd.crypto.signing import Signer
 from coordd.crypto.tokens import AccessTokens
@@ -63,6 +64,7 @@ class Runtime:
         )
         key_path = Path(settings.signing_key_path or Path(data_dir) / "coordinator.key")
         self.signer = Signer.load_or_create(key_path)
+        self.sealer = Sealer.load_or_create(Path(settings.sealing_key_path or Path(data_dir) / "secrets.key"))
         # Set when shutdown starts: streams end with UNAVAILABLE, loops stop.
         self.stopping = asyncio.Event()
         self.open_streams = 0

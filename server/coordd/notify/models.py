@@ -15,8 +15,9 @@ class Channel(IdModel):
     owner = peewee.ForeignKeyField(User, backref="notify_channels", on_delete="CASCADE")
     display_name = peewee.CharField(max_length=100)
     url = peewee.CharField(max_length=2000)
-    # The HMAC key has to be kept to sign; it is never returned after creation.
-    secret = peewee.CharField(max_length=200)
+    # The HMAC key has to be kept to sign; it is never returned after creation, and stored
+    # sealed (crypto.sealing, bound to the channel id) since migration 22.
+    secret = peewee.CharField(max_length=512)
     event_types = JSONField(default=list)
     create_time = TimestampField()
     delete_time = TimestampField(null=True)
@@ -44,3 +45,9 @@ class Delivery(IdModel):
         table_name = "notify_deliveries"
         # Dedup: one delivery per channel and key, however often the change is replayed.
         indexes = ((("channel", "dedup_key"), True),)
+
+
+def widen_secret(db: peewee.Database) -> None:
+    """Migration 22: room for sealed secrets (SQLite does not enforce VARCHAR lengths)."""
+    if isinstance(db, peewee.PostgresqlDatabase):
+        db.execute_sql("ALTER TABLE notify_channels ALTER COLUMN secret TYPE VARCHAR(512)")

@@ -42,6 +42,10 @@ def backoff_s(attempts: int) -> float:
 # -- channels --------------------------------------------------------------------------
 
 
+def _secret_context(channel_id: str) -> str:
+    return f"notify_channels/{channel_id}/secret"
+
+
 def create_channel(
     rt: Runtime, who: Principal, display_name: str, url: str, secret: str, event_types: list[str]
 ) -> tuple[Channel, str]:
@@ -70,12 +74,14 @@ def create_channel(
             v.add(f"event_types[{index}]", "a dotted event type such as node.down")
     v.raise_if_any()
     secret = secret or secrets.token_urlsafe(32)
+    channel_id = new_id()
     with rt.store.write() as tx:
         channel = Channel.create(
+            id=channel_id,
             owner=who.user_id,
             display_name=display_name,
             url=url,
-            secret=secret,
+            secret=rt.sealer.seal(secret, _secret_context(channel_id)),
             event_types=sorted(set(event_types)),
             create_time=tx.now,
         )
@@ -235,7 +241,7 @@ def deliver_due(rt: Runtime, batch: int = 50) -> int:
             continue
         outcome = webhook.post(
             channel.url,
-            channel.secret,
+            rt.sealer.open(channel.secret, _secret_context(channel.id)),
             delivery.body,
             delivery.event_type,
             delivery.id,

@@ -1,0 +1,43 @@
+"""Secrets the daemon must keep readable (webhook signing keys) sealed at rest with AES-256-GCM.
+
+A copy of the database (a backup, a replica, a stolen dump) then does not carry what it takes
+to forge a coordd webhook; the key lives in the data dir (`secrets.key`, 0600) or at
+`sealing_key_path`, outside the database, and replicas must share it like the signing key.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from coordd.crypto.secrets import load_or_create
+
+_PREFIX = "sealed:v1:"
+
+
+class Sealer:
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise ValueError("the sealing key must be 32 bytes")
+        self._aead = AESGCM(key)
+
+    def seal(self, plaintext: str, context: str) -> str:
+        """`context` (e.g. what the secret belongs to) is authenticated, not stored: a sealed
+        value copied onto another row does not open there."""
+        nonce = os.urandom(12)
+        sealed = self._aead.encrypt(nonce, plaintext.encode(), context.encode())
+        return _PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode()
+
+    def open(self, stored: str, context: str) -> str:
+        """The plaintext; values stored before sealing existed are returned as they are."""
+        if not stored.startswith(_PREFIX):
+            return stored
+        raw = base64.urlsafe_b64decode(stored[len(_PREFIX) :])
+        return self._aead.decrypt(raw[:12], raw[12:], context.encode()).decode()
+
+    @staticmethod
+    def load_or_create(path: Path) -> Sealer:
+        return Sealer(load_or_create(path))
