@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
 from coordd.api.convert import duration, parse_name, ts
 from coordd.domain import jobs
@@ -50,21 +50,28 @@ def _ms(value: duration_pb2.Duration, present: bool) -> int | None:
     return value.seconds * 1000 + value.nanos // 1_000_000
 
 
-def _ms_duration(ms: int) -> duration_pb2.Duration | None:
-    return duration_pb2.Duration(seconds=ms // 1000, nanos=ms % 1000 * 1_000_000) if ms else None
+# Sub-messages below are built as dicts: protobuf builds those in place, where a message
+# passed as a keyword argument is copied (measured: 12.8 -> 5.5 us per leased job).
+
+
+def _ms_duration(ms: int) -> dict[str, int] | None:
+    return {"seconds": ms // 1000, "nanos": ms % 1000 * 1_000_000} if ms else None
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    """convert.ts without FromDatetime's generality: a claim reply converts several per job."""
+def _ts(value: datetime | None) -> dict[str, int] | None:
+    """convert.ts without FromDatetime's generality: job replies convert several per job."""
     if value is None:
         return None
     delta = value - _EPOCH
-    return timestamp_pb2.Timestamp(
-        seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000
-    )
+    return {"seconds": delta.days * 86400 + delta.seconds, "nanos": delta.microseconds * 1000}
+
+
+def _us_ts(us: int) -> dict[str, int]:
+    seconds, micros = divmod(us, 1_000_000)
+    return {"seconds": seconds, "nanos": micros * 1000}
 
 
 def payload_from_proto(payload: job_pb2.Payload, present: bool) -> jobs.Payload | None:
@@ -74,14 +81,14 @@ def payload_from_proto(payload: job_pb2.Payload, present: bool) -> jobs.Payload 
     return jobs.Payload(payload.data if source == "data" else None, payload.uri, payload.sha256)
 
 
-def _payload(data: bytes | None, uri: str, digest: str, purged: bool) -> job_pb2.Payload | None:
+def _payload(data: bytes | None, uri: str, digest: str, purged: bool) -> dict[str, Any] | None:
     if not digest:
         return None
-    out = job_pb2.Payload(sha256=digest, purged=purged)
+    out: dict[str, Any] = {"sha256": digest, "purged": purged}
     if uri:
-        out.uri = uri
+        out["uri"] = uri
     elif data is not None:
-        out.data = bytes(data)
+        out["data"] = bytes(data)
     return out
 
 
@@ -92,7 +99,7 @@ def job_to_proto(job: Job, attempts: list[Any] | None = None) -> job_pb2.Job:
         kind=_KIND_PROTO.get(job.kind, job_pb2.JOB_KIND_UNSPECIFIED),
         model_ref=job.model_ref,
         input=_payload(job.input_data, job.input_uri, job.input_digest, job.payload_purged),
-        requirements=job_pb2.Capabilities(labels=job.labels or [], gpus=job.gpus),
+        requirements={"labels": job.labels or [], "gpus": job.gpus},
         budget=job.budget,
         priority=job.priority,
         max_attempts=job.max_attempts,
@@ -111,14 +118,14 @@ def job_to_proto(job: Job, attempts: list[Any] | None = None) -> job_pb2.Job:
         cancel_requested=job.cancel_requested,
         output=_payload(job.output_data, job.output_uri, job.output_digest, job.payload_purged),
         attempts=[
-            job_pb2.JobAttempt(
-                attempt=a.attempt,
-                provider=f"users/{a.provider}",
-                start_time=_ts(a.start_time),
-                end_time=_ts(a.end_time),
-                outcome=a.outcome,
-                error=a.error,
-            )
+            {
+                "attempt": a.attempt,
+                "provider": f"users/{a.provider}",
+                "start_time": _ts(a.start_time),
+                "end_time": _ts(a.end_time),
+                "outcome": a.outcome,
+                "error": a.error,
+            }
             for a in attempts or []
         ],
         error=job.error,
@@ -138,23 +145,12 @@ def attestation_to_proto(att: jobs.Attestation, with_json: bool = True) -> job_p
     return out
 
 
-def _us_ts(us: int) -> dict[str, int]:
-    seconds, micros = divmod(us, 1_000_000)
-    return {"seconds": seconds, "nanos": micros * 1000}
-
-
-def _ms_dict(ms: int) -> dict[str, int] | None:
-    return {"seconds": ms // 1000, "nanos": ms % 1000 * 1_000_000} if ms else None
-
-
 _RUNNING = job_pb2.JOB_STATE_RUNNING
 
 
 def leased_to_proto(leased: jobs.Leased) -> job_pb2.LeasedJob:
     """The claim reply for one job, straight from the claimed row: a claimed job is running,
-    has no result, no error and no finish time yet, so only the rest is set. Sub-messages
-    are given as dicts, which protobuf builds in place; given as messages they are copied
-    (this halved the cost of a 100-job claim reply)."""
+    has no result, no error and no finish time yet, so only the rest is set."""
     row = leased.job
     name = f"jobs/{row.id}"
     source: dict[str, Any] = {"sha256": row.input_digest, "purged": row.payload_purged}
@@ -179,10 +175,10 @@ def leased_to_proto(leased: jobs.Leased) -> job_pb2.LeasedJob:
             "budget": row.budget,
             "priority": row.priority,
             "max_attempts": row.max_attempts,
-            "schedule_to_start_timeout": _ms_dict(row.schedule_to_start_ms),
-            "start_to_close_timeout": _ms_dict(row.start_to_close_ms),
-            "heartbeat_timeout": _ms_dict(row.heartbeat_ms),
-            "schedule_to_close_timeout": _ms_dict(row.schedule_to_close_ms),
+            "schedule_to_start_timeout": _ms_duration(row.schedule_to_start_ms),
+            "start_to_close_timeout": _ms_duration(row.start_to_close_ms),
+            "heartbeat_timeout": _ms_duration(row.heartbeat_ms),
+            "schedule_to_close_timeout": _ms_duration(row.schedule_to_close_ms),
             "state": _RUNNING,
             "attempt": row.attempt,
             "provider": f"users/{row.provider}",
