@@ -36,7 +36,6 @@ from coordd.domain.principal import Principal
 from coordd.runtime import Runtime
 from coordd.store import job_queries
 from coordd.store.db import Tx
-from coordd.store.ids import new_id
 from coordd.store.job_models import Job, JobAttempt, JobAttestation, JobLabel
 from coordd.store.models import TimestampField
 from coordd.store.paging import Page, PageRequest, keyset_page
@@ -293,8 +292,7 @@ def insert_jobs(tx: Tx, submitter_id: str, specs: list[JobSpec]) -> list[Job]:
     jobs: list[Job] = []
     for spec in specs:
         lease_ms = min(spec.heartbeat_ms, spec.start_to_close_ms or spec.heartbeat_ms)
-        job = Job(
-            id=new_id(),
+        job = Job(  # the id comes from the model's default (new_id), generated once
             submitter=submitter_id,
             kind=spec.kind,
             model_ref=spec.model_ref,
