@@ -671,8 +671,14 @@ def test_queue_stats(env, clock):
     env.complete(env.worker_a, leased.lease)
     [leased] = env.claim(env.worker_a)
     env.stub.FailJob(job_pb2.FailJobRequest(lease=leased.lease, error="x"), metadata=bearer(env.worker_a))
+    env.submit(budget=1, priority=2)
+    [running] = env.claim(env.worker_b)
+    assert running.job.priority == 2
     stats = env.stub.GetQueueStats(job_pb2.GetQueueStatsRequest(), metadata=bearer(env.alice))
-    assert [(d.state, d.priority, d.count) for d in stats.depths] == [(job_pb2.JOB_STATE_QUEUED, 0, 1)]
+    assert [(d.state, d.priority, d.count) for d in stats.depths] == [
+        (job_pb2.JOB_STATE_QUEUED, 0, 1),
+        (job_pb2.JOB_STATE_RUNNING, 2, 1),
+    ]
     assert stats.oldest_queued_age.seconds >= 2
     assert (stats.succeeded, stats.failed) == (1, 1) and stats.success_rate == pytest.approx(0.5)
     assert stats.throughput_per_second == pytest.approx(2 / 60)
