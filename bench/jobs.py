@@ -300,8 +300,8 @@ def run_domain_ceiling(jobs: int, workers: int, batch: int, pg_admin_url: str) -
     import hashlib
     import threading
 
+    from coordd.core.principal import Principal
     from coordd.domain import jobs as job_domain
-    from coordd.domain.principal import Principal
 
     data_dir = tempfile.mkdtemp(prefix="coordd-bench-ceiling-")
     pg = PgDatabase(pg_admin_url, "ceiling")

@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import percentile, start_coordd
 
 from coordd.config import load_settings
+from coordd.core.principal import Principal
 from coordd.domain import competition
-from coordd.domain.principal import Principal
 from coordd.runtime import Runtime
 from coordd.store.competition_models import Competition, Registration
 from coordd.store.migrations import migrate

@@ -11,8 +11,8 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from coordd.api import ceremony as ceremony_api
+from coordd.core.principal import Principal
 from coordd.domain import ceremony as rules
-from coordd.domain.principal import Principal
 from coordd.store.ceremony_models import Circuit, Participant
 from coordd_client.transcript import verify_transcript
 from coordd_client.v1 import ceremony_pb2 as pb

@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import grpc
 import pytest
 
+from coordd.core.principal import Principal
 from coordd.domain import competition as rules
-from coordd.domain.principal import Principal
 from coordd.notify import outbox, webhook
 from coordd.notify.models import Delivery
 from coordd.store.competition_models import Competition, CompetitionNotification

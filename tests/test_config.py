@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from coordd.config import ConfigError, load_settings
-from coordd.store.ids import is_id, new_id
+from coordd.core.ids import is_id, new_id
 
 
 def test_layers_in_order(tmp_path):

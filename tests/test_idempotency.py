@@ -114,8 +114,8 @@ def test_a_key_still_running_elsewhere_gets_aborted(settings_factory, clock):
 def test_a_call_that_committed_before_the_server_died_is_never_run_twice(settings_factory, clock):
     """The crash window between the call's commit and the stored response: the record was
     marked applied in the call's own transaction, so the retry does not execute again."""
+    from coordd.core.principal import Principal
     from coordd.domain import auth
-    from coordd.domain.principal import Principal
 
     server = ServerHandle(settings_factory(idempotency_wait_s=0.2), clock)
     try:

@@ -771,7 +771,7 @@ def test_no_double_claim_8_workers_x_500_jobs(env):
     with rt.store.write() as tx:
         ledger.deposit(tx, env.alice_id, 4_000, "bulk")
         jobs.insert_jobs(tx, env.alice_id, [spec] * (8 * 500))
-    from coordd.domain.principal import Principal
+    from coordd.core.principal import Principal
 
     claimed: list[list[tuple[str, int]]] = [[] for _ in range(8)]
     errors: list[BaseException] = []

@@ -7,8 +7,8 @@ import threading
 import grpc
 import pytest
 
+from coordd.core.errors import FailedPrecondition, InvalidArgument
 from coordd.domain import ledger
-from coordd.domain.errors import FailedPrecondition, InvalidArgument
 from coordd.store.ledger_models import LedgerAccount, LedgerEntry, LedgerPosting
 from coordd_client.v1 import ledger_pb2, ledger_pb2_grpc
 from tests.helpers import rpc_error

@@ -27,10 +27,10 @@ from coordd.api.ledger import LedgerServicer
 from coordd.api.node import NodeServicer
 from coordd.api.status import StatusServicer
 from coordd.config import Settings
+from coordd.core.clock import utcnow
 from coordd.runtime import Runtime
 from coordd.scheduler.core import Elector, PostgresElector, Scheduler
 from coordd.scheduler.tasks import all_tasks
-from coordd.store.db import utcnow
 from coordd.store.lock import FileLock
 from coordd.store.migrations import migrate
 from coordd_client.v1 import (

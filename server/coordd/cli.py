@@ -48,8 +48,8 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _create_user(args: argparse.Namespace) -> int:
+    from coordd.core.principal import Principal, parse_roles
     from coordd.domain import auth
-    from coordd.domain.principal import Principal, parse_roles
     from coordd.runtime import Runtime
     from coordd.store.migrations import migrate
 
@@ -117,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from coordd.app import StartupError
-    from coordd.domain.errors import DomainError
+    from coordd.core.errors import DomainError
     from coordd.store.lock import DataDirLocked
 
     try:

@@ -23,17 +23,18 @@ import peewee
 
 from coordd import __version__
 from coordd.config import Settings
+from coordd.core.clock import utcnow
+from coordd.core.errors import Unavailable
+from coordd.core.ids import new_id
 from coordd.crypto.passwords import Passwords
 from coordd.crypto.sealing import Sealer
 from coordd.crypto.secrets import load_or_create
 from coordd.crypto.signing import Signer
 from coordd.crypto.tokens import AccessTokens
-from coordd.domain.errors import Unavailable
 from coordd.events.bus import EventBus, make_bus
 from coordd.events.notify import Notifier
-from coordd.store.db import Store, utcnow
+from coordd.store.db import Store
 from coordd.store.idempotency_marks import mark_applied
-from coordd.store.ids import new_id
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -13,10 +13,10 @@ import grpc
 
 from coordd.app import App
 from coordd.config import Settings, load_settings
+from coordd.core.clock import utcnow
+from coordd.core.principal import parse_roles
 from coordd.domain import auth
-from coordd.domain.principal import parse_roles
 from coordd.runtime import Runtime
-from coordd.store.db import utcnow
 from coordd_client.v1 import auth_pb2, auth_pb2_grpc, status_pb2_grpc
 
 T = TypeVar("T")

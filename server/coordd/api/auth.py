@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from coordd.api.convert import from_ts, parse_name, roles_from_proto, roles_to_proto, ts
+from coordd.core.paging import PageRequest
+from coordd.core.principal import parse_roles, require_user
 from coordd.domain import auth
-from coordd.domain.principal import parse_roles, require_user
 from coordd.runtime import Runtime
 from coordd.store.models import ApiKey, User
-from coordd.store.paging import PageRequest
 from coordd_client.v1 import auth_pb2, auth_pb2_grpc
 
 

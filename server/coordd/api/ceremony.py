@@ -24,11 +24,13 @@ from typing import Any
 from google.protobuf import duration_pb2
 
 from coordd.api.convert import duration, from_ts, parse_name, ts
+from coordd.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
+from coordd.core.events import Event
+from coordd.core.paging import PageRequest
+from coordd.core.principal import require_user
 from coordd.domain import ceremony
 from coordd.domain import ceremony_verify as verify
 from coordd.domain.ceremony_timeouts import estimated_wait
-from coordd.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
-from coordd.domain.principal import require_user
 from coordd.events.notify import keys_of
 from coordd.runtime import Runtime
 from coordd.store.ceremony_models import (
@@ -42,8 +44,6 @@ from coordd.store.ceremony_models import (
     Circuit,
     Contribution,
 )
-from coordd.store.db import Event
-from coordd.store.paging import PageRequest
 from coordd_client.v1 import ceremony_pb2 as pb
 from coordd_client.v1 import ceremony_pb2_grpc
 

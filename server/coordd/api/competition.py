@@ -9,12 +9,12 @@ from datetime import datetime
 from typing import Any
 
 from coordd.api.convert import duration, from_ts, parse_name, ts
+from coordd.core.errors import FieldViolation, InvalidArgument, Violations
+from coordd.core.paging import PageRequest
+from coordd.core.principal import require_user
 from coordd.domain import competition as comp_rules
-from coordd.domain.errors import FieldViolation, InvalidArgument, Violations
-from coordd.domain.principal import require_user
 from coordd.runtime import Runtime
 from coordd.store.competition_models import CompetitionEntry
-from coordd.store.paging import PageRequest
 from coordd_client.v1 import competition_pb2, competition_pb2_grpc
 
 # Streams re-read the competition at least this often, even without events.

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from coordd.domain.errors import FieldViolation, InvalidArgument
+from coordd.core.errors import FieldViolation, InvalidArgument
 from coordd_client.v1 import common_pb2
 
 _ROLE_PREFIX = "ROLE_"

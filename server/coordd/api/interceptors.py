@@ -22,9 +22,7 @@ from google.protobuf.message import Message
 
 from coordd import metrics
 from coordd.api.errors import status_for
-from coordd.domain import auth as auth_rules
-from coordd.domain import idempotency as idem
-from coordd.domain.errors import (
+from coordd.core.errors import (
     Aborted,
     DomainError,
     FieldViolation,
@@ -34,7 +32,9 @@ from coordd.domain.errors import (
     Unauthenticated,
     Unavailable,
 )
-from coordd.domain.principal import ANONYMOUS, caller, current_principal
+from coordd.core.principal import ANONYMOUS, caller, current_principal
+from coordd.domain import auth as auth_rules
+from coordd.domain import idempotency as idem
 from coordd.runtime import Runtime
 from coordd_client.v1 import common_pb2, options_pb2
 

@@ -13,12 +13,12 @@ import structlog
 from google.protobuf import duration_pb2
 
 from coordd.api.convert import duration, parse_name, ts
+from coordd.core.errors import DomainError, FieldViolation, InvalidArgument, Unavailable, Violations
+from coordd.core.paging import PageRequest
+from coordd.core.principal import Principal, require_user
 from coordd.domain import jobs
-from coordd.domain.errors import DomainError, FieldViolation, InvalidArgument, Unavailable, Violations
-from coordd.domain.principal import Principal, require_user
 from coordd.runtime import Runtime
 from coordd.store.job_models import Job
-from coordd.store.paging import PageRequest
 from coordd_client.attestation import envelope_json
 from coordd_client.v1 import job_pb2, job_pb2_grpc
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from coordd.api.convert import parse_name, ts
+from coordd.core.paging import PageRequest
+from coordd.core.principal import require_user
 from coordd.domain import ledger
-from coordd.domain.principal import require_user
 from coordd.runtime import Runtime
-from coordd.store.paging import PageRequest
 from coordd_client.v1 import ledger_pb2, ledger_pb2_grpc
 
 

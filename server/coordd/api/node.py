@@ -12,9 +12,10 @@ from typing import Any
 from google.protobuf import field_mask_pb2
 
 from coordd.api.convert import duration, from_ts, parse_name, ts
+from coordd.core.errors import FieldViolation, InvalidArgument
+from coordd.core.paging import PageRequest
+from coordd.core.principal import require_user
 from coordd.domain import node, node_health, node_state, node_uptime
-from coordd.domain.errors import FieldViolation, InvalidArgument
-from coordd.domain.principal import require_user
 from coordd.notify import outbox
 from coordd.notify.models import Channel, Delivery
 from coordd.runtime import Runtime
@@ -28,7 +29,6 @@ from coordd.store.node_models import (
     Transition,
     Workload,
 )
-from coordd.store.paging import PageRequest
 from coordd_client.v1 import node_pb2, node_pb2_grpc
 
 _STATUS_PREFIX = "HEALTH_STATUS_"

@@ -9,12 +9,12 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from coordd.api.convert import duration, ts
+from coordd.core.events import Event
+from coordd.core.paging import PageRequest
 from coordd.domain import status
 from coordd.runtime import Runtime
 from coordd.scheduler.core import Scheduler
-from coordd.store.db import Event
 from coordd.store.models import EventLog
-from coordd.store.paging import PageRequest
 from coordd_client.v1 import status_pb2, status_pb2_grpc
 
 _BACKENDS = {

@@ -10,8 +10,7 @@ from datetime import datetime
 
 import peewee
 
-from coordd.crypto.tokens import API_KEY_PREFIX, TokenError, hash_api_key, new_api_key
-from coordd.domain.errors import (
+from coordd.core.errors import (
     AlreadyExists,
     FailedPrecondition,
     NotFound,
@@ -19,13 +18,14 @@ from coordd.domain.errors import (
     Unauthenticated,
     Violations,
 )
-from coordd.domain.principal import (
+from coordd.core.principal import (
     ALL_ROLES,
     SELF_SERVICE_ROLES,
     Principal,
     format_roles,
     parse_roles,
 )
+from coordd.crypto.tokens import API_KEY_PREFIX, TokenError, hash_api_key, new_api_key
 from coordd.runtime import Runtime
 from coordd.store.models import ApiKey, User
 from coordd.store.paging import Page, PageRequest, keyset_page

@@ -19,10 +19,7 @@ import peewee
 import structlog
 
 from coordd.blobs.store import BlobStore
-from coordd.domain import ceremony_receipts as receipts
-from coordd.domain.ceremony_timeouts import DYNAMIC, FIXED, TimeoutRule, average, turn_timeout
-from coordd.domain.ceremony_verify import VerifyJob, VerifyResult, check_command
-from coordd.domain.errors import (
+from coordd.core.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -30,7 +27,10 @@ from coordd.domain.errors import (
     PermissionDenied,
     Violations,
 )
-from coordd.domain.principal import Principal, require_owner_or_admin
+from coordd.core.principal import Principal, require_owner_or_admin
+from coordd.domain import ceremony_receipts as receipts
+from coordd.domain.ceremony_timeouts import DYNAMIC, FIXED, TimeoutRule, average, turn_timeout
+from coordd.domain.ceremony_verify import VerifyJob, VerifyResult, check_command
 from coordd.runtime import Runtime
 from coordd.store.ceremony_models import (
     CLOSED,

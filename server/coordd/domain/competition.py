@@ -28,9 +28,9 @@ from typing import Any
 import peewee
 import structlog
 
+from coordd.core.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
+from coordd.core.principal import Principal, require_owner_or_admin
 from coordd.domain import ledger
-from coordd.domain.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
-from coordd.domain.principal import Principal, require_owner_or_admin
 from coordd.notify import outbox
 from coordd.notify.models import Channel
 from coordd.runtime import Runtime
@@ -501,7 +501,7 @@ def cancel_competition(rt: Runtime, who: Principal, comp_id: str, reason: str) -
 
 
 def _one(path: str, description: str) -> list[Any]:
-    from coordd.domain.errors import FieldViolation
+    from coordd.core.errors import FieldViolation
 
     return [FieldViolation(path, description)]
 

@@ -17,7 +17,7 @@ from datetime import timedelta
 
 import peewee
 
-from coordd.domain.errors import FailedPrecondition, InvalidArgument, Violations
+from coordd.core.errors import FailedPrecondition, InvalidArgument, Violations
 from coordd.runtime import Runtime
 from coordd.store.idempotency_marks import APPLIED, DONE, PENDING, RUNNING, PendingKey
 

@@ -22,8 +22,7 @@ from datetime import datetime, timedelta
 
 import peewee
 
-from coordd.domain import ledger
-from coordd.domain.errors import (
+from coordd.core.errors import (
     DomainError,
     FailedPrecondition,
     FieldViolation,
@@ -32,7 +31,8 @@ from coordd.domain.errors import (
     PermissionDenied,
     Violations,
 )
-from coordd.domain.principal import Principal
+from coordd.core.principal import Principal
+from coordd.domain import ledger
 from coordd.runtime import Runtime
 from coordd.store import job_queries
 from coordd.store.db import Tx

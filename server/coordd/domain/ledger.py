@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import peewee
 
-from coordd.domain.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
-from coordd.domain.principal import Principal
+from coordd.core.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
+from coordd.core.principal import Principal
 from coordd.runtime import Runtime
 from coordd.store import ledger_queries
 from coordd.store.db import Tx

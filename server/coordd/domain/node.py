@@ -14,9 +14,7 @@ from typing import Any
 
 import peewee
 
-from coordd.crypto.tokens import new_api_key
-from coordd.domain import auth, node_placement, node_state
-from coordd.domain.errors import (
+from coordd.core.errors import (
     AlreadyExists,
     FailedPrecondition,
     FieldViolation,
@@ -25,7 +23,9 @@ from coordd.domain.errors import (
     PermissionDenied,
     Violations,
 )
-from coordd.domain.principal import NODE_OPERATOR, Principal, format_roles
+from coordd.core.principal import NODE_OPERATOR, Principal, format_roles
+from coordd.crypto.tokens import new_api_key
+from coordd.domain import auth, node_placement, node_state
 from coordd.runtime import Runtime
 from coordd.store.models import ApiKey
 from coordd.store.node_models import (

@@ -28,11 +28,11 @@ from typing import Any
 import peewee
 import structlog
 
+from coordd.core.errors import FailedPrecondition, PermissionDenied, Violations
+from coordd.core.events import Event
+from coordd.core.principal import Principal
 from coordd.domain import node_state
-from coordd.domain.errors import FailedPrecondition, PermissionDenied, Violations
-from coordd.domain.principal import Principal
 from coordd.runtime import Runtime
-from coordd.store.db import Event
 from coordd.store.node_models import (
     DECOMMISSIONED,
     DOWN,

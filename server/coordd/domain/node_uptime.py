@@ -13,10 +13,10 @@ from datetime import datetime, timedelta
 
 import peewee
 
+from coordd.core.errors import FailedPrecondition, PermissionDenied, Violations
+from coordd.core.principal import Principal
 from coordd.domain import node_health
-from coordd.domain.errors import FailedPrecondition, PermissionDenied, Violations
 from coordd.domain.node import owned_project, require_operator, visible_node, visible_workload
-from coordd.domain.principal import Principal
 from coordd.runtime import Runtime
 from coordd.store.node_models import (
     DECOMMISSIONED,

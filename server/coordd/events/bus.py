@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 
 import structlog
 
-from coordd.store.db import Event
+from coordd.core.events import Event
 
 log = structlog.get_logger(__name__)
 

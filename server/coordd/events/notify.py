@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
+from coordd.core.events import Event
 from coordd.events.bus import EventBus
-from coordd.store.db import Event
 
 
 def keys_of(event: Event) -> list[str]:

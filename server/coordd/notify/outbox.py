@@ -15,13 +15,13 @@ from urllib.parse import urlparse
 
 import structlog
 
-from coordd.domain.errors import NotFound, Violations
-from coordd.domain.principal import Principal
+from coordd.core.errors import NotFound, Violations
+from coordd.core.ids import new_id
+from coordd.core.principal import Principal
 from coordd.notify import webhook
 from coordd.notify.models import DELIVERED, FAILED, PENDING, Channel, Delivery
 from coordd.runtime import Runtime
 from coordd.store.db import Tx
-from coordd.store.ids import new_id
 from coordd.store.paging import Page, PageRequest, keyset_page
 
 log = structlog.get_logger("coordd.notify")

@@ -7,12 +7,11 @@ locked" never reaches a client; PostgreSQL uses a connection pool.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -21,46 +20,10 @@ import peewee
 from playhouse.pool import PooledPostgresqlDatabase
 
 from coordd.config import Settings
+from coordd.core.clock import utcnow
+from coordd.core.events import Event
 
 database_proxy = peewee.DatabaseProxy()
-
-
-@dataclass(frozen=True)
-class Event:
-    """A committed domain event; `id` orders events across replicas."""
-
-    id: int
-    type: str
-    subject: str
-    data: dict[str, Any]
-    create_time: datetime
-
-    def to_wire(self, origin: str) -> str:
-        return json.dumps(
-            {
-                "id": self.id,
-                "type": self.type,
-                "subject": self.subject,
-                "data": self.data,
-                "create_time": self.create_time.isoformat(),
-                "origin": origin,
-            },
-            separators=(",", ":"),
-        )
-
-    @staticmethod
-    def from_wire(text: str | bytes) -> tuple[Event, str]:
-        raw = json.loads(text)
-        return (
-            Event(
-                id=int(raw["id"]),
-                type=raw["type"],
-                subject=raw["subject"],
-                data=raw["data"],
-                create_time=datetime.fromisoformat(raw["create_time"]),
-            ),
-            raw.get("origin", ""),
-        )
 
 
 @dataclass
@@ -74,10 +37,6 @@ class Tx:
     def emit(self, type_: str, subject: str, data: dict[str, Any] | None = None) -> None:
         """Records an event; it is written with the change and published after commit."""
         self.pending_events.append((type_, subject, dict(data or {})))
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _postgres(url: str, settings: Settings) -> peewee.Database:

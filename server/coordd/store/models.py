@@ -12,8 +12,8 @@ from typing import Any
 
 import peewee
 
+from coordd.core.ids import new_id
 from coordd.store.db import database_proxy
-from coordd.store.ids import new_id
 
 
 class TimestampField(peewee.BigIntegerField):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 from dataclasses import dataclass
 
-from coordd.domain.errors import PermissionDenied, Unauthenticated
+from coordd.core.errors import PermissionDenied, Unauthenticated
 
 ADMIN = "admin"
 ORGANIZER = "organizer"
