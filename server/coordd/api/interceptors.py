@@ -17,17 +17,16 @@ from typing import Any
 
 import grpc
 import structlog
-from google.protobuf import descriptor, descriptor_pool
+from google.protobuf import descriptor_pool
 from google.protobuf.message import Message
 
 from coordd import metrics
 from coordd.api.errors import status_for
+from coordd.api.validation import check_request
 from coordd.core.errors import (
     Aborted,
     DomainError,
-    FieldViolation,
     Internal,
-    InvalidArgument,
     PermissionDenied,
     Unauthenticated,
     Unavailable,
@@ -150,37 +149,6 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
             yield item
 
 
-def _long_strings(message: Message, limit: int, prefix: str = "") -> list[str]:
-    """Paths of string fields longer than `limit`, anywhere in the message.
-
-    A string of more than `limit` characters takes more than `limit` bytes on the wire, so a
-    message (or sub-message) whose encoded size is within the limit is skipped unwalked: the
-    C-computed size spares a Python walk of every field of a large batch request."""
-    if message.ByteSize() <= limit:
-        return []
-    string, nested = descriptor.FieldDescriptor.TYPE_STRING, descriptor.FieldDescriptor.TYPE_MESSAGE
-    found: list[str] = []
-    for field, value in message.ListFields():
-        path = f"{prefix}{field.name}"
-        if field.type == string:
-            values = value if field.is_repeated else [value]
-            found.extend(path for v in values if len(v) > limit)
-        elif field.type == nested and field.message_type.GetOptions().map_entry:
-            for k, v in value.items():
-                if isinstance(k, str) and len(k) > limit:
-                    found.append(path)
-                if isinstance(v, str) and len(v) > limit:
-                    found.append(f"{path}[{k}]")
-                elif isinstance(v, Message):
-                    found.extend(_long_strings(v, limit, f"{path}[{k}]."))
-        elif field.type == nested and field.is_repeated:
-            for i, v in enumerate(value):
-                found.extend(_long_strings(v, limit, f"{path}[{i}]."))
-        elif field.type == nested:
-            found.extend(_long_strings(value, limit, path + "."))
-    return found
-
-
 class ObservabilityInterceptor(WrappingInterceptor):
     """Request id, structured log line, metrics, limits, and error -> status mapping."""
 
@@ -198,14 +166,7 @@ class ObservabilityInterceptor(WrappingInterceptor):
 
     def _check_limits(self, request: Any) -> None:
         if isinstance(request, Message):
-            too_long = _long_strings(request, self.rt.settings.max_string_chars)
-            if too_long:
-                limit = self.rt.settings.max_string_chars
-                raise InvalidArgument(
-                    f"strings longer than {limit} characters: {', '.join(too_long)}",
-                    reason="STRING_TOO_LONG",
-                    violations=[FieldViolation(p, f"at most {limit} characters") for p in too_long],
-                )
+            check_request(request, self.rt.settings.max_string_chars)
 
     async def _fail(self, context: Any, request_id: str, exc: BaseException) -> None:
         """Aborts the call with the mapped status. Only unexpected errors log here (with

@@ -1,0 +1,101 @@
+"""Every request is checked against its descriptor before a servicer sees it: the same answer on
+SQLite and PostgreSQL, the field named, nothing written."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from coordd.api.validation import MAX_TIMESTAMP_S, check_request
+from coordd.core.errors import InvalidArgument
+from coordd_client.v1 import auth_pb2, ceremony_pb2, ceremony_pb2_grpc
+from tests.helpers import rpc_error
+from tests.support.server import bearer
+
+
+def _violations(request, limit: int = 100) -> dict[str, str]:
+    with pytest.raises(InvalidArgument) as info:
+        check_request(request, limit)
+    return {v.field: v.description for v in info.value.violations}
+
+
+def test_nul_in_a_nested_or_repeated_string_is_named_by_its_path():
+    request = ceremony_pb2.CreateCeremonyRequest(
+        title="ok", verifier=ceremony_pb2.Verifier(command="snarkjs\x00zkey")
+    )
+    assert _violations(request) == {"verifier.command": "must not contain a NUL character"}
+
+
+def test_strings_over_the_limit_keep_their_reason():
+    with pytest.raises(InvalidArgument) as info:
+        check_request(ceremony_pb2.CreateCeremonyRequest(title="x" * 101), 100)
+    assert info.value.reason == "STRING_TOO_LONG"
+    assert [v.field for v in info.value.violations] == ["title"]
+
+
+def test_timestamps_outside_the_supported_range_are_refused():
+    far = ceremony_pb2.CreateCeremonyRequest(
+        title="t", start_time=timestamp_pb2.Timestamp(seconds=MAX_TIMESTAMP_S + 1)
+    )
+    assert "start_time" in _violations(far)
+    before_epoch = ceremony_pb2.CreateCeremonyRequest(title="t", end_time=timestamp_pb2.Timestamp(seconds=-1))
+    assert "end_time" in _violations(before_epoch)
+    bad_nanos = ceremony_pb2.CreateCeremonyRequest(
+        title="t", start_time=timestamp_pb2.Timestamp(seconds=1, nanos=-5)
+    )
+    assert _violations(bad_nanos) == {"start_time": "nanos must be in [0, 999999999]"}
+    check_request(
+        ceremony_pb2.CreateCeremonyRequest(
+            title="t", start_time=timestamp_pb2.Timestamp(seconds=MAX_TIMESTAMP_S)
+        ),
+        100,
+    )
+
+
+def test_durations_over_a_century_or_with_mixed_signs_are_refused():
+    huge = ceremony_pb2.CreateCeremonyRequest(
+        title="t",
+        timeout=ceremony_pb2.TimeoutConfig(fixed_timeout=duration_pb2.Duration(seconds=10**11)),
+    )
+    assert _violations(huge) == {"timeout.fixed_timeout": "must be at most 100 years"}
+    mixed = ceremony_pb2.CreateCeremonyRequest(
+        title="t",
+        timeout=ceremony_pb2.TimeoutConfig(fixed_timeout=duration_pb2.Duration(seconds=5, nanos=-1)),
+    )
+    assert "timeout.fixed_timeout" in _violations(mixed)
+
+
+def test_nul_in_a_sign_up_is_invalid_argument_on_every_backend_and_creates_nobody(server):
+    failure = rpc_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        server.sign_up,
+        email="nul@example.com",
+        display_name="Ada\x00Lovelace",
+    )
+    assert failure.reason == "INVALID_FIELD_VALUE"
+    assert failure.violations == {"display_name": "must not contain a NUL character"}
+    # Nothing was written: the same email signs up cleanly afterwards.
+    reply = server.auth.SignUp(
+        auth_pb2.SignUpRequest(email="nul@example.com", password="correct horse battery")
+    )
+    assert reply.user.email == "nul@example.com"
+
+
+def test_out_of_range_times_reach_no_servicer(server):
+    _, token = server.make_user("coordinator")
+    stub = ceremony_pb2_grpc.CeremonyServiceStub(server.channel)
+    failure = rpc_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        stub.CreateCeremony,
+        ceremony_pb2.CreateCeremonyRequest(
+            title="Far future",
+            prefix="far-future",
+            start_time=timestamp_pb2.Timestamp(seconds=10**12),
+            timeout=ceremony_pb2.TimeoutConfig(fixed_timeout=duration_pb2.Duration(seconds=-(10**11))),
+        ),
+        metadata=bearer(token),
+    )
+    assert set(failure.violations) == {"start_time", "timeout.fixed_timeout"}
+    listed = stub.ListCeremonies(ceremony_pb2.ListCeremoniesRequest(), metadata=bearer(token))
+    assert list(listed.ceremonies) == []
