@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import functools
 import os
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ import peewee
 from coordd import __version__
 from coordd.config import Settings
 from coordd.core.clock import utcnow
-from coordd.core.errors import Unavailable
+from coordd.core.errors import Aborted, Unavailable
 from coordd.core.ids import new_id
 from coordd.crypto.passwords import Passwords
 from coordd.crypto.sealing import Sealer
@@ -33,9 +34,11 @@ from coordd.crypto.signing import Signer
 from coordd.crypto.tokens import AccessTokens
 from coordd.events.bus import EventBus, make_bus
 from coordd.events.notify import Notifier
-from coordd.store.db import Store
+from coordd.store.db import Store, conflict_of
 from coordd.store.idempotency_marks import mark_applied
 
+# A write that lost a deadlock or serialization race is run again this many times.
+CONFLICT_RETRIES = 4
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -84,15 +87,31 @@ class Runtime:
         return await loop.run_in_executor(self.executor, call)
 
     def _guarded(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        try:
-            return fn(*args, **kwargs)
-        except (peewee.OperationalError, peewee.InterfaceError) as exc:
-            # A broken connection is dropped so the next call on this thread reconnects.
-            with contextlib.suppress(Exception):
-                self.store.close_thread_connection()
-            raise Unavailable(
-                "the database is unavailable; retry shortly", reason="DATABASE_UNAVAILABLE"
-            ) from exc
+        """Runs `fn`; a deadlock, serialization failure or unique-violation race on PostgreSQL
+        is retried (when nothing was committed yet), never reported as the database being down."""
+        for attempt in range(CONFLICT_RETRIES + 1):
+            committed = self.store.commits()
+            try:
+                return fn(*args, **kwargs)
+            except peewee.DatabaseError as exc:
+                conflict = conflict_of(exc) if self.store.is_postgres else ""
+                if not conflict:
+                    if isinstance(exc, peewee.OperationalError | peewee.InterfaceError):
+                        # A broken connection is dropped so the next call on this thread reconnects.
+                        with contextlib.suppress(Exception):
+                            self.store.close_thread_connection()
+                        raise Unavailable(
+                            "the database is unavailable; retry shortly", reason="DATABASE_UNAVAILABLE"
+                        ) from exc
+                    raise
+                if attempt == CONFLICT_RETRIES or self.store.commits() != committed:
+                    raise Aborted(
+                        "a concurrent change conflicted with this call; retry it",
+                        reason="CONCURRENT_CONFLICT",
+                        metadata={"conflict": conflict},
+                    ) from exc
+                time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def close(self, wait_s: float = 5.0) -> None:
         """Drops queued DB work and waits a bounded time for running work: a call stuck on

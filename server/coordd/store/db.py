@@ -25,6 +25,19 @@ from coordd.core.events import Event
 
 database_proxy = peewee.DatabaseProxy()
 
+# PostgreSQL errors that mean "another transaction got in the way", not "the database is down":
+# serialization_failure, deadlock_detected, and unique_violation (a check-then-insert race).
+CONFLICT_CODES = {"40001": "serialization failure", "40P01": "deadlock", "23505": "unique violation"}
+
+
+def conflict_of(exc: BaseException) -> str:
+    """The kind of write conflict a (peewee-wrapped) PostgreSQL error is, or ""."""
+    for candidate in (*(exc.args[:1] if exc.args else ()), exc.__cause__, exc.__context__, exc):
+        code = getattr(candidate, "pgcode", None)
+        if code:
+            return CONFLICT_CODES.get(code, "")
+    return ""
+
 
 @dataclass
 class Tx:
@@ -121,9 +134,14 @@ class Store:
                     self._finish(tx)
         finally:
             self._local.tx = None
+        self._local.commits = getattr(self._local, "commits", 0) + 1
         if tx.events:
             for callback in self._on_commit:
                 callback(tx.events)
+
+    def commits(self) -> int:
+        """Write transactions this thread has committed (a retry is safe only if none did)."""
+        return int(getattr(self._local, "commits", 0))
 
     @contextmanager
     def read(self) -> Iterator[None]:
