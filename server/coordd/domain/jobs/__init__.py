@@ -7,17 +7,18 @@ a dead letter or a cancellation refunds it. A lease is (job, attempt, lease id, 
 the attempt number is the fencing token, so a worker whose lease was rescued and given to
 someone else cannot complete, fail or heartbeat the job any more.
 
-Modules: `states` and `policy` (names, limits, knobs), `specs` (validated input), `submit`,
-`claim` (leases and heartbeats), `complete` (results and payment) with `attestation` (the
-signed statement), `retry` (backoff, dead letters, requeue), `cancel`, `views` (reads and
-queue stats), `maintenance` (the scheduler's tasks), `transitions` (the state changes they
-share). Statements live in `coordd.store.jobs`; money moves through `coordd.domain.ledger`.
+Modules: `states` and `policy` (names, limits, knobs), `specs` (validated input),
+`submission`, `leases` (claims, heartbeats, hand-backs), `completion` (results and payment)
+with `attestation` (the signed statement), `retry` (backoff, dead letters, requeue),
+`cancellation`, `views` (reads and queue stats), `maintenance` (the scheduler's tasks),
+`transitions` (the state changes they share). Statements live in `coordd.store.jobs`; money
+moves through `coordd.domain.ledger`.
 """
 
 from coordd.domain.jobs.attestation import Attestation, attestation_of, statement, statement_json
-from coordd.domain.jobs.cancel import cancel
-from coordd.domain.jobs.claim import Heartbeat, Leased, claim, heartbeat, return_lease
-from coordd.domain.jobs.complete import Completion, complete, complete_many
+from coordd.domain.jobs.cancellation import cancel
+from coordd.domain.jobs.completion import Completion, complete, complete_many
+from coordd.domain.jobs.leases import Heartbeat, Leased, claim, heartbeat, return_lease
 from coordd.domain.jobs.maintenance import enforce_deadlines, purge_payloads, rescue_expired_leases
 from coordd.domain.jobs.policy import (
     DEFAULT_POLICY,
@@ -55,7 +56,7 @@ from coordd.domain.jobs.states import (
     SUCCEEDED,
     TERMINAL,
 )
-from coordd.domain.jobs.submit import insert_job, insert_jobs, submit, submit_many
+from coordd.domain.jobs.submission import insert_job, insert_jobs, submit, submit_many
 from coordd.domain.jobs.views import (
     JobView,
     QueueStats,

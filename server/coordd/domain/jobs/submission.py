@@ -8,7 +8,7 @@ from datetime import timedelta
 from coordd.core.errors import FieldViolation, InvalidArgument
 from coordd.core.principal import Principal
 from coordd.domain import ledger
-from coordd.domain.jobs.claim import Leased, lease_to
+from coordd.domain.jobs.leases import Leased, lease_to
 from coordd.domain.jobs.specs import JobSpec, Worker
 from coordd.domain.jobs.states import MAX_SUBMIT_BATCH, QUEUE_KEY, RUNNING
 from coordd.domain.jobs.transitions import enqueue_fields
