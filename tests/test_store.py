@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from coordd.store.db import Store
-from coordd.store.job_models import Job, JobAttempt
+from coordd.store.jobs.models import Job, JobAttempt
 from coordd.store.migrations import MIGRATIONS, applied_versions, migrate
 from coordd.store.models import EventLog, User
 from tests.support import infra

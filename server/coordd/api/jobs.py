@@ -18,7 +18,6 @@ from coordd.core.paging import PageRequest
 from coordd.core.principal import Principal, require_user
 from coordd.domain import jobs
 from coordd.runtime import Runtime
-from coordd.store.job_models import Job
 from coordd_client.attestation import envelope_json
 from coordd_client.v1 import job_pb2, job_pb2_grpc
 
@@ -92,7 +91,7 @@ def _payload(data: bytes | None, uri: str, digest: str, purged: bool) -> dict[st
     return out
 
 
-def job_to_proto(job: Job, attempts: list[Any] | None = None) -> job_pb2.Job:
+def job_to_proto(job: jobs.Job, attempts: list[Any] | None = None) -> job_pb2.Job:
     return job_pb2.Job(
         name=f"jobs/{job.id}",
         submitter=f"users/{job.submitter}",
@@ -297,7 +296,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
             jobs.policy_of(self.rt),
         )
 
-    async def _submit(self, who: Principal, spec: jobs.JobSpec) -> Job:
+    async def _submit(self, who: Principal, spec: jobs.JobSpec) -> jobs.Job:
         waiter = self.dispatcher.take(spec.labels, spec.gpus)
         try:
             job, leased = await self.rt.run(

@@ -1,5 +1,8 @@
-"""The job statements peewee's query builder cannot express well: the single-statement claim
-and the batched write of completion outputs. Both run inside the caller's transaction."""
+"""The job statements of the hot path and of every state change, run inside the caller's
+transaction: the one-INSERT submission, the single-statement claim, the lease check and
+batched write of completion outputs (raw SQL: peewee's query builder cannot express them
+well, and its cost showed per job), and the per-job row lock, attempt row and save.
+Reads for views, stats and scheduler tasks are in `coordd.store.jobs.reads`."""
 
 from __future__ import annotations
 
@@ -8,10 +11,12 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from coordd.store.db import Store
-from coordd.store.job_models import Job
+from coordd.store.jobs.models import Job, JobAttempt, JobLabel
 from coordd.store.models import TimestampField
 
 _to_us = TimestampField().db_value
+# Integer microseconds (as ClaimedRow carries times) -> an aware datetime.
+time_of_us = TimestampField().python_value
 _JOB_FIELDS = Job._meta.sorted_fields
 _JOB_INSERT = f"INSERT INTO job ({', '.join(f.column_name for f in _JOB_FIELDS)}) VALUES "
 
@@ -29,6 +34,11 @@ def insert_jobs(jobs: list[Job]) -> None:
         _JOB_INSERT + ", ".join([row] * len(jobs)),
         [field.db_value(job.__data__.get(field.name)) for job in jobs for field in _JOB_FIELDS],
     )
+
+
+def insert_labels(rows: list[dict[str, str]]) -> None:
+    """The `job_label` rows ({"job": id, "label": label}) of new jobs, in one INSERT."""
+    JobLabel.insert_many(rows).execute()
 
 
 class ClaimedRow(NamedTuple):
@@ -225,3 +235,60 @@ def record_successes(
         f" FROM v WHERE job.id = v.id AND job.id IN ({', '.join([p] * len(results))})",
         [*params, *(r[0] for r in results)],
     )
+
+
+# -- one job at a time ------------------------------------------------------------------------
+
+
+def lock_job(store: Store, job_id: str) -> Job | None:
+    """The whole job row, locked until the end of the transaction on PostgreSQL (SQLite's
+    immediate transaction already excludes other writers)."""
+    query = Job.select().where(Job.id == job_id)
+    if store.is_postgres:
+        query = query.for_update()
+    return query.first()
+
+
+def job_by_id(job_id: str) -> Job:
+    """The whole row of a job known to exist."""
+    return Job.get_by_id(job_id)
+
+
+def save_job(job: Job) -> None:
+    job.save()
+
+
+def insert_attempt(
+    job_id: str,
+    attempt: int,
+    provider: str,
+    lease_id: str,
+    start_time: datetime,
+    end_time: datetime,
+    outcome: str,
+    error: str,
+) -> None:
+    """The history row of an attempt that ended without success."""
+    JobAttempt.insert(
+        job=job_id,
+        attempt=attempt,
+        provider=provider,
+        lease_id=lease_id,
+        start_time=start_time,
+        end_time=end_time,
+        outcome=outcome,
+        error=error,
+    ).execute()
+
+
+def purge_due_payloads(now: datetime, limit: int) -> list[str]:
+    """Deletes the inline input/output data of up to `limit` jobs whose purge time has come
+    (oldest first); their ids."""
+    ids = [
+        r.id for r in Job.select(Job.id).where(Job.purge_time <= now).order_by(Job.purge_time).limit(limit)
+    ]
+    if ids:
+        Job.update(input_data=None, output_data=None, payload_purged=True, purge_time=None).where(
+            Job.id.in_(ids)
+        ).execute()
+    return ids

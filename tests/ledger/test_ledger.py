@@ -9,7 +9,7 @@ import pytest
 
 from coordd.core.errors import FailedPrecondition, InvalidArgument
 from coordd.domain import ledger
-from coordd.store.ledger_models import LedgerAccount, LedgerEntry, LedgerPosting
+from coordd.store.ledger.models import LedgerAccount, LedgerEntry, LedgerPosting
 from coordd_client.v1 import ledger_pb2, ledger_pb2_grpc
 from tests.helpers import rpc_error
 from tests.support.server import bearer

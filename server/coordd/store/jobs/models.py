@@ -66,10 +66,10 @@ class Job(IdModel):
     payload_purged = peewee.BooleanField(default=False)
     # The coordinator's Ed25519 signature over the result statement, and the key that made it
     # (migration 12). The statement itself is not stored: it is a deterministic function of
-    # this row's columns, none of which change once the job succeeded (domain.jobs.statement_json
-    # rebuilds the signed bytes; a new statement format must keep writing the old one for
-    # rows signed before it). Storing ~700 bytes per job cost more PostgreSQL CPU than the
-    # rest of the completion together.
+    # this row's columns, none of which change once the job succeeded
+    # (domain.jobs.attestation.statement_json rebuilds the signed bytes; a new statement format
+    # must keep writing the old one for rows signed before it). Storing ~700 bytes per job
+    # cost more PostgreSQL CPU than the rest of the completion together.
     attestation_key_id = peewee.CharField(max_length=64, default="")
     attestation_sig = peewee.BlobField(null=True)
 

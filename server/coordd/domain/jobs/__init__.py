@@ -1,0 +1,138 @@
+"""Jobs: escrowed budgets, leased claims, retries with backoff, signed attestations, payment.
+
+States: queued -> running -> succeeded | (queued again for a retry) | failed | cancelled.
+Every transition happens in one write transaction together with the money it moves:
+submit holds the budget, success releases it to the provider (minus the platform fee),
+a dead letter or a cancellation refunds it. A lease is (job, attempt, lease id, provider);
+the attempt number is the fencing token, so a worker whose lease was rescued and given to
+someone else cannot complete, fail or heartbeat the job any more.
+
+Modules: `states` and `policy` (names, limits, knobs), `specs` (validated input),
+`submission`, `leases` (claims, heartbeats, hand-backs), `completion` (results and payment)
+with `attestation` (the signed statement), `retry` (backoff, dead letters, requeue),
+`cancellation`, `views` (reads and queue stats), `maintenance` (the scheduler's tasks),
+`transitions` (the state changes they share). Statements live in `coordd.store.jobs`; money
+moves through `coordd.domain.ledger`.
+"""
+
+from coordd.domain.jobs.attestation import Attestation, attestation_of, statement, statement_json
+from coordd.domain.jobs.cancellation import cancel
+from coordd.domain.jobs.completion import Completion, complete, complete_many
+from coordd.domain.jobs.leases import Heartbeat, Leased, claim, heartbeat, return_lease
+from coordd.domain.jobs.maintenance import enforce_deadlines, purge_payloads, rescue_expired_leases
+from coordd.domain.jobs.policy import (
+    DEFAULT_POLICY,
+    JobPolicy,
+    backoff_s,
+    platform_fee,
+    policy_of,
+    set_policy,
+)
+from coordd.domain.jobs.retry import fail, requeue
+from coordd.domain.jobs.specs import (
+    JobSpec,
+    LeaseRef,
+    Payload,
+    Worker,
+    check_lease,
+    check_payload,
+    check_worker,
+    make_spec,
+)
+from coordd.domain.jobs.states import (
+    CANCELLED,
+    FAILED,
+    KINDS,
+    MAX_ATTEMPTS,
+    MAX_CLAIM,
+    MAX_INLINE_BYTES,
+    MAX_LABELS,
+    MAX_PRIORITY,
+    MAX_SUBMIT_BATCH,
+    MAX_TIMEOUT_MS,
+    QUEUE_KEY,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL,
+)
+from coordd.domain.jobs.submission import insert_job, insert_jobs, submit, submit_many
+from coordd.domain.jobs.views import (
+    JobView,
+    QueueStats,
+    attempt_history,
+    get_attestation,
+    get_job,
+    list_jobs,
+    queue_position,
+    queue_stats,
+    watch_view,
+)
+
+# The job row as the domain returns it (submit, cancel, fail, requeue, views): converters
+# take it from here, not from the store.
+from coordd.store.jobs.models import Job
+
+__all__ = [
+    "CANCELLED",
+    "DEFAULT_POLICY",
+    "FAILED",
+    "KINDS",
+    "MAX_ATTEMPTS",
+    "MAX_CLAIM",
+    "MAX_INLINE_BYTES",
+    "MAX_LABELS",
+    "MAX_PRIORITY",
+    "MAX_SUBMIT_BATCH",
+    "MAX_TIMEOUT_MS",
+    "QUEUED",
+    "QUEUE_KEY",
+    "RUNNING",
+    "SUCCEEDED",
+    "TERMINAL",
+    "Attestation",
+    "Completion",
+    "Heartbeat",
+    "Job",
+    "JobPolicy",
+    "JobSpec",
+    "JobView",
+    "LeaseRef",
+    "Leased",
+    "Payload",
+    "QueueStats",
+    "Worker",
+    "attempt_history",
+    "attestation_of",
+    "backoff_s",
+    "cancel",
+    "check_lease",
+    "check_payload",
+    "check_worker",
+    "claim",
+    "complete",
+    "complete_many",
+    "enforce_deadlines",
+    "fail",
+    "get_attestation",
+    "get_job",
+    "heartbeat",
+    "insert_job",
+    "insert_jobs",
+    "list_jobs",
+    "make_spec",
+    "platform_fee",
+    "policy_of",
+    "purge_payloads",
+    "queue_position",
+    "queue_stats",
+    "requeue",
+    "rescue_expired_leases",
+    "return_lease",
+    "set_policy",
+    "statement",
+    "statement_json",
+    "submit",
+    "submit_many",
+    "watch_view",
+]
