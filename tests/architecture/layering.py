@@ -39,7 +39,6 @@ QUERY_CALLS = {
     "insert",
     "insert_many",
     "insert_from",
-    "replace",
     "execute_sql",
     "get_or_none",
     "get_by_id",
@@ -50,7 +49,6 @@ QUERY_CALLS = {
     "on_conflict",
     "on_conflict_ignore",
     "for_update",
-    "join",
     "order_by",
     "raw",
 }

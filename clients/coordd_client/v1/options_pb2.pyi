@@ -38,7 +38,9 @@ class MethodPolicy(_message.Message):
     """Changes state: honours the `idempotency-key` metadata entry."""
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.Role.ValueType]:
-        """Roles allowed to call; empty means any authenticated principal. Admin always passes."""
+        """Roles allowed to call; empty means any authenticated principal. Admin always passes.
+        Every RPC declares a policy, `{}` included (tests/security/test_authorization_matrix.py).
+        """
 
     def __init__(
         self,
