@@ -14,7 +14,6 @@ from coordd.core.paging import PageRequest
 from coordd.core.principal import require_user
 from coordd.domain import competition as comp_rules
 from coordd.runtime import Runtime
-from coordd.store.competition_models import CompetitionEntry
 from coordd_client.v1 import competition_pb2, competition_pb2_grpc
 
 # Streams re-read the competition at least this often, even without events.
@@ -98,7 +97,7 @@ def registration_to_proto(view: comp_rules.RegistrationView) -> competition_pb2.
     )
 
 
-def entry_to_proto(entry: CompetitionEntry) -> competition_pb2.Entry:
+def entry_to_proto(entry: comp_rules.Entry) -> competition_pb2.Entry:
     return competition_pb2.Entry(
         name=f"competitions/{entry.competition_id}/entries/{entry.id}",
         user=f"users/{entry.user_id}",

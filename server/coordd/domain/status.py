@@ -8,7 +8,7 @@ import peewee
 
 from coordd.notify.models import Channel, Delivery
 from coordd.store.ceremony_models import Ceremony, Contribution, Participant
-from coordd.store.competition_models import Competition, CompetitionNotification, Registration
+from coordd.store.competition.models import Competition, CompetitionNotification, Registration
 from coordd.store.jobs.models import Job
 from coordd.store.ledger.models import LedgerAccount, LedgerEntry
 from coordd.store.models import ApiKey, EventLog, IdempotencyRecord, SchedulerLeader, SchedulerTaskRun, User

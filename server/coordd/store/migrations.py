@@ -15,9 +15,9 @@ import structlog
 
 from coordd.notify import models as notify_m
 from coordd.store import ceremony_models as ceremony_m
-from coordd.store import competition_models as competition_m
 from coordd.store import models as m
 from coordd.store import node_models as node_m
+from coordd.store.competition import models as competition_m
 from coordd.store.db import Store
 from coordd.store.jobs import models as job_m
 from coordd.store.ledger import models as ledger_m

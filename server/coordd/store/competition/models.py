@@ -12,6 +12,33 @@ import peewee
 
 from coordd.store.models import BaseModel, IdModel, JSONField, TimestampField, User
 
+# The values of `Competition.state` (the proto enum names without their prefix).
+DRAFT = "DRAFT"
+OPEN = "OPEN"
+REGISTRATION_CLOSED = "REGISTRATION_CLOSED"
+RUNNING = "RUNNING"
+ENDED = "ENDED"
+RESULTS_PUBLISHED = "RESULTS_PUBLISHED"
+SETTLED = "SETTLED"
+CANCELLED = "CANCELLED"
+FAILED = "FAILED"
+STATES = (DRAFT, OPEN, REGISTRATION_CLOSED, RUNNING, ENDED, RESULTS_PUBLISHED, SETTLED, CANCELLED, FAILED)
+
+# The values of `Registration.state`.
+CONFIRMED = "CONFIRMED"
+WAITLISTED = "WAITLISTED"
+OFFERED = "OFFERED"
+REG_CANCELLED = "CANCELLED"
+OFFER_EXPIRED = "OFFER_EXPIRED"
+REGISTRATION_STATES = (CONFIRMED, WAITLISTED, OFFERED, REG_CANCELLED, OFFER_EXPIRED)
+
+# The values of `CompetitionNotification.kind`: at most one of each per registration.
+CONFIRMATION = "confirmation"
+OFFER = "offer"
+REMINDER = "reminder"
+RESULTS = "results"
+CANCELLATION = "cancellation"
+
 
 class Competition(IdModel):
     owner = peewee.ForeignKeyField(User, backref="competitions", on_delete="RESTRICT", index=True)

@@ -18,10 +18,10 @@ from coordd.core.principal import Principal
 from coordd.domain import competition as rules
 from coordd.notify import outbox, webhook
 from coordd.notify.models import Delivery
-from coordd.store.competition_models import Competition, CompetitionNotification
+from coordd.store.competition.models import Competition, CompetitionNotification
 from coordd_client.results import ResultsVerificationError, key_id, verify_results
 from coordd_client.v1 import competition_pb2
-from tests.competition_support import (
+from tests.competition.support import (
     DAY,
     HOUR,
     QUIET,

@@ -7,9 +7,10 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from coordd.domain import competition as rules
-from coordd.store.competition_models import Competition
+from coordd.domain.competition import lifecycle
+from coordd.store.competition.models import Competition
 from coordd_client.v1 import competition_pb2
-from tests.competition_support import (
+from tests.competition.support import (
     DAY,
     HOUR,
     competition_server,
@@ -125,7 +126,7 @@ def test_repeated_errors_are_listed_then_the_competition_fails(server, clock, mo
     def broken(comp, now):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(rules, "_next_step", broken)
+    monkeypatch.setattr(lifecycle, "_next_step", broken)
     rules.advance_due(server.rt)
     first = get(server, org, comp.name)
     assert state_name(first.state) == "OPEN"

@@ -1,0 +1,157 @@
+"""The waitlist: free seats go to its head, as a seat (free competitions) or as an offer
+held for `offer_hold_s` (paid ones); offers are accepted or lapse; reminders go out."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from coordd.core.errors import FailedPrecondition
+from coordd.core.principal import Principal
+from coordd.domain import ledger
+from coordd.domain.competition.common import emit_registration, lock, own_registration, registration_name
+from coordd.domain.competition.notifications import notify, notify_many
+from coordd.domain.competition.settings import settings_of
+from coordd.domain.competition.states import (
+    CONFIRMATION,
+    CONFIRMED,
+    OFFER,
+    OFFER_EXPIRED,
+    OFFERED,
+    REMINDER,
+    SEATING,
+    WAITLISTED,
+)
+from coordd.domain.competition.views import RegistrationView
+from coordd.runtime import Runtime
+from coordd.store.competition import queries
+from coordd.store.competition.models import Competition, Registration
+from coordd.store.db import Tx
+
+
+def position(reg: Registration) -> int:
+    """1-based place on the waitlist while WAITLISTED, else 0."""
+    if reg.state != WAITLISTED or reg.waitlist_seq is None:
+        return 0
+    return queries.waitlist_position(reg)
+
+
+def promote(tx: Tx, comp: Competition) -> None:
+    """Gives free seats to the head of the waitlist: straight to CONFIRMED when the
+    competition is free, otherwise an offer held for `offer_hold_s` (never past the start).
+    Never more than the capacity: it stops when `confirmed + offered` reaches it."""
+    if comp.state not in SEATING or tx.now >= comp.start_time:
+        return
+    while comp.confirmed + comp.offered < comp.capacity and comp.waitlisted > 0:
+        head = queries.waitlist_head(comp.id)
+        if head is None:
+            break
+        comp.waitlisted -= 1
+        head.update_time = tx.now
+        if comp.entry_fee == 0:
+            head.state = CONFIRMED
+            head.confirm_time = tx.now
+            comp.confirmed += 1
+            queries.save_registration(head)
+            notify(tx, comp, head, CONFIRMATION, {"promoted": True})
+            late_reminder(tx, comp, head)
+        else:
+            head.state = OFFERED
+            head.offer_expire_time = min(tx.now + timedelta(seconds=comp.offer_hold_s), comp.start_time)
+            comp.offered += 1
+            queries.save_registration(head)
+            notify(
+                tx,
+                comp,
+                head,
+                OFFER,
+                {"offer_expire_time": head.offer_expire_time.isoformat(), "fee": comp.entry_fee},
+            )
+        emit_registration(tx, head, "promoted")
+
+
+def late_reminder(tx: Tx, comp: Competition, reg: Registration) -> None:
+    """Someone confirmed after the reminders went out gets theirs now (once, as ever)."""
+    if (
+        comp.publish_time is not None
+        and comp.reminder_lead_s > 0
+        and comp.reminder_time is None
+        and tx.now >= comp.start_time - timedelta(seconds=comp.reminder_lead_s)
+    ):
+        notify(tx, comp, reg, REMINDER)
+
+
+def accept_offer(rt: Runtime, who: Principal, comp_id: str, reg_id: str) -> RegistrationView:
+    with rt.store.write() as tx:
+        comp, reg = own_registration(rt, who, comp_id, reg_id)
+        if reg.state == CONFIRMED:
+            return RegistrationView(reg, 0)
+        if reg.state != OFFERED or reg.offer_expire_time is None or reg.offer_expire_time <= tx.now:
+            raise FailedPrecondition(
+                "there is no open offer for this registration",
+                reason="NO_OPEN_OFFER",
+                metadata={"registration_state": reg.state},
+            )
+        if comp.entry_fee > 0:
+            ledger.hold(
+                tx,
+                reg.user_id,
+                comp.entry_fee,
+                registration_name(comp_id, reg.id),
+                "competition.entry_fee",
+            )
+            reg.fee_held = comp.entry_fee
+        comp.offered -= 1
+        comp.confirmed += 1
+        comp.update_time = tx.now
+        queries.save_competition(comp)
+        reg.state = CONFIRMED
+        reg.confirm_time = tx.now
+        reg.offer_expire_time = None
+        reg.update_time = tx.now
+        queries.save_registration(reg)
+        notify(tx, comp, reg, CONFIRMATION, {"promoted": True})
+        late_reminder(tx, comp, reg)
+        emit_registration(tx, reg, "confirmed")
+    return RegistrationView(reg, 0)
+
+
+def expire_offers(rt: Runtime) -> int:
+    """Scheduler task: offers past their hold time lapse and the seat moves on."""
+    s = settings_of(rt)
+    expired = 0
+    for due in queries.offers_due(rt.now(), s.batch):
+        with rt.store.write() as tx:
+            comp = lock(rt, due.competition_id)
+            reg = queries.find_registration(due.registration_id)
+            if comp is None or reg is None or reg.state != OFFERED or reg.offer_expire_time > tx.now:
+                continue
+            reg.state = OFFER_EXPIRED
+            reg.offer_expire_time = None
+            reg.update_time = tx.now
+            queries.save_registration(reg)
+            comp.offered -= 1
+            emit_registration(tx, reg, "offer_expired")
+            promote(tx, comp)
+            comp.update_time = tx.now
+            queries.save_competition(comp)
+            expired += 1
+    return expired
+
+
+def queue_reminders(rt: Runtime) -> int:
+    """Scheduler task: one reminder per confirmed registration, once. The competition's
+    reminder_time is cleared in the same transaction that writes the outbox rows, and the
+    outbox's unique (registration, kind) key holds even if that ever ran twice."""
+    s = settings_of(rt)
+    queued = 0
+    for comp_id in queries.reminders_due(rt.now(), s.batch):
+        with rt.store.write() as tx:
+            comp = lock(rt, comp_id)
+            if comp is None or comp.reminder_time is None or comp.reminder_time > tx.now:
+                continue
+            if comp.state in SEATING and tx.now < comp.start_time:
+                confirmed = queries.registrants_in(comp.id, (CONFIRMED,))
+                queued += notify_many(tx, comp, confirmed, REMINDER)
+            comp.reminder_time = None
+            queries.save_competition(comp)
+    return queued

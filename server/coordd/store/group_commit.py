@@ -1,0 +1,151 @@
+"""Group commit: callers that arrive together share one write transaction.
+
+When every write of a group serializes on one row (e.g. a competition's seat counters on
+PostgreSQL, whose lock is held until the commit and whose commit waits for the WAL flush),
+running callers one transaction each spends most of the time flushing. A `GroupCommit`
+lets the callers of one group key (per process) queue up: the oldest waiting caller leads
+and runs up to `max_batch` queued items in ONE transaction, each in its own savepoint, and
+hands every caller its own answer after the one commit.
+
+Per item:
+- the work function returns normally: its result is that caller's answer, once committed;
+- it raises: its savepoint is rolled back and the events it emitted are dropped; the error
+  is that caller's (or `recover` turns it into an answer, see below); the others go on;
+- the commit (or the connection) fails: nobody's item happened; every caller of the batch
+  gets that error.
+
+Nobody waits for a batch that started after it arrived; the next leader is the oldest
+caller still waiting. Nothing here knows what the items are.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from coordd.store.db import Store, Tx
+
+K = TypeVar("K", bound=Hashable)
+I = TypeVar("I")  # noqa: E741 (the item)
+R = TypeVar("R")
+
+
+@dataclass
+class _Pending(Generic[I, R]):
+    """One caller's item waiting in its group."""
+
+    item: I
+    wake: threading.Event = field(default_factory=threading.Event)
+    lead: bool = False
+    finished: bool = False
+    result: R | None = None
+    error: BaseException | None = None
+
+
+class _Group(Generic[I, R]):
+    """The callers of one group key in this process right now."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.queue: list[_Pending[I, R]] = []
+        self.busy = False
+
+
+class GroupCommit(Generic[K, I, R]):
+    """Runs `work(tx, key, item)` for items of the same key in shared transactions.
+
+    `recover(tx, key, item, error)`, if given, runs in the transaction right after an item's
+    savepoint was rolled back; what it returns is the caller's answer, or, if it is an
+    exception, the caller's error. An exception it raises fails the whole batch (like any
+    other error outside the savepoints)."""
+
+    def __init__(
+        self,
+        work: Callable[[Tx, K, I], R],
+        *,
+        max_batch: int,
+        recover: Callable[[Tx, K, I, Exception], R | BaseException] | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.work = work
+        self.max_batch = max_batch
+        self.recover = recover
+        self._groups: weakref.WeakValueDictionary[K, _Group[I, R]] = weakref.WeakValueDictionary()
+        self._guard = threading.Lock()
+
+    def _group_for(self, key: K) -> _Group[I, R]:
+        with self._guard:
+            group = self._groups.get(key)
+            if group is None:
+                group = self._groups[key] = _Group()
+            return group
+
+    def submit(self, store: Store, key: K, item: I) -> R:
+        """Runs `item` in a batch of its key's group and returns its answer once committed
+        (or raises its error). Blocks the calling thread until then."""
+        group = self._group_for(key)  # held here: the weak dictionary keeps it while in use
+        me: _Pending[I, R] = _Pending(item)
+        with group.lock:
+            group.queue.append(me)
+            if not group.busy:
+                group.busy = me.lead = True
+        while not me.finished:
+            if me.lead:
+                self._lead(store, key, group)
+            else:
+                me.wake.wait()
+                me.wake.clear()
+        if me.error is not None:
+            raise me.error
+        return me.result  # type: ignore[return-value]
+
+    def _lead(self, store: Store, key: K, group: _Group[I, R]) -> None:
+        with group.lock:
+            batch = group.queue[: self.max_batch]
+            del group.queue[: self.max_batch]
+        try:
+            self._run_batch(store, key, batch)
+        finally:
+            with group.lock:
+                if group.queue:
+                    successor = group.queue[0]
+                    successor.lead = True
+                    successor.wake.set()
+                else:
+                    group.busy = False
+            for pending in batch:
+                pending.lead = False
+                pending.finished = True
+                pending.wake.set()
+
+    def _run_batch(self, store: Store, key: K, batch: list[_Pending[I, R]]) -> None:
+        outcomes: list[tuple[R | None, BaseException | None]] = []
+        try:
+            with store.write() as tx:
+                for pending in batch:
+                    mark = len(tx.pending_events)
+                    try:
+                        with store.db.atomic():  # a savepoint
+                            result = self.work(tx, key, pending.item)
+                        outcomes.append((result, None))
+                    except Exception as exc:
+                        del tx.pending_events[mark:]
+                        if self.recover is None:
+                            outcomes.append((None, exc))
+                            continue
+                        answer = self.recover(tx, key, pending.item, exc)
+                        if isinstance(answer, BaseException):
+                            outcomes.append((None, answer))
+                        else:
+                            outcomes.append((answer, None))
+        except Exception as exc:
+            # The commit (or the connection) failed: nobody's item happened.
+            for pending in batch:
+                pending.error = exc
+            return
+        for pending, (result, error) in zip(batch, outcomes, strict=True):
+            pending.result, pending.error = result, error
