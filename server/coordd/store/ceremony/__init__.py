@@ -1,0 +1,1 @@
+"""The ceremony tables (`models`) and every statement the ceremony rules run (`queries`)."""
