@@ -21,8 +21,8 @@ from coordd.domain.ceremony.states import WAITING
 from coordd.domain.ceremony.timeouts import average
 from coordd.events.notify import keys_of
 from coordd.runtime import Runtime
-from coordd.store.ceremony import queries
-from coordd.store.ceremony.queries import ParticipantView
+from coordd.store.ceremony import views
+from coordd.store.ceremony.views import ParticipantView
 
 __all__ = ["ParticipantView", "QueueSnapshot", "QueueSnapshots", "participant_view", "queue_snapshot"]
 
@@ -50,18 +50,18 @@ class QueueSnapshot:
 
 
 def participant_view(participant_id: str) -> ParticipantView | None:
-    return queries.participant_view(participant_id)
+    return views.participant_view(participant_id)
 
 
 def queue_snapshot(circuit_id: str, now: datetime) -> QueueSnapshot | None:
     """Everything WatchQueue needs for every participant on one circuit, in one read."""
-    circuit = queries.circuit_with_ceremony(circuit_id)
+    circuit = views.circuit_with_ceremony(circuit_id)
     if circuit is None:
         return None
     c = circuit.ceremony
     participants: dict[str, ParticipantView] = {}
     positions: dict[str, int] = {}
-    for view in queries.queue_views(circuit_id):
+    for view in views.queue_views(circuit_id):
         participants[view.id] = view
         if view.status == WAITING:
             positions[view.id] = len(positions) + 1

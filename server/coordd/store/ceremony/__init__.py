@@ -1,1 +1,2 @@
-"""The ceremony tables (`models`) and every statement the ceremony rules run (`queries`)."""
+"""The ceremony tables (`models`), every statement the ceremony rules run (`queries`), and the
+rows WatchQueue streams read (`views`)."""

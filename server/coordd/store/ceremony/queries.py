@@ -6,7 +6,6 @@ serializes writers). Rows come back as model instances or the named rows below.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -135,11 +134,6 @@ def circuit_by_id(circuit_id: str) -> Circuit:
     return Circuit.get_by_id(circuit_id)
 
 
-def circuit_with_ceremony(circuit_id: str) -> Circuit | None:
-    """The circuit with its `.ceremony` read in the same statement."""
-    return Circuit.select(Circuit, Ceremony).join(Ceremony).where(Circuit.id == circuit_id).first()
-
-
 def last_sequence(ceremony_id: str) -> int:
     return (
         Circuit.select(peewee.fn.MAX(Circuit.sequence)).where(Circuit.ceremony == ceremony_id).scalar() or 0
@@ -168,45 +162,6 @@ def set_current_participant(circuit_id: str, participant_id: str | None) -> None
 
 
 # -- participants --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ParticipantView:
-    """A participant as WatchQueue shows it, read once per queue change for everyone."""
-
-    id: str
-    ceremony_id: str
-    user_id: str
-    status: str
-    step: str
-    circuit_id: str | None
-    completed_circuits: int
-    timeouts_count: int
-    due_time: datetime | None
-    turn_start_time: datetime | None
-    create_time: datetime
-    update_time: datetime
-
-
-_VIEW_FIELDS = (
-    Participant.id,
-    Participant.ceremony,
-    Participant.user,
-    Participant.status,
-    Participant.step,
-    Participant.circuit,
-    Participant.completed_circuits,
-    Participant.timeouts_count,
-    Participant.due_time,
-    Participant.turn_start_time,
-    Participant.create_time,
-    Participant.update_time,
-    Participant.queue_seq,
-)
-
-
-def _view(row: tuple[Any, ...]) -> ParticipantView:
-    return ParticipantView(*row[:12])
 
 
 class DueParticipant(NamedTuple):
@@ -321,22 +276,6 @@ def set_missing_deadlines(circuit_id: str, statuses: tuple[str, ...], now: datet
         )
         .execute()
     )
-
-
-def participant_view(participant_id: str) -> ParticipantView | None:
-    row = Participant.select(*_VIEW_FIELDS).where(Participant.id == participant_id).tuples().first()
-    return _view(row) if row else None
-
-
-def queue_views(circuit_id: str) -> list[ParticipantView]:
-    """Everyone on the circuit, in queue order."""
-    rows = (
-        Participant.select(*_VIEW_FIELDS)
-        .where(Participant.circuit == circuit_id)
-        .order_by(Participant.queue_seq)
-        .tuples()
-    )
-    return [_view(row) for row in rows]
 
 
 # -- contributions -------------------------------------------------------------------------
