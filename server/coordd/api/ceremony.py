@@ -4,9 +4,9 @@ Uploads are written chunk by chunk to a temporary blob (fsynced before the offse
 recorded), never held whole in memory. Verification runs in its own small thread pool, as
 a task that outlives the upload call, so a client that hangs up does not stop it.
 
-WatchQueue streams share one read of a circuit's queue per change (QueueSnapshots): after
-an event, the first stream to wake re-reads the queue and every other stream on that
-circuit reuses it, so a change costs one query, not one per watcher.
+WatchQueue streams share one read of a circuit's queue per change (the domain's
+QueueSnapshots): after an event, the first stream to wake re-reads the queue and every
+other stream on that circuit reuses it, so a change costs one query, not one per watcher.
 """
 
 from __future__ import annotations
@@ -17,40 +17,29 @@ import random
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
-from google.protobuf import duration_pb2
-
-from coordd.api.convert import duration, from_ts, parse_name, ts
+from coordd.api.ceremony_convert import (
+    ceremony_to_proto,
+    circuit_to_proto,
+    contribution_to_proto,
+    enum_name,
+    parse_child,
+    participant_to_proto,
+    spec_from_proto,
+    watch_message,
+)
+from coordd.api.convert import parse_name
 from coordd.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
-from coordd.core.events import Event
 from coordd.core.paging import PageRequest
 from coordd.core.principal import require_user
 from coordd.domain import ceremony
-from coordd.domain import ceremony_verify as verify
-from coordd.domain.ceremony_timeouts import estimated_wait
-from coordd.events.notify import keys_of
 from coordd.runtime import Runtime
-from coordd.store.ceremony_models import (
-    CLOSED,
-    CREATED,
-    DONE,
-    FINALIZED,
-    TIMEDOUT,
-    WAITING,
-    Ceremony,
-    Circuit,
-    Contribution,
-)
 from coordd_client.v1 import ceremony_pb2 as pb
 from coordd_client.v1 import ceremony_pb2_grpc
 
 # A stream with nothing new sends its last message again (keepalive=true) this often.
 KEEPALIVE_S = 15.0
-# A cached queue snapshot is re-read after this long even without events (lost hints).
-SNAPSHOT_MAX_AGE_S = 5.0
 DOWNLOAD_CHUNK = 1 << 20
 
 
@@ -63,237 +52,15 @@ def _keepalive_interval() -> float:
 VERIFY_THREADS = 2
 
 
-# -- names and conversions -------------------------------------------------------------------
-
-
-def parse_child(name: str, collection: str, field: str) -> tuple[str, str]:
-    """`ceremonies/{c}/{collection}/{id}` -> (c, id)."""
-    parts = name.split("/")
-    if (
-        len(parts) != 4
-        or parts[0] != "ceremonies"
-        or parts[2] != collection
-        or not all(parts[i] and len(parts[i]) <= 64 for i in (1, 3))
-    ):
-        raise InvalidArgument(
-            f"{field} must look like ceremonies/{{id}}/{collection}/{{id}}, got {name!r}",
-            violations=[FieldViolation(field, f"expected ceremonies/{{id}}/{collection}/{{id}}")],
-        )
-    return parts[1], parts[3]
-
-
-def _enum_name(enum: Any, prefix: str, value: int, field: str, allow_unspecified: bool = False) -> str:
-    if value == 0 and allow_unspecified:
-        return ""
-    if value == 0 or value not in enum.values():
-        raise InvalidArgument(
-            f"{field} is not a valid value", violations=[FieldViolation(field, "unknown or unspecified")]
-        )
-    return str(enum.Name(value))[len(prefix) :]
-
-
-def _seconds(value: duration_pb2.Duration) -> float:
-    return value.ToTimedelta().total_seconds()
-
-
-def ceremony_to_proto(c: Ceremony) -> pb.Ceremony:
-    return pb.Ceremony(
-        name=ceremony.ceremony_name(c.id),
-        title=c.title,
-        description=c.description,
-        prefix=c.prefix,
-        state=pb.CeremonyState.Value(f"CEREMONY_STATE_{c.state}"),
-        coordinator=f"users/{c.coordinator_id}",
-        start_time=ts(c.start_time),
-        end_time=ts(c.end_time),
-        timeout=pb.TimeoutConfig(
-            policy=pb.TimeoutPolicy.Value(f"TIMEOUT_POLICY_{c.timeout_policy}"),
-            fixed_timeout=duration(c.fixed_timeout_s),
-            dynamic_threshold_percent=c.dynamic_threshold_pct,
-            dynamic_floor=duration(c.dynamic_floor_s),
-            start_window=duration(c.start_window_s),
-            penalty=duration(c.penalty_s),
-        ),
-        verifier=pb.Verifier(command=c.verifier_command, timeout=duration(c.verify_timeout_s)),
-        create_time=ts(c.create_time),
-        update_time=ts(c.update_time),
-    )
-
-
-def _avg(total: float, count: int) -> duration_pb2.Duration | None:
-    return duration(total / count) if count else None
-
-
-def circuit_to_proto(k: Circuit, waiting: int = 0) -> pb.Circuit:
-    return pb.Circuit(
-        name=ceremony.circuit_name(k.ceremony_id, k.id),
-        display_name=k.display_name,
-        sequence=k.sequence,
-        r1cs=pb.BlobInfo(size_bytes=k.r1cs_size, blake2b_512=bytes.fromhex(k.r1cs_hash))
-        if k.r1cs_hash
-        else None,
-        ptau=pb.BlobInfo(size_bytes=k.ptau_size, blake2b_512=bytes.fromhex(k.ptau_hash))
-        if k.ptau_hash
-        else None,
-        max_contribution_size_bytes=k.max_contribution_bytes,
-        valid_contributions=k.last_valid_index + 1,
-        next_index=k.last_valid_index + 1,
-        current_contributor=ceremony.participant_name(k.ceremony_id, k.current_participant)
-        if k.current_participant
-        else "",
-        waiting_count=waiting,
-        average_contribution_time=_avg(k.contribution_total_s, k.contribution_count),
-        average_verification_time=_avg(k.verification_total_s, k.verification_count),
-        beacon_hash_hex=k.beacon_hash,
-        beacon_iterations_exponent=k.beacon_iterations,
-        finalized=k.finalized,
-    )
-
-
-def participant_to_proto(p: Any) -> pb.Participant:
-    """`p` is a Participant row or a ParticipantView: they share these attributes."""
-    return pb.Participant(
-        name=ceremony.participant_name(p.ceremony_id, p.id),
-        user=f"users/{p.user_id}",
-        status=pb.ParticipantStatus.Value(f"PARTICIPANT_STATUS_{p.status}"),
-        step=pb.ContributionStep.Value(f"CONTRIBUTION_STEP_{p.step}") if p.step else 0,
-        circuit=ceremony.circuit_name(p.ceremony_id, p.circuit_id) if p.circuit_id else "",
-        completed_circuits=p.completed_circuits,
-        timeouts_count=p.timeouts_count,
-        deadline=ts(p.due_time),
-        create_time=ts(p.create_time),
-        update_time=ts(p.update_time),
-    )
-
-
-def contribution_to_proto(ceremony_id: str, k: Contribution) -> pb.Contribution:
-    receipt = None
-    if k.receipt_signature:
-        receipt = pb.Receipt(
-            payload=bytes(k.receipt_payload), signature=bytes(k.receipt_signature), key_id=k.receipt_key_id
-        )
-    return pb.Contribution(
-        name=ceremony.contribution_name(ceremony_id, k.circuit_id, k.id),
-        index=k.index,
-        contributor=k.contributor,
-        hash_hex=k.hash,
-        previous_hash_hex=k.previous_hash,
-        size_bytes=k.size,
-        state=pb.ContributionState.Value(f"CONTRIBUTION_STATE_{k.state}"),
-        verifier_output=k.verifier_output,
-        contribution_time=duration(k.contribution_s),
-        verification_time=duration(k.verification_s),
-        upload_time=ts(k.upload_time),
-        verify_time=ts(k.verify_time),
-        final=k.is_final,
-        receipt=receipt,
-    )
-
-
-def spec_from_proto(c: pb.Ceremony | pb.CreateCeremonyRequest, fields: set[str]) -> ceremony.CeremonySpec:
-    spec = ceremony.CeremonySpec(title=c.title, description=c.description)
-    if isinstance(c, pb.CreateCeremonyRequest):
-        spec.prefix = c.prefix
-    if c.HasField("start_time"):
-        spec.start_time = from_ts(c.start_time)
-    if c.HasField("end_time"):
-        spec.end_time = from_ts(c.end_time)
-    if "timeout" in fields:
-        t = c.timeout
-        spec.timeout_policy = _enum_name(
-            pb.TimeoutPolicy, "TIMEOUT_POLICY_", t.policy, "timeout.policy", allow_unspecified=True
-        )
-        spec.fixed_timeout_s = _seconds(t.fixed_timeout)
-        spec.dynamic_threshold_pct = t.dynamic_threshold_percent
-        spec.dynamic_floor_s = _seconds(t.dynamic_floor)
-        spec.start_window_s = _seconds(t.start_window)
-        spec.penalty_s = _seconds(t.penalty)
-    if "verifier" in fields:
-        spec.verifier_command = c.verifier.command
-        spec.verify_timeout_s = _seconds(c.verifier.timeout)
-    return spec
-
-
-# -- shared reads for WatchQueue -------------------------------------------------------------
-
-
-class QueueSnapshots:
-    """One cached read per circuit, refreshed after any event on its queue key.
-
-    A bus listener bumps the circuit's generation when an event names its queue key; a
-    stream asks for a snapshot at least as new as the generation it saw, and concurrent
-    askers share one in-flight read. The read starts after the bump, so it sees the change.
-    """
-
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self._generation: dict[str, int] = {}
-        self._cache: dict[str, tuple[int, float, ceremony.QueueSnapshot | None]] = {}
-        self._inflight: dict[str, tuple[int, asyncio.Future[ceremony.QueueSnapshot | None]]] = {}
-        self.reads = 0
-        rt.bus.add_listener(self._on_events)
-
-    def _on_events(self, events: list[Event]) -> None:
-        for event in events:
-            for key in keys_of(event):
-                if key.endswith("/queue"):
-                    circuit_id = key.split("/")[3] if key.count("/") == 4 else ""
-                    if circuit_id:
-                        self._generation[circuit_id] = self._generation.get(circuit_id, 0) + 1
-
-    async def get(self, circuit_id: str) -> ceremony.QueueSnapshot | None:
-        wanted = self._generation.get(circuit_id, 0)
-        cached = self._cache.get(circuit_id)
-        if cached is not None and cached[0] >= wanted and time.monotonic() - cached[1] < SNAPSHOT_MAX_AGE_S:
-            return cached[2]
-        flight = self._inflight.get(circuit_id)
-        if flight is None or flight[0] < wanted:
-            future = asyncio.ensure_future(self._read(circuit_id, wanted))
-            flight = (wanted, future)
-            self._inflight[circuit_id] = flight
-        return await asyncio.shield(flight[1])
-
-    async def _read(self, circuit_id: str, generation: int) -> ceremony.QueueSnapshot | None:
-        try:
-            self.reads += 1
-            snap = await self.rt.run(ceremony.queue_snapshot, circuit_id, self.rt.now())
-            held = self._cache.get(circuit_id)
-            if held is None or held[0] <= generation:
-                self._cache[circuit_id] = (generation, time.monotonic(), snap)
-            return snap
-        finally:
-            flight = self._inflight.get(circuit_id)
-            if flight is not None and flight[0] == generation:
-                del self._inflight[circuit_id]
-
-
-@dataclass(frozen=True)
-class _WatchState:
-    view: ceremony.ParticipantView
-    snap: ceremony.QueueSnapshot | None
-    state: str
-    position: int
-    wait: timedelta | None
-    keys: list[str]
-    finished: bool
-
-    @property
-    def key(self) -> tuple[Any, ...]:
-        """Everything the message shows, for a cheap "did anything change" check."""
-        current = self.snap.current.id if self.snap is not None and self.snap.current is not None else ""
-        length = self.snap.queue_length if self.snap is not None else 0
-        return (self.state, self.view, self.position, length, current, self.wait)
-
-
 class CeremonyServicer(ceremony_pb2_grpc.CeremonyServiceServicer):
     SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CeremonyService"].full_name
     register = staticmethod(ceremony_pb2_grpc.add_CeremonyServiceServicer_to_server)
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.snapshots = QueueSnapshots(rt)
+        self.snapshots = ceremony.QueueSnapshots(rt)
         self._verify_pool = ThreadPoolExecutor(max_workers=VERIFY_THREADS, thread_name_prefix="coordd-verify")
-        self._verifying: dict[str, asyncio.Task[Contribution]] = {}
+        self._verifying: dict[str, asyncio.Task[ceremony.Contribution]] = {}
         self._upload_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
     # -- ceremonies ------------------------------------------------------------------------
@@ -315,9 +82,7 @@ class CeremonyServicer(ceremony_pb2_grpc.CeremonyServiceServicer):
         self, request: pb.ListCeremoniesRequest, context: Any
     ) -> pb.ListCeremoniesResponse:
         page_request = PageRequest.of(request.page_size, request.page_token)
-        state = _enum_name(
-            pb.CeremonyState, "CEREMONY_STATE_", request.state, "state", allow_unspecified=True
-        )
+        state = enum_name(pb.CeremonyState, "CEREMONY_STATE_", request.state, "state", allow_unspecified=True)
         page = await self.rt.run(ceremony.list_ceremonies, page_request, state)
         return pb.ListCeremoniesResponse(
             ceremonies=[ceremony_to_proto(c) for c in page.items], next_page_token=page.next_token
@@ -404,7 +169,7 @@ class CeremonyServicer(ceremony_pb2_grpc.CeremonyServiceServicer):
         who = require_user()
         cid = parse_name(request.parent, "ceremonies", "parent")
         page_request = PageRequest.of(request.page_size, request.page_token)
-        status = _enum_name(
+        status = enum_name(
             pb.ParticipantStatus, "PARTICIPANT_STATUS_", request.status, "status", allow_unspecified=True
         )
         page = await self.rt.run(ceremony.list_participants, who, cid, page_request, status)
@@ -417,53 +182,11 @@ class CeremonyServicer(ceremony_pb2_grpc.CeremonyServiceServicer):
     ) -> pb.ReportProgressResponse:
         who = require_user()
         cid = parse_name(request.ceremony, "ceremonies", "ceremony")
-        step = _enum_name(pb.ContributionStep, "CONTRIBUTION_STEP_", request.step, "step")
+        step = enum_name(pb.ContributionStep, "CONTRIBUTION_STEP_", request.step, "step")
         p = await self.rt.run(ceremony.report_progress, self.rt, who, cid, step)
         return pb.ReportProgressResponse(participant=participant_to_proto(p))
 
     # -- WatchQueue ------------------------------------------------------------------------
-
-    async def _watch_state(self, cid: str, pid: str, hint: str | None) -> _WatchState:
-        """What the caller's next message says; most wake-ups are served from a shared snapshot."""
-        snap = await self.snapshots.get(hint) if hint else None
-        view = snap.participants.get(pid) if snap is not None else None
-        if view is None:
-            view = await self.rt.run(ceremony.participant_view, pid)
-            if view is None:
-                raise NotFound("your participation no longer exists", reason="NOT_A_PARTICIPANT")
-            snap = await self.snapshots.get(view.circuit_id) if view.circuit_id else None
-            if snap is not None:
-                view = snap.participants.get(pid, view)
-        if snap is not None:
-            state = snap.ceremony_state
-        else:
-            state = (await self.rt.run(ceremony.get_ceremony, cid)).state
-        keys = [ceremony.participant_name(cid, pid), ceremony.ceremony_name(cid)]
-        position, wait = 0, None
-        if snap is not None:
-            keys.append(ceremony.queue_key(cid, snap.circuit_id))
-            position = snap.positions.get(pid, 0)
-            if view.status == WAITING:
-                wait = estimated_wait(position - 1, snap.per_turn, snap.current_elapsed)
-        finished = view.status in (DONE, FINALIZED) or (
-            state in (CLOSED, FINALIZED) and view.status in (CREATED, WAITING, TIMEDOUT)
-        )
-        return _WatchState(view, snap, state, position, wait, keys, finished)
-
-    @staticmethod
-    def _watch_message(cid: str, w: _WatchState) -> pb.WatchQueueResponse:
-        msg = pb.WatchQueueResponse(
-            ceremony_state=pb.CeremonyState.Value(f"CEREMONY_STATE_{w.state}"),
-            participant=participant_to_proto(w.view),
-            deadline=ts(w.view.due_time),
-            position=w.position,
-            estimated_wait=duration(w.wait) if w.wait is not None else None,
-        )
-        if w.snap is not None:
-            msg.queue_length = w.snap.queue_length
-            if w.snap.current is not None:
-                msg.current_contributor = ceremony.participant_name(cid, w.snap.current.id)
-        return msg
 
     async def WatchQueue(
         self, request: pb.WatchQueueRequest, context: Any
@@ -477,12 +200,12 @@ class CeremonyServicer(ceremony_pb2_grpc.CeremonyServiceServicer):
         last_sent = time.monotonic()
         quiet = _keepalive_interval()
         while True:
-            w = await self._watch_state(cid, p.id, hint)
+            w = await ceremony.watch_state(self.rt, self.snapshots, cid, p.id, hint)
             hint = w.view.circuit_id
             now = time.monotonic()
             # A cheap comparison first: the message is only built when something changed.
             if w.key != last_key:
-                msg = self._watch_message(cid, w)
+                msg = watch_message(cid, w)
                 yield msg
                 last_key, last_sent, quiet = w.key, now, _keepalive_interval()
             elif now - last_sent >= quiet:
@@ -626,7 +349,7 @@ class CeremonyServicer(ceremony_pb2_grpc.CeremonyServiceServicer):
             response.participant.CopyFrom(participant_to_proto(p))
         return response
 
-    def _verification(self, contribution_id: str) -> asyncio.Task[Contribution]:
+    def _verification(self, contribution_id: str) -> asyncio.Task[ceremony.Contribution]:
         task = self._verifying.get(contribution_id)
         if task is None:
             task = asyncio.create_task(self._verify(contribution_id), name=f"verify:{contribution_id}")
@@ -634,11 +357,13 @@ class CeremonyServicer(ceremony_pb2_grpc.CeremonyServiceServicer):
             task.add_done_callback(lambda _: self._verifying.pop(contribution_id, None))
         return task
 
-    async def _verify(self, contribution_id: str) -> Contribution:
+    async def _verify(self, contribution_id: str) -> ceremony.Contribution:
         job = await self.rt.run(ceremony.verification_job, self.rt, contribution_id)
         if job is not None:
             loop = asyncio.get_running_loop()
-            running = loop.run_in_executor(self._verify_pool, verify.run, ceremony.blobs_of(self.rt), job)
+            running = loop.run_in_executor(
+                self._verify_pool, ceremony.verifier.run, ceremony.blobs_of(self.rt), job
+            )
             stop = asyncio.ensure_future(self.rt.stopping.wait())
             try:
                 await asyncio.wait({running, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -646,13 +371,13 @@ class CeremonyServicer(ceremony_pb2_grpc.CeremonyServiceServicer):
                 stop.cancel()
             if not running.done():
                 # Shutdown: a verifier may run for minutes; it is killed and redone after restart.
-                verify.stop_all()
+                ceremony.verifier.stop_all()
             try:
                 result = await running
-            except verify.VerifierStopped:
+            except ceremony.verifier.VerifierStopped:
                 raise Unavailable("shutting down", reason="SHUTTING_DOWN") from None
             return await self.rt.run(ceremony.finish_verification, self.rt, contribution_id, result)
-        return await self.rt.run(Contribution.get_by_id, contribution_id)
+        return await self.rt.run(ceremony.get_contribution, contribution_id)
 
     async def UploadArtifact(
         self, request_iterator: AsyncIterator[pb.UploadArtifactRequest], context: Any
@@ -660,7 +385,7 @@ class CeremonyServicer(ceremony_pb2_grpc.CeremonyServiceServicer):
         who = require_user()
         requests = request_iterator.__aiter__()
         first = await self._header(requests)
-        kind = _enum_name(pb.ArtifactKind, "ARTIFACT_KIND_", first.kind, "kind").lower()
+        kind = enum_name(pb.ArtifactKind, "ARTIFACT_KIND_", first.kind, "kind").lower()
         header = first.header
         cid, kid = parse_child(header.circuit, "circuits", "header.circuit")
         async with self._one_stream((kid, who.user_id, kind)):
@@ -686,7 +411,7 @@ class CeremonyServicer(ceremony_pb2_grpc.CeremonyServiceServicer):
         cid, kid = parse_child(request.circuit, "circuits", "circuit")
         kind = ceremony.CONTRIBUTION_KIND
         if request.kind:
-            kind = _enum_name(pb.ArtifactKind, "ARTIFACT_KIND_", request.kind, "kind").lower()
+            kind = enum_name(pb.ArtifactKind, "ARTIFACT_KIND_", request.kind, "kind").lower()
         up = await self.rt.run(ceremony.upload_status, who, cid, kid, kind)
         if up is None:
             return pb.GetUploadStatusResponse()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import peewee
 
 from coordd.notify.models import Channel, Delivery
-from coordd.store.ceremony_models import Ceremony, Contribution, Participant
+from coordd.store.ceremony.models import Ceremony, Contribution, Participant
 from coordd.store.competition.models import Competition, CompetitionNotification, Registration
 from coordd.store.jobs.models import Job
 from coordd.store.ledger.models import LedgerAccount, LedgerEntry

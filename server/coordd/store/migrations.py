@@ -14,9 +14,9 @@ import peewee
 import structlog
 
 from coordd.notify import models as notify_m
-from coordd.store import ceremony_models as ceremony_m
 from coordd.store import models as m
 from coordd.store import node_models as node_m
+from coordd.store.ceremony import models as ceremony_m
 from coordd.store.competition import models as competition_m
 from coordd.store.db import Store
 from coordd.store.jobs import models as job_m

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CACHE = ROOT / ".cache" / "npm-ceremony"
 PACKAGES = ("snarkjs", "circom2")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -13,10 +13,10 @@ from google.protobuf import field_mask_pb2
 from coordd.api import ceremony as ceremony_api
 from coordd.core.principal import Principal
 from coordd.domain import ceremony as rules
-from coordd.store.ceremony_models import Circuit, Participant
+from coordd.store.ceremony.models import Circuit, Participant
 from coordd_client.transcript import verify_transcript
 from coordd_client.v1 import ceremony_pb2 as pb
-from tests.e2e_ceremony.helpers import Ceremonies, blake, dur, stamp, upload_messages, wait_for
+from tests.ceremony.e2e_ceremony.helpers import Ceremonies, blake, dur, stamp, upload_messages, wait_for
 from tests.helpers import rpc_error
 from tests.support.server import bearer
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coordd.blobs.store import BlobStore
+from coordd.domain.ceremony.names import listed
 
 PLACEHOLDERS = ("r1cs", "ptau", "zkey", "previous", "circuit")
 _running: set[subprocess.Popen[bytes]] = set()
@@ -67,7 +68,7 @@ def check_command(command: str) -> str | None:
         try:
             arg.format(**{name: "" for name in PLACEHOLDERS})
         except (KeyError, IndexError, ValueError):
-            return f"argument {arg!r} uses an unknown placeholder (known: {', '.join(PLACEHOLDERS)})"
+            return f"argument {arg!r} uses an unknown placeholder (known: {listed(PLACEHOLDERS)})"
     return None
 
 

@@ -18,7 +18,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from coordd_client.v1 import ceremony_pb2 as pb
 from coordd_client.v1 import ceremony_pb2_grpc
-from tests.e2e_ceremony.helpers import wait_for
+from tests.ceremony.e2e_ceremony.helpers import wait_for
 from tests.support.process import Daemon
 
 pytestmark = pytest.mark.e2e

@@ -19,7 +19,7 @@ from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 from coordd_client.transcript import file_hash, verify_transcript
 from coordd_client.v1 import ceremony_pb2 as pb
 from coordd_client.v1 import ceremony_pb2_grpc
-from tests.e2e_ceremony.toolchain import build_artifacts, require_toolchain
+from tests.ceremony.e2e_ceremony.toolchain import build_artifacts, require_toolchain
 from tests.support.process import COORDCTL, Daemon
 
 pytestmark = pytest.mark.e2e

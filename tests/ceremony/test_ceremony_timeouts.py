@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 from google.protobuf import duration_pb2
 
-from coordd.api.ceremony import _seconds
-from coordd.domain.ceremony_timeouts import (
+from coordd.api.ceremony_convert import seconds as _seconds
+from coordd.domain.ceremony.timeouts import (
     DYNAMIC,
     FIXED,
     TimeoutRule,

@@ -10,7 +10,7 @@ import pytest
 import coordd_client
 from coordd_client import contributions
 from coordd_client.v1 import ceremony_pb2 as pb
-from tests.e2e_ceremony.helpers import Ceremonies, blake, upload_messages
+from tests.ceremony.e2e_ceremony.helpers import Ceremonies, blake, upload_messages
 from tests.support.server import bearer
 
 

@@ -1,0 +1,119 @@
+"""The read model WatchQueue streams share: one read of a circuit's queue per change.
+
+`queue_snapshot` reads everything a stream shows for every participant on one circuit, in
+one go. `QueueSnapshots` caches one snapshot per circuit: a bus listener bumps the circuit's
+generation when an event names its queue key (`QueueKey`), a stream asks for a snapshot at
+least as new as the generation it saw, and concurrent askers share one in-flight read. The
+read starts after the bump, so it sees the change: a change costs one query, not one per
+watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from coordd.core.events import Event
+from coordd.domain.ceremony.names import QueueKey
+from coordd.domain.ceremony.states import WAITING
+from coordd.domain.ceremony.timeouts import average
+from coordd.events.notify import keys_of
+from coordd.runtime import Runtime
+from coordd.store.ceremony import views
+from coordd.store.ceremony.views import ParticipantView
+
+__all__ = ["ParticipantView", "QueueSnapshot", "QueueSnapshots", "participant_view", "queue_snapshot"]
+
+# A cached queue snapshot is re-read after this long even without events (lost hints).
+SNAPSHOT_MAX_AGE_S = 5.0
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """One read of a circuit's queue, shared by every stream watching it."""
+
+    ceremony_id: str
+    ceremony_state: str
+    circuit_id: str
+    current: ParticipantView | None
+    per_turn: timedelta | None
+    # How long the current contributor's turn has run, as of the read.
+    current_elapsed: timedelta | None
+    positions: dict[str, int] = field(default_factory=dict)
+    participants: dict[str, ParticipantView] = field(default_factory=dict)
+
+    @property
+    def queue_length(self) -> int:
+        return len(self.positions)
+
+
+def participant_view(participant_id: str) -> ParticipantView | None:
+    return views.participant_view(participant_id)
+
+
+def queue_snapshot(circuit_id: str, now: datetime) -> QueueSnapshot | None:
+    """Everything WatchQueue needs for every participant on one circuit, in one read."""
+    circuit = views.circuit_with_ceremony(circuit_id)
+    if circuit is None:
+        return None
+    c = circuit.ceremony
+    participants: dict[str, ParticipantView] = {}
+    positions: dict[str, int] = {}
+    for view in views.queue_views(circuit_id):
+        participants[view.id] = view
+        if view.status == WAITING:
+            positions[view.id] = len(positions) + 1
+    current = participants.get(circuit.current_participant or "")
+    avg_c = average(circuit.contribution_total_s, circuit.contribution_count)
+    avg_v = average(circuit.verification_total_s, circuit.verification_count)
+    per_turn = None if avg_c is None else avg_c + (avg_v or timedelta())
+    elapsed = None
+    if current is not None:
+        elapsed = now - current.turn_start_time if current.turn_start_time else timedelta()
+    return QueueSnapshot(c.id, c.state, circuit.id, current, per_turn, elapsed, positions, participants)
+
+
+class QueueSnapshots:
+    """One cached read per circuit, refreshed after any event on its queue key."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._generation: dict[str, int] = {}
+        self._cache: dict[str, tuple[int, float, QueueSnapshot | None]] = {}
+        self._inflight: dict[str, tuple[int, asyncio.Future[QueueSnapshot | None]]] = {}
+        self.reads = 0
+        rt.bus.add_listener(self._on_events)
+
+    def _on_events(self, events: list[Event]) -> None:
+        for event in events:
+            for text in keys_of(event):
+                key = QueueKey.parse(text)
+                if key is not None:
+                    self._generation[key.circuit_id] = self._generation.get(key.circuit_id, 0) + 1
+
+    async def get(self, circuit_id: str) -> QueueSnapshot | None:
+        wanted = self._generation.get(circuit_id, 0)
+        cached = self._cache.get(circuit_id)
+        if cached is not None and cached[0] >= wanted and time.monotonic() - cached[1] < SNAPSHOT_MAX_AGE_S:
+            return cached[2]
+        flight = self._inflight.get(circuit_id)
+        if flight is None or flight[0] < wanted:
+            future = asyncio.ensure_future(self._read(circuit_id, wanted))
+            flight = (wanted, future)
+            self._inflight[circuit_id] = flight
+        return await asyncio.shield(flight[1])
+
+    async def _read(self, circuit_id: str, generation: int) -> QueueSnapshot | None:
+        try:
+            self.reads += 1
+            snap = await self.rt.run(queue_snapshot, circuit_id, self.rt.now())
+            held = self._cache.get(circuit_id)
+            if held is None or held[0] <= generation:
+                self._cache[circuit_id] = (generation, time.monotonic(), snap)
+            return snap
+        finally:
+            flight = self._inflight.get(circuit_id)
+            if flight is not None and flight[0] == generation:
+                del self._inflight[circuit_id]

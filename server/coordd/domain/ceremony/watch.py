@@ -1,0 +1,63 @@
+"""What a WatchQueue stream shows a participant next: its status, its place in the queue, an
+estimated wait, the keys to wait on, and whether the stream is finished. Most wake-ups are
+served from the circuit's shared snapshot (see snapshots)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from coordd.core.errors import NotFound
+from coordd.domain.ceremony.lookup import get_ceremony
+from coordd.domain.ceremony.names import ceremony_name, participant_name, queue_key
+from coordd.domain.ceremony.snapshots import ParticipantView, QueueSnapshot, QueueSnapshots, participant_view
+from coordd.domain.ceremony.states import CLOSED, CREATED, DONE, FINALIZED, TIMEDOUT, WAITING
+from coordd.domain.ceremony.timeouts import estimated_wait
+from coordd.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class WatchState:
+    view: ParticipantView
+    snap: QueueSnapshot | None
+    state: str
+    position: int
+    wait: timedelta | None
+    keys: list[str]
+    finished: bool
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Everything the message shows, for a cheap "did anything change" check."""
+        current = self.snap.current.id if self.snap is not None and self.snap.current is not None else ""
+        length = self.snap.queue_length if self.snap is not None else 0
+        return (self.state, self.view, self.position, length, current, self.wait)
+
+
+async def watch_state(
+    rt: Runtime, snapshots: QueueSnapshots, cid: str, pid: str, hint: str | None
+) -> WatchState:
+    """Participant `pid` of ceremony `cid` as its stream shows it now; `hint` is the circuit it
+    was last seen on."""
+    snap = await snapshots.get(hint) if hint else None
+    view = snap.participants.get(pid) if snap is not None else None
+    if view is None:
+        view = await rt.run(participant_view, pid)
+        if view is None:
+            raise NotFound("your participation no longer exists", reason="NOT_A_PARTICIPANT")
+        snap = await snapshots.get(view.circuit_id) if view.circuit_id else None
+        if snap is not None:
+            view = snap.participants.get(pid, view)
+    state = snap.ceremony_state if snap is not None else (await rt.run(get_ceremony, cid)).state
+    keys = [participant_name(cid, pid), ceremony_name(cid)]
+    position, wait = 0, None
+    if snap is not None:
+        keys.append(queue_key(cid, snap.circuit_id))
+        position = snap.positions.get(pid, 0)
+        if view.status == WAITING:
+            wait = estimated_wait(position - 1, snap.per_turn, snap.current_elapsed)
+    finished = view.status in (DONE, FINALIZED) or (
+        state in (CLOSED, FINALIZED) and view.status in (CREATED, WAITING, TIMEDOUT)
+    )
+    return WatchState(view, snap, state, position, wait, keys, finished)

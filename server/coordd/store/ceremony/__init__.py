@@ -1,0 +1,2 @@
+"""The ceremony tables (`models`), every statement the ceremony rules run (`queries`), and the
+rows WatchQueue streams read (`views`)."""
