@@ -7,6 +7,12 @@ record, so a retry re-executes. A retry that finds a `running` record whose hold
 presumed dead takes it over (nothing was committed); one that finds an `applied` record
 whose holder died gets IDEMPOTENCY_RESPONSE_LOST rather than a second execution. Records
 are scoped per caller and kept for `idempotency_retention_s`.
+
+Stored responses are sealed (AES-256-GCM with the sealing key, bound to the record's scope and
+key, so a blob copied onto another record does not open): a reply carries the secrets it
+creates (API keys, node keys, webhook secrets, access tokens), and a database dump must not.
+Records stored in plaintext before sealing existed still replay as they are until they expire
+(at most `idempotency_retention_s` later): expiring them early would run their calls twice.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from datetime import timedelta
 import peewee
 
 from coordd.core.errors import FailedPrecondition, InvalidArgument, Violations
+from coordd.crypto.sealing import Unsealable
 from coordd.runtime import Runtime
 from coordd.store.idempotency_marks import APPLIED, DONE, PENDING, RUNNING, PendingKey
 
@@ -37,6 +44,19 @@ class Claim:
 
 def request_hash(method: str, request_bytes: bytes) -> str:
     return hashlib.sha256(method.encode() + b"\0" + request_bytes).hexdigest()
+
+
+def _seal_context(scope: str, key: str) -> str:
+    return f"idempotency\0{scope}\0{key}"
+
+
+def _response_lost(key: str, method: str, why: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"the first call with this idempotency-key was applied, but {why};"
+        " read the resource to see the result",
+        reason="IDEMPOTENCY_RESPONSE_LOST",
+        metadata={"idempotency_key": key, "first_method": method},
+    )
 
 
 def check_key(key: str) -> None:
@@ -98,16 +118,17 @@ def claim(rt: Runtime, scope: str, key: str, method: str, digest: str) -> Claim:
                     metadata={"idempotency_key": key, "first_method": record.method},
                 )
             if record.state == DONE:
-                return Claim("replay", bytes(record.response or b""))
+                try:
+                    response = rt.sealer.open_bytes(bytes(record.response or b""), _seal_context(scope, key))
+                except Unsealable:
+                    raise _response_lost(
+                        key, record.method, "its stored response does not open here"
+                    ) from None
+                return Claim("replay", response)
             if record.locked_until > tx.now:
                 return Claim("wait")  # the first call is still running
             if record.state == APPLIED:
-                raise FailedPrecondition(
-                    "the first call with this idempotency-key was applied, but the server stopped"
-                    " before storing its response; read the resource to see the result",
-                    reason="IDEMPOTENCY_RESPONSE_LOST",
-                    metadata={"idempotency_key": key, "first_method": record.method},
-                )
+                raise _response_lost(key, record.method, "the server stopped before storing its response")
             # The first caller died before committing anything: the retry takes the key over.
             record.locked_until = tx.now + timedelta(seconds=s.idempotency_stale_s)
             record.save()
@@ -118,8 +139,9 @@ def claim(rt: Runtime, scope: str, key: str, method: str, digest: str) -> Claim:
 
 
 def complete(rt: Runtime, scope: str, key: str, response: bytes) -> None:
+    sealed = rt.sealer.seal_bytes(response, _seal_context(scope, key))
     with rt.store.write():
-        IdempotencyRecord.update(state=DONE, response=response).where(
+        IdempotencyRecord.update(state=DONE, response=sealed).where(
             (IdempotencyRecord.scope == scope) & (IdempotencyRecord.key == key)
         ).execute()
 
