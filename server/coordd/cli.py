@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import secrets
 import sys
 from typing import Any
@@ -116,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Whatever the daemon creates (data dir, database, keys, blobs, port file) is its user's
+    # alone; the explicit modes in store.db and crypto.secrets hold without this too.
+    os.umask(0o077)
     from coordd.app import StartupError
     from coordd.core.errors import DomainError
     from coordd.store.lock import DataDirLocked
