@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,8 +24,15 @@ class LogCapture:
     def lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.text.splitlines() if line.strip()]
 
-    def events(self, event: str) -> list[dict[str, Any]]:
-        return [line for line in self.lines() if line.get("event") == event]
+    def events(self, event: str, wait_for: int = 0) -> list[dict[str, Any]]:
+        """Lines of `event`; with `wait_for`, first waits (bounded) until that many are there:
+        a call's `rpc` line is written just after its status went out to the client."""
+        deadline = time.monotonic() + 10
+        while True:
+            found = [line for line in self.lines() if line.get("event") == event]
+            if len(found) >= wait_for or time.monotonic() > deadline:
+                return found
+            time.sleep(0.01)
 
 
 def _use(log_format: str, level: str, stream: Any, monkeypatch: pytest.MonkeyPatch) -> None:
