@@ -26,7 +26,7 @@ def test_layers_in_order(tmp_path):
         ({"COORDD_METRICS_PORT": "abc"}, "metrics_port"),
         ({"COORDD_LISTEN": "nohost"}, "listen"),
         ({"COORDD_DATABASE_URL": "mysql://x"}, "database_url"),
-        ({"COORDD_NOT_A_SETTING": "1"}, "unknown setting"),
+        ({"COORDD_DATABSE_URL": "postgresql://x@h/db"}, "unknown setting; did you mean COORDD_DATABASE_URL"),
         ({"COORDD_SCHEDULER_ENABLED": "maybe"}, "boolean"),
         ({"COORDD_JWT_SECRET": "short"}, "jwt_secret"),
         ({"COORDD_ARGON2_MEMORY_KIB": "4"}, "argon2_memory_kib"),

@@ -10,6 +10,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -31,6 +32,7 @@ from coordd.core.clock import utcnow
 from coordd.runtime import Runtime
 from coordd.scheduler.core import Elector, PostgresElector, Scheduler
 from coordd.scheduler.tasks import all_tasks
+from coordd.store.db import prepare_data_dir
 from coordd.store.lock import FileLock
 from coordd.store.migrations import migrate
 from coordd_client.v1 import (
@@ -143,6 +145,7 @@ class App:
 
     async def start(self) -> int:
         s = self.settings
+        prepare_data_dir(Path(s.data_dir))  # 0700, before the lock file or any key is created
         if s.backend == "sqlite":
             self._lock = FileLock(s.db_path().with_suffix(".db.lock"))
             self._lock.acquire()

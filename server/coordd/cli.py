@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import secrets
 import sys
 from typing import Any
@@ -14,20 +15,26 @@ from coordd.config import ConfigError, Settings, load_settings
 from coordd.logging import configure
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(
+def _settings(args: argparse.Namespace, level: str | None = None) -> Settings:
+    """Loads the settings, configures logging, and logs what loading warned about."""
+    settings = load_settings(
         args.config,
         listen=getattr(args, "listen", None),
         data_dir=args.data_dir,
         database_url=args.database_url,
     )
+    configure(settings.log_format, level or settings.log_level)
+    import structlog
+
+    for warning in settings.warnings:
+        structlog.get_logger("coordd").warning("configuration", problem=warning)
+    return settings
 
 
 def _serve(args: argparse.Namespace) -> int:
     from coordd.app import App
 
     settings = _settings(args)
-    configure(settings.log_format, settings.log_level)
     asyncio.run(App(settings).serve_forever(port_file=args.port_file))
     return 0
 
@@ -37,7 +44,6 @@ def _migrate(args: argparse.Namespace) -> int:
     from coordd.store.migrations import migrate
 
     settings = _settings(args)
-    configure(settings.log_format, settings.log_level)
     rt = Runtime(settings)
     try:
         applied = migrate(rt.store)
@@ -53,8 +59,7 @@ def _create_user(args: argparse.Namespace) -> int:
     from coordd.runtime import Runtime
     from coordd.store.migrations import migrate
 
-    settings = _settings(args)
-    configure(settings.log_format, "warning")
+    settings = _settings(args, "warning")
     rt = Runtime(settings)
     try:
         migrate(rt.store)
@@ -116,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Whatever the daemon creates (data dir, database, keys, blobs, port file) is its user's
+    # alone; the explicit modes in store.db and crypto.secrets hold without this too.
+    os.umask(0o077)
     from coordd.app import StartupError
     from coordd.core.errors import DomainError
     from coordd.store.lock import DataDirLocked

@@ -1,14 +1,24 @@
 """One Settings object: defaults < optional TOML file < COORDD_* environment.
 
 Bad configuration raises ConfigError with a one-line message; the CLI prints it and exits 2.
+Configuration fails only on its own: the daemon reads `COORDD_<SETTING>` variables, and
+- `COORDD_TEST_*` (the test suite's, e.g. COORDD_TEST_PG_URL) are ignored;
+- variables other programs set (coordctl's old COORDD_NODE_KEY, the job runner's COORDD_JOB
+  and COORDD_JOB_ATTEMPT) are ignored; clients use their own prefix, COORDCTL_*;
+- any other unknown COORDD_* variable is a warning naming it (`Settings.warnings`, logged at
+  start), except a close misspelling of a real setting (COORDD_DATABSE_URL), which is an error
+  saying "did you mean": silently running on SQLite instead of PostgreSQL is worse than not
+  starting.
+Unknown keys in the TOML file (the daemon's own) are always an error.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +88,12 @@ class Settings:
     competition_reminder_lead_s: int = 24 * 3600
     competition_max_entry_bytes: int = 1024 * 1024
     competition_max_errors: int = 5
+    # Not a setting: what loading noticed (unknown COORDD_* variables); logged at start.
+    _warnings: list[str] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self._warnings)
 
     def db_path(self) -> Path:
         return Path(self.data_dir) / "coordd.db"
@@ -87,7 +103,30 @@ class Settings:
         return "postgresql" if self.database_url else "sqlite"
 
 
-_FIELDS = {f.name: f for f in fields(Settings)}
+_FIELDS = {f.name: f for f in fields(Settings) if not f.name.startswith("_")}
+ENV_PREFIX = "COORDD_"
+# The test suite's variables (COORDD_TEST_PG_URL, ...): never the daemon's.
+TEST_ENV_PREFIX = "COORDD_TEST_"
+# Set by other programs: coordctl before it moved to COORDCTL_*, the job runner for its child.
+FOREIGN_ENV = frozenset({"COORDD_CONFIG", "COORDD_NODE_KEY", "COORDD_JOB", "COORDD_JOB_ATTEMPT"})
+# How close an unknown name must be to a setting to be taken for its misspelling.
+TYPO_CUTOFF = 0.85
+
+
+def _from_env(env: dict[str, str], values: dict[str, Any], warnings: list[str]) -> None:
+    for key, value in sorted(env.items()):
+        if not key.startswith(ENV_PREFIX) or key.startswith(TEST_ENV_PREFIX) or key in FOREIGN_ENV:
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name in _FIELDS:
+            values[name] = _coerce(name, value)
+            continue
+        close = difflib.get_close_matches(name, list(_FIELDS), n=1, cutoff=TYPO_CUTOFF)
+        if close:
+            raise ConfigError(
+                f"environment {key}: unknown setting; did you mean {ENV_PREFIX}{close[0].upper()}?"
+            )
+        warnings.append(f"environment {key}: not a coordd setting; ignored")
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -174,17 +213,13 @@ def load_settings(
             if key not in _FIELDS:
                 raise ConfigError(f"config file {config_file}: unknown setting {key!r}")
             values[key] = _coerce(key, value)
-    for key, value in env.items():
-        if key.startswith("COORDD_") and key != "COORDD_CONFIG":
-            name = key[len("COORDD_") :].lower()
-            if name not in _FIELDS:
-                raise ConfigError(f"environment {key}: unknown setting")
-            values[name] = _coerce(name, value)
+    warnings: list[str] = []
+    _from_env(env, values, warnings)
     for key, value in overrides.items():
         if value is not None:
             if key not in _FIELDS:
                 raise ConfigError(f"unknown setting {key!r}")
             values[key] = _coerce(key, value)
-    settings = dataclasses.replace(Settings(), **values)
+    settings = dataclasses.replace(Settings(), **values, _warnings=warnings)
     _validate(settings)
     return settings

@@ -266,7 +266,14 @@ class _Worker:
                 stdin=subprocess.DEVNULL if uses_input else subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env={**os.environ, "COORDD_JOB": job.name, "COORDD_JOB_ATTEMPT": str(lease.attempt)},
+                # COORDCTL_JOB*: the client's prefix; the COORDD_JOB* names stay for old scripts.
+                env={
+                    **os.environ,
+                    "COORDCTL_JOB": job.name,
+                    "COORDCTL_JOB_ATTEMPT": str(lease.attempt),
+                    "COORDD_JOB": job.name,
+                    "COORDD_JOB_ATTEMPT": str(lease.attempt),
+                },
             )
             stop_beats = threading.Event()
             outcome: dict[str, Any] = {}

@@ -10,6 +10,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -18,6 +19,16 @@ from coordd_client.cli.common import Context, emit, enum_word, table
 from coordd_client.client import connect
 from coordd_client.errors import CoorddError, PermissionDenied, Unauthenticated
 from coordd_client.v1 import node_pb2
+
+
+def _node_key_from_env() -> str | None:
+    """COORDCTL_NODE_KEY; the old name COORDD_NODE_KEY still works, with a note (COORDD_* are
+    the daemon's variables)."""
+    key = os.environ.get("COORDCTL_NODE_KEY")
+    if key is None and os.environ.get("COORDD_NODE_KEY") is not None:
+        print("coordctl: COORDD_NODE_KEY is deprecated; use COORDCTL_NODE_KEY", file=sys.stderr)
+        key = os.environ["COORDD_NODE_KEY"]
+    return key
 
 
 def _status(value: int) -> str:
@@ -76,7 +87,7 @@ def register(sub: Any) -> None:
     show.add_argument("node", help="nodes/{id}")
     show.set_defaults(func=_show)
     agent = node.add_parser("agent", help="send heartbeats for this node until stopped")
-    agent.add_argument("--node-key", default=os.environ.get("COORDD_NODE_KEY"), help="or COORDD_NODE_KEY")
+    agent.add_argument("--node-key", help="or COORDCTL_NODE_KEY")
     agent.add_argument("--stream", action="store_true", help="beat over one long-lived stream (large fleets)")
     agent.add_argument("--interval", type=float, help="seconds between beats (default: what the daemon says)")
     agent.add_argument(
@@ -191,8 +202,9 @@ class _Agent:
             self.log("stream closed", beats=result["reply"].beats)
 
     def run(self) -> int:
+        self.args.node_key = self.args.node_key or _node_key_from_env()
         if not self.args.node_key:
-            print("error: --node-key (or COORDD_NODE_KEY) is required", flush=True)
+            print("error: --node-key (or COORDCTL_NODE_KEY) is required", flush=True)
             return 2
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop.set())

@@ -21,7 +21,8 @@ from google.protobuf import descriptor_pool
 from google.protobuf.message import Message
 
 from coordd import metrics
-from coordd.api.errors import status_for
+from coordd.api import decoding
+from coordd.api.errors import clip, status_for
 from coordd.api.validation import check_request
 from coordd.core.errors import (
     Aborted,
@@ -155,13 +156,17 @@ class ObservabilityInterceptor(WrappingInterceptor):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        # Undecodable request bytes reach unary/stream below as a sentinel (api/decoding.py).
+        return super().wrap(decoding.tolerant_handler(handler), method)
+
     def _begin(self, method: str, context: Any) -> str:
         request_id = metadata_value(context, REQUEST_ID)
         if not request_id or len(request_id) > 128 or not request_id.isprintable():
             # Not a secret, just unique: getrandbits avoids a urandom syscall per call.
             request_id = f"{random.getrandbits(128):032x}"
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
+        structlog.contextvars.bind_contextvars(request_id=request_id, method=method, peer=context.peer())
         return request_id
 
     def _check_limits(self, request: Any) -> None:
@@ -172,7 +177,7 @@ class ObservabilityInterceptor(WrappingInterceptor):
         """Aborts the call with the mapped status. Only unexpected errors log here (with
         traceback); expected ones are summarised on the call's single `rpc` log line."""
         if isinstance(exc, DomainError):
-            structlog.contextvars.bind_contextvars(reason=exc.reason, error=exc.message)
+            structlog.contextvars.bind_contextvars(reason=exc.reason, error=clip(exc.message))
             status = status_for(exc)
         else:
             log.error("rpc failed", exc_info=exc)
@@ -204,6 +209,7 @@ class ObservabilityInterceptor(WrappingInterceptor):
         started = time.perf_counter()
         code = "OK"
         try:
+            request = decoding.check(method, request)
             self._check_limits(request)
             if isinstance(request, Message):
                 response = await call(request, context)
@@ -261,6 +267,7 @@ class ObservabilityInterceptor(WrappingInterceptor):
         task = asyncio.current_task()
         source = call(request, context)
         try:
+            decoding.check(method, request)
             self._check_limits(request)
             # Headers go out first (never cancelled mid-send, see above); they also tell the
             # client at once that the stream is established. Servicers must not send them.

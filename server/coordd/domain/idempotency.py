@@ -7,6 +7,12 @@ record, so a retry re-executes. A retry that finds a `running` record whose hold
 presumed dead takes it over (nothing was committed); one that finds an `applied` record
 whose holder died gets IDEMPOTENCY_RESPONSE_LOST rather than a second execution. Records
 are scoped per caller and kept for `idempotency_retention_s`.
+
+Stored responses are sealed (AES-256-GCM with the sealing key, bound to the record's scope and
+key, so a blob copied onto another record does not open): a reply carries the secrets it
+creates (API keys, node keys, webhook secrets, access tokens), and a database dump must not.
+Records stored in plaintext before sealing existed still replay as they are until they expire
+(at most `idempotency_retention_s` later): expiring them early would run their calls twice.
 """
 
 from __future__ import annotations
@@ -15,14 +21,13 @@ import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
 
-import peewee
-
 from coordd.core.errors import FailedPrecondition, InvalidArgument, Violations
+from coordd.crypto.sealing import Unsealable
 from coordd.runtime import Runtime
-from coordd.store.idempotency_marks import APPLIED, DONE, PENDING, RUNNING, PendingKey
+from coordd.store import idempotency_queries as queries
+from coordd.store.idempotency_marks import APPLIED, DONE, PENDING, PendingKey
 
 __all__ = ["PENDING", "Claim", "PendingKey", "check_key", "claim", "complete", "release", "request_hash"]
-from coordd.store.models import IdempotencyRecord
 
 MAX_KEY_LENGTH = 128
 
@@ -39,6 +44,19 @@ def request_hash(method: str, request_bytes: bytes) -> str:
     return hashlib.sha256(method.encode() + b"\0" + request_bytes).hexdigest()
 
 
+def _seal_context(scope: str, key: str) -> str:
+    return f"idempotency\0{scope}\0{key}"
+
+
+def _response_lost(key: str, method: str, why: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"the first call with this idempotency-key was applied, but {why};"
+        " read the resource to see the result",
+        reason="IDEMPOTENCY_RESPONSE_LOST",
+        metadata={"idempotency_key": key, "first_method": method},
+    )
+
+
 def check_key(key: str) -> None:
     v = Violations()
     if len(key) > MAX_KEY_LENGTH:
@@ -52,44 +70,21 @@ def claim(rt: Runtime, scope: str, key: str, method: str, digest: str) -> Claim:
     s = rt.settings
     try:
         with rt.store.write() as tx:
-            if rt.store.is_postgres:
-                # No WAL flush for the claim: PostgreSQL flushes WAL in order, so the call's own
-                # commit (or the response record's) makes this claim durable too, and a claim
-                # lost in a crash before either is exactly a first call that died: the retry runs.
-                rt.store.db.execute_sql("SET LOCAL synchronous_commit = off")
+            # No WAL flush for the claim (PostgreSQL): PostgreSQL flushes WAL in order, so the
+            # call's own commit (or the response record's) makes this claim durable too, and a
+            # claim lost in a crash before either is exactly a first call that died: the retry runs.
+            queries.skip_claim_flush(rt.store)
+            locked_until = tx.now + timedelta(seconds=s.idempotency_stale_s)
+            expire_time = tx.now + timedelta(seconds=s.idempotency_retention_s)
             # The common case, a new key, is one statement: insert unless the key exists.
-            fresh = IdempotencyRecord.insert(
-                scope=scope,
-                key=key,
-                method=method,
-                request_hash=digest,
-                state=RUNNING,
-                locked_until=tx.now + timedelta(seconds=s.idempotency_stale_s),
-                expire_time=tx.now + timedelta(seconds=s.idempotency_retention_s),
-                create_time=tx.now,
-            ).on_conflict_ignore()
-            if rt.store.db.execute(fresh).rowcount == 1:
+            if queries.insert_claim(rt.store, scope, key, method, digest, tx.now, locked_until, expire_time):
                 return Claim("run")
-            query = IdempotencyRecord.select().where(
-                (IdempotencyRecord.scope == scope) & (IdempotencyRecord.key == key)
-            )
-            if rt.store.is_postgres:
-                query = query.for_update()
-            record = query.first()
+            record = queries.lock_record(rt.store, scope, key)
             if record is not None and record.expire_time <= tx.now:
-                record.delete_instance()
+                queries.delete_record(record)
                 record = None
             if record is None:
-                IdempotencyRecord.create(
-                    scope=scope,
-                    key=key,
-                    method=method,
-                    request_hash=digest,
-                    state=RUNNING,
-                    locked_until=tx.now + timedelta(seconds=s.idempotency_stale_s),
-                    expire_time=tx.now + timedelta(seconds=s.idempotency_retention_s),
-                    create_time=tx.now,
-                )
+                queries.create_claim(scope, key, method, digest, tx.now, locked_until, expire_time)
                 return Claim("run")
             if record.method != method or record.request_hash != digest:
                 raise InvalidArgument(
@@ -98,41 +93,37 @@ def claim(rt: Runtime, scope: str, key: str, method: str, digest: str) -> Claim:
                     metadata={"idempotency_key": key, "first_method": record.method},
                 )
             if record.state == DONE:
-                return Claim("replay", bytes(record.response or b""))
+                try:
+                    response = rt.sealer.open_bytes(bytes(record.response or b""), _seal_context(scope, key))
+                except Unsealable:
+                    raise _response_lost(
+                        key, record.method, "its stored response does not open here"
+                    ) from None
+                return Claim("replay", response)
             if record.locked_until > tx.now:
                 return Claim("wait")  # the first call is still running
             if record.state == APPLIED:
-                raise FailedPrecondition(
-                    "the first call with this idempotency-key was applied, but the server stopped"
-                    " before storing its response; read the resource to see the result",
-                    reason="IDEMPOTENCY_RESPONSE_LOST",
-                    metadata={"idempotency_key": key, "first_method": record.method},
-                )
+                raise _response_lost(key, record.method, "the server stopped before storing its response")
             # The first caller died before committing anything: the retry takes the key over.
-            record.locked_until = tx.now + timedelta(seconds=s.idempotency_stale_s)
-            record.save()
+            record.locked_until = locked_until
+            queries.save_record(record)
             return Claim("run")
-    except peewee.IntegrityError:
+    except queries.DuplicateKey:
         # A concurrent first call inserted the record between our read and insert.
         return Claim("wait")
 
 
 def complete(rt: Runtime, scope: str, key: str, response: bytes) -> None:
+    sealed = rt.sealer.seal_bytes(response, _seal_context(scope, key))
     with rt.store.write():
-        IdempotencyRecord.update(state=DONE, response=response).where(
-            (IdempotencyRecord.scope == scope) & (IdempotencyRecord.key == key)
-        ).execute()
+        queries.store_response(scope, key, sealed)
 
 
 def release(rt: Runtime, scope: str, key: str) -> None:
     """The call failed: its error is not a result to replay, so a retry runs it again (also
     when it had committed part of its work before failing, as before the applied mark)."""
     with rt.store.write():
-        IdempotencyRecord.delete().where(
-            (IdempotencyRecord.scope == scope)
-            & (IdempotencyRecord.key == key)
-            & (IdempotencyRecord.state.in_([RUNNING, APPLIED]))
-        ).execute()
+        queries.delete_unfinished(scope, key)
 
 
 def purge_expired(rt: Runtime, batch: int = 5000) -> int:
@@ -140,16 +131,9 @@ def purge_expired(rt: Runtime, batch: int = 5000) -> int:
     total = 0
     while True:
         with rt.store.write() as tx:
-            expired = (
-                IdempotencyRecord.select(IdempotencyRecord.scope, IdempotencyRecord.key)
-                .where(IdempotencyRecord.expire_time <= tx.now)
-                .limit(batch)
-            )
-            rows = [(r.scope, r.key) for r in expired]
+            rows = queries.expired_keys(tx.now, batch)
             for scope, key in rows:
-                IdempotencyRecord.delete().where(
-                    (IdempotencyRecord.scope == scope) & (IdempotencyRecord.key == key)
-                ).execute()
+                queries.delete_key(scope, key)
         total += len(rows)
         if len(rows) < batch:
             return total

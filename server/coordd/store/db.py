@@ -3,10 +3,16 @@
 Every DB call runs in a bounded thread pool (see Runtime.run), never on the event loop.
 SQLite writers are serialized by a process lock and BEGIN IMMEDIATE so "database is
 locked" never reaches a client; PostgreSQL uses a connection pool.
+
+The data dir (keys, the SQLite file) is private to the daemon's user: created 0700, the
+SQLite database and its -wal/-shm files 0600 (an existing dir or file open to others is
+tightened at start, with a warning).
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +23,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import peewee
+import structlog
 from playhouse.pool import PooledPostgresqlDatabase
 
 from coordd.config import Settings
@@ -24,6 +31,7 @@ from coordd.core.clock import utcnow
 from coordd.core.events import Event
 
 database_proxy = peewee.DatabaseProxy()
+SQLITE_SUFFIXES = ("", "-wal", "-shm")
 
 # PostgreSQL errors that mean "another transaction got in the way", not "the database is down":
 # serialization_failure, deadlock_detected, and unique_violation (a check-then-insert race).
@@ -67,8 +75,40 @@ def _postgres(url: str, settings: Settings) -> peewee.Database:
     )
 
 
+def _tighten(path: Path, private: int) -> None:
+    """Removes group/other access from `path` if it has any (and we own it)."""
+    info = path.stat()
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077 and info.st_uid == os.getuid():
+        os.chmod(path, private)
+        structlog.get_logger("coordd").warning(
+            "file was open to other users; access removed",
+            path=str(path),
+            was=f"{mode:o}",
+            now=f"{private:o}",
+        )
+
+
+def prepare_data_dir(path: Path) -> None:
+    """Creates the data dir 0700 (or tightens an existing one): it holds the keys and the
+    SQLite file, and nobody but the daemon's user needs to list or read it."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _tighten(path, 0o700)
+
+
+def _prepare_sqlite_files(path: Path) -> None:
+    """The database file is created 0600 before SQLite opens it: SQLite creates the -wal and
+    -shm files with the database file's mode, so all three stay private."""
+    prepare_data_dir(path.parent)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for suffix in SQLITE_SUFFIXES:
+        companion = path.with_name(path.name + suffix)
+        if companion.exists():
+            _tighten(companion, 0o600)
+
+
 def _sqlite(path: Path, settings: Settings) -> peewee.Database:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _prepare_sqlite_files(path)
     return peewee.SqliteDatabase(
         str(path),
         pragmas={
@@ -88,6 +128,7 @@ class Store:
         self.settings = settings
         self.backend = settings.backend
         self.clock = clock
+        prepare_data_dir(Path(settings.data_dir))
         if settings.database_url:
             self.db = _postgres(settings.database_url, settings)
         else:

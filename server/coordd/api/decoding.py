@@ -1,0 +1,81 @@
+"""Request bytes that do not decode become INVALID_ARGUMENT, not UNKNOWN.
+
+grpc deserializes a request before any interceptor runs, and a deserializer that raises ends
+the call with UNKNOWN and the exception text (client streams: INTERNAL with a traceback),
+without a request id, a log line or a metric. So the observability interceptor wraps every
+handler's request deserializer: undecodable bytes become an `Undecodable` sentinel, which it
+turns into an ordinary INVALID_ARGUMENT (reason MALFORMED_REQUEST) with the request id in
+the trailers, the call's `rpc` log line and the `coordd_malformed_requests_total` metric.
+Unary and server-streaming calls see the sentinel as their request; client streams see it as
+the message that failed, raised from the request iterator the servicer reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import Counter
+
+from coordd.core.errors import InvalidArgument
+
+MALFORMED_REQUESTS = Counter(
+    "coordd_malformed_requests_total", "Requests (or stream messages) whose bytes did not decode", ["method"]
+)
+
+
+class Undecodable:
+    """Stands in for a request (or client-stream message) whose bytes did not decode."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None or getattr(deserialize, "coordd_tolerant", False):
+        return deserialize
+
+    def tolerant(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # DecodeError and anything else a parser raises on bad bytes
+            return Undecodable(type(exc).__name__)
+
+    tolerant.coordd_tolerant = True  # type: ignore[attr-defined]
+    return tolerant
+
+
+def tolerant_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """`handler` with a request deserializer that never raises (see the module doc)."""
+    deserialize = _tolerant(handler.request_deserializer)
+    if deserialize is handler.request_deserializer:
+        return handler
+    return handler._replace(request_deserializer=deserialize)  # type: ignore[attr-defined,no-any-return]
+
+
+def malformed(method: str) -> InvalidArgument:
+    MALFORMED_REQUESTS.labels(method).inc()
+    return InvalidArgument(
+        f"the request bytes are not a valid protobuf message for {method}",
+        reason="MALFORMED_REQUEST",
+    )
+
+
+def check(method: str, request: Any) -> Any:
+    """Raises INVALID_ARGUMENT for an undecodable unary request; client-stream request
+    iterators come back wrapped so that an undecodable message raises it when read."""
+    if isinstance(request, Undecodable):
+        raise malformed(method)
+    if hasattr(request, "__aiter__"):
+        return _checked(method, request)
+    return request
+
+
+async def _checked(method: str, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for message in requests:
+        if isinstance(message, Undecodable):
+            raise malformed(method)
+        yield message

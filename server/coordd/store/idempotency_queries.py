@@ -1,0 +1,114 @@
+"""The idempotency records' queries (the rules are in domain/idempotency.py).
+
+The claim of a new key is one statement (insert unless the key exists); everything else runs
+only on a retry or in the purge task.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import peewee
+
+from coordd.store.db import Store
+from coordd.store.idempotency_marks import APPLIED, DONE, RUNNING
+from coordd.store.models import IdempotencyRecord
+
+# Raised when a concurrent first call inserted the same key between a read and an insert.
+DuplicateKey = peewee.IntegrityError
+
+
+def _this(scope: str, key: str) -> peewee.Expression:
+    return (IdempotencyRecord.scope == scope) & (IdempotencyRecord.key == key)
+
+
+def skip_claim_flush(store: Store) -> None:
+    """PostgreSQL: no WAL flush at this transaction's commit (SET LOCAL synchronous_commit)."""
+    if store.is_postgres:
+        store.db.execute_sql("SET LOCAL synchronous_commit = off")
+
+
+def insert_claim(
+    store: Store,
+    scope: str,
+    key: str,
+    method: str,
+    digest: str,
+    now: datetime,
+    locked_until: datetime,
+    expire_time: datetime,
+) -> bool:
+    """Inserts a `running` record unless the key exists; True when it was inserted."""
+    fresh = IdempotencyRecord.insert(
+        scope=scope,
+        key=key,
+        method=method,
+        request_hash=digest,
+        state=RUNNING,
+        locked_until=locked_until,
+        expire_time=expire_time,
+        create_time=now,
+    ).on_conflict_ignore()
+    return bool(store.db.execute(fresh).rowcount == 1)
+
+
+def lock_record(store: Store, scope: str, key: str) -> IdempotencyRecord | None:
+    """The key's record, row-locked on PostgreSQL (SQLite writers are serialized anyway)."""
+    query = IdempotencyRecord.select().where(_this(scope, key))
+    if store.is_postgres:
+        query = query.for_update()
+    return query.first()
+
+
+def create_claim(
+    scope: str,
+    key: str,
+    method: str,
+    digest: str,
+    now: datetime,
+    locked_until: datetime,
+    expire_time: datetime,
+) -> None:
+    IdempotencyRecord.create(
+        scope=scope,
+        key=key,
+        method=method,
+        request_hash=digest,
+        state=RUNNING,
+        locked_until=locked_until,
+        expire_time=expire_time,
+        create_time=now,
+    )
+
+
+def delete_record(record: IdempotencyRecord) -> None:
+    record.delete_instance()
+
+
+def save_record(record: IdempotencyRecord) -> None:
+    record.save()
+
+
+def store_response(scope: str, key: str, response: bytes) -> None:
+    IdempotencyRecord.update(state=DONE, response=response).where(_this(scope, key)).execute()
+
+
+def delete_unfinished(scope: str, key: str) -> None:
+    """Deletes the key's record unless it holds a response."""
+    IdempotencyRecord.delete().where(
+        _this(scope, key) & (IdempotencyRecord.state.in_([RUNNING, APPLIED]))
+    ).execute()
+
+
+def expired_keys(now: datetime, limit: int) -> list[tuple[str, str]]:
+    """(scope, key) of up to `limit` expired records, through the expire_time index."""
+    expired = (
+        IdempotencyRecord.select(IdempotencyRecord.scope, IdempotencyRecord.key)
+        .where(IdempotencyRecord.expire_time <= now)
+        .limit(limit)
+    )
+    return [(r.scope, r.key) for r in expired]
+
+
+def delete_key(scope: str, key: str) -> None:
+    IdempotencyRecord.delete().where(_this(scope, key)).execute()
