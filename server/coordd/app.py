@@ -33,6 +33,7 @@ from coordd.scheduler.core import Elector, PostgresElector, Scheduler
 from coordd.scheduler.tasks import all_tasks
 from coordd.store.lock import FileLock
 from coordd.store.migrations import migrate
+from coordd.tls import ServerTls, TlsError, add_port
 from coordd_client.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -140,6 +141,8 @@ class App:
         self._health_task: asyncio.Task[None] | None = None
         self._service_names: list[str] = []
         self._metrics_server: Any = None
+        self.tls: ServerTls | None = None
+        self._reload_task: asyncio.Task[bool] | None = None
 
     async def start(self) -> int:
         s = self.settings
@@ -187,7 +190,9 @@ class App:
         ]
         reflection.enable_server_reflection(names, server)
         try:
-            self.port = server.add_insecure_port(s.listen)
+            self.port, self.tls = add_port(server, s)
+        except TlsError as exc:
+            raise StartupError(str(exc)) from None
         except RuntimeError as exc:
             raise StartupError(f"cannot listen on {s.listen}: {exc}") from None
         if self.port == 0:
@@ -205,6 +210,7 @@ class App:
             "coordd serving",
             listen=f"{s.listen.rpartition(':')[0]}:{self.port}",
             backend=s.backend,
+            tls="off" if self.tls is None else "mutual" if self.tls.require_client_auth else "on",
             bus=rt.bus.kind,
             instance=rt.instance_id,
             version=rt.version,
@@ -265,6 +271,17 @@ class App:
         if self._lock is not None:
             self._lock.release()
 
+    def reload_tls(self) -> bool:
+        """What SIGHUP does: re-read the TLS files (blocking: call off the event loop)."""
+        if self.tls is None:
+            log.info("SIGHUP: TLS is not configured; nothing to reload")
+            return False
+        return self.tls.reload()
+
+    def _on_sighup(self) -> None:
+        if self._reload_task is None or self._reload_task.done():
+            self._reload_task = asyncio.create_task(asyncio.to_thread(self.reload_tls), name="tls-reload")
+
     async def serve_forever(self, port_file: str | None = None) -> None:
         port = await self.start()
         if self.settings.gc_threshold:
@@ -279,6 +296,7 @@ class App:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         await stop.wait()
         log.info("shutting down", grace_s=self.settings.shutdown_grace_s)
         await self.stop()
