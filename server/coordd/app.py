@@ -24,6 +24,7 @@ from coordd.api.competition import CompetitionServicer
 from coordd.api.interceptors import AuthInterceptor, IdempotencyInterceptor, ObservabilityInterceptor
 from coordd.api.jobs import JobServicer
 from coordd.api.ledger import LedgerServicer
+from coordd.api.limits import Limits
 from coordd.api.node import NodeServicer
 from coordd.api.status import StatusServicer
 from coordd.config import Settings
@@ -142,6 +143,7 @@ class App:
         self._service_names: list[str] = []
         self._metrics_server: Any = None
         self.tls: ServerTls | None = None
+        self.limits: Limits | None = None
         self._reload_task: asyncio.Task[bool] | None = None
 
     async def start(self) -> int:
@@ -168,8 +170,18 @@ class App:
         await rt.bus.start()
         elector = PostgresElector() if rt.store.is_postgres else Elector()
         self.scheduler = Scheduler(rt, all_tasks(), elector)
+        try:
+            limits = self.limits = Limits(s)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
         server = self.server = grpc.aio.server(
-            interceptors=[ObservabilityInterceptor(rt), AuthInterceptor(rt), IdempotencyInterceptor(rt)],
+            interceptors=[
+                ObservabilityInterceptor(rt),
+                limits.peer_interceptor,  # before auth: no database work for a flood
+                AuthInterceptor(rt),
+                limits.caller_interceptor,
+                IdempotencyInterceptor(rt),
+            ],
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", s.max_message_bytes),

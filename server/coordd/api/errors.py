@@ -39,6 +39,7 @@ def build_status(
     reason: str,
     metadata: dict[str, str] | None = None,
     violations: list[tuple[str, str]] | None = None,
+    retry_after_s: float | None = None,
 ) -> grpc.Status:
     proto = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
     proto.details.append(
@@ -51,6 +52,10 @@ def build_status(
             ]
         )
         proto.details.append(_pack(bad))
+    if retry_after_s is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(max(1, round(retry_after_s * 1e9)))
+        proto.details.append(_pack(retry))
     return rpc_status.to_status(proto)
 
 
@@ -61,4 +66,6 @@ def status_for(error: DomainError) -> grpc.Status:
         error.reason,
         error.metadata,
         [(v.field, v.description) for v in error.violations],
+        # RESOURCE_EXHAUSTED from a rate limit says when to retry (api/limits.py:RateLimited).
+        getattr(error, "retry_after_s", None),
     )
