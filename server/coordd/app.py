@@ -8,6 +8,7 @@ import contextlib
 import gc
 import signal
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -34,6 +35,7 @@ from coordd.scheduler.core import Elector, PostgresElector, Scheduler
 from coordd.scheduler.tasks import all_tasks
 from coordd.store.lock import FileLock
 from coordd.store.migrations import migrate
+from coordd.store.probe import DatabaseProbe
 from coordd.tls import ServerTls, TlsError, add_port
 from coordd_client.v1 import (
     auth_pb2,
@@ -144,6 +146,11 @@ class App:
         self._metrics_server: Any = None
         self.tls: ServerTls | None = None
         self.limits: Limits | None = None
+        # The health probe's own thread and connection (see _watch_database).
+        self._probe = DatabaseProbe(settings)
+        self._probe_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coordd-health")
+        self._probe_running: Future[None] | None = None
+        self.health_checks = 0
         self._reload_task: asyncio.Task[bool] | None = None
 
     async def start(self) -> int:
@@ -237,7 +244,12 @@ class App:
             await self.health.set(name, status)
 
     async def _watch_database(self) -> None:
-        """Health follows the database: NOT_SERVING while it cannot be reached."""
+        """Health follows the database: NOT_SERVING while it cannot be reached.
+
+        The probe runs on its own thread with its own connection, never queued behind the
+        shared database pool: a pool saturated by slow work (password hashing, long
+        transactions) is not an unreachable database. A probe that has not answered within
+        health_check_timeout_s counts as a failure; while it hangs, no second one is started."""
         assert self.rt is not None
         serving = True
         # Not `while True`: on Python 3.11 asyncio.wait_for below can swallow the stop's
@@ -245,17 +257,27 @@ class App:
         while not self.rt.stopping.is_set():
             await asyncio.sleep(self.settings.health_check_interval_s)
             try:
-                await asyncio.wait_for(self.rt.run(self.rt.store.ping), 5)
+                await self._probe_database()
                 ok = True
             except Exception as exc:
                 ok = False
                 if serving:
-                    log.error("database unreachable; health is NOT_SERVING", error=str(exc))
+                    reason = str(exc) or type(exc).__name__
+                    log.error("database unreachable; health is NOT_SERVING", error=reason)
+            self.health_checks += 1
             if ok != serving:
                 if ok:
                     log.info("database reachable again; health is SERVING")
                 await self._set_serving(ok)
                 serving = ok
+
+    async def _probe_database(self) -> None:
+        timeout = self.settings.health_check_timeout_s
+        running = self._probe_running
+        if running is not None and not running.done():
+            raise TimeoutError(f"the previous health probe has not answered for over {timeout:g} s")
+        self._probe_running = self._probe_thread.submit(self._probe.check, timeout)
+        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._probe_running)), timeout)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stops accepting calls, lets unary calls finish within the grace period, ends
@@ -272,6 +294,9 @@ class App:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
+        with contextlib.suppress(RuntimeError):  # already shut down by an earlier stop()
+            self._probe_thread.submit(self._probe.close)
+        self._probe_thread.shutdown(wait=False)
         if self.scheduler is not None:
             await self.scheduler.stop()
         if self.rt is not None:
