@@ -218,3 +218,38 @@ def test_streams_ended_by_shutdown_are_released(serve) -> None:
     assert [w.ended().code() for w in watches] == [grpc.StatusCode.UNAVAILABLE] * 3  # type: ignore[attr-defined]
     assert held == {}
     channel.close()
+
+
+def test_client_streams_count_against_the_callers_limit_until_they_end(serve) -> None:
+    from coordd_client.v1 import node_pb2, node_pb2_grpc
+
+    server = serve(max_streams_per_caller=1)
+    _, operator = server.make_user("node_operator")
+    nodes = node_pb2_grpc.NodeServiceStub(server.channel)
+    project = nodes.CreateProject(
+        node_pb2.CreateProjectRequest(display_name="p", slug="limits-p"), metadata=bearer(operator)
+    ).project
+    key = nodes.RegisterNode(
+        node_pb2.RegisterNodeRequest(project=project.name, display_name="n"), metadata=bearer(operator)
+    ).api_key_secret
+    held = server.app.limits.open_streams  # type: ignore[union-attr]
+    stop = threading.Event()
+
+    def beats() -> Iterator[node_pb2.StreamHeartbeatsRequest]:
+        yield node_pb2.StreamHeartbeatsRequest()
+        stop.wait(30)
+
+    first = nodes.StreamHeartbeats.future(beats(), metadata=bearer(key))
+    _until(lambda: len(held) == 1, "the heartbeat stream to be counted")
+
+    second = rpc_error(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        nodes.StreamHeartbeats,
+        iter([node_pb2.StreamHeartbeatsRequest()]),
+        metadata=bearer(key),
+    )
+    assert second.reason == "TOO_MANY_STREAMS"
+
+    stop.set()
+    assert first.result(timeout=20).beats == 1
+    _until(lambda: held == {}, "the ended stream to be released")
