@@ -147,7 +147,7 @@ class App:
         self.tls: ServerTls | None = None
         self.limits: Limits | None = None
         # The health probe's own thread and connection (see _watch_database).
-        self._probe = DatabaseProbe(settings)
+        self._probe: DatabaseProbe | None = None
         self._probe_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coordd-health")
         self._probe_running: Future[None] | None = None
         self.health_checks = 0
@@ -174,6 +174,7 @@ class App:
             raise StartupError(f"cannot open the database ({s.backend}): {exc}") from None
         if applied:
             log.info("migrations applied", versions=applied)
+        self._probe = DatabaseProbe(rt.store)
         await rt.bus.start()
         elector = PostgresElector() if rt.store.is_postgres else Elector()
         self.scheduler = Scheduler(rt, all_tasks(), elector)
@@ -276,7 +277,8 @@ class App:
         running = self._probe_running
         if running is not None and not running.done():
             raise TimeoutError(f"the previous health probe has not answered for over {timeout:g} s")
-        self._probe_running = self._probe_thread.submit(self._probe.check, timeout)
+        assert self._probe is not None
+        self._probe_running = self._probe_thread.submit(self._probe.check)
         await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._probe_running)), timeout)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -294,8 +296,9 @@ class App:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
-        with contextlib.suppress(RuntimeError):  # already shut down by an earlier stop()
-            self._probe_thread.submit(self._probe.close)
+        if self._probe is not None:
+            with contextlib.suppress(RuntimeError):  # already shut down by an earlier stop()
+                self._probe_thread.submit(self._probe.close)
         self._probe_thread.shutdown(wait=False)
         if self.scheduler is not None:
             await self.scheduler.stop()
