@@ -22,7 +22,13 @@ class DatabaseProbe:
         self.store = store
 
     def check(self) -> None:
-        """Returns when the database answered a query; raises otherwise."""
+        """Returns when the database answered a query; raises otherwise. A connection broken
+        earlier (a database restart) gets one retry on a fresh one before the probe fails."""
+        try:
+            self.store.ping()
+            return
+        except Exception:
+            self.close()
         try:
             self.store.ping()
         except Exception:
