@@ -18,6 +18,7 @@ from coordd_client.client import (
     _stub_classes,
     backoff_delays,
     is_mutating,
+    transport_security,
 )
 from coordd_client.errors import from_rpc_error
 
@@ -139,6 +140,10 @@ class AsyncClient:
         api_key: str | None = None,
         tls: bool = False,
         root_certificates: bytes | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        server_name: str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT_S,
         retries: int = 4,
         options: Sequence[tuple[str, Any]] = (),
@@ -150,9 +155,16 @@ class AsyncClient:
             _StreamUnary(metadata),
             _StreamStream(metadata),
         ]
-        opts = [*KEEPALIVE_OPTIONS, *options]
-        if tls:
-            creds = grpc.ssl_channel_credentials(root_certificates)
+        creds, tls_options = transport_security(
+            tls=tls,
+            root_certificates=root_certificates,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            server_name=server_name,
+        )
+        opts = [*KEEPALIVE_OPTIONS, *tls_options, *options]
+        if creds is not None:
             self.channel = grpc.aio.secure_channel(target, creds, options=opts, interceptors=interceptors)
         else:
             self.channel = grpc.aio.insecure_channel(target, options=opts, interceptors=interceptors)
@@ -173,4 +185,5 @@ class AsyncClient:
 
 
 def connect(target: str, **kwargs: Any) -> AsyncClient:
+    """The asyncio `connect`; same arguments as coordd_client.connect (TLS included)."""
     return AsyncClient(target, **kwargs)

@@ -204,6 +204,41 @@ class _Service:
         return _Method(attr) if not name.startswith("_") else attr
 
 
+def transport_security(
+    *,
+    tls: bool = False,
+    root_certificates: bytes | None = None,
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+    server_name: str | None = None,
+) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
+    """Channel credentials (None: plaintext) and channel options for TLS.
+
+    Any TLS argument turns TLS on. `ca_file` (or `root_certificates`, PEM bytes) is the CA
+    that signed the server's certificate (default: the system roots); `cert_file` and
+    `key_file` are this client's certificate and key for mutual TLS; `server_name` is the
+    name to check the server's certificate against when it differs from the target's host
+    (an IP address, a tunnel)."""
+    if not (tls or root_certificates or ca_file or cert_file or key_file or server_name):
+        return None, []
+    if bool(cert_file) != bool(key_file):
+        raise ValueError("pass cert_file and key_file together (the client certificate and its key)")
+    if ca_file:
+        with open(ca_file, "rb") as fh:
+            root_certificates = fh.read()
+    chain = key = None
+    if cert_file and key_file:
+        with open(cert_file, "rb") as fh:
+            chain = fh.read()
+        with open(key_file, "rb") as fh:
+            key = fh.read()
+    options: list[tuple[str, Any]] = []
+    if server_name:
+        options = [("grpc.ssl_target_name_override", server_name), ("grpc.default_authority", server_name)]
+    return grpc.ssl_channel_credentials(root_certificates, key, chain), options
+
+
 def _credentials_metadata(token: str | None, api_key: str | None) -> list[tuple[str, str]]:
     if token and api_key:
         raise ValueError("pass token or api_key, not both")
@@ -222,13 +257,25 @@ class Client:
         api_key: str | None = None,
         tls: bool = False,
         root_certificates: bytes | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        server_name: str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT_S,
         retries: int = 4,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        opts = [*KEEPALIVE_OPTIONS, *options]
-        if tls:
-            raw = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates), options=opts)
+        creds, tls_options = transport_security(
+            tls=tls,
+            root_certificates=root_certificates,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            server_name=server_name,
+        )
+        opts = [*KEEPALIVE_OPTIONS, *tls_options, *options]
+        if creds is not None:
+            raw = grpc.secure_channel(target, creds, options=opts)
         else:
             raw = grpc.insecure_channel(target, options=opts)
         self._raw_channel = raw
@@ -252,5 +299,9 @@ class Client:
 
 
 def connect(target: str, **kwargs: Any) -> Client:
-    """`connect("127.0.0.1:50051", token=...)` or `api_key=...`; see Client for options."""
+    """`connect("127.0.0.1:50051", token=...)` or `api_key=...`; see Client for options.
+
+    TLS: `connect("coordd.example:50051", ca_file="ca.pem")`; mutual TLS adds
+    `cert_file="client.pem", key_file="client.key"`; `server_name=` overrides the name the
+    server's certificate is checked against (see `transport_security`)."""
     return Client(target, **kwargs)

@@ -8,6 +8,7 @@ import contextlib
 import gc
 import signal
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from coordd.api.competition import CompetitionServicer
 from coordd.api.interceptors import AuthInterceptor, IdempotencyInterceptor, ObservabilityInterceptor
 from coordd.api.jobs import JobServicer
 from coordd.api.ledger import LedgerServicer
+from coordd.api.limits import Limits
 from coordd.api.node import NodeServicer
 from coordd.api.status import StatusServicer
 from coordd.config import Settings
@@ -35,6 +37,8 @@ from coordd.scheduler.tasks import all_tasks
 from coordd.store.db import prepare_data_dir
 from coordd.store.lock import FileLock
 from coordd.store.migrations import migrate
+from coordd.store.probe import DatabaseProbe
+from coordd.tls import ServerTls, TlsError, add_port
 from coordd_client.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -142,6 +146,14 @@ class App:
         self._health_task: asyncio.Task[None] | None = None
         self._service_names: list[str] = []
         self._metrics_server: Any = None
+        self.tls: ServerTls | None = None
+        self.limits: Limits | None = None
+        # The health probe's own thread and connection (see _watch_database).
+        self._probe: DatabaseProbe | None = None
+        self._probe_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coordd-health")
+        self._probe_running: Future[None] | None = None
+        self.health_checks = 0
+        self._reload_task: asyncio.Task[bool] | None = None
 
     async def start(self) -> int:
         s = self.settings
@@ -165,11 +177,22 @@ class App:
             raise StartupError(f"cannot open the database ({s.backend}): {exc}") from None
         if applied:
             log.info("migrations applied", versions=applied)
+        self._probe = DatabaseProbe(rt.store)
         await rt.bus.start()
         elector = PostgresElector() if rt.store.is_postgres else Elector()
         self.scheduler = Scheduler(rt, all_tasks(), elector)
+        try:
+            limits = self.limits = Limits(s)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
         server = self.server = grpc.aio.server(
-            interceptors=[ObservabilityInterceptor(rt), AuthInterceptor(rt), IdempotencyInterceptor(rt)],
+            interceptors=[
+                ObservabilityInterceptor(rt),
+                limits.peer_interceptor,  # before auth: no database work for a flood
+                AuthInterceptor(rt),
+                limits.caller_interceptor,
+                IdempotencyInterceptor(rt),
+            ],
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", s.max_message_bytes),
@@ -190,7 +213,9 @@ class App:
         ]
         reflection.enable_server_reflection(names, server)
         try:
-            self.port = server.add_insecure_port(s.listen)
+            self.port, self.tls = add_port(server, s)
+        except TlsError as exc:
+            raise StartupError(str(exc)) from None
         except RuntimeError as exc:
             raise StartupError(f"cannot listen on {s.listen}: {exc}") from None
         if self.port == 0:
@@ -208,6 +233,7 @@ class App:
             "coordd serving",
             listen=f"{s.listen.rpartition(':')[0]}:{self.port}",
             backend=s.backend,
+            tls="off" if self.tls is None else "mutual" if self.tls.require_client_auth else "on",
             bus=rt.bus.kind,
             instance=rt.instance_id,
             version=rt.version,
@@ -222,7 +248,12 @@ class App:
             await self.health.set(name, status)
 
     async def _watch_database(self) -> None:
-        """Health follows the database: NOT_SERVING while it cannot be reached."""
+        """Health follows the database: NOT_SERVING while it cannot be reached.
+
+        The probe runs on its own thread with its own connection, never queued behind the
+        shared database pool: a pool saturated by slow work (password hashing, long
+        transactions) is not an unreachable database. A probe that has not answered within
+        health_check_timeout_s counts as a failure; while it hangs, no second one is started."""
         assert self.rt is not None
         serving = True
         # Not `while True`: on Python 3.11 asyncio.wait_for below can swallow the stop's
@@ -230,17 +261,28 @@ class App:
         while not self.rt.stopping.is_set():
             await asyncio.sleep(self.settings.health_check_interval_s)
             try:
-                await asyncio.wait_for(self.rt.run(self.rt.store.ping), 5)
+                await self._probe_database()
                 ok = True
             except Exception as exc:
                 ok = False
                 if serving:
-                    log.error("database unreachable; health is NOT_SERVING", error=str(exc))
+                    reason = str(exc) or type(exc).__name__
+                    log.error("database unreachable; health is NOT_SERVING", error=reason)
+            self.health_checks += 1
             if ok != serving:
                 if ok:
                     log.info("database reachable again; health is SERVING")
                 await self._set_serving(ok)
                 serving = ok
+
+    async def _probe_database(self) -> None:
+        timeout = self.settings.health_check_timeout_s
+        running = self._probe_running
+        if running is not None and not running.done():
+            raise TimeoutError(f"the previous health probe has not answered for over {timeout:g} s")
+        assert self._probe is not None
+        self._probe_running = self._probe_thread.submit(self._probe.check)
+        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._probe_running)), timeout)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stops accepting calls, lets unary calls finish within the grace period, ends
@@ -257,6 +299,10 @@ class App:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
+        if self._probe is not None:
+            with contextlib.suppress(RuntimeError):  # already shut down by an earlier stop()
+                self._probe_thread.submit(self._probe.close)
+        self._probe_thread.shutdown(wait=False)
         if self.scheduler is not None:
             await self.scheduler.stop()
         if self.rt is not None:
@@ -267,6 +313,17 @@ class App:
             self._metrics_server.server_close()
         if self._lock is not None:
             self._lock.release()
+
+    def reload_tls(self) -> bool:
+        """What SIGHUP does: re-read the TLS files (blocking: call off the event loop)."""
+        if self.tls is None:
+            log.info("SIGHUP: TLS is not configured; nothing to reload")
+            return False
+        return self.tls.reload()
+
+    def _on_sighup(self) -> None:
+        if self._reload_task is None or self._reload_task.done():
+            self._reload_task = asyncio.create_task(asyncio.to_thread(self.reload_tls), name="tls-reload")
 
     async def serve_forever(self, port_file: str | None = None) -> None:
         port = await self.start()
@@ -282,6 +339,7 @@ class App:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         await stop.wait()
         log.info("shutting down", grace_s=self.settings.shutdown_grace_s)
         await self.stop()

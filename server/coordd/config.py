@@ -67,6 +67,22 @@ class Settings:
     scheduler_enabled: bool = True
     scheduler_lease_s: float = 10.0
     health_check_interval_s: float = 2.0
+    # The health probe's own deadline (it runs on its own thread and connection, never
+    # queued behind the database pool); a probe slower than this counts as unreachable.
+    health_check_timeout_s: float = 3.0
+    # TLS on the gRPC port: PEM files; both empty serves plaintext. With a client CA, every
+    # client must present a certificate it signed (mutual TLS). SIGHUP re-reads all three.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    # Overload protection, in memory per replica (not shared across replicas): token buckets
+    # per caller credential (API key, else user) and per peer host; rate in calls/s, 0 = off.
+    rate_limit_caller_rps: float = 1000.0
+    rate_limit_caller_burst: int = 2000
+    rate_limit_peer_rps: float = 2000.0
+    rate_limit_peer_burst: int = 4000
+    # Open streams (server, client and bidi) one caller credential may hold at once; 0 = no limit.
+    max_streams_per_caller: int = 1000
     # Webhook channels may point at loopback, private, link-local or other non-public addresses
     # (checked when a channel is created and again, on the resolved address, at each delivery).
     # Off by default: a channel owner must not be able to make the daemon POST into its own

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from coordd_client.cli import auth, ceremony, competition, job, node, status
-from coordd_client.cli.common import Context, fail
+from coordd_client.cli.common import Context, add_connection_flags, fail
 from coordd_client.errors import CoorddError
 
 COMMAND_MODULES = [auth, status, job, node, competition, ceremony]
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--token", help="access token (default: the one saved by `coordctl login`)")
     parser.add_argument("--api-key", help="API key (ck_...)")
+    add_connection_flags(parser)
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-call deadline in seconds")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -18,6 +18,29 @@ from coordd_client.errors import CoorddError
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
+# Global TLS flags: (flag, environment variable, connect() argument, help).
+TLS_FLAGS = (
+    ("--tls-ca", "COORDCTL_TLS_CA", "ca_file", "PEM file of the CA that signed coordd's certificate"),
+    ("--tls-cert", "COORDCTL_TLS_CERT", "cert_file", "this client's PEM certificate, for mutual TLS"),
+    ("--tls-key", "COORDCTL_TLS_KEY", "key_file", "this client's PEM private key, for mutual TLS"),
+    ("--tls-server-name", "COORDCTL_TLS_SERVER_NAME", "server_name", "name coordd's certificate must carry"),
+)
+
+
+def add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    """TLS flags every command shares; each defaults to its COORDCTL_* variable."""
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="use TLS with the system's CA roots (implied by any --tls-* flag; env COORDCTL_TLS=1)",
+    )
+    for flag, env, _, text in TLS_FLAGS:
+        parser.add_argument(flag, help=f"{text}; implies TLS (env {env})")
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
 
 def config_path() -> Path:
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
@@ -54,6 +77,8 @@ class Context:
     as_json: bool
     timeout: float
     config: dict[str, Any] = field(default_factory=dict)
+    # connect() keyword arguments for TLS (empty: plaintext).
+    tls: dict[str, Any] = field(default_factory=dict)
     _client: Client | None = None
 
     @staticmethod
@@ -63,6 +88,13 @@ class Context:
         token = args.token or os.environ.get("COORDCTL_TOKEN")
         if not api_key and not token:
             token = config.get("token")
+        tls: dict[str, Any] = {}
+        for flag, env, key, _ in TLS_FLAGS:
+            value = getattr(args, flag[2:].replace("-", "_"), None) or os.environ.get(env)
+            if value:
+                tls[key] = value
+        if getattr(args, "tls", False) or _truthy(os.environ.get("COORDCTL_TLS")):
+            tls["tls"] = True
         return Context(
             target=args.target or os.environ.get("COORDCTL_TARGET") or config.get("target") or DEFAULT_TARGET,
             token=token,
@@ -70,16 +102,21 @@ class Context:
             as_json=args.json,
             timeout=args.timeout,
             config=config,
+            tls=tls,
         )
 
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = connect(self.target, token=self.token, api_key=self.api_key, timeout=self.timeout)
+            self._client = self.connect(token=self.token, api_key=self.api_key, timeout=self.timeout)
         return self._client
 
+    def connect(self, **kwargs: Any) -> Client:
+        """A client for the target with this invocation's TLS settings."""
+        return connect(self.target, **self.tls, **kwargs)
+
     def anonymous_client(self) -> Client:
-        return connect(self.target, timeout=self.timeout)
+        return self.connect(timeout=self.timeout)
 
     def close(self) -> None:
         if self._client is not None:

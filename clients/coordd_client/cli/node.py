@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 from coordd_client.cli.common import Context, emit, enum_word, table
-from coordd_client.client import connect
 from coordd_client.errors import CoorddError, PermissionDenied, Unauthenticated
 from coordd_client.v1 import node_pb2
 
@@ -209,7 +208,7 @@ class _Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop.set())
         delay = 0.5
-        with connect(self.ctx.target, api_key=self.args.node_key, timeout=10, retries=0) as client:
+        with self.ctx.connect(api_key=self.args.node_key, timeout=10, retries=0) as client:
             while not self.stop.is_set():
                 try:
                     if self.args.stream:

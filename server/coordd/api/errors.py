@@ -61,6 +61,7 @@ def _status_proto(
     reason: str,
     metadata: dict[str, str],
     violations: list[tuple[str, str]],
+    retry_after_s: float | None = None,
 ) -> status_pb2.Status:
     proto = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
     proto.details.append(
@@ -73,6 +74,10 @@ def _status_proto(
             ]
         )
         proto.details.append(_pack(bad))
+    if retry_after_s is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(max(1, round(retry_after_s * 1e9)))
+        proto.details.append(_pack(retry))
     return proto
 
 
@@ -82,16 +87,17 @@ def build_status(
     reason: str,
     metadata: dict[str, str] | None = None,
     violations: list[tuple[str, str]] | None = None,
+    retry_after_s: float | None = None,
 ) -> grpc.Status:
     message = clip(message)
     metadata = {clip(k, MAX_FIELD_CHARS): clip(v, MAX_DESCRIPTION_CHARS) for k, v in (metadata or {}).items()}
     listed = [(clip(f, MAX_FIELD_CHARS), clip(d, MAX_DESCRIPTION_CHARS)) for f, d in violations or ()]
-    proto = _status_proto(code, message, reason, metadata, listed)
+    proto = _status_proto(code, message, reason, metadata, listed, retry_after_s)
     total = len(listed)
     while proto.ByteSize() > MAX_STATUS_BYTES and listed:
         listed = listed[: len(listed) // 2] if len(listed) > 8 else listed[:-1]
         note = [("…", f"{total - len(listed)} more violations not listed")]
-        proto = _status_proto(code, message, reason, metadata, listed + note)
+        proto = _status_proto(code, message, reason, metadata, listed + note, retry_after_s)
     return rpc_status.to_status(proto)
 
 
@@ -102,4 +108,6 @@ def status_for(error: DomainError) -> grpc.Status:
         error.reason,
         error.metadata,
         [(v.field, v.description) for v in error.violations],
+        # RESOURCE_EXHAUSTED from a rate limit says when to retry (api/limits.py:RateLimited).
+        getattr(error, "retry_after_s", None),
     )
