@@ -9,11 +9,10 @@ from coordd.core.paging import PageRequest
 from coordd.core.principal import parse_roles, require_user
 from coordd.domain import auth
 from coordd.runtime import Runtime
-from coordd.store.models import ApiKey, User
 from coordd_client.v1 import auth_pb2, auth_pb2_grpc
 
 
-def user_to_proto(user: User) -> auth_pb2.User:
+def user_to_proto(user: auth.User) -> auth_pb2.User:
     return auth_pb2.User(
         name=f"users/{user.id}",
         email=user.email,
@@ -23,7 +22,7 @@ def user_to_proto(user: User) -> auth_pb2.User:
     )
 
 
-def api_key_to_proto(key: ApiKey) -> auth_pb2.ApiKey:
+def api_key_to_proto(key: auth.ApiKey) -> auth_pb2.ApiKey:
     return auth_pb2.ApiKey(
         name=f"apiKeys/{key.id}",
         display_name=key.display_name,

@@ -13,8 +13,6 @@ from coordd.core.events import Event
 from coordd.core.paging import PageRequest
 from coordd.domain import status
 from coordd.runtime import Runtime
-from coordd.scheduler.core import Scheduler
-from coordd.store.models import EventLog
 from coordd_client.v1 import status_pb2, status_pb2_grpc
 
 _BACKENDS = {
@@ -23,7 +21,7 @@ _BACKENDS = {
 }
 
 
-def event_to_proto(event: Event | EventLog) -> status_pb2.Event:
+def event_to_proto(event: Event | status.EventRow) -> status_pb2.Event:
     data = struct_pb2.Struct()
     data.update(event.data or {})
     return status_pb2.Event(
@@ -36,7 +34,7 @@ def event_to_proto(event: Event | EventLog) -> status_pb2.Event:
 
 
 class StatusServicer(status_pb2_grpc.StatusServiceServicer):
-    def __init__(self, rt: Runtime, scheduler: Scheduler) -> None:
+    def __init__(self, rt: Runtime, scheduler: status.LiveScheduler) -> None:
         self.rt = rt
         self.scheduler = scheduler
 

@@ -20,6 +20,7 @@ from coordd.store import job_models as job_m
 from coordd.store import ledger_models as ledger_m
 from coordd.store import models as m
 from coordd.store import node_models as node_m
+from coordd.store.auth import models as auth_m
 from coordd.store.db import Store
 
 log = structlog.get_logger(__name__)
@@ -45,7 +46,9 @@ MIGRATIONS: list[Migration] = [
     Migration(
         1,
         "platform: users, api keys, idempotency, events, scheduler",
-        _create(m.User, m.ApiKey, m.IdempotencyRecord, m.EventLog, m.SchedulerLeader, m.SchedulerTaskRun),
+        _create(
+            auth_m.User, auth_m.ApiKey, m.IdempotencyRecord, m.EventLog, m.SchedulerLeader, m.SchedulerTaskRun
+        ),
     ),
     Migration(
         10,
