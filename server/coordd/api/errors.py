@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -39,6 +39,7 @@ def build_status(
     reason: str,
     metadata: dict[str, str] | None = None,
     violations: list[tuple[str, str]] | None = None,
+    retry_after_s: float | None = None,
 ) -> grpc.Status:
     proto = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
     proto.details.append(
@@ -51,6 +52,10 @@ def build_status(
             ]
         )
         proto.details.append(_pack(bad))
+    if retry_after_s is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(max(int(retry_after_s * 1e9), 0))
+        proto.details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     return rpc_status.to_status(proto)
 
 
@@ -61,4 +66,5 @@ def status_for(error: DomainError) -> grpc.Status:
         error.reason,
         error.metadata,
         [(v.field, v.description) for v in error.violations],
+        getattr(error, "retry_after_s", None),
     )

@@ -11,6 +11,7 @@ from google.protobuf import struct_pb2
 from coordd.api.convert import duration, ts
 from coordd.core.events import Event
 from coordd.core.paging import PageRequest
+from coordd.core.principal import caller
 from coordd.domain import status
 from coordd.runtime import Runtime
 from coordd_client.v1 import status_pb2, status_pb2_grpc
@@ -41,6 +42,10 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
     async def GetStatus(
         self, request: status_pb2.GetStatusRequest, context: Any
     ) -> status_pb2.GetStatusResponse:
+        if not status.shows_internals(caller()):
+            return status_pb2.GetStatusResponse(
+                version=self.rt.version, serving=True, database_backend=_BACKENDS[self.rt.store.backend]
+            )
         counts = await self.rt.run(status.counts)
         view = await self.rt.run(status.scheduler_view)
         intervals = {task.name: task.interval for task in self.scheduler.tasks}
@@ -70,6 +75,7 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
             scheduler=scheduler,
             counts=counts,
             open_streams=self.rt.open_streams,
+            serving=True,
         )
 
     async def ListEvents(

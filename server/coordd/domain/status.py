@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from coordd.core.paging import Page, PageRequest
+from coordd.core.principal import Principal
 from coordd.store import status as queries
 from coordd.store.models import EventLog, SchedulerLeader, SchedulerTaskRun
 
@@ -32,6 +33,12 @@ class LiveScheduler(Protocol):
 class SchedulerView:
     leader: SchedulerLeader | None
     tasks: list[SchedulerTaskRun]
+
+
+def shows_internals(who: Principal) -> bool:
+    """Host name, pid, row counts, the scheduler and streams are for admins; others see that
+    the daemon serves, its version and its database backend."""
+    return who.is_admin
 
 
 def counts() -> dict[str, int]:

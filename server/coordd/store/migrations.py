@@ -92,6 +92,7 @@ MIGRATIONS: list[Migration] = [
             ceremony_m.CeremonyUpload,
         ),
     ),
+    Migration(60, "auth: revocation epoch, account changes, audit events", auth_m.add_account_control),
 ]
 # Domains append in any order; migrations apply in version order, and a version is unique.
 MIGRATIONS.sort(key=lambda item: item.version)

@@ -7,7 +7,8 @@ import time
 
 from coordd.core.errors import FailedPrecondition, Unauthenticated
 from coordd.core.principal import Principal, parse_roles
-from coordd.crypto.tokens import API_KEY_PREFIX, TokenError, hash_api_key
+from coordd.crypto.tokens import API_KEY_PREFIX, TokenClaims, TokenError, hash_api_key
+from coordd.domain.auth.sessions import fresh_state
 from coordd.runtime import Runtime
 from coordd.store.auth import queries
 
@@ -20,15 +21,44 @@ def forget_api_key(secret_hash: str) -> None:
         _api_key_cache.pop(secret_hash, None)
 
 
-def authenticate_token(rt: Runtime, token: str) -> Principal:
-    """JWTs are verified without a database round trip; API keys hit a short cache."""
-    if token.startswith(API_KEY_PREFIX):
-        raise FailedPrecondition("internal: API keys are resolved by authenticate_api_key")
+async def authenticate(rt: Runtime, credential: str) -> Principal:
+    """The caller behind an access token or API key, as the user's access stands now
+    (see sessions): disabled users, revoked tokens and removed roles are refused at once."""
+    state = await fresh_state(rt)
+    claims: TokenClaims | None = None
+    if credential.startswith(API_KEY_PREFIX):
+        principal = await rt.run(authenticate_api_key, rt, credential)
+    else:
+        claims = _verify(rt, credential)
+        principal = Principal(user_id=claims.user_id, roles=frozenset(claims.roles), kind="token")
+    access = state.access.get(principal.user_id)
+    if access is None:
+        return principal
+    if access.disabled:
+        raise Unauthenticated("this account is disabled", reason="ACCOUNT_DISABLED")
+    if claims is not None and claims.epoch < access.epoch:
+        raise Unauthenticated("this access token was revoked: log in again", reason="TOKEN_REVOKED")
+    roles = principal.roles & access.roles
+    if roles == principal.roles:
+        return principal
+    return Principal(
+        user_id=principal.user_id, roles=roles, kind=principal.kind, api_key_id=principal.api_key_id
+    )
+
+
+def _verify(rt: Runtime, token: str) -> TokenClaims:
     try:
         # Wall-clock time, not rt.now(): token expiry is a security property of real time.
-        claims = rt.tokens.verify(token)
+        return rt.tokens.verify(token)
     except TokenError as exc:
         raise Unauthenticated(str(exc), reason="BAD_TOKEN") from None
+
+
+def authenticate_token(rt: Runtime, token: str) -> Principal:
+    """JWTs are verified without a database round trip (revocation: see `authenticate`)."""
+    if token.startswith(API_KEY_PREFIX):
+        raise FailedPrecondition("internal: API keys are resolved by authenticate_api_key")
+    claims = _verify(rt, token)
     return Principal(user_id=claims.user_id, roles=frozenset(claims.roles), kind="token")
 
 

@@ -42,15 +42,10 @@ def check_roles(v: Violations, roles: list[str], path: str = "roles") -> None:
             v.add(f"{path}[{index}]", "unknown role")
 
 
-def create_user(
-    rt: Runtime,
-    email: str,
-    password: str,
-    display_name: str,
-    roles: list[str],
-    *,
-    self_service: bool,
-) -> User:
+def checked_roles(
+    email: str, password: str, display_name: str, roles: list[str], *, self_service: bool
+) -> set[str]:
+    """Checks a new account's fields; returns the roles it gets."""
     v = Violations()
     check_email(v, email)
     check_password(v, password)
@@ -63,12 +58,27 @@ def create_user(
         raise PermissionDenied(
             f"sign-up cannot grant {elevated}: ask an admin", reason="ROLE_NOT_SELF_SERVICE"
         )
+    return wanted
+
+
+def create_user(
+    rt: Runtime,
+    email: str,
+    password: str,
+    display_name: str,
+    roles: list[str],
+    *,
+    self_service: bool,
+) -> User:
+    """Creates a user from this thread (the CLI's and tests' way; SignUp hashes in the pool)."""
+    wanted = checked_roles(email, password, display_name, roles, self_service=self_service)
     # Hash before the transaction: a memory-hard KDF must not hold the write lock.
     password_hash = rt.passwords.hash(password)
     return insert_user(rt, email, password_hash, display_name, wanted)
 
 
 def insert_user(rt: Runtime, email: str, password_hash: str, display_name: str, roles: set[str]) -> User:
+    """Stores a user whose password is hashed already."""
     try:
         with rt.store.write() as tx:
             user = queries.insert_user(

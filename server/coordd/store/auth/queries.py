@@ -1,13 +1,15 @@
-"""The auth rules' queries: users by email or id, API keys by owner or secret digest."""
+"""The auth rules' queries: users by email or id, API keys by owner or secret digest, the
+users whose access changed, and the audit trail."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, NamedTuple
 
 import peewee
 
 from coordd.core.paging import Page, PageRequest
-from coordd.store.auth.models import ApiKey, User
+from coordd.store.auth.models import ApiKey, AuditEvent, User
 from coordd.store.paging import keyset_page
 
 
@@ -75,3 +77,94 @@ def api_keys_page(user_id: str, page: PageRequest, show_revoked: bool) -> Page[A
 
 def save(row: User | ApiKey) -> None:
     row.save()
+
+
+# -- account control ------------------------------------------------------------------
+
+
+class AccessRow(NamedTuple):
+    """What every call's authentication needs to know about a user whose access changed."""
+
+    user_id: str
+    disabled: bool
+    token_epoch: int
+    roles: str
+
+
+def lock_user(user_id: str) -> User | None:
+    """The user row, locked for the rest of the transaction on PostgreSQL (SQLite writers
+    are serialized already)."""
+    query = User.select().where(User.id == user_id)
+    if isinstance(User._meta.database.obj, peewee.PostgresqlDatabase):
+        query = query.for_update()
+    return query.first()
+
+
+def users_changed_since(since: datetime | None) -> list[AccessRow]:
+    """Every user whose access was ever changed (since=None), or changed at or after `since`."""
+    query = User.select(User.id, User.disabled, User.token_epoch, User.roles)
+    if since is None:
+        query = query.where(User.auth_change_time.is_null(False))
+    else:
+        query = query.where(User.auth_change_time >= since)
+    return [AccessRow(u.id, bool(u.disabled), int(u.token_epoch), u.roles) for u in query]
+
+
+def api_key_hashes(user_id: str) -> list[str]:
+    return [k.secret_hash for k in ApiKey.select(ApiKey.secret_hash).where(ApiKey.user == user_id)]
+
+
+# -- audit ----------------------------------------------------------------------------
+
+
+class AuditQuery(NamedTuple):
+    """Equality filters (empty: any) and an optional time range, bounds inclusive."""
+
+    action: str = ""
+    actor: str = ""
+    target: str = ""
+    peer: str = ""
+    outcome: str = ""
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def insert_audit(
+    create_time: datetime,
+    action: str,
+    actor: str,
+    credential: str,
+    target: str,
+    peer: str,
+    outcome: str,
+    detail: dict[str, Any],
+) -> None:
+    AuditEvent.insert(
+        create_time=create_time,
+        action=action,
+        actor=actor,
+        credential=credential,
+        target=target,
+        peer=peer,
+        outcome=outcome,
+        detail=detail,
+    ).execute()
+
+
+def audit_page(q: AuditQuery, page: PageRequest, fingerprint: str) -> Page[AuditEvent]:
+    """Newest first; `fingerprint` identifies the filter in page tokens."""
+    query = AuditEvent.select()
+    for column, value in (
+        (AuditEvent.action, q.action),
+        (AuditEvent.actor, q.actor),
+        (AuditEvent.target, q.target),
+        (AuditEvent.peer, q.peer),
+        (AuditEvent.outcome, q.outcome),
+    ):
+        if value:
+            query = query.where(column == value)
+    if q.since is not None:
+        query = query.where(AuditEvent.create_time >= q.since)
+    if q.until is not None:
+        query = query.where(AuditEvent.create_time <= q.until)
+    return keyset_page(query, AuditEvent.id, page, filters={"audit": fingerprint}, descending=True)
