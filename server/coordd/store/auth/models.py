@@ -18,7 +18,8 @@ class User(IdModel):
     create_time = TimestampField()
     disabled = peewee.BooleanField(default=False)
     # Revocation epoch: tokens issued under an older epoch are refused (migration 60).
-    token_epoch = peewee.IntegerField(default=0)
+    # DEFAULT in the schema too: code from before migration 60 still inserts users.
+    token_epoch = peewee.IntegerField(default=0, constraints=[peewee.SQL("DEFAULT 0")])
     # Last disable/enable, role change or revocation; every replica reloads users changed
     # since its last look through this index (migration 60).
     auth_change_time = TimestampField(null=True, index=True)
