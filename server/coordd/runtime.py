@@ -117,6 +117,7 @@ class Runtime:
         """Drops queued DB work and waits a bounded time for running work: a call stuck on
         a lock must not hold shutdown forever."""
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.passwords.close()
         deadline = time.monotonic() + wait_s
         busy = 0
         for thread in list(getattr(self.executor, "_threads", ())):

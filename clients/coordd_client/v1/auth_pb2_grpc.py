@@ -68,6 +68,41 @@ class AuthServiceStub:
                 request_serializer=coordd_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=coordd_dot_v1_dot_auth__pb2.RevokeApiKeyResponse.FromString,
                 _registered_method=True)
+        self.DisableUser = channel.unary_unary(
+                '/coordd.v1.AuthService/DisableUser',
+                request_serializer=coordd_dot_v1_dot_auth__pb2.DisableUserRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_auth__pb2.DisableUserResponse.FromString,
+                _registered_method=True)
+        self.EnableUser = channel.unary_unary(
+                '/coordd.v1.AuthService/EnableUser',
+                request_serializer=coordd_dot_v1_dot_auth__pb2.EnableUserRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_auth__pb2.EnableUserResponse.FromString,
+                _registered_method=True)
+        self.SetUserRoles = channel.unary_unary(
+                '/coordd.v1.AuthService/SetUserRoles',
+                request_serializer=coordd_dot_v1_dot_auth__pb2.SetUserRolesRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_auth__pb2.SetUserRolesResponse.FromString,
+                _registered_method=True)
+        self.ResetUserPassword = channel.unary_unary(
+                '/coordd.v1.AuthService/ResetUserPassword',
+                request_serializer=coordd_dot_v1_dot_auth__pb2.ResetUserPasswordRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_auth__pb2.ResetUserPasswordResponse.FromString,
+                _registered_method=True)
+        self.ChangePassword = channel.unary_unary(
+                '/coordd.v1.AuthService/ChangePassword',
+                request_serializer=coordd_dot_v1_dot_auth__pb2.ChangePasswordRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_auth__pb2.ChangePasswordResponse.FromString,
+                _registered_method=True)
+        self.RevokeUserTokens = channel.unary_unary(
+                '/coordd.v1.AuthService/RevokeUserTokens',
+                request_serializer=coordd_dot_v1_dot_auth__pb2.RevokeUserTokensRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_auth__pb2.RevokeUserTokensResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/coordd.v1.AuthService/ListAuditEvents',
+                request_serializer=coordd_dot_v1_dot_auth__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_auth__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -120,6 +155,61 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DisableUser(self, request, context):
+        """Admin only. Disables a user: they cannot log in, and their access tokens and API keys
+        stop working at once (on other replicas within seconds). An admin cannot disable
+        their own account (FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnableUser(self, request, context):
+        """Admin only. Enables a disabled user again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetUserRoles(self, request, context):
+        """Admin only. Replaces a user's roles. Their access tokens are revoked (they carry the
+        old roles; the user logs in again); their API keys carry at most the new roles at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetUserPassword(self, request, context):
+        """Admin only. Sets a user's password and revokes their access tokens.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangePassword(self, request, context):
+        """Changes the caller's own password (the current one is required, and throttled like a
+        login). Every other access token of the caller stops working; the reply carries a new one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeUserTokens(self, request, context):
+        """Revokes every access token issued to a user so far ("log out everywhere"). Callers
+        revoke their own; admins anyone's. API keys are not affected (see RevokeApiKey).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEvents(self, request, context):
+        """Admin only. The audit trail, newest first: logins (success and failure, with the
+        peer), permission denials, account changes and every mutating call by an admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +242,41 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.RevokeApiKey,
                     request_deserializer=coordd_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=coordd_dot_v1_dot_auth__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'DisableUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableUser,
+                    request_deserializer=coordd_dot_v1_dot_auth__pb2.DisableUserRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_auth__pb2.DisableUserResponse.SerializeToString,
+            ),
+            'EnableUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnableUser,
+                    request_deserializer=coordd_dot_v1_dot_auth__pb2.EnableUserRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_auth__pb2.EnableUserResponse.SerializeToString,
+            ),
+            'SetUserRoles': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetUserRoles,
+                    request_deserializer=coordd_dot_v1_dot_auth__pb2.SetUserRolesRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_auth__pb2.SetUserRolesResponse.SerializeToString,
+            ),
+            'ResetUserPassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetUserPassword,
+                    request_deserializer=coordd_dot_v1_dot_auth__pb2.ResetUserPasswordRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_auth__pb2.ResetUserPasswordResponse.SerializeToString,
+            ),
+            'ChangePassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePassword,
+                    request_deserializer=coordd_dot_v1_dot_auth__pb2.ChangePasswordRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_auth__pb2.ChangePasswordResponse.SerializeToString,
+            ),
+            'RevokeUserTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeUserTokens,
+                    request_deserializer=coordd_dot_v1_dot_auth__pb2.RevokeUserTokensRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_auth__pb2.RevokeUserTokensResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=coordd_dot_v1_dot_auth__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_auth__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -320,6 +445,195 @@ class AuthService:
             '/coordd.v1.AuthService/RevokeApiKey',
             coordd_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.SerializeToString,
             coordd_dot_v1_dot_auth__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.AuthService/DisableUser',
+            coordd_dot_v1_dot_auth__pb2.DisableUserRequest.SerializeToString,
+            coordd_dot_v1_dot_auth__pb2.DisableUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnableUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.AuthService/EnableUser',
+            coordd_dot_v1_dot_auth__pb2.EnableUserRequest.SerializeToString,
+            coordd_dot_v1_dot_auth__pb2.EnableUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetUserRoles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.AuthService/SetUserRoles',
+            coordd_dot_v1_dot_auth__pb2.SetUserRolesRequest.SerializeToString,
+            coordd_dot_v1_dot_auth__pb2.SetUserRolesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetUserPassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.AuthService/ResetUserPassword',
+            coordd_dot_v1_dot_auth__pb2.ResetUserPasswordRequest.SerializeToString,
+            coordd_dot_v1_dot_auth__pb2.ResetUserPasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.AuthService/ChangePassword',
+            coordd_dot_v1_dot_auth__pb2.ChangePasswordRequest.SerializeToString,
+            coordd_dot_v1_dot_auth__pb2.ChangePasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeUserTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.AuthService/RevokeUserTokens',
+            coordd_dot_v1_dot_auth__pb2.RevokeUserTokensRequest.SerializeToString,
+            coordd_dot_v1_dot_auth__pb2.RevokeUserTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.AuthService/ListAuditEvents',
+            coordd_dot_v1_dot_auth__pb2.ListAuditEventsRequest.SerializeToString,
+            coordd_dot_v1_dot_auth__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,31 @@ class AuthServiceStub:
     """Lists the caller's API keys."""
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RevokeApiKeyRequest, _auth_pb2.RevokeApiKeyResponse]
     """Revokes one of the caller's API keys. Revoking twice is not an error."""
+    DisableUser: _grpc.UnaryUnaryMultiCallable[_auth_pb2.DisableUserRequest, _auth_pb2.DisableUserResponse]
+    """Admin only. Disables a user: they cannot log in, and their access tokens and API keys
+    stop working at once (on other replicas within seconds). An admin cannot disable
+    their own account (FAILED_PRECONDITION).
+    """
+    EnableUser: _grpc.UnaryUnaryMultiCallable[_auth_pb2.EnableUserRequest, _auth_pb2.EnableUserResponse]
+    """Admin only. Enables a disabled user again."""
+    SetUserRoles: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SetUserRolesRequest, _auth_pb2.SetUserRolesResponse]
+    """Admin only. Replaces a user's roles. Their access tokens are revoked (they carry the
+    old roles; the user logs in again); their API keys carry at most the new roles at once.
+    """
+    ResetUserPassword: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ResetUserPasswordRequest, _auth_pb2.ResetUserPasswordResponse]
+    """Admin only. Sets a user's password and revokes their access tokens."""
+    ChangePassword: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ChangePasswordRequest, _auth_pb2.ChangePasswordResponse]
+    """Changes the caller's own password (the current one is required, and throttled like a
+    login). Every other access token of the caller stops working; the reply carries a new one.
+    """
+    RevokeUserTokens: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RevokeUserTokensRequest, _auth_pb2.RevokeUserTokensResponse]
+    """Revokes every access token issued to a user so far ("log out everywhere"). Callers
+    revoke their own; admins anyone's. API keys are not affected (see RevokeApiKey).
+    """
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListAuditEventsRequest, _auth_pb2.ListAuditEventsResponse]
+    """Admin only. The audit trail, newest first: logins (success and failure, with the
+    peer), permission denials, account changes and every mutating call by an admin.
+    """
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -75,6 +100,31 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """Lists the caller's API keys."""
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.RevokeApiKeyRequest, _auth_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
     """Revokes one of the caller's API keys. Revoking twice is not an error."""
+    DisableUser: _aio.UnaryUnaryMultiCallable[_auth_pb2.DisableUserRequest, _auth_pb2.DisableUserResponse]  # type: ignore[assignment]
+    """Admin only. Disables a user: they cannot log in, and their access tokens and API keys
+    stop working at once (on other replicas within seconds). An admin cannot disable
+    their own account (FAILED_PRECONDITION).
+    """
+    EnableUser: _aio.UnaryUnaryMultiCallable[_auth_pb2.EnableUserRequest, _auth_pb2.EnableUserResponse]  # type: ignore[assignment]
+    """Admin only. Enables a disabled user again."""
+    SetUserRoles: _aio.UnaryUnaryMultiCallable[_auth_pb2.SetUserRolesRequest, _auth_pb2.SetUserRolesResponse]  # type: ignore[assignment]
+    """Admin only. Replaces a user's roles. Their access tokens are revoked (they carry the
+    old roles; the user logs in again); their API keys carry at most the new roles at once.
+    """
+    ResetUserPassword: _aio.UnaryUnaryMultiCallable[_auth_pb2.ResetUserPasswordRequest, _auth_pb2.ResetUserPasswordResponse]  # type: ignore[assignment]
+    """Admin only. Sets a user's password and revokes their access tokens."""
+    ChangePassword: _aio.UnaryUnaryMultiCallable[_auth_pb2.ChangePasswordRequest, _auth_pb2.ChangePasswordResponse]  # type: ignore[assignment]
+    """Changes the caller's own password (the current one is required, and throttled like a
+    login). Every other access token of the caller stops working; the reply carries a new one.
+    """
+    RevokeUserTokens: _aio.UnaryUnaryMultiCallable[_auth_pb2.RevokeUserTokensRequest, _auth_pb2.RevokeUserTokensResponse]  # type: ignore[assignment]
+    """Revokes every access token issued to a user so far ("log out everywhere"). Callers
+    revoke their own; admins anyone's. API keys are not affected (see RevokeApiKey).
+    """
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListAuditEventsRequest, _auth_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """Admin only. The audit trail, newest first: logins (success and failure, with the
+    peer), permission denials, account changes and every mutating call by an admin.
+    """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     """AuthService manages users, their short-lived access tokens and long-lived API keys.
@@ -132,5 +182,72 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.RevokeApiKeyResponse, _abc.Awaitable[_auth_pb2.RevokeApiKeyResponse]]:
         """Revokes one of the caller's API keys. Revoking twice is not an error."""
+
+    @_abc_1.abstractmethod
+    def DisableUser(
+        self,
+        request: _auth_pb2.DisableUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.DisableUserResponse, _abc.Awaitable[_auth_pb2.DisableUserResponse]]:
+        """Admin only. Disables a user: they cannot log in, and their access tokens and API keys
+        stop working at once (on other replicas within seconds). An admin cannot disable
+        their own account (FAILED_PRECONDITION).
+        """
+
+    @_abc_1.abstractmethod
+    def EnableUser(
+        self,
+        request: _auth_pb2.EnableUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.EnableUserResponse, _abc.Awaitable[_auth_pb2.EnableUserResponse]]:
+        """Admin only. Enables a disabled user again."""
+
+    @_abc_1.abstractmethod
+    def SetUserRoles(
+        self,
+        request: _auth_pb2.SetUserRolesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.SetUserRolesResponse, _abc.Awaitable[_auth_pb2.SetUserRolesResponse]]:
+        """Admin only. Replaces a user's roles. Their access tokens are revoked (they carry the
+        old roles; the user logs in again); their API keys carry at most the new roles at once.
+        """
+
+    @_abc_1.abstractmethod
+    def ResetUserPassword(
+        self,
+        request: _auth_pb2.ResetUserPasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ResetUserPasswordResponse, _abc.Awaitable[_auth_pb2.ResetUserPasswordResponse]]:
+        """Admin only. Sets a user's password and revokes their access tokens."""
+
+    @_abc_1.abstractmethod
+    def ChangePassword(
+        self,
+        request: _auth_pb2.ChangePasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ChangePasswordResponse, _abc.Awaitable[_auth_pb2.ChangePasswordResponse]]:
+        """Changes the caller's own password (the current one is required, and throttled like a
+        login). Every other access token of the caller stops working; the reply carries a new one.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeUserTokens(
+        self,
+        request: _auth_pb2.RevokeUserTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.RevokeUserTokensResponse, _abc.Awaitable[_auth_pb2.RevokeUserTokensResponse]]:
+        """Revokes every access token issued to a user so far ("log out everywhere"). Callers
+        revoke their own; admins anyone's. API keys are not affected (see RevokeApiKey).
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _auth_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ListAuditEventsResponse, _abc.Awaitable[_auth_pb2.ListAuditEventsResponse]]:
+        """Admin only. The audit trail, newest first: logins (success and failure, with the
+        peer), permission denials, account changes and every mutating call by an admin.
+        """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

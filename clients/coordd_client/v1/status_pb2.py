@@ -28,7 +28,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63oordd/v1/status.proto\x12\tcoordd.v1\x1a\x17\x63oordd/v1/options.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10GetStatusRequest\"\x8b\x03\n\x11GetStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06uptime\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x10\x64\x61tabase_backend\x18\x05 \x01(\x0e\x32\x1a.coordd.v1.DatabaseBackend\x12\x11\n\tevent_bus\x18\x06 \x01(\t\x12-\n\tscheduler\x18\x07 \x01(\x0b\x32\x1a.coordd.v1.SchedulerStatus\x12\x38\n\x06\x63ounts\x18\x08 \x03(\x0b\x32(.coordd.v1.GetStatusResponse.CountsEntry\x12\x14\n\x0copen_streams\x18\t \x01(\x03\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xa1\x01\n\x0fSchedulerStatus\x12\x1a\n\x12leader_instance_id\x18\x01 \x01(\t\x12\x39\n\x15leader_heartbeat_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tis_leader\x18\x03 \x01(\x08\x12$\n\x05tasks\x18\x04 \x03(\x0b\x32\x15.coordd.v1.TaskStatus\"\xec\x01\n\nTaskStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x0flast_start_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\rlast_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\x11\n\trun_count\x18\x06 \x01(\x03\x12\x15\n\rfailure_count\x18\x07 \x01(\x03\"\x8c\x01\n\x05\x45vent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12%\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"`\n\x11ListEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x13\n\x0btype_prefix\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\"O\n\x12ListEventsResponse\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.coordd.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x12WatchEventsRequest\x12\x13\n\x0btype_prefix\x18\x01 \x01(\t\"6\n\x13WatchEventsResponse\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.coordd.v1.Event*q\n\x0f\x44\x61tabaseBackend\x12 \n\x1c\x44\x41TABASE_BACKEND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44\x41TABASE_BACKEND_SQLITE\x10\x01\x12\x1f\n\x1b\x44\x41TABASE_BACKEND_POSTGRESQL\x10\x02\x32\x8a\x02\n\rStatusService\x12L\n\tGetStatus\x12\x1b.coordd.v1.GetStatusRequest\x1a\x1c.coordd.v1.GetStatusResponse\"\x04\xa2\xbb\x18\x00\x12R\n\nListEvents\x12\x1c.coordd.v1.ListEventsRequest\x1a\x1d.coordd.v1.ListEventsResponse\"\x07\xa2\xbb\x18\x03\x1a\x01\x01\x12W\n\x0bWatchEvents\x12\x1d.coordd.v1.WatchEventsRequest\x1a\x1e.coordd.v1.WatchEventsResponse\"\x07\xa2\xbb\x18\x03\x1a\x01\x01\x30\x01\x42\x1fZ\x1d\x63oordd/gen/coordd/v1;coorddv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63oordd/v1/status.proto\x12\tcoordd.v1\x1a\x17\x63oordd/v1/options.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10GetStatusRequest\"\x9c\x03\n\x11GetStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06uptime\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x10\x64\x61tabase_backend\x18\x05 \x01(\x0e\x32\x1a.coordd.v1.DatabaseBackend\x12\x11\n\tevent_bus\x18\x06 \x01(\t\x12-\n\tscheduler\x18\x07 \x01(\x0b\x32\x1a.coordd.v1.SchedulerStatus\x12\x38\n\x06\x63ounts\x18\x08 \x03(\x0b\x32(.coordd.v1.GetStatusResponse.CountsEntry\x12\x14\n\x0copen_streams\x18\t \x01(\x03\x12\x0f\n\x07serving\x18\n \x01(\x08\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xa1\x01\n\x0fSchedulerStatus\x12\x1a\n\x12leader_instance_id\x18\x01 \x01(\t\x12\x39\n\x15leader_heartbeat_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tis_leader\x18\x03 \x01(\x08\x12$\n\x05tasks\x18\x04 \x03(\x0b\x32\x15.coordd.v1.TaskStatus\"\xec\x01\n\nTaskStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x0flast_start_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\rlast_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\x11\n\trun_count\x18\x06 \x01(\x03\x12\x15\n\rfailure_count\x18\x07 \x01(\x03\"\x8c\x01\n\x05\x45vent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12%\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"`\n\x11ListEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x13\n\x0btype_prefix\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\"O\n\x12ListEventsResponse\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.coordd.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x12WatchEventsRequest\x12\x13\n\x0btype_prefix\x18\x01 \x01(\t\"6\n\x13WatchEventsResponse\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.coordd.v1.Event*q\n\x0f\x44\x61tabaseBackend\x12 \n\x1c\x44\x41TABASE_BACKEND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44\x41TABASE_BACKEND_SQLITE\x10\x01\x12\x1f\n\x1b\x44\x41TABASE_BACKEND_POSTGRESQL\x10\x02\x32\x8a\x02\n\rStatusService\x12L\n\tGetStatus\x12\x1b.coordd.v1.GetStatusRequest\x1a\x1c.coordd.v1.GetStatusResponse\"\x04\xa2\xbb\x18\x00\x12R\n\nListEvents\x12\x1c.coordd.v1.ListEventsRequest\x1a\x1d.coordd.v1.ListEventsResponse\"\x07\xa2\xbb\x18\x03\x1a\x01\x01\x12W\n\x0bWatchEvents\x12\x1d.coordd.v1.WatchEventsRequest\x1a\x1e.coordd.v1.WatchEventsResponse\"\x07\xa2\xbb\x18\x03\x1a\x01\x01\x30\x01\x42\x1fZ\x1d\x63oordd/gen/coordd/v1;coorddv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,28 +44,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSSERVICE'].methods_by_name['ListEvents']._serialized_options = b'\242\273\030\003\032\001\001'
   _globals['_STATUSSERVICE'].methods_by_name['WatchEvents']._loaded_options = None
   _globals['_STATUSSERVICE'].methods_by_name['WatchEvents']._serialized_options = b'\242\273\030\003\032\001\001'
-  _globals['_DATABASEBACKEND']._serialized_start=1399
-  _globals['_DATABASEBACKEND']._serialized_end=1512
+  _globals['_DATABASEBACKEND']._serialized_start=1416
+  _globals['_DATABASEBACKEND']._serialized_end=1529
   _globals['_GETSTATUSREQUEST']._serialized_start=157
   _globals['_GETSTATUSREQUEST']._serialized_end=175
   _globals['_GETSTATUSRESPONSE']._serialized_start=178
-  _globals['_GETSTATUSRESPONSE']._serialized_end=573
-  _globals['_GETSTATUSRESPONSE_COUNTSENTRY']._serialized_start=528
-  _globals['_GETSTATUSRESPONSE_COUNTSENTRY']._serialized_end=573
-  _globals['_SCHEDULERSTATUS']._serialized_start=576
-  _globals['_SCHEDULERSTATUS']._serialized_end=737
-  _globals['_TASKSTATUS']._serialized_start=740
-  _globals['_TASKSTATUS']._serialized_end=976
-  _globals['_EVENT']._serialized_start=979
-  _globals['_EVENT']._serialized_end=1119
-  _globals['_LISTEVENTSREQUEST']._serialized_start=1121
-  _globals['_LISTEVENTSREQUEST']._serialized_end=1217
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=1219
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1298
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=1300
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=1341
-  _globals['_WATCHEVENTSRESPONSE']._serialized_start=1343
-  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1397
-  _globals['_STATUSSERVICE']._serialized_start=1515
-  _globals['_STATUSSERVICE']._serialized_end=1781
+  _globals['_GETSTATUSRESPONSE']._serialized_end=590
+  _globals['_GETSTATUSRESPONSE_COUNTSENTRY']._serialized_start=545
+  _globals['_GETSTATUSRESPONSE_COUNTSENTRY']._serialized_end=590
+  _globals['_SCHEDULERSTATUS']._serialized_start=593
+  _globals['_SCHEDULERSTATUS']._serialized_end=754
+  _globals['_TASKSTATUS']._serialized_start=757
+  _globals['_TASKSTATUS']._serialized_end=993
+  _globals['_EVENT']._serialized_start=996
+  _globals['_EVENT']._serialized_end=1136
+  _globals['_LISTEVENTSREQUEST']._serialized_start=1138
+  _globals['_LISTEVENTSREQUEST']._serialized_end=1234
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=1236
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1315
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=1317
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=1358
+  _globals['_WATCHEVENTSRESPONSE']._serialized_start=1360
+  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1414
+  _globals['_STATUSSERVICE']._serialized_start=1532
+  _globals['_STATUSSERVICE']._serialized_end=1798
 # @@protoc_insertion_point(module_scope)

@@ -88,6 +88,7 @@ class GetStatusResponse(_message.Message):
     SCHEDULER_FIELD_NUMBER: _builtins.int
     COUNTS_FIELD_NUMBER: _builtins.int
     OPEN_STREAMS_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     instance_id: _builtins.str
     """This process."""
@@ -96,6 +97,8 @@ class GetStatusResponse(_message.Message):
     """The event bus in use: "memory" or "redis"."""
     open_streams: _builtins.int
     """Server streams open on this process."""
+    serving: _builtins.bool
+    """True when this process answers calls (always, in a reply)."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -118,10 +121,11 @@ class GetStatusResponse(_message.Message):
         scheduler: Global___SchedulerStatus | None = ...,
         counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         open_streams: _builtins.int = ...,
+        serving: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["scheduler", b"scheduler", "start_time", b"start_time", "uptime", b"uptime"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "database_backend", b"database_backend", "event_bus", b"event_bus", "instance_id", b"instance_id", "open_streams", b"open_streams", "scheduler", b"scheduler", "start_time", b"start_time", "uptime", b"uptime", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "database_backend", b"database_backend", "event_bus", b"event_bus", "instance_id", b"instance_id", "open_streams", b"open_streams", "scheduler", b"scheduler", "serving", b"serving", "start_time", b"start_time", "uptime", b"uptime", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

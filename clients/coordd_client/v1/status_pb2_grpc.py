@@ -58,6 +58,9 @@ class StatusServiceServicer:
 
     def GetStatus(self, request, context):
         """Version, uptime, backend, scheduler leadership and per-task runs, resource counts.
+        The internals (instance id with host name and pid, counts, scheduler, streams) are
+        for admins only: any other caller gets just `version`, `serving` and
+        `database_backend`, every other field unset.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

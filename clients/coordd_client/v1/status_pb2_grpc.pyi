@@ -34,7 +34,11 @@ class StatusServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> StatusServiceAsyncStub: ...
     GetStatus: _grpc.UnaryUnaryMultiCallable[_status_pb2.GetStatusRequest, _status_pb2.GetStatusResponse]
-    """Version, uptime, backend, scheduler leadership and per-task runs, resource counts."""
+    """Version, uptime, backend, scheduler leadership and per-task runs, resource counts.
+    The internals (instance id with host name and pid, counts, scheduler, streams) are
+    for admins only: any other caller gets just `version`, `serving` and
+    `database_backend`, every other field unset.
+    """
     ListEvents: _grpc.UnaryUnaryMultiCallable[_status_pb2.ListEventsRequest, _status_pb2.ListEventsResponse]
     """Recent domain events, newest first."""
     WatchEvents: _grpc.UnaryStreamMultiCallable[_status_pb2.WatchEventsRequest, _status_pb2.WatchEventsResponse]
@@ -48,7 +52,11 @@ class StatusServiceAsyncStub(StatusServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetStatus: _aio.UnaryUnaryMultiCallable[_status_pb2.GetStatusRequest, _status_pb2.GetStatusResponse]  # type: ignore[assignment]
-    """Version, uptime, backend, scheduler leadership and per-task runs, resource counts."""
+    """Version, uptime, backend, scheduler leadership and per-task runs, resource counts.
+    The internals (instance id with host name and pid, counts, scheduler, streams) are
+    for admins only: any other caller gets just `version`, `serving` and
+    `database_backend`, every other field unset.
+    """
     ListEvents: _aio.UnaryUnaryMultiCallable[_status_pb2.ListEventsRequest, _status_pb2.ListEventsResponse]  # type: ignore[assignment]
     """Recent domain events, newest first."""
     WatchEvents: _aio.UnaryStreamMultiCallable[_status_pb2.WatchEventsRequest, _status_pb2.WatchEventsResponse]  # type: ignore[assignment]
@@ -65,7 +73,11 @@ class StatusServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _status_pb2.GetStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_status_pb2.GetStatusResponse, _abc.Awaitable[_status_pb2.GetStatusResponse]]:
-        """Version, uptime, backend, scheduler leadership and per-task runs, resource counts."""
+        """Version, uptime, backend, scheduler leadership and per-task runs, resource counts.
+        The internals (instance id with host name and pid, counts, scheduler, streams) are
+        for admins only: any other caller gets just `version`, `serving` and
+        `database_backend`, every other field unset.
+        """
 
     @_abc_1.abstractmethod
     def ListEvents(

@@ -1,29 +1,31 @@
-"""AuthService: sign-up, login, WhoAmI and API keys."""
+"""AuthService: sign-up, login, WhoAmI, API keys, account control and the audit trail."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from google.protobuf import struct_pb2
 
 from coordd.api.convert import from_ts, parse_name, roles_from_proto, roles_to_proto, ts
 from coordd.core.paging import PageRequest
 from coordd.core.principal import parse_roles, require_user
 from coordd.domain import auth
 from coordd.runtime import Runtime
-from coordd.store.models import ApiKey, User
 from coordd_client.v1 import auth_pb2, auth_pb2_grpc
 
 
-def user_to_proto(user: User) -> auth_pb2.User:
+def user_to_proto(user: auth.User) -> auth_pb2.User:
     return auth_pb2.User(
         name=f"users/{user.id}",
         email=user.email,
         display_name=user.display_name,
         roles=roles_to_proto(parse_roles(user.roles)),
         create_time=ts(user.create_time),
+        disabled=bool(user.disabled),
     )
 
 
-def api_key_to_proto(key: ApiKey) -> auth_pb2.ApiKey:
+def api_key_to_proto(key: auth.ApiKey) -> auth_pb2.ApiKey:
     return auth_pb2.ApiKey(
         name=f"apiKeys/{key.id}",
         display_name=key.display_name,
@@ -36,15 +38,33 @@ def api_key_to_proto(key: ApiKey) -> auth_pb2.ApiKey:
     )
 
 
+def audit_event_to_proto(row: auth.AuditRow) -> auth_pb2.AuditEvent:
+    detail = struct_pb2.Struct()
+    detail.update(row.detail or {})
+    return auth_pb2.AuditEvent(
+        name=f"auditEvents/{row.id}",
+        create_time=ts(row.create_time),
+        action=row.action,
+        actor=row.actor,
+        credential=row.credential,
+        target=row.target,
+        peer=row.peer,
+        outcome=row.outcome,
+        detail=detail,
+    )
+
+
+def _peer(context: Any) -> str:
+    return str(context.peer() or "")
+
+
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 
     async def SignUp(self, request: auth_pb2.SignUpRequest, context: Any) -> auth_pb2.SignUpResponse:
         roles = roles_from_proto(request.roles)
-        session = await self.rt.run(
-            auth.sign_up, self.rt, request.email, request.password, request.display_name, roles
-        )
+        session = await auth.sign_up(self.rt, request.email, request.password, request.display_name, roles)
         return auth_pb2.SignUpResponse(
             user=user_to_proto(session.user),
             access_token=session.access_token,
@@ -52,7 +72,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         )
 
     async def Login(self, request: auth_pb2.LoginRequest, context: Any) -> auth_pb2.LoginResponse:
-        session = await self.rt.run(auth.login, self.rt, request.email, request.password)
+        session = await auth.login(self.rt, request.email, request.password, _peer(context))
         return auth_pb2.LoginResponse(
             user=user_to_proto(session.user),
             access_token=session.access_token,
@@ -97,3 +117,60 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         key_id = parse_name(request.name, "apiKeys")
         key = await self.rt.run(auth.revoke_api_key, self.rt, who, key_id)
         return auth_pb2.RevokeApiKeyResponse(api_key=api_key_to_proto(key))
+
+    async def DisableUser(
+        self, request: auth_pb2.DisableUserRequest, context: Any
+    ) -> auth_pb2.DisableUserResponse:
+        user_id = parse_name(request.name, "users")
+        user = await self.rt.run(auth.set_disabled, self.rt, require_user(), user_id, True, _peer(context))
+        return auth_pb2.DisableUserResponse(user=user_to_proto(user))
+
+    async def EnableUser(
+        self, request: auth_pb2.EnableUserRequest, context: Any
+    ) -> auth_pb2.EnableUserResponse:
+        user_id = parse_name(request.name, "users")
+        user = await self.rt.run(auth.set_disabled, self.rt, require_user(), user_id, False, _peer(context))
+        return auth_pb2.EnableUserResponse(user=user_to_proto(user))
+
+    async def SetUserRoles(
+        self, request: auth_pb2.SetUserRolesRequest, context: Any
+    ) -> auth_pb2.SetUserRolesResponse:
+        user_id = parse_name(request.name, "users")
+        roles = roles_from_proto(request.roles)
+        user = await self.rt.run(auth.set_roles, self.rt, require_user(), user_id, roles, _peer(context))
+        return auth_pb2.SetUserRolesResponse(user=user_to_proto(user))
+
+    async def ResetUserPassword(
+        self, request: auth_pb2.ResetUserPasswordRequest, context: Any
+    ) -> auth_pb2.ResetUserPasswordResponse:
+        user_id = parse_name(request.name, "users")
+        user = await auth.reset_password(
+            self.rt, require_user(), user_id, request.new_password, _peer(context)
+        )
+        return auth_pb2.ResetUserPasswordResponse(user=user_to_proto(user))
+
+    async def ChangePassword(
+        self, request: auth_pb2.ChangePasswordRequest, context: Any
+    ) -> auth_pb2.ChangePasswordResponse:
+        session = await auth.change_password(
+            self.rt, require_user(), request.current_password, request.new_password, _peer(context)
+        )
+        return auth_pb2.ChangePasswordResponse(
+            access_token=session.access_token, expire_time=ts(session.expire_time)
+        )
+
+    async def RevokeUserTokens(
+        self, request: auth_pb2.RevokeUserTokensRequest, context: Any
+    ) -> auth_pb2.RevokeUserTokensResponse:
+        user_id = parse_name(request.name, "users")
+        user = await self.rt.run(auth.revoke_tokens, self.rt, require_user(), user_id, _peer(context))
+        return auth_pb2.RevokeUserTokensResponse(user=user_to_proto(user))
+
+    async def ListAuditEvents(
+        self, request: auth_pb2.ListAuditEventsRequest, context: Any
+    ) -> auth_pb2.ListAuditEventsResponse:
+        page_request = PageRequest.of(request.page_size, request.page_token)
+        page = await self.rt.run(auth.list_audit_events, page_request, request.filter)
+        return auth_pb2.ListAuditEventsResponse(
+            audit_events=[audit_event_to_proto(e) for e in page.items], next_page_token=page.next_token
+        )

@@ -108,6 +108,6 @@ def status_for(error: DomainError) -> grpc.Status:
         error.reason,
         error.metadata,
         [(v.field, v.description) for v in error.violations],
-        # RESOURCE_EXHAUSTED from a rate limit says when to retry (api/limits.py:RateLimited).
+        # RESOURCE_EXHAUSTED from a rate limit or login throttle says when to retry.
         getattr(error, "retry_after_s", None),
     )

@@ -323,10 +323,7 @@ class AuthInterceptor(WrappingInterceptor):
                     "authorization metadata must be 'Bearer <access token or API key>'",
                     reason="BAD_AUTHORIZATION_HEADER",
                 )
-            if credential.startswith(auth_rules.API_KEY_PREFIX):
-                principal = await self.rt.run(auth_rules.authenticate_api_key, self.rt, credential)
-            else:
-                principal = auth_rules.authenticate_token(self.rt, credential)
+            principal = await auth_rules.authenticate(self.rt, credential)
         elif not policy.public:
             raise Unauthenticated(
                 "this call needs a credential: send 'authorization: Bearer <access token or API key>'",
@@ -334,23 +331,50 @@ class AuthInterceptor(WrappingInterceptor):
             )
         if not policy.public and not principal.has_any(policy.roles):
             needed = ", ".join(sorted(policy.roles))
-            raise PermissionDenied(
+            denied = PermissionDenied(
                 f"{method} needs one of the roles: {needed}",
                 reason="ROLE_REQUIRED",
                 metadata={"roles": needed},
             )
+            await self._audit(auth_rules.record_denial, principal, method, denied.reason, context)
+            raise denied
         current_principal.set(principal)
         if principal.user_id:
             structlog.contextvars.bind_contextvars(caller=principal.user_id)
 
+    async def _audit(
+        self, record: Callable[..., None], who: Any, method: str, what: str, context: Any
+    ) -> None:
+        """Audit rows (auth_rules.record_*) never change the call's outcome."""
+        try:
+            await self.rt.run(record, self.rt, who, method, what, str(context.peer() or ""))
+        except Exception as exc:
+            log.warning("could not write an audit event", method=method, error=str(exc))
+
     async def unary(self, method: str, call: Behaviour, request: Any, context: Any) -> Any:
         await self._authorize(method, context)
-        return await call(request, context)
+        try:
+            response = await call(request, context)
+        except PermissionDenied as exc:
+            await self._audit(auth_rules.record_denial, caller(), method, exc.reason, context)
+            raise
+        if auth_rules.is_admin_action(caller(), method, policy_for(method).mutating):
+            await self._audit(auth_rules.record_admin_call, caller(), method, _target_of(request), context)
+        return response
 
     async def stream(self, method: str, call: Behaviour, request: Any, context: Any) -> AsyncIterator[Any]:
         await self._authorize(method, context)
         async for item in call(request, context):
             yield item
+
+
+def _target_of(request: Any) -> str:
+    """The resource a request names (`name`, else `parent`), for the audit trail."""
+    fields = getattr(getattr(request, "DESCRIPTOR", None), "fields_by_name", {})
+    for field in ("name", "parent"):
+        if field in fields and isinstance(getattr(request, field), str):
+            return str(getattr(request, field))
+    return ""
 
 
 class IdempotencyInterceptor(WrappingInterceptor):

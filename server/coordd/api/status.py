@@ -11,10 +11,9 @@ from google.protobuf import struct_pb2
 from coordd.api.convert import duration, ts
 from coordd.core.events import Event
 from coordd.core.paging import PageRequest
+from coordd.core.principal import caller
 from coordd.domain import status
 from coordd.runtime import Runtime
-from coordd.scheduler.core import Scheduler
-from coordd.store.models import EventLog
 from coordd_client.v1 import status_pb2, status_pb2_grpc
 
 _BACKENDS = {
@@ -23,7 +22,7 @@ _BACKENDS = {
 }
 
 
-def event_to_proto(event: Event | EventLog) -> status_pb2.Event:
+def event_to_proto(event: Event | status.EventRow) -> status_pb2.Event:
     data = struct_pb2.Struct()
     data.update(event.data or {})
     return status_pb2.Event(
@@ -36,13 +35,17 @@ def event_to_proto(event: Event | EventLog) -> status_pb2.Event:
 
 
 class StatusServicer(status_pb2_grpc.StatusServiceServicer):
-    def __init__(self, rt: Runtime, scheduler: Scheduler) -> None:
+    def __init__(self, rt: Runtime, scheduler: status.LiveScheduler) -> None:
         self.rt = rt
         self.scheduler = scheduler
 
     async def GetStatus(
         self, request: status_pb2.GetStatusRequest, context: Any
     ) -> status_pb2.GetStatusResponse:
+        if not status.shows_internals(caller()):
+            return status_pb2.GetStatusResponse(
+                version=self.rt.version, serving=True, database_backend=_BACKENDS[self.rt.store.backend]
+            )
         counts = await self.rt.run(status.counts)
         view = await self.rt.run(status.scheduler_view)
         intervals = {task.name: task.interval for task in self.scheduler.tasks}
@@ -72,6 +75,7 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
             scheduler=scheduler,
             counts=counts,
             open_streams=self.rt.open_streams,
+            serving=True,
         )
 
     async def ListEvents(

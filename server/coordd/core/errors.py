@@ -7,6 +7,7 @@ ErrorInfo reason clients switch on, and field violations become a BadRequest det
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,14 @@ class Unauthenticated(DomainError):
 
 
 class ResourceExhausted(DomainError):
+    """`retry_after_s`, when known, becomes a google.rpc.RetryInfo detail."""
+
     code = "RESOURCE_EXHAUSTED"
     default_reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after_s = retry_after_s
 
 
 class Aborted(DomainError):

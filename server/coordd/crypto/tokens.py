@@ -27,6 +27,11 @@ class TokenClaims:
     user_id: str
     roles: tuple[str, ...]
     expire_time: datetime
+    # `jti`: this token's id (audit rows name it; never a secret on its own).
+    token_id: str = ""
+    # The user's revocation epoch when the token was issued: a token whose epoch is behind
+    # the user's current one was revoked (see coordd.domain.auth.sessions).
+    epoch: int = 0
 
 
 class TokenError(Exception):
@@ -50,15 +55,18 @@ class AccessTokens:
     def _sign(self, signing_input: bytes) -> bytes:
         return hmac.new(self._secret, signing_input, hashlib.sha256).digest()
 
-    def issue(self, user_id: str, roles: list[str], now: datetime) -> tuple[str, datetime]:
+    def issue(self, user_id: str, roles: list[str], now: datetime, *, epoch: int = 0) -> tuple[str, datetime]:
         expire = now + self._ttl
-        payload = {
+        payload: dict[str, object] = {
             "iss": _ISSUER,
             "sub": user_id,
             "roles": roles,
             "iat": int(now.timestamp()),
             "exp": int(expire.timestamp()),
+            "jti": secrets.token_hex(12),
         }
+        if epoch:
+            payload["ep"] = epoch
         body = _b64encode(json.dumps(payload, separators=(",", ":")).encode())
         signing_input = f"{self._header}.{body}"
         token = f"{signing_input}.{_b64encode(self._sign(signing_input.encode()))}"
@@ -88,6 +96,9 @@ class AccessTokens:
         sub, exp, roles = payload.get("sub"), payload.get("exp"), payload.get("roles") or []
         if not isinstance(sub, str) or not sub or not isinstance(exp, int) or not isinstance(roles, list):
             raise invalid
+        jti, epoch = payload.get("jti", ""), payload.get("ep", 0)
+        if not isinstance(jti, str) or not isinstance(epoch, int):
+            raise invalid
         current = (now or datetime.now(UTC)).timestamp()
         if exp <= current:
             raise TokenError("access token expired: log in again")
@@ -95,6 +106,8 @@ class AccessTokens:
             user_id=sub,
             roles=tuple(str(r) for r in roles),
             expire_time=datetime.fromtimestamp(exp, UTC),
+            token_id=jti,
+            epoch=epoch,
         )
 
 

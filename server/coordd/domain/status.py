@@ -2,43 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-import peewee
-
-from coordd.notify.models import Channel, Delivery
-from coordd.store.ceremony.models import Ceremony, Contribution, Participant
-from coordd.store.competition.models import Competition, CompetitionNotification, Registration
-from coordd.store.jobs.models import Job
-from coordd.store.ledger.models import LedgerAccount, LedgerEntry
-from coordd.store.models import ApiKey, EventLog, IdempotencyRecord, SchedulerLeader, SchedulerTaskRun, User
-from coordd.store.node_models import Incident, Node, Project, Workload
-from coordd.store.paging import Page, PageRequest, keyset_page
+from coordd.core.paging import Page, PageRequest
+from coordd.core.principal import Principal
+from coordd.store import status as queries
+from coordd.store.models import EventLog, SchedulerLeader, SchedulerTaskRun
 
 SCHEDULER = "scheduler"
 
-# Each domain adds the tables it wants counted.
-COUNTED: dict[str, type[peewee.Model]] = {
-    "users": User,
-    "api_keys": ApiKey,
-    "events": EventLog,
-    "idempotency_records": IdempotencyRecord,
-    "node_projects": Project,
-    "nodes": Node,
-    "node_workloads": Workload,
-    "node_incidents": Incident,
-    "notify_channels": Channel,
-    "notify_deliveries": Delivery,
-    "ledger_accounts": LedgerAccount,
-    "ledger_entries": LedgerEntry,
-    "jobs": Job,
-    "competitions": Competition,
-    "competition_registrations": Registration,
-    "competition_notifications": CompetitionNotification,
-    "ceremonies": Ceremony,
-    "ceremony_participants": Participant,
-    "ceremony_contributions": Contribution,
-}
+# Rows the api converts (attribute access only).
+EventRow = EventLog
+
+
+class LiveTask(Protocol):
+    name: str
+    interval: float
+
+
+class LiveScheduler(Protocol):
+    """What this process knows about its scheduler (the app passes its Scheduler)."""
+
+    is_leader: bool
+    tasks: Sequence[LiveTask]
 
 
 @dataclass(frozen=True)
@@ -47,22 +35,19 @@ class SchedulerView:
     tasks: list[SchedulerTaskRun]
 
 
+def shows_internals(who: Principal) -> bool:
+    """Host name, pid, row counts, the scheduler and streams are for admins; others see that
+    the daemon serves, its version and its database backend."""
+    return who.is_admin
+
+
 def counts() -> dict[str, int]:
-    return {name: model.select().count() for name, model in COUNTED.items()}
+    return queries.row_counts()
 
 
 def scheduler_view() -> SchedulerView:
-    leader = SchedulerLeader.get_or_none(SchedulerLeader.name == SCHEDULER)
-    tasks = list(SchedulerTaskRun.select().order_by(SchedulerTaskRun.name))
-    return SchedulerView(leader, tasks)
+    return SchedulerView(queries.scheduler_leader(SCHEDULER), queries.task_runs())
 
 
 def list_events(page: PageRequest, type_prefix: str, subject: str) -> Page[EventLog]:
-    query = EventLog.select()
-    if type_prefix:
-        query = query.where(EventLog.type.startswith(type_prefix))
-    if subject:
-        query = query.where(EventLog.subject == subject)
-    return keyset_page(
-        query, EventLog.id, page, filters={"type": type_prefix, "subject": subject}, descending=True
-    )
+    return queries.events_page(page, type_prefix, subject)

@@ -29,6 +29,7 @@ from playhouse.pool import PooledPostgresqlDatabase
 from coordd.config import Settings
 from coordd.core.clock import utcnow
 from coordd.core.events import Event
+from coordd.store.fields import JSONField, TimestampField
 
 database_proxy = peewee.DatabaseProxy()
 SQLITE_SUFFIXES = ("", "-wal", "-shm")
@@ -198,8 +199,6 @@ class Store:
     def _store_events(self, tx: Tx) -> None:
         """One prepared-text INSERT per event: peewee's query builder cost ~0.3 ms per row,
         paid by every write that emits an event (most of them)."""
-        from coordd.store.models import JSONField, TimestampField
-
         if not tx.pending_events:
             return
         p = self.db.param

@@ -16,6 +16,7 @@ import structlog
 from coordd.notify import models as notify_m
 from coordd.store import models as m
 from coordd.store import node_models as node_m
+from coordd.store.auth import models as auth_m
 from coordd.store.ceremony import models as ceremony_m
 from coordd.store.competition import models as competition_m
 from coordd.store.db import Store
@@ -45,7 +46,9 @@ MIGRATIONS: list[Migration] = [
     Migration(
         1,
         "platform: users, api keys, idempotency, events, scheduler",
-        _create(m.User, m.ApiKey, m.IdempotencyRecord, m.EventLog, m.SchedulerLeader, m.SchedulerTaskRun),
+        _create(
+            auth_m.User, auth_m.ApiKey, m.IdempotencyRecord, m.EventLog, m.SchedulerLeader, m.SchedulerTaskRun
+        ),
     ),
     Migration(
         10,
@@ -89,6 +92,7 @@ MIGRATIONS: list[Migration] = [
             ceremony_m.CeremonyUpload,
         ),
     ),
+    Migration(60, "auth: revocation epoch, account changes, audit events", auth_m.add_account_control),
 ]
 # Domains append in any order; migrations apply in version order, and a version is unique.
 MIGRATIONS.sort(key=lambda item: item.version)

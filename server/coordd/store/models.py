@@ -1,45 +1,31 @@
-"""peewee models for the platform tables. Domain modules add their own model files.
+"""peewee base classes and the platform tables (migrations, events, scheduler, idempotency).
 
-Times are stored as integer microseconds since the epoch (TimestampField): the same
-on SQLite and PostgreSQL, indexable, and always returned as aware UTC datetimes.
+Each domain keeps its own models under `store/<domain>/models.py`; users and API keys live
+in `coordd.store.auth.models`. Column types come from `coordd.store.fields` (re-exported here).
 """
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
+import importlib
 from typing import Any
 
 import peewee
 
 from coordd.core.ids import new_id
 from coordd.store.db import database_proxy
+from coordd.store.fields import JSONField, TimestampField
 
-
-class TimestampField(peewee.BigIntegerField):
-    def db_value(self, value: datetime | None) -> int | None:
-        if value is None:
-            return None
-        if isinstance(value, int):
-            return value
-        if value.tzinfo is None:
-            raise ValueError("naive datetimes are not stored: use an aware UTC datetime")
-        delta = value - datetime(1970, 1, 1, tzinfo=UTC)
-        return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-    def python_value(self, value: int | None) -> datetime | None:
-        if value is None:
-            return None
-        seconds, micros = divmod(int(value), 1_000_000)
-        return datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros)
-
-
-class JSONField(peewee.TextField):
-    def db_value(self, value: Any) -> str | None:
-        return None if value is None else json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-    def python_value(self, value: str | None) -> Any:
-        return None if value is None else json.loads(value)
+__all__ = [
+    "BaseModel",
+    "EventLog",
+    "IdModel",
+    "IdempotencyRecord",
+    "JSONField",
+    "SchedulerLeader",
+    "SchedulerTaskRun",
+    "SchemaMigration",
+    "TimestampField",
+]
 
 
 class BaseModel(peewee.Model):
@@ -56,29 +42,6 @@ class SchemaMigration(BaseModel):
     version = peewee.IntegerField(primary_key=True)
     name = peewee.CharField()
     applied_time = TimestampField()
-
-
-class User(IdModel):
-    email = peewee.CharField(max_length=254)
-    # Lower-cased email: uniqueness is case-insensitive while the stored address keeps its case.
-    email_key = peewee.CharField(max_length=254, unique=True)
-    display_name = peewee.CharField(max_length=100)
-    password_hash = peewee.CharField(max_length=255)
-    roles = peewee.CharField(max_length=255)  # comma-separated role names
-    create_time = TimestampField()
-    disabled = peewee.BooleanField(default=False)
-
-
-class ApiKey(IdModel):
-    user = peewee.ForeignKeyField(User, backref="api_keys", on_delete="CASCADE")
-    display_name = peewee.CharField(max_length=100)
-    prefix = peewee.CharField(max_length=16)
-    # SHA-256 of the secret: secrets are 256-bit random, so a slow KDF adds nothing.
-    secret_hash = peewee.CharField(max_length=64, unique=True)
-    roles = peewee.CharField(max_length=255)
-    create_time = TimestampField()
-    expire_time = TimestampField(null=True)
-    revoke_time = TimestampField(null=True)
 
 
 class IdempotencyRecord(BaseModel):
@@ -119,3 +82,15 @@ class SchedulerTaskRun(BaseModel):
     last_error = peewee.TextField(default="")
     run_count = peewee.BigIntegerField(default=0)
     failure_count = peewee.BigIntegerField(default=0)
+
+
+# Moved to coordd.store.auth.models (issue #11). Resolved lazily, on first use, so modules not
+# yet moved to their own store package keep importing them from here; remove once every
+# importer names coordd.store.auth.models.
+_MOVED = {"User": "coordd.store.auth.models", "ApiKey": "coordd.store.auth.models"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,7 @@ import grpc
 import jwt
 from google.protobuf import timestamp_pb2
 
-from coordd.store.models import ApiKey, User
+from coordd.store.auth.models import ApiKey, User
 from coordd_client.v1 import auth_pb2, common_pb2, status_pb2
 from tests.helpers import rpc_error
 from tests.support.server import bearer

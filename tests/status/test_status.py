@@ -24,7 +24,8 @@ def _wait_for(predicate, timeout=10.0):
 
 
 def test_get_status_reports_backend_counts_and_scheduler(server, backend):
-    _, token = server.make_user("participant")
+    # Internals are for admins (issue #12): see test_get_status_shows_internals_to_admins_only.
+    _, token = server.make_user("admin")
     server.sign_up()
     assert _wait_for(
         lambda: any(
@@ -250,3 +251,17 @@ def test_shutdown_lets_a_unary_call_in_flight_finish(settings_factory, clock, mo
     thread.join(5)
     channel.close()
     assert isinstance(outcome[0], auth_pb2.LoginResponse), outcome
+
+
+def test_get_status_shows_internals_to_admins_only(server, backend):
+    _, participant = server.make_user("participant")
+    _, admin = server.make_user("admin")
+    minimal = server.status.GetStatus(status_pb2.GetStatusRequest(), metadata=bearer(participant))
+    assert minimal.version == "0.1.0" and minimal.serving
+    assert minimal.database_backend != status_pb2.DATABASE_BACKEND_UNSPECIFIED
+    assert not minimal.instance_id, "host name and pid are internals"
+    assert not minimal.counts and not minimal.HasField("scheduler") and not minimal.HasField("uptime")
+    assert not minimal.event_bus and not minimal.HasField("start_time")
+    full = server.status.GetStatus(status_pb2.GetStatusRequest(), metadata=bearer(admin))
+    assert full.serving and full.instance_id and full.counts["users"] == 2 and full.HasField("scheduler")
+    rpc_error(grpc.StatusCode.UNAUTHENTICATED, server.status.GetStatus, status_pb2.GetStatusRequest())

@@ -72,3 +72,23 @@ def test_an_expired_token_says_so():
     token, _ = AccessTokens(SECRET, 60).issue("u1", [], NOW)
     with pytest.raises(TokenError, match="expired"):
         AccessTokens(SECRET, 60).verify(token, NOW + timedelta(seconds=61))
+
+
+def test_tokens_carry_an_id_and_the_revocation_epoch():
+    tokens = AccessTokens(SECRET, 3600)
+    first, _ = tokens.issue("u1", [], NOW)
+    second, _ = tokens.issue("u1", [], NOW, epoch=3)
+    one = tokens.verify(first, NOW)
+    two = tokens.verify(second, NOW)
+    assert one.token_id and two.token_id and one.token_id != two.token_id
+    assert (one.epoch, two.epoch) == (0, 3)
+    claims = jwt.decode(
+        second, SECRET, algorithms=["HS256"], options={"verify_exp": False, "verify_iat": False}
+    )
+    assert claims["jti"] == two.token_id and claims["ep"] == 3
+
+
+def test_a_malformed_epoch_is_rejected():
+    token = jwt.encode({"iss": "coordd", "sub": "u", "exp": 4102444800, "ep": "9"}, SECRET, algorithm="HS256")
+    with pytest.raises(TokenError, match="not valid"):
+        AccessTokens(SECRET, 60).verify(token, NOW)

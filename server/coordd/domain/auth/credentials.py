@@ -1,0 +1,95 @@
+"""Turning a credential (access token or API key) into a Principal, on every call."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from coordd.core.errors import FailedPrecondition, Unauthenticated
+from coordd.core.principal import Principal, parse_roles
+from coordd.crypto.tokens import API_KEY_PREFIX, TokenClaims, TokenError, hash_api_key
+from coordd.domain.auth.sessions import fresh_state
+from coordd.runtime import Runtime
+from coordd.store.auth import queries
+
+_api_key_cache: dict[str, tuple[float, Principal | None]] = {}
+_api_key_cache_lock = threading.Lock()
+
+
+def forget_api_key(secret_hash: str) -> None:
+    with _api_key_cache_lock:
+        _api_key_cache.pop(secret_hash, None)
+
+
+async def authenticate(rt: Runtime, credential: str) -> Principal:
+    """The caller behind an access token or API key, as the user's access stands now
+    (see sessions): disabled users, revoked tokens and removed roles are refused at once."""
+    state = await fresh_state(rt)
+    claims: TokenClaims | None = None
+    if credential.startswith(API_KEY_PREFIX):
+        principal = await rt.run(authenticate_api_key, rt, credential)
+    else:
+        claims = _verify(rt, credential)
+        principal = Principal(user_id=claims.user_id, roles=frozenset(claims.roles), kind="token")
+    access = state.access.get(principal.user_id)
+    if access is None:
+        return principal
+    if access.disabled:
+        raise Unauthenticated("this account is disabled", reason="ACCOUNT_DISABLED")
+    if claims is not None and claims.epoch < access.epoch:
+        raise Unauthenticated("this access token was revoked: log in again", reason="TOKEN_REVOKED")
+    roles = principal.roles & access.roles
+    if roles == principal.roles:
+        return principal
+    return Principal(
+        user_id=principal.user_id, roles=roles, kind=principal.kind, api_key_id=principal.api_key_id
+    )
+
+
+def _verify(rt: Runtime, token: str) -> TokenClaims:
+    try:
+        # Wall-clock time, not rt.now(): token expiry is a security property of real time.
+        return rt.tokens.verify(token)
+    except TokenError as exc:
+        raise Unauthenticated(str(exc), reason="BAD_TOKEN") from None
+
+
+def authenticate_token(rt: Runtime, token: str) -> Principal:
+    """JWTs are verified without a database round trip (revocation: see `authenticate`)."""
+    if token.startswith(API_KEY_PREFIX):
+        raise FailedPrecondition("internal: API keys are resolved by authenticate_api_key")
+    claims = _verify(rt, token)
+    return Principal(user_id=claims.user_id, roles=frozenset(claims.roles), kind="token")
+
+
+def authenticate_api_key(rt: Runtime, secret: str) -> Principal:
+    digest = hash_api_key(secret)
+    with _api_key_cache_lock:
+        hit = _api_key_cache.get(digest)
+    principal = hit[1] if hit is not None and hit[0] > time.monotonic() else _load_api_key(rt, digest)
+    if principal is None:
+        raise Unauthenticated("API key is not valid, revoked or expired", reason="BAD_API_KEY")
+    return principal
+
+
+def _load_api_key(rt: Runtime, digest: str) -> Principal | None:
+    now = rt.now()
+    key = queries.api_key_with_owner(digest)
+    principal: Principal | None = None
+    valid_until = time.monotonic() + rt.settings.api_key_cache_ttl_s
+    if (
+        key is not None
+        and key.revoke_time is None
+        and not key.user.disabled
+        and (key.expire_time is None or key.expire_time > now)
+    ):
+        # A key never carries more than its owner holds now.
+        roles = parse_roles(key.roles) & parse_roles(key.user.roles)
+        principal = Principal(user_id=key.user_id, roles=roles, kind="api_key", api_key_id=key.id)
+        if key.expire_time is not None:
+            valid_until = min(valid_until, time.monotonic() + (key.expire_time - now).total_seconds())
+    with _api_key_cache_lock:
+        if len(_api_key_cache) > 100_000:
+            _api_key_cache.clear()
+        _api_key_cache[digest] = (valid_until, principal)
+    return principal
