@@ -31,8 +31,7 @@ import structlog
 from coordd.core.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
 from coordd.core.principal import Principal, require_owner_or_admin
 from coordd.domain import ledger
-from coordd.notify import outbox
-from coordd.notify.models import Channel
+from coordd.domain.notify import outbox
 from coordd.runtime import Runtime
 from coordd.store.competition_models import (
     Competition,
@@ -44,6 +43,7 @@ from coordd.store.competition_models import (
 )
 from coordd.store.db import Tx, database_proxy
 from coordd.store.models import User
+from coordd.store.notify.models import Channel
 from coordd.store.paging import Page, PageRequest, keyset_page
 
 log = structlog.get_logger("coordd.competition")

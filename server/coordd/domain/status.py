@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import peewee
 
-from coordd.notify.models import Channel, Delivery
 from coordd.store.ceremony_models import Ceremony, Contribution, Participant
 from coordd.store.competition_models import Competition, CompetitionNotification, Registration
 from coordd.store.job_models import Job
 from coordd.store.ledger_models import LedgerAccount, LedgerEntry
 from coordd.store.models import ApiKey, EventLog, IdempotencyRecord, SchedulerLeader, SchedulerTaskRun, User
-from coordd.store.node_models import Incident, Node, Project, Workload
+from coordd.store.node.models import Incident, Node, Project, Workload
+from coordd.store.notify.models import Channel, Delivery
 from coordd.store.paging import Page, PageRequest, keyset_page
 
 SCHEDULER = "scheduler"

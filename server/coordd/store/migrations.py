@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import peewee
 import structlog
 
-from coordd.notify import models as notify_m
 from coordd.store import ceremony_models as ceremony_m
 from coordd.store import competition_models as competition_m
 from coordd.store import job_models as job_m
 from coordd.store import ledger_models as ledger_m
 from coordd.store import models as m
-from coordd.store import node_models as node_m
 from coordd.store.db import Store
+from coordd.store.node import models as node_m
+from coordd.store.notify import models as notify_m
 
 log = structlog.get_logger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from google.protobuf import duration_pb2
 
-from coordd.domain import node_health
+from coordd.adapters import heartbeats
 from coordd_client.v1 import node_pb2, node_pb2_grpc
 from tests.support.server import Clock, ServerHandle, bearer
 
@@ -117,13 +117,13 @@ class Fleet:
         return list(reply.incidents)
 
     def flush(self) -> int:
-        return self.srv.call(node_health.tracker_for(self.srv.rt).flush())
+        return self.srv.call(heartbeats.tracker_for(self.srv.rt).flush())
 
     def run(self, fn: Any) -> Any:
         return self.srv.call(self.srv.rt.run(fn, self.srv.rt))
 
     def detect(self) -> int:
-        return self.run(node_health.detect_down)
+        return self.run(heartbeats.detect_down)
 
 
 def statuses(transitions: list[node_pb2.Transition]) -> list[str]:

@@ -11,13 +11,14 @@ import grpc
 import pytest
 from cryptography.exceptions import InvalidTag
 
-from coordd.notify import outbox, webhook
-from coordd.notify.models import Channel
-from coordd.store.node_models import Incident
+from coordd.domain.notify import outbox
+from coordd.notify import webhook
+from coordd.store.node.models import Incident
+from coordd.store.notify.models import Channel
 from coordd_client.v1 import node_pb2
 from tests.helpers import rpc_error
+from tests.node.helpers import Fleet, Receiver, serve
 from tests.support.server import ServerHandle
-from tests.test_node_helpers import Fleet, Receiver, serve
 
 
 @pytest.fixture
