@@ -1,5 +1,5 @@
 """NodeService: projects, nodes, workloads, heartbeats, uptime, incidents, maintenance,
-notification channels, rewards and WatchNodes."""
+rewards and WatchNodes. (Notification channels: NotificationService, api/notification.py.)"""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from coordd.api.convert import duration, from_ts, parse_name
 from coordd.api.node_convert import (
     assigned_to_proto,
     assignment_to_proto,
-    channel_to_proto,
-    delivery_to_proto,
     health_from_proto,
     incident_to_proto,
     inventory_from_proto,
@@ -35,7 +33,7 @@ from coordd.api.node_convert import (
 from coordd.core.errors import FieldViolation, InvalidArgument
 from coordd.core.paging import PageRequest
 from coordd.core.principal import require_user
-from coordd.domain import node, notify
+from coordd.domain import node
 from coordd.runtime import Runtime
 from coordd_client.v1 import node_pb2, node_pb2_grpc
 
@@ -407,60 +405,6 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         )
         return node_pb2.ListMaintenanceWindowsResponse(
             maintenance_windows=[window_to_proto(w) for w in page.items], next_page_token=page.next_token
-        )
-
-    # -- channels --
-
-    async def CreateChannel(
-        self, request: node_pb2.CreateChannelRequest, context: Any
-    ) -> node_pb2.CreateChannelResponse:
-        who = require_user()
-        channel, secret = await self.rt.run(
-            notify.create_channel,
-            self.rt,
-            who,
-            request.display_name,
-            request.url,
-            request.secret,
-            list(request.event_types),
-        )
-        return node_pb2.CreateChannelResponse(channel=channel_to_proto(channel), secret=secret)
-
-    async def ListChannels(
-        self, request: node_pb2.ListChannelsRequest, context: Any
-    ) -> node_pb2.ListChannelsResponse:
-        who = require_user()
-        page = await self.rt.run(
-            notify.list_channels, who, PageRequest.of(request.page_size, request.page_token)
-        )
-        return node_pb2.ListChannelsResponse(
-            channels=[channel_to_proto(c) for c in page.items], next_page_token=page.next_token
-        )
-
-    async def DeleteChannel(
-        self, request: node_pb2.DeleteChannelRequest, context: Any
-    ) -> node_pb2.DeleteChannelResponse:
-        who = require_user()
-        await self.rt.run(notify.delete_channel, self.rt, who, parse_name(request.name, "channels"))
-        return node_pb2.DeleteChannelResponse()
-
-    async def TestChannel(
-        self, request: node_pb2.TestChannelRequest, context: Any
-    ) -> node_pb2.TestChannelResponse:
-        who = require_user()
-        delivery = await self.rt.run(notify.test_channel, self.rt, who, parse_name(request.name, "channels"))
-        return node_pb2.TestChannelResponse(delivery=delivery_to_proto(delivery))
-
-    async def ListDeliveries(
-        self, request: node_pb2.ListDeliveriesRequest, context: Any
-    ) -> node_pb2.ListDeliveriesResponse:
-        who = require_user()
-        channel_id = parse_name(request.channel, "channels", "channel")
-        page = await self.rt.run(
-            notify.list_deliveries, who, channel_id, PageRequest.of(request.page_size, request.page_token)
-        )
-        return node_pb2.ListDeliveriesResponse(
-            deliveries=[delivery_to_proto(d) for d in page.items], next_page_token=page.next_token
         )
 
     # -- rewards --

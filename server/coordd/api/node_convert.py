@@ -10,7 +10,7 @@ from google.protobuf import field_mask_pb2
 
 from coordd.api.convert import duration, parse_name, ts
 from coordd.core.errors import FieldViolation, InvalidArgument
-from coordd.domain import node, notify
+from coordd.domain import node
 from coordd.domain.node import (
     AssignedView,
     Assignment,
@@ -228,34 +228,6 @@ def window_to_proto(w: MaintenanceWindow) -> node_pb2.MaintenanceWindow:
         reason=w.reason,
         state=node_pb2.MaintenanceState.Value("MAINTENANCE_STATE_" + w.state.upper()),
         create_time=ts(w.create_time),
-    )
-
-
-def channel_to_proto(c: notify.Channel) -> node_pb2.Channel:
-    return node_pb2.Channel(
-        name=f"channels/{c.id}",
-        owner=f"users/{c.owner_id}",
-        display_name=c.display_name,
-        url=c.url,
-        event_types=c.event_types or [],
-        create_time=ts(c.create_time),
-    )
-
-
-def delivery_to_proto(d: notify.Delivery) -> node_pb2.Delivery:
-    return node_pb2.Delivery(
-        name=f"deliveries/{d.id}",
-        channel=f"channels/{d.channel_id}",
-        event_type=d.event_type,
-        dedup_key=d.dedup_key,
-        state=node_pb2.DeliveryState.Value("DELIVERY_STATE_" + d.state.upper()),
-        attempts=d.attempts,
-        last_status_code=d.last_status_code,
-        last_error=d.last_error,
-        create_time=ts(d.create_time),
-        next_attempt_time=ts(d.next_attempt_time),
-        delivered_time=ts(d.delivered_time),
-        body=d.body,
     )
 
 
