@@ -28,6 +28,7 @@ from coordd.api.jobs import JobServicer
 from coordd.api.ledger import LedgerServicer
 from coordd.api.limits import Limits
 from coordd.api.node import NodeServicer
+from coordd.api.notification import NotificationServicer
 from coordd.api.status import StatusServicer
 from coordd.config import Settings
 from coordd.core.clock import utcnow
@@ -100,6 +101,11 @@ def services() -> list[Service]:
             node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
             node_pb2_grpc.add_NodeServiceServicer_to_server,
             lambda rt, _: NodeServicer(rt),
+        ),
+        Service(
+            NotificationServicer.SERVICE_NAME,
+            NotificationServicer.register,
+            lambda rt, _: NotificationServicer(rt),
         ),
         Service(
             CeremonyServicer.SERVICE_NAME,

@@ -16,9 +16,10 @@ import pytest
 
 from coordd.core.principal import Principal
 from coordd.domain import competition as rules
-from coordd.notify import outbox, webhook
-from coordd.notify.models import Delivery
+from coordd.domain import notify as outbox
+from coordd.notify import webhook
 from coordd.store.competition.models import Competition, CompetitionNotification
+from coordd.store.notify.models import Delivery
 from coordd_client.results import ResultsVerificationError, key_id, verify_results
 from coordd_client.v1 import competition_pb2
 from tests.competition.support import (

@@ -11,9 +11,9 @@ import grpc
 import pytest
 
 from coordd.domain import auth, node
-from coordd.notify import outbox
+from coordd.domain import notify as outbox
 from coordd.store.db import SQLITE_SUFFIXES
-from coordd_client.v1 import auth_pb2, node_pb2, node_pb2_grpc
+from coordd_client.v1 import auth_pb2, node_pb2, node_pb2_grpc, notification_pb2, notification_pb2_grpc
 from tests.helpers import rpc_error
 from tests.support.server import bearer
 
@@ -54,6 +54,7 @@ def _create_secrets(server, found: Secrets) -> None:
     _, operator = server.make_user("node_operator")
     found.add("operator password", PASSWORD)
     nodes = node_pb2_grpc.NodeServiceStub(server.channel)
+    channels = notification_pb2_grpc.NotificationServiceStub(server.channel)
     project = nodes.CreateProject(
         node_pb2.CreateProjectRequest(display_name="p", slug=f"p-{uuid.uuid4().hex[:8]}"),
         metadata=bearer(operator, **_key("project")),
@@ -65,12 +66,12 @@ def _create_secrets(server, found: Secrets) -> None:
     node_key = found.add("node key", registered.api_key_secret)
     nodes.Heartbeat(node_pb2.HeartbeatRequest(), metadata=bearer(node_key))
     chosen = found.add("chosen webhook secret", "chosen-webhook-secret-" + uuid.uuid4().hex)
-    nodes.CreateChannel(
-        node_pb2.CreateChannelRequest(display_name="a", url="http://127.0.0.1:9/hook", secret=chosen),
+    channels.CreateChannel(
+        notification_pb2.CreateChannelRequest(display_name="a", url="http://127.0.0.1:9/hook", secret=chosen),
         metadata=bearer(operator, **_key("channel")),
     )
-    generated = nodes.CreateChannel(
-        node_pb2.CreateChannelRequest(display_name="b", url="http://127.0.0.1:9/hook"),
+    generated = channels.CreateChannel(
+        notification_pb2.CreateChannelRequest(display_name="b", url="http://127.0.0.1:9/hook"),
         metadata=bearer(operator, **_key("channel")),
     )
     found.add("generated webhook secret", generated.secret)
@@ -82,6 +83,7 @@ def _force_unexpected_errors(server, found: Secrets, monkeypatch: pytest.MonkeyP
     _, user = server.make_user("participant")
     _, operator = server.make_user("node_operator")
     nodes = node_pb2_grpc.NodeServiceStub(server.channel)
+    channels = notification_pb2_grpc.NotificationServiceStub(server.channel)
     project = nodes.CreateProject(
         node_pb2.CreateProjectRequest(display_name="p", slug=f"p-{uuid.uuid4().hex[:8]}"),
         metadata=bearer(operator),
@@ -126,8 +128,8 @@ def _force_unexpected_errors(server, found: Secrets, monkeypatch: pytest.MonkeyP
             node_pb2.RegisterNodeRequest(project=project.name, display_name="n"),
             metadata=bearer(operator, **_key("n")),
         ),
-        lambda: nodes.CreateChannel(
-            node_pb2.CreateChannelRequest(display_name="c", url="http://127.0.0.1:9/hook"),
+        lambda: channels.CreateChannel(
+            notification_pb2.CreateChannelRequest(display_name="c", url="http://127.0.0.1:9/hook"),
             metadata=bearer(operator, **_key("c")),
         ),
         lambda: server.auth.SignUp(

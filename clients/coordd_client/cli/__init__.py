@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from coordd_client.cli import accounts, auth, ceremony, competition, job, node, status
+from coordd_client.cli import accounts, auth, ceremony, competition, job, node, notification, status
 from coordd_client.cli.common import Context, add_connection_flags, fail
 from coordd_client.errors import CoorddError
 
-COMMAND_MODULES = [auth, accounts, status, job, node, competition, ceremony]
+COMMAND_MODULES = [auth, accounts, status, job, node, notification, competition, ceremony]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,7 +28,8 @@ if _version_not_supported:
 class NodeServiceStub:
     """NodeService runs a fleet of operator nodes: projects, nodes with inventory, workloads
     placed on them, heartbeats and up/down detection, uptime, incidents, maintenance
-    windows, webhook notifications and reward points for operators.
+    windows and reward points for operators. Incidents are notified through the caller's
+    webhook channels (NotificationService).
 
     Nodes authenticate with the node API key returned once by RegisterNode. A node key
     may only send heartbeats; everything else needs the operator's own credential.
@@ -150,31 +151,6 @@ class NodeServiceStub:
                 request_serializer=coordd_dot_v1_dot_node__pb2.ListMaintenanceWindowsRequest.SerializeToString,
                 response_deserializer=coordd_dot_v1_dot_node__pb2.ListMaintenanceWindowsResponse.FromString,
                 _registered_method=True)
-        self.CreateChannel = channel.unary_unary(
-                '/coordd.v1.NodeService/CreateChannel',
-                request_serializer=coordd_dot_v1_dot_node__pb2.CreateChannelRequest.SerializeToString,
-                response_deserializer=coordd_dot_v1_dot_node__pb2.CreateChannelResponse.FromString,
-                _registered_method=True)
-        self.ListChannels = channel.unary_unary(
-                '/coordd.v1.NodeService/ListChannels',
-                request_serializer=coordd_dot_v1_dot_node__pb2.ListChannelsRequest.SerializeToString,
-                response_deserializer=coordd_dot_v1_dot_node__pb2.ListChannelsResponse.FromString,
-                _registered_method=True)
-        self.DeleteChannel = channel.unary_unary(
-                '/coordd.v1.NodeService/DeleteChannel',
-                request_serializer=coordd_dot_v1_dot_node__pb2.DeleteChannelRequest.SerializeToString,
-                response_deserializer=coordd_dot_v1_dot_node__pb2.DeleteChannelResponse.FromString,
-                _registered_method=True)
-        self.TestChannel = channel.unary_unary(
-                '/coordd.v1.NodeService/TestChannel',
-                request_serializer=coordd_dot_v1_dot_node__pb2.TestChannelRequest.SerializeToString,
-                response_deserializer=coordd_dot_v1_dot_node__pb2.TestChannelResponse.FromString,
-                _registered_method=True)
-        self.ListDeliveries = channel.unary_unary(
-                '/coordd.v1.NodeService/ListDeliveries',
-                request_serializer=coordd_dot_v1_dot_node__pb2.ListDeliveriesRequest.SerializeToString,
-                response_deserializer=coordd_dot_v1_dot_node__pb2.ListDeliveriesResponse.FromString,
-                _registered_method=True)
         self.GetRewardBalance = channel.unary_unary(
                 '/coordd.v1.NodeService/GetRewardBalance',
                 request_serializer=coordd_dot_v1_dot_node__pb2.GetRewardBalanceRequest.SerializeToString,
@@ -195,7 +171,8 @@ class NodeServiceStub:
 class NodeServiceServicer:
     """NodeService runs a fleet of operator nodes: projects, nodes with inventory, workloads
     placed on them, heartbeats and up/down detection, uptime, incidents, maintenance
-    windows, webhook notifications and reward points for operators.
+    windows and reward points for operators. Incidents are notified through the caller's
+    webhook channels (NotificationService).
 
     Nodes authenticate with the node API key returned once by RegisterNode. A node key
     may only send heartbeats; everything else needs the operator's own credential.
@@ -357,41 +334,6 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def CreateChannel(self, request, context):
-        """Creates a webhook notification channel owned by the caller.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ListChannels(self, request, context):
-        """Lists the caller's channels.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def DeleteChannel(self, request, context):
-        """Deletes a channel; pending deliveries to it are dropped.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def TestChannel(self, request, context):
-        """Queues a signed test delivery to a channel.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ListDeliveries(self, request, context):
-        """The delivery log of a channel, newest first.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def GetRewardBalance(self, request, context):
         """An operator's reward points.
         """
@@ -526,31 +468,6 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     request_deserializer=coordd_dot_v1_dot_node__pb2.ListMaintenanceWindowsRequest.FromString,
                     response_serializer=coordd_dot_v1_dot_node__pb2.ListMaintenanceWindowsResponse.SerializeToString,
             ),
-            'CreateChannel': grpc.unary_unary_rpc_method_handler(
-                    servicer.CreateChannel,
-                    request_deserializer=coordd_dot_v1_dot_node__pb2.CreateChannelRequest.FromString,
-                    response_serializer=coordd_dot_v1_dot_node__pb2.CreateChannelResponse.SerializeToString,
-            ),
-            'ListChannels': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListChannels,
-                    request_deserializer=coordd_dot_v1_dot_node__pb2.ListChannelsRequest.FromString,
-                    response_serializer=coordd_dot_v1_dot_node__pb2.ListChannelsResponse.SerializeToString,
-            ),
-            'DeleteChannel': grpc.unary_unary_rpc_method_handler(
-                    servicer.DeleteChannel,
-                    request_deserializer=coordd_dot_v1_dot_node__pb2.DeleteChannelRequest.FromString,
-                    response_serializer=coordd_dot_v1_dot_node__pb2.DeleteChannelResponse.SerializeToString,
-            ),
-            'TestChannel': grpc.unary_unary_rpc_method_handler(
-                    servicer.TestChannel,
-                    request_deserializer=coordd_dot_v1_dot_node__pb2.TestChannelRequest.FromString,
-                    response_serializer=coordd_dot_v1_dot_node__pb2.TestChannelResponse.SerializeToString,
-            ),
-            'ListDeliveries': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListDeliveries,
-                    request_deserializer=coordd_dot_v1_dot_node__pb2.ListDeliveriesRequest.FromString,
-                    response_serializer=coordd_dot_v1_dot_node__pb2.ListDeliveriesResponse.SerializeToString,
-            ),
             'GetRewardBalance': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRewardBalance,
                     request_deserializer=coordd_dot_v1_dot_node__pb2.GetRewardBalanceRequest.FromString,
@@ -577,7 +494,8 @@ def add_NodeServiceServicer_to_server(servicer, server):
 class NodeService:
     """NodeService runs a fleet of operator nodes: projects, nodes with inventory, workloads
     placed on them, heartbeats and up/down detection, uptime, incidents, maintenance
-    windows, webhook notifications and reward points for operators.
+    windows and reward points for operators. Incidents are notified through the caller's
+    webhook channels (NotificationService).
 
     Nodes authenticate with the node API key returned once by RegisterNode. A node key
     may only send heartbeats; everything else needs the operator's own credential.
@@ -1167,141 +1085,6 @@ class NodeService:
             '/coordd.v1.NodeService/ListMaintenanceWindows',
             coordd_dot_v1_dot_node__pb2.ListMaintenanceWindowsRequest.SerializeToString,
             coordd_dot_v1_dot_node__pb2.ListMaintenanceWindowsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def CreateChannel(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/coordd.v1.NodeService/CreateChannel',
-            coordd_dot_v1_dot_node__pb2.CreateChannelRequest.SerializeToString,
-            coordd_dot_v1_dot_node__pb2.CreateChannelResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListChannels(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/coordd.v1.NodeService/ListChannels',
-            coordd_dot_v1_dot_node__pb2.ListChannelsRequest.SerializeToString,
-            coordd_dot_v1_dot_node__pb2.ListChannelsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def DeleteChannel(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/coordd.v1.NodeService/DeleteChannel',
-            coordd_dot_v1_dot_node__pb2.DeleteChannelRequest.SerializeToString,
-            coordd_dot_v1_dot_node__pb2.DeleteChannelResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def TestChannel(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/coordd.v1.NodeService/TestChannel',
-            coordd_dot_v1_dot_node__pb2.TestChannelRequest.SerializeToString,
-            coordd_dot_v1_dot_node__pb2.TestChannelResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListDeliveries(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/coordd.v1.NodeService/ListDeliveries',
-            coordd_dot_v1_dot_node__pb2.ListDeliveriesRequest.SerializeToString,
-            coordd_dot_v1_dot_node__pb2.ListDeliveriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,7 +29,8 @@ GRPC_VERSION: str
 class NodeServiceStub:
     """NodeService runs a fleet of operator nodes: projects, nodes with inventory, workloads
     placed on them, heartbeats and up/down detection, uptime, incidents, maintenance
-    windows, webhook notifications and reward points for operators.
+    windows and reward points for operators. Incidents are notified through the caller's
+    webhook channels (NotificationService).
 
     Nodes authenticate with the node API key returned once by RegisterNode. A node key
     may only send heartbeats; everything else needs the operator's own credential.
@@ -87,16 +88,6 @@ class NodeServiceStub:
     """Plans a maintenance window for a node or a whole project."""
     ListMaintenanceWindows: _grpc.UnaryUnaryMultiCallable[_node_pb2.ListMaintenanceWindowsRequest, _node_pb2.ListMaintenanceWindowsResponse]
     """Lists the maintenance windows of a node or project."""
-    CreateChannel: _grpc.UnaryUnaryMultiCallable[_node_pb2.CreateChannelRequest, _node_pb2.CreateChannelResponse]
-    """Creates a webhook notification channel owned by the caller."""
-    ListChannels: _grpc.UnaryUnaryMultiCallable[_node_pb2.ListChannelsRequest, _node_pb2.ListChannelsResponse]
-    """Lists the caller's channels."""
-    DeleteChannel: _grpc.UnaryUnaryMultiCallable[_node_pb2.DeleteChannelRequest, _node_pb2.DeleteChannelResponse]
-    """Deletes a channel; pending deliveries to it are dropped."""
-    TestChannel: _grpc.UnaryUnaryMultiCallable[_node_pb2.TestChannelRequest, _node_pb2.TestChannelResponse]
-    """Queues a signed test delivery to a channel."""
-    ListDeliveries: _grpc.UnaryUnaryMultiCallable[_node_pb2.ListDeliveriesRequest, _node_pb2.ListDeliveriesResponse]
-    """The delivery log of a channel, newest first."""
     GetRewardBalance: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetRewardBalanceRequest, _node_pb2.GetRewardBalanceResponse]
     """An operator's reward points."""
     ListRewardEntries: _grpc.UnaryUnaryMultiCallable[_node_pb2.ListRewardEntriesRequest, _node_pb2.ListRewardEntriesResponse]
@@ -108,7 +99,8 @@ class NodeServiceStub:
 class NodeServiceAsyncStub(NodeServiceStub):
     """NodeService runs a fleet of operator nodes: projects, nodes with inventory, workloads
     placed on them, heartbeats and up/down detection, uptime, incidents, maintenance
-    windows, webhook notifications and reward points for operators.
+    windows and reward points for operators. Incidents are notified through the caller's
+    webhook channels (NotificationService).
 
     Nodes authenticate with the node API key returned once by RegisterNode. A node key
     may only send heartbeats; everything else needs the operator's own credential.
@@ -163,16 +155,6 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """Plans a maintenance window for a node or a whole project."""
     ListMaintenanceWindows: _aio.UnaryUnaryMultiCallable[_node_pb2.ListMaintenanceWindowsRequest, _node_pb2.ListMaintenanceWindowsResponse]  # type: ignore[assignment]
     """Lists the maintenance windows of a node or project."""
-    CreateChannel: _aio.UnaryUnaryMultiCallable[_node_pb2.CreateChannelRequest, _node_pb2.CreateChannelResponse]  # type: ignore[assignment]
-    """Creates a webhook notification channel owned by the caller."""
-    ListChannels: _aio.UnaryUnaryMultiCallable[_node_pb2.ListChannelsRequest, _node_pb2.ListChannelsResponse]  # type: ignore[assignment]
-    """Lists the caller's channels."""
-    DeleteChannel: _aio.UnaryUnaryMultiCallable[_node_pb2.DeleteChannelRequest, _node_pb2.DeleteChannelResponse]  # type: ignore[assignment]
-    """Deletes a channel; pending deliveries to it are dropped."""
-    TestChannel: _aio.UnaryUnaryMultiCallable[_node_pb2.TestChannelRequest, _node_pb2.TestChannelResponse]  # type: ignore[assignment]
-    """Queues a signed test delivery to a channel."""
-    ListDeliveries: _aio.UnaryUnaryMultiCallable[_node_pb2.ListDeliveriesRequest, _node_pb2.ListDeliveriesResponse]  # type: ignore[assignment]
-    """The delivery log of a channel, newest first."""
     GetRewardBalance: _aio.UnaryUnaryMultiCallable[_node_pb2.GetRewardBalanceRequest, _node_pb2.GetRewardBalanceResponse]  # type: ignore[assignment]
     """An operator's reward points."""
     ListRewardEntries: _aio.UnaryUnaryMultiCallable[_node_pb2.ListRewardEntriesRequest, _node_pb2.ListRewardEntriesResponse]  # type: ignore[assignment]
@@ -183,7 +165,8 @@ class NodeServiceAsyncStub(NodeServiceStub):
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     """NodeService runs a fleet of operator nodes: projects, nodes with inventory, workloads
     placed on them, heartbeats and up/down detection, uptime, incidents, maintenance
-    windows, webhook notifications and reward points for operators.
+    windows and reward points for operators. Incidents are notified through the caller's
+    webhook channels (NotificationService).
 
     Nodes authenticate with the node API key returned once by RegisterNode. A node key
     may only send heartbeats; everything else needs the operator's own credential.
@@ -368,46 +351,6 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.ListMaintenanceWindowsResponse, _abc.Awaitable[_node_pb2.ListMaintenanceWindowsResponse]]:
         """Lists the maintenance windows of a node or project."""
-
-    @_abc_1.abstractmethod
-    def CreateChannel(
-        self,
-        request: _node_pb2.CreateChannelRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_node_pb2.CreateChannelResponse, _abc.Awaitable[_node_pb2.CreateChannelResponse]]:
-        """Creates a webhook notification channel owned by the caller."""
-
-    @_abc_1.abstractmethod
-    def ListChannels(
-        self,
-        request: _node_pb2.ListChannelsRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_node_pb2.ListChannelsResponse, _abc.Awaitable[_node_pb2.ListChannelsResponse]]:
-        """Lists the caller's channels."""
-
-    @_abc_1.abstractmethod
-    def DeleteChannel(
-        self,
-        request: _node_pb2.DeleteChannelRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_node_pb2.DeleteChannelResponse, _abc.Awaitable[_node_pb2.DeleteChannelResponse]]:
-        """Deletes a channel; pending deliveries to it are dropped."""
-
-    @_abc_1.abstractmethod
-    def TestChannel(
-        self,
-        request: _node_pb2.TestChannelRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_node_pb2.TestChannelResponse, _abc.Awaitable[_node_pb2.TestChannelResponse]]:
-        """Queues a signed test delivery to a channel."""
-
-    @_abc_1.abstractmethod
-    def ListDeliveries(
-        self,
-        request: _node_pb2.ListDeliveriesRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_node_pb2.ListDeliveriesResponse, _abc.Awaitable[_node_pb2.ListDeliveriesResponse]]:
-        """The delivery log of a channel, newest first."""
 
     @_abc_1.abstractmethod
     def GetRewardBalance(

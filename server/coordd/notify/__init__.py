@@ -1,5 +1,4 @@
-"""Outbound notifications: owner-scoped webhook channels and a transactional outbox.
-
-Any domain queues a notification with `outbox.enqueue(tx, ...)` inside the transaction
-that makes the change; the `notify-deliver` scheduler task signs and POSTs it with retries.
+"""Delivery adapters for outbound notifications: signed webhook POSTs (webhook.py: HMAC
+signing, the guard against non-public targets, HTTP). The rules (channels, the outbox,
+retries and backoff) live in domain/notify/, the tables in store/notify/.
 """

@@ -4,11 +4,11 @@ listed here once."""
 from __future__ import annotations
 
 from coordd.domain import idempotency
-from coordd.notify import tasks as notify_tasks
 from coordd.scheduler import ceremony as ceremony_tasks
 from coordd.scheduler import competition
 from coordd.scheduler import jobs as job_tasks
 from coordd.scheduler import node as node_tasks
+from coordd.scheduler import notify as notify_tasks
 from coordd.scheduler.core import Task
 
 

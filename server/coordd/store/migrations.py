@@ -13,15 +13,15 @@ from dataclasses import dataclass
 import peewee
 import structlog
 
-from coordd.notify import models as notify_m
 from coordd.store import models as m
-from coordd.store import node_models as node_m
 from coordd.store.auth import models as auth_m
 from coordd.store.ceremony import models as ceremony_m
 from coordd.store.competition import models as competition_m
 from coordd.store.db import Store
 from coordd.store.jobs import models as job_m
 from coordd.store.ledger import models as ledger_m
+from coordd.store.node import models as node_m
+from coordd.store.notify import models as notify_m
 
 log = structlog.get_logger(__name__)
 

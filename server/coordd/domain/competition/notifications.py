@@ -1,8 +1,8 @@
 """What registrants are told (confirmation, offer, reminder, results, cancellation), once
 per registration and kind, queued to their webhook channels through the shared outbox.
 
-The only module of the competition domain that uses notify/: `outbox.enqueue` and the
-`Channel` model (handed to the store query that asks who has a live channel)."""
+The only module of the competition domain that uses the notify domain: `notify.enqueue` and
+`notify.owners_with_channels`."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from typing import Any
 
 import structlog
 
+from coordd.domain import notify
 from coordd.domain.competition.common import name, registration_name
-from coordd.notify import outbox
-from coordd.notify.models import Channel
 from coordd.store.competition import queries
 from coordd.store.competition.models import Competition, CompetitionNotification, Registration
 from coordd.store.db import Tx
@@ -61,7 +60,7 @@ def notify_many(
         payload = _notification_payload(comp, reg_id, user_id, kind, extra)
         queued = 0
         if user_id in with_channels:
-            queued = outbox.enqueue(
+            queued = notify.enqueue(
                 tx, {user_id}, f"competition.{kind}", f"{payload['registration']}:{kind}", payload
             )
         if len(todo) == 1:
@@ -109,7 +108,7 @@ def record_notification(
 def users_with_channels(user_ids: list[str]) -> set[str]:
     """Which of these users have a live webhook channel: most registrants have none, and
     asking once here is much cheaper than a full outbox enqueue per registrant."""
-    return queries.users_with_channels(Channel, user_ids)
+    return notify.owners_with_channels(user_ids)
 
 
 def notifications_of(comp_id: str, kind: str = "") -> list[CompetitionNotification]:

@@ -328,28 +328,3 @@ def notifications_of(comp_id: str, kind: str = "") -> list[CompetitionNotificati
     if kind:
         query = query.where(CompetitionNotification.kind == kind)
     return list(query.order_by(CompetitionNotification.id))
-
-
-def users_with_channels(channel: type[peewee.Model], user_ids: list[str]) -> set[str]:
-    """Which of these users own a live (not deleted) webhook channel, as one fixed
-    statement per 500 users. `channel` is notify's Channel model, handed in by the caller:
-    the store does not import notify/ (the notify engineer moves it under store/notify/;
-    then this imports it and the parameter goes)."""
-    if not user_ids:
-        return set()
-    db = database_proxy.obj
-    table, owner, deleted = (
-        channel._meta.table_name,
-        channel.owner.column_name,
-        channel.delete_time.column_name,
-    )
-    found: set[str] = set()
-    for start in range(0, len(user_ids), 500):
-        chunk = user_ids[start : start + 500]
-        cursor = db.execute_sql(
-            f'SELECT DISTINCT {owner} FROM "{table}" WHERE {deleted} IS NULL'
-            f" AND {owner} IN ({', '.join([db.param] * len(chunk))})",
-            tuple(chunk),
-        )
-        found.update(r[0] for r in cursor.fetchall())
-    return found

@@ -11,8 +11,8 @@ import grpc
 import pytest
 
 from coordd_client.v1 import auth_pb2, auth_pb2_grpc, common_pb2, node_pb2, node_pb2_grpc
+from tests.node.helpers import secs
 from tests.support.process import Daemon
-from tests.test_node_helpers import secs
 
 pytestmark = pytest.mark.e2e
 

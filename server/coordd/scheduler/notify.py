@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from coordd.notify import outbox
+from coordd.domain import notify
 from coordd.scheduler.core import Task
 
 
 def tasks() -> list[Task]:
-    return [Task("notify-deliver", 1.0, outbox.deliver_due)]
+    return [Task("notify-deliver", 1.0, notify.deliver_due)]

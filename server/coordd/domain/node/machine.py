@@ -16,21 +16,11 @@ from typing import Any
 
 import structlog
 
-from coordd.domain import node_placement
-from coordd.notify import outbox
+from coordd.domain.node.placement import place_project
+from coordd.domain.notify import enqueue
 from coordd.store.db import Tx
-from coordd.store.node_models import (
-    DOWN,
-    PENDING,
-    RUNNING,
-    UP,
-    Assignment,
-    Incident,
-    Node,
-    Project,
-    Transition,
-    Workload,
-)
+from coordd.store.node import health, queries
+from coordd.store.node.models import DOWN, PENDING, UP, Incident, Node, Project, Workload
 
 log = structlog.get_logger("coordd.node")
 
@@ -50,7 +40,7 @@ def set_node_status(
     if node.status == to:
         return False
     before = node.status
-    Transition.create(
+    health.insert_transition(
         kind="node",
         subject_id=node.id,
         project_id=project.id,
@@ -99,10 +89,10 @@ def open_incident(
 ) -> Incident:
     """One incident per outage: an open one is returned as is, and notified only once
     (the outbox key is the incident id)."""
-    existing = Incident.get_or_none((Incident.subject_id == subject_id) & Incident.end_time.is_null())
+    existing = health.open_incident_of(subject_id)
     if existing is not None:
         return existing
-    incident = Incident.create(
+    incident = health.insert_incident(
         kind=kind,
         subject_id=subject_id,
         project_id=project_id,
@@ -117,7 +107,7 @@ def open_incident(
             "cause": incident.cause,
             "start_time": tx.now.isoformat(),
         }
-        outbox.enqueue(tx, recipients, event_type, f"{incident.id}:opened", payload)
+        enqueue(tx, recipients, event_type, f"{incident.id}:opened", payload)
     tx.emit(
         "node.incident.opened",
         f"incidents/{incident.id}",
@@ -136,7 +126,7 @@ def close_incident(
     data: dict[str, Any],
     notify: bool = True,
 ) -> Incident | None:
-    incident = Incident.get_or_none((Incident.subject_id == subject_id) & Incident.end_time.is_null())
+    incident = health.open_incident_of(subject_id)
     if incident is None:
         return None
     incident.end_time = tx.now
@@ -152,7 +142,7 @@ def close_incident(
             "end_time": tx.now.isoformat(),
             "outage_seconds": duration,
         }
-        outbox.enqueue(tx, recipients, event_type, f"{incident.id}:resolved", payload)
+        enqueue(tx, recipients, event_type, f"{incident.id}:resolved", payload)
     tx.emit("node.incident.closed", f"incidents/{incident.id}", {"resolution": resolution})
     return incident
 
@@ -200,39 +190,28 @@ def node_up(tx: Tx, node: Node, project: Project, reason: str) -> None:
     )
     # The node may have gone DOWN in a mass outage (and be PENDING by now).
     resolve_mass_outage(tx, project)
-    touched = node_placement.place_project(tx, project)
-    hosted = {a.workload_id for a in Assignment.select(Assignment.workload).where(Assignment.node == node.id)}
+    touched = place_project(tx, project)
+    hosted = set(queries.workload_ids_on_node(node.id))
     refresh_workloads(tx, touched | hosted, "node is up", inhibited=False)
 
 
 def release_node(tx: Tx, node: Node, project: Project, cause: str) -> None:
     """Removes the node's replicas, re-places them on other nodes, and re-evaluates the
     workloads. Their notifications are inhibited: the node's own incident says it all."""
-    workload_ids = [
-        a.workload_id for a in Assignment.select(Assignment.workload).where(Assignment.node == node.id)
-    ]
+    workload_ids = queries.workload_ids_on_node(node.id)
     if not workload_ids:
         return
-    Assignment.delete().where(Assignment.node == node.id).execute()
+    queries.delete_node_assignments(node.id)
     tx.emit("node.assignments_changed", f"nodes/{node.id}", {})
-    node_placement.place_project(tx, project)
+    place_project(tx, project)
     refresh_workloads(tx, set(workload_ids), cause, inhibited=True)
 
 
 def resolve_mass_outage(tx: Tx, project: Project) -> None:
     """Ends the project's mass outage once none of the nodes it took down is still DOWN."""
-    if (
-        not Incident.select()
-        .where((Incident.subject_id == project.id) & Incident.end_time.is_null())
-        .exists()
-    ):
+    if not health.has_open_incident(project.id):
         return
-    still_down = (
-        Node.select()
-        .where((Node.project == project.id) & (Node.status == DOWN) & (Node.suppressed == True))  # noqa: E712
-        .exists()
-    )
-    if still_down:
+    if health.has_suppressed_down(project.id, DOWN):
         return
     closed = close_incident(
         tx,
@@ -247,19 +226,14 @@ def resolve_mass_outage(tx: Tx, project: Project) -> None:
 
 
 def refresh_workloads(tx: Tx, workload_ids: set[str], cause: str, *, inhibited: bool) -> None:
-    for workload in Workload.select().where(Workload.id.in_(sorted(workload_ids))):
+    for workload in queries.workloads_by_ids(workload_ids):
         refresh_workload(tx, workload, cause, inhibited=inhibited)
 
 
 def refresh_workload(tx: Tx, workload: Workload, cause: str, *, inhibited: bool) -> None:
     """A workload is UP when as many replicas run on UP nodes as it wants; once UP, any
     shortfall is DOWN (an outage with an incident) until they run again."""
-    running = (
-        Assignment.select()
-        .join(Node)
-        .where((Assignment.workload == workload.id) & (Assignment.state == RUNNING) & (Node.status == UP))
-        .count()
-    )
+    running = health.running_replicas(workload.id)
     if running >= workload.replicas:
         to = UP
     elif workload.status in (UP, DOWN):
@@ -270,7 +244,7 @@ def refresh_workload(tx: Tx, workload: Workload, cause: str, *, inhibited: bool)
         return
     before = workload.status
     reason = f"{running} of {workload.replicas} replicas running" + (f": {cause}" if to == DOWN else "")
-    Transition.create(
+    health.insert_transition(
         kind="workload",
         subject_id=workload.id,
         project_id=workload.project_id,
@@ -283,7 +257,7 @@ def refresh_workload(tx: Tx, workload: Workload, cause: str, *, inhibited: bool)
     workload.status_reason = reason[:500]
     workload.status_time = tx.now
     workload.save()
-    project = Project.get_by_id(workload.project_id)
+    project = queries.get_project(workload.project_id)
     data = {
         "subject": f"workloads/{workload.id}",
         "workload": f"workloads/{workload.id}",

@@ -13,8 +13,8 @@ from typing import Any
 
 from google.protobuf import duration_pb2
 
-from coordd.domain import node_health
-from coordd_client.v1 import node_pb2, node_pb2_grpc
+from coordd.adapters import heartbeats
+from coordd_client.v1 import node_pb2, node_pb2_grpc, notification_pb2_grpc
 from tests.support.server import Clock, ServerHandle, bearer
 
 
@@ -34,11 +34,13 @@ def secs(value: float) -> duration_pb2.Duration:
 
 
 class Fleet:
-    """Drives NodeService as an operator and as nodes would, and runs scheduler tasks."""
+    """Drives NodeService (and NotificationService, `notify`) as an operator and as nodes
+    would, and runs scheduler tasks."""
 
     def __init__(self, srv: ServerHandle) -> None:
         self.srv = srv
         self.stub = node_pb2_grpc.NodeServiceStub(srv.channel)
+        self.notify = notification_pb2_grpc.NotificationServiceStub(srv.channel)
         self.owner_id, self.token = srv.make_user("node_operator")
         self.refresh()
 
@@ -51,6 +53,7 @@ class Fleet:
         """Talks to another server (a restarted daemon on the same database)."""
         self.srv = srv
         self.stub = node_pb2_grpc.NodeServiceStub(srv.channel)
+        self.notify = notification_pb2_grpc.NotificationServiceStub(srv.channel)
 
     def project(self, **policy: Any) -> node_pb2.Project:
         health = node_pb2.HealthPolicy(
@@ -117,13 +120,13 @@ class Fleet:
         return list(reply.incidents)
 
     def flush(self) -> int:
-        return self.srv.call(node_health.tracker_for(self.srv.rt).flush())
+        return self.srv.call(heartbeats.tracker_for(self.srv.rt).flush())
 
     def run(self, fn: Any) -> Any:
         return self.srv.call(self.srv.rt.run(fn, self.srv.rt))
 
     def detect(self) -> int:
-        return self.run(node_health.detect_down)
+        return self.run(heartbeats.detect_down)
 
 
 def statuses(transitions: list[node_pb2.Transition]) -> list[str]:

@@ -8,13 +8,14 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
-from coordd.domain import node_health, node_uptime
-from coordd.notify.models import Delivery
-from coordd.store.node_models import MaintenanceWindow, Node, RewardEntry
+from coordd.adapters import heartbeats
+from coordd.domain.node import rewards
+from coordd.store.node.models import MaintenanceWindow, Node, RewardEntry
+from coordd.store.notify.models import Delivery
 from coordd_client.v1 import node_pb2
 from tests.helpers import rpc_error
+from tests.node.helpers import Fleet, next_utc_day_at, serve, statuses
 from tests.support.server import ServerHandle
-from tests.test_node_helpers import Fleet, next_utc_day_at, serve, statuses
 
 
 @pytest.fixture
@@ -105,7 +106,7 @@ def test_a_beat_on_another_replica_reaches_the_detector_through_redis(backend, s
         clock.advance(10)
         elsewhere = Fleet(other)
         elsewhere.beat(key)  # the node's beats now land on the other replica
-        other.call(node_health.tracker_for(other.rt).flush(database=False))  # Redis only
+        other.call(heartbeats.tracker_for(other.rt).flush(database=False))  # Redis only
         assert fleet.detect() == 0, "the leader saw the beat in Redis"
         assert fleet.get(node.name).status == node_pb2.HEALTH_STATUS_UP
         clock.advance(10)
@@ -185,13 +186,13 @@ def test_maintenance_window_suppresses_incidents_and_debits_until_it_ends(srv, c
             ),
             metadata=fleet.md,
         )
-    assert fleet.run(node_health.run_maintenance) == 2
+    assert fleet.run(heartbeats.run_maintenance) == 2
     assert fleet.get(node.name).status == node_pb2.HEALTH_STATUS_MAINTENANCE
     clock.advance(30)
     assert fleet.detect() == 0, "no deadline inside a window"
     clock.advance(31)
     fleet.beat(beating_key)
-    assert fleet.run(node_health.run_maintenance) == 2
+    assert fleet.run(heartbeats.run_maintenance) == 2
     assert fleet.get(beating.name).status == node_pb2.HEALTH_STATUS_UP
     assert fleet.incidents(beating.name) == []
     ended = fleet.get(node.name)
@@ -241,7 +242,7 @@ def test_rewards_credit_each_closed_bucket_once_with_a_daily_cap(srv, clock, mon
     clock.advance(3 * 3600)
     fleet.refresh()
     # A crash in the middle of a run (here: on the second bucket) rolls the whole node back.
-    real_measure = node_uptime.measure
+    real_measure = rewards.measure
     calls = []
 
     def crash_on_second_bucket(segs, holes):  # type: ignore[no-untyped-def]
@@ -250,18 +251,18 @@ def test_rewards_credit_each_closed_bucket_once_with_a_daily_cap(srv, clock, mon
             raise RuntimeError("scheduler crashed")
         return real_measure(segs, holes)
 
-    monkeypatch.setattr(node_uptime, "measure", crash_on_second_bucket)
+    monkeypatch.setattr(rewards, "measure", crash_on_second_bucket)
     with pytest.raises(RuntimeError):
-        fleet.run(node_uptime.credit_rewards)
-    monkeypatch.setattr(node_uptime, "measure", real_measure)
+        fleet.run(rewards.credit_rewards)
+    monkeypatch.setattr(rewards, "measure", real_measure)
     assert RewardEntry.select().count() == 0
-    assert fleet.run(node_uptime.credit_rewards) == 3
+    assert fleet.run(rewards.credit_rewards) == 3
     entries = fleet.stub.ListRewardEntries(node_pb2.ListRewardEntriesRequest(), metadata=fleet.md).entries
     points = [e.points for e in reversed(entries)]
     assert points == [91, 100, 59], "55 UP minutes, a full hour, then the 250/day cap"
     assert [e.capped for e in reversed(entries)] == [False, False, True]
     assert fleet.stub.GetRewardBalance(node_pb2.GetRewardBalanceRequest(), metadata=fleet.md).points == 250
-    assert fleet.run(node_uptime.credit_rewards) == 0
+    assert fleet.run(rewards.credit_rewards) == 0
     # A crash after writing entries but before the cursor moved: the unique key holds.
     node_id = node.name.split("/")[1]
     stored = Node.get_by_id(node_id)
@@ -269,7 +270,7 @@ def test_rewards_credit_each_closed_bucket_once_with_a_daily_cap(srv, clock, mon
     Node.update(reward_cursor=first_bucket, reward_due_time=first_bucket + timedelta(hours=1)).where(
         Node.id == node_id
     ).execute()
-    fleet.run(node_uptime.credit_rewards)
+    fleet.run(rewards.credit_rewards)
     assert RewardEntry.select().count() == 3
     assert fleet.stub.GetRewardBalance(node_pb2.GetRewardBalanceRequest(), metadata=fleet.md).points == 250
     other = Fleet(srv)

@@ -11,7 +11,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from coordd.store.db import Tx
-from coordd.store.node_models import UP, Assignment, Node, Project, Workload
+from coordd.store.node import queries
+from coordd.store.node.models import Assignment, Node, Project, Workload
 
 
 @dataclass
@@ -60,17 +61,12 @@ def labels_match(wanted: dict[str, str], labels: dict[str, str]) -> bool:
 def place_project(tx: Tx, project: Project) -> set[str]:
     """Trims replicas beyond the wanted count, then places missing ones. Returns the ids
     of workloads whose assignments changed."""
-    lock = Project.select(Project.id).where(Project.id == project.id)
-    if Project._meta.database.for_update:
-        lock = lock.for_update()
-    lock.first()
-    workloads = list(Workload.select().where(Workload.project == project.id).order_by(Workload.id))
+    queries.lock_project(project.id)
+    workloads = queries.workloads_of_project(project.id)
     if not workloads:
         return set()
     by_id = {w.id: w for w in workloads}
-    assignments = list(
-        Assignment.select().where(Assignment.workload.in_(list(by_id))).order_by(Assignment.id)
-    )
+    assignments = queries.assignments_of_workloads(list(by_id))
     hosted: dict[str, list[Assignment]] = defaultdict(list)
     for a in assignments:
         hosted[a.workload_id].append(a)
@@ -80,22 +76,16 @@ def place_project(tx: Tx, project: Project) -> set[str]:
     for w in workloads:
         extra = hosted[w.id][w.replicas :] if len(hosted[w.id]) > w.replicas else []
         for a in extra:
-            a.delete_instance()
+            queries.delete_assignment(a)
             hosted[w.id].remove(a)
             changed.add(w.id)
             touched_nodes.add(a.node_id)
     needing = [w for w in workloads if len(hosted[w.id]) < w.replicas]
     if needing:
-        nodes = list(
-            Node.select().where((Node.project == project.id) & (Node.status == UP)).order_by(Node.id)
-        )
+        nodes = queries.up_nodes(project.id)
         free = {n.id: _free(n) for n in nodes}
         on_node: dict[str, set[str]] = defaultdict(set)
-        for a in (
-            Assignment.select(Assignment, Workload)
-            .join(Workload)
-            .where(Assignment.node.in_([n.id for n in nodes]))
-        ):
+        for a in queries.assignments_on_nodes([n.id for n in nodes]):
             if a.node_id in free:
                 free[a.node_id].take(a.workload)
                 on_node[a.node_id].add(a.workload_id)
@@ -112,7 +102,7 @@ def place_project(tx: Tx, project: Project) -> set[str]:
                     break
                 # Spread: least-loaded first, then the oldest node (stable first-fit order).
                 node = min(candidates, key=lambda n: (free[n.id].replicas, n.id))
-                a = Assignment.create(workload=w.id, node=node.id, create_time=tx.now, update_time=tx.now)
+                a = queries.insert_assignment(w.id, node.id, tx.now)
                 hosted[w.id].append(a)
                 free[node.id].take(w)
                 on_node[node.id].add(w.id)

@@ -28,6 +28,11 @@ RUNNING = "running"
 FAILED = "failed"
 REPLICA_STATES = (ASSIGNED, STARTING, RUNNING, FAILED)
 
+# Maintenance window states.
+SCHEDULED = "scheduled"
+ACTIVE = "active"
+ENDED = "ended"
+
 
 class Project(IdModel):
     owner = peewee.ForeignKeyField(User, backref="node_projects", on_delete="CASCADE")

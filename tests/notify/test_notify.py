@@ -11,13 +11,15 @@ import grpc
 import pytest
 from cryptography.exceptions import InvalidTag
 
-from coordd.notify import outbox, webhook
-from coordd.notify.models import Channel
-from coordd.store.node_models import Incident
+from coordd.domain.notify import outbox
+from coordd.notify import webhook
+from coordd.store.node.models import Incident
+from coordd.store.notify.models import Channel
 from coordd_client.v1 import node_pb2
+from coordd_client.v1 import notification_pb2 as npb
 from tests.helpers import rpc_error
+from tests.node.helpers import Fleet, Receiver, serve
 from tests.support.server import ServerHandle
-from tests.test_node_helpers import Fleet, Receiver, serve
 
 
 @pytest.fixture
@@ -34,15 +36,15 @@ def receiver():
         r.close()
 
 
-def deliveries(fleet: Fleet, channel: str) -> list[node_pb2.Delivery]:
-    reply = fleet.stub.ListDeliveries(node_pb2.ListDeliveriesRequest(channel=channel), metadata=fleet.md)
+def deliveries(fleet: Fleet, channel: str) -> list[npb.Delivery]:
+    reply = fleet.notify.ListDeliveries(npb.ListDeliveriesRequest(channel=channel), metadata=fleet.md)
     return list(reversed(reply.deliveries))
 
 
 def test_down_and_recovery_are_signed_retried_and_deduplicated(srv, clock, receiver):
     fleet = Fleet(srv)
-    created = fleet.stub.CreateChannel(
-        node_pb2.CreateChannelRequest(display_name="ops", url=receiver.url), metadata=fleet.md
+    created = fleet.notify.CreateChannel(
+        npb.CreateChannelRequest(display_name="ops", url=receiver.url), metadata=fleet.md
     )
     secret, channel = created.secret, created.channel.name
     assert len(secret) >= 32, "a secret is generated and shown once"
@@ -61,7 +63,7 @@ def test_down_and_recovery_are_signed_retried_and_deduplicated(srv, clock, recei
     assert fleet.run(outbox.deliver_due) == 1
     [pending] = deliveries(fleet, channel)
     assert pending.event_type == "node.down", "the workload's DOWN is inhibited by its node's"
-    assert pending.state == node_pb2.DELIVERY_STATE_PENDING and pending.attempts == 1
+    assert pending.state == npb.DELIVERY_STATE_PENDING and pending.attempts == 1
     assert pending.last_status_code == 500
     assert fleet.run(outbox.deliver_due) == 0, "the retry waits for its backoff"
     clock.advance(2)
@@ -69,7 +71,7 @@ def test_down_and_recovery_are_signed_retried_and_deduplicated(srv, clock, recei
     clock.advance(4)
     assert fleet.run(outbox.deliver_due) == 1
     [delivered] = deliveries(fleet, channel)
-    assert delivered.state == node_pb2.DELIVERY_STATE_DELIVERED and delivered.attempts == 3
+    assert delivered.state == npb.DELIVERY_STATE_DELIVERED and delivered.attempts == 3
     assert len(receiver.requests) == 3
     for headers, body in receiver.requests:
         assert webhook.verify(secret, body, headers["x-coordd-signature"])
@@ -101,13 +103,13 @@ def test_channels_are_owner_scoped_filtered_tested_and_deleted(srv, receiver):
     fleet = Fleet(srv)
     bad = rpc_error(
         grpc.StatusCode.INVALID_ARGUMENT,
-        fleet.stub.CreateChannel,
-        node_pb2.CreateChannelRequest(display_name="x", url="ftp://example.com", secret="short"),
+        fleet.notify.CreateChannel,
+        npb.CreateChannelRequest(display_name="x", url="ftp://example.com", secret="short"),
         metadata=fleet.md,
     )
     assert {"url", "secret"} <= set(bad.violations)
-    channel = fleet.stub.CreateChannel(
-        node_pb2.CreateChannelRequest(
+    channel = fleet.notify.CreateChannel(
+        npb.CreateChannelRequest(
             display_name="only recoveries", url=receiver.url, secret="s" * 32, event_types=["node.recovered"]
         ),
         metadata=fleet.md,
@@ -115,36 +117,67 @@ def test_channels_are_owner_scoped_filtered_tested_and_deleted(srv, receiver):
     with srv.rt.store.write() as tx:
         assert outbox.enqueue(tx, {fleet.owner_id}, "node.down", "k1", {}) == 0, "filtered out"
     receiver.fail_first = 0
-    test = fleet.stub.TestChannel(node_pb2.TestChannelRequest(name=channel.name), metadata=fleet.md).delivery
+    test = fleet.notify.TestChannel(npb.TestChannelRequest(name=channel.name), metadata=fleet.md).delivery
     assert test.event_type == "channel.test"
     fleet.run(outbox.deliver_due)
     assert webhook.verify("s" * 32, receiver.requests[0][1], receiver.requests[0][0]["x-coordd-signature"])
     stranger = Fleet(srv)
     rpc_error(
         grpc.StatusCode.NOT_FOUND,
-        stranger.stub.ListDeliveries,
-        node_pb2.ListDeliveriesRequest(channel=channel.name),
+        stranger.notify.ListDeliveries,
+        npb.ListDeliveriesRequest(channel=channel.name),
         metadata=stranger.md,
     )
-    assert stranger.stub.ListChannels(node_pb2.ListChannelsRequest(), metadata=stranger.md).channels == []
-    fleet.stub.DeleteChannel(node_pb2.DeleteChannelRequest(name=channel.name), metadata=fleet.md)
-    assert fleet.stub.ListChannels(node_pb2.ListChannelsRequest(), metadata=fleet.md).channels == []
+    assert stranger.notify.ListChannels(npb.ListChannelsRequest(), metadata=stranger.md).channels == []
+    fleet.notify.DeleteChannel(npb.DeleteChannelRequest(name=channel.name), metadata=fleet.md)
+    assert fleet.notify.ListChannels(npb.ListChannelsRequest(), metadata=fleet.md).channels == []
+
+
+def test_get_channel_returns_the_callers_channel_and_hides_others(srv, receiver):
+    fleet = Fleet(srv)
+    created = fleet.notify.CreateChannel(
+        npb.CreateChannelRequest(display_name="ops", url=receiver.url, event_types=["node.down"]),
+        metadata=fleet.md,
+    )
+    got = fleet.notify.GetChannel(npb.GetChannelRequest(name=created.channel.name), metadata=fleet.md)
+    assert got.channel == created.channel and got.channel.event_types == ["node.down"]
+    stranger = Fleet(srv)
+    rpc_error(
+        grpc.StatusCode.NOT_FOUND,
+        stranger.notify.GetChannel,
+        npb.GetChannelRequest(name=created.channel.name),
+        metadata=stranger.md,
+    )
+    bad = rpc_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        fleet.notify.GetChannel,
+        npb.GetChannelRequest(name="nodes/abc"),
+        metadata=fleet.md,
+    )
+    assert "name" in bad.violations
+    fleet.notify.DeleteChannel(npb.DeleteChannelRequest(name=created.channel.name), metadata=fleet.md)
+    rpc_error(
+        grpc.StatusCode.NOT_FOUND,
+        fleet.notify.GetChannel,
+        npb.GetChannelRequest(name=created.channel.name),
+        metadata=fleet.md,
+    )
 
 
 def test_a_delivery_gives_up_after_its_last_attempt(srv, clock):
     dead = Receiver(fail_first=1000)
     try:
         fleet = Fleet(srv)
-        channel = fleet.stub.CreateChannel(
-            node_pb2.CreateChannelRequest(display_name="dead", url=dead.url), metadata=fleet.md
+        channel = fleet.notify.CreateChannel(
+            npb.CreateChannelRequest(display_name="dead", url=dead.url), metadata=fleet.md
         ).channel
-        fleet.stub.TestChannel(node_pb2.TestChannelRequest(name=channel.name), metadata=fleet.md)
+        fleet.notify.TestChannel(npb.TestChannelRequest(name=channel.name), metadata=fleet.md)
         for _ in range(outbox.MAX_ATTEMPTS + 2):
             fleet.run(outbox.deliver_due)
             clock.advance(outbox.BACKOFF_MAX_S)
             fleet.refresh()
         [failed] = deliveries(fleet, channel.name)
-        assert failed.state == node_pb2.DELIVERY_STATE_FAILED
+        assert failed.state == npb.DELIVERY_STATE_FAILED
         assert failed.attempts == outbox.MAX_ATTEMPTS == len(dead.requests)
     finally:
         dead.close()
@@ -153,8 +186,8 @@ def test_a_delivery_gives_up_after_its_last_attempt(srv, clock):
 def test_mass_outage_sends_one_project_alert_instead_of_per_node_ones(srv, clock, receiver):
     receiver.fail_first = 0
     fleet = Fleet(srv)
-    fleet.stub.CreateChannel(
-        node_pb2.CreateChannelRequest(display_name="ops", url=receiver.url), metadata=fleet.md
+    fleet.notify.CreateChannel(
+        npb.CreateChannelRequest(display_name="ops", url=receiver.url), metadata=fleet.md
     )
     project = fleet.project(min_nodes=3)
     keys = [fleet.node(project, f"n{i}")[1] for i in range(3)]
@@ -202,20 +235,20 @@ def test_webhook_channels_to_non_public_addresses_are_refused(public_only, url):
     fleet = Fleet(public_only)
     failure = rpc_error(
         grpc.StatusCode.INVALID_ARGUMENT,
-        fleet.stub.CreateChannel,
-        node_pb2.CreateChannelRequest(display_name="internal", url=url),
+        fleet.notify.CreateChannel,
+        npb.CreateChannelRequest(display_name="internal", url=url),
         metadata=fleet.md,
     )
     assert "webhook_allow_private_networks" in failure.violations["url"]
-    channels = fleet.stub.ListChannels(node_pb2.ListChannelsRequest(), metadata=fleet.md).channels
+    channels = fleet.notify.ListChannels(npb.ListChannelsRequest(), metadata=fleet.md).channels
     assert list(channels) == []
 
 
 def test_webhook_channel_to_a_public_name_is_accepted(public_only):
     """Names are not resolved when a channel is created: DNS is checked at each delivery."""
     fleet = Fleet(public_only)
-    created = fleet.stub.CreateChannel(
-        node_pb2.CreateChannelRequest(display_name="ops", url="https://hooks.example.com/coordd"),
+    created = fleet.notify.CreateChannel(
+        npb.CreateChannelRequest(display_name="ops", url="https://hooks.example.com/coordd"),
         metadata=fleet.md,
     )
     assert created.channel.url == "https://hooks.example.com/coordd"
@@ -271,8 +304,8 @@ def test_webhook_redirects_are_not_followed():
 
 def test_channel_secrets_are_sealed_in_the_database_and_still_sign(srv, receiver):
     fleet = Fleet(srv)
-    created = fleet.stub.CreateChannel(
-        node_pb2.CreateChannelRequest(display_name="ops", url=receiver.url, secret="s" * 40),
+    created = fleet.notify.CreateChannel(
+        npb.CreateChannelRequest(display_name="ops", url=receiver.url, secret="s" * 40),
         metadata=fleet.md,
     )
     row = Channel.get_by_id(created.channel.name.split("/")[1])

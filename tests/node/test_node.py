@@ -9,14 +9,14 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 
-from coordd.domain import node_health
+from coordd.adapters import heartbeats
 from coordd.scheduler.node import place_all
 from coordd.store.models import EventLog
-from coordd.store.node_models import Assignment, Node, Transition
+from coordd.store.node.models import Assignment, Node, Transition
 from coordd_client.v1 import auth_pb2, node_pb2
 from tests.helpers import rpc_error
+from tests.node.helpers import Fleet, serve, statuses
 from tests.support.server import bearer
-from tests.test_node_helpers import Fleet, serve, statuses
 
 RUNNING = node_pb2.REPLICA_STATE_RUNNING
 
@@ -328,7 +328,7 @@ def test_stream_heartbeats_carry_the_same_beats(srv):
     assert reply.beats == 5 and reply.node == node.name
     assert reply.status == node_pb2.HEALTH_STATUS_UP
     assert statuses(fleet.transitions(node.name)) == ["PENDING", "UP"]
-    assert node_health.tracker_for(srv.rt).metrics[node.name.split("/")[1]] == {"load": 0.5}
+    assert heartbeats.tracker_for(srv.rt).metrics[node.name.split("/")[1]] == {"load": 0.5}
 
 
 def test_watch_nodes_streams_status_changes(srv, clock):

@@ -1,0 +1,267 @@
+"""The heartbeat tracker: per-process last-seen in memory, flushed in batches by a loop.
+
+A beat costs no database write: last-seen lives in memory and is flushed in batches, to
+Redis every second when configured (where every replica's detector reads it) and to the
+database every second without Redis, every five with it; each database flush moves the
+nodes' indexed `deadline_time` (domain/node/heartbeats.py: `record_last_seen`). The rules
+(what a beat means, what is late, what is DOWN) are the domain's; this module keeps the
+state, the loop and the Redis client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import weakref
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from coordd.core.events import Event
+from coordd.domain import node
+from coordd.domain.node import heartbeats as rules
+from coordd.domain.node.heartbeats import AssignedView, BeatChange, NodeInfo
+from coordd.runtime import Runtime
+
+log = structlog.get_logger("coordd.node")
+
+FLUSH_INTERVAL_S = 1.0
+DB_FLUSH_WITH_REDIS_S = 5.0
+# Cached assignments are re-read at least this often even without an event.
+ASSIGNMENT_TTL_S = 5.0
+
+
+def _micros(t: datetime) -> int:
+    delta = t - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _from_micros(value: int) -> datetime:
+    seconds, micros = divmod(int(value), 1_000_000)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros)
+
+
+class Tracker:
+    """Per-process heartbeat state. Mutated only on the event loop; flushes hand a
+    snapshot to a worker thread."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.last_seen: dict[str, datetime] = {}
+        self.dirty: dict[str, datetime] = {}
+        # Taken from `dirty`, not yet in the database (with Redis, flushed there less often).
+        self.pending: dict[str, tuple[datetime, float]] = {}
+        self._last_db_flush = time.monotonic()
+        self.info: dict[str, NodeInfo] = {}
+        self.key_node: dict[str, str] = {}
+        self.streak: dict[str, int] = {}
+        self.reported: dict[str, dict[str, str]] = {}
+        self.metrics: dict[str, dict[str, float]] = {}
+        self.assignments: dict[str, tuple[float, list[AssignedView]]] = {}
+        self.beats = 0
+        self.flushes = 0
+        self.redis: Any = None
+        self.redis_key = f"{rt.settings.redis_prefix}:node:last_seen"
+        if rt.settings.redis_url:
+            import redis
+
+            self.redis = redis.Redis.from_url(
+                rt.settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
+            )
+        rt.bus.add_listener(self._on_events)
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # -- events (hints: the flush re-reads statuses anyway) --
+
+    def _on_events(self, events: list[Event]) -> None:
+        for event in events:
+            if event.type == node.STATUS_CHANGED:
+                node_id = event.subject.partition("/")[2]
+                info = self.info.get(node_id)
+                if info is not None:
+                    self._set_status(info, str(event.data.get("to", info.status)))
+            elif event.type == "node.assignments_changed":
+                self.assignments.pop(event.subject.partition("/")[2], None)
+            elif event.type == "node.project.updated":
+                project_id = str(event.data.get("project", ""))
+                for node_id in [n for n, i in self.info.items() if i.project_id == project_id]:
+                    self.info.pop(node_id, None)
+            elif event.type == "node.decommissioned":
+                node_id = event.subject.partition("/")[2]
+                self.key_node.pop(str(event.data.get("api_key", "")), None)
+                # A decommissioned node never beats again: forget it, memory stays bounded.
+                tables: tuple[dict[str, Any], ...] = (
+                    self.info,
+                    self.last_seen,
+                    self.streak,
+                    self.reported,
+                    self.metrics,
+                    self.assignments,
+                )
+                for table in tables:
+                    table.pop(node_id, None)
+
+    def _set_status(self, info: NodeInfo, status: str) -> None:
+        if rules.resets_streak(info.status, status):
+            self.streak[info.node_id] = 0
+        info.status = status
+
+    # -- beats --
+
+    def cached_node(self, api_key_id: str) -> NodeInfo | None:
+        node_id = self.key_node.get(api_key_id)
+        return self.info.get(node_id) if node_id else None
+
+    def remember(self, api_key_id: str, info: NodeInfo) -> None:
+        self.key_node[api_key_id] = info.node_id
+        self.info[info.node_id] = info
+
+    def beat(
+        self,
+        info: NodeInfo,
+        now: datetime,
+        reports: Iterable[tuple[str, str, str]],
+        metrics: dict[str, float],
+    ) -> BeatChange | None:
+        """Records a beat in memory; returns what must be written now, if anything."""
+        rules.check_can_beat(info)
+        node_id = info.node_id
+        self.last_seen[node_id] = now
+        self.dirty[node_id] = now
+        self.beats += 1
+        if metrics:
+            self.metrics[node_id] = dict(metrics)
+        status: str | None = None
+        if rules.counts_beats(info.status):
+            streak = self.streak.get(node_id, 0) + 1
+            self.streak[node_id] = streak
+            status = rules.status_after_beats(info, streak)
+        changed = rules.changed_reports(self.reported.get(node_id, {}), reports)
+        if status is None and not changed:
+            return None
+        return BeatChange(node_id, now, status, changed)
+
+    def applied(self, change: BeatChange, status: str) -> None:
+        known = self.reported.setdefault(change.node_id, {})
+        for workload_id, (state, _) in change.reports.items():
+            known[workload_id] = state
+        info = self.info.get(change.node_id)
+        if info is not None:
+            self._set_status(info, status)
+
+    def cached_assignments(self, node_id: str) -> list[AssignedView] | None:
+        hit = self.assignments.get(node_id)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def cache_assignments(self, node_id: str, views: list[AssignedView]) -> None:
+        self.assignments[node_id] = (time.monotonic() + ASSIGNMENT_TTL_S, views)
+
+    # -- flushing --
+
+    def take_dirty(self) -> dict[str, tuple[datetime, float]]:
+        batch = {n: (t, self.info[n].window_s if n in self.info else 0.0) for n, t in self.dirty.items()}
+        self.dirty = {}
+        return batch
+
+    def write_redis(self, batch: dict[str, tuple[datetime, float]]) -> bool:
+        """Worker thread: last-seen to Redis, where every replica's detector reads it."""
+        try:
+            self.redis.hset(self.redis_key, mapping={n: _micros(t) for n, (t, _) in batch.items()})
+            return True
+        except Exception as exc:  # Redis is a cache here: the database is the record
+            log.warning("redis last-seen write failed; flushing to the database instead", error=str(exc))
+            return False
+
+    def write_db(self, batch: dict[str, tuple[datetime, float]]) -> dict[str, str]:
+        """Worker thread: last-seen and the nodes' deadlines in one transaction. Returns
+        the stored statuses, which correct any event this process missed."""
+        statuses = rules.record_last_seen(self.rt, batch)
+        self.flushes += 1
+        return statuses
+
+    async def flush(self, *, database: bool = True) -> int:
+        """Hands the beats since the last flush to Redis (when configured) and, when
+        `database`, everything not yet stored to the database. Returns the rows written."""
+        batch = self.take_dirty()
+        if batch and self.redis is not None and not await self.rt.run(self.write_redis, batch):
+            database = True
+        self.pending.update(batch)
+        if not database or not self.pending:
+            return 0
+        pending, self.pending = self.pending, {}
+        try:
+            statuses = await self.rt.run(self.write_db, pending)
+        except BaseException:
+            # Not lost: merged back under anything newer that arrived meanwhile.
+            self.pending = {**pending, **self.pending}
+            raise
+        self._last_db_flush = time.monotonic()
+        for node_id, status in statuses.items():
+            info = self.info.get(node_id)
+            if info is not None:
+                self._set_status(info, status)
+        return len(pending)
+
+    def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._flush_loop(), name="node-flush")
+
+    async def _flush_loop(self) -> None:
+        stopping = self.rt.stopping
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), FLUSH_INTERVAL_S)
+            # With Redis, detectors read last-seen there: the database is written less often.
+            database = (
+                stopping.is_set()
+                or self.redis is None
+                or time.monotonic() - self._last_db_flush >= DB_FLUSH_WITH_REDIS_S
+            )
+            try:
+                await self.flush(database=database)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("heartbeat flush failed; will retry", error=str(exc))
+
+    def latest_seen(self, node_ids: list[str]) -> dict[str, datetime]:
+        """Freshest last-seen known to this process or, with Redis, to any replica."""
+        out = {n: self.last_seen[n] for n in node_ids if n in self.last_seen}
+        if self.redis is not None and node_ids:
+            try:
+                values = self.redis.hmget(self.redis_key, node_ids)
+            except Exception as exc:
+                log.warning("redis last-seen read failed", error=str(exc))
+                values = [None] * len(node_ids)
+            for node_id, raw in zip(node_ids, values, strict=True):
+                if raw is not None:
+                    seen = _from_micros(int(raw))
+                    if node_id not in out or seen > out[node_id]:
+                        out[node_id] = seen
+        return out
+
+
+_trackers: weakref.WeakKeyDictionary[Runtime, Tracker] = weakref.WeakKeyDictionary()
+
+
+def tracker_for(rt: Runtime) -> Tracker:
+    tracker = _trackers.get(rt)
+    if tracker is None:
+        tracker = _trackers[rt] = Tracker(rt)
+    return tracker
+
+
+# -- the scheduler's detection tasks, with this process's freshest last-seen ------------------
+
+
+def detect_down(rt: Runtime) -> int:
+    return node.detect_down(rt, tracker_for(rt).latest_seen)
+
+
+def run_maintenance(rt: Runtime) -> int:
+    return node.run_maintenance(rt, tracker_for(rt).latest_seen)

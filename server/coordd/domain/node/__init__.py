@@ -1,0 +1,140 @@
+"""The node domain: projects of operator-run nodes (with inventory) and the workloads placed
+on them; heartbeats and up/down detection, the node/workload state machine with its
+incidents and notifications, uptime, maintenance windows and operators' reward points.
+
+    access       who may see and change what (node keys may only beat)
+    policies     policy and inventory values, validation
+    projects     nodes        workloads     placement (first-fit, spread)
+    machine      the state machine: transitions, incidents, notifications, placement
+    heartbeats   what a beat means; the beats that write; last-seen flushes
+    detection    which nodes are late, and when silence is DOWN (failover grace, mass outage)
+    maintenance  uptime       rewards       states (stored states and row types)
+
+The heartbeat tracker's loop and its Redis use are a runtime adapter (adapters/heartbeats.py).
+"""
+
+from coordd.domain.node.access import (
+    get_project,
+    is_node_key,
+    owned_project,
+    require_operator,
+    visible_node,
+    visible_workload,
+    watchable_project,
+)
+from coordd.domain.node.detection import detect_down
+from coordd.domain.node.heartbeats import (
+    AssignedView,
+    BeatChange,
+    LastSeen,
+    NodeInfo,
+    apply_beat,
+    check_reports,
+    load_assignments,
+    node_for_key,
+    record_last_seen,
+)
+from coordd.domain.node.machine import STATUS_CHANGED, WORKLOAD_STATUS_CHANGED, nodes_key
+from coordd.domain.node.maintenance import (
+    create_maintenance_window,
+    list_maintenance_windows,
+    run_maintenance,
+)
+from coordd.domain.node.nodes import decommission_node, get_node, list_nodes, register_node, update_node
+from coordd.domain.node.policies import HealthPolicy, Inventory, Resources, RewardPolicy
+from coordd.domain.node.projects import create_project, list_projects, project_health, update_project
+from coordd.domain.node.rewards import credit_rewards, list_reward_entries, reward_balance
+from coordd.domain.node.states import (
+    Assignment,
+    Incident,
+    MaintenanceWindow,
+    Node,
+    Project,
+    RewardEntry,
+    Transition,
+    Workload,
+)
+from coordd.domain.node.uptime import (
+    NodeTransition,
+    Uptime,
+    get_uptime,
+    last_transition_id,
+    list_incidents,
+    list_transitions,
+    transitions_after,
+)
+from coordd.domain.node.workloads import (
+    create_workload,
+    delete_workload,
+    get_workload,
+    list_assignments,
+    list_workloads,
+    place_all,
+    update_workload,
+    workload_assignments,
+)
+
+__all__ = [
+    "STATUS_CHANGED",
+    "WORKLOAD_STATUS_CHANGED",
+    "AssignedView",
+    "Assignment",
+    "BeatChange",
+    "HealthPolicy",
+    "Incident",
+    "Inventory",
+    "LastSeen",
+    "MaintenanceWindow",
+    "Node",
+    "NodeInfo",
+    "NodeTransition",
+    "Project",
+    "Resources",
+    "RewardEntry",
+    "RewardPolicy",
+    "Transition",
+    "Uptime",
+    "Workload",
+    "apply_beat",
+    "check_reports",
+    "create_maintenance_window",
+    "create_project",
+    "create_workload",
+    "credit_rewards",
+    "decommission_node",
+    "delete_workload",
+    "detect_down",
+    "get_node",
+    "get_project",
+    "get_uptime",
+    "get_workload",
+    "is_node_key",
+    "last_transition_id",
+    "list_assignments",
+    "list_incidents",
+    "list_maintenance_windows",
+    "list_nodes",
+    "list_projects",
+    "list_reward_entries",
+    "list_transitions",
+    "list_workloads",
+    "load_assignments",
+    "node_for_key",
+    "nodes_key",
+    "owned_project",
+    "place_all",
+    "project_health",
+    "record_last_seen",
+    "register_node",
+    "require_operator",
+    "reward_balance",
+    "run_maintenance",
+    "transitions_after",
+    "update_node",
+    "update_project",
+    "update_workload",
+    "visible_node",
+    "visible_workload",
+    "watchable_project",
+    "workload_assignments",
+]

@@ -1,0 +1,133 @@
+"""Up/down detection: which nodes are late, and when silence makes a node DOWN.
+
+Detection selects nodes whose deadline has passed through that index, re-checks the
+freshest last-seen (`latest_seen`: this process's memory, Redis) before believing it, and
+applies two guards: a failover grace after a restart or leader change (a restart alone
+never makes a node DOWN), and the mass-outage guard (most of a project going DOWN at once
+is treated as our outage, not theirs).
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+
+from coordd.domain.node.heartbeats import LastSeen
+from coordd.domain.node.machine import node_down, open_incident
+from coordd.runtime import Runtime
+from coordd.store.db import Tx
+from coordd.store.node import health, queries
+from coordd.store.node.models import DOWN, PENDING, UP, Node, Project
+
+log = structlog.get_logger("coordd.node")
+
+# A detector that has not run for this long lost (or never had) leadership: grace again.
+LEADER_GAP_S = 10.0
+
+
+@dataclass
+class _Detector:
+    active_since: datetime
+    last_run: float
+
+
+_detectors: weakref.WeakKeyDictionary[Runtime, _Detector] = weakref.WeakKeyDictionary()
+
+
+def _detector(rt: Runtime) -> _Detector:
+    """When this process started detecting: the daemon's start, or the moment it became
+    leader again after a gap. Every node gets one full window from then (failover grace)."""
+    now_mono = time.monotonic()
+    state = _detectors.get(rt)
+    if state is None:
+        state = _detectors[rt] = _Detector(rt.start_time, now_mono)
+    elif now_mono - state.last_run > LEADER_GAP_S:
+        state.active_since = rt.now()
+        log.info(
+            "node detection resumed; failover grace for every node", since=state.active_since.isoformat()
+        )
+    state.last_run = now_mono
+    return state
+
+
+def freshest(node: Node, fresh: dict[str, datetime]) -> datetime | None:
+    """The latest of the stored last-seen and the one known in memory or Redis."""
+    seen_times = [t for t in (node.last_seen_time, fresh.get(node.id)) if t is not None]
+    return max(seen_times) if seen_times else None
+
+
+def detect_down(rt: Runtime, latest_seen: LastSeen, batch: int = 1000) -> int:
+    """Scheduler task: marks DOWN the nodes whose deadline passed. Returns how many."""
+    state = _detector(rt)
+    marked = 0
+    with rt.store.write() as tx:
+        due = health.due_nodes(tx.now, batch, skip_locked=rt.store.is_postgres)
+        if not due:
+            return 0
+        fresh = latest_seen([n.id for n in due])
+        projects = queries.projects_by_ids({n.project_id for n in due})
+        silent: dict[str, list[Node]] = defaultdict(list)
+        for node in due:
+            project = projects[node.project_id]
+            window = timedelta(seconds=project.window_s)
+            seen = freshest(node, fresh)
+            if seen is not None and seen + window > tx.now:
+                # A beat the database has not seen yet (another replica, an unflushed batch).
+                node.last_seen_time, node.deadline_time = seen, seen + window
+                health.save_last_seen(node)
+                continue
+            grace_until = state.active_since + window
+            if tx.now < grace_until:
+                node.deadline_time = grace_until
+                health.save_deadline(node)
+                continue
+            silent[project.id].append(node)
+        for project_id, nodes in silent.items():
+            marked += _mark_down(tx, projects[project_id], nodes)
+    return marked
+
+
+def _mark_down(tx: Tx, project: Project, nodes: list[Node]) -> int:
+    window_s = project.window_s
+    watched = health.count_nodes_in(project.id, [UP, PENDING, DOWN])
+    recent = health.count_node_transitions_to(project.id, DOWN, tx.now - timedelta(seconds=window_s))
+    open_mass = health.open_incident_of(project.id)
+    share = (recent + len(nodes)) / max(watched, 1)
+    mass = open_mass is not None or (
+        watched >= project.mass_outage_min_nodes and share > project.mass_outage_share
+    )
+    if mass and open_mass is None:
+        cause = (
+            f"mass outage: {recent + len(nodes)} of {watched} nodes went silent within {window_s:g}s; "
+            "treated as a coordinator-side or network outage"
+        )
+        log.warning(
+            "MASS OUTAGE: no per-node incidents, no uptime debit",
+            project=project.id,
+            down=recent + len(nodes),
+            watched=watched,
+            window_s=window_s,
+        )
+        owners = queries.node_owner_ids(project.id)
+        open_incident(
+            tx,
+            "project",
+            project.id,
+            project.id,
+            cause,
+            inhibited=False,
+            recipients={project.owner_id, *owners},
+            event_type="project.mass_outage",
+            data={"subject": f"projects/{project.id}", "project": f"projects/{project.id}", "nodes": watched},
+        )
+    for node in nodes:
+        reason = f"no heartbeat for {window_s:g}s"
+        if mass:
+            reason += " during a mass outage (not counted)"
+        node_down(tx, node, project, reason, suppressed=mass)
+    return len(nodes)

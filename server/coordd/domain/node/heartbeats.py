@@ -1,0 +1,168 @@
+"""Heartbeats: what a beat means (the rules), and the rare beats that write at once.
+
+A beat costs no database write: the runtime adapter (adapters/heartbeats.py) keeps
+last-seen in memory and flushes it in batches through `record_last_seen`, which moves each
+node's indexed `deadline_time` (last seen + the project's window: later than that, the node
+is late). Only a beat that changes something (a status, a replica state) writes at once,
+through `apply_beat`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from coordd.core.errors import FailedPrecondition, PermissionDenied, Violations
+from coordd.core.principal import Principal
+from coordd.domain.node.machine import node_up, refresh_workloads, set_node_status
+from coordd.runtime import Runtime
+from coordd.store.node import health, queries
+from coordd.store.node.models import DECOMMISSIONED, DOWN, PENDING, REPLICA_STATES, UNKNOWN, UP
+
+# The freshest last-seen of these nodes known anywhere (this process's memory, Redis).
+LastSeen = Callable[[list[str]], dict[str, datetime]]
+
+
+@dataclass
+class NodeInfo:
+    """What a beat needs about its node, cached per process."""
+
+    node_id: str
+    project_id: str
+    status: str
+    interval_s: float
+    window_s: float
+    successes: int
+
+
+@dataclass(frozen=True)
+class AssignedView:
+    workload_id: str
+    assignment_id: str
+    spec: str
+    cpu_millis: int
+    memory_mb: int
+    disk_gb: int
+    gpu_count: int
+    gpu_model: str
+
+
+@dataclass
+class BeatChange:
+    """What a beat changed that must be written now."""
+
+    node_id: str
+    time: datetime
+    status: str | None
+    reports: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+# -- the rules of a beat -------------------------------------------------------------------
+
+
+def check_can_beat(info: NodeInfo) -> None:
+    if info.status == DECOMMISSIONED:
+        raise FailedPrecondition("this node is decommissioned", reason="NODE_DECOMMISSIONED")
+
+
+def counts_beats(status: str) -> bool:
+    """A node not (or no longer) UP counts consecutive beats on its way to UP."""
+    return status in (UNKNOWN, PENDING, DOWN)
+
+
+def status_after_beats(info: NodeInfo, streak: int) -> str | None:
+    """UP after `successes_before_up` consecutive beats, PENDING before; None: unchanged."""
+    target = UP if streak >= info.successes else PENDING
+    return target if target != info.status else None
+
+
+def resets_streak(before: str, after: str) -> bool:
+    """Consecutive beats count from the last time the node stopped being heard."""
+    return after != before and after not in (UP, PENDING)
+
+
+def changed_reports(
+    known: dict[str, str], reports: Iterable[tuple[str, str, str]]
+) -> dict[str, tuple[str, str]]:
+    """The replica reports whose state differs from the last one stored."""
+    return {w: (s, m) for w, s, m in reports if known.get(w) != s}
+
+
+def check_reports(reports: list[tuple[str, str, str]]) -> None:
+    v = Violations()
+    for index, (_, state, message) in enumerate(reports):
+        if state not in REPLICA_STATES:
+            v.add(f"workloads[{index}].state", "unknown replica state")
+        if len(message) > 500:
+            v.add(f"workloads[{index}].message", "at most 500 characters")
+    v.raise_if_any()
+
+
+# -- reads and writes ----------------------------------------------------------------------
+
+
+def node_for_key(rt: Runtime, who: Principal) -> NodeInfo:
+    """Resolves the node behind a node API key (cached by the caller)."""
+    node = queries.node_for_api_key(who.api_key_id) if who.api_key_id else None
+    if node is None:
+        raise PermissionDenied(
+            "heartbeats need the node API key returned by RegisterNode", reason="NODE_KEY_REQUIRED"
+        )
+    if node.status == DECOMMISSIONED:
+        raise FailedPrecondition("this node is decommissioned", reason="NODE_DECOMMISSIONED")
+    p = node.project
+    return NodeInfo(node.id, p.id, node.status, p.heartbeat_interval_s, p.window_s, p.successes_before_up)
+
+
+def apply_beat(rt: Runtime, change: BeatChange) -> str:
+    """Writes a status change (PENDING, UP) or replica reports; returns the stored status."""
+    with rt.store.write() as tx:
+        node = queries.node_with_project(change.node_id)
+        if node is None or node.status == DECOMMISSIONED:
+            raise FailedPrecondition("this node is decommissioned", reason="NODE_DECOMMISSIONED")
+        project = node.project
+        if change.status is not None and node.status in (UNKNOWN, PENDING, DOWN):
+            if change.status == UP:
+                node_up(tx, node, project, f"{project.successes_before_up} consecutive heartbeats")
+            else:
+                set_node_status(tx, node, project, PENDING, "heartbeat received")
+            node.last_seen_time = change.time
+            node.save()
+        affected: set[str] = set()
+        for workload_id, (state, message) in change.reports.items():
+            if health.report_replica(workload_id, node.id, state, message[:500], tx.now):
+                affected.add(workload_id)
+        if affected:
+            refresh_workloads(
+                tx, affected, f"replica on nodes/{node.id} reported", inhibited=node.status != UP
+            )
+        return node.status
+
+
+def load_assignments(node_id: str) -> list[AssignedView]:
+    return [
+        AssignedView(
+            a.workload_id,
+            a.id,
+            a.workload.spec,
+            a.workload.cpu_millis,
+            a.workload.memory_mb,
+            a.workload.disk_gb,
+            a.workload.gpu_count,
+            a.workload.gpu_model,
+        )
+        for a in health.assignments_with_workloads(node_id)
+    ]
+
+
+def record_last_seen(rt: Runtime, batch: dict[str, tuple[datetime, float]]) -> dict[str, str]:
+    """Worker thread: last-seen and the nodes' deadlines (`batch`: node -> (seen, window))
+    in one transaction. Returns the stored statuses, which correct any event the caller
+    missed."""
+    with rt.store.write():
+        for node_id, (seen, window_s) in sorted(batch.items()):
+            # Only a node that can go DOWN (UP or PENDING) has a deadline to move (the store keeps NULL).
+            deadline = seen + timedelta(seconds=window_s) if window_s else None
+            health.store_last_seen(node_id, seen, deadline)
+        return health.statuses_of(sorted(batch))

@@ -1,0 +1,56 @@
+"""The node domain's stored states and the row types its functions return, for the api and
+the scheduler (which never import the store)."""
+
+from __future__ import annotations
+
+from coordd.store.node.models import (
+    ACTIVE,
+    ASSIGNED,
+    DECOMMISSIONED,
+    DOWN,
+    ENDED,
+    FAILED,
+    MAINTENANCE,
+    PENDING,
+    REPLICA_STATES,
+    RUNNING,
+    SCHEDULED,
+    STARTING,
+    STATUSES,
+    UNKNOWN,
+    UP,
+    Assignment,
+    Incident,
+    MaintenanceWindow,
+    Node,
+    Project,
+    RewardEntry,
+    Transition,
+    Workload,
+)
+
+__all__ = [
+    "ACTIVE",
+    "ASSIGNED",
+    "DECOMMISSIONED",
+    "DOWN",
+    "ENDED",
+    "FAILED",
+    "MAINTENANCE",
+    "PENDING",
+    "REPLICA_STATES",
+    "RUNNING",
+    "SCHEDULED",
+    "STARTING",
+    "STATUSES",
+    "UNKNOWN",
+    "UP",
+    "Assignment",
+    "Incident",
+    "MaintenanceWindow",
+    "Node",
+    "Project",
+    "RewardEntry",
+    "Transition",
+    "Workload",
+]

@@ -1,0 +1,323 @@
+"""Queries of node health: heartbeats (last-seen flushes, replica reports), detection's due
+nodes, the state machine's transitions and incidents, maintenance windows, the uptime
+timeline and the rewards ledger. Each runs in the caller's transaction (if any)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import peewee
+
+from coordd.store.node.models import (
+    DECOMMISSIONED,
+    RUNNING,
+    UP,
+    Assignment,
+    Incident,
+    MaintenanceWindow,
+    Node,
+    Project,
+    RewardEntry,
+    Transition,
+    Workload,
+)
+from coordd.store.paging import Page, PageRequest, keyset_page
+
+
+class RewardTotals(NamedTuple):
+    points: int
+    entries: int
+
+
+# -- heartbeats ----------------------------------------------------------------------------
+
+
+def store_last_seen(node_id: str, seen: datetime, deadline: datetime | None) -> None:
+    """Last-seen, and the deadline moved to `deadline` unless the node has none (only a node
+    that can go DOWN has one)."""
+    values: dict[Any, Any] = {Node.last_seen_time: seen}
+    if deadline is not None:
+        values[Node.deadline_time] = peewee.Case(
+            None, ((Node.deadline_time.is_null(), None),), Node.deadline_time.db_value(deadline)
+        )
+    Node.update(values).where(Node.id == node_id).execute()
+
+
+def statuses_of(node_ids: list[str]) -> dict[str, str]:
+    rows = Node.select(Node.id, Node.status).where(Node.id.in_(node_ids))
+    return {row.id: row.status for row in rows}
+
+
+def report_replica(workload_id: str, node_id: str, state: str, message: str, now: datetime) -> int:
+    """Stores a replica's reported state; 0 when nothing changed."""
+    return (
+        Assignment.update(state=state, message=message, update_time=now)
+        .where(
+            (Assignment.workload == workload_id)
+            & (Assignment.node == node_id)
+            & ((Assignment.state != state) | (Assignment.message != message))
+        )
+        .execute()
+    )
+
+
+def assignments_with_workloads(node_id: str) -> list[Assignment]:
+    return list(
+        Assignment.select(Assignment, Workload)
+        .join(Workload)
+        .where(Assignment.node == node_id)
+        .order_by(Assignment.id)
+    )
+
+
+def save_last_seen(node: Node) -> None:
+    node.save(only=[Node.last_seen_time, Node.deadline_time])
+
+
+def save_deadline(node: Node) -> None:
+    node.save(only=[Node.deadline_time])
+
+
+# -- detection -----------------------------------------------------------------------------
+
+
+def due_nodes(now: datetime, batch: int, *, skip_locked: bool) -> list[Node]:
+    """Nodes whose deadline passed, oldest first, through the deadline index; with
+    `skip_locked` (PostgreSQL) rows another detector holds are skipped."""
+    query = Node.select().where(Node.deadline_time <= now).order_by(Node.deadline_time).limit(batch)
+    if skip_locked:
+        query = query.for_update("FOR UPDATE SKIP LOCKED")
+    return list(query)
+
+
+def count_nodes_in(project_id: str, statuses: list[str]) -> int:
+    return Node.select().where((Node.project == project_id) & Node.status.in_(statuses)).count()
+
+
+def count_node_transitions_to(project_id: str, to_status: str, since: datetime) -> int:
+    return (
+        Transition.select()
+        .where(
+            (Transition.project_id == project_id)
+            & (Transition.kind == "node")
+            & (Transition.to_status == to_status)
+            & (Transition.time > since)
+        )
+        .count()
+    )
+
+
+# -- the state machine's rows --------------------------------------------------------------
+
+
+def insert_transition(**values: Any) -> Transition:
+    return Transition.create(**values)
+
+
+def open_incident_of(subject_id: str) -> Incident | None:
+    return Incident.get_or_none((Incident.subject_id == subject_id) & Incident.end_time.is_null())
+
+
+def has_open_incident(subject_id: str) -> bool:
+    return Incident.select().where((Incident.subject_id == subject_id) & Incident.end_time.is_null()).exists()
+
+
+def insert_incident(**values: Any) -> Incident:
+    return Incident.create(**values)
+
+
+def has_suppressed_down(project_id: str, down: str) -> bool:
+    """A node of the project that went `down` during a mass outage and still is."""
+    return (
+        Node.select()
+        .where((Node.project == project_id) & (Node.status == down) & (Node.suppressed == True))  # noqa: E712
+        .exists()
+    )
+
+
+def running_replicas(workload_id: str) -> int:
+    """Replicas of the workload reported running on UP nodes."""
+    return (
+        Assignment.select()
+        .join(Node)
+        .where((Assignment.workload == workload_id) & (Assignment.state == RUNNING) & (Node.status == UP))
+        .count()
+    )
+
+
+# -- maintenance windows -------------------------------------------------------------------
+
+
+def insert_window(**values: Any) -> MaintenanceWindow:
+    return MaintenanceWindow.create(**values)
+
+
+def due_windows(now: datetime, batch: int) -> list[MaintenanceWindow]:
+    return list(
+        MaintenanceWindow.select()
+        .where(MaintenanceWindow.next_action_time <= now)
+        .order_by(MaintenanceWindow.next_action_time)
+        .limit(batch)
+    )
+
+
+def nodes_covered_by(window: MaintenanceWindow) -> list[Node]:
+    """The window's node, or every node of its project; decommissioned ones aside."""
+    query = Node.select().where(Node.status != DECOMMISSIONED)
+    if window.node_id:
+        query = query.where(Node.id == window.node_id)
+    else:
+        query = query.where(Node.project == window.project_id)
+    return list(query.order_by(Node.id))
+
+
+def other_window_in_state(node: Node, window: MaintenanceWindow, state: str) -> bool:
+    """Another window in `state` covers the node (its own or its project's)."""
+    return (
+        MaintenanceWindow.select()
+        .where(
+            (MaintenanceWindow.id != window.id)
+            & (MaintenanceWindow.state == state)
+            & (
+                (MaintenanceWindow.node == node.id)
+                | ((MaintenanceWindow.project == node.project_id) & MaintenanceWindow.node.is_null())
+            )
+        )
+        .exists()
+    )
+
+
+def page_windows(kind: str, target: Node | Project, page: PageRequest) -> Page[MaintenanceWindow]:
+    """Of a node (`kind` "nodes": its own and its project's) or of a project."""
+    if kind == "nodes":
+        query = MaintenanceWindow.select().where(
+            (MaintenanceWindow.node == target.id)
+            | ((MaintenanceWindow.project == target.project_id) & MaintenanceWindow.node.is_null())
+        )
+    else:
+        query = MaintenanceWindow.select().where(MaintenanceWindow.project == target.id)
+    return keyset_page(
+        query, MaintenanceWindow.id, page, filters={"t": f"{kind}/{target.id}"}, descending=True
+    )
+
+
+def windows_overlapping(
+    project_id: str, node_id: str | None, start: datetime, end: datetime
+) -> list[MaintenanceWindow]:
+    """Windows over [start, end) of the project, and of the node when given."""
+    covers = MaintenanceWindow.node.is_null()
+    if node_id:
+        covers = covers | (MaintenanceWindow.node == node_id)
+    return list(
+        MaintenanceWindow.select().where(
+            (MaintenanceWindow.project == project_id)
+            & covers
+            & (MaintenanceWindow.start_time < end)
+            & (MaintenanceWindow.end_time > start)
+        )
+    )
+
+
+# -- the timeline --------------------------------------------------------------------------
+
+
+def transition_before(subject_id: str, start: datetime) -> Transition | None:
+    return (
+        Transition.select()
+        .where((Transition.subject_id == subject_id) & (Transition.time < start))
+        .order_by(Transition.time.desc(), Transition.id.desc())
+        .first()
+    )
+
+
+def transitions_between(subject_id: str, start: datetime, end: datetime) -> list[Transition]:
+    return list(
+        Transition.select()
+        .where((Transition.subject_id == subject_id) & (Transition.time >= start) & (Transition.time < end))
+        .order_by(Transition.time, Transition.id)
+    )
+
+
+def page_incidents(parent_id: str, open_only: bool, page: PageRequest) -> Page[Incident]:
+    query = Incident.select().where(Incident.subject_id == parent_id)
+    if open_only:
+        query = query.where(Incident.end_time.is_null())
+    return keyset_page(query, Incident.id, page, filters={"p": parent_id, "o": open_only}, descending=True)
+
+
+def page_transitions(parent_id: str, page: PageRequest) -> Page[Transition]:
+    query = Transition.select().where(Transition.subject_id == parent_id)
+    return keyset_page(query, Transition.id, page, filters={"p": parent_id}, descending=True)
+
+
+def node_transitions_after(project_id: str, after_id: int, limit: int) -> list[Transition]:
+    return list(
+        Transition.select()
+        .where(
+            (Transition.project_id == project_id) & (Transition.kind == "node") & (Transition.id > after_id)
+        )
+        .order_by(Transition.id)
+        .limit(limit)
+    )
+
+
+def last_transition_id(project_id: str) -> int:
+    value = (
+        Transition.select(peewee.fn.MAX(Transition.id)).where(Transition.project_id == project_id).scalar()
+    )
+    return int(value or 0)
+
+
+# -- rewards -------------------------------------------------------------------------------
+
+
+def reward_due_node_ids(now: datetime, batch: int) -> list[str]:
+    rows = Node.select(Node.id).where(Node.reward_due_time <= now).order_by(Node.reward_due_time).limit(batch)
+    return [row.id for row in rows]
+
+
+def advance_reward_cursor(node_id: str, expected: datetime, cursor: datetime, due: datetime | None) -> bool:
+    """Moves the node's reward cursor from `expected`: False when a concurrent run moved it."""
+    won = (
+        Node.update(reward_cursor=cursor, reward_due_time=due)
+        .where((Node.id == node_id) & (Node.reward_cursor == expected))
+        .execute()
+    )
+    return bool(won)
+
+
+def points_used(owner_id: str, project_id: str, day: str) -> int:
+    used = (
+        RewardEntry.select(peewee.fn.COALESCE(peewee.fn.SUM(RewardEntry.points), 0))
+        .where(
+            (RewardEntry.owner == owner_id)
+            & (RewardEntry.project_id == project_id)
+            & (RewardEntry.day == day)
+        )
+        .scalar()
+    )
+    return int(used or 0)
+
+
+def insert_reward_entry(**values: Any) -> None:
+    """Ignored when the bucket was credited already (its unique key)."""
+    RewardEntry.insert(**values).on_conflict_ignore().execute()
+
+
+def reward_totals(owner_id: str) -> RewardTotals:
+    row = (
+        RewardEntry.select(
+            peewee.fn.COALESCE(peewee.fn.SUM(RewardEntry.points), 0), peewee.fn.COUNT(RewardEntry.id)
+        )
+        .where(RewardEntry.owner == owner_id)
+        .tuples()
+        .first()
+    )
+    points, entries = row
+    return RewardTotals(int(points or 0), int(entries or 0))
+
+
+def page_reward_entries(owner_id: str, page: PageRequest) -> Page[RewardEntry]:
+    query = RewardEntry.select().where(RewardEntry.owner == owner_id)
+    return keyset_page(query, RewardEntry.id, page, filters={"o": owner_id}, descending=True)

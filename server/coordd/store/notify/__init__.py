@@ -1,0 +1,1 @@
+"""The notification outbox's tables (models.py) and its queries (queries.py)."""
