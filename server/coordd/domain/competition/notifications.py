@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 
-from coordd.domain import notify
+from coordd.domain import notify as outbox
 from coordd.domain.competition.common import name, registration_name
 from coordd.store.competition import queries
 from coordd.store.competition.models import Competition, CompetitionNotification, Registration
@@ -60,7 +60,7 @@ def notify_many(
         payload = _notification_payload(comp, reg_id, user_id, kind, extra)
         queued = 0
         if user_id in with_channels:
-            queued = notify.enqueue(
+            queued = outbox.enqueue(
                 tx, {user_id}, f"competition.{kind}", f"{payload['registration']}:{kind}", payload
             )
         if len(todo) == 1:
@@ -108,7 +108,7 @@ def record_notification(
 def users_with_channels(user_ids: list[str]) -> set[str]:
     """Which of these users have a live webhook channel: most registrants have none, and
     asking once here is much cheaper than a full outbox enqueue per registrant."""
-    return notify.owners_with_channels(user_ids)
+    return outbox.owners_with_channels(user_ids)
 
 
 def notifications_of(comp_id: str, kind: str = "") -> list[CompetitionNotification]:
