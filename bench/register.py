@@ -44,9 +44,9 @@ from coordd.config import load_settings
 from coordd.core.principal import Principal
 from coordd.domain import competition
 from coordd.runtime import Runtime
+from coordd.store.auth.models import User
 from coordd.store.competition.models import Competition, Registration
 from coordd.store.migrations import migrate
-from coordd.store.models import User
 from coordd_client.v1 import competition_pb2, competition_pb2_grpc
 
 JWT_SECRET = "bench-register-" + "x" * 32

@@ -12,8 +12,8 @@ import grpc
 
 from coordd.domain import competition as rules
 from coordd.domain import ledger
+from coordd.store.auth.models import User
 from coordd.store.competition.models import Competition, CompetitionNotification, Registration
-from coordd.store.models import User
 from coordd_client.v1 import competition_pb2
 from tests.competition.support import (
     DAY,

@@ -18,6 +18,11 @@ RPCS = all_rpcs()
 NEVER = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 
 
+def test_every_rpc_declares_an_access_rule():
+    missing = [rpc.full_name for rpc in RPCS if not rpc.declares_policy]
+    assert missing == [], f"RPCs without option (coordd.v1.policy): {missing}"
+
+
 def test_public_rpcs_are_exactly_the_ones_meant_to_be():
     public = {rpc.full_name for rpc in RPCS if rpc.policy.public}
     assert public == {

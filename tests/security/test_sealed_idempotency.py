@@ -8,7 +8,8 @@ import grpc
 import pytest
 
 from coordd.crypto.sealing import Sealer, Unsealable
-from coordd.store.models import ApiKey, IdempotencyRecord
+from coordd.store.auth.models import ApiKey
+from coordd.store.models import IdempotencyRecord
 from coordd_client.v1 import auth_pb2
 from tests.helpers import rpc_error
 from tests.support.server import bearer

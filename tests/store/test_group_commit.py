@@ -11,10 +11,11 @@ from typing import Any
 import peewee
 import pytest
 
+from coordd.store.auth.models import User
 from coordd.store.db import Store, Tx
 from coordd.store.group_commit import GroupCommit
 from coordd.store.migrations import migrate
-from coordd.store.models import EventLog, User
+from coordd.store.models import EventLog
 
 
 @pytest.fixture

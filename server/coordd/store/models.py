@@ -6,9 +6,6 @@ in `coordd.store.auth.models`. Column types come from `coordd.store.fields` (re-
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 import peewee
 
 from coordd.core.ids import new_id
@@ -82,15 +79,3 @@ class SchedulerTaskRun(BaseModel):
     last_error = peewee.TextField(default="")
     run_count = peewee.BigIntegerField(default=0)
     failure_count = peewee.BigIntegerField(default=0)
-
-
-# Moved to coordd.store.auth.models (issue #11). Resolved lazily, on first use, so modules not
-# yet moved to their own store package keep importing them from here; remove once every
-# importer names coordd.store.auth.models.
-_MOVED = {"User": "coordd.store.auth.models", "ApiKey": "coordd.store.auth.models"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

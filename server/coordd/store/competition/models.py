@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import peewee
 
-from coordd.store.models import BaseModel, IdModel, JSONField, TimestampField, User
+from coordd.store.auth.models import User
+from coordd.store.models import BaseModel, IdModel, JSONField, TimestampField
 
 # The values of `Competition.state` (the proto enum names without their prefix).
 DRAFT = "DRAFT"

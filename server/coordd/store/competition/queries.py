@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import peewee
 
+from coordd.store.auth.models import User
 from coordd.store.competition.models import (
     DRAFT,
     OFFERED,
@@ -21,7 +22,6 @@ from coordd.store.competition.models import (
     Registration,
 )
 from coordd.store.db import Store, database_proxy
-from coordd.store.models import User
 from coordd.store.paging import Page, PageRequest, keyset_page
 
 # A unique key refused a row (e.g. the same user registering twice at once): the rules

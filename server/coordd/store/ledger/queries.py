@@ -10,9 +10,10 @@ from typing import NamedTuple
 
 import peewee
 
+from coordd.store.auth.models import User
 from coordd.store.db import database_proxy
 from coordd.store.ledger.models import LedgerAccount, LedgerEntry, LedgerPosting
-from coordd.store.models import TimestampField, User
+from coordd.store.models import TimestampField
 
 _to_us = TimestampField().db_value
 # SQLite allows 32,766 bound values per statement; 4 per entry row stays far below.

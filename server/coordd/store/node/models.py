@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import peewee
 
-from coordd.store.models import ApiKey, BaseModel, IdModel, JSONField, TimestampField, User
+from coordd.store.auth.models import ApiKey, User
+from coordd.store.models import BaseModel, IdModel, JSONField, TimestampField
 
 # Statuses as stored (the proto enum names without the HEALTH_STATUS_ prefix, lower case).
 UNKNOWN = "unknown"

@@ -8,7 +8,7 @@ from typing import Any
 
 import peewee
 
-from coordd.store.models import ApiKey
+from coordd.store.auth.models import ApiKey
 from coordd.store.node.models import UP, Assignment, Node, NodeLabel, Project, Workload
 from coordd.store.paging import Page, PageRequest, keyset_page
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import peewee
 
-from coordd.store.models import IdModel, JSONField, TimestampField, User
+from coordd.store.auth.models import User
+from coordd.store.models import IdModel, JSONField, TimestampField
 
 PENDING = "pending"
 DELIVERED = "delivered"

@@ -8,7 +8,8 @@ from datetime import timedelta
 import grpc
 
 from coordd.domain import idempotency
-from coordd.store.models import ApiKey, IdempotencyRecord
+from coordd.store.auth.models import ApiKey
+from coordd.store.models import IdempotencyRecord
 from coordd_client.v1 import auth_pb2
 from tests.helpers import rpc_error
 from tests.support.server import ServerHandle, bearer

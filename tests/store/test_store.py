@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 
 import pytest
 
+from coordd.store.auth.models import User
 from coordd.store.db import Store
 from coordd.store.jobs.models import Job, JobAttempt
 from coordd.store.migrations import MIGRATIONS, applied_versions, migrate
-from coordd.store.models import EventLog, User
+from coordd.store.models import EventLog
 from tests.support import infra
 from tests.support.server import make_settings
 
