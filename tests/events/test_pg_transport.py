@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,7 @@ def test_an_event_too_large_for_a_notification_is_sent_as_a_pointer_and_read_bac
         await a.start()
         await b.start()
         store.on_commit(a.publish_threadsafe)
+        assert await _until(lambda: a.transports[0].has_peers), "B's hello tells A someone listens"
         try:
 
             def commit() -> None:
@@ -73,9 +75,28 @@ def test_an_event_too_large_for_a_notification_is_sent_as_a_pointer_and_read_bac
     assert [e.type for e in on_a] == ["test.big", "test.small"], "A's own events reach A once"
 
 
-def test_payloads_are_the_wire_form_when_they_fit_and_a_pointer_otherwise():
-    from datetime import UTC, datetime
+def test_a_replica_alone_on_the_database_sends_nothing_until_another_joins(pg_url):
+    async def scenario() -> None:
+        a = _bus("replica-a", pg_url)
+        await a.start()
+        try:
+            assert not a.transports[0].has_peers
+            a.publish_threadsafe([Event(1, "t", "s", {}, datetime.now(UTC))])
+            b = _bus("replica-b", pg_url)
+            await b.start()
+            try:
+                assert await _until(lambda: a.transports[0].has_peers)
+            finally:
+                await b.close()
+            assert await _until(lambda: not a.transports[0].has_peers, timeout=15), "B left"
+        finally:
+            await a.close()
+        assert a.sent == {}
 
+    asyncio.run(scenario())
+
+
+def test_payloads_are_the_wire_form_when_they_fit_and_a_pointer_otherwise():
     now = datetime.now(UTC)
     small = Event(7, "t", "s", {"a": 1}, now)
     assert Event.from_wire(payload_of(small, "me")) == (small, "me")

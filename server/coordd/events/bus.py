@@ -17,13 +17,13 @@ import contextlib
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import structlog
 
 from coordd.core.clock import utcnow
 from coordd.core.events import Event
+from coordd.events.link import Transport
 
 if TYPE_CHECKING:
     from coordd.config import Settings
@@ -124,50 +124,6 @@ class EventBus:
                 sub.offer(event)
 
 
-class Link:
-    """A transport's state, shared by the threads using it: up, or down since a time."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._lock = threading.Lock()
-        self.up = False
-        self.down_since: datetime | None = None
-        # Set once the first connection attempt has ended (either way): start() waits for it.
-        self.settled = threading.Event()
-
-    def mark_up(self) -> None:
-        with self._lock:
-            was_down = self.down_since is not None
-            self.up, self.down_since = True, None
-        self.settled.set()
-        if was_down:
-            log.warning("event bus link restored", link=self.name)
-
-    def mark_down(self, error: str) -> None:
-        with self._lock:
-            first = self.down_since is None
-            self.up = False
-            if first:
-                self.down_since = utcnow()
-        self.settled.set()
-        if first:
-            log.warning("event bus link down; retrying", link=self.name, error=error)
-
-
-class Transport(Protocol):
-    """Carries events to the other replicas. `publish` runs on the publisher thread and
-    raises when the events could not be sent; received events go to the bus's `receive`."""
-
-    name: str
-    link: Link
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    def publish(self, events: list[Event]) -> None: ...
-
-
 class ReplicatedBus(EventBus):
     """In-process fan-out plus cross-replica transports, first = configured, rest = fallbacks.
 
@@ -230,6 +186,8 @@ class ReplicatedBus(EventBus):
 
     def publish_threadsafe(self, events: list[Event]) -> None:
         super().publish_threadsafe(events)
+        if not any(t.has_peers for t in self.transports):
+            return  # the only replica: nobody to tell
         with self._wake:
             self._outbox.extend(events)
             self._wake.notify()
@@ -270,6 +228,8 @@ class ReplicatedBus(EventBus):
         """Over the first transport that is up (or, if none is, the last one tried)."""
         usable = [t for t in self.transports if t.link.up] or self.transports[-1:]
         for transport in usable:
+            if not transport.has_peers:
+                return
             try:
                 transport.publish(batch)
                 self.sent[transport.name] = self.sent.get(transport.name, 0) + len(batch)

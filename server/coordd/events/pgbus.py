@@ -21,15 +21,12 @@ import select
 import threading
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from coordd.core.events import Event
-from coordd.events.bus import Link
-
-if TYPE_CHECKING:
-    from coordd.events.bus import ReplicatedBus
+from coordd.events.link import Link, Receiver
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +37,13 @@ _NOTIFIES_PER_STATEMENT = 64
 _BACKOFF_MIN_S = 0.1
 _BACKOFF_MAX_S = 5.0
 _IDLE_PING_S = 5.0
+# How often the listener counts the other replicas' listeners (see `has_peers`).
+_PEER_CHECK_S = 2.0
+_LISTENER_NAME = "coordd-events-listen"
+_OTHER_LISTENERS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND application_name = %s AND pid <> pg_backend_pid()"
+)
 _CONNECT = {
     "connect_timeout": 5,
     "keepalives": 1,
@@ -59,7 +63,7 @@ def payload_of(event: Event, origin: str) -> str:
 def _connect(url: str, role: str) -> Any:
     import psycopg2
 
-    conn = psycopg2.connect(url, application_name=f"coordd-events-{role}", **_CONNECT)
+    conn = psycopg2.connect(url, application_name=role, **_CONNECT)
     conn.autocommit = True
     return conn
 
@@ -67,7 +71,7 @@ def _connect(url: str, role: str) -> Any:
 class PostgresTransport:
     name = "postgresql"
 
-    def __init__(self, bus: ReplicatedBus, url: str) -> None:
+    def __init__(self, bus: Receiver, url: str) -> None:
         self.bus = bus
         self.url = url
         self.link = Link(self.name)
@@ -76,6 +80,14 @@ class PostgresTransport:
         self._wake_r = self._wake_w = -1
         self._thread: threading.Thread | None = None
         self.received = 0
+        # Whether another replica listens. Alone, nothing is sent: a single process on
+        # PostgreSQL pays nothing for the bus. A replica joining says hello on the channel, so
+        # the others start sending at once; one leaving is noticed by the periodic count.
+        self._peers = True
+        self._peers_checked = 0.0
+        self._hello = json.dumps({"hello": 1, "origin": bus.instance_id}, separators=(",", ":"))
+        # Our own notifications come back too; their payload ends with our origin.
+        self._own_suffix = json.dumps({"origin": bus.instance_id}, separators=(",", ":"))[1:]
 
     async def start(self) -> None:
         self._wake_r, self._wake_w = os.pipe()  # close() writes to it to end the listener's select()
@@ -96,6 +108,11 @@ class PostgresTransport:
 
     # -- publisher thread ----------------------------------------------------------------
 
+    @property
+    def has_peers(self) -> bool:
+        """False only when the listener is up and no other replica's listener exists."""
+        return self._peers or not self.link.up
+
     def publish(self, events: list[Event]) -> None:
         """Raises if the events could not be sent, on a new connection if the old one broke
         (as it does when PostgreSQL restarts or terminates it)."""
@@ -107,7 +124,7 @@ class PostgresTransport:
     def _notify(self, events: list[Event]) -> None:
         try:
             if self._pub_conn is None or self._pub_conn.closed:
-                self._pub_conn = _connect(self.url, "publish")
+                self._pub_conn = _connect(self.url, "coordd-events-publish")
                 with self._pub_conn.cursor() as cur:
                     cur.execute("SET synchronous_commit = off")
             origin = self.bus.instance_id
@@ -131,9 +148,11 @@ class PostgresTransport:
         while not self._stop.is_set():
             conn = None
             try:
-                conn = _connect(self.url, "listen")
+                conn = _connect(self.url, _LISTENER_NAME)
                 with conn.cursor() as cur:
                     cur.execute(f'LISTEN "{CHANNEL}"')
+                    cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self._hello))
+                self._count_peers(conn)
                 self.link.mark_up()
                 backoff = _BACKOFF_MIN_S
                 self._serve(conn)
@@ -147,9 +166,21 @@ class PostgresTransport:
                 if conn is not None:
                     conn.close()
 
+    def _count_peers(self, conn: Any) -> None:
+        try:
+            with conn.cursor() as cur:
+                cur.execute(_OTHER_LISTENERS, (_LISTENER_NAME,))
+                self._peers = cur.fetchone()[0] > 0
+        except Exception:
+            self._peers = True  # not knowing, send
+            raise
+        self._peers_checked = time.monotonic()
+
     def _serve(self, conn: Any) -> None:
         last = time.monotonic()
         while not self._stop.is_set():
+            if time.monotonic() - self._peers_checked > _PEER_CHECK_S:
+                self._count_peers(conn)
             ready, _, _ = select.select([conn, self._wake_r], [], [], 1.0)
             if conn in ready:
                 conn.poll()
@@ -168,14 +199,24 @@ class PostgresTransport:
                 self.bus.receive_threadsafe(events)
 
     def _decode(self, conn: Any, payload: str) -> Event | None:
+        if payload.endswith(self._own_suffix):
+            return None
         try:
             raw = json.loads(payload)
             if raw.get("origin") == self.bus.instance_id:
                 return None
+            if "hello" in raw:
+                self._peers = True
+                return None
             if "ptr" in raw:
                 return _read_event(conn, int(raw["ptr"]))
-            event, _ = Event.from_wire(payload)
-            return event
+            return Event(
+                int(raw["id"]),
+                raw["type"],
+                raw["subject"],
+                raw["data"],
+                datetime.fromisoformat(raw["create_time"]),
+            )
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("undecodable event notification ignored", error=str(exc))
             return None

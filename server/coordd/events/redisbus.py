@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
 
 import structlog
 
 from coordd.core.events import Event
-from coordd.events.bus import Link
-
-if TYPE_CHECKING:
-    from coordd.events.bus import ReplicatedBus
+from coordd.events.link import Link, Receiver
 
 log = structlog.get_logger(__name__)
 
@@ -32,8 +28,9 @@ _HEALTH_CHECK_S = 5
 
 class RedisTransport:
     name = "redis"
+    has_peers = True  # not known: always sent
 
-    def __init__(self, bus: ReplicatedBus, url: str, prefix: str) -> None:
+    def __init__(self, bus: Receiver, url: str, prefix: str) -> None:
         import redis
         import redis.asyncio as aioredis
 
