@@ -108,12 +108,12 @@ def test_migrations_80_81_link_node_keys_and_keep_existing_operators_as_members(
                 )
             assert not db.table_exists("node_project_members")
 
-            assert migrate(store) == [80, 81]
+            assert migrate(store, up_to=81) == [80, 81]
             links = {k.id: (k.node_id, k.scopes) for k in ApiKey.select()}
             assert links == {"k-own": ("n-own", ""), "k-guest": ("n-g1", ""), "k-plain": (None, "")}
             members = [(m.project_id, m.user_id, m.state, m.inviter_id) for m in ProjectMember.select()]
             assert members == [("p1", "guest", ACTIVE, "owner")], "the owner is never a member row"
             assert "api_key_node_id" in {i.name for i in db.get_indexes("api_key")}
-            assert migrate(store) == []
+            assert migrate(store, up_to=81) == []
         finally:
             store.db.close()
