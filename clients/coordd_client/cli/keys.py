@@ -28,7 +28,7 @@ def register(sub: Any) -> None:
     listing.add_argument("--show-revoked", action="store_true")
     listing.set_defaults(func=_list)
     revoke = keys.add_parser("revoke", help="revoke a key (it stops working at once)")
-    revoke.add_argument("api_key", help="apiKeys/{id}")
+    revoke.add_argument("key", metavar="api_key", help="apiKeys/{id}")
     revoke.set_defaults(func=_revoke)
 
 
@@ -66,6 +66,6 @@ def _list(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _revoke(ctx: Context, args: argparse.Namespace) -> int:
-    reply = ctx.client.auth.RevokeApiKey(auth_pb2.RevokeApiKeyRequest(name=args.api_key))
+    reply = ctx.client.auth.RevokeApiKey(auth_pb2.RevokeApiKeyRequest(name=args.key))
     emit(ctx, reply, f"{reply.api_key.name} revoked")
     return 0
