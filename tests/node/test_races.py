@@ -153,3 +153,29 @@ def test_workload_creation_locks_the_project_first_so_no_retry_is_needed(srv):
     ]
     assert _direct(fns) == []
     assert Workload.select().count() == THREADS
+
+
+def test_a_registration_racing_the_members_removal_never_leaves_a_live_node_behind(srv):
+    owner, member = Fleet(srv), Fleet(srv)
+    project = owner.project()
+    owner.stub.CreateProjectInvite(
+        node_pb2.CreateProjectInviteRequest(parent=project.name, user=f"users/{member.owner_id}"),
+        metadata=owner.md,
+    )
+    name = f"{project.name}/members/{member.owner_id}"
+    member.stub.AcceptProjectInvite(node_pb2.AcceptProjectInviteRequest(name=name), metadata=member.md)
+
+    def register(i):
+        request = node_pb2.RegisterNodeRequest(project=project.name, display_name=f"n{i}")
+        return lambda: member.stub.RegisterNode(request, metadata=member.md, timeout=30)
+
+    def remove():
+        request = node_pb2.RemoveProjectMemberRequest(name=name)
+        return owner.stub.RemoveProjectMember(request, metadata=owner.md, timeout=30)
+
+    results, errors = _all_at_once([register(i) for i in range(THREADS - 1)] + [remove])
+    assert {code for code, _ in errors} <= {grpc.StatusCode.PERMISSION_DENIED}, errors
+    listed = owner.stub.ListNodes(node_pb2.ListNodesRequest(project=project.name), metadata=owner.md).nodes
+    live = [n.name for n in listed if n.status != node_pb2.HEALTH_STATUS_DECOMMISSIONED]
+    assert live == [], "every node registered before the removal was decommissioned with it"
+    assert len(results) == THREADS - len(errors)
