@@ -330,8 +330,14 @@ class AuthInterceptor(WrappingInterceptor):
                     reason="BAD_AUTHORIZATION_HEADER",
                 )
             principal = await auth_rules.authenticate(self.rt, credential)
-            if principal.scopes or principal.kind == NODE_KEY:
-                await self._check_scope(principal, policy, method, context)
+            # Credential scope, on top of roles: attribute reads and a set lookup per call.
+            if principal.kind == NODE_KEY:
+                if not policy.node_agent:
+                    await self._deny_scope(principal, policy, method, context)
+            elif principal.scopes and not (
+                policy.service in principal.scopes or policy.full_name in principal.scopes
+            ):
+                await self._deny_scope(principal, policy, method, context)
         elif not policy.public:
             raise Unauthenticated(
                 "this call needs a credential: send 'authorization: Bearer <access token or API key>'",
@@ -350,18 +356,14 @@ class AuthInterceptor(WrappingInterceptor):
         if principal.user_id:
             structlog.contextvars.bind_contextvars(caller=principal.user_id)
 
-    async def _check_scope(self, principal: Principal, policy: Policy, method: str, context: Any) -> None:
+    async def _deny_scope(self, principal: Principal, policy: Policy, method: str, context: Any) -> None:
         """A node key only makes a node agent's calls; a scoped API key only its scopes'."""
         if principal.kind == NODE_KEY:
-            if policy.node_agent:
-                return
             denied = PermissionDenied(
                 f"{method} is not a node agent's call: a node key may only send heartbeats; "
                 "use the operator's own credential",
                 reason="CREDENTIAL_SCOPE",
             )
-        elif policy.service in principal.scopes or policy.full_name in principal.scopes:
-            return
         else:
             denied = PermissionDenied(
                 f"this API key is scoped and {method} is outside its scopes",
