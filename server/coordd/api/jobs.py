@@ -87,6 +87,11 @@ class Dispatcher:
         return len(self._waiting)
 
 
+def _invalid(violations: list[FieldViolation]) -> InvalidArgument:
+    detail = "; ".join(f"{v.field}: {v.description}" for v in violations)
+    return InvalidArgument(f"the request has invalid fields: {detail}", violations=violations)
+
+
 class JobServicer(job_pb2_grpc.JobServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -125,8 +130,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
                     FieldViolation(f"requests[{i}].{v.field}", v.description) for v in exc.violations
                 )
         if violations:
-            detail = "; ".join(f"{v.field}: {v.description}" for v in violations)
-            raise InvalidArgument(f"the request has invalid fields: {detail}", violations=violations)
+            raise _invalid(violations)
         # No hand-over to waiting workers: the queue event wakes them and they claim in bulk.
         queued = await self.rt.run(jobs.submit_many, self.rt, who, specs)
         return job_pb2.BatchSubmitJobsResponse(jobs=[job_to_proto(job) for job in queued])
@@ -184,7 +188,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
         if request.view not in VIEWS:
             v.append(FieldViolation("view", "unknown view"))
         if v:
-            raise InvalidArgument("the request has invalid fields", violations=v)
+            raise _invalid(v)
         submitter = parse_name(request.submitter, "users", "submitter") if request.submitter else ""
         page_request = PageRequest.of(request.page_size, request.page_token)
         page = await self.rt.run(
@@ -280,7 +284,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
         if not 0 <= wait <= MAX_WAIT_S:
             v.append(FieldViolation("wait", f"0..{MAX_WAIT_S:g}s"))
         if v:
-            raise InvalidArgument("the request has invalid fields", violations=v)
+            raise _invalid(v)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:

@@ -76,7 +76,8 @@ def payloads(who: Principal, job_id: str) -> tuple[bytes | None, bytes | None]:
     job = reads.find_job(job_id)
     if job is None or not _visible(who, job):
         raise not_found(job_id)
-    return job.input_data, job.output_data
+    data_in, data_out = job.input_data, job.output_data  # PostgreSQL: memoryviews
+    return (None if data_in is None else bytes(data_in)), (None if data_out is None else bytes(data_out))
 
 
 def queue_position(job: Job) -> int:
