@@ -215,3 +215,28 @@ def test_leased_to_proto_sets_the_input_size(env):
     env.submit(input=job_pb2.Payload(data=b"12345"))
     leased = jobs.claim(env.server.rt, jobs.check_worker(env.worker_a_id, [], 0), 1)
     assert leased_to_proto(leased[0]).job.input.size_bytes == 5
+
+
+def test_a_reply_that_would_still_not_fit_puts_its_jobs_back_instead_of_failing_to_send(
+    env_with, monkeypatch
+):
+    env = env_with(max_message_bytes=SMALL_LIMIT)
+    # An estimate that undercounts each job by 20 kB (a bug the reply check must catch).
+    monkeypatch.setattr("coordd.domain.jobs.leases.LEASED_JOB_OVERHEAD", -20_000)
+    names = [env.submit(input=job_pb2.Payload(data=bytes([i]) * 60_000)).name for i in range(6)]
+    with pytest.raises(grpc.RpcError) as err:
+        env.claim(env.worker_a, max_jobs=10)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "put back" in err.value.details()
+    _eventually(lambda: all(_row(n).state == jobs.QUEUED for n in names))
+    assert [_row(n).attempt for n in names] == [0] * 6
+
+
+def test_a_waiting_worker_is_not_handed_a_job_larger_than_it_accepts(env):
+    request = job_pb2.ClaimJobsRequest(max_jobs=1, wait=seconds(1), max_reply_bytes=64 * 1024)
+    call = env.stub.ClaimJobs.future(request, metadata=bearer(env.worker_a))
+    time.sleep(0.2)  # most likely waiting by now (hand-over); if not, its re-poll must skip the job
+    name = env.submit(input=job_pb2.Payload(data=b"x" * 50_000)).name
+    assert list(call.result(10).jobs) == []
+    assert _row(name).state == jobs.QUEUED
+    assert [j.job.name for j in env.claim(env.worker_b)] == [name]
