@@ -291,12 +291,12 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
             leased = await self._claim(worker, limit)
             remaining = deadline - loop.time()
             if leased or remaining <= 0:
-                return self._claim_reply(leased)
+                return self._claim_reply(worker, leased)
             if self.rt.stopping.is_set():
                 raise Unavailable("shutting down", reason="SHUTTING_DOWN")
             handed = await self._wait_for_work(worker, min(remaining, REPOLL_S))
             if handed is not None:
-                return self._claim_reply([handed])
+                return self._claim_reply(worker, [handed])
 
     async def _claim(self, worker: jobs.Worker, limit: int) -> list[jobs.Leased]:
         """One claim. If the call ends meanwhile (cancelled, deadline, caller gone), the
@@ -312,12 +312,12 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
         if not task.cancelled() and task.exception() is None and task.result():
             self._spawn(self.rt.run(jobs.return_leases, self.rt, task.result()))
 
-    def _claim_reply(self, leased: list[jobs.Leased]) -> job_pb2.ClaimJobsResponse:
-        """The reply; the claim statement already kept it within the send limit (an upper
-        bound per job, see jobs.claim_bytes). Should it still not fit, its jobs go back
+    def _claim_reply(self, worker: jobs.Worker, leased: list[jobs.Leased]) -> job_pb2.ClaimJobsResponse:
+        """The reply; the claim statement already kept it within the worker's reply limit (an
+        upper bound per job, see jobs.claim_bytes). Should it still not fit, its jobs go back
         instead of being lost in a failed send."""
         reply = job_pb2.ClaimJobsResponse(jobs=[leased_to_proto(x) for x in leased])
-        limit = self.rt.settings.max_message_bytes
+        limit = worker.reply_budget + jobs.CLAIM_REPLY_HEADROOM
         inline = sum(len(x.job.input_data) for x in leased if x.job.input_data is not None)
         if inline * 2 > limit and reply.ByteSize() > limit:
             self._spawn(self.rt.run(jobs.return_leases, self.rt, leased))
