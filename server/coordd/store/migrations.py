@@ -16,6 +16,7 @@ import structlog
 from coordd.notify import models as notify_m
 from coordd.store import models as m
 from coordd.store import node_models as node_m
+from coordd.store import scheduler_lease
 from coordd.store.ceremony import models as ceremony_m
 from coordd.store.competition import models as competition_m
 from coordd.store.db import Store
@@ -88,6 +89,11 @@ MIGRATIONS: list[Migration] = [
             ceremony_m.Contribution,
             ceremony_m.CeremonyUpload,
         ),
+    ),
+    Migration(
+        70,
+        "scheduler: a leadership lease (epoch, expiry) and who ran each task last",
+        scheduler_lease.add_lease_columns,
     ),
 ]
 # Domains append in any order; migrations apply in version order, and a version is unique.

@@ -1,0 +1,165 @@
+"""The scheduler's lease on PostgreSQL, its fence, and the task-run records.
+
+Leadership is one row of `scheduler_leader` (name "scheduler"): the holder's instance id, an
+epoch that grows by one at every takeover, and an expiry. Every time in it is the database's
+clock (`clock_timestamp()`), so replicas' clocks never matter. The elector's statements run
+on a dedicated autocommit connection (`claim`, `renew`, `release`); the fence runs inside a
+scheduled task's own write transaction (`fence`, a Store.before_commit hook) and makes that
+transaction fail unless its epoch still holds an unexpired lease. It takes a share lock on
+the lease row until commit, and a takeover is an UPDATE of that row: a stale leader's write
+either commits before the takeover or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import peewee
+
+from coordd.store.db import Tx, database_proxy
+from coordd.store.models import SchedulerLeader, SchedulerTaskRun
+
+NAME = "scheduler"
+# The database's clock in the TimestampField unit (integer microseconds since the epoch).
+_NOW_US = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint"
+
+_ENSURE = (
+    "INSERT INTO scheduler_leader (name, instance_id, epoch, since_time, heartbeat_time, expire_time) "
+    "VALUES (%s, '', 0, 0, 0, 0) ON CONFLICT (name) DO NOTHING"
+)
+_CLAIM = (
+    f"UPDATE scheduler_leader SET instance_id = %s, epoch = epoch + 1, since_time = {_NOW_US}, "
+    f"heartbeat_time = {_NOW_US}, expire_time = {_NOW_US} + %s "
+    f"WHERE name = %s AND expire_time < {_NOW_US} RETURNING epoch"
+)
+_RENEW = (
+    f"UPDATE scheduler_leader SET heartbeat_time = {_NOW_US}, expire_time = {_NOW_US} + %s "
+    f"WHERE name = %s AND instance_id = %s AND epoch = %s AND expire_time >= {_NOW_US} RETURNING epoch"
+)
+_RELEASE = (
+    f"UPDATE scheduler_leader SET expire_time = {_NOW_US} WHERE name = %s AND instance_id = %s AND epoch = %s"
+)
+# SET LOCAL: if this transaction then sits idle (its process paused between the fence and the
+# commit) the server ends it, freeing the share lock a takeover waits for.
+_FENCE = (
+    "SET LOCAL idle_in_transaction_session_timeout = %s; "
+    "SELECT epoch FROM scheduler_leader "
+    f"WHERE name = %s AND instance_id = %s AND epoch = %s AND expire_time > {_NOW_US} FOR SHARE"
+)
+
+
+class LeadershipLost(Exception):
+    """A scheduled task's write was refused: its leadership ended (lease expired or taken over)."""
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The leadership a scheduled task runs under (set in its context by the scheduler)."""
+
+    holder: str
+    epoch: int
+    # The holder's own view (monotonic deadline): checked first, without a round trip.
+    still_leading: Callable[[], bool]
+    idle_timeout_ms: int
+
+
+FENCE: ContextVar[Fence | None] = ContextVar("coordd_scheduler_fence", default=None)
+
+
+def fence(tx: Tx) -> None:
+    """Store.before_commit hook: a scheduled task's transaction commits only while its
+    leadership holds; otherwise LeadershipLost rolls it back."""
+    current = FENCE.get()
+    if current is None:
+        return
+    if not current.still_leading():
+        raise LeadershipLost(f"leadership epoch {current.epoch} ended (lease not renewed in time)")
+    params = (current.idle_timeout_ms, NAME, current.holder, current.epoch)
+    if database_proxy.execute_sql(_FENCE, params).fetchone() is None:
+        raise LeadershipLost(f"leadership epoch {current.epoch} ended (lease expired or taken over)")
+
+
+# -- the elector's statements, on its own autocommit psycopg2 connection ----------------------
+
+
+def claim(conn: Any, holder: str, lease_us: int) -> int | None:
+    """Takes the lease if it has expired (or was never held): the new epoch, or None."""
+    with conn.cursor() as cur:
+        cur.execute(_ENSURE, (NAME,))
+        cur.execute(_CLAIM, (holder, lease_us, NAME))
+        row = cur.fetchone()
+    return int(row[0]) if row else None
+
+
+def renew(conn: Any, holder: str, epoch: int, lease_us: int) -> bool:
+    """Extends the holder's unexpired lease of that epoch; False when it is no longer held."""
+    with conn.cursor() as cur:
+        cur.execute(_RENEW, (lease_us, NAME, holder, epoch))
+        return cur.fetchone() is not None
+
+
+def release(conn: Any, holder: str, epoch: int) -> None:
+    """Ends the holder's lease now, so another replica takes over at its next attempt."""
+    with conn.cursor() as cur:
+        cur.execute(_RELEASE, (NAME, holder, epoch))
+
+
+# -- single-process leader (SQLite) and the task-run records --------------------------------
+
+
+def note_leader(holder: str, now: datetime) -> None:
+    """Where no lease is needed (SQLite's file lock): the row just names the process."""
+    row = SchedulerLeader.get_or_none(SchedulerLeader.name == NAME)
+    if row is None:
+        SchedulerLeader.create(name=NAME, instance_id=holder, since_time=now, heartbeat_time=now)
+        return
+    if row.instance_id != holder:
+        row.instance_id = holder
+        row.since_time = now
+    row.heartbeat_time = now
+    row.save()
+
+
+def record_run(
+    name: str,
+    interval_s: float,
+    started: datetime,
+    elapsed: float,
+    error: str,
+    holder: str,
+    epoch: int,
+) -> None:
+    row = SchedulerTaskRun.get_or_none(SchedulerTaskRun.name == name)
+    exists = row is not None
+    if row is None:
+        row = SchedulerTaskRun(name=name, run_count=0, failure_count=0)
+    row.interval_s = interval_s
+    row.last_start_time = started
+    row.last_duration_s = elapsed
+    row.last_error = error
+    row.run_count += 1
+    row.failure_count += 1 if error else 0
+    row.last_instance_id = holder
+    row.last_epoch = epoch
+    row.save(force_insert=not exists)
+
+
+def add_lease_columns(db: peewee.Database) -> None:
+    """Migration 70: the lease's epoch and expiry, and who ran each task last."""
+    columns = {c.name for c in db.get_columns("scheduler_leader")}
+    # Created by migration 1 already on installs that started with this model.
+    if "epoch" not in columns:
+        db.execute_sql("ALTER TABLE scheduler_leader ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0")
+    if "expire_time" not in columns:
+        db.execute_sql("ALTER TABLE scheduler_leader ADD COLUMN expire_time BIGINT NOT NULL DEFAULT 0")
+    columns = {c.name for c in db.get_columns("scheduler_task_run")}
+    if "last_instance_id" not in columns:
+        db.execute_sql(
+            "ALTER TABLE scheduler_task_run ADD COLUMN last_instance_id VARCHAR(100) NOT NULL DEFAULT ''"
+        )
+    if "last_epoch" not in columns:
+        db.execute_sql("ALTER TABLE scheduler_task_run ADD COLUMN last_epoch BIGINT NOT NULL DEFAULT 0")
