@@ -78,6 +78,10 @@ class Elector:
         """Whether `leadership` may still act (its holder's deadline is ahead)."""
         return True
 
+    def retry_in(self, period: float) -> float:
+        """How long to wait before the next attempt (at most `period`)."""
+        return period
+
     async def release(self, rt: Runtime) -> None:
         return None
 
@@ -95,6 +99,8 @@ class PostgresElector(Elector):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coordd-lease")
         # (leadership, monotonic deadline), replaced as one value: read from other threads.
         self._state: tuple[Leadership | None, float] = (None, 0.0)
+        # A follower tries again right after the current lease runs out, not a period later.
+        self._retry_at: float | None = None
 
     def held(self) -> Leadership | None:
         return self._state[0]
@@ -140,8 +146,9 @@ class PostgresElector(Elector):
             if current is not None and scheduler_lease.renew(conn, holder, current.epoch, lease_us):
                 leadership: Leadership | None = current
             else:
-                epoch = scheduler_lease.claim(conn, holder, lease_us)
-                leadership = Leadership(holder, epoch) if epoch is not None else None
+                claimed = scheduler_lease.claim(conn, holder, lease_us)
+                leadership = Leadership(holder, claimed.epoch) if claimed.epoch is not None else None
+                self._retry_at = None if leadership else time.monotonic() + claimed.remaining_s + 0.01
         except psycopg2.Error as exc:
             log.warning("scheduler lease statement failed", error=str(exc).strip())
             self._close()
@@ -149,6 +156,12 @@ class PostgresElector(Elector):
             return current if current is not None and self.valid(current) else None
         self._state = (leadership, sent + lease_s * DEADLINE_FRACTION if leadership else 0.0)
         return leadership
+
+    def retry_in(self, period: float) -> float:
+        retry_at, self._retry_at = self._retry_at, None
+        if retry_at is None:
+            return period
+        return min(max(retry_at - time.monotonic(), 0.0), period)
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -222,7 +235,7 @@ class Scheduler:
             if self._leadership is not None and not self.elector.fenced:
                 with contextlib.suppress(Exception):
                     await self.rt.run(self._heartbeat)
-            await asyncio.sleep(self._period)
+            await asyncio.sleep(self.elector.retry_in(self._period))
 
     async def _follow(self, held: Leadership | None) -> None:
         """Starts or stops the task loops when the leadership held changes."""

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import peewee
 
@@ -40,6 +40,7 @@ _RENEW = (
     f"UPDATE scheduler_leader SET heartbeat_time = {_NOW_US}, expire_time = {_NOW_US} + %s "
     f"WHERE name = %s AND instance_id = %s AND epoch = %s AND expire_time >= {_NOW_US} RETURNING epoch"
 )
+_REMAINING = f"SELECT GREATEST(expire_time - {_NOW_US}, 0) FROM scheduler_leader WHERE name = %s"
 _RELEASE = (
     f"UPDATE scheduler_leader SET expire_time = {_NOW_US} WHERE name = %s AND instance_id = %s AND epoch = %s"
 )
@@ -86,13 +87,24 @@ def fence(tx: Tx) -> None:
 # -- the elector's statements, on its own autocommit psycopg2 connection ----------------------
 
 
-def claim(conn: Any, holder: str, lease_us: int) -> int | None:
-    """Takes the lease if it has expired (or was never held): the new epoch, or None."""
+class Claim(NamedTuple):
+    """A claim's outcome: the new epoch, or None and how long the current lease still runs."""
+
+    epoch: int | None
+    remaining_s: float
+
+
+def claim(conn: Any, holder: str, lease_us: int) -> Claim:
+    """Takes the lease if it has expired (or was never held)."""
     with conn.cursor() as cur:
         cur.execute(_ENSURE, (NAME,))
         cur.execute(_CLAIM, (holder, lease_us, NAME))
         row = cur.fetchone()
-    return int(row[0]) if row else None
+        if row:
+            return Claim(int(row[0]), 0.0)
+        cur.execute(_REMAINING, (NAME,))
+        remaining = cur.fetchone()
+    return Claim(None, int(remaining[0]) / 1e6 if remaining else 0.0)
 
 
 def renew(conn: Any, holder: str, epoch: int, lease_us: int) -> bool:
