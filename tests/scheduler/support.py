@@ -29,9 +29,9 @@ def wait_for(predicate, timeout=30.0):
     return False
 
 
-def lease_server(settings_factory, clock) -> ServerHandle:
+def lease_server(settings_factory, clock, lease_s: float = LEASE_S) -> ServerHandle:
     """A server whose own scheduler stays off (the schedulers of the test compete alone)."""
-    handle = ServerHandle(settings_factory(scheduler_enabled=False, scheduler_lease_s=LEASE_S), clock)
+    handle = ServerHandle(settings_factory(scheduler_enabled=False, scheduler_lease_s=lease_s), clock)
     handle.rt.store.db.execute_sql(
         f"CREATE TABLE IF NOT EXISTS {TICKS} (id BIGSERIAL PRIMARY KEY, holder TEXT NOT NULL, "
         "epoch BIGINT NOT NULL, note TEXT NOT NULL DEFAULT '')"
@@ -77,7 +77,8 @@ class Replica:
         return gate
 
     def crash(self) -> None:
-        """Stops everything without releasing the lease, as a killed process does."""
+        """Stops everything without releasing the lease, as a killed process does: its lease
+        connection closes, and what it believed dies with it."""
 
         async def crash() -> None:
             scheduler = self.scheduler
@@ -88,8 +89,23 @@ class Replica:
             elector = scheduler.elector
             await asyncio.get_running_loop().run_in_executor(elector._executor, elector._close)
             elector._executor.shutdown(wait=False)
+            elector._state = (None, 0.0)
 
         self.server.call(crash())
+
+    def hang(self) -> None:
+        """Stops acting and renewing but keeps its lease connection open (a process paused
+        for good, or cut off from the database without the server noticing)."""
+        self.pause_renewals()
+
+        async def freeze() -> None:
+            self.scheduler._main.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await self.scheduler._main
+            await self.scheduler._stop_loops()
+            self.scheduler.elector._state = (None, 0.0)
+
+        self.server.call(freeze())
 
     def stop(self) -> None:
         self.server.call(self.scheduler.stop())

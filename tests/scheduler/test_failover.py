@@ -35,24 +35,45 @@ def server(settings_factory, clock):
         handle.stop()
 
 
-def test_a_crashed_leader_is_replaced_once_its_lease_expires_with_the_next_epoch(server):
+def test_a_leader_that_stops_renewing_is_replaced_once_its_lease_expires_with_the_next_epoch(server):
     a = Replica(server, "a").start()
     assert _wait_for(lambda: a.leading)
     b = Replica(server, "b").start()
     assert _wait_for(lambda: a.calls >= 5)
     assert not b.leading and b.calls == 0
     before = lease_row()
-    a.crash()
+    a.hang()  # its lease connection stays open: only the expiry frees the lease
     assert _wait_for(lambda: b.leading)
     after = lease_row()
     assert (after.instance_id, after.epoch) == ("b", before.epoch + 1)
-    # Taken only once the crashed holder's lease had run out, by the database's clock.
+    # Taken only once a's lease had run out, by the database's clock.
     assert after.since_time >= before.expire_time
     assert _wait_for(lambda: b.calls >= 3)
     b.stop()
     rows = ticks(server)
     assert {holder for _, holder, _ in rows} == {"a", "b"}
     assert_one_leader_at_a_time(rows)
+
+
+def test_a_crashed_leader_is_replaced_without_waiting_for_its_lease_to_expire(settings_factory, clock):
+    # A long lease: the takeover below can only come from the crash, not from the expiry.
+    server = lease_server(settings_factory, clock, lease_s=60)
+    try:
+        a = Replica(server, "a").start()
+        assert _wait_for(lambda: a.leading)
+        b = Replica(server, "b").start()
+        assert _wait_for(lambda: a.calls >= 5)
+        before = lease_row()
+        a.crash()  # its lease connection closes, as when the process dies
+        assert _wait_for(lambda: b.leading, timeout=20)
+        after = lease_row()
+        assert (after.instance_id, after.epoch) == ("b", before.epoch + 1)
+        assert after.since_time < before.expire_time
+        assert _wait_for(lambda: b.calls >= 3)
+        b.stop()
+        assert_one_leader_at_a_time(ticks(server))
+    finally:
+        server.stop()
 
 
 def test_a_paused_leader_stops_acting_at_its_deadline_and_does_not_resume_after_the_takeover(server):

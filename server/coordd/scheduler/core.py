@@ -35,6 +35,9 @@ from coordd.store.scheduler_lease import FENCE, Fence, LeadershipLost
 
 log = structlog.get_logger("coordd.scheduler")
 
+# A follower looks at least this often (a dead holder's lease is taken at once, see
+# store/scheduler_lease.py); the holder renews every third of the lease.
+FOLLOWER_POLL_S = 1.0
 # The holder stops acting this fraction of a lease after sending its last good renewal:
 # the database's expiry is a full lease after it *received* the renewal.
 DEADLINE_FRACTION = 0.9
@@ -121,7 +124,7 @@ class PostgresElector(Elector):
             self._conn = psycopg2.connect(
                 dbname=rt.store.db.database,
                 **rt.store.db.connect_params,
-                application_name="coordd-scheduler-lease",
+                application_name=scheduler_lease.APPLICATION_NAME,
                 # A hung server or network fails the statement instead of blocking for ever.
                 options=f"-c statement_timeout={max(lease_ms // 2, 50)}",
                 keepalives=1,
@@ -235,7 +238,8 @@ class Scheduler:
             if self._leadership is not None and not self.elector.fenced:
                 with contextlib.suppress(Exception):
                     await self.rt.run(self._heartbeat)
-            await asyncio.sleep(self.elector.retry_in(self._period))
+            period = self._period if self._leadership else min(self._period, FOLLOWER_POLL_S)
+            await asyncio.sleep(self.elector.retry_in(period))
 
     async def _follow(self, held: Leadership | None) -> None:
         """Starts or stops the task loops when the leadership held changes."""

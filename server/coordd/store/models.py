@@ -118,6 +118,8 @@ class SchedulerLeader(BaseModel):
     epoch = peewee.BigIntegerField(default=0)
     # The lease ends here unless renewed; 0: released (or never held).
     expire_time = TimestampField(default=0)
+    # The holder's lease connection (PostgreSQL backend pid): when it is gone, so is the lease.
+    holder_pid = peewee.IntegerField(default=0)
 
 
 class SchedulerTaskRun(BaseModel):

@@ -27,17 +27,29 @@ NAME = "scheduler"
 # The database's clock in the TimestampField unit (integer microseconds since the epoch).
 _NOW_US = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint"
 
+# Every column given: on a database created with this model, migration 1 made them without
+# server-side defaults.
 _ENSURE = (
-    "INSERT INTO scheduler_leader (name, instance_id, epoch, since_time, heartbeat_time, expire_time) "
-    "VALUES (%s, '', 0, 0, 0, 0) ON CONFLICT (name) DO NOTHING"
+    "INSERT INTO scheduler_leader "
+    "(name, instance_id, epoch, holder_pid, since_time, heartbeat_time, expire_time) "
+    "VALUES (%s, '', 0, 0, 0, 0, 0) ON CONFLICT (name) DO NOTHING"
+)
+# The elector's connections name themselves so: a holder whose lease connection is gone (its
+# process died: the kernel closed the socket) is replaced at once, not at expiry. Its writes
+# are fenced by the epoch anyway, should the process itself still be alive.
+APPLICATION_NAME = "coordd-scheduler-lease"
+_HOLDER_GONE = (
+    "NOT EXISTS (SELECT 1 FROM pg_stat_activity a "
+    f"WHERE a.pid = scheduler_leader.holder_pid AND a.application_name = '{APPLICATION_NAME}')"
 )
 _CLAIM = (
-    f"UPDATE scheduler_leader SET instance_id = %s, epoch = epoch + 1, since_time = {_NOW_US}, "
-    f"heartbeat_time = {_NOW_US}, expire_time = {_NOW_US} + %s "
-    f"WHERE name = %s AND expire_time < {_NOW_US} RETURNING epoch"
+    f"UPDATE scheduler_leader SET instance_id = %s, epoch = epoch + 1, holder_pid = pg_backend_pid(), "
+    f"since_time = {_NOW_US}, heartbeat_time = {_NOW_US}, expire_time = {_NOW_US} + %s "
+    f"WHERE name = %s AND (expire_time < {_NOW_US} OR {_HOLDER_GONE}) RETURNING epoch"
 )
 _RENEW = (
-    f"UPDATE scheduler_leader SET heartbeat_time = {_NOW_US}, expire_time = {_NOW_US} + %s "
+    f"UPDATE scheduler_leader SET heartbeat_time = {_NOW_US}, expire_time = {_NOW_US} + %s, "
+    "holder_pid = pg_backend_pid() "
     f"WHERE name = %s AND instance_id = %s AND epoch = %s AND expire_time >= {_NOW_US} RETURNING epoch"
 )
 _REMAINING = f"SELECT GREATEST(expire_time - {_NOW_US}, 0) FROM scheduler_leader WHERE name = %s"
@@ -161,13 +173,15 @@ def record_run(
 
 
 def add_lease_columns(db: peewee.Database) -> None:
-    """Migration 70: the lease's epoch and expiry, and who ran each task last."""
+    """Migration 70: the lease's epoch, expiry and holder connection, and who ran each task last."""
     columns = {c.name for c in db.get_columns("scheduler_leader")}
     # Created by migration 1 already on installs that started with this model.
     if "epoch" not in columns:
         db.execute_sql("ALTER TABLE scheduler_leader ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0")
     if "expire_time" not in columns:
         db.execute_sql("ALTER TABLE scheduler_leader ADD COLUMN expire_time BIGINT NOT NULL DEFAULT 0")
+    if "holder_pid" not in columns:
+        db.execute_sql("ALTER TABLE scheduler_leader ADD COLUMN holder_pid INTEGER NOT NULL DEFAULT 0")
     columns = {c.name for c in db.get_columns("scheduler_task_run")}
     if "last_instance_id" not in columns:
         db.execute_sql(
