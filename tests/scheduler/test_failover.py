@@ -8,12 +8,15 @@ order proves one leader at a time.
 from __future__ import annotations
 
 import threading
+import time
 
+import psycopg2
 import pytest
 
 from coordd.scheduler.core import Task
-from coordd.store.scheduler_lease import LeadershipLost
+from coordd.store.scheduler_lease import APPLICATION_NAME, LEGACY_LOCK, LeadershipLost
 from tests.scheduler.support import (
+    LEASE_S,
     TICKS,
     Replica,
     assert_one_leader_at_a_time,
@@ -123,9 +126,14 @@ def test_an_in_flight_write_of_a_superseded_leader_is_refused_by_the_fence(serve
     gate = a.pause_renewals()
     # The lease moves on while the write is open and a still believes it leads (its deadline
     # is ahead: a takeover after a partition, or a clock that ran slow). The database decides.
-    server.rt.store.db.execute_sql(
-        "UPDATE scheduler_leader SET instance_id = 'b', epoch = epoch + 1 WHERE name = 'scheduler'"
-    )
+    db = server.rt.store.db
+    b = psycopg2.connect(dbname=db.database, **db.connect_params, application_name=APPLICATION_NAME)
+    b.autocommit = True
+    with b.cursor() as cur:
+        cur.execute(
+            "UPDATE scheduler_leader SET instance_id = 'b', epoch = epoch + 1, "
+            "holder_pid = pg_backend_pid(), expire_time = expire_time + 60000000 WHERE name = 'scheduler'"
+        )
     assert a.scheduler.elector.valid(a.scheduler.leadership)
     proceed.set()
     assert _wait_for(lambda: "result" in outcome)
@@ -135,6 +143,7 @@ def test_an_in_flight_write_of_a_superseded_leader_is_refused_by_the_fence(serve
     gate.set()
     assert _wait_for(lambda: a.scheduler.leadership is None)
     a.stop()
+    b.close()
 
 
 def test_a_paused_leaders_in_flight_write_is_refused_after_its_deadline(server):
@@ -202,3 +211,30 @@ def test_exactly_one_of_three_replicas_leads_through_crashes_pauses_and_stops(se
     rows = ticks(server)
     assert len({epoch for _, _, epoch in rows}) >= 4
     assert_one_leader_at_a_time(rows)
+
+
+def test_no_replica_leads_while_one_of_the_previous_version_holds_its_advisory_lock(server):
+    """A rolling upgrade: versions before the lease lead by a session advisory lock."""
+    db = server.rt.store.db
+    previous = psycopg2.connect(dbname=db.database, **db.connect_params)
+    previous.autocommit = True
+
+    def try_lock() -> bool:
+        with previous.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (LEGACY_LOCK,))
+            return bool(cur.fetchone()[0])
+
+    try:
+        assert try_lock()
+        a = Replica(server, "a").start()
+        time.sleep(LEASE_S * 2)  # several attempts to claim
+        assert not a.leading and a.calls == 0
+        with previous.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(%s)", (LEGACY_LOCK,))
+        assert _wait_for(lambda: a.leading)
+        # Leading, it holds the old lock too: the previous version stays a follower.
+        assert not try_lock()
+        a.stop()
+        assert _wait_for(try_lock)
+    finally:
+        previous.close()

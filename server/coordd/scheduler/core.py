@@ -149,6 +149,11 @@ class PostgresElector(Elector):
             if current is not None and scheduler_lease.renew(conn, holder, current.epoch, lease_us):
                 leadership: Leadership | None = current
             else:
+                if current is not None:
+                    # Lost: a new session, without the advisory lock this leadership took for
+                    # older versions (see scheduler_lease.claim).
+                    self._close()
+                    conn = self._connect(rt)
                 claimed = scheduler_lease.claim(conn, holder, lease_us)
                 leadership = Leadership(holder, claimed.epoch) if claimed.epoch is not None else None
                 self._retry_at = None if leadership else time.monotonic() + claimed.remaining_s + 0.01

@@ -42,15 +42,28 @@ _HOLDER_GONE = (
     "NOT EXISTS (SELECT 1 FROM pg_stat_activity a "
     f"WHERE a.pid = scheduler_leader.holder_pid AND a.application_name = '{APPLICATION_NAME}')"
 )
+# Versions before the lease elected their leader with a session advisory lock on this key.
+# While such a replica holds it (a rolling upgrade), no replica of this version leads; one of
+# this version that leads takes the lock too, so the older ones stay followers.
+LEGACY_LOCK = 0x636F6F726464
+_LEGACY_LEADS = (
+    "EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    f"AND ((l.classid::bigint << 32) | l.objid::bigint) = {LEGACY_LOCK} "
+    f"AND a.application_name <> '{APPLICATION_NAME}')"
+)
 _CLAIM = (
     f"UPDATE scheduler_leader SET instance_id = %s, epoch = epoch + 1, holder_pid = pg_backend_pid(), "
     f"since_time = {_NOW_US}, heartbeat_time = {_NOW_US}, expire_time = {_NOW_US} + %s "
-    f"WHERE name = %s AND (expire_time < {_NOW_US} OR {_HOLDER_GONE}) RETURNING epoch"
+    f"WHERE name = %s AND (expire_time < {_NOW_US} OR {_HOLDER_GONE}) AND NOT {_LEGACY_LEADS} "
+    "RETURNING epoch"
 )
 _RENEW = (
     f"UPDATE scheduler_leader SET heartbeat_time = {_NOW_US}, expire_time = {_NOW_US} + %s, "
     "holder_pid = pg_backend_pid() "
-    f"WHERE name = %s AND instance_id = %s AND epoch = %s AND expire_time >= {_NOW_US} RETURNING epoch"
+    f"WHERE name = %s AND instance_id = %s AND epoch = %s AND expire_time >= {_NOW_US} "
+    f"AND NOT {_LEGACY_LEADS} RETURNING epoch"
 )
 _REMAINING = f"SELECT GREATEST(expire_time - {_NOW_US}, 0) FROM scheduler_leader WHERE name = %s"
 _RELEASE = (
@@ -113,6 +126,8 @@ def claim(conn: Any, holder: str, lease_us: int) -> Claim:
         cur.execute(_CLAIM, (holder, lease_us, NAME))
         row = cur.fetchone()
         if row:
+            # Held for as long as this connection lives (it is closed when leadership ends).
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (LEGACY_LOCK,))
             return Claim(int(row[0]), 0.0)
         cur.execute(_REMAINING, (NAME,))
         remaining = cur.fetchone()
