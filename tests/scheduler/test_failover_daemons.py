@@ -1,7 +1,8 @@
 """Two real `coordd serve` replicas on one PostgreSQL database: the scheduler leader is
-SIGSTOPped (a pause: its connections stay open) and later SIGKILLed; the other replica
-takes over each time, and the resumed one stands down. GetStatus on every replica names
-the current leader."""
+SIGSTOPped (a pause: its connections stay open) and later SIGKILLed, or its database
+connections hang (behind a forwarder that stops moving bytes); the other replica takes over
+each time, and the one that comes back stands down. GetStatus on every replica names the
+current leader."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import grpc
 import pytest
 
 from coordd_client.v1 import auth_pb2, auth_pb2_grpc, status_pb2, status_pb2_grpc
+from tests.scheduler.freezer import FreezingProxy
 from tests.support import infra
 from tests.support.process import FAST_KDF_ENV, Daemon
 
@@ -177,3 +180,59 @@ def test_a_paused_leader_is_replaced_and_stands_down_when_resumed_then_a_killed_
     finally:
         for replica in replicas:
             replica.close()
+
+
+def test_a_leader_whose_database_connection_hangs_is_replaced_and_stands_down_when_it_returns(
+    tmp_path, database
+):
+    parsed = urlparse(database)
+    proxy = FreezingProxy((parsed.hostname or "127.0.0.1", parsed.port or 5432))
+    a = Replica(tmp_path, "a", parsed._replace(netloc=f"{parsed.username}@127.0.0.1:{proxy.port}").geturl())
+    replicas = [a]
+    try:
+        a.ready()
+        token = _admin_token(tmp_path, database, a)
+        assert _wait_for(lambda: _leads(a, token))
+        a_id = a.status(token).instance_id
+        b = Replica(tmp_path, "b", database)
+        replicas.append(b)
+        b.ready()
+        assert _wait_for(lambda: b.status(token).scheduler.leader_instance_id == a_id)
+        epoch = _lease(database)[1]
+
+        proxy.freeze()  # every connection of a hangs; none fails
+        frozen = time.monotonic()
+        assert _wait_for(lambda: _leads(b, token))
+        hung_failover = time.monotonic() - frozen
+        b_id = b.status(token).instance_id
+        assert _lease(database) == (b_id, epoch + 1)
+
+        proxy.thaw()
+        assert _wait_for(lambda: a.status(token).scheduler.leader_instance_id == b_id)
+        assert not a.status(token).scheduler.is_leader
+        # What a had in flight when it hung was refused; it runs nothing now.
+        before = _task_runs(database)
+        time.sleep(LEASE_S * 2)
+        after = _task_runs(database)
+        changed = {name for name, run in after.items() if run != before.get(name)}
+        assert changed and {after[name][1] for name in changed} == {b_id}
+        assert _lease(database) == (b_id, epoch + 1)
+        print(json.dumps({"lease_s": LEASE_S, "failover_after_connection_hang_s": round(hung_failover, 2)}))
+    finally:
+        proxy.thaw()
+        for replica in replicas:
+            replica.close()
+        proxy.close()
+
+
+def _lease(url: str) -> tuple[str, int]:
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT instance_id, epoch FROM scheduler_leader WHERE name = 'scheduler'")
+            holder, epoch = cur.fetchone()
+            return str(holder), int(epoch)
+    finally:
+        conn.close()
