@@ -92,7 +92,7 @@ MIGRATIONS: list[Migration] = [
     ),
     Migration(
         70,
-        "scheduler: a leadership lease (epoch, expiry) and who ran each task last",
+        "scheduler: a leadership lease (epoch, expiry, holder connection) and who ran each task last",
         scheduler_lease.add_lease_columns,
     ),
 ]
