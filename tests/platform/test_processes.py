@@ -3,6 +3,7 @@ fresh PostgreSQL database, driven as an operator drives it (signals, kill, a sec
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -41,6 +42,15 @@ def _free_port() -> int:
 
 def _supervisor(tmp_path: Path, url: str, processes: int = 2, **env: str) -> Daemon:
     return Daemon(tmp_path / "data", "--processes", str(processes), "--database-url", url, env=env)
+
+
+def _shut(daemon: Daemon) -> None:
+    """Cleanup: SIGTERM (every child drains), SIGKILL only if that does not end it."""
+    if daemon.proc.poll() is None:
+        daemon.proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            daemon.proc.wait(30)
+    daemon.stop()
 
 
 def _admin_key(daemon: Daemon, url: str) -> str:
@@ -91,6 +101,22 @@ def _instances(daemon: Daemon, key: str, want: int, tries: int = 300) -> set[str
     return seen
 
 
+def _log_lines(daemon: Daemon) -> list[dict]:
+    """The JSON log objects of the supervisor and its children, in order (the processes
+    share one file; other output, e.g. grpc's own, is skipped)."""
+    text, decoder, found, at = daemon.log(), json.JSONDecoder(), [], 0
+    while (at := text.find("{", at)) >= 0:
+        try:
+            obj, end = decoder.raw_decode(text, at)
+        except ValueError:
+            at += 1
+            continue
+        if isinstance(obj, dict) and "event" in obj:
+            found.append(obj)
+        at = end
+    return found
+
+
 def _wait(predicate, timeout: float = 30) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -139,8 +165,7 @@ def test_both_children_answer_on_one_port_each_with_its_own_instance_id(tmp_path
             "counters summed over children"
         )
     finally:
-        daemon.stop()
-        _wait(lambda: not _children(daemon), 10)
+        _shut(daemon)
 
 
 def test_a_killed_child_is_restarted_and_answers_again(tmp_path, pg_url):
@@ -158,7 +183,7 @@ def test_a_killed_child_is_restarted_and_answers_again(tmp_path, pg_url):
         assert daemon.proc.poll() is None, "one crash does not stop the supervisor"
         assert "child exited; restarting" in daemon.log()
     finally:
-        daemon.stop()
+        _shut(daemon)
 
 
 def test_sigterm_drains_every_child_and_the_supervisor_exits_0(tmp_path, pg_url):
@@ -167,7 +192,7 @@ def test_sigterm_drains_every_child_and_the_supervisor_exits_0(tmp_path, pg_url)
     assert len(children) == 2
     assert daemon.terminate() == 0
     assert not any(_alive(pid) for pid in children), "no child outlives its supervisor"
-    lines = [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]
+    lines = _log_lines(daemon)
     events = [line["event"] for line in lines]
     assert events.count("shutting down") == 2 and events.count("stopped") == 2, "each child drained"
     assert events[-1] == "supervisor stopped" and lines[-1]["clean"] is True
@@ -181,9 +206,7 @@ def test_a_killed_supervisor_leaves_no_child_serving(tmp_path, pg_url):
     assert _wait(lambda: not any(_alive(pid) for pid in children)), (
         "children drain when their lifeline closes"
     )
-    assert "stopped" in [
-        json.loads(line)["event"] for line in daemon.log().splitlines() if line.startswith("{")
-    ]
+    assert "stopped" in [line["event"] for line in _log_lines(daemon)]
 
 
 def test_children_that_keep_crashing_stop_the_supervisor_with_a_failure(tmp_path, pg_url):
@@ -200,7 +223,7 @@ def test_children_that_keep_crashing_stop_the_supervisor_with_a_failure(tmp_path
         assert daemon.proc.wait(30) == 1
         assert "children keep crashing; giving up" in daemon.log()
     finally:
-        daemon.stop()
+        _shut(daemon)
 
 
 def test_an_unrelated_daemon_cannot_join_the_port(tmp_path, pg_url):
@@ -233,7 +256,7 @@ def test_an_unrelated_daemon_cannot_join_the_port(tmp_path, pg_url):
         assert "not started by a coordd supervisor" in forged.stderr or "reservation" in forged.stderr
         assert len(_children(daemon)) == 2 and daemon.proc.poll() is None, "the supervisor is untouched"
     finally:
-        daemon.stop()
+        _shut(daemon)
 
 
 def test_sqlite_refuses_processes_with_one_line(tmp_path):
