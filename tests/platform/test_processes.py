@@ -186,11 +186,14 @@ def test_a_killed_child_is_restarted_and_answers_again(tmp_path, pg_url):
         _shut(daemon)
 
 
-def test_sigterm_drains_every_child_and_the_supervisor_exits_0(tmp_path, pg_url):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_drains_every_child_and_the_supervisor_exits_0(tmp_path, pg_url, sig):
     daemon = _supervisor(tmp_path, pg_url).wait_ready()
     children = _children(daemon)
     assert len(children) == 2
-    assert daemon.terminate() == 0
+    daemon.proc.send_signal(sig)
+    assert daemon.proc.wait(30) == 0
+    daemon.stop()
     assert not any(_alive(pid) for pid in children), "no child outlives its supervisor"
     lines = _log_lines(daemon)
     events = [line["event"] for line in lines]
