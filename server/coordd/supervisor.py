@@ -30,6 +30,7 @@ label, see coordd.metrics).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -106,7 +107,7 @@ def reserve_port(listen: str) -> list[socket.socket]:
                 sock.close()
                 if host in _WILDCARDS and family == socket.AF_INET and held:
                     break  # the dual-stack IPv6 wildcard already holds the IPv4 side
-                if host in _WILDCARDS and family == socket.AF_INET6 and exc.errno != 98:
+                if host in _WILDCARDS and family == socket.AF_INET6 and exc.errno != errno.EADDRINUSE:
                     continue  # no IPv6 on this host
                 raise SupervisorError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
