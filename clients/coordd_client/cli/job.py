@@ -17,7 +17,7 @@ from typing import Any
 from google.protobuf import duration_pb2
 
 from coordd_client import attestation
-from coordd_client.cli.common import Context, emit, enum_word, resource_name, table
+from coordd_client.cli.common import Context, emit, enum_word, resource_name, table, watch
 from coordd_client.errors import CoorddError, FailedPrecondition
 from coordd_client.v1 import job_pb2
 
@@ -176,9 +176,11 @@ def _list(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _watch(ctx: Context, args: argparse.Namespace) -> int:
+    """Follows the job; a stream the daemon or a proxy drops is re-opened (it starts again
+    with the job's current state), with a note on stderr."""
     last: job_pb2.Job | None = None
     request = job_pb2.WatchJobRequest(name=_job_name(args.job), view=_view(args, False))
-    stream = ctx.client.job.WatchJob(request, timeout=None)
+    stream = watch(ctx, lambda: ctx.client.job.WatchJob(request, timeout=None))
     for update in stream:
         last = update.job
         if ctx.as_json:
