@@ -88,7 +88,7 @@ def test_a_replica_alone_on_the_database_sends_nothing_until_another_joins(pg_ur
                 assert await _until(lambda: a.transports[0].has_peers)
             finally:
                 await b.close()
-            assert await _until(lambda: not a.transports[0].has_peers, timeout=15), "B left"
+            assert await _until(lambda: not a.transports[0].has_peers, timeout=45), "B left"
         finally:
             await a.close()
         assert a.sent == {}

@@ -71,11 +71,16 @@ _RELEASE = (
 )
 # SET LOCAL: if this transaction then sits idle (its process paused between the fence and the
 # commit) the server ends it, freeing the share lock a takeover waits for.
+# lock_timeout: the share lock waits only behind a takeover or a release in progress; waiting
+# longer than that means the leadership is changing hands, so the write is refused.
 _FENCE = (
-    "SET LOCAL idle_in_transaction_session_timeout = %s; "
+    "SET LOCAL idle_in_transaction_session_timeout = %s; SET LOCAL lock_timeout = %s; "
     "SELECT epoch FROM scheduler_leader "
     f"WHERE name = %s AND instance_id = %s AND epoch = %s AND expire_time > {_NOW_US} FOR SHARE"
 )
+
+
+FENCE_LOCK_TIMEOUT_MS = 2000
 
 
 class LeadershipLost(Exception):
@@ -104,8 +109,14 @@ def fence(tx: Tx) -> None:
         return
     if not current.still_leading():
         raise LeadershipLost(f"leadership epoch {current.epoch} ended (lease not renewed in time)")
-    params = (current.idle_timeout_ms, NAME, current.holder, current.epoch)
-    if database_proxy.execute_sql(_FENCE, params).fetchone() is None:
+    params = (current.idle_timeout_ms, FENCE_LOCK_TIMEOUT_MS, NAME, current.holder, current.epoch)
+    try:
+        row = database_proxy.execute_sql(_FENCE, params).fetchone()
+    except peewee.OperationalError as exc:
+        if getattr(exc.args[0] if exc.args else None, "pgcode", None) == "55P03":  # lock_not_available
+            raise LeadershipLost(f"leadership epoch {current.epoch} is changing hands") from exc
+        raise
+    if row is None:
         raise LeadershipLost(f"leadership epoch {current.epoch} ended (lease expired or taken over)")
 
 
