@@ -339,3 +339,9 @@ def running_cluster(base: Path, database_url: str, redis_url: str = "", **kwargs
         yield cluster.start()
     finally:
         cluster.close()
+
+
+def percentile_ms(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return round(ordered[index] * 1000, 1)
