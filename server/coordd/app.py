@@ -32,6 +32,7 @@ from coordd.api.notification import NotificationServicer
 from coordd.api.status import StatusServicer
 from coordd.config import Settings
 from coordd.core.clock import utcnow
+from coordd.events.bus import HEALTH_SERVICE
 from coordd.runtime import Runtime
 from coordd.scheduler.core import Elector, PostgresElector, Scheduler
 from coordd.scheduler.tasks import all_tasks
@@ -56,6 +57,8 @@ from coordd_client.v1 import (
 )
 
 log = structlog.get_logger("coordd")
+# The event bus's health (HEALTH_SERVICE): NOT_SERVING while the configured bus is down.
+_SERVING = {True: health_pb2.HealthCheckResponse.SERVING, False: health_pb2.HealthCheckResponse.NOT_SERVING}
 
 
 class StartupError(Exception):
@@ -265,6 +268,7 @@ class App:
         # Not `while True`: on Python 3.11 asyncio.wait_for below can swallow the stop's
         # cancellation (when the ping finishes at that moment), and App.stop awaits this task.
         while not self.rt.stopping.is_set():
+            await self.health.set(HEALTH_SERVICE, _SERVING[self.rt.bus.healthy])
             await asyncio.sleep(self.settings.health_check_interval_s)
             try:
                 await self._probe_database()

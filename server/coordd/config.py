@@ -40,6 +40,10 @@ class Settings:
     redis_url: str = ""
     # Channel/key prefix in Redis, so deployments (or test runs) sharing one Redis stay apart.
     redis_prefix: str = "coordd"
+    # On PostgreSQL: carry events between replicas with LISTEN/NOTIFY (the bus when no Redis is
+    # configured, and Redis's fallback while it is down). Off: such replicas hear each other's
+    # changes only on their streams' refresh timers.
+    pg_event_bus: bool = True
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
     log_format: str = "auto"  # auto | json | console

@@ -52,7 +52,7 @@ class Runtime:
         self.start_time = clock()
         self.start_monotonic = time.monotonic()
         self.store = Store(settings, clock)
-        self.bus: EventBus = make_bus(self.instance_id, settings.redis_url, settings.redis_prefix)
+        self.bus: EventBus = make_bus(self.instance_id, settings)
         self.store.on_commit(self.bus.publish_threadsafe)
         # A keyed call's first committed change also marks its idempotency record applied.
         self.store.before_commit(mark_applied)

@@ -152,7 +152,7 @@ def test_a_node_key_only_beats_and_only_a_node_key_beats(srv):
         node_pb2.GetNodeRequest(name=node.name),
         metadata=bearer(key),
     )
-    assert denied.reason == "NODE_KEY_NOT_ALLOWED"
+    assert denied.reason == "CREDENTIAL_SCOPE", "the AuthInterceptor refuses a node key beyond beats"
     not_node = rpc_error(grpc.StatusCode.PERMISSION_DENIED, fleet.beat, fleet.token)
     assert not_node.reason == "NODE_KEY_REQUIRED"
     assert fleet.beat(key).node == node.name

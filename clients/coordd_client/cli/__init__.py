@@ -10,11 +10,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from coordd_client.cli import accounts, auth, ceremony, competition, job, node, notification, status
+from coordd_client.cli import (
+    accounts,
+    auth,
+    ceremony,
+    competition,
+    job,
+    keys,
+    node,
+    notification,
+    project,
+    status,
+)
 from coordd_client.cli.common import Context, add_connection_flags, fail
 from coordd_client.errors import CoorddError
 
-COMMAND_MODULES = [auth, accounts, status, job, node, notification, competition, ceremony]
+COMMAND_MODULES = [auth, accounts, keys, status, job, node, project, notification, competition, ceremony]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""coordctl node register|list|show and node agent (the heartbeat agent a node runs)."""
+"""coordctl node register|list|show|rotate-key and node agent (the heartbeat agent a node runs)."""
 
 from __future__ import annotations
 
@@ -85,6 +85,12 @@ def register(sub: Any) -> None:
     show = node.add_parser("show", help="one node")
     show.add_argument("node", help="nodes/{id}")
     show.set_defaults(func=_show)
+    rotate = node.add_parser(
+        "rotate-key", help="a new node key, printed once; the old one keeps working for --overlap"
+    )
+    rotate.add_argument("node", help="nodes/{id}")
+    rotate.add_argument("--overlap", type=float, help="seconds the old key keeps working (default 600)")
+    rotate.set_defaults(func=_rotate)
     agent = node.add_parser("agent", help="send heartbeats for this node until stopped")
     agent.add_argument("--node-key", help="or COORDCTL_NODE_KEY")
     agent.add_argument("--stream", action="store_true", help="beat over one long-lived stream (large fleets)")
@@ -127,6 +133,20 @@ def _list(ctx: Context, args: argparse.Namespace) -> int:
 def _show(ctx: Context, args: argparse.Namespace) -> int:
     node = ctx.client.node.GetNode(node_pb2.GetNodeRequest(name=args.node)).node
     emit(ctx, node, f"{node.name} {node.display_name}: {_status(node.status)} ({node.status_reason})")
+    return 0
+
+
+def _rotate(ctx: Context, args: argparse.Namespace) -> int:
+    request = node_pb2.RotateNodeKeyRequest(name=args.node)
+    if args.overlap is not None:
+        request.overlap.FromNanoseconds(int(args.overlap * 1e9))
+    reply = ctx.client.node.RotateNodeKey(request)
+    until = reply.previous_key_expire_time.ToJsonString()
+    emit(
+        ctx,
+        reply,
+        f"{reply.node.name}: new node key (shown once): {reply.api_key_secret}; old key ends {until}",
+    )
     return 0
 
 

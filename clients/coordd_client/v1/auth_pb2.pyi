@@ -76,6 +76,7 @@ class ApiKey(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     REVOKE_TIME_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `apiKeys/{api_key}`."""
     display_name: _builtins.str
@@ -97,6 +98,13 @@ class ApiKey(_message.Message):
     def revoke_time(self) -> _timestamp_pb2.Timestamp:
         """Set once the key is revoked."""
 
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The RPCs this key may call: service names (`coordd.v1.JobService`) or method names
+        (`coordd.v1.JobService.GetJob`). Empty: every RPC its roles allow. A call outside
+        the scope gets PERMISSION_DENIED, reason CREDENTIAL_SCOPE.
+        """
+
     def __init__(
         self,
         *,
@@ -108,10 +116,11 @@ class ApiKey(_message.Message):
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         revoke_time: _timestamp_pb2.Timestamp | None = ...,
         owner: _builtins.str = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "revoke_time", b"revoke_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "expire_time", b"expire_time", "name", b"name", "owner", b"owner", "prefix", b"prefix", "revoke_time", b"revoke_time", "roles", b"roles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "expire_time", b"expire_time", "name", b"name", "owner", b"owner", "prefix", b"prefix", "revoke_time", b"revoke_time", "roles", b"roles", "scopes", b"scopes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -249,7 +258,7 @@ class WhoAmIResponse(_message.Message):
     CREDENTIAL_KIND_FIELD_NUMBER: _builtins.int
     API_KEY_FIELD_NUMBER: _builtins.int
     credential_kind: _builtins.str
-    """How the caller authenticated: "token" or "api_key"."""
+    """How the caller authenticated: "token" or "api_key" (a node key never reaches WhoAmI)."""
     api_key: _builtins.str
     """Resource name of the API key, when one was used."""
     @_builtins.property
@@ -281,6 +290,7 @@ class CreateApiKeyRequest(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     ROLES_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
     display_name: _builtins.str
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.Role.ValueType]:
@@ -290,16 +300,24 @@ class CreateApiKeyRequest(_message.Message):
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """Unset means the key does not expire."""
 
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional: restricts the key to these services (`coordd.v1.JobService`) and/or
+        methods (`coordd.v1.JobService.GetJob`); at most 50. Empty: unscoped (its roles
+        alone decide). Unknown names are INVALID_ARGUMENT.
+        """
+
     def __init__(
         self,
         *,
         display_name: _builtins.str = ...,
         roles: _abc.Iterable[_common_pb2.Role.ValueType] | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "expire_time", b"expire_time", "roles", b"roles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "expire_time", b"expire_time", "roles", b"roles", "scopes", b"scopes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2104,3 +2104,301 @@ class WatchNodesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchNodesResponse: _TypeAlias = WatchNodesResponse  # noqa: Y015
+
+@_typing.final
+class RotateNodeKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    OVERLAP_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name: `nodes/{node}`."""
+    @_builtins.property
+    def overlap(self) -> _duration_pb2.Duration:
+        """How long the previous key keeps working; unset: 10 minutes. At most 7 days; zero
+        ends the previous key at once.
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        overlap: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["overlap", b"overlap"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "overlap", b"overlap"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateNodeKeyRequest: _TypeAlias = RotateNodeKeyRequest  # noqa: Y015
+
+@_typing.final
+class RotateNodeKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    API_KEY_SECRET_FIELD_NUMBER: _builtins.int
+    PREVIOUS_KEY_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    api_key_secret: _builtins.str
+    """The new node API key: shown once, never stored."""
+    @_builtins.property
+    def node(self) -> Global___Node: ...
+    @_builtins.property
+    def previous_key_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the previous key stops working."""
+
+    def __init__(
+        self,
+        *,
+        node: Global___Node | None = ...,
+        api_key_secret: _builtins.str = ...,
+        previous_key_expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "previous_key_expire_time", b"previous_key_expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_secret", b"api_key_secret", "node", b"node", "previous_key_expire_time", b"previous_key_expire_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateNodeKeyResponse: _TypeAlias = RotateNodeKeyResponse  # noqa: Y015
+
+@_typing.final
+class ProjectMember(_message.Message):
+    """A user allowed to register nodes into a project (or invited to)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ProjectMember._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: ProjectMember._State.ValueType  # 0
+        STATE_INVITED: ProjectMember._State.ValueType  # 1
+        """Invited, not accepted yet: cannot register nodes."""
+        STATE_ACTIVE: ProjectMember._State.ValueType  # 2
+        """Accepted: registers nodes into the project."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper):
+        """Whether the invitee accepted."""
+
+    STATE_UNSPECIFIED: ProjectMember.State.ValueType  # 0
+    STATE_INVITED: ProjectMember.State.ValueType  # 1
+    """Invited, not accepted yet: cannot register nodes."""
+    STATE_ACTIVE: ProjectMember.State.ValueType  # 2
+    """Accepted: registers nodes into the project."""
+
+    NAME_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    INVITER_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    ACCEPT_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name: `projects/{project}/members/{user}`."""
+    user: _builtins.str
+    """Resource name of the member: `users/{user}`."""
+    state: Global___ProjectMember.State.ValueType
+    inviter: _builtins.str
+    """Resource name of the user who invited them."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def accept_time(self) -> _timestamp_pb2.Timestamp:
+        """Unset until accepted."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        user: _builtins.str = ...,
+        state: Global___ProjectMember.State.ValueType = ...,
+        inviter: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        accept_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accept_time", b"accept_time", "create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_time", b"accept_time", "create_time", b"create_time", "inviter", b"inviter", "name", b"name", "state", b"state", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProjectMember: _TypeAlias = ProjectMember  # noqa: Y015
+
+@_typing.final
+class CreateProjectInviteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """Resource name of the project: `projects/{project}`."""
+    user: _builtins.str
+    """Resource name of the invitee: `users/{user}`."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        user: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateProjectInviteRequest: _TypeAlias = CreateProjectInviteRequest  # noqa: Y015
+
+@_typing.final
+class CreateProjectInviteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def member(self) -> Global___ProjectMember: ...
+    def __init__(
+        self,
+        *,
+        member: Global___ProjectMember | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateProjectInviteResponse: _TypeAlias = CreateProjectInviteResponse  # noqa: Y015
+
+@_typing.final
+class AcceptProjectInviteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name: `projects/{project}/members/{user}`, the user being the caller."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcceptProjectInviteRequest: _TypeAlias = AcceptProjectInviteRequest  # noqa: Y015
+
+@_typing.final
+class AcceptProjectInviteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def member(self) -> Global___ProjectMember: ...
+    def __init__(
+        self,
+        *,
+        member: Global___ProjectMember | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcceptProjectInviteResponse: _TypeAlias = AcceptProjectInviteResponse  # noqa: Y015
+
+@_typing.final
+class ListProjectMembersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """Resource name of the project: `projects/{project}`."""
+    page_size: _builtins.int
+    """At most 1000; 0 means 50."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProjectMembersRequest: _TypeAlias = ListProjectMembersRequest  # noqa: Y015
+
+@_typing.final
+class ListProjectMembersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProjectMember]: ...
+    def __init__(
+        self,
+        *,
+        members: _abc.Iterable[Global___ProjectMember] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProjectMembersResponse: _TypeAlias = ListProjectMembersResponse  # noqa: Y015
+
+@_typing.final
+class RemoveProjectMemberRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name: `projects/{project}/members/{user}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveProjectMemberRequest: _TypeAlias = RemoveProjectMemberRequest  # noqa: Y015
+
+@_typing.final
+class RemoveProjectMemberResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECOMMISSIONED_NODES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def decommissioned_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Nodes decommissioned because their operator left the project."""
+
+    def __init__(
+        self,
+        *,
+        decommissioned_nodes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decommissioned_nodes", b"decommissioned_nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveProjectMemberResponse: _TypeAlias = RemoveProjectMemberResponse  # noqa: Y015

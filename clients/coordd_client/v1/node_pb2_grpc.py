@@ -32,7 +32,12 @@ class NodeServiceStub:
     webhook channels (NotificationService).
 
     Nodes authenticate with the node API key returned once by RegisterNode. A node key
-    may only send heartbeats; everything else needs the operator's own credential.
+    may only send heartbeats (`node_agent` in the policy); anything else gets
+    PERMISSION_DENIED, reason CREDENTIAL_SCOPE, and needs the operator's own credential.
+
+    A project's nodes are registered by its owner and by the members the owner invited
+    (CreateProjectInvite, accepted by the invitee with AcceptProjectInvite): registering
+    into someone else's project needs their consent.
     """
 
     def __init__(self, channel):
@@ -85,6 +90,31 @@ class NodeServiceStub:
                 '/coordd.v1.NodeService/DecommissionNode',
                 request_serializer=coordd_dot_v1_dot_node__pb2.DecommissionNodeRequest.SerializeToString,
                 response_deserializer=coordd_dot_v1_dot_node__pb2.DecommissionNodeResponse.FromString,
+                _registered_method=True)
+        self.RotateNodeKey = channel.unary_unary(
+                '/coordd.v1.NodeService/RotateNodeKey',
+                request_serializer=coordd_dot_v1_dot_node__pb2.RotateNodeKeyRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_node__pb2.RotateNodeKeyResponse.FromString,
+                _registered_method=True)
+        self.CreateProjectInvite = channel.unary_unary(
+                '/coordd.v1.NodeService/CreateProjectInvite',
+                request_serializer=coordd_dot_v1_dot_node__pb2.CreateProjectInviteRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_node__pb2.CreateProjectInviteResponse.FromString,
+                _registered_method=True)
+        self.AcceptProjectInvite = channel.unary_unary(
+                '/coordd.v1.NodeService/AcceptProjectInvite',
+                request_serializer=coordd_dot_v1_dot_node__pb2.AcceptProjectInviteRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_node__pb2.AcceptProjectInviteResponse.FromString,
+                _registered_method=True)
+        self.ListProjectMembers = channel.unary_unary(
+                '/coordd.v1.NodeService/ListProjectMembers',
+                request_serializer=coordd_dot_v1_dot_node__pb2.ListProjectMembersRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_node__pb2.ListProjectMembersResponse.FromString,
+                _registered_method=True)
+        self.RemoveProjectMember = channel.unary_unary(
+                '/coordd.v1.NodeService/RemoveProjectMember',
+                request_serializer=coordd_dot_v1_dot_node__pb2.RemoveProjectMemberRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_node__pb2.RemoveProjectMemberResponse.FromString,
                 _registered_method=True)
         self.CreateWorkload = channel.unary_unary(
                 '/coordd.v1.NodeService/CreateWorkload',
@@ -175,7 +205,12 @@ class NodeServiceServicer:
     webhook channels (NotificationService).
 
     Nodes authenticate with the node API key returned once by RegisterNode. A node key
-    may only send heartbeats; everything else needs the operator's own credential.
+    may only send heartbeats (`node_agent` in the policy); anything else gets
+    PERMISSION_DENIED, reason CREDENTIAL_SCOPE, and needs the operator's own credential.
+
+    A project's nodes are registered by its owner and by the members the owner invited
+    (CreateProjectInvite, accepted by the invitee with AcceptProjectInvite): registering
+    into someone else's project needs their consent.
     """
 
     def CreateProject(self, request, context):
@@ -207,7 +242,8 @@ class NodeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RegisterNode(self, request, context):
-        """Registers a node in a project. Returns the node API key once.
+        """Registers a node in a project: the project's owner, an active member or an admin
+        (others: PERMISSION_DENIED, reason NOT_PROJECT_MEMBER). Returns the node API key once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -236,6 +272,47 @@ class NodeServiceServicer:
 
     def DecommissionNode(self, request, context):
         """Retires a node for good: its key is revoked and its replicas move elsewhere.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateNodeKey(self, request, context):
+        """Replaces a node's key (its operator or an admin) and returns the new secret once.
+        The previous key keeps working for `overlap` (default 10 minutes), so the agent can
+        be restarted with the new key without missing beats; then it expires.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateProjectInvite(self, request, context):
+        """Invites a user to register nodes into a project (its owner or an admin). The
+        membership is INVITED until the invitee accepts it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcceptProjectInvite(self, request, context):
+        """The invitee accepts an invite: the membership becomes ACTIVE. Accepting twice is
+        not an error. Someone else's invite is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProjectMembers(self, request, context):
+        """Lists a project's members and pending invites (its owner or an admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveProjectMember(self, request, context):
+        """Removes a member or withdraws an invite (the project's owner or an admin; a member
+        may remove themself). The member's nodes in the project are decommissioned: their
+        keys stop working and their replicas move elsewhere.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -403,6 +480,31 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     request_deserializer=coordd_dot_v1_dot_node__pb2.DecommissionNodeRequest.FromString,
                     response_serializer=coordd_dot_v1_dot_node__pb2.DecommissionNodeResponse.SerializeToString,
             ),
+            'RotateNodeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateNodeKey,
+                    request_deserializer=coordd_dot_v1_dot_node__pb2.RotateNodeKeyRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_node__pb2.RotateNodeKeyResponse.SerializeToString,
+            ),
+            'CreateProjectInvite': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateProjectInvite,
+                    request_deserializer=coordd_dot_v1_dot_node__pb2.CreateProjectInviteRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_node__pb2.CreateProjectInviteResponse.SerializeToString,
+            ),
+            'AcceptProjectInvite': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcceptProjectInvite,
+                    request_deserializer=coordd_dot_v1_dot_node__pb2.AcceptProjectInviteRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_node__pb2.AcceptProjectInviteResponse.SerializeToString,
+            ),
+            'ListProjectMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProjectMembers,
+                    request_deserializer=coordd_dot_v1_dot_node__pb2.ListProjectMembersRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_node__pb2.ListProjectMembersResponse.SerializeToString,
+            ),
+            'RemoveProjectMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveProjectMember,
+                    request_deserializer=coordd_dot_v1_dot_node__pb2.RemoveProjectMemberRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_node__pb2.RemoveProjectMemberResponse.SerializeToString,
+            ),
             'CreateWorkload': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateWorkload,
                     request_deserializer=coordd_dot_v1_dot_node__pb2.CreateWorkloadRequest.FromString,
@@ -498,7 +600,12 @@ class NodeService:
     webhook channels (NotificationService).
 
     Nodes authenticate with the node API key returned once by RegisterNode. A node key
-    may only send heartbeats; everything else needs the operator's own credential.
+    may only send heartbeats (`node_agent` in the policy); anything else gets
+    PERMISSION_DENIED, reason CREDENTIAL_SCOPE, and needs the operator's own credential.
+
+    A project's nodes are registered by its owner and by the members the owner invited
+    (CreateProjectInvite, accepted by the invitee with AcceptProjectInvite): registering
+    into someone else's project needs their consent.
     """
 
     @staticmethod
@@ -734,6 +841,141 @@ class NodeService:
             '/coordd.v1.NodeService/DecommissionNode',
             coordd_dot_v1_dot_node__pb2.DecommissionNodeRequest.SerializeToString,
             coordd_dot_v1_dot_node__pb2.DecommissionNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateNodeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.NodeService/RotateNodeKey',
+            coordd_dot_v1_dot_node__pb2.RotateNodeKeyRequest.SerializeToString,
+            coordd_dot_v1_dot_node__pb2.RotateNodeKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateProjectInvite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.NodeService/CreateProjectInvite',
+            coordd_dot_v1_dot_node__pb2.CreateProjectInviteRequest.SerializeToString,
+            coordd_dot_v1_dot_node__pb2.CreateProjectInviteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcceptProjectInvite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.NodeService/AcceptProjectInvite',
+            coordd_dot_v1_dot_node__pb2.AcceptProjectInviteRequest.SerializeToString,
+            coordd_dot_v1_dot_node__pb2.AcceptProjectInviteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProjectMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.NodeService/ListProjectMembers',
+            coordd_dot_v1_dot_node__pb2.ListProjectMembersRequest.SerializeToString,
+            coordd_dot_v1_dot_node__pb2.ListProjectMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveProjectMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.NodeService/RemoveProjectMember',
+            coordd_dot_v1_dot_node__pb2.RemoveProjectMemberRequest.SerializeToString,
+            coordd_dot_v1_dot_node__pb2.RemoveProjectMemberResponse.FromString,
             options,
             channel_credentials,
             insecure,

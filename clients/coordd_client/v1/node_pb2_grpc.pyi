@@ -33,7 +33,12 @@ class NodeServiceStub:
     webhook channels (NotificationService).
 
     Nodes authenticate with the node API key returned once by RegisterNode. A node key
-    may only send heartbeats; everything else needs the operator's own credential.
+    may only send heartbeats (`node_agent` in the policy); anything else gets
+    PERMISSION_DENIED, reason CREDENTIAL_SCOPE, and needs the operator's own credential.
+
+    A project's nodes are registered by its owner and by the members the owner invited
+    (CreateProjectInvite, accepted by the invitee with AcceptProjectInvite): registering
+    into someone else's project needs their consent.
     """
 
     @_typing.overload
@@ -49,7 +54,9 @@ class NodeServiceStub:
     UpdateProject: _grpc.UnaryUnaryMultiCallable[_node_pb2.UpdateProjectRequest, _node_pb2.UpdateProjectResponse]
     """Changes a project's name or policies (owner or admin)."""
     RegisterNode: _grpc.UnaryUnaryMultiCallable[_node_pb2.RegisterNodeRequest, _node_pb2.RegisterNodeResponse]
-    """Registers a node in a project. Returns the node API key once."""
+    """Registers a node in a project: the project's owner, an active member or an admin
+    (others: PERMISSION_DENIED, reason NOT_PROJECT_MEMBER). Returns the node API key once.
+    """
     GetNode: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetNodeRequest, _node_pb2.GetNodeResponse]
     """Returns one node (its owner, the project owner or an admin)."""
     ListNodes: _grpc.UnaryUnaryMultiCallable[_node_pb2.ListNodesRequest, _node_pb2.ListNodesResponse]
@@ -58,6 +65,26 @@ class NodeServiceStub:
     """Changes a node's name, region, inventory or labels."""
     DecommissionNode: _grpc.UnaryUnaryMultiCallable[_node_pb2.DecommissionNodeRequest, _node_pb2.DecommissionNodeResponse]
     """Retires a node for good: its key is revoked and its replicas move elsewhere."""
+    RotateNodeKey: _grpc.UnaryUnaryMultiCallable[_node_pb2.RotateNodeKeyRequest, _node_pb2.RotateNodeKeyResponse]
+    """Replaces a node's key (its operator or an admin) and returns the new secret once.
+    The previous key keeps working for `overlap` (default 10 minutes), so the agent can
+    be restarted with the new key without missing beats; then it expires.
+    """
+    CreateProjectInvite: _grpc.UnaryUnaryMultiCallable[_node_pb2.CreateProjectInviteRequest, _node_pb2.CreateProjectInviteResponse]
+    """Invites a user to register nodes into a project (its owner or an admin). The
+    membership is INVITED until the invitee accepts it.
+    """
+    AcceptProjectInvite: _grpc.UnaryUnaryMultiCallable[_node_pb2.AcceptProjectInviteRequest, _node_pb2.AcceptProjectInviteResponse]
+    """The invitee accepts an invite: the membership becomes ACTIVE. Accepting twice is
+    not an error. Someone else's invite is NOT_FOUND.
+    """
+    ListProjectMembers: _grpc.UnaryUnaryMultiCallable[_node_pb2.ListProjectMembersRequest, _node_pb2.ListProjectMembersResponse]
+    """Lists a project's members and pending invites (its owner or an admin)."""
+    RemoveProjectMember: _grpc.UnaryUnaryMultiCallable[_node_pb2.RemoveProjectMemberRequest, _node_pb2.RemoveProjectMemberResponse]
+    """Removes a member or withdraws an invite (the project's owner or an admin; a member
+    may remove themself). The member's nodes in the project are decommissioned: their
+    keys stop working and their replicas move elsewhere.
+    """
     CreateWorkload: _grpc.UnaryUnaryMultiCallable[_node_pb2.CreateWorkloadRequest, _node_pb2.CreateWorkloadResponse]
     """Creates a workload; its replicas are placed on UP nodes at once when they fit."""
     GetWorkload: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetWorkloadRequest, _node_pb2.GetWorkloadResponse]
@@ -103,7 +130,12 @@ class NodeServiceAsyncStub(NodeServiceStub):
     webhook channels (NotificationService).
 
     Nodes authenticate with the node API key returned once by RegisterNode. A node key
-    may only send heartbeats; everything else needs the operator's own credential.
+    may only send heartbeats (`node_agent` in the policy); anything else gets
+    PERMISSION_DENIED, reason CREDENTIAL_SCOPE, and needs the operator's own credential.
+
+    A project's nodes are registered by its owner and by the members the owner invited
+    (CreateProjectInvite, accepted by the invitee with AcceptProjectInvite): registering
+    into someone else's project needs their consent.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -116,7 +148,9 @@ class NodeServiceAsyncStub(NodeServiceStub):
     UpdateProject: _aio.UnaryUnaryMultiCallable[_node_pb2.UpdateProjectRequest, _node_pb2.UpdateProjectResponse]  # type: ignore[assignment]
     """Changes a project's name or policies (owner or admin)."""
     RegisterNode: _aio.UnaryUnaryMultiCallable[_node_pb2.RegisterNodeRequest, _node_pb2.RegisterNodeResponse]  # type: ignore[assignment]
-    """Registers a node in a project. Returns the node API key once."""
+    """Registers a node in a project: the project's owner, an active member or an admin
+    (others: PERMISSION_DENIED, reason NOT_PROJECT_MEMBER). Returns the node API key once.
+    """
     GetNode: _aio.UnaryUnaryMultiCallable[_node_pb2.GetNodeRequest, _node_pb2.GetNodeResponse]  # type: ignore[assignment]
     """Returns one node (its owner, the project owner or an admin)."""
     ListNodes: _aio.UnaryUnaryMultiCallable[_node_pb2.ListNodesRequest, _node_pb2.ListNodesResponse]  # type: ignore[assignment]
@@ -125,6 +159,26 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """Changes a node's name, region, inventory or labels."""
     DecommissionNode: _aio.UnaryUnaryMultiCallable[_node_pb2.DecommissionNodeRequest, _node_pb2.DecommissionNodeResponse]  # type: ignore[assignment]
     """Retires a node for good: its key is revoked and its replicas move elsewhere."""
+    RotateNodeKey: _aio.UnaryUnaryMultiCallable[_node_pb2.RotateNodeKeyRequest, _node_pb2.RotateNodeKeyResponse]  # type: ignore[assignment]
+    """Replaces a node's key (its operator or an admin) and returns the new secret once.
+    The previous key keeps working for `overlap` (default 10 minutes), so the agent can
+    be restarted with the new key without missing beats; then it expires.
+    """
+    CreateProjectInvite: _aio.UnaryUnaryMultiCallable[_node_pb2.CreateProjectInviteRequest, _node_pb2.CreateProjectInviteResponse]  # type: ignore[assignment]
+    """Invites a user to register nodes into a project (its owner or an admin). The
+    membership is INVITED until the invitee accepts it.
+    """
+    AcceptProjectInvite: _aio.UnaryUnaryMultiCallable[_node_pb2.AcceptProjectInviteRequest, _node_pb2.AcceptProjectInviteResponse]  # type: ignore[assignment]
+    """The invitee accepts an invite: the membership becomes ACTIVE. Accepting twice is
+    not an error. Someone else's invite is NOT_FOUND.
+    """
+    ListProjectMembers: _aio.UnaryUnaryMultiCallable[_node_pb2.ListProjectMembersRequest, _node_pb2.ListProjectMembersResponse]  # type: ignore[assignment]
+    """Lists a project's members and pending invites (its owner or an admin)."""
+    RemoveProjectMember: _aio.UnaryUnaryMultiCallable[_node_pb2.RemoveProjectMemberRequest, _node_pb2.RemoveProjectMemberResponse]  # type: ignore[assignment]
+    """Removes a member or withdraws an invite (the project's owner or an admin; a member
+    may remove themself). The member's nodes in the project are decommissioned: their
+    keys stop working and their replicas move elsewhere.
+    """
     CreateWorkload: _aio.UnaryUnaryMultiCallable[_node_pb2.CreateWorkloadRequest, _node_pb2.CreateWorkloadResponse]  # type: ignore[assignment]
     """Creates a workload; its replicas are placed on UP nodes at once when they fit."""
     GetWorkload: _aio.UnaryUnaryMultiCallable[_node_pb2.GetWorkloadRequest, _node_pb2.GetWorkloadResponse]  # type: ignore[assignment]
@@ -169,7 +223,12 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     webhook channels (NotificationService).
 
     Nodes authenticate with the node API key returned once by RegisterNode. A node key
-    may only send heartbeats; everything else needs the operator's own credential.
+    may only send heartbeats (`node_agent` in the policy); anything else gets
+    PERMISSION_DENIED, reason CREDENTIAL_SCOPE, and needs the operator's own credential.
+
+    A project's nodes are registered by its owner and by the members the owner invited
+    (CreateProjectInvite, accepted by the invitee with AcceptProjectInvite): registering
+    into someone else's project needs their consent.
     """
 
     @_abc_1.abstractmethod
@@ -210,7 +269,9 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _node_pb2.RegisterNodeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.RegisterNodeResponse, _abc.Awaitable[_node_pb2.RegisterNodeResponse]]:
-        """Registers a node in a project. Returns the node API key once."""
+        """Registers a node in a project: the project's owner, an active member or an admin
+        (others: PERMISSION_DENIED, reason NOT_PROJECT_MEMBER). Returns the node API key once.
+        """
 
     @_abc_1.abstractmethod
     def GetNode(
@@ -243,6 +304,56 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.DecommissionNodeResponse, _abc.Awaitable[_node_pb2.DecommissionNodeResponse]]:
         """Retires a node for good: its key is revoked and its replicas move elsewhere."""
+
+    @_abc_1.abstractmethod
+    def RotateNodeKey(
+        self,
+        request: _node_pb2.RotateNodeKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.RotateNodeKeyResponse, _abc.Awaitable[_node_pb2.RotateNodeKeyResponse]]:
+        """Replaces a node's key (its operator or an admin) and returns the new secret once.
+        The previous key keeps working for `overlap` (default 10 minutes), so the agent can
+        be restarted with the new key without missing beats; then it expires.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateProjectInvite(
+        self,
+        request: _node_pb2.CreateProjectInviteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.CreateProjectInviteResponse, _abc.Awaitable[_node_pb2.CreateProjectInviteResponse]]:
+        """Invites a user to register nodes into a project (its owner or an admin). The
+        membership is INVITED until the invitee accepts it.
+        """
+
+    @_abc_1.abstractmethod
+    def AcceptProjectInvite(
+        self,
+        request: _node_pb2.AcceptProjectInviteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.AcceptProjectInviteResponse, _abc.Awaitable[_node_pb2.AcceptProjectInviteResponse]]:
+        """The invitee accepts an invite: the membership becomes ACTIVE. Accepting twice is
+        not an error. Someone else's invite is NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ListProjectMembers(
+        self,
+        request: _node_pb2.ListProjectMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.ListProjectMembersResponse, _abc.Awaitable[_node_pb2.ListProjectMembersResponse]]:
+        """Lists a project's members and pending invites (its owner or an admin)."""
+
+    @_abc_1.abstractmethod
+    def RemoveProjectMember(
+        self,
+        request: _node_pb2.RemoveProjectMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.RemoveProjectMemberResponse, _abc.Awaitable[_node_pb2.RemoveProjectMemberResponse]]:
+        """Removes a member or withdraws an invite (the project's owner or an admin; a member
+        may remove themself). The member's nodes in the project are decommissioned: their
+        keys stop working and their replicas move elsewhere.
+        """
 
     @_abc_1.abstractmethod
     def CreateWorkload(

@@ -26,7 +26,7 @@ from coordd_client.v1 import common_pb2 as coordd_dot_v1_dot_common__pb2
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63oordd/v1/options.proto\x12\tcoordd.v1\x1a\x16\x63oordd/v1/common.proto\x1a google/protobuf/descriptor.proto\"P\n\x0cMethodPolicy\x12\x0e\n\x06public\x18\x01 \x01(\x08\x12\x10\n\x08mutating\x18\x02 \x01(\x08\x12\x1e\n\x05roles\x18\x03 \x03(\x0e\x32\x0f.coordd.v1.Role:I\n\x06policy\x12\x1e.google.protobuf.MethodOptions\x18\xb4\x87\x03 \x01(\x0b\x32\x17.coordd.v1.MethodPolicyB\x1fZ\x1d\x63oordd/gen/coordd/v1;coorddv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63oordd/v1/options.proto\x12\tcoordd.v1\x1a\x16\x63oordd/v1/common.proto\x1a google/protobuf/descriptor.proto\"d\n\x0cMethodPolicy\x12\x0e\n\x06public\x18\x01 \x01(\x08\x12\x10\n\x08mutating\x18\x02 \x01(\x08\x12\x1e\n\x05roles\x18\x03 \x03(\x0e\x32\x0f.coordd.v1.Role\x12\x12\n\nnode_agent\x18\x04 \x01(\x08:I\n\x06policy\x12\x1e.google.protobuf.MethodOptions\x18\xb4\x87\x03 \x01(\x0b\x32\x17.coordd.v1.MethodPolicyB\x1fZ\x1d\x63oordd/gen/coordd/v1;coorddv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,5 +35,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z\035coordd/gen/coordd/v1;coorddv1'
   _globals['_METHODPOLICY']._serialized_start=96
-  _globals['_METHODPOLICY']._serialized_end=176
+  _globals['_METHODPOLICY']._serialized_end=196
 # @@protoc_insertion_point(module_scope)

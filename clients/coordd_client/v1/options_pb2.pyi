@@ -32,10 +32,16 @@ class MethodPolicy(_message.Message):
     PUBLIC_FIELD_NUMBER: _builtins.int
     MUTATING_FIELD_NUMBER: _builtins.int
     ROLES_FIELD_NUMBER: _builtins.int
+    NODE_AGENT_FIELD_NUMBER: _builtins.int
     public: _builtins.bool
     """Callable without a credential (sign-up, login, public transcripts)."""
     mutating: _builtins.bool
     """Changes state: honours the `idempotency-key` metadata entry."""
+    node_agent: _builtins.bool
+    """Callable with a node key (the credential RegisterNode returns): what a node agent
+    calls. A node key calling any RPC without it gets PERMISSION_DENIED, reason
+    CREDENTIAL_SCOPE.
+    """
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.Role.ValueType]:
         """Roles allowed to call; empty means any authenticated principal. Admin always passes.
@@ -48,10 +54,11 @@ class MethodPolicy(_message.Message):
         public: _builtins.bool = ...,
         mutating: _builtins.bool = ...,
         roles: _abc.Iterable[_common_pb2.Role.ValueType] | None = ...,
+        node_agent: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mutating", b"mutating", "public", b"public", "roles", b"roles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mutating", b"mutating", "node_agent", b"node_agent", "public", b"public", "roles", b"roles"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -94,7 +94,9 @@ class GetStatusResponse(_message.Message):
     """This process."""
     database_backend: Global___DatabaseBackend.ValueType
     event_bus: _builtins.str
-    """The event bus in use: "memory" or "redis"."""
+    """The event bus in use and its state: "memory", "postgresql" (LISTEN/NOTIFY), "redis", or
+    e.g. "redis (down since 2026-12-01T10:00:00Z, falling back to postgresql)".
+    """
     open_streams: _builtins.int
     """Server streams open on this process."""
     serving: _builtins.bool

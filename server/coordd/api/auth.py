@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import struct_pb2
+from google.protobuf import descriptor_pool, struct_pb2
 
 from coordd.api.convert import from_ts, parse_name, roles_from_proto, roles_to_proto, ts
 from coordd.core.paging import PageRequest
@@ -35,7 +35,22 @@ def api_key_to_proto(key: auth.ApiKey) -> auth_pb2.ApiKey:
         expire_time=ts(key.expire_time),
         revoke_time=ts(key.revoke_time),
         owner=f"users/{key.user_id}",
+        scopes=sorted(s for s in key.scopes.split(",") if s),
     )
+
+
+def known_scope(name: str) -> bool:
+    """A coordd service (`coordd.v1.JobService`) or method (`coordd.v1.JobService.GetJob`)."""
+    if not name.startswith("coordd.") or len(name) > 200:
+        return False
+    pool = descriptor_pool.Default()
+    for find in (pool.FindServiceByName, pool.FindMethodByName):
+        try:
+            find(name)
+            return True
+        except KeyError:
+            continue
+    return False
 
 
 def audit_event_to_proto(row: auth.AuditRow) -> auth_pb2.AuditEvent:
@@ -96,7 +111,14 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         roles = roles_from_proto(request.roles)
         expire = from_ts(request.expire_time) if request.HasField("expire_time") else None
         key, secret = await self.rt.run(
-            auth.create_api_key, self.rt, who, request.display_name, roles, expire
+            auth.create_api_key,
+            self.rt,
+            who,
+            request.display_name,
+            roles,
+            expire,
+            list(request.scopes),
+            known_scope,
         )
         return auth_pb2.CreateApiKeyResponse(api_key=api_key_to_proto(key), secret=secret)
 

@@ -32,7 +32,7 @@ from coordd.core.errors import (
     Unauthenticated,
     Unavailable,
 )
-from coordd.core.principal import ANONYMOUS, caller, current_principal
+from coordd.core.principal import ANONYMOUS, NODE_KEY, Principal, caller, current_principal
 from coordd.domain import auth as auth_rules
 from coordd.domain import idempotency as idem
 from coordd.runtime import Runtime
@@ -64,12 +64,18 @@ Behaviour = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 
 class Policy:
-    __slots__ = ("mutating", "public", "roles")
+    __slots__ = ("full_name", "mutating", "node_agent", "public", "roles", "service")
 
-    def __init__(self, public: bool, mutating: bool, roles: frozenset[str]) -> None:
+    def __init__(
+        self, public: bool, mutating: bool, roles: frozenset[str], node_agent: bool = False, method: str = ""
+    ) -> None:
         self.public = public
         self.mutating = mutating
         self.roles = roles
+        self.node_agent = node_agent
+        # What an API key's scopes name: `coordd.v1.JobService` and `coordd.v1.JobService.GetJob`.
+        self.service, _, name = method.lstrip("/").partition("/")
+        self.full_name = f"{self.service}.{name}"
 
 
 _PUBLIC = Policy(public=True, mutating=False, roles=frozenset())
@@ -91,9 +97,9 @@ def policy_for(method: str) -> Policy:
         if desc is not None:
             opts = desc.GetOptions().Extensions[options_pb2.policy]
             roles = frozenset(common_pb2.Role.Name(r)[5:].lower() for r in opts.roles)
-            policy = Policy(public=opts.public, mutating=opts.mutating, roles=roles)
+            policy = Policy(opts.public, opts.mutating, roles, opts.node_agent, method)
         else:
-            policy = Policy(public=False, mutating=False, roles=frozenset())
+            policy = Policy(public=False, mutating=False, roles=frozenset(), method=method)
     _policies[method] = policy
     return policy
 
@@ -324,6 +330,14 @@ class AuthInterceptor(WrappingInterceptor):
                     reason="BAD_AUTHORIZATION_HEADER",
                 )
             principal = await auth_rules.authenticate(self.rt, credential)
+            # Credential scope, on top of roles: attribute reads and a set lookup per call.
+            if principal.kind == NODE_KEY:
+                if not policy.node_agent:
+                    await self._deny_scope(principal, policy, method, context)
+            elif principal.scopes and not (
+                policy.service in principal.scopes or policy.full_name in principal.scopes
+            ):
+                await self._deny_scope(principal, policy, method, context)
         elif not policy.public:
             raise Unauthenticated(
                 "this call needs a credential: send 'authorization: Bearer <access token or API key>'",
@@ -341,6 +355,23 @@ class AuthInterceptor(WrappingInterceptor):
         current_principal.set(principal)
         if principal.user_id:
             structlog.contextvars.bind_contextvars(caller=principal.user_id)
+
+    async def _deny_scope(self, principal: Principal, policy: Policy, method: str, context: Any) -> None:
+        """A node key only makes a node agent's calls; a scoped API key only its scopes'."""
+        if principal.kind == NODE_KEY:
+            denied = PermissionDenied(
+                f"{method} is not a node agent's call: a node key may only send heartbeats; "
+                "use the operator's own credential",
+                reason="CREDENTIAL_SCOPE",
+            )
+        else:
+            denied = PermissionDenied(
+                f"this API key is scoped and {method} is outside its scopes",
+                reason="CREDENTIAL_SCOPE",
+                metadata={"method": policy.full_name},
+            )
+        await self._audit(auth_rules.record_denial, principal, method, denied.reason, context)
+        raise denied
 
     async def _audit(
         self, record: Callable[..., None], who: Any, method: str, what: str, context: Any

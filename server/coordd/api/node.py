@@ -1,5 +1,6 @@
 """NodeService: projects, nodes, workloads, heartbeats, uptime, incidents, maintenance,
-rewards and WatchNodes. (Notification channels: NotificationService, api/notification.py.)"""
+rewards and WatchNodes; membership and key rotation come from api/node_members.py.
+(Notification channels: NotificationService, api/notification.py.)"""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from coordd.api.node_convert import (
     window_to_proto,
     workload_to_proto,
 )
+from coordd.api.node_members import MembershipRpcs
 from coordd.core.errors import FieldViolation, InvalidArgument
 from coordd.core.paging import PageRequest
 from coordd.core.principal import require_user
@@ -41,7 +43,7 @@ from coordd_client.v1 import node_pb2, node_pb2_grpc
 WATCH_REFRESH_S = 5.0
 
 
-class NodeServicer(node_pb2_grpc.NodeServiceServicer):
+class NodeServicer(MembershipRpcs, node_pb2_grpc.NodeServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.tracker = tracker_for(rt)

@@ -71,7 +71,7 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
             start_time=ts(self.rt.start_time),
             uptime=duration(time.monotonic() - self.rt.start_monotonic),
             database_backend=_BACKENDS[self.rt.store.backend],
-            event_bus=self.rt.bus.kind,
+            event_bus=self.rt.bus.describe(),
             scheduler=scheduler,
             counts=counts,
             open_streams=self.rt.open_streams,

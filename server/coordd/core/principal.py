@@ -17,13 +17,22 @@ NODE_OPERATOR = "node_operator"
 ALL_ROLES = (ADMIN, ORGANIZER, COORDINATOR, PARTICIPANT, PROVIDER, NODE_OPERATOR)
 SELF_SERVICE_ROLES = frozenset({PARTICIPANT, ORGANIZER, PROVIDER, NODE_OPERATOR})
 
+# Credential kinds. A node key is an API key linked to a node: it may only make the calls
+# a node agent makes (the `node_agent` policy); the AuthInterceptor enforces it.
+TOKEN = "token"
+API_KEY = "api_key"
+NODE_KEY = "node_key"
+
 
 @dataclass(frozen=True)
 class Principal:
     user_id: str
     roles: frozenset[str]
-    kind: str  # token | api_key | anonymous
+    kind: str  # token | api_key | node_key | anonymous
     api_key_id: str = ""
+    # A scoped API key's services and methods (`coordd.v1.JobService`,
+    # `coordd.v1.JobService.GetJob`); empty: unscoped.
+    scopes: frozenset[str] = frozenset()
 
     @property
     def is_anonymous(self) -> bool:

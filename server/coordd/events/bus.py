@@ -2,21 +2,44 @@
 
 Events are hints: subscribers re-read state and also refresh on a timer, so a lost
 event delays an update but never corrupts one. The event log table is the record.
+
+`EventBus` fans out in-process (the SQLite default). `ReplicatedBus` also carries events
+between replicas over transports (events/pgbus.py: PostgreSQL LISTEN/NOTIFY; events/redisbus.py:
+Redis pub/sub), the first being the configured one and the next the fallback while it is
+down. Committing threads only queue events: one publisher thread sends them, so a slow or
+unreachable transport never holds a commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
+from coordd.core.clock import utcnow
 from coordd.core.events import Event
+from coordd.events.link import Transport
+
+if TYPE_CHECKING:
+    from coordd.config import Settings
 
 log = structlog.get_logger(__name__)
 
 _QUEUE_SIZE = 1024
+# Events waiting for the publisher thread; past this the oldest are dropped (they are hints).
+_OUTBOX_SIZE = 10_000
+_PUBLISH_BATCH = 256
+# Remote event ids remembered to drop a second copy (an event sent over both transports
+# while one of them was going down).
+_SEEN_IDS = 4096
+# The health service name reporting the bus: NOT_SERVING while the configured bus is down.
+HEALTH_SERVICE = "coordd.events"
+REFRESH_FALLBACK = "the refresh interval"
 
 
 class Subscription:
@@ -64,6 +87,16 @@ class EventBus:
     async def close(self) -> None:
         self._subscriptions.clear()
 
+    @property
+    def healthy(self) -> bool:
+        """False while events cannot reach the other replicas the configured way."""
+        return True
+
+    def describe(self) -> str:
+        """The bus and its state, as GetStatus reports it: `redis`, or
+        `redis (down since 2026-01-01T10:00:00Z, falling back to postgresql)`."""
+        return self.kind
+
     def add_listener(self, callback: Callable[[list[Event]], None]) -> None:
         """Called on the event loop with every batch of committed events (local and remote)."""
         self._listeners.append(callback)
@@ -91,72 +124,134 @@ class EventBus:
                 sub.offer(event)
 
 
-class RedisEventBus(EventBus):
-    """Fans events out to every replica through Redis pub/sub.
+class ReplicatedBus(EventBus):
+    """In-process fan-out plus cross-replica transports, first = configured, rest = fallbacks.
 
-    Local subscribers are served at once; the echo of our own events is ignored by origin,
-    so a Redis outage costs only cross-replica delivery.
+    Local subscribers are served at once. Events from this replica coming back are ignored by
+    origin (each transport checks), and a remote event received twice (over two transports)
+    is delivered once.
     """
 
-    kind = "redis"
-
-    def __init__(self, instance_id: str, url: str, prefix: str) -> None:
+    def __init__(self, instance_id: str) -> None:
         super().__init__(instance_id)
-        self.channel = f"{prefix}:events"
-        import redis
-        import redis.asyncio as aioredis
+        self.transports: list[Transport] = []
+        self._outbox: deque[Event] = deque(maxlen=_OUTBOX_SIZE)
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._publisher: threading.Thread | None = None
+        self._seen: set[int] = set()
+        self._seen_order: deque[int] = deque()
+        # Events sent, per transport name, and events no transport could send.
+        self.sent: dict[str, int] = {}
+        self.unsent = 0
 
-        self._url = url
-        # Publishing happens on DB worker threads right after commit: a sync client with short timeouts.
-        self._sync = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
-        self._async = aioredis.Redis.from_url(url)
-        self._listener: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return self.transports[0].name
+
+    @property
+    def healthy(self) -> bool:
+        return self.transports[0].link.up
+
+    def describe(self) -> str:
+        primary = self.transports[0].link
+        if primary.up:
+            return primary.name
+        since = primary.down_since or utcnow()
+        fallback = next((t.name for t in self.transports[1:] if t.link.up), REFRESH_FALLBACK)
+        return (
+            f"{primary.name} (down since {since.strftime('%Y-%m-%dT%H:%M:%SZ')}, falling back to {fallback})"
+        )
 
     async def start(self) -> None:
         await super().start()
-        self._listener = asyncio.create_task(self._listen(), name="redis-events")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), 5)
+        for transport in self.transports:
+            await transport.start()
+        self._publisher = threading.Thread(target=self._publish_loop, name="coordd-events-pub", daemon=True)
+        self._publisher.start()
+        # Ready once every link has connected or failed once: a down transport must not hold start-up.
+        for transport in self.transports:
+            await asyncio.to_thread(transport.link.settled.wait, 5.0)
 
     async def close(self) -> None:
-        if self._listener:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._listener
-        await self._async.aclose()
-        self._sync.close()
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._publisher is not None:
+            await asyncio.to_thread(self._publisher.join, 5.0)
+        for transport in self.transports:
+            with contextlib.suppress(Exception):
+                await transport.close()
         await super().close()
 
     def publish_threadsafe(self, events: list[Event]) -> None:
         super().publish_threadsafe(events)
-        try:
-            for event in events:
-                self._sync.publish(self.channel, event.to_wire(self.instance_id))
-        except Exception as exc:  # events are hints; never fail a committed change
-            log.warning("redis publish failed", error=str(exc))
+        if not any(t.has_peers for t in self.transports):
+            return  # the only replica: nobody to tell
+        with self._wake:
+            self._outbox.extend(events)
+            self._wake.notify()
 
-    async def _listen(self) -> None:
-        backoff = 0.2
+    def receive_threadsafe(self, events: list[Event]) -> None:
+        """Remote events from a transport's own thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or not events:
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self.receive, events)
+
+    def receive(self, events: list[Event]) -> None:
+        """Remote events, on the event loop."""
+        fresh = []
+        for event in events:
+            if event.id in self._seen:
+                continue
+            self._seen.add(event.id)
+            self._seen_order.append(event.id)
+            if len(self._seen_order) > _SEEN_IDS:
+                self._seen.discard(self._seen_order.popleft())
+            fresh.append(event)
+        if fresh:
+            self._dispatch(fresh)
+
+    def _publish_loop(self) -> None:
         while True:
+            with self._wake:
+                while not self._outbox and not self._stopping:
+                    self._wake.wait()
+                if not self._outbox:
+                    return
+                batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), _PUBLISH_BATCH))]
+            self._send(batch)
+
+    def _send(self, batch: list[Event]) -> None:
+        """Over the first transport that is up (or, if none is, the last one tried)."""
+        usable = [t for t in self.transports if t.link.up] or self.transports[-1:]
+        for transport in usable:
+            if not transport.has_peers:
+                return
             try:
-                pubsub = self._async.pubsub()
-                await pubsub.subscribe(self.channel)
-                self._ready.set()
-                backoff = 0.2
-                async for message in pubsub.listen():
-                    if message.get("type") != "message":
-                        continue
-                    event, origin = Event.from_wire(message["data"])
-                    if origin != self.instance_id:
-                        self._dispatch([event])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("redis subscription lost; retrying", error=str(exc), retry_in_s=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                transport.publish(batch)
+                self.sent[transport.name] = self.sent.get(transport.name, 0) + len(batch)
+                return
+            except Exception as exc:  # events are hints; never fail a committed change
+                transport.link.mark_down(str(exc))
+        self.unsent += len(batch)
 
 
-def make_bus(instance_id: str, redis_url: str, prefix: str) -> EventBus:
-    return RedisEventBus(instance_id, redis_url, prefix) if redis_url else EventBus(instance_id)
+def make_bus(instance_id: str, settings: Settings) -> EventBus:
+    """Redis when configured; on PostgreSQL, LISTEN/NOTIFY (alone, or as Redis's fallback);
+    otherwise in-process only."""
+    pg = settings.database_url and settings.pg_event_bus
+    if not settings.redis_url and not pg:
+        return EventBus(instance_id)
+    bus = ReplicatedBus(instance_id)
+    if settings.redis_url:
+        from coordd.events.redisbus import RedisTransport
+
+        bus.transports.append(RedisTransport(bus, settings.redis_url, settings.redis_prefix))
+    if pg:
+        from coordd.events.pgbus import PostgresTransport
+
+        bus.transports.append(PostgresTransport(bus, settings.database_url))
+    return bus

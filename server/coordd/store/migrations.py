@@ -20,6 +20,7 @@ from coordd.store.competition import models as competition_m
 from coordd.store.db import Store
 from coordd.store.jobs import models as job_m
 from coordd.store.ledger import models as ledger_m
+from coordd.store.node import members as node_members
 from coordd.store.node import models as node_m
 from coordd.store.notify import models as notify_m
 
@@ -93,6 +94,12 @@ MIGRATIONS: list[Migration] = [
         ),
     ),
     Migration(60, "auth: revocation epoch, account changes, audit events", auth_m.add_account_control),
+    Migration(80, "auth: API key scopes, the node of a node key", auth_m.add_key_scopes),
+    Migration(
+        81,
+        "nodes: project members (joining needs consent), node keys linked to their node",
+        node_members.add_members_and_node_links,
+    ),
 ]
 # Domains append in any order; migrations apply in version order, and a version is unique.
 MIGRATIONS.sort(key=lambda item: item.version)

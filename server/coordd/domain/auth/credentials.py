@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
+from datetime import datetime
 
 from coordd.core.errors import FailedPrecondition, Unauthenticated
-from coordd.core.principal import Principal, parse_roles
+from coordd.core.principal import API_KEY, NODE_KEY, TOKEN, Principal, parse_roles
 from coordd.crypto.tokens import API_KEY_PREFIX, TokenClaims, TokenError, hash_api_key
 from coordd.domain.auth.sessions import fresh_state
 from coordd.runtime import Runtime
 from coordd.store.auth import queries
 
-_api_key_cache: dict[str, tuple[float, Principal | None]] = {}
+# digest -> (valid until, monotonic; the principal or None; the key's expire time).
+_api_key_cache: dict[str, tuple[float, Principal | None, datetime | None]] = {}
 _api_key_cache_lock = threading.Lock()
 
 
@@ -30,7 +33,7 @@ async def authenticate(rt: Runtime, credential: str) -> Principal:
         principal = await rt.run(authenticate_api_key, rt, credential)
     else:
         claims = _verify(rt, credential)
-        principal = Principal(user_id=claims.user_id, roles=frozenset(claims.roles), kind="token")
+        principal = Principal(user_id=claims.user_id, roles=frozenset(claims.roles), kind=TOKEN)
     access = state.access.get(principal.user_id)
     if access is None:
         return principal
@@ -41,9 +44,7 @@ async def authenticate(rt: Runtime, credential: str) -> Principal:
     roles = principal.roles & access.roles
     if roles == principal.roles:
         return principal
-    return Principal(
-        user_id=principal.user_id, roles=roles, kind=principal.kind, api_key_id=principal.api_key_id
-    )
+    return dataclasses.replace(principal, roles=roles)
 
 
 def _verify(rt: Runtime, token: str) -> TokenClaims:
@@ -59,14 +60,25 @@ def authenticate_token(rt: Runtime, token: str) -> Principal:
     if token.startswith(API_KEY_PREFIX):
         raise FailedPrecondition("internal: API keys are resolved by authenticate_api_key")
     claims = _verify(rt, token)
-    return Principal(user_id=claims.user_id, roles=frozenset(claims.roles), kind="token")
+    return Principal(user_id=claims.user_id, roles=frozenset(claims.roles), kind=TOKEN)
+
+
+def parse_scopes(text: str) -> frozenset[str]:
+    return frozenset(s for s in text.split(",") if s)
 
 
 def authenticate_api_key(rt: Runtime, secret: str) -> Principal:
     digest = hash_api_key(secret)
     with _api_key_cache_lock:
         hit = _api_key_cache.get(digest)
-    principal = hit[1] if hit is not None and hit[0] > time.monotonic() else _load_api_key(rt, digest)
+    if hit is not None and hit[0] > time.monotonic():
+        principal, expire_time = hit[1], hit[2]
+        # The cache outlives nothing: an expiry (a rotated-out node key) is checked against
+        # the daemon's clock on every hit.
+        if expire_time is not None and expire_time <= rt.now():
+            principal = None
+    else:
+        principal = _load_api_key(rt, digest)
     if principal is None:
         raise Unauthenticated("API key is not valid, revoked or expired", reason="BAD_API_KEY")
     return principal
@@ -85,11 +97,17 @@ def _load_api_key(rt: Runtime, digest: str) -> Principal | None:
     ):
         # A key never carries more than its owner holds now.
         roles = parse_roles(key.roles) & parse_roles(key.user.roles)
-        principal = Principal(user_id=key.user_id, roles=roles, kind="api_key", api_key_id=key.id)
+        principal = Principal(
+            user_id=key.user_id,
+            roles=roles,
+            kind=NODE_KEY if key.node_id else API_KEY,
+            api_key_id=key.id,
+            scopes=parse_scopes(key.scopes),
+        )
         if key.expire_time is not None:
             valid_until = min(valid_until, time.monotonic() + (key.expire_time - now).total_seconds())
     with _api_key_cache_lock:
         if len(_api_key_cache) > 100_000:
             _api_key_cache.clear()
-        _api_key_cache[digest] = (valid_until, principal)
+        _api_key_cache[digest] = (valid_until, principal, None if key is None else key.expire_time)
     return principal

@@ -3,8 +3,9 @@ on them; heartbeats and up/down detection, the node/workload state machine with 
 incidents and notifications, uptime, maintenance windows and operators' reward points.
 
     access       who may see and change what (node keys may only beat)
+    members      project membership by invite: joining a project needs the owner's consent
     policies     policy and inventory values, validation
-    projects     nodes        workloads     placement (first-fit, spread)
+    projects     nodes (and node key rotation)   workloads     placement (first-fit, spread)
     machine      the state machine: transitions, incidents, notifications, placement
     heartbeats   what a beat means; the beats that write; last-seen flushes
     detection    which nodes are late, and when silence is DOWN (failover grace, mass outage)
@@ -40,7 +41,22 @@ from coordd.domain.node.maintenance import (
     list_maintenance_windows,
     run_maintenance,
 )
-from coordd.domain.node.nodes import decommission_node, get_node, list_nodes, register_node, update_node
+from coordd.domain.node.members import (
+    ProjectMember,
+    accept_invite,
+    create_invite,
+    list_members,
+    remove_member,
+)
+from coordd.domain.node.nodes import (
+    ROTATION_OVERLAP_S,
+    decommission_node,
+    get_node,
+    list_nodes,
+    register_node,
+    rotate_node_key,
+    update_node,
+)
 from coordd.domain.node.policies import HealthPolicy, Inventory, Resources, RewardPolicy
 from coordd.domain.node.projects import create_project, list_projects, project_health, update_project
 from coordd.domain.node.rewards import credit_rewards, list_reward_entries, reward_balance
@@ -75,6 +91,7 @@ from coordd.domain.node.workloads import (
 )
 
 __all__ = [
+    "ROTATION_OVERLAP_S",
     "STATUS_CHANGED",
     "WORKLOAD_STATUS_CHANGED",
     "AssignedView",
@@ -89,14 +106,17 @@ __all__ = [
     "NodeInfo",
     "NodeTransition",
     "Project",
+    "ProjectMember",
     "Resources",
     "RewardEntry",
     "RewardPolicy",
     "Transition",
     "Uptime",
     "Workload",
+    "accept_invite",
     "apply_beat",
     "check_reports",
+    "create_invite",
     "create_maintenance_window",
     "create_project",
     "create_workload",
@@ -113,6 +133,7 @@ __all__ = [
     "list_assignments",
     "list_incidents",
     "list_maintenance_windows",
+    "list_members",
     "list_nodes",
     "list_projects",
     "list_reward_entries",
@@ -126,8 +147,10 @@ __all__ = [
     "project_health",
     "record_last_seen",
     "register_node",
+    "remove_member",
     "require_operator",
     "reward_balance",
+    "rotate_node_key",
     "run_maintenance",
     "transitions_after",
     "update_node",

@@ -1,12 +1,13 @@
-"""Who may see and change what. A node's credential is an ordinary API key owned by its
-operator (role node_operator), linked from the node row: the link is what makes it a node
-key, and a node key may only beat."""
+"""Who may see and change what. A node's credential is an API key owned by its operator
+(role node_operator) and linked to the node (`api_key.node_id`): the link makes it a node
+key, and a node key may only beat (the AuthInterceptor refuses anything else; the checks
+here are the second line). Registering into a project needs its owner's consent."""
 
 from __future__ import annotations
 
 from coordd.core.errors import NotFound, PermissionDenied
-from coordd.core.principal import Principal
-from coordd.store.node import queries
+from coordd.core.principal import NODE_KEY, Principal
+from coordd.store.node import members, queries
 from coordd.store.node.models import Node, Project, Workload
 
 
@@ -16,7 +17,7 @@ def not_found(collection: str, resource_id: str) -> NotFound:
 
 
 def is_node_key(who: Principal) -> bool:
-    return bool(who.api_key_id) and queries.is_node_key(who.api_key_id)
+    return who.kind == NODE_KEY
 
 
 def require_operator(who: Principal) -> None:
@@ -40,6 +41,13 @@ def owned_project(who: Principal, project_id: str) -> Project:
     if project.owner_id != who.user_id and not who.is_admin:
         raise PermissionDenied("only the project's owner or an admin may do that", reason="NOT_OWNER")
     return project
+
+
+def may_join(who: Principal, project: Project) -> bool:
+    """The project's owner, an active member (invited and accepted) or an admin."""
+    return (
+        who.is_admin or project.owner_id == who.user_id or members.is_active_member(project.id, who.user_id)
+    )
 
 
 def visible_node(who: Principal, node_id: str) -> Node:

@@ -36,6 +36,10 @@ def create_workload(
     v.raise_if_any()
     with rt.store.write() as tx:
         project = owned_project(who, project_id)
+        # Lock order: the project row first, before the insert that references it (an
+        # insert takes a key-share lock on it; taking the placement lock after that
+        # deadlocked two concurrent creates on PostgreSQL).
+        queries.lock_project(project.id)
         workload = Workload(
             project=project.id,
             display_name=display_name,

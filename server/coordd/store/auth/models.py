@@ -35,6 +35,11 @@ class ApiKey(IdModel):
     create_time = TimestampField()
     expire_time = TimestampField(null=True)
     revoke_time = TimestampField(null=True)
+    # Scoped keys: comma-separated service and method names; "" is unscoped (migration 80).
+    scopes = peewee.TextField(default="", constraints=[peewee.SQL("DEFAULT ''")])
+    # Set on a node key: the node it authenticates (a plain id, no foreign key: the node
+    # tables live in another domain). Set on the current and the rotated-out keys (migration 80).
+    node_id = peewee.CharField(max_length=26, null=True, index=True)
 
 
 class AuditEvent(BaseModel):
@@ -67,3 +72,14 @@ def add_account_control(db: peewee.Database) -> None:
         db.execute_sql('ALTER TABLE "user" ADD COLUMN auth_change_time BIGINT')
     db.execute_sql('CREATE INDEX IF NOT EXISTS user_auth_change_time ON "user" (auth_change_time)')
     db.create_tables([AuditEvent], safe=True)
+
+
+def add_key_scopes(db: peewee.Database) -> None:
+    """Migration 80: API key scopes, and the node a node key belongs to."""
+    columns = {c.name for c in db.get_columns("api_key")}
+    # Present already on installs whose migration 1 ran with this model.
+    if "scopes" not in columns:
+        db.execute_sql("ALTER TABLE api_key ADD COLUMN scopes TEXT NOT NULL DEFAULT ''")
+    if "node_id" not in columns:
+        db.execute_sql("ALTER TABLE api_key ADD COLUMN node_id VARCHAR(26)")
+    db.execute_sql("CREATE INDEX IF NOT EXISTS api_key_node_id ON api_key (node_id)")

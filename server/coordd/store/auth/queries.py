@@ -47,6 +47,7 @@ def insert_api_key(
     roles: str,
     create_time: datetime,
     expire_time: datetime | None,
+    scopes: str = "",
 ) -> ApiKey:
     return ApiKey.create(
         user=user_id,
@@ -56,6 +57,7 @@ def insert_api_key(
         roles=roles,
         create_time=create_time,
         expire_time=expire_time,
+        scopes=scopes,
     )
 
 

@@ -39,11 +39,19 @@ def page_projects(page: PageRequest) -> Page[Project]:
     return keyset_page(Project.select(), Project.id, page, filters={})
 
 
+# Row locks taken to serialize changes. NO KEY UPDATE, not UPDATE: it still excludes another
+# such lock (and writers of the row), but not the key-share lock an insert referencing the
+# row takes, so inserting a child row never waits behind (or deadlocks with) this lock.
+_ROW_LOCK = "FOR NO KEY UPDATE"
+
+
 def lock_project(project_id: str) -> None:
-    """On PostgreSQL, locks the project row until the transaction ends (placement)."""
+    """On PostgreSQL, locks the project row until the transaction ends (placement). Lock
+    order: a node row before its project's (UpdateNode, beats), the project before inserts
+    into it (CreateWorkload)."""
     lock = Project.select(Project.id).where(Project.id == project_id)
     if Project._meta.database.for_update:
-        lock = lock.for_update()
+        lock = lock.for_update(_ROW_LOCK)
     lock.first()
 
 
@@ -54,20 +62,33 @@ def projects_by_ids(project_ids: set[str]) -> dict[str, Project]:
 # -- nodes and their keys ------------------------------------------------------------------
 
 
-def is_node_key(api_key_id: str) -> bool:
-    return Node.select().where(Node.api_key == api_key_id).exists()
-
-
 def node_with_project(node_id: str) -> Node | None:
     return Node.select(Node, Project).join(Project).where(Node.id == node_id).first()
 
 
 def node_for_api_key(api_key_id: str) -> Node | None:
-    return Node.select(Node, Project).join(Project).where(Node.api_key == api_key_id).first()
+    """The node of a node key: its current key or one rotated out (still in its overlap)."""
+    return (
+        Node.select(Node, Project)
+        .join(Project)
+        .switch(Node)
+        .join(ApiKey, on=(ApiKey.node_id == Node.id))
+        .where(ApiKey.id == api_key_id)
+        .first()
+    )
+
+
+def lock_node(node_id: str) -> None:
+    """On PostgreSQL, locks the node row until the transaction ends: concurrent changes of
+    one node (its label rows) run one after the other instead of racing to a duplicate key."""
+    lock = Node.select(Node.id).where(Node.id == node_id)
+    if Node._meta.database.for_update:
+        lock = lock.for_update(_ROW_LOCK)
+    lock.first()
 
 
 def insert_node_key(
-    user_id: str, display_name: str, prefix: str, secret_hash: str, roles: str, now: datetime
+    user_id: str, display_name: str, prefix: str, secret_hash: str, roles: str, now: datetime, node_id: str
 ) -> ApiKey:
     return ApiKey.create(
         user=user_id,
@@ -76,16 +97,8 @@ def insert_node_key(
         secret_hash=secret_hash,
         roles=roles,
         create_time=now,
+        node_id=node_id,
     )
-
-
-def revoke_api_key(api_key_id: str, now: datetime) -> None:
-    ApiKey.update(revoke_time=now).where((ApiKey.id == api_key_id) & ApiKey.revoke_time.is_null()).execute()
-
-
-def api_key_hash(api_key_id: str) -> str | None:
-    key = ApiKey.get_or_none(ApiKey.id == api_key_id)
-    return None if key is None else key.secret_hash
 
 
 def insert_node(**values: Any) -> Node:
