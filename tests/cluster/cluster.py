@@ -248,9 +248,10 @@ class Cluster:
         self.admin_key = str(json.loads(out.stdout)["api_key_secret"])
         return self.admin_key
 
-    def start(self, *, proxy: bool = True) -> Cluster:
+    def start(self, *, proxy: bool = True, replica_args: dict[int, tuple[str, ...]] | None = None) -> Cluster:
+        """`replica_args`: extra `coordd serve` arguments by replica index (e.g. --processes)."""
         self.create_admin()
-        self.replicas = [self._spawn(i) for i in range(len(self.names))]
+        self.replicas = [self._spawn(i, *(replica_args or {}).get(i, ())) for i in range(len(self.names))]
         for replica in self.replicas:
             replica.wait_ready(60)
         if proxy:
@@ -333,10 +334,16 @@ class Cluster:
 
 
 @contextmanager
-def running_cluster(base: Path, database_url: str, redis_url: str = "", **kwargs: Any) -> Iterator[Cluster]:
+def running_cluster(
+    base: Path,
+    database_url: str,
+    redis_url: str = "",
+    replica_args: dict[int, tuple[str, ...]] | None = None,
+    **kwargs: Any,
+) -> Iterator[Cluster]:
     cluster = Cluster(base, database_url, redis_url, **kwargs)
     try:
-        yield cluster.start()
+        yield cluster.start(replica_args=replica_args)
     finally:
         cluster.close()
 

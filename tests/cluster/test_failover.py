@@ -173,3 +173,50 @@ def test_a_paused_leader_is_replaced_its_lease_rescue_is_done_once_and_resumed_i
     )
     assert after.state == job_pb2.JOB_STATE_SUCCEEDED
     assert [a.outcome for a in after.attempts] == ["lease_expired", "succeeded"]
+
+
+def _has_resume_stream() -> bool:
+    from coordd_client import client
+
+    return hasattr(client, "resume_stream")
+
+
+@pytest.mark.skipif(not _has_resume_stream(), reason="needs the client's stream resumption (issue 13 item 4)")
+def test_a_watch_through_nginx_whose_replica_is_killed_is_resumed_by_the_client_on_another(
+    own_cluster: Cluster,
+):
+    from coordd_client.client import resume_stream
+    from tests.cluster.test_bus import _claimed_job
+
+    name, submitter, lease, worker = _claimed_job(own_cluster, own_cluster.front)
+    watch = job_pb2_grpc.JobServiceStub(own_cluster.front)
+    stream = resume_stream(
+        lambda: watch.WatchJob(job_pb2.WatchJobRequest(name=name), metadata=bearer(submitter), timeout=120)
+    )
+    updates: list[job_pb2.WatchJobResponse] = []
+    failures: list[Exception] = []
+
+    def read() -> None:
+        try:
+            updates.extend(stream)
+        except Exception as exc:
+            failures.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    serving = wait_for(
+        "the watch to open on a replica",
+        lambda: [r for r in own_cluster.replicas if own_cluster.status(r).open_streams > 0],
+    )
+    assert len(serving) == 1 and updates and updates[0].job.state == job_pb2.JOB_STATE_RUNNING
+    serving[0].proc.kill()  # nginx resets the stream: INTERNAL "RST_STREAM" to the client
+    wait_for("the stream resumed", lambda: stream.resumes >= 1)
+    alive = next(r for r in own_cluster.replicas if r is not serving[0])
+    job_pb2_grpc.JobServiceStub(own_cluster.channel(alive.target)).CompleteJob(
+        job_pb2.CompleteJobRequest(lease=lease, output=job_pb2.Payload(data=b"ok")),
+        metadata=bearer(worker),
+        timeout=10,
+    )
+    reader.join(60)
+    assert failures == []
+    assert updates[-1].job.state == job_pb2.JOB_STATE_SUCCEEDED, "the watch ends on the final state, once"

@@ -92,7 +92,14 @@ def account_balance(database_url: str, account: str) -> int:
 # First in the module: the platform fee account does not exist yet, so the first payments race
 # to create it (issue 13: "insufficient funds in platform/fees" on a fresh database).
 def test_workers_spread_over_replicas_never_double_claim_and_every_job_completes_once(cluster: Cluster):
-    jobs_n, budget, workers = 120, 100, 4
+    drain_jobs_through_the_front(cluster)
+
+
+def drain_jobs_through_the_front(
+    cluster: Cluster, jobs_n: int = 120, budget: int = 100, workers: int = 4
+) -> None:
+    """Submits `jobs_n` paid jobs and drains them with `workers` workers, all through nginx:
+    every job claimed once and completed, every replica served claims, the ledger balanced."""
     submitter_name, submitter = signup(cluster.front, common_pb2.ROLE_PARTICIPANT)
     ledger_pb2_grpc.LedgerServiceStub(cluster.front).Deposit(
         ledger_pb2.DepositRequest(owner=submitter_name, amount=jobs_n * budget),
