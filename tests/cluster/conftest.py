@@ -10,8 +10,6 @@ import pytest
 from tests.cluster.cluster import Cluster, RedisServer, running_cluster
 from tests.support import infra
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture(scope="module", params=["redis", "no-redis"])
 def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:

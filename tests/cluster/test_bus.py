@@ -21,6 +21,8 @@ from tests.support import infra
 HAS_PG_BUS = "pg_event_bus" in Settings.__dataclass_fields__
 CHANGES = 20
 
+pytestmark = pytest.mark.e2e
+
 
 def _claimed_job(cluster: Cluster, on: grpc.Channel) -> tuple[str, str, job_pb2.Lease, str]:
     """(job name, submitter token, lease, worker token): a job running on a worker of `on`."""

@@ -14,6 +14,8 @@ import pytest
 from coordd_client.v1 import job_pb2, job_pb2_grpc, status_pb2, status_pb2_grpc
 from tests.cluster.cluster import LEASE_S, Cluster, bearer, wait_for
 
+pytestmark = pytest.mark.e2e
+
 
 def _failover(cluster: Cluster, stop) -> tuple[float, str]:  # type: ignore[no-untyped-def]
     """Stops the leader with `stop(daemon)`; returns (seconds until the survivors agree on a new

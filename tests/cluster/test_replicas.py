@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import psycopg2
+import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from coordd_client.v1 import (
@@ -29,6 +30,8 @@ from coordd_client.v1 import (
 from tests.cluster.cluster import Cluster, bearer, wait_for
 
 PASSWORD = "cluster password 1"
+
+pytestmark = pytest.mark.e2e
 
 
 def signup(channel: grpc.Channel, *roles: int) -> tuple[str, str]:
