@@ -191,8 +191,16 @@ async def main() -> None:
     parser.add_argument("--payload-kb", type=int, default=200)
     parser.add_argument("--database-url", default="", help="postgresql://... (default: embedded SQLite)")
     parser.add_argument("--only", choices=["flood", "streams"])
+    parser.add_argument(
+        "--max-streams-per-caller",
+        type=int,
+        default=0,
+        help="the daemon's per-caller stream cap (0: its default, 1000); raise it to measure all --streams",
+    )
     args = parser.parse_args()
     env = {"COORDD_DATABASE_URL": args.database_url} if args.database_url else {}
+    if args.max_streams_per_caller:
+        env["COORDD_MAX_STREAMS_PER_CALLER"] = str(args.max_streams_per_caller)
     result: dict[str, Any] = {
         "benchmark": "security",
         "backend": "postgresql" if args.database_url else "sqlite",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -13,11 +13,14 @@ import grpc
 from coordd_client.client import (
     DEFAULT_TIMEOUT_S,
     KEEPALIVE_OPTIONS,
+    RESUME_ATTEMPTS,
     _credentials_metadata,
     _service_modules,
     _stub_classes,
     backoff_delays,
     is_mutating,
+    is_resumable,
+    resume_delay,
     transport_security,
 )
 from coordd_client.errors import from_rpc_error
@@ -121,6 +124,60 @@ class _Stream:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.call, name)
+
+
+class ResumedStream:
+    """The asyncio ResumedStream (see coordd_client.client.ResumedStream): `async for` over a
+    server stream that is re-opened with `call_factory()` after a resumable error."""
+
+    def __init__(
+        self,
+        call_factory: Callable[[], Any],
+        *,
+        attempts: int | None = RESUME_ATTEMPTS,
+        on_resume: Callable[[Any, float], None] | None = None,
+    ) -> None:
+        self.call_factory = call_factory
+        self.attempts = attempts
+        self.on_resume = on_resume
+        self.resumes = 0
+        self.call: Any = None
+        self._cancelled = False
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        failures = 0
+        while not self._cancelled:
+            try:
+                self.call = self.call_factory()
+                async for message in self.call:
+                    failures = 0
+                    yield message
+                return
+            except grpc.RpcError as exc:
+                if self._cancelled or not is_resumable(exc):
+                    raise from_rpc_error(exc) from None
+                if self.attempts is not None and failures >= self.attempts:
+                    raise from_rpc_error(exc) from None
+                delay = resume_delay(failures)
+                failures += 1
+                self.resumes += 1
+                if self.on_resume is not None:
+                    self.on_resume(from_rpc_error(exc), delay)
+                await asyncio.sleep(delay)
+
+    def cancel(self) -> bool:
+        self._cancelled = True
+        return bool(self.call.cancel()) if self.call is not None else True
+
+
+def resume_stream(
+    call_factory: Callable[[], Any],
+    *,
+    attempts: int | None = RESUME_ATTEMPTS,
+    on_resume: Callable[[Any, float], None] | None = None,
+) -> ResumedStream:
+    """`async for update in resume_stream(lambda: client.job.WatchJob(request, timeout=None))`."""
+    return ResumedStream(call_factory, attempts=attempts, on_resume=on_resume)
 
 
 class _Service:

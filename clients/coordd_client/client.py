@@ -5,7 +5,13 @@ Retries: a unary call that fails with UNAVAILABLE is retried with exponential ba
 full jitter. That is safe for every unary method: reads are idempotent, and each call to a
 mutating method (its `(coordd.v1.policy).mutating` option) carries an `idempotency-key`
 generated once per logical call and reused across its retries, so the server replays the
-first result instead of acting twice. Streams are not retried.
+first result instead of acting twice.
+
+Streams are not retried by the channel: `resume_stream(lambda: client.job.WatchJob(...))`
+re-opens a server stream that a dying server or a proxy cut (`is_resumable`), with backoff.
+WatchJob, WatchQueue and WatchCompetition send the current state first on every open, so a
+resumed watch loses nothing; WatchNodes and WatchEvents send only what happens after their
+open (catch up with ListNodes / ListEvents).
 """
 
 from __future__ import annotations
@@ -31,7 +37,11 @@ KEEPALIVE_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # After an outage, try the server again within 5 s (grpc's default grows to 120 s),
+    # so a resumed stream or a retried call finds a restarted server soon.
+    ("grpc.max_reconnect_backoff_ms", 5_000),
 ]
+RESUME_ATTEMPTS = 10
 
 _mutating_cache: dict[str, bool] = {}
 
@@ -53,6 +63,80 @@ def backoff_delays(attempts: int, base: float = 0.1, cap: float = 5.0) -> Iterat
     """Full-jitter exponential backoff (AWS architecture blog): sleep U(0, min(cap, base*2^n))."""
     for n in range(attempts):
         yield random.uniform(0, min(cap, base * 2**n))
+
+
+def is_resumable(error: grpc.RpcError) -> bool:
+    """A stream that ended this way can be opened again: the server went away (UNAVAILABLE:
+    killed, draining, not reachable yet) or a proxy reset it because its backend died (nginx
+    sends RST_STREAM INTERNAL_ERROR, which gRPC reports as INTERNAL "Received RST_STREAM")."""
+    code = error.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return True
+    return code == grpc.StatusCode.INTERNAL and "RST_STREAM" in (error.details() or "")
+
+
+def resume_delay(failures: int, base: float = 0.2, cap: float = 5.0) -> float:
+    """Exponential backoff with jitter, never zero: U(d/2, d), d = min(cap, base*2^failures)."""
+    ceiling = min(cap, base * 2**failures)
+    return random.uniform(ceiling / 2, ceiling)
+
+
+class ResumedStream:
+    """The messages of a server stream opened by `call_factory()`, re-opened when it ends
+    with a resumable error (see `is_resumable`). `attempts` bounds the re-opens in a row that
+    bring no message (None: no bound); a message resets the count and the backoff. Other
+    errors, and the last resumable one, are raised as coordd_client.errors exceptions.
+    `on_resume(error, delay_s)` is called before each wait (to log it)."""
+
+    def __init__(
+        self,
+        call_factory: Callable[[], Any],
+        *,
+        attempts: int | None = RESUME_ATTEMPTS,
+        on_resume: Callable[[Any, float], None] | None = None,
+    ) -> None:
+        self.call_factory = call_factory
+        self.attempts = attempts
+        self.on_resume = on_resume
+        self.resumes = 0
+        self.call: Any = None
+        self._cancelled = False
+
+    def __iter__(self) -> Iterator[Any]:
+        failures = 0
+        while not self._cancelled:
+            try:
+                self.call = self.call_factory()
+                for message in self.call:
+                    failures = 0
+                    yield message
+                return
+            except grpc.RpcError as exc:
+                if self._cancelled or not is_resumable(exc):
+                    raise from_rpc_error(exc) from None
+                if self.attempts is not None and failures >= self.attempts:
+                    raise from_rpc_error(exc) from None
+                delay = resume_delay(failures)
+                failures += 1
+                self.resumes += 1
+                if self.on_resume is not None:
+                    self.on_resume(from_rpc_error(exc), delay)
+                time.sleep(delay)
+
+    def cancel(self) -> bool:
+        self._cancelled = True
+        return bool(self.call.cancel()) if self.call is not None else True
+
+
+def resume_stream(
+    call_factory: Callable[[], Any],
+    *,
+    attempts: int | None = RESUME_ATTEMPTS,
+    on_resume: Callable[[Any, float], None] | None = None,
+) -> ResumedStream:
+    """`for update in resume_stream(lambda: client.job.WatchJob(request, timeout=None)): ...`
+    follows the stream across server restarts and proxy resets (see ResumedStream)."""
+    return ResumedStream(call_factory, attempts=attempts, on_resume=on_resume)
 
 
 def _service_modules() -> dict[str, Any]:

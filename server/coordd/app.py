@@ -143,9 +143,20 @@ def apply_domain_settings(rt: Runtime) -> None:
 
 
 class App:
-    def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], datetime] = utcnow,
+        *,
+        reuse_port: bool = False,
+        slot: int | None = None,
+    ) -> None:
         self.settings = settings
         self.clock = clock
+        # True only in a child of `coordd serve --processes` (coordd.supervisor), whose
+        # supervisor holds the port: a lone daemon never shares its port with anyone.
+        self.reuse_port = reuse_port
+        self.slot = slot
         self.rt: Runtime | None = None
         self.server: grpc.aio.Server | None = None
         self.scheduler: Scheduler | None = None
@@ -203,7 +214,7 @@ class App:
                 IdempotencyInterceptor(rt),
             ],
             options=[
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if self.reuse_port else 0),
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
                 ("grpc.keepalive_permit_without_calls", 1),
@@ -234,6 +245,7 @@ class App:
         self._health_task = asyncio.create_task(self._watch_database(), name="health")
         if s.scheduler_enabled:
             await self.scheduler.start()
+        metrics.register_instance(rt.instance_id, self.slot)
         try:
             self._metrics_server = metrics.serve_metrics(s.metrics_host, s.metrics_port)
         except OSError as exc:
@@ -245,6 +257,7 @@ class App:
             tls="off" if self.tls is None else "mutual" if self.tls.require_client_auth else "on",
             bus=rt.bus.kind,
             instance=rt.instance_id,
+            **({} if self.slot is None else {"slot": self.slot}),
             version=rt.version,
         )
         return self.port

@@ -38,7 +38,25 @@ def _serve(args: argparse.Namespace) -> int:
     from coordd.app import App
 
     settings = _settings(args)
-    asyncio.run(App(settings).serve_forever(port_file=args.port_file))
+    if args.processes is not None:
+        from coordd.supervisor import Supervisor
+
+        forward = [
+            f"--{name.replace('_', '-')}={value}"
+            for name in ("config", "data_dir", "database_url")
+            if (value := getattr(args, name)) is not None
+        ]
+        return Supervisor(settings, args.processes, forward, args.port_file).run()
+    reuse_port = False
+    if args.child_reservation_fd is not None:
+        from coordd.supervisor import verify_reservation, watch_lifeline
+
+        verify_reservation(args.child_reservation_fd, settings.listen)
+        if args.child_lifeline_fd is not None:
+            watch_lifeline(args.child_lifeline_fd)
+        reuse_port = True
+    app = App(settings, reuse_port=reuse_port, slot=args.child_slot)
+    asyncio.run(app.serve_forever(port_file=args.port_file))
     return 0
 
 
@@ -120,6 +138,16 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", parents=[common], help="run the daemon")
     serve.add_argument("--listen", help="host:port (port 0 picks a free one)")
     serve.add_argument("--port-file", help="write the bound port here once serving")
+    serve.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="PostgreSQL only: a supervisor runs N serving processes on the one port (0: one per core)",
+    )
+    # Set by the supervisor on the children it starts (coordd.supervisor), not by hand.
+    serve.add_argument("--child-slot", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--child-reservation-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--child-lifeline-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
 
     mig = sub.add_parser("migrate", parents=[common], help="apply pending schema migrations")
@@ -146,10 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     from coordd.app import StartupError
     from coordd.core.errors import DomainError
     from coordd.store.lock import DataDirLocked
+    from coordd.supervisor import SupervisorError
 
     try:
         return int(args.func(args))
-    except (ConfigError, StartupError, DataDirLocked, PermissionError) as exc:
+    except (ConfigError, StartupError, DataDirLocked, PermissionError, SupervisorError) as exc:
         print(f"coordd: {exc}", file=sys.stderr)
         return 2
     except DomainError as exc:

@@ -112,3 +112,30 @@ def test_the_postgresql_bus_is_chosen_only_on_postgresql_without_redis(tmp_path)
     assert [t.name for t in both.transports] == ["redis", "postgresql"]  # type: ignore[attr-defined]
     off = make_settings(str(tmp_path), "postgresql://x@h/db", pg_event_bus=False)
     assert make_bus("i", off).kind == "memory"
+
+
+def test_the_listener_works_in_a_process_with_descriptors_past_1024(pg_url):
+    """A busy daemon holds thousands of sockets: the listener must not rely on select()."""
+    import os
+
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+
+        async def scenario() -> bool:
+            a, b = _bus("replica-a", pg_url), _bus("replica-b", pg_url)
+            on_b: list[Event] = []
+            b.add_listener(on_b.extend)
+            await a.start()
+            await b.start()
+            try:
+                assert await _until(lambda: a.transports[0].has_peers)
+                a.publish_threadsafe([Event(7, "test.fd", "things/7", {}, datetime.now(UTC))])
+                return await _until(lambda: [e.type for e in on_b] == ["test.fd"])
+            finally:
+                await a.close()
+                await b.close()
+
+        assert asyncio.run(scenario())
+    finally:
+        for fd in held:
+            os.close(fd)

@@ -12,14 +12,18 @@ from __future__ import annotations
 import collections
 import json
 import os
+import time
 from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2, timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.competition.support import create as create_competition
+from tests.support import fuzz
 from tests.support.fuzz import request_strategy
 from tests.support.rpcs import all_rpcs, by_service, invoke
 from tests.support.server import bearer
@@ -44,6 +48,64 @@ def _write_report():
         Path(path).write_text(json.dumps(merged, indent=1, sort_keys=True))
 
 
+def _seed(server, admin: str, user_id: str, token: str) -> list[str]:
+    """One resource of each kind, owned by the fuzzing participant where it can be."""
+    from coordd_client.v1 import (
+        ceremony_pb2,
+        ceremony_pb2_grpc,
+        job_pb2,
+        job_pb2_grpc,
+        node_pb2,
+        node_pb2_grpc,
+        notification_pb2,
+        notification_pb2_grpc,
+    )
+
+    names = [f"users/{user_id}"]
+    ceremonies = ceremony_pb2_grpc.CeremonyServiceStub(server.channel)
+    now = int(time.time())
+    ceremony = ceremonies.CreateCeremony(
+        ceremony_pb2.CreateCeremonyRequest(
+            title="Fuzz",
+            prefix="fuzz-ceremony",
+            start_time=timestamp_pb2.Timestamp(seconds=now + 3600),
+            end_time=timestamp_pb2.Timestamp(seconds=now + 86400),
+            timeout=ceremony_pb2.TimeoutConfig(
+                policy=ceremony_pb2.TIMEOUT_POLICY_FIXED, fixed_timeout=duration_pb2.Duration(seconds=60)
+            ),
+        ),
+        metadata=bearer(token),
+    ).ceremony
+    circuit = ceremonies.AddCircuit(
+        ceremony_pb2.AddCircuitRequest(parent=ceremony.name, display_name="main"), metadata=bearer(token)
+    ).circuit
+    names += [ceremony.name, circuit.name]
+    names.append(create_competition(server, token).name)
+    jobs = job_pb2_grpc.JobServiceStub(server.channel)
+    job = jobs.SubmitJob(
+        job_pb2.SubmitJobRequest(
+            kind=job_pb2.JOB_KIND_INFERENCE, model_ref="hf://org/model@1", input=job_pb2.Payload(data=b"x")
+        ),
+        metadata=bearer(token),
+    ).job
+    names.append(job.name)
+    nodes = node_pb2_grpc.NodeServiceStub(server.channel)
+    project = nodes.CreateProject(
+        node_pb2.CreateProjectRequest(display_name="p", slug="fuzz-project"), metadata=bearer(token)
+    ).project
+    node = nodes.RegisterNode(
+        node_pb2.RegisterNodeRequest(project=project.name, display_name="edge"), metadata=bearer(token)
+    ).node
+    names += [project.name, node.name]
+    channels = notification_pb2_grpc.NotificationServiceStub(server.channel)
+    channel = channels.CreateChannel(
+        notification_pb2.CreateChannelRequest(display_name="c", url="http://127.0.0.1:9/hook"),
+        metadata=bearer(token),
+    ).channel
+    names.append(channel.name)
+    return names
+
+
 def _ledger_balances(server) -> int:
     """Every posting has a counter-posting: the sum over all accounts is zero."""
     with server.rt.store.read():
@@ -55,7 +117,10 @@ def _ledger_balances(server) -> int:
 @pytest.mark.parametrize("service", sorted(SERVICES))
 def test_no_request_gets_unknown_or_internal_and_health_stays_serving(server, backend, service):
     _, admin = server.make_user("admin")
-    _, participant = server.make_user("participant", "provider", "organizer", "coordinator", "node_operator")
+    user_id, participant = server.make_user(
+        "participant", "provider", "organizer", "coordinator", "node_operator"
+    )
+    fuzz.KNOWN_NAMES[:] = _seed(server, admin, user_id, participant)
     health = health_pb2_grpc.HealthStub(server.channel)
     callers = st.sampled_from([bearer(admin), bearer(participant)])
     problems: list[str] = []

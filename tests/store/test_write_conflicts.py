@@ -52,7 +52,7 @@ def test_a_deadlock_is_retried_and_both_writers_succeed(server, probe):
 
     results = _run_all(server, locker("a", "b"), locker("b", "a"))
     assert sorted(results) == ["a", "b"]
-    assert len(attempts) == 3  # PostgreSQL chose one victim; it ran once more
+    assert len(attempts) >= 3  # PostgreSQL chose a victim and it ran again (under load, possibly twice)
     with rt.store.read():
         values = dict(probe.execute_sql("SELECT k, v FROM conflict_probe").fetchall())
     assert values == {"a": 1, "b": 1}

@@ -28,7 +28,8 @@ from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 from coordd_client import contributions as transfers
 from coordd_client import transcript as transcript_check
 from coordd_client.cli.common import Context, emit, enum_word, resource_name
-from coordd_client.errors import AlreadyExists, CoorddError, Unavailable
+from coordd_client.client import resume_stream
+from coordd_client.errors import AlreadyExists, CoorddError
 from coordd_client.v1 import ceremony_pb2 as pb
 
 CHUNK = 256 * 1024
@@ -186,42 +187,38 @@ class _Contributor:
             return 130
 
     def follow_queue(self) -> int:
-        """Watches the queue (reconnecting if the stream drops) until DONE."""
-        delay = 0.5
-        while True:
-            try:
-                for message in self.stub.WatchQueue(
-                    pb.WatchQueueRequest(ceremony=self.ceremony), timeout=None
-                ):
-                    delay = 0.5
-                    participant = message.participant
-                    if participant.status == pb.PARTICIPANT_STATUS_DONE:
-                        self._clear()
-                        self.event("done", receipts=len(self.receipts))
-                        return 0
-                    if participant.status == pb.PARTICIPANT_STATUS_READY:
-                        # Messages sent while a turn ran still say READY for that turn (the
-                        # queue behind us changed); a new turn has a new start deadline.
-                        turn = (participant.circuit, participant.deadline.ToJsonString())
-                        if turn not in self.turns_taken:
-                            self.turns_taken.add(turn)
-                            self.take_turn(participant.circuit)
-                        continue
-                    self.status_line(self.describe(message))
-            except Unavailable as exc:
-                self.event("connection lost; reconnecting", error=exc.message, retry_in_s=delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            # The stream ended without DONE (e.g. the ceremony closed): ask once more.
-            me = self.stub.GetMyParticipation(
-                pb.GetMyParticipationRequest(ceremony=self.ceremony)
-            ).participant
-            if me.status == pb.PARTICIPANT_STATUS_DONE:
+        """Watches the queue (re-opened if the daemon or a proxy drops it) until DONE."""
+
+        def reconnecting(error: CoorddError, delay: float) -> None:
+            self.event("connection lost; reconnecting", error=error.message, retry_in_s=round(delay, 2))
+
+        stream = resume_stream(
+            lambda: self.stub.WatchQueue(pb.WatchQueueRequest(ceremony=self.ceremony), timeout=None),
+            attempts=None,
+            on_resume=reconnecting,
+        )
+        for message in stream:
+            participant = message.participant
+            if participant.status == pb.PARTICIPANT_STATUS_DONE:
+                self._clear()
                 self.event("done", receipts=len(self.receipts))
                 return 0
-            self.event("stream ended", status=_status(me.status))
-            return 1
+            if participant.status == pb.PARTICIPANT_STATUS_READY:
+                # Messages sent while a turn ran still say READY for that turn (the
+                # queue behind us changed); a new turn has a new start deadline.
+                turn = (participant.circuit, participant.deadline.ToJsonString())
+                if turn not in self.turns_taken:
+                    self.turns_taken.add(turn)
+                    self.take_turn(participant.circuit)
+                continue
+            self.status_line(self.describe(message))
+        # The stream ended without DONE (e.g. the ceremony closed): ask once more.
+        me = self.stub.GetMyParticipation(pb.GetMyParticipationRequest(ceremony=self.ceremony)).participant
+        if me.status == pb.PARTICIPANT_STATUS_DONE:
+            self.event("done", receipts=len(self.receipts))
+            return 0
+        self.event("stream ended", status=_status(me.status))
+        return 1
 
     @staticmethod
     def describe(message: pb.WatchQueueResponse) -> str:

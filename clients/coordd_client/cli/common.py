@@ -13,7 +13,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
-from coordd_client.client import Client, connect
+from coordd_client.client import Client, ResumedStream, connect, resume_stream
 from coordd_client.errors import CoorddError
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -177,6 +177,20 @@ def fail(ctx: Context, exc: CoorddError) -> int:
         for path, problem in exc.violations.items():
             print(f"  {path}: {problem}", file=sys.stderr)
     return 1
+
+
+def watch(ctx: Context, call_factory: Any, attempts: int | None = 30) -> ResumedStream:
+    """A Watch* stream that survives a daemon restart or a proxy reset (resume_stream); each
+    re-open is noted on stderr (a JSON line with --json), stdout stays the stream's output."""
+
+    def note(error: CoorddError, delay: float) -> None:
+        if ctx.as_json:
+            line = {"event": "stream lost; reconnecting", "code": error.status_code.name, "retry_in_s": delay}
+            print(json.dumps(line), file=sys.stderr, flush=True)
+        else:
+            print(f"stream lost ({error}); reconnecting in {delay:.1f}s", file=sys.stderr, flush=True)
+
+    return resume_stream(call_factory, attempts=attempts, on_resume=note)
 
 
 def resource_name(collection: str, text: str) -> str:

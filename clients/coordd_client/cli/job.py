@@ -17,7 +17,7 @@ from typing import Any
 from google.protobuf import duration_pb2
 
 from coordd_client import attestation
-from coordd_client.cli.common import Context, emit, enum_word, resource_name, table
+from coordd_client.cli.common import Context, emit, enum_word, resource_name, table, watch
 from coordd_client.errors import CoorddError, FailedPrecondition
 from coordd_client.v1 import job_pb2
 
@@ -71,6 +71,12 @@ def register(sub: Any) -> None:
         cmd.add_argument("job", help="jobs/{id} or the id")
         if name == "cancel":
             cmd.add_argument("--reason", default="")
+        if name in ("get", "watch"):
+            cmd.add_argument(
+                "--view",
+                choices=["basic", "full"],
+                help="full: with the inline input/output bytes (default for `get --json`); basic: without",
+            )
         cmd.set_defaults(func=func)
     listing = job.add_parser("list", help="your jobs")
     listing.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
@@ -125,6 +131,11 @@ def _submit(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def _view(args: argparse.Namespace, default_full: bool) -> int:
+    full = args.view == "full" if args.view else default_full
+    return job_pb2.JOB_VIEW_FULL if full else job_pb2.JOB_VIEW_BASIC
+
+
 def _describe(job: job_pb2.Job) -> str:
     lines = [
         f"{job.name}: {_state(job.state)} (attempt {job.attempt}/{job.max_attempts}, budget {job.budget})"
@@ -133,13 +144,18 @@ def _describe(job: job_pb2.Job) -> str:
         lines.append(f"  provider {job.provider}")
     if job.error:
         lines.append(f"  error: {job.error}")
+    if job.input.size_bytes:
+        lines.append(f"  input {job.input.size_bytes} bytes")
     if job.output.sha256:
-        lines.append(f"  output sha256 {job.output.sha256}")
+        size = f" ({job.output.size_bytes} bytes)" if job.output.size_bytes else ""
+        lines.append(f"  output sha256 {job.output.sha256}{size}")
     return "\n".join(lines)
 
 
 def _get(ctx: Context, args: argparse.Namespace) -> int:
-    job = ctx.client.job.GetJob(job_pb2.GetJobRequest(name=_job_name(args.job))).job
+    # The description needs no payload bytes; JSON output shows the whole job, as it always did.
+    request = job_pb2.GetJobRequest(name=_job_name(args.job), view=_view(args, ctx.as_json))
+    job = ctx.client.job.GetJob(request).job
     emit(ctx, job, _describe(job))
     return 0
 
@@ -160,8 +176,11 @@ def _list(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _watch(ctx: Context, args: argparse.Namespace) -> int:
+    """Follows the job; a stream the daemon or a proxy drops is re-opened (it starts again
+    with the job's current state), with a note on stderr."""
     last: job_pb2.Job | None = None
-    stream = ctx.client.job.WatchJob(job_pb2.WatchJobRequest(name=_job_name(args.job)), timeout=None)
+    request = job_pb2.WatchJobRequest(name=_job_name(args.job), view=_view(args, False))
+    stream = watch(ctx, lambda: ctx.client.job.WatchJob(request, timeout=None))
     for update in stream:
         last = update.job
         if ctx.as_json:

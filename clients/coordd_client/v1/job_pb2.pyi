@@ -73,6 +73,34 @@ JOB_STATE_CANCELLED: JobState.ValueType  # 5
 """Cancelled by its submitter or an admin; refunded."""
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
+class _JobView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_VIEW_UNSPECIFIED: _JobView.ValueType  # 0
+    """The RPC's default: JOB_VIEW_FULL for GetJob, JOB_VIEW_BASIC for ListJobs and WatchJob."""
+    JOB_VIEW_BASIC: _JobView.ValueType  # 1
+    """Everything except inline payload bytes: `input` and `output` keep their digest, size
+    and URI, but not `data`.
+    """
+    JOB_VIEW_FULL: _JobView.ValueType  # 2
+    """Everything, inline payload bytes included."""
+
+class JobView(_JobView, metaclass=_JobViewEnumTypeWrapper):
+    """How much of a job a read returns (AIP-157)."""
+
+JOB_VIEW_UNSPECIFIED: JobView.ValueType  # 0
+"""The RPC's default: JOB_VIEW_FULL for GetJob, JOB_VIEW_BASIC for ListJobs and WatchJob."""
+JOB_VIEW_BASIC: JobView.ValueType  # 1
+"""Everything except inline payload bytes: `input` and `output` keep their digest, size
+and URI, but not `data`.
+"""
+JOB_VIEW_FULL: JobView.ValueType  # 2
+"""Everything, inline payload bytes included."""
+Global___JobView: _TypeAlias = JobView  # noqa: Y015
+
 @_typing.final
 class Payload(_message.Message):
     """Inline bytes or a URI, with the SHA-256 digest that identifies the content."""
@@ -83,12 +111,17 @@ class Payload(_message.Message):
     URI_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
     PURGED_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     uri: _builtins.str
     sha256: _builtins.str
     """Lower-case hex SHA-256 of the content. Required with a URI; checked against data when given."""
     purged: _builtins.bool
     """Set when the inline data was deleted after the retention period."""
+    size_bytes: _builtins.int
+    """Output only: the size of the inline data in bytes, in every view (also when `data` is
+    left out); 0 for a URI or once purged.
+    """
     def __init__(
         self,
         *,
@@ -96,10 +129,11 @@ class Payload(_message.Message):
         uri: _builtins.str = ...,
         sha256: _builtins.str = ...,
         purged: _builtins.bool = ...,
+        size_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "source", b"source", "uri", b"uri"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "purged", b"purged", "sha256", b"sha256", "source", b"source", "uri", b"uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "purged", b"purged", "sha256", b"sha256", "size_bytes", b"size_bytes", "source", b"source", "uri", b"uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["data", "uri"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
@@ -567,16 +601,20 @@ class GetJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`jobs/{job}`."""
+    view: Global___JobView.ValueType
+    """Unspecified: JOB_VIEW_FULL."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        view: Global___JobView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -611,6 +649,7 @@ class ListJobsRequest(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     SUBMITTER_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most 1000; 0 means 50."""
     page_token: _builtins.str
@@ -620,6 +659,10 @@ class ListJobsRequest(_message.Message):
     """Unspecified: any kind."""
     submitter: _builtins.str
     """`users/{user}`; empty means the caller. Only admins may name someone else."""
+    view: Global___JobView.ValueType
+    """Unspecified: JOB_VIEW_BASIC. With JOB_VIEW_FULL a page also ends early, before the
+    job whose payloads would not fit in the reply (its next_page_token continues there).
+    """
     def __init__(
         self,
         *,
@@ -628,10 +671,11 @@ class ListJobsRequest(_message.Message):
         state: Global___JobState.ValueType = ...,
         kind: Global___JobKind.ValueType = ...,
         submitter: _builtins.str = ...,
+        view: Global___JobView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "page_size", b"page_size", "page_token", b"page_token", "state", b"state", "submitter", b"submitter"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "page_size", b"page_size", "page_token", b"page_token", "state", b"state", "submitter", b"submitter", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -646,7 +690,7 @@ class ListJobsResponse(_message.Message):
     next_page_token: _builtins.str
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
-        """Input and output data are left out; GetJob returns them."""
+        """Inline input and output data only with JOB_VIEW_FULL."""
 
     def __init__(
         self,
@@ -710,16 +754,20 @@ class WatchJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`jobs/{job}`."""
+    view: Global___JobView.ValueType
+    """Unspecified: JOB_VIEW_BASIC."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        view: Global___JobView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -756,8 +804,14 @@ class ClaimJobsRequest(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     MAX_JOBS_FIELD_NUMBER: _builtins.int
     WAIT_FIELD_NUMBER: _builtins.int
+    MAX_REPLY_BYTES_FIELD_NUMBER: _builtins.int
     max_jobs: _builtins.int
     """1..100; 0 means 1."""
+    max_reply_bytes: _builtins.int
+    """The largest reply this worker accepts (its gRPC receive limit); 0 means 4 MiB, gRPC's
+    default. The server also caps it at its own send limit. Jobs are leased only while the
+    reply fits; a job too large for this worker is left to others.
+    """
     @_builtins.property
     def capabilities(self) -> Global___Capabilities:
         """What this worker can run."""
@@ -772,10 +826,11 @@ class ClaimJobsRequest(_message.Message):
         capabilities: Global___Capabilities | None = ...,
         max_jobs: _builtins.int = ...,
         wait: _duration_pb2.Duration | None = ...,
+        max_reply_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "max_jobs", b"max_jobs", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "max_jobs", b"max_jobs", "max_reply_bytes", b"max_reply_bytes", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -149,13 +149,15 @@ class JobServiceServicer:
 
     def GetJob(self, request, context):
         """A job, with its attempts. Visible to its submitter, its provider and admins.
+        Inline payloads are included unless `view` is JOB_VIEW_BASIC.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """The caller's jobs (admins: anyone's), newest first.
+        """The caller's jobs (admins: anyone's), newest first. Inline payloads only with
+        JOB_VIEW_FULL.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -171,6 +173,7 @@ class JobServiceServicer:
 
     def WatchJob(self, request, context):
         """Streams the job's state, queue position, attempt and progress until it finishes.
+        Inline payloads only with JOB_VIEW_FULL.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -178,7 +181,9 @@ class JobServiceServicer:
 
     def ClaimJobs(self, request, context):
         """Workers: long-polls up to `wait` for jobs matching the worker's capabilities and
-        returns up to `max_jobs` of them, each under a lease.
+        returns up to `max_jobs` of them, each under a lease. A reply never carries more than
+        fits in one message (`max_reply_bytes`); a call that ends before its reply is sent
+        (cancelled, deadline exceeded) hands its jobs back without spending an attempt.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -52,18 +52,26 @@ class JobServiceStub:
     (INSUFFICIENT_FUNDS). Honors `idempotency-key` for the whole batch.
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.GetJobRequest, _job_pb2.GetJobResponse]
-    """A job, with its attempts. Visible to its submitter, its provider and admins."""
+    """A job, with its attempts. Visible to its submitter, its provider and admins.
+    Inline payloads are included unless `view` is JOB_VIEW_BASIC.
+    """
     ListJobs: _grpc.UnaryUnaryMultiCallable[_job_pb2.ListJobsRequest, _job_pb2.ListJobsResponse]
-    """The caller's jobs (admins: anyone's), newest first."""
+    """The caller's jobs (admins: anyone's), newest first. Inline payloads only with
+    JOB_VIEW_FULL.
+    """
     CancelJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.CancelJobRequest, _job_pb2.CancelJobResponse]
     """Cancels a job. A queued job is cancelled and refunded at once; a running job is
     cancelled (and refunded) when its worker next heartbeats, completes or fails.
     """
     WatchJob: _grpc.UnaryStreamMultiCallable[_job_pb2.WatchJobRequest, _job_pb2.WatchJobResponse]
-    """Streams the job's state, queue position, attempt and progress until it finishes."""
+    """Streams the job's state, queue position, attempt and progress until it finishes.
+    Inline payloads only with JOB_VIEW_FULL.
+    """
     ClaimJobs: _grpc.UnaryUnaryMultiCallable[_job_pb2.ClaimJobsRequest, _job_pb2.ClaimJobsResponse]
     """Workers: long-polls up to `wait` for jobs matching the worker's capabilities and
-    returns up to `max_jobs` of them, each under a lease.
+    returns up to `max_jobs` of them, each under a lease. A reply never carries more than
+    fits in one message (`max_reply_bytes`); a call that ends before its reply is sent
+    (cancelled, deadline exceeded) hands its jobs back without spending an attempt.
     """
     HeartbeatJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.HeartbeatJobRequest, _job_pb2.HeartbeatJobResponse]
     """Workers: extends the lease and reports progress; the reply says if the job was cancelled."""
@@ -114,18 +122,26 @@ class JobServiceAsyncStub(JobServiceStub):
     (INSUFFICIENT_FUNDS). Honors `idempotency-key` for the whole batch.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_job_pb2.GetJobRequest, _job_pb2.GetJobResponse]  # type: ignore[assignment]
-    """A job, with its attempts. Visible to its submitter, its provider and admins."""
+    """A job, with its attempts. Visible to its submitter, its provider and admins.
+    Inline payloads are included unless `view` is JOB_VIEW_BASIC.
+    """
     ListJobs: _aio.UnaryUnaryMultiCallable[_job_pb2.ListJobsRequest, _job_pb2.ListJobsResponse]  # type: ignore[assignment]
-    """The caller's jobs (admins: anyone's), newest first."""
+    """The caller's jobs (admins: anyone's), newest first. Inline payloads only with
+    JOB_VIEW_FULL.
+    """
     CancelJob: _aio.UnaryUnaryMultiCallable[_job_pb2.CancelJobRequest, _job_pb2.CancelJobResponse]  # type: ignore[assignment]
     """Cancels a job. A queued job is cancelled and refunded at once; a running job is
     cancelled (and refunded) when its worker next heartbeats, completes or fails.
     """
     WatchJob: _aio.UnaryStreamMultiCallable[_job_pb2.WatchJobRequest, _job_pb2.WatchJobResponse]  # type: ignore[assignment]
-    """Streams the job's state, queue position, attempt and progress until it finishes."""
+    """Streams the job's state, queue position, attempt and progress until it finishes.
+    Inline payloads only with JOB_VIEW_FULL.
+    """
     ClaimJobs: _aio.UnaryUnaryMultiCallable[_job_pb2.ClaimJobsRequest, _job_pb2.ClaimJobsResponse]  # type: ignore[assignment]
     """Workers: long-polls up to `wait` for jobs matching the worker's capabilities and
-    returns up to `max_jobs` of them, each under a lease.
+    returns up to `max_jobs` of them, each under a lease. A reply never carries more than
+    fits in one message (`max_reply_bytes`); a call that ends before its reply is sent
+    (cancelled, deadline exceeded) hands its jobs back without spending an attempt.
     """
     HeartbeatJob: _aio.UnaryUnaryMultiCallable[_job_pb2.HeartbeatJobRequest, _job_pb2.HeartbeatJobResponse]  # type: ignore[assignment]
     """Workers: extends the lease and reports progress; the reply says if the job was cancelled."""
@@ -191,7 +207,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_pb2.GetJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_pb2.GetJobResponse, _abc.Awaitable[_job_pb2.GetJobResponse]]:
-        """A job, with its attempts. Visible to its submitter, its provider and admins."""
+        """A job, with its attempts. Visible to its submitter, its provider and admins.
+        Inline payloads are included unless `view` is JOB_VIEW_BASIC.
+        """
 
     @_abc_1.abstractmethod
     def ListJobs(
@@ -199,7 +217,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_pb2.ListJobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_pb2.ListJobsResponse, _abc.Awaitable[_job_pb2.ListJobsResponse]]:
-        """The caller's jobs (admins: anyone's), newest first."""
+        """The caller's jobs (admins: anyone's), newest first. Inline payloads only with
+        JOB_VIEW_FULL.
+        """
 
     @_abc_1.abstractmethod
     def CancelJob(
@@ -217,7 +237,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_pb2.WatchJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_job_pb2.WatchJobResponse], _abc.AsyncIterator[_job_pb2.WatchJobResponse]]:
-        """Streams the job's state, queue position, attempt and progress until it finishes."""
+        """Streams the job's state, queue position, attempt and progress until it finishes.
+        Inline payloads only with JOB_VIEW_FULL.
+        """
 
     @_abc_1.abstractmethod
     def ClaimJobs(
@@ -226,7 +248,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_job_pb2.ClaimJobsResponse, _abc.Awaitable[_job_pb2.ClaimJobsResponse]]:
         """Workers: long-polls up to `wait` for jobs matching the worker's capabilities and
-        returns up to `max_jobs` of them, each under a lease.
+        returns up to `max_jobs` of them, each under a lease. A reply never carries more than
+        fits in one message (`max_reply_bytes`); a call that ends before its reply is sent
+        (cancelled, deadline exceeded) hands its jobs back without spending an attempt.
         """
 
     @_abc_1.abstractmethod

@@ -3,7 +3,7 @@
 Two dedicated psycopg2 connections, neither from the pool nor on the event loop:
 - the publisher thread's: `SELECT pg_notify(...)` in autocommit after the change committed
   (with synchronous_commit off: a notification needs no WAL flush to be delivered);
-- the listener thread's: `LISTEN`, then select() on its socket; notifications are decoded
+- the listener thread's: `LISTEN`, then poll() on its socket; notifications are decoded
   there and handed to the loop in one call per batch.
 
 A payload is the event's wire form when it fits under PostgreSQL's 8000-byte limit, else a
@@ -178,11 +178,15 @@ class PostgresTransport:
 
     def _serve(self, conn: Any) -> None:
         last = time.monotonic()
+        # poll(), not select(): a busy process has descriptors past select()'s FD_SETSIZE (1024).
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
         while not self._stop.is_set():
             if time.monotonic() - self._peers_checked > _PEER_CHECK_S:
                 self._count_peers(conn)
-            ready, _, _ = select.select([conn, self._wake_r], [], [], 1.0)
-            if conn in ready:
+            ready = {fd for fd, _ in poller.poll(1000)}
+            if conn.fileno() in ready:
                 conn.poll()
                 last = time.monotonic()
             elif time.monotonic() - last > _IDLE_PING_S or not self.link.up:

@@ -3,6 +3,15 @@
 Tasks are plain functions of the Runtime that run in the DB thread pool. Each selects only
 what is due and is idempotent, so a crash mid-run loses nothing; one failing task never
 stops the others.
+
+Leadership on PostgreSQL is a lease in the database (store/scheduler_lease.py): the holder
+renews it every third of `scheduler_lease_s`; when it expires (by the database's clock)
+another replica takes it with the next epoch. The holder keeps its own deadline on the
+monotonic clock, from the moment it *sent* the last successful renewal (the database's
+expiry is later than that), and runs no task once the deadline has passed, even before it
+learns that someone else leads. Every write a task commits is fenced by its epoch, so a
+leader that was paused or cut off mid-task cannot commit after a takeover. On SQLite the
+process holding the data-dir file lock is the only possible leader.
 """
 
 from __future__ import annotations
@@ -10,20 +19,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from coordd import metrics
-from coordd.domain.status import SCHEDULER
 from coordd.runtime import Runtime
-from coordd.store.models import SchedulerLeader, SchedulerTaskRun
+from coordd.store import scheduler_lease
+from coordd.store.db import Store
+from coordd.store.scheduler_lease import FENCE, Fence, LeadershipLost
 
 log = structlog.get_logger("coordd.scheduler")
 
-_ADVISORY_KEY = 0x636F6F726464  # "coordd"
+# A follower looks at least this often (a dead holder's lease is taken at once, see
+# store/scheduler_lease.py); the holder renews every third of the lease.
+FOLLOWER_POLL_S = 1.0
+# The holder stops acting this fraction of a lease after sending its last good renewal:
+# the database's expiry is a full lease after it *received* the renewal.
+DEADLINE_FRACTION = 0.9
 
 
 @dataclass(frozen=True)
@@ -33,45 +50,126 @@ class Task:
     fn: Callable[[Runtime], Any]
 
 
+@dataclass(frozen=True)
+class Leadership:
+    holder: str
+    epoch: int
+
+
 class Elector:
     """SQLite: the process holding the data-dir file lock is the only possible leader."""
 
-    async def acquire(self, rt: Runtime) -> bool:
+    fenced = False
+
+    def __init__(self, instance_id: str | None = None) -> None:
+        self.instance_id = instance_id
+        self._held: Leadership | None = None
+
+    def holder(self, rt: Runtime) -> str:
+        return self.instance_id or rt.instance_id
+
+    async def acquire(self, rt: Runtime) -> Leadership | None:
+        """Claims or renews leadership; the leadership held now, or None."""
+        self._held = Leadership(self.holder(rt), 0)
+        return self._held
+
+    def held(self) -> Leadership | None:
+        """The leadership last confirmed (its deadline may have passed meanwhile)."""
+        return self._held
+
+    def valid(self, leadership: Leadership) -> bool:
+        """Whether `leadership` may still act (its holder's deadline is ahead)."""
         return True
+
+    def retry_in(self, period: float) -> float:
+        """How long to wait before the next attempt (at most `period`)."""
+        return period
 
     async def release(self, rt: Runtime) -> None:
         return None
 
 
 class PostgresElector(Elector):
-    """A session-level advisory lock on a dedicated connection: released by PostgreSQL
-    when the holder's connection dies, so a crashed leader is replaced within one lease."""
+    """The lease in scheduler_leader, claimed and renewed on a dedicated connection from a
+    thread of its own: a renewal stuck on a hung connection neither holds a pool thread nor
+    delays the deadline, and the next attempt waits behind it instead of piling up."""
 
-    def __init__(self) -> None:
+    fenced = True
+
+    def __init__(self, instance_id: str | None = None) -> None:
+        super().__init__(instance_id)
         self._conn: Any = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coordd-lease")
+        # (leadership, monotonic deadline), replaced as one value: read from other threads.
+        self._state: tuple[Leadership | None, float] = (None, 0.0)
+        # A follower tries again right after the current lease runs out, not a period later.
+        self._retry_at: float | None = None
 
-    def _acquire(self, rt: Runtime) -> bool:
+    def held(self) -> Leadership | None:
+        return self._state[0]
+
+    def valid(self, leadership: Leadership) -> bool:
+        held, deadline = self._state
+        return held == leadership and time.monotonic() < deadline
+
+    async def acquire(self, rt: Runtime) -> Leadership | None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._elect, rt)
+
+    def _connect(self, rt: Runtime) -> Any:
+        if self._conn is None:
+            import psycopg2
+
+            lease_ms = int(rt.settings.scheduler_lease_s * 1000)
+            self._conn = psycopg2.connect(
+                dbname=rt.store.db.database,
+                **rt.store.db.connect_params,
+                application_name=scheduler_lease.APPLICATION_NAME,
+                # A hung server or network fails the statement instead of blocking for ever.
+                options=f"-c statement_timeout={max(lease_ms // 2, 50)}",
+                keepalives=1,
+                keepalives_idle=max(int(rt.settings.scheduler_lease_s / 3), 1),
+                keepalives_interval=1,
+                keepalives_count=3,
+                tcp_user_timeout=max(lease_ms // 2, 100),
+            )
+            self._conn.autocommit = True
+        return self._conn
+
+    def _elect(self, rt: Runtime) -> Leadership | None:
         import psycopg2
 
+        lease_s = rt.settings.scheduler_lease_s
+        lease_us = max(int(lease_s * 1_000_000), 1)
+        holder = self.holder(rt)
+        current = self._state[0]
+        sent = time.monotonic()
         try:
-            if self._conn is None:
-                params = rt.store.db.connect_params
-                self._conn = psycopg2.connect(dbname=rt.store.db.database, **params)
-                self._conn.autocommit = True
-                with self._conn.cursor() as cur:
-                    cur.execute("SELECT pg_try_advisory_lock(%s)", (_ADVISORY_KEY,))
-                    if not cur.fetchone()[0]:
-                        self._conn.close()
-                        self._conn = None
-                        return False
-                return True
-            with self._conn.cursor() as cur:
-                cur.execute("SELECT 1")
-            return True
+            conn = self._connect(rt)
+            if current is not None and scheduler_lease.renew(conn, holder, current.epoch, lease_us):
+                leadership: Leadership | None = current
+            else:
+                if current is not None:
+                    # Lost: a new session, without the advisory lock this leadership took for
+                    # older versions (see scheduler_lease.claim).
+                    self._close()
+                    conn = self._connect(rt)
+                claimed = scheduler_lease.claim(conn, holder, lease_us)
+                leadership = Leadership(holder, claimed.epoch) if claimed.epoch is not None else None
+                self._retry_at = None if leadership else time.monotonic() + claimed.remaining_s + 0.01
         except psycopg2.Error as exc:
-            log.warning("leader lock connection lost", error=str(exc))
+            log.warning("scheduler lease statement failed", error=str(exc).strip())
             self._close()
-            return False
+            # Not confirmed, not refused: the deadline already set decides.
+            return current if current is not None and self.valid(current) else None
+        self._state = (leadership, sent + lease_s * DEADLINE_FRACTION if leadership else 0.0)
+        return leadership
+
+    def retry_in(self, period: float) -> float:
+        retry_at, self._retry_at = self._retry_at, None
+        if retry_at is None:
+            return period
+        return min(max(retry_at - time.monotonic(), 0.0), period)
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -79,11 +177,24 @@ class PostgresElector(Elector):
                 self._conn.close()
             self._conn = None
 
-    async def acquire(self, rt: Runtime) -> bool:
-        return await rt.run(self._acquire, rt)
+    def _release(self, rt: Runtime) -> None:
+        held = self._state[0]
+        self._state = (None, 0.0)
+        if held is not None and self._conn is not None:
+            with contextlib.suppress(Exception):
+                scheduler_lease.release(self._conn, held.holder, held.epoch)
+        self._close()
 
     async def release(self, rt: Runtime) -> None:
-        await rt.run(self._close)
+        self._state = (None, 0.0)  # stop acting now, whatever the database says
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(loop.run_in_executor(self._executor, self._release, rt), 5)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+# Stores whose transactions check the fence (the hook is added once per store).
+_FENCED: weakref.WeakSet[Store] = weakref.WeakSet()
 
 
 class Scheduler:
@@ -91,10 +202,23 @@ class Scheduler:
         self.rt = rt
         self.tasks = tasks
         self.elector = elector
-        self.is_leader = False
+        self._leadership: Leadership | None = None
         self._main: asyncio.Task[None] | None = None
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {t.name: asyncio.Event() for t in tasks}
+        self._period = max(rt.settings.scheduler_lease_s / 3, 0.05)
+        if elector.fenced and rt.store not in _FENCED:
+            rt.store.before_commit(scheduler_lease.fence)
+            _FENCED.add(rt.store)
+
+    @property
+    def is_leader(self) -> bool:
+        leadership = self._leadership
+        return leadership is not None and self.elector.valid(leadership)
+
+    @property
+    def leadership(self) -> Leadership | None:
+        return self._leadership
 
     async def start(self) -> None:
         self._main = asyncio.create_task(self._lead(), name="scheduler")
@@ -106,43 +230,45 @@ class Scheduler:
             event.set()
 
     async def _lead(self) -> None:
-        period = max(self.rt.settings.scheduler_lease_s / 3, 0.05)
         while True:
             try:
-                leader = await self.elector.acquire(self.rt)
+                # Bounded: a renewal stuck on a hung connection must not stop the checks below.
+                await asyncio.wait_for(self.elector.acquire(self.rt), self._period)
+            except TimeoutError:
+                log.info("scheduler lease renewal is slow", instance=self.elector.holder(self.rt))
             except Exception as exc:  # never let the election loop die
                 log.error("leader election failed", error=str(exc))
-                leader = False
-            if leader and not self.is_leader:
-                log.info("scheduler leadership acquired", instance=self.rt.instance_id)
-                self._start_loops()
-            elif not leader and self.is_leader:
-                log.warning("scheduler leadership lost", instance=self.rt.instance_id)
-                await self._stop_loops()
-            self.is_leader = leader
-            metrics.IS_LEADER.set(1 if leader else 0)
-            if leader:
+            await self._follow(self.elector.held())
+            metrics.IS_LEADER.set(1 if self.is_leader else 0)
+            if self._leadership is not None and not self.elector.fenced:
                 with contextlib.suppress(Exception):
                     await self.rt.run(self._heartbeat)
-            await asyncio.sleep(period)
+            period = self._period if self._leadership else min(self._period, FOLLOWER_POLL_S)
+            await asyncio.sleep(self.elector.retry_in(period))
+
+    async def _follow(self, held: Leadership | None) -> None:
+        """Starts or stops the task loops when the leadership held changes."""
+        if held == self._leadership:
+            return
+        if self._leadership is not None:
+            log.warning(
+                "scheduler leadership lost", instance=self._leadership.holder, epoch=self._leadership.epoch
+            )
+            await self._stop_loops()
+        self._leadership = held
+        if held is not None:
+            log.info("scheduler leadership acquired", instance=held.holder, epoch=held.epoch)
+            self._start_loops(held)
 
     def _heartbeat(self) -> None:
         with self.rt.store.write() as tx:
-            row = SchedulerLeader.get_or_none(SchedulerLeader.name == SCHEDULER)
-            if row is None:
-                SchedulerLeader.create(
-                    name=SCHEDULER, instance_id=self.rt.instance_id, since_time=tx.now, heartbeat_time=tx.now
-                )
-                return
-            if row.instance_id != self.rt.instance_id:
-                row.instance_id = self.rt.instance_id
-                row.since_time = tx.now
-            row.heartbeat_time = tx.now
-            row.save()
+            scheduler_lease.note_leader(self.elector.holder(self.rt), tx.now)
 
-    def _start_loops(self) -> None:
+    def _start_loops(self, leadership: Leadership) -> None:
         for task in self.tasks:
-            self._loops[task.name] = asyncio.create_task(self._loop(task), name=f"task:{task.name}")
+            self._loops[task.name] = asyncio.create_task(
+                self._loop(task, leadership), name=f"task:{task.name}"
+            )
 
     async def _stop_loops(self) -> None:
         loops = list(self._loops.values())
@@ -153,17 +279,34 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
 
-    async def _loop(self, task: Task) -> None:
+    async def _loop(self, task: Task, leadership: Leadership) -> None:
         wake = self._wake[task.name]
+        if self.elector.fenced:
+            # This loop's context (copied into the DB threads by Runtime.run): every write
+            # the task commits checks the epoch.
+            FENCE.set(
+                Fence(
+                    leadership.holder,
+                    leadership.epoch,
+                    lambda: self.elector.valid(leadership),
+                    max(int(self.rt.settings.scheduler_lease_s * 1000), 100),
+                )
+            )
         # Ends once _stop_loops has dropped it, even if asyncio.wait_for (Python 3.11) swallowed
         # the cancellation because the wake event fired at that moment.
         while self._loops.get(task.name) is asyncio.current_task():
-            wake.clear()
-            await self.run_once(task)
+            wait = task.interval
+            if self.elector.valid(leadership):
+                wake.clear()
+                await self.run_once(task, leadership)
+            else:
+                # Past the deadline: act no more; run again once renewed, or end when replaced.
+                wait = min(task.interval, self._period)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), task.interval)
+                await asyncio.wait_for(wake.wait(), wait)
 
-    async def run_once(self, task: Task) -> None:
+    async def run_once(self, task: Task, leadership: Leadership | None = None) -> None:
+        leadership = leadership or Leadership(self.elector.holder(self.rt), 0)
         started_wall = self.rt.now()
         started = time.perf_counter()
         error = ""
@@ -173,6 +316,11 @@ class Scheduler:
                 log.info("task did work", task=task.name, result=result)
         except asyncio.CancelledError:
             raise
+        except LeadershipLost as exc:
+            # Refused by the fence: nothing of this run committed, and the next renewal (or
+            # the deadline) ends this leadership.
+            log.warning("task write refused: leadership ended", task=task.name, reason=str(exc))
+            return
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:2000]
             metrics.TASK_FAILURES.labels(task.name).inc()
@@ -180,21 +328,13 @@ class Scheduler:
         elapsed = time.perf_counter() - started
         metrics.TASK_DURATION.labels(task.name).observe(elapsed)
         with contextlib.suppress(Exception):
-            await self.rt.run(self._record, task, started_wall, elapsed, error)
+            await self.rt.run(self._record, task, started_wall, elapsed, error, leadership)
 
-    def _record(self, task: Task, started: Any, elapsed: float, error: str) -> None:
+    def _record(self, task: Task, started: Any, elapsed: float, error: str, leadership: Leadership) -> None:
         with self.rt.store.write():
-            row = SchedulerTaskRun.get_or_none(SchedulerTaskRun.name == task.name)
-            exists = row is not None
-            if row is None:
-                row = SchedulerTaskRun(name=task.name, run_count=0, failure_count=0)
-            row.interval_s = task.interval
-            row.last_start_time = started
-            row.last_duration_s = elapsed
-            row.last_error = error
-            row.run_count += 1
-            row.failure_count += 1 if error else 0
-            row.save(force_insert=not exists)
+            scheduler_lease.record_run(
+                task.name, task.interval, started, elapsed, error, leadership.holder, leadership.epoch
+            )
 
     async def stop(self) -> None:
         if self._main is not None:
@@ -203,5 +343,5 @@ class Scheduler:
                 await self._main
         await self._stop_loops()
         await self.elector.release(self.rt)
-        self.is_leader = False
+        self._leadership = None
         metrics.IS_LEADER.set(0)

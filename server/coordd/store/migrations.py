@@ -14,6 +14,7 @@ import peewee
 import structlog
 
 from coordd.store import models as m
+from coordd.store import scheduler_lease
 from coordd.store.auth import models as auth_m
 from coordd.store.ceremony import models as ceremony_m
 from coordd.store.competition import models as competition_m
@@ -94,6 +95,11 @@ MIGRATIONS: list[Migration] = [
         ),
     ),
     Migration(60, "auth: revocation epoch, account changes, audit events", auth_m.add_account_control),
+    Migration(
+        70,
+        "scheduler: a leadership lease (epoch, expiry, holder connection) and who ran each task last",
+        scheduler_lease.add_lease_columns,
+    ),
     Migration(80, "auth: API key scopes, the node of a node key", auth_m.add_key_scopes),
     Migration(
         81,

@@ -65,10 +65,21 @@ class EventLog(BaseModel):
 
 
 class SchedulerLeader(BaseModel):
+    """The scheduler's lease (one row, name "scheduler"). On PostgreSQL every time in it comes
+    from the database's clock (store/scheduler_lease.py), never a replica's."""
+
     name = peewee.CharField(primary_key=True, max_length=50)
+    # The holder: the instance that took the lease last (it leads while expire_time is ahead).
     instance_id = peewee.CharField(max_length=100)
     since_time = TimestampField()
+    # The holder's last renewal.
     heartbeat_time = TimestampField()
+    # Grows by one at every takeover; a scheduled task's write commits only under its own epoch.
+    epoch = peewee.BigIntegerField(default=0)
+    # The lease ends here unless renewed; 0: released (or never held).
+    expire_time = TimestampField(default=0)
+    # The holder's lease connection (PostgreSQL backend pid): when it is gone, so is the lease.
+    holder_pid = peewee.IntegerField(default=0)
 
 
 class SchedulerTaskRun(BaseModel):
@@ -79,3 +90,6 @@ class SchedulerTaskRun(BaseModel):
     last_error = peewee.TextField(default="")
     run_count = peewee.BigIntegerField(default=0)
     failure_count = peewee.BigIntegerField(default=0)
+    # Who ran it last, under which leadership epoch (0: a single-process leader, SQLite).
+    last_instance_id = peewee.CharField(max_length=100, default="")
+    last_epoch = peewee.BigIntegerField(default=0)

@@ -1,6 +1,7 @@
-"""Claims and leases: a worker leases claimable jobs in one statement, keeps a lease alive
-with heartbeats (which also deliver a pending cancellation), or hands back a job its call
-never delivered. A lease is (job, attempt, lease id, provider)."""
+"""Claims and leases: a worker leases claimable jobs in one statement (never more than its
+reply can carry), keeps a lease alive with heartbeats (which also deliver a pending
+cancellation); jobs whose claiming call ended before its reply was sent go back to the queue
+as if never claimed. A lease is (job, attempt, lease id, provider)."""
 
 from __future__ import annotations
 
@@ -12,18 +13,13 @@ from datetime import datetime, timedelta
 from coordd.core.errors import FieldViolation, InvalidArgument
 from coordd.core.principal import Principal
 from coordd.domain.jobs.policy import policy_of
-from coordd.domain.jobs.specs import LeaseRef, Worker
-from coordd.domain.jobs.states import CANCELLED, MAX_CLAIM, QUEUE_KEY, RUNNING
-from coordd.domain.jobs.transitions import (
-    close_attempt,
-    enqueue_fields,
-    leased_job,
-    lock,
-    refund_and_finish,
-)
+from coordd.domain.jobs.specs import LeaseRef, Worker, claim_bytes, reply_budget
+from coordd.domain.jobs.states import CANCELLED, LEASED_JOB_OVERHEAD, MAX_CLAIM, QUEUE_KEY, QUEUED, RUNNING
+from coordd.domain.jobs.transitions import close_attempt, leased_job, lock, refund_and_finish
 from coordd.runtime import Runtime
 from coordd.store.db import Tx
 from coordd.store.jobs import queries
+from coordd.store.jobs.models import Job
 from coordd.store.jobs.queries import ClaimedRow
 
 
@@ -42,11 +38,20 @@ class Heartbeat:
 
 
 def lease_to(rt: Runtime, tx: Tx, worker: Worker, limit: int, only_job: str | None = None) -> list[Leased]:
-    """Leases up to `limit` claimable jobs to `worker`, in the caller's transaction (see
-    coordd.store.jobs.queries.claim_jobs)."""
+    """Leases up to `limit` claimable jobs to `worker`, as many as fit in one reply to it, in
+    the caller's transaction (see coordd.store.jobs.queries.claim_jobs)."""
     lease_id = secrets.token_hex(12)
     claimed = queries.claim_jobs(
-        rt.store, tx.now, lease_id, worker.provider_id, worker.labels, worker.gpus, limit, only_job
+        rt.store,
+        tx.now,
+        lease_id,
+        worker.provider_id,
+        worker.labels,
+        worker.gpus,
+        limit,
+        worker.reply_budget,
+        LEASED_JOB_OVERHEAD,
+        only_job,
     )
     if not claimed:
         return []
@@ -67,6 +72,18 @@ def lease_to(rt: Runtime, tx: Tx, worker: Worker, limit: int, only_job: str | No
     return leased
 
 
+def largest_reply_budget(rt: Runtime) -> int:
+    """Bytes of jobs the largest claim reply this server can send may carry: a job bigger
+    than that can never be delivered."""
+    limit = rt.settings.max_message_bytes
+    return reply_budget(limit, limit)
+
+
+def deliverable(rt: Runtime, job: Job) -> bool:
+    data = len(job.input_data) if job.input_data is not None else 0
+    return claim_bytes(data, job.input_uri, job.model_ref, job.labels or []) <= largest_reply_budget(rt)
+
+
 def claim(rt: Runtime, worker: Worker, limit: int) -> list[Leased]:
     """One claim attempt; empty when nothing matching is claimable now."""
     if not 1 <= limit <= MAX_CLAIM:
@@ -75,18 +92,46 @@ def claim(rt: Runtime, worker: Worker, limit: int) -> list[Leased]:
         return lease_to(rt, tx, worker, limit)
 
 
-def return_lease(rt: Runtime, leased: Leased) -> bool:
-    """A job handed to a worker whose call had already gone: back to the queue, attempt not spent."""
+def return_leases(rt: Runtime, leased: list[Leased]) -> int:
+    """Jobs leased to a call that ended before its reply was sent (the caller went away,
+    cancelled, ran out of time, or the reply could not be sent): back in the queue at once,
+    as if never claimed. The attempt number, the attempt limit, the backoff and the place in
+    line are what they were before the claim; no attempt is recorded. The lease id stays the
+    fence: a lease from the undelivered reply can never be used. A job whose cancellation was
+    asked for meanwhile is cancelled (and refunded) instead. Returns how many were put back."""
+    policy = policy_of(rt)
+    names: list[str] = []
     with rt.store.write() as tx:
-        job = lock(rt, leased.job.id)
-        if job is None or job.state != RUNNING or job.lease_id != leased.lease_id:
-            return False
-        close_attempt(tx, job, "returned", "the claiming call ended before the job was delivered")
-        job.attempt_limit += 1
-        enqueue_fields(job, tx.now, tx.now)
-        queries.save_job(job)
-        tx.emit("job.returned", f"jobs/{job.id}", {"watch_keys": [QUEUE_KEY]})
-        return True
+        for item in sorted(leased, key=lambda x: x.job.id):  # one lock order for every caller
+            job = lock(rt, item.job.id)
+            if job is None or job.state != RUNNING or job.lease_id != item.lease_id:
+                continue  # already completed, failed, rescued or returned
+            _unclaim(job)
+            if job.cancel_requested:
+                refund_and_finish(tx, job, CANCELLED, "cancelled by request", policy)
+                continue
+            queries.save_job(job)
+            names.append(f"jobs/{job.id}")
+        if names:
+            tx.emit("jobs.returned", names[0], {"jobs": names, "watch_keys": [*names, QUEUE_KEY]})
+    return len(names)
+
+
+def _unclaim(job: Job) -> None:
+    """Undoes what the claim statement set: the previous attempt's number, provider and start
+    (from its attempt row: an attempt before this one ended without success) come back."""
+    job.attempt -= 1
+    previous = queries.attempt_row(job.id, job.attempt) if job.attempt else None
+    job.provider = previous.provider if previous is not None else None
+    job.start_time = previous.start_time if previous is not None else None
+    job.state = QUEUED
+    job.lease_id = None
+    job.lease_expire_time = None
+    job.attempt_deadline = None
+    job.progress = 0.0
+    job.start_deadline = (
+        job.run_after + timedelta(milliseconds=job.schedule_to_start_ms) if job.schedule_to_start_ms else None
+    )
 
 
 def heartbeat(rt: Runtime, who: Principal, lease: LeaseRef, progress: float) -> Heartbeat:

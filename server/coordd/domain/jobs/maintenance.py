@@ -4,9 +4,12 @@ only due rows, through a partial index on its due-time column, a batch per trans
 
 from __future__ import annotations
 
+import weakref
+
+from coordd.domain.jobs.leases import largest_reply_budget
 from coordd.domain.jobs.policy import policy_of
 from coordd.domain.jobs.retry import retry_or_dead
-from coordd.domain.jobs.states import FAILED, QUEUED, RUNNING
+from coordd.domain.jobs.states import FAILED, LEASED_JOB_OVERHEAD, QUEUED, RUNNING
 from coordd.domain.jobs.transitions import close_attempt, lock, refund_and_finish
 from coordd.runtime import Runtime
 from coordd.store.jobs import queries, reads
@@ -39,10 +42,38 @@ def rescue_expired_leases(rt: Runtime) -> int:
             return total
 
 
+_swept: weakref.WeakSet[Runtime] = weakref.WeakSet()
+
+
+def fail_undeliverable(rt: Runtime) -> int:
+    """Queued jobs too large for any claim reply this server can send (accepted before its
+    message limit was lowered; submissions and requeues of such jobs are refused): the claim
+    skips them, so they are failed and refunded here with the reason, instead of waiting forever."""
+    policy = policy_of(rt)
+    budget = largest_reply_budget(rt)
+    reason = f"too large for a claim reply on this server ({budget} bytes); resubmit it with a uri"
+    total = 0
+    while True:
+        ids = reads.queued_larger_than(rt.store, budget, LEASED_JOB_OVERHEAD, policy.task_batch)
+        with rt.store.write() as tx:
+            for job_id in ids:
+                job = lock(rt, job_id)
+                if job is None or job.state != QUEUED:
+                    continue
+                refund_and_finish(tx, job, FAILED, reason, policy)
+                total += 1
+        if len(ids) < policy.task_batch:
+            return total
+
+
 def enforce_deadlines(rt: Runtime) -> int:
-    """Schedule-to-start (queued too long) and schedule-to-close (not done in time) -> failed, refunded."""
+    """Schedule-to-start (queued too long) and schedule-to-close (not done in time) -> failed,
+    refunded; on the first run after a start, also queued jobs no reply can carry."""
     policy = policy_of(rt)
     total = 0
+    if rt not in _swept:
+        total += fail_undeliverable(rt)
+        _swept.add(rt)
     for column, states, reason in (
         ("start_deadline", (QUEUED,), "schedule-to-start timeout"),
         ("close_deadline", (QUEUED, RUNNING), "schedule-to-close timeout"),

@@ -8,6 +8,7 @@ from datetime import timedelta
 from coordd.core.errors import FailedPrecondition, InvalidArgument
 from coordd.core.principal import Principal
 from coordd.domain import ledger
+from coordd.domain.jobs.leases import deliverable, largest_reply_budget
 from coordd.domain.jobs.policy import JobPolicy, backoff_s, policy_of
 from coordd.domain.jobs.specs import LeaseRef
 from coordd.domain.jobs.states import CANCELLED, FAILED, QUEUE_KEY
@@ -66,6 +67,12 @@ def requeue(rt: Runtime, who: Principal, job_id: str) -> Job:
             )
         if job.payload_purged:
             raise FailedPrecondition("the job's input was purged", reason="PAYLOAD_PURGED")
+        if not deliverable(rt, job):
+            raise FailedPrecondition(
+                f"jobs/{job_id} is larger than a claim reply on this server can carry"
+                f" ({largest_reply_budget(rt)} bytes)",
+                reason="JOB_TOO_LARGE",
+            )
         if job.budget:
             ledger.hold(tx, job.submitter, job.budget, f"jobs/{job.id}", reason="job.hold")
         job.attempt_limit = job.attempt + job.max_attempts

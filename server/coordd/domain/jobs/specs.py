@@ -4,6 +4,7 @@ capabilities, a lease reference, a payload. Every violation of a request is coll
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -11,12 +12,16 @@ from coordd.core.errors import Violations
 from coordd.domain import ledger
 from coordd.domain.jobs.policy import DEFAULT_POLICY, JobPolicy
 from coordd.domain.jobs.states import (
+    CLAIM_REPLY_HEADROOM,
+    DEFAULT_REPLY_BYTES,
     KINDS,
+    LEASED_JOB_OVERHEAD,
     MAX_ATTEMPTS,
     MAX_INLINE_BYTES,
     MAX_LABELS,
     MAX_PRIORITY,
     MAX_TIMEOUT_MS,
+    MIN_REPLY_BYTES,
 )
 
 _HEX = frozenset("0123456789abcdef")
@@ -44,17 +49,39 @@ class JobSpec:
     heartbeat_ms: int
     schedule_to_close_ms: int
 
+    @property
+    def claim_bytes(self) -> int:
+        data = len(self.input.data) if self.input.data is not None else 0
+        return claim_bytes(data, self.input.uri, self.model_ref, self.labels)
+
+
+def claim_bytes(data_bytes: int, uri: str, model_ref: str, labels: list[str]) -> int:
+    """An upper bound of what one job adds to a claim reply: its variable-length columns as
+    stored (the claim statement computes the same sum in SQL) plus LEASED_JOB_OVERHEAD."""
+    stored_labels = json.dumps(sorted(labels), separators=(",", ":"))
+    return (
+        data_bytes + len(uri.encode()) + len(model_ref.encode()) + len(stored_labels.encode())
+    ) + LEASED_JOB_OVERHEAD
+
+
+def reply_budget(send_limit: int, max_reply_bytes: int = 0) -> int:
+    """Bytes of leased jobs one claim reply may carry: the smaller of the server's send limit
+    and what the worker accepts (0: DEFAULT_REPLY_BYTES), minus CLAIM_REPLY_HEADROOM."""
+    return min(send_limit, max_reply_bytes or DEFAULT_REPLY_BYTES) - CLAIM_REPLY_HEADROOM
+
 
 @dataclass(frozen=True)
 class Worker:
-    """A provider polling for work, and what its machine offers."""
+    """A provider polling for work, what its machine offers, and how many bytes of jobs one
+    reply to it may carry."""
 
     provider_id: str
     labels: frozenset[str]
     gpus: int
+    reply_budget: int = DEFAULT_REPLY_BYTES - CLAIM_REPLY_HEADROOM
 
-    def can_run(self, labels: Iterable[str], gpus: int) -> bool:
-        return gpus <= self.gpus and set(labels) <= self.labels
+    def can_run(self, labels: Iterable[str], gpus: int, size: int = 0) -> bool:
+        return gpus <= self.gpus and set(labels) <= self.labels and size <= self.reply_budget
 
 
 @dataclass(frozen=True)
@@ -122,8 +149,10 @@ def make_spec(
     heartbeat_ms: int | None,
     schedule_to_close_ms: int | None,
     policy: JobPolicy = DEFAULT_POLICY,
+    max_claim_bytes: int | None = None,
 ) -> JobSpec:
-    """Validates a submission, collecting every violation."""
+    """Validates a submission, collecting every violation. With `max_claim_bytes` (the
+    server's reply budget), a job too large to ever be delivered in a claim reply is refused."""
     v = Violations()
     if kind not in KINDS:
         v.add("kind", "required: inference or training")
@@ -146,18 +175,32 @@ def make_spec(
     total = _check_ms(v, schedule_to_close_ms, "schedule_to_close_timeout")
     v.raise_if_any()
     assert payload is not None
-    return JobSpec(
+    spec = JobSpec(
         kind, model_ref, payload, labels, gpus, budget, priority, max_attempts, s2s, s2c, hb, total
     )
+    if max_claim_bytes is not None and spec.claim_bytes > max_claim_bytes:
+        fixed = spec.claim_bytes - (len(payload.data) if payload.data is not None else 0)
+        room = max(0, max_claim_bytes - fixed)
+        v.add("input.data", f"at most {room} bytes on this server (a claim reply must carry it); send a uri")
+        v.raise_if_any()
+    return spec
 
 
-def check_worker(provider_id: str, labels: list[str], gpus: int) -> Worker:
+def check_worker(
+    provider_id: str,
+    labels: list[str],
+    gpus: int,
+    max_reply_bytes: int = 0,
+    send_limit: int = DEFAULT_REPLY_BYTES,
+) -> Worker:
     v = Violations()
     clean = _check_labels(v, labels, "capabilities.labels")
     if gpus < 0 or gpus > 1024:
         v.add("capabilities.gpus", "0..1024")
+    if max_reply_bytes and max_reply_bytes < MIN_REPLY_BYTES:
+        v.add("max_reply_bytes", f"0 (the default) or at least {MIN_REPLY_BYTES}")
     v.raise_if_any()
-    return Worker(provider_id, frozenset(clean), gpus)
+    return Worker(provider_id, frozenset(clean), gpus, reply_budget(send_limit, max_reply_bytes))
 
 
 def check_lease(job_id: str, attempt: int, lease_id: str) -> LeaseRef:

@@ -20,3 +20,12 @@ MAX_ATTEMPTS = 20
 MAX_CLAIM = 100
 MAX_SUBMIT_BATCH = 100
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+
+# Claim replies. A worker accepts this much unless it says otherwise (gRPC's default receive
+# limit); a reply keeps this much of the message limit free for its own framing; and a leased
+# job adds at most this much beyond its variable-length columns (input data or URI, model ref,
+# labels): names, ids, the lease, times, numbers and field tags (see specs.claim_bytes).
+DEFAULT_REPLY_BYTES = 4 * 1024 * 1024
+MIN_REPLY_BYTES = 32 * 1024
+CLAIM_REPLY_HEADROOM = 16 * 1024
+LEASED_JOB_OVERHEAD = 1024

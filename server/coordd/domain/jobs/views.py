@@ -1,5 +1,8 @@
 """What submitters, providers and operators read: a job with its attempt history, its queue
-position (for WatchJob), a page of jobs, a job's attestation, and the queue statistics."""
+position (for WatchJob), a page of jobs, a job's attestation, and the queue statistics.
+
+Reads come in two views (AIP-157): `full` includes the inline input and output bytes, the
+basic view leaves them out (their sizes and digests stay) and does not even read them."""
 
 from __future__ import annotations
 
@@ -10,17 +13,29 @@ from coordd.core.errors import FailedPrecondition, PermissionDenied
 from coordd.core.paging import Page, PageRequest
 from coordd.core.principal import Principal
 from coordd.domain.jobs.attestation import Attestation, attestation_of
+from coordd.domain.jobs.leases import largest_reply_budget
 from coordd.domain.jobs.states import FAILED, QUEUED, RUNNING, SUCCEEDED
 from coordd.domain.jobs.transitions import not_found
 from coordd.runtime import Runtime
 from coordd.store.jobs import reads
 from coordd.store.jobs.models import Job, JobAttempt
+from coordd.store.jobs.reads import SizedJob
 
 
 @dataclass(frozen=True)
 class JobView:
+    """A job as read: without `full`, `job.input_data` and `job.output_data` are None whatever
+    the job holds; the sizes of its inline payloads are there in both views."""
+
     job: Job
     attempts: list[JobAttempt] = field(default_factory=list)
+    full: bool = True
+    input_size: int = 0
+    output_size: int = 0
+
+    @classmethod
+    def of(cls, sized: SizedJob, full: bool, attempts: list[JobAttempt] | None = None) -> JobView:
+        return cls(sized.job, attempts or [], full, sized.input_size, sized.output_size)
 
 
 def _visible(who: Principal, job: Job) -> bool:
@@ -48,12 +63,21 @@ def attempt_history(job: Job, ended: list[JobAttempt]) -> list[JobAttempt]:
     return history
 
 
-def get_job(who: Principal, job_id: str) -> JobView:
-    job = reads.find_job(job_id)
-    if job is None or not _visible(who, job):
+def get_job(who: Principal, job_id: str, full: bool = True) -> JobView:
+    sized = reads.find_sized_job(job_id, payloads=full)
+    if sized is None or not _visible(who, sized.job):
         # Someone else's job is reported as missing: existence is not leaked.
         raise not_found(job_id)
-    return JobView(job, attempt_history(job, reads.ended_attempts(job_id)))
+    return JobView.of(sized, full, attempt_history(sized.job, reads.ended_attempts(job_id)))
+
+
+def payloads(who: Principal, job_id: str) -> tuple[bytes | None, bytes | None]:
+    """A job's inline input and output data (None: a URI, purged, or no output yet)."""
+    job = reads.find_job(job_id)
+    if job is None or not _visible(who, job):
+        raise not_found(job_id)
+    data_in, data_out = job.input_data, job.output_data  # PostgreSQL: memoryviews
+    return (None if data_in is None else bytes(data_in)), (None if data_out is None else bytes(data_out))
 
 
 def queue_position(job: Job) -> int:
@@ -64,15 +88,24 @@ def queue_position(job: Job) -> int:
 
 
 def watch_view(who: Principal, job_id: str) -> tuple[JobView, int]:
-    view = get_job(who, job_id)
+    """The basic view and the queue position: a watcher re-reads these on every change, so
+    the payloads are never read here (WatchJob fetches them once, see `payloads`)."""
+    view = get_job(who, job_id, full=False)
     return view, queue_position(view.job)
 
 
-def list_jobs(who: Principal, page: PageRequest, state: str, kind: str, submitter: str) -> Page[Job]:
+def list_jobs(
+    rt: Runtime, who: Principal, page: PageRequest, state: str, kind: str, submitter: str, full: bool = False
+) -> Page[JobView]:
+    """A page of jobs. In the full view the page also ends before the job whose payloads
+    would not fit in one reply (the next page starts there)."""
     target = submitter or who.user_id
     if target != who.user_id and not who.is_admin:
         raise PermissionDenied("only admins may list other users' jobs", reason="NOT_OWNER")
-    return reads.jobs_of(target, state, kind, page)
+    # Payloads take at most half the reply: the rest is for the jobs' other fields.
+    budget = largest_reply_budget(rt) // 2 if full else None
+    found = reads.jobs_of(target, state, kind, page, budget)
+    return Page([JobView.of(item, full) for item in found.items], found.next_token)
 
 
 def get_attestation(who: Principal, job_id: str) -> Attestation:

@@ -24,16 +24,12 @@ class Entry:
 
 
 def _apply(tx: Tx, account_id: str, delta: int) -> int:
-    """Adds `delta` to one account with a conditional UPDATE; returns the new balance."""
-    for _ in range(2):
-        balance = queries.apply_delta(account_id, delta, tx.now)
-        if balance is not None:
-            return balance
-        if queries.account_exists(account_id):
-            break
-        # First movement on this account: create it, then apply the same conditional update.
-        owner, kind, allow_negative = describe_account(account_id)
-        queries.ensure_account(account_id, owner, kind, allow_negative, tx.now)
+    """Adds `delta` to one account with a conditional UPDATE (creating the account on its
+    first movement); returns the new balance."""
+    owner, kind, allow_negative = describe_account(account_id)
+    balance = queries.apply_delta_opening(account_id, delta, tx.now, owner, kind, allow_negative)
+    if balance is not None:
+        return balance
     raise InsufficientFunds(
         f"insufficient funds in {account_id}: {-delta} needed",
         metadata={"account": account_id, "needed": str(-delta)},

@@ -100,8 +100,32 @@ def _claimed(row: tuple[Any, ...]) -> ClaimedRow:
 # queue table's first ANALYZE (a freshly filled queue), the planner believed it nearly empty and
 # chose a bitmap scan of every queued job plus a sort instead: measured, a claim of 100 from a
 # 20,000-job queue took 54 ms instead of 15 ms, and grew with the queue. Transaction-local.
-_ORDERED_SCAN_ONLY = "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off;"
-_PLANNER_DEFAULTS = "RESET enable_bitmapscan; RESET enable_sort"
+# JIT off too: the sort the reply-size window needs is then "disabled" (costed at 1e10), which
+# took the plan over jit_above_cost: measured, 210 ms of JIT compilation per claim.
+_ORDERED_SCAN_ONLY = "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; SET LOCAL jit = off;"
+_PLANNER_DEFAULTS = "RESET enable_bitmapscan; RESET enable_sort; RESET jit"
+
+# What a candidate adds to the claim reply, from its variable-length columns in bytes (the
+# domain adds a fixed overhead per job: domain.jobs.specs.claim_bytes computes the same sum).
+# Neither reads a TOASTed or overflowed payload: PostgreSQL's octet_length takes a bytea's size
+# from its header, SQLite's length() of a BLOB from the record.
+CLAIM_SIZE_SQL = {
+    True: "COALESCE(octet_length(j.input_data), 0) + octet_length(j.input_uri)"
+    " + octet_length(j.model_ref) + octet_length(j.labels)",
+    False: "COALESCE(length(j.input_data), 0) + length(CAST(j.input_uri AS BLOB))"
+    " + length(CAST(j.model_ref AS BLOB)) + length(CAST(j.labels AS BLOB))",
+}
+
+
+def _fitting(candidates: str, p: str) -> str:
+    """The ids among `candidates` (id, priority, size) that fit in a reply of `p` bytes, in
+    claim order: a running total of the sizes, stopping before the first job that would
+    overflow it; a job larger than the whole reply is skipped (left queued)."""
+    return (
+        f"SELECT id FROM (SELECT id, size, SUM(CASE WHEN size <= {p} THEN size ELSE 0 END)"
+        " OVER (ORDER BY priority DESC, id ROWS UNBOUNDED PRECEDING) AS total"
+        f" FROM ({candidates}) c0) c1 WHERE size <= {p} AND total <= {p}"
+    )
 
 
 def claim_jobs(
@@ -112,9 +136,12 @@ def claim_jobs(
     labels: frozenset[str],
     gpus: int,
     limit: int,
+    max_bytes: int,
+    job_overhead: int,
     only_job: str | None = None,
 ) -> list[ClaimedRow]:
-    """Leases up to `limit` claimable jobs; returns them as claimed.
+    """Leases up to `limit` claimable jobs whose sizes (their variable-length columns plus
+    `job_overhead` each) add up to at most `max_bytes`; returns them as claimed.
 
     One statement. PostgreSQL: candidates are locked with FOR UPDATE SKIP LOCKED, so
     concurrent claimers skip each other's rows instead of waiting or double-claiming.
@@ -141,10 +168,15 @@ def claim_jobs(
         where.append(f"j.id = {p}")
         params.append(only_job)
     lock = " FOR UPDATE SKIP LOCKED" if store.is_postgres else ""
+    size = f"{CLAIM_SIZE_SQL[store.is_postgres]} + {int(job_overhead)}"
     candidates = (
-        f"SELECT j.id FROM job j WHERE {' AND '.join(where)} ORDER BY j.priority DESC, j.id LIMIT {p}{lock}"
+        f"SELECT j.id, j.priority, {size} AS size FROM job j WHERE {' AND '.join(where)}"
+        f" ORDER BY j.priority DESC, j.id LIMIT {p}{lock}"
     )
     params.append(limit)
+    # Row locks cannot be taken beside a window function: the candidates are locked first
+    # (PostgreSQL: a CTE), then the ones that fit are chosen among them.
+    fitting = _fitting("SELECT * FROM c" if store.is_postgres else candidates, p)
     assignments = (
         f"state = 'running', attempt = attempt + 1, lease_id = {p}, provider = {p},"
         f" lease_expire_time = {p} + 1000 * lease_ms,"
@@ -154,14 +186,14 @@ def claim_jobs(
     set_params: list[object] = [lease_id, provider_id, now_us, now_us, now_us]
     if store.is_postgres:
         sql = (
-            f"{_ORDERED_SCAN_ONLY} WITH c AS ({candidates})"
-            f" UPDATE job SET {assignments} FROM c WHERE job.id = c.id RETURNING {_CLAIMED_JOB_COLUMNS}"
+            f"{_ORDERED_SCAN_ONLY} WITH c AS ({candidates}), f AS ({fitting})"
+            f" UPDATE job SET {assignments} FROM f WHERE job.id = f.id RETURNING {_CLAIMED_JOB_COLUMNS}"
         )
-        rows = db.execute_sql(sql, [*params, *set_params]).fetchall()
+        rows = db.execute_sql(sql, [*params, max_bytes, max_bytes, max_bytes, *set_params]).fetchall()
         db.execute_sql(_PLANNER_DEFAULTS)
     else:
-        sql = f"UPDATE job SET {assignments} WHERE id IN ({candidates}) RETURNING {_CLAIMED_COLUMNS}"
-        rows = db.execute_sql(sql, [*set_params, *params]).fetchall()
+        sql = f"UPDATE job SET {assignments} WHERE id IN ({fitting}) RETURNING {_CLAIMED_COLUMNS}"
+        rows = db.execute_sql(sql, [*set_params, max_bytes, *params, max_bytes, max_bytes]).fetchall()
     return [_claimed(r) for r in rows]
 
 
@@ -279,6 +311,11 @@ def insert_attempt(
         outcome=outcome,
         error=error,
     ).execute()
+
+
+def attempt_row(job_id: str, attempt: int) -> JobAttempt | None:
+    """The history row of one ended attempt, if it has one."""
+    return JobAttempt.get_or_none((JobAttempt.job == job_id) & (JobAttempt.attempt == attempt))
 
 
 def purge_due_payloads(now: datetime, limit: int) -> list[str]:

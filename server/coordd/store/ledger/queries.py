@@ -93,8 +93,22 @@ def apply_delta(account_id: str, delta: int, now: datetime) -> int | None:
     return int(rows[0].balance) if rows else None
 
 
-def account_exists(account_id: str) -> bool:
-    return LedgerAccount.select(LedgerAccount.id).where(LedgerAccount.id == account_id).exists()
+def apply_delta_opening(
+    account_id: str, delta: int, now: datetime, owner: str, kind: str, allow_negative: bool
+) -> int | None:
+    """apply_delta, creating the account first when it does not exist yet; None only when a
+    non-negative account lacks the funds.
+
+    Race-free for concurrent first movements on one account (the platform fee account on a
+    fresh database): the INSERT ... ON CONFLICT DO NOTHING waits for a concurrent creator to
+    commit (or roll back), and the second UPDATE, a new statement, sees the committed row and
+    locks it. (Checking existence with a SELECT instead could see a row the first UPDATE did
+    not, and call the new account short of funds.)"""
+    balance = apply_delta(account_id, delta, now)
+    if balance is not None:
+        return balance
+    ensure_account(account_id, owner, kind, allow_negative, now)
+    return apply_delta(account_id, delta, now)
 
 
 def balances_by_kind(account_ids: list[str]) -> dict[str, int]:

@@ -1,0 +1,212 @@
+"""JobService messages <-> domain values: names, states, kinds, views, payloads, leases and
+attestations. Sub-messages are built as dicts: protobuf builds those in place, where a
+message passed as a keyword argument is copied (measured: 12.8 -> 5.5 us per leased job)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import duration_pb2
+
+from coordd.api.convert import parse_name
+from coordd.core.errors import FieldViolation, InvalidArgument
+from coordd.domain import jobs
+from coordd_client.attestation import envelope_json
+from coordd_client.v1 import job_pb2
+
+KINDS = {job_pb2.JOB_KIND_INFERENCE: "inference", job_pb2.JOB_KIND_TRAINING: "training"}
+KIND_PROTO = {v: k for k, v in KINDS.items()}
+STATES = {
+    job_pb2.JOB_STATE_QUEUED: jobs.QUEUED,
+    job_pb2.JOB_STATE_RUNNING: jobs.RUNNING,
+    job_pb2.JOB_STATE_SUCCEEDED: jobs.SUCCEEDED,
+    job_pb2.JOB_STATE_FAILED: jobs.FAILED,
+    job_pb2.JOB_STATE_CANCELLED: jobs.CANCELLED,
+}
+STATE_PROTO = {v: k for k, v in STATES.items()}
+VIEWS = (job_pb2.JOB_VIEW_UNSPECIFIED, job_pb2.JOB_VIEW_BASIC, job_pb2.JOB_VIEW_FULL)
+
+
+def full_view(view: int, default_full: bool) -> bool:
+    """AIP-157: an unspecified view is the RPC's default (GetJob: FULL; ListJobs, WatchJob: BASIC)."""
+    if view not in VIEWS:
+        raise InvalidArgument("view: unknown view", violations=[FieldViolation("view", "unknown view")])
+    return default_full if view == job_pb2.JOB_VIEW_UNSPECIFIED else view == job_pb2.JOB_VIEW_FULL
+
+
+def ms_of(value: duration_pb2.Duration, present: bool) -> int | None:
+    if not present:
+        return None
+    return value.seconds * 1000 + value.nanos // 1_000_000
+
+
+def _ms_duration(ms: int) -> dict[str, int] | None:
+    return {"seconds": ms // 1000, "nanos": ms % 1000 * 1_000_000} if ms else None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _ts(value: datetime | None) -> dict[str, int] | None:
+    """convert.ts without FromDatetime's generality: job replies convert several per job."""
+    if value is None:
+        return None
+    delta = value - _EPOCH
+    return {"seconds": delta.days * 86400 + delta.seconds, "nanos": delta.microseconds * 1000}
+
+
+def _us_ts(us: int) -> dict[str, int]:
+    seconds, micros = divmod(us, 1_000_000)
+    return {"seconds": seconds, "nanos": micros * 1000}
+
+
+def payload_from_proto(payload: job_pb2.Payload, present: bool) -> jobs.Payload | None:
+    if not present:
+        return None
+    source = payload.WhichOneof("source")
+    return jobs.Payload(payload.data if source == "data" else None, payload.uri, payload.sha256)
+
+
+def _payload(
+    data: bytes | None, uri: str, digest: str, purged: bool, size: int | None
+) -> dict[str, Any] | None:
+    """`size` None: the data is there (full view) and gives the size; else the basic view."""
+    if not digest:
+        return None
+    out: dict[str, Any] = {"sha256": digest, "purged": purged}
+    if uri:
+        out["uri"] = uri
+    elif size is not None:
+        out["size_bytes"] = size
+    elif data is not None:
+        out["data"] = bytes(data)
+        out["size_bytes"] = len(data)
+    return out
+
+
+def view_to_proto(view: jobs.JobView) -> job_pb2.Job:
+    """A job as read, in the view it was read in."""
+    if view.full:
+        return job_to_proto(view.job, view.attempts)
+    return job_to_proto(view.job, view.attempts, (view.input_size, view.output_size))
+
+
+def job_to_proto(
+    job: jobs.Job, attempts: list[Any] | None = None, basic_sizes: tuple[int, int] | None = None
+) -> job_pb2.Job:
+    """The full job (payload bytes included) or, with `basic_sizes` (input and output size),
+    the basic view of a row read without its payloads."""
+    in_size, out_size = basic_sizes if basic_sizes is not None else (None, None)
+    return job_pb2.Job(
+        name=f"jobs/{job.id}",
+        submitter=f"users/{job.submitter}",
+        kind=KIND_PROTO.get(job.kind, job_pb2.JOB_KIND_UNSPECIFIED),
+        model_ref=job.model_ref,
+        input=_payload(job.input_data, job.input_uri, job.input_digest, job.payload_purged, in_size),
+        requirements={"labels": job.labels or [], "gpus": job.gpus},
+        budget=job.budget,
+        priority=job.priority,
+        max_attempts=job.max_attempts,
+        schedule_to_start_timeout=_ms_duration(job.schedule_to_start_ms),
+        start_to_close_timeout=_ms_duration(job.start_to_close_ms),
+        heartbeat_timeout=_ms_duration(job.heartbeat_ms),
+        schedule_to_close_timeout=_ms_duration(job.schedule_to_close_ms),
+        state=STATE_PROTO[job.state],
+        attempt=job.attempt,
+        provider=f"users/{job.provider}" if job.provider else "",
+        create_time=_ts(job.create_time),
+        start_time=_ts(job.start_time),
+        finish_time=_ts(job.finish_time),
+        next_attempt_time=_ts(job.run_after) if job.state == jobs.QUEUED else None,
+        progress=job.progress,
+        cancel_requested=job.cancel_requested,
+        output=_payload(job.output_data, job.output_uri, job.output_digest, job.payload_purged, out_size),
+        attempts=[
+            {
+                "attempt": a.attempt,
+                "provider": f"users/{a.provider}",
+                "start_time": _ts(a.start_time),
+                "end_time": _ts(a.end_time),
+                "outcome": a.outcome,
+                "error": a.error,
+            }
+            for a in attempts or []
+        ],
+        error=job.error,
+        fee=job.fee,
+    )
+
+
+def add_payloads(message: job_pb2.Job, input_data: bytes | None, output_data: bytes | None) -> None:
+    """Turns a basic-view job message into the full view."""
+    if input_data is not None and message.HasField("input") and not message.input.uri:
+        message.input.data = input_data
+    if output_data is not None and message.HasField("output") and not message.output.uri:
+        message.output.data = output_data
+
+
+def attestation_to_proto(att: jobs.Attestation, with_json: bool = True) -> job_pb2.Attestation:
+    out = job_pb2.Attestation(
+        name=f"jobs/{att.job_id}/attestation",
+        payload_type=att.payload_type,
+        payload=att.payload,
+        signatures=[{"keyid": att.key_id, "sig": att.signature}],
+    )
+    if with_json:
+        out.envelope_json = envelope_json(att.payload_type, att.payload, [(att.key_id, att.signature)])
+    return out
+
+
+_RUNNING = job_pb2.JOB_STATE_RUNNING
+
+
+def leased_to_proto(leased: jobs.Leased) -> job_pb2.LeasedJob:
+    """The claim reply for one job, straight from the claimed row: a claimed job is running,
+    has no result, no error and no finish time yet, so only the rest is set."""
+    row = leased.job
+    name = f"jobs/{row.id}"
+    source: dict[str, Any] = {"sha256": row.input_digest, "purged": row.payload_purged}
+    if row.input_uri:
+        source["uri"] = row.input_uri
+    elif row.input_data is not None:
+        source["data"] = row.input_data
+        source["size_bytes"] = len(row.input_data)
+    return job_pb2.LeasedJob(
+        lease={
+            "job": name,
+            "attempt": row.attempt,
+            "lease_id": leased.lease_id,
+            "expire_time": _us_ts(row.lease_expire_us),
+        },
+        job={
+            "name": name,
+            "submitter": f"users/{row.submitter}",
+            "kind": KIND_PROTO.get(row.kind, job_pb2.JOB_KIND_UNSPECIFIED),
+            "model_ref": row.model_ref,
+            "input": source,
+            "requirements": {"labels": row.labels, "gpus": row.gpus},
+            "budget": row.budget,
+            "priority": row.priority,
+            "max_attempts": row.max_attempts,
+            "schedule_to_start_timeout": _ms_duration(row.schedule_to_start_ms),
+            "start_to_close_timeout": _ms_duration(row.start_to_close_ms),
+            "heartbeat_timeout": _ms_duration(row.heartbeat_ms),
+            "schedule_to_close_timeout": _ms_duration(row.schedule_to_close_ms),
+            "state": _RUNNING,
+            "attempt": row.attempt,
+            "provider": f"users/{row.provider}",
+            "create_time": _us_ts(row.create_us),
+            "start_time": _us_ts(row.start_us),
+        },
+    )
+
+
+def job_id_of(name: str, field_name: str = "name") -> str:
+    return parse_name(name, "jobs", field_name)
+
+
+def lease_from_proto(lease: job_pb2.Lease, present: bool) -> jobs.LeaseRef:
+    if not present:
+        raise InvalidArgument("lease is required", violations=[FieldViolation("lease", "required")])
+    return jobs.check_lease(job_id_of(lease.job, "lease.job"), lease.attempt, lease.lease_id)
