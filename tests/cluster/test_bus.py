@@ -12,13 +12,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coordd.config import Settings
 from coordd_client.v1 import common_pb2, job_pb2, job_pb2_grpc, node_pb2, node_pb2_grpc
 from tests.cluster.cluster import Cluster, RedisServer, bearer, percentile_ms, running_cluster, wait_for
 from tests.cluster.test_replicas import secs, signup
 from tests.support import infra
 
-HAS_PG_BUS = "pg_event_bus" in Settings.__dataclass_fields__
 CHANGES = 20
 
 pytestmark = pytest.mark.e2e
@@ -42,8 +40,6 @@ def _claimed_job(cluster: Cluster, on: grpc.Channel) -> tuple[str, str, job_pb2.
 
 
 def test_a_stream_on_one_replica_wakes_when_a_change_commits_on_another(cluster: Cluster):
-    if not cluster.redis_url and not HAS_PG_BUS:
-        pytest.skip("needs the PostgreSQL event bus (issue 13 item 2)")
     watcher, changer = cluster.replicas[0], cluster.replicas[1]
     name, submitter, lease, worker = _claimed_job(cluster, cluster.channel(changer.target))
     arrived: dict[int, float] = {}
@@ -102,9 +98,6 @@ def _events_health(cluster: Cluster, target: str) -> int:
     return stub.Check(health_pb2.HealthCheckRequest(service="coordd.events"), timeout=5).status
 
 
-@pytest.mark.skipif(
-    not HAS_PG_BUS, reason="needs Redis-outage reporting and the PostgreSQL fallback (issue 13 item 2)"
-)
 def test_stopping_redis_for_a_while_is_reported_and_degrades_without_a_wrong_answer(redis_cluster):
     cluster, redis = redis_cluster
     leader = cluster.leader()

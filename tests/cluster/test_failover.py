@@ -89,12 +89,6 @@ def test_a_replica_stopped_with_sigterm_ends_a_stream_through_nginx_with_unavail
         assert stub.GetStatus(status_pb2.GetStatusRequest(), metadata=bearer(own_cluster.admin_key)).serving
 
 
-def _has_scheduler_lease() -> bool:
-    from coordd.store.models import SchedulerLeader
-
-    return hasattr(SchedulerLeader, "epoch")
-
-
 def _job_with_a_dead_worker(cluster: Cluster) -> tuple[str, str, str]:
     """A job claimed through nginx by a worker that then never beats: (job name, submitter
     token, a second provider's token). Its lease runs out 1 s after the claim."""
@@ -141,9 +135,6 @@ def _finish_after_rescue(channel: grpc.Channel, name: str, submitter: str, worke
     return jobs.GetJob(job_pb2.GetJobRequest(name=name), metadata=bearer(submitter), timeout=10).job
 
 
-@pytest.mark.skipif(
-    not _has_scheduler_lease(), reason="needs the scheduler lease with an epoch (issue 13 item 3)"
-)
 def test_a_paused_leader_is_replaced_its_lease_rescue_is_done_once_and_resumed_it_stands_down(
     own_cluster: Cluster,
 ):
@@ -183,13 +174,6 @@ def test_a_paused_leader_is_replaced_its_lease_rescue_is_done_once_and_resumed_i
     assert [a.outcome for a in after.attempts] == ["lease_expired", "succeeded"]
 
 
-def _has_resume_stream() -> bool:
-    from coordd_client import client
-
-    return hasattr(client, "resume_stream")
-
-
-@pytest.mark.skipif(not _has_resume_stream(), reason="needs the client's stream resumption (issue 13 item 4)")
 def test_a_watch_through_nginx_whose_replica_is_killed_is_resumed_by_the_client_on_another(
     own_cluster: Cluster,
 ):

@@ -9,19 +9,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-import coordd.cli
 from coordd_client.v1 import status_pb2, status_pb2_grpc
 from tests.cluster.cluster import Cluster, bearer, running_cluster, wait_for
 from tests.cluster.test_replicas import drain_jobs_through_the_front
 from tests.support import infra
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        "--processes" not in Path(coordd.cli.__file__).read_text(),
-        reason="needs coordd serve --processes (issue 13 item 1)",
-    ),
-]
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
