@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from coordd import __version__
@@ -72,12 +75,28 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _create_user(args: argparse.Namespace) -> int:
+    settings = _settings(args, "warning")
+    with tempfile.TemporaryDirectory(prefix="coordd-admin-") as scratch:
+        if settings.database_url:
+            # Nothing here signs, seals or issues tokens: on PostgreSQL the data dir (and the
+            # configured key paths) are left alone, so an operator's shell or a replica's
+            # volume never gets stray key files. The Runtime's keys are throw-away ones.
+            settings = dataclasses.replace(
+                settings,
+                data_dir=scratch,
+                jwt_secret=secrets.token_urlsafe(32),
+                signing_key_path=str(Path(scratch) / "coordinator.key"),
+                sealing_key_path=str(Path(scratch) / "secrets.key"),
+            )
+        return _create_user_with(args, settings)
+
+
+def _create_user_with(args: argparse.Namespace, settings: Settings) -> int:
     from coordd.core.principal import Principal, parse_roles
     from coordd.domain import auth
     from coordd.runtime import Runtime
     from coordd.store.migrations import migrate
 
-    settings = _settings(args, "warning")
     rt = Runtime(settings)
     try:
         migrate(rt.store)
