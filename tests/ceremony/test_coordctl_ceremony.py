@@ -126,6 +126,8 @@ def test_a_whole_ceremony_with_coordctl_only(tmp_path):
             "3600",
             "--turn-timeout",
             "60",
+            "--verifier",
+            "none",
         )["name"]
         for i in range(2):
             genesis = tmp_path / f"genesis{i}.zkey"

@@ -71,8 +71,14 @@ def register(sub: Any) -> None:
     create.add_argument("--start-window", type=float, default=60)
     create.add_argument("--penalty", type=float, default=60)
     create.add_argument(
+        "--verifier",
+        default="",
+        help="a verifier the daemon declares, e.g. snarkjs (the default), or 'none' (unverified)",
+    )
+    create.add_argument(
         "--verifier-cmd", default="", help="e.g. 'snarkjs zkey verify {r1cs} {ptau} {zkey}' (admin)"
     )
+    create.add_argument("--upload-retries", type=int, help="damaged uploads resent per turn (default 2)")
     create.set_defaults(func=_create)
     add = cer.add_parser(
         "add-circuit", help="(coordinator) add a circuit with its genesis zkey and artifacts"
@@ -334,7 +340,8 @@ def _create(ctx: Context, args: argparse.Namespace) -> int:
             start_time=_timestamp(args.start_in),
             end_time=_timestamp(args.start_in + args.duration),
             timeout=timeout,
-            verifier=pb.Verifier(command=args.verifier_cmd),
+            verifier=pb.Verifier(command=args.verifier_cmd, name=args.verifier),
+            upload_retries=args.upload_retries,
         )
     ).ceremony
     emit(ctx, ceremony, f"{ceremony.name} created ({enum_word(pb.CeremonyState, ceremony.state)})")

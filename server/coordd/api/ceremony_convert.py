@@ -61,9 +61,15 @@ def ceremony_to_proto(c: ceremony.Ceremony) -> pb.Ceremony:
             start_window=duration(c.start_window_s),
             penalty=duration(c.penalty_s),
         ),
-        verifier=pb.Verifier(command=c.verifier_command, timeout=duration(c.verify_timeout_s)),
+        verifier=pb.Verifier(
+            command=c.verifier_command,
+            timeout=duration(c.verify_timeout_s),
+            name=c.verifier_name,
+            unverified=ceremony.verifiers.unverified(c.verifier_name, c.verifier_command),
+        ),
         create_time=ts(c.create_time),
         update_time=ts(c.update_time),
+        upload_retries=c.transport_retries,
     )
 
 
@@ -134,6 +140,9 @@ def contribution_to_proto(ceremony_id: str, k: ceremony.Contribution) -> pb.Cont
         verify_time=ts(k.verify_time),
         final=k.is_final,
         receipt=receipt,
+        contribution_hash_hex=(k.extra or {}).get("contribution_hash", ""),
+        verifier=(k.extra or {}).get("verifier", ""),
+        transport_fault=bool((k.extra or {}).get("transport_fault", False)),
     )
 
 
@@ -173,4 +182,7 @@ def spec_from_proto(c: pb.Ceremony | pb.CreateCeremonyRequest, fields: set[str])
     if "verifier" in fields:
         spec.verifier_command = c.verifier.command
         spec.verify_timeout_s = seconds(c.verifier.timeout)
+        spec.verifier_name = c.verifier.name
+    if "upload_retries" in fields and c.HasField("upload_retries"):
+        spec.upload_retries = c.upload_retries
     return spec

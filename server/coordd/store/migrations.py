@@ -92,6 +92,11 @@ MIGRATIONS: list[Migration] = [
             ceremony_m.CeremonyUpload,
         ),
     ),
+    Migration(
+        90,
+        "ceremony: named verifiers, transport retries, restart clock",
+        ceremony_m.add_named_verifiers,
+    ),
     Migration(60, "auth: revocation epoch, account changes, audit events", auth_m.add_account_control),
 ]
 # Domains append in any order; migrations apply in version order, and a version is unique.
