@@ -71,6 +71,7 @@ class Ceremonies:
         *,
         start_in: float = 3600,
         upload_retries: int | None = None,
+        verifier: pb.Verifier | None = None,
         **timeout: Any,
     ) -> pb.Ceremony:
         config = pb.TimeoutConfig(
@@ -90,7 +91,7 @@ class Ceremonies:
             end_time=stamp(self.server, 86400),
             timeout=config,
             # Test bytes, not zkeys: the size-and-hash check, explicitly.
-            verifier=pb.Verifier(name="none"),
+            verifier=verifier or pb.Verifier(name="none"),
             upload_retries=upload_retries,
         )
         return self.stub.CreateCeremony(request, metadata=bearer(token or self.coordinator)).ceremony
@@ -110,12 +111,16 @@ class Ceremonies:
         return reply.contribution
 
     def open(
-        self, circuits: int = 1, upload_retries: int | None = None, **timeout: Any
+        self,
+        circuits: int = 1,
+        upload_retries: int | None = None,
+        verifier: pb.Verifier | None = None,
+        **timeout: Any,
     ) -> tuple[pb.Ceremony, list[pb.Circuit]]:
         """A ceremony with `circuits` circuits, each with a genesis, opened now. It is created to
         start in an hour (so the daemon's own scheduler cannot open it before its circuits are
         added), then moved to start now."""
-        ceremony = self.create(start_in=3600, upload_retries=upload_retries, **timeout)
+        ceremony = self.create(start_in=3600, upload_retries=upload_retries, verifier=verifier, **timeout)
         made = [self.add_circuit(ceremony, f"circuit-{i + 1}") for i in range(circuits)]
         for circuit in made:
             self.genesis(circuit)

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import re
 import shlex
 import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from coordd_client.v1 import auth_pb2, auth_pb2_grpc, ceremony_pb2_grpc
 from coordd_client.v1 import ceremony_pb2 as pb
 from tests.ceremony.e2e_ceremony.toolchain import Artifacts, Toolchain
-from tests.support.process import Daemon, admin_create_user
+from tests.support.process import FAST_KDF_ENV, Daemon
 
 # snarkjs behind a short pause, so a test can stop the daemon while it verifies.
 SLOW_SNARKJS = (
@@ -61,6 +64,21 @@ def artifact_requests(path: Path, circuit: str, kind: int) -> Iterator[pb.Upload
             yield pb.UploadArtifactRequest(chunk=message.chunk)
 
 
+def genesis_requests(path: Path, circuit: str) -> Iterator[pb.UploadGenesisRequest]:
+    for message in upload_requests(path, circuit):
+        if message.WhichOneof("message") == "header":
+            yield pb.UploadGenesisRequest(header=message.header)
+        else:
+            yield pb.UploadGenesisRequest(chunk=message.chunk)
+
+
+def snarkjs_hash(output: str) -> str:
+    """The "Contribution Hash" `snarkjs zkey contribute` prints (hex of its 64 bytes)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", output)
+    tail = text.split("Contribution Hash:", 1)[1]
+    return "".join(re.findall(r"[0-9a-f]{8}", tail)[:16])
+
+
 def verifier_env(tools: Toolchain, slow: bool = True) -> dict[str, str]:
     """The daemon's environment declaring the operator's `snarkjs-slow` verifier."""
     command = SLOW_SNARKJS.format(snarkjs=shlex.quote(str(tools.snarkjs))) if slow else ""
@@ -73,8 +91,6 @@ def verifier_env(tools: Toolchain, slow: bool = True) -> dict[str, str]:
 
 
 def _json_str(text: str) -> str:
-    import json
-
     return json.dumps(text)
 
 
@@ -100,8 +116,31 @@ class Open:
     coordinator: tuple[tuple[str, str], ...]
 
 
-def open_ceremony(s: Session, art: Artifacts, *, verifier: str, turn_s: int = 120, prefix: str = "") -> Open:
-    admin = admin_create_user(s.daemon, f"coord-{uuid.uuid4().hex[:6]}@example.com", "admin", "coordinator")
+def create_admin(daemon: Daemon, database_url: str) -> dict[str, str]:
+    """`coordd admin create-user` on the daemon's database (its data dir, or PostgreSQL)."""
+    cmd = [sys.executable, "-m", "coordd", "admin", "create-user", "--data-dir", str(daemon.data_dir)]
+    cmd += [
+        "--email",
+        f"coord-{uuid.uuid4().hex[:6]}@example.com",
+        "--role",
+        "admin",
+        "--role",
+        "coordinator",
+    ]
+    env = {"PATH": os.environ.get("PATH", ""), **FAST_KDF_ENV}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    if database_url:
+        env["COORDD_DATABASE_URL"] = database_url
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout))
+
+
+def open_ceremony(
+    s: Session, art: Artifacts, *, verifier: str, database_url: str, turn_s: int = 120, prefix: str = ""
+) -> Open:
+    admin = create_admin(s.daemon, database_url)
     md = (("authorization", f"Bearer {admin['api_key_secret']}"),)
     now = datetime.now(UTC)
     ceremony = s.stub.CreateCeremony(
@@ -128,7 +167,7 @@ def open_ceremony(s: Session, art: Artifacts, *, verifier: str, turn_s: int = 12
     ).circuit
     s.stub.UploadArtifact(artifact_requests(art.r1cs, circuit.name, pb.ARTIFACT_KIND_R1CS), metadata=md)
     s.stub.UploadArtifact(artifact_requests(art.ptau, circuit.name, pb.ARTIFACT_KIND_PTAU), metadata=md)
-    genesis = s.stub.UploadContribution(upload_requests(art.genesis, circuit.name, index=0), metadata=md)
+    genesis = s.stub.UploadGenesis(genesis_requests(art.genesis, circuit.name), metadata=md)
     assert genesis.contribution.state == pb.CONTRIBUTION_STATE_VALID, genesis.contribution.verifier_output
     s.stub.OpenCeremony(pb.OpenCeremonyRequest(name=ceremony.name), metadata=md)
     return Open(ceremony.name, circuit.name, md)
@@ -146,8 +185,9 @@ def contributor(s: Session, ceremony: str) -> tuple[tuple[str, str], ...]:
 
 def contribute(
     tools: Toolchain, s: Session, circuit: str, md: tuple[tuple[str, str], ...], work: Path
-) -> Path:
-    """Downloads the latest zkey and makes a real contribution to it."""
+) -> tuple[Path, str]:
+    """Downloads the latest zkey and makes a real contribution to it: the file and the
+    contribution hash snarkjs printed."""
     work.mkdir(parents=True, exist_ok=True)
     previous = work / "previous.zkey"
     previous.write_bytes(
@@ -157,7 +197,7 @@ def contribute(
         )
     )
     mine = work / "mine.zkey"
-    tools.run(
+    out = tools.run(
         tools.snarkjs,
         "zkey",
         "contribute",
@@ -167,7 +207,7 @@ def contribute(
         f"-e={uuid.uuid4().hex}",
         cwd=work,
     )
-    return mine
+    return mine, snarkjs_hash(out)
 
 
 def child_pids(pid: int, needle: str) -> list[int]:
