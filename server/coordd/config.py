@@ -117,6 +117,11 @@ class Settings:
     snarkjs_verify_timeout_s: float = 600.0
     # The verifier a ceremony gets when its coordinator names none ("none" is never a default).
     ceremony_default_verifier: str = "snarkjs"
+    # Sign-In with Ethereum: the domain and URI a signed EIP-4361 message must name (a message
+    # for another site is refused), and how long a nonce the daemon issued stays usable.
+    siwe_domain: str = "coordd.local"
+    siwe_uri: str = "https://coordd.local"
+    siwe_nonce_ttl_s: float = 300.0
     # Not a setting: what loading noticed (unknown COORDD_* variables); logged at start.
     _warnings: list[str] = field(default_factory=list, repr=False, compare=False)
 

@@ -310,6 +310,7 @@ class Ceremony(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     UPLOAD_RETRIES_FIELD_NUMBER: _builtins.int
+    ELIGIBILITY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `ceremonies/{ceremony}`."""
     title: _builtins.str
@@ -336,6 +337,12 @@ class Ceremony(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def eligibility(self) -> Global___Eligibility:
+        """Who may join; empty: anyone signed in. Each user joins once, so one identity (an email,
+        or an Ethereum address signed in with SIWE) contributes once per circuit.
+        """
+
     def __init__(
         self,
         *,
@@ -352,16 +359,55 @@ class Ceremony(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         upload_retries: _builtins.int | None = ...,
+        eligibility: Global___Eligibility | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_upload_retries", b"_upload_retries", "create_time", b"create_time", "end_time", b"end_time", "start_time", b"start_time", "timeout", b"timeout", "update_time", b"update_time", "upload_retries", b"upload_retries", "verifier", b"verifier"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_upload_retries", b"_upload_retries", "create_time", b"create_time", "eligibility", b"eligibility", "end_time", b"end_time", "start_time", b"start_time", "timeout", b"timeout", "update_time", b"update_time", "upload_retries", b"upload_retries", "verifier", b"verifier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_upload_retries", b"_upload_retries", "coordinator", b"coordinator", "create_time", b"create_time", "description", b"description", "end_time", b"end_time", "name", b"name", "prefix", b"prefix", "start_time", b"start_time", "state", b"state", "timeout", b"timeout", "title", b"title", "update_time", b"update_time", "upload_retries", b"upload_retries", "verifier", b"verifier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_upload_retries", b"_upload_retries", "coordinator", b"coordinator", "create_time", b"create_time", "description", b"description", "eligibility", b"eligibility", "end_time", b"end_time", "name", b"name", "prefix", b"prefix", "start_time", b"start_time", "state", b"state", "timeout", b"timeout", "title", b"title", "update_time", b"update_time", "upload_retries", b"upload_retries", "verifier", b"verifier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__upload_retries: _TypeAlias = _typing.Literal["upload_retries"]  # noqa: Y015
     _WhichOneofArgType__upload_retries: _TypeAlias = _typing.Literal["_upload_retries", b"_upload_retries"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__upload_retries) -> _WhichOneofReturnType__upload_retries | None: ...
 
 Global___Ceremony: _TypeAlias = Ceremony  # noqa: Y015
+
+@_typing.final
+class Eligibility(_message.Message):
+    """Per-ceremony rules for joining, each refused with a clear reason (NOT_ELIGIBLE and the
+    rule in the error's metadata).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOWED_IDENTITIES_FIELD_NUMBER: _builtins.int
+    MIN_ACCOUNT_AGE_FIELD_NUMBER: _builtins.int
+    REQUIRE_ETHEREUM_FIELD_NUMBER: _builtins.int
+    require_ethereum: _builtins.bool
+    """Only users signed in with Ethereum (Sign-In with Ethereum)."""
+    @_builtins.property
+    def allowed_identities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these identities: email addresses, or 0x Ethereum addresses (case-insensitive)."""
+
+    @_builtins.property
+    def min_account_age(self) -> _duration_pb2.Duration:
+        """The account must be at least this old when joining (an Ethereum account: since its
+        first sign-in here).
+        """
+
+    def __init__(
+        self,
+        *,
+        allowed_identities: _abc.Iterable[_builtins.str] | None = ...,
+        min_account_age: _duration_pb2.Duration | None = ...,
+        require_ethereum: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["min_account_age", b"min_account_age"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_identities", b"allowed_identities", "min_account_age", b"min_account_age", "require_ethereum", b"require_ethereum"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Eligibility: _TypeAlias = Eligibility  # noqa: Y015
 
 @_typing.final
 class BlobInfo(_message.Message):
@@ -654,6 +700,7 @@ class CreateCeremonyRequest(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     VERIFIER_FIELD_NUMBER: _builtins.int
     UPLOAD_RETRIES_FIELD_NUMBER: _builtins.int
+    ELIGIBILITY_FIELD_NUMBER: _builtins.int
     title: _builtins.str
     description: _builtins.str
     prefix: _builtins.str
@@ -667,6 +714,8 @@ class CreateCeremonyRequest(_message.Message):
     def timeout(self) -> Global___TimeoutConfig: ...
     @_builtins.property
     def verifier(self) -> Global___Verifier: ...
+    @_builtins.property
+    def eligibility(self) -> Global___Eligibility: ...
     def __init__(
         self,
         *,
@@ -678,10 +727,11 @@ class CreateCeremonyRequest(_message.Message):
         timeout: Global___TimeoutConfig | None = ...,
         verifier: Global___Verifier | None = ...,
         upload_retries: _builtins.int | None = ...,
+        eligibility: Global___Eligibility | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_upload_retries", b"_upload_retries", "end_time", b"end_time", "start_time", b"start_time", "timeout", b"timeout", "upload_retries", b"upload_retries", "verifier", b"verifier"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_upload_retries", b"_upload_retries", "eligibility", b"eligibility", "end_time", b"end_time", "start_time", b"start_time", "timeout", b"timeout", "upload_retries", b"upload_retries", "verifier", b"verifier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_upload_retries", b"_upload_retries", "description", b"description", "end_time", b"end_time", "prefix", b"prefix", "start_time", b"start_time", "timeout", b"timeout", "title", b"title", "upload_retries", b"upload_retries", "verifier", b"verifier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_upload_retries", b"_upload_retries", "description", b"description", "eligibility", b"eligibility", "end_time", b"end_time", "prefix", b"prefix", "start_time", b"start_time", "timeout", b"timeout", "title", b"title", "upload_retries", b"upload_retries", "verifier", b"verifier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__upload_retries: _TypeAlias = _typing.Literal["upload_retries"]  # noqa: Y015
     _WhichOneofArgType__upload_retries: _TypeAlias = _typing.Literal["_upload_retries", b"_upload_retries"]  # noqa: Y015
@@ -849,7 +899,9 @@ class UpdateCeremonyRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Paths among: title, description, start_time, end_time, timeout, verifier, upload_retries."""
+        """Paths among: title, description, start_time, end_time, timeout, verifier, upload_retries,
+        eligibility.
+        """
 
     def __init__(
         self,

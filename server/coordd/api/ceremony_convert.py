@@ -70,6 +70,11 @@ def ceremony_to_proto(c: ceremony.Ceremony) -> pb.Ceremony:
         create_time=ts(c.create_time),
         update_time=ts(c.update_time),
         upload_retries=c.transport_retries,
+        eligibility=pb.Eligibility(
+            allowed_identities=(c.eligibility or {}).get("allowed", []),
+            min_account_age=duration((c.eligibility or {}).get("min_account_age_s", 0)),
+            require_ethereum=bool((c.eligibility or {}).get("require_ethereum", False)),
+        ),
     )
 
 
@@ -183,6 +188,10 @@ def spec_from_proto(c: pb.Ceremony | pb.CreateCeremonyRequest, fields: set[str])
         spec.verifier_command = c.verifier.command
         spec.verify_timeout_s = seconds(c.verifier.timeout)
         spec.verifier_name = c.verifier.name
+    if "eligibility" in fields:
+        spec.allowed_identities = list(c.eligibility.allowed_identities)
+        spec.min_account_age_s = seconds(c.eligibility.min_account_age)
+        spec.require_ethereum = c.eligibility.require_ethereum
     if "upload_retries" in fields and c.HasField("upload_retries"):
         spec.upload_retries = c.upload_retries
     return spec

@@ -15,6 +15,7 @@ import structlog
 
 from coordd.store import models as m
 from coordd.store.auth import models as auth_m
+from coordd.store.auth import siwe as auth_siwe
 from coordd.store.ceremony import models as ceremony_m
 from coordd.store.competition import models as competition_m
 from coordd.store.db import Store
@@ -97,6 +98,8 @@ MIGRATIONS: list[Migration] = [
         "ceremony: named verifiers, transport retries, restart clock",
         ceremony_m.add_named_verifiers,
     ),
+    Migration(92, "ceremony: eligibility rules", ceremony_m.add_eligibility),
+    Migration(91, "auth: Sign-In with Ethereum nonces", auth_siwe.create_tables),
     Migration(60, "auth: revocation epoch, account changes, audit events", auth_m.add_account_control),
 ]
 # Domains append in any order; migrations apply in version order, and a version is unique.

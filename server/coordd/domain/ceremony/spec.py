@@ -4,9 +4,10 @@ the turn timeout a ceremony's settings give a circuit."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import coordd.domain.ceremony.eligibility as eligibility
 from coordd.core.errors import PermissionDenied, Violations
 from coordd.core.principal import Principal
 from coordd.domain.ceremony.names import listed
@@ -52,9 +53,22 @@ class CeremonySpec:
     verifier_name: str = ""
     # None: the default (DEFAULT_UPLOAD_RETRIES).
     upload_retries: int | None = None
+    # Eligibility (see eligibility.py).
+    allowed_identities: list[str] = field(default_factory=list)
+    min_account_age_s: float = 0.0
+    require_ethereum: bool = False
 
 
-UPDATABLE = ("title", "description", "start_time", "end_time", "timeout", "verifier", "upload_retries")
+UPDATABLE = (
+    "title",
+    "description",
+    "start_time",
+    "end_time",
+    "timeout",
+    "verifier",
+    "upload_retries",
+    "eligibility",
+)
 DEFAULT_UPLOAD_RETRIES = 2
 MAX_UPLOAD_RETRIES = 10
 
@@ -106,6 +120,8 @@ def check_spec(v: Violations, spec: CeremonySpec, fields: set[str], who: Princip
         and not 0 <= spec.upload_retries <= MAX_UPLOAD_RETRIES
     ):
         v.add("upload_retries", f"0..{MAX_UPLOAD_RETRIES}")
+    if "eligibility" in fields:
+        eligibility.check_rules(v, spec.allowed_identities, spec.min_account_age_s)
     v.raise_if_any()
     if "verifier" in fields and spec.verifier_command and not who.is_admin:
         raise PermissionDenied(
@@ -138,6 +154,8 @@ def merged_spec(c: Ceremony, spec: CeremonySpec, fields: set[str]) -> CeremonySp
     merged.start_window_s, merged.penalty_s = spec.start_window_s, spec.penalty_s
     merged.verifier_command, merged.verify_timeout_s = spec.verifier_command, spec.verify_timeout_s
     merged.verifier_name, merged.upload_retries = spec.verifier_name, spec.upload_retries
+    merged.allowed_identities, merged.min_account_age_s = spec.allowed_identities, spec.min_account_age_s
+    merged.require_ethereum = spec.require_ethereum
     return merged
 
 
@@ -161,6 +179,10 @@ def apply_spec(c: Ceremony, spec: CeremonySpec, fields: set[str]) -> None:
         c.verifier_command = spec.verifier_command
         c.verifier_name = spec.verifier_name
         c.verify_timeout_s = spec.verify_timeout_s or DEFAULT_VERIFY_TIMEOUT_S
+    if "eligibility" in fields:
+        c.eligibility = eligibility.normalized(
+            spec.allowed_identities, spec.min_account_age_s, spec.require_ethereum
+        )
     if "upload_retries" in fields:
         c.transport_retries = DEFAULT_UPLOAD_RETRIES if spec.upload_retries is None else spec.upload_retries
     c.state_due_time = c.start_time

@@ -60,6 +60,8 @@ class Ceremony(IdModel):
     # Uploads rejected for a transport fault (size or digest mismatch) a contributor may
     # retry within the same turn.
     transport_retries = peewee.IntegerField(default=2)
+    # Who may join: {"allowed": [identities], "min_account_age_s": n, "require_ethereum": bool}.
+    eligibility = JSONField(default=dict)
     create_time = TimestampField()
     update_time = TimestampField()
 
@@ -170,6 +172,12 @@ class CeremonyClock(IdModel):
     was down is given back to the contributors whose turn it interrupted."""
 
     alive_time = TimestampField()
+
+
+def add_eligibility(db: peewee.Database) -> None:
+    """Migration 92: per-ceremony eligibility rules."""
+    if "eligibility" not in {c.name for c in db.get_columns("ceremony")}:
+        db.execute_sql("ALTER TABLE ceremony ADD COLUMN eligibility TEXT NOT NULL DEFAULT '{}'")
 
 
 def add_named_verifiers(db: peewee.Database) -> None:
