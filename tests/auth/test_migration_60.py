@@ -37,13 +37,13 @@ def test_migration_60_adds_epoch_change_time_and_audit_table(tmp_path, engine):
             )
             assert not db.table_exists("audit_event")
 
-            assert migrate(store) == [60]
+            assert migrate(store, up_to=60) == [60]
             columns = {c.name for c in db.get_columns("user")}
             assert {"token_epoch", "auth_change_time"} <= columns
             old = User.get_by_id("u1")
             assert old.token_epoch == 0 and old.auth_change_time is None
             assert db.table_exists("audit_event") and AuditEvent.select().count() == 0
             assert "user_auth_change_time" in {i.name for i in db.get_indexes("user")}
-            assert migrate(store) == []
+            assert migrate(store, up_to=60) == []
         finally:
             store.db.close()

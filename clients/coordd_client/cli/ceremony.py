@@ -91,8 +91,8 @@ def register(sub: Any) -> None:
     add.add_argument("ceremony")
     add.add_argument("--name", required=True)
     add.add_argument("--genesis", required=True, help="the index-0 zkey")
-    add.add_argument("--r1cs", help="for an external verifier's {r1cs}")
-    add.add_argument("--ptau", help="for an external verifier's {ptau}")
+    add.add_argument("--r1cs", help="the circuit's r1cs (snarkjs verification needs it)")
+    add.add_argument("--ptau", help="the final powers of tau (snarkjs verification needs it)")
     add.set_defaults(func=_add_circuit)
     update = cer.add_parser("update", help="(coordinator) change a SCHEDULED ceremony, e.g. start it now")
     update.add_argument("ceremony")
@@ -382,10 +382,8 @@ def _add_circuit(ctx: Context, args: argparse.Namespace) -> int:
             )
             messages[0].kind = kind
             stub.UploadArtifact(iter(messages), timeout=None)
-    reply = stub.UploadContribution(
-        _file_messages(
-            pb.UploadHeader, Path(args.genesis), pb.UploadContributionRequest, circuit=circuit.name, index=0
-        ),
+    reply = stub.UploadGenesis(
+        _file_messages(pb.UploadHeader, Path(args.genesis), pb.UploadGenesisRequest, circuit=circuit.name),
         timeout=None,
     )
     state = enum_word(pb.ContributionState, reply.contribution.state)
