@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from coordd.config import ConfigError, load_settings
+from coordd.domain.ceremony.verifier import contribution_hash
 from coordd_client.transcript import verify_transcript
 from coordd_client.v1 import ceremony_pb2 as pb
 from tests.ceremony.e2e_ceremony.helpers import Ceremonies, dur, stamp
@@ -163,3 +164,21 @@ def test_verifiers_are_declared_from_the_environment_as_json():
         load_settings(None, env={"COORDD_CEREMONY_VERIFIERS": "{not json"})
     with pytest.raises(ConfigError):
         load_settings(None, env={}, ceremony_default_verifier="none")
+
+
+def test_the_contribution_hash_is_the_newest_one_snarkjs_lists():
+    # `snarkjs zkey verify` lists contributions newest first, a beacon's with extra lines.
+    output = (
+        "\x1b[32;22m[INFO]  \x1b[39;1msnarkJS\x1b[0m: contribution #2 Final:\n"
+        "\t\tbda430c2 5f9254e9 19ad6517 371b434e\n\t\t359ca0d6 a7ecba23 09662f18 dca96b11\n"
+        "\t\t8afebb99 bb738e05 469c0db7 426de7d9\n\t\t1fa92a8d 5a23c665 0e220729 dde514bb\n"
+        "[INFO]  snarkJS: Beacon generator: 0102\n[INFO]  snarkJS: -------------------------\n"
+        "[INFO]  snarkJS: contribution #1 alice:\n"
+        "\t\tc6335d63 b7fa910d 8b88e778 f8c98fad\n\t\t4d38dd35 e6728694 d3d435b7 a4f1973a\n"
+        "\t\t00c2c740 a124dcb3 0ddf8c46 58f37036\n\t\tfb0ddb7c fbc4bc17 9e9b3f08 85f831e1\n"
+        "[INFO]  snarkJS: ZKey Ok!\n"
+    )
+    assert contribution_hash(output).startswith("bda430c25f9254e9") and len(contribution_hash(output)) == 128
+    assert contribution_hash("[INFO]  snarkJS: ZKey Ok!") == ""
+    unreadable = output.replace("bda430c2 5f9254e9", "bda430c2")
+    assert contribution_hash(unreadable) == "", "never another contribution's hash"

@@ -72,13 +72,18 @@ _ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def contribution_hash(output: str) -> str:
-    """The hash of the last contribution snarkjs listed in `zkey verify` output, or ""."""
-    found = ""
-    for match in _CONTRIBUTION_RE.finditer(_ANSI_RE.sub("", output)):
+    """The hash of the newest contribution (the highest #) snarkjs listed in `zkey verify`
+    output (it lists them newest first), or ""."""
+    text = _ANSI_RE.sub("", output)
+    listed = [int(n) for n in re.findall(r"contribution #(\d+)", text, re.IGNORECASE)]
+    if not listed:
+        return ""
+    for match in _CONTRIBUTION_RE.finditer(text):
         groups = re.findall(r"[0-9a-fA-F]{8}", match.group(2))
-        if len(groups) == 16:
-            found = "".join(groups).lower()
-    return found
+        if int(match.group(1)) == max(listed) and len(groups) == 16:
+            return "".join(groups).lower()
+    # The newest entry is printed otherwise (a beacon's, say): better no hash than another's.
+    return ""
 
 
 def check_command(command: str) -> str | None:
