@@ -138,7 +138,7 @@ class Ceremonies:
         """Runs the scheduler's ceremony work now, as its tasks would."""
         rules.run_lifecycle(self.server.rt)
         rules.fire_deadlines(self.server.rt)
-        rules.recover_verifications(self.server.rt)
+        rules.recover_verifications(self.server.rt, wait=True)
 
     def get(self, name: str) -> pb.Ceremony:
         return self.stub.GetCeremony(

@@ -51,6 +51,10 @@ class Runner:
     def submit(self, contribution_id: str) -> Future[Contribution]:
         with self.lock:
             fut = self.running.get(contribution_id)
+            if fut is None and self.stopped:
+                fut = Future()
+                fut.set_exception(verifier.VerifierStopped("the daemon is shutting down"))
+                return fut
             if fut is None:
                 fut = self.pool.submit(self._verify, contribution_id)
                 self.running[contribution_id] = fut
@@ -66,17 +70,18 @@ class Runner:
             return list(self.running.values())
 
     def stop(self) -> None:
-        """Shutdown: running verifiers are killed (their leases released), queued ones skipped."""
+        """Shutdown: running verifiers are killed and queued ones skip (their leases released)."""
         self.stopped = True
         self.procs.kill_all()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=False)
 
     def _renew(self, contribution_id: str) -> bool:
         with self.rt.store.write() as tx:
             return leases.renew_lease(contribution_id, tx.now + timedelta(seconds=LEASE_S))
 
     def _verify(self, contribution_id: str) -> Contribution:
-        if self.stopped:
+        if self.stopped:  # queued when shutdown began: the next process takes it at once
+            self._release(contribution_id)
             raise verifier.VerifierStopped("the daemon is shutting down")
         job = verification_job(self.rt, contribution_id)
         if job is None:
@@ -146,9 +151,10 @@ def claim(rt: Runtime, contribution_id: str) -> bool:
         return leases.take_lease(contribution_id, tx.now, tx.now + timedelta(seconds=LEASE_S), extra)
 
 
-def recover(rt: Runtime, batch: int = 50) -> dict[str, int]:
-    """Scheduler task: verifications whose process died are claimed and run again at once.
-    Waits for every verification in flight here, so one tick ends with their verdicts."""
+def recover(rt: Runtime, batch: int = 50, wait: bool = False) -> dict[str, int]:
+    """Scheduler task: verifications whose process died are claimed and run again at once
+    (on the runner: the task itself returns at once). With `wait`, it returns once every
+    verification in flight here has its verdict (tests tick the scheduler that way)."""
     runner = runner_of(rt)
     if runner.stopped:
         return {}
@@ -159,7 +165,7 @@ def recover(rt: Runtime, batch: int = 50) -> dict[str, int]:
         log.warning("verification resumed: its previous run stopped", contribution=contribution_id)
         runner.submit(contribution_id)
         claimed += 1
-    for fut in runner.in_flight():
+    for fut in runner.in_flight() if wait else []:
         with contextlib.suppress(Exception):  # a stop or a failure is logged where it happens
             fut.result()
     return {"resumed": claimed} if claimed else {}
