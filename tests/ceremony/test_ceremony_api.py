@@ -127,3 +127,30 @@ def test_a_genesis_resent_while_it_is_verified_waits_for_the_same_verdict(server
         grpc.StatusCode.FAILED_PRECONDITION, cer.stub.UploadGenesis, _genesis(circuit.name, data), metadata=md
     )
     assert again.reason == "WRONG_INDEX", "a verified genesis is not replaced"
+
+
+def test_after_close_a_running_turn_still_times_out_and_waiters_never_block_finalization(server, clock):
+    """p0tion #236: timeouts stopped once a ceremony closed, and waiting users blocked it."""
+    cer = Ceremonies(server)
+    ceremony, (circuit,) = cer.open(fixed_timeout=60)
+    alice, bob = (server.make_user("participant")[1] for _ in range(2))
+    cer.join(ceremony, alice)
+    cer.join(ceremony, bob)
+    cer.download(alice, circuit.name)
+    md = bearer(cer.coordinator)
+    cer.stub.CloseCeremony(pb.CloseCeremonyRequest(name=ceremony.name), metadata=md)
+    finalize = pb.FinalizeCircuitRequest(
+        circuit=circuit.name, beacon_hash_hex="ab" * 32, beacon_iterations_exponent=10
+    )
+    busy = rpc_error(grpc.StatusCode.FAILED_PRECONDITION, cer.stub.FinalizeCircuit, finalize, metadata=md)
+    assert "turn" in busy.details or busy.reason
+    clock.advance(61)
+    cer.tick()
+    assert cer.me(ceremony, alice).status == S.Value("PARTICIPANT_STATUS_TIMEDOUT")
+    assert cer.me(ceremony, bob).status == S.Value("PARTICIPANT_STATUS_WAITING"), "nobody new is promoted"
+    watch = cer.stub.WatchQueue(
+        pb.WatchQueueRequest(ceremony=ceremony.name), metadata=bearer(bob), timeout=30
+    )
+    assert [m.ceremony_state for m in watch] == [pb.CEREMONY_STATE_CLOSED], "the waiter's stream ends"
+    reply = cer.stub.FinalizeCircuit(finalize, metadata=md)
+    assert reply.participant.status == S.Value("PARTICIPANT_STATUS_FINALIZING")
