@@ -191,6 +191,7 @@ async def coordd_side(watchers: int, rounds: int, channels: int, gc_threshold: i
                         fixed_timeout=duration_pb2.Duration(seconds=3600),
                         start_window=duration_pb2.Duration(seconds=3600),
                     ),
+                    verifier=pb.Verifier(name="none"),
                 ),
                 metadata=admin,
             )

@@ -7,7 +7,9 @@
 `download` continues a partial file from its size and checks the whole file's BLAKE2b-512;
 `upload` asks the daemon for the committed offset (GetUploadStatus) and sends only the rest,
 so a dropped connection costs the bytes in flight, not the whole file. Both retry
-UNAVAILABLE with backoff. Files are streamed from disk, never held whole in memory.
+UNAVAILABLE with backoff; `upload` also sends the file again when the daemon received it
+damaged and kept the turn (a transport fault), and after a daemon restart gets the verdict of
+the upload that had already arrived. Files are streamed from disk, never held whole in memory.
 """
 
 from __future__ import annotations
@@ -122,9 +124,16 @@ def upload(
         same_file = status.size_bytes == size and status.blake2b_512 == digest
         start = status.committed_offset if same_file else 0
         try:
-            return client.ceremony.UploadContribution(
+            reply = client.ceremony.UploadContribution(
                 _requests(circuit, path, size, digest, start, index, progress), timeout=None
             )
         except Unavailable:
+            # Also across a daemon restart: sending the same file again returns the verdict
+            # of the upload that already arrived, if it did.
             _pause(attempt)
+            continue
+        damaged = reply.contribution.transport_fault
+        if damaged and reply.participant.status == pb.PARTICIPANT_STATUS_CONTRIBUTING:
+            continue  # the daemon got damaged bytes and kept the turn: send it again
+        return reply
     raise TransferError(f"upload to {circuit} failed after {attempts} attempts")

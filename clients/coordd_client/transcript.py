@@ -7,6 +7,9 @@ GetCoordinatorKey, compared against a published fingerprint):
     report = verify_transcript(transcript, public_key)
     assert report.ok, report.problems
 
+    text = attestation(transcript, "ceremonies/.../participants/...", public_key)  # to publish
+    verify_attestation(text, public_key)  # anyone, offline
+
 A receipt is the coordinator's Ed25519 signature over
 "coordd.ceremony.receipt.v1\\n" + JSON (sorted keys, no spaces, ASCII). Each circuit's
 valid contributions form a chain: index 0 (genesis) has no previous hash, and each next
@@ -15,6 +18,7 @@ valid one names the hash of the one before; invalid ones are listed but not chai
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -96,6 +100,9 @@ class Report:
     # Per circuit name: the hash at the end of its valid chain.
     heads: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    # The daemon says no real verifier checked the contributions (verifier "none"): the
+    # chain of hashes is signed, but nothing attests that each zkey extends the last.
+    unverified: bool = False
 
     @property
     def ok(self) -> bool:
@@ -104,7 +111,7 @@ class Report:
 
 def verify_transcript(transcript: Any, public_key: bytes) -> Report:
     """Every receipt, and every circuit's chain of valid contributions."""
-    report = Report()
+    report = Report(unverified=bool(getattr(transcript, "unverified", False)))
     if transcript.public_key and transcript.public_key != public_key:
         report.problems.append("the transcript names a different coordinator key")
     for entry in transcript.circuits:
@@ -132,3 +139,94 @@ def verify_transcript(transcript: Any, public_key: bytes) -> Report:
             previous_hash, previous_index = contribution.hash_hex, contribution.index
         report.heads[circuit] = previous_hash
     return report
+
+
+# -- attestations --------------------------------------------------------------------------
+
+ATTESTATION_BEGIN = "-----BEGIN COORDD CEREMONY RECEIPTS-----"
+ATTESTATION_END = "-----END COORDD CEREMONY RECEIPTS-----"
+
+
+def _grouped(hex_text: str) -> str:
+    """A 64-byte hash as snarkjs prints it: 8-digit groups, four per line."""
+    groups = [hex_text[i : i + 8] for i in range(0, len(hex_text), 8)]
+    return "\n".join("      " + " ".join(groups[i : i + 4]) for i in range(0, len(groups), 4))
+
+
+def attestation(transcript: Any, contributor: str, public_key: bytes) -> str:
+    """A ready-to-publish attestation of `contributor`'s contributions (a participant name):
+    the ceremony, each circuit with the snarkjs contribution hash and the zkey's BLAKE2b-512,
+    and the coordinator's signed receipts, which `verify_attestation` checks offline. Every
+    receipt is verified with `public_key` first: an attestation is never made from an
+    unverified one."""
+    c = transcript.ceremony
+    mine = []
+    for entry in transcript.circuits:
+        for contribution in entry.contributions:
+            if contribution.contributor == contributor:
+                verify_contribution(public_key, contribution)
+                mine.append((entry.circuit, contribution))
+    if not mine:
+        raise ReceiptError(f"{contributor} has no contribution in {c.name}")
+    lines = [
+        f'I contributed to the trusted-setup ceremony "{c.title}" ({c.name}, prefix {c.prefix}).',
+        f"Contributor: {contributor}",
+        "",
+    ]
+    for circuit, contribution in mine:
+        state = "VALID" if contribution.state == _VALID else "INVALID"
+        lines.append(
+            f"Circuit {circuit.display_name} ({circuit.name}): contribution #{contribution.index}, {state}"
+            f" (verifier: {contribution.verifier or 'unknown'})"
+        )
+        if contribution.contribution_hash_hex:
+            lines.append("  snarkjs contribution hash:")
+            lines.append(_grouped(contribution.contribution_hash_hex))
+        lines.append(f"  BLAKE2b-512 of the zkey: {contribution.hash_hex}")
+    if getattr(transcript, "unverified", False):
+        lines += [
+            "",
+            "Note: this ceremony's contributions were checked for size and hash only (no proof check).",
+        ]
+    lines += [
+        "",
+        f"Coordinator key: Ed25519 {public_key.hex()} (key id {key_id(public_key)})",
+        "Signed receipts (verify with coordd_client.transcript.verify_attestation):",
+        ATTESTATION_BEGIN,
+    ]
+    for _, contribution in mine:
+        blob = {
+            "payload": base64.b64encode(contribution.receipt.payload).decode(),
+            "signature": base64.b64encode(contribution.receipt.signature).decode(),
+        }
+        lines.append(json.dumps(blob, sort_keys=True, separators=(",", ":")))
+    lines.append(ATTESTATION_END)
+    return "\n".join(lines) + "\n"
+
+
+def verify_attestation(text: str, public_key: bytes) -> list[dict[str, Any]]:
+    """Checks a published attestation offline: every receipt's signature with the coordinator
+    key, and that the text names exactly what the receipts sign (contribution hashes, zkey
+    hashes). Returns the signed fields of each receipt."""
+    if ATTESTATION_BEGIN not in text or ATTESTATION_END not in text:
+        raise ReceiptError("no receipts block in the attestation")
+    head, rest = text.split(ATTESTATION_BEGIN, 1)
+    block = rest.split(ATTESTATION_END, 1)[0]
+    signed = []
+    for line in filter(None, (x.strip() for x in block.splitlines())):
+        try:
+            blob = json.loads(line)
+            payload, signature = base64.b64decode(blob["payload"]), base64.b64decode(blob["signature"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ReceiptError(f"a receipt line cannot be read: {exc}") from None
+        signed.append(verify_receipt(public_key, payload, signature))
+    if not signed:
+        raise ReceiptError("the attestation carries no receipt")
+    words = "".join(head.split())
+    for fields in signed:
+        for name in ("hash", "contribution_hash"):
+            if fields.get(name) and fields[name] not in words:
+                raise ReceiptError(f"{fields['contribution']}: the text does not state the signed {name}")
+        if f"contribution#{fields['index']}" not in words or fields["circuit"] not in words:
+            raise ReceiptError(f"{fields['contribution']}: the text does not name its circuit and index")
+    return signed

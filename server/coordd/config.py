@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
+import re
+import shlex
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -108,6 +111,21 @@ class Settings:
     competition_reminder_lead_s: int = 24 * 3600
     competition_max_entry_bytes: int = 1024 * 1024
     competition_max_errors: int = 5
+    # Ceremonies: verifiers the operator declares, by name, for coordinators to choose:
+    # {"NAME": {"command": "TEMPLATE", "timeout_s": SECONDS}} (a table in the config file, JSON
+    # in COORDD_CEREMONY_VERIFIERS). Placeholders: {r1cs} {ptau} {zkey} {previous} {circuit}.
+    ceremony_verifiers: dict = field(default_factory=dict)
+    # snarkjs, for the "snarkjs" verifier declared out of the box: a path; "" finds it on PATH;
+    # "off" declares no such verifier.
+    snarkjs_path: str = ""
+    snarkjs_verify_timeout_s: float = 600.0
+    # The verifier a ceremony gets when its coordinator names none ("none" is never a default).
+    ceremony_default_verifier: str = "snarkjs"
+    # Sign-In with Ethereum: the domain and URI a signed EIP-4361 message must name (a message
+    # for another site is refused), and how long a nonce the daemon issued stays usable.
+    siwe_domain: str = "coordd.local"
+    siwe_uri: str = "https://coordd.local"
+    siwe_nonce_ttl_s: float = 300.0
     # Not a setting: what loading noticed (unknown COORDD_* variables); logged at start.
     _warnings: list[str] = field(default_factory=list, repr=False, compare=False)
 
@@ -167,11 +185,17 @@ def _coerce(name: str, value: Any) -> Any:
             return int(value)
         if kind == "float":
             return float(value)
+        if kind == "dict":
+            if isinstance(value, str):
+                value = json.loads(value) if value.strip() else {}
+            if not isinstance(value, dict):
+                raise ValueError(f"expected a table, got {value!r}")
+            return value
         if kind == "str":
             if not isinstance(value, str | int | float):
                 raise ValueError(f"expected a string, got {value!r}")
             return str(value)
-    except ValueError as exc:
+    except ValueError as exc:  # json.JSONDecodeError included
         raise ConfigError(f"config {name}: {exc}") from None
     raise ConfigError(f"config {name}: unsupported type {kind}")
 
@@ -209,8 +233,36 @@ def _validate(s: Settings) -> None:
         raise ConfigError("config job_*: attempts >= 1 and 0 < job_backoff_base_s <= job_backoff_max_s")
     if s.competition_offer_hold_s < 60 or s.competition_max_entry_bytes <= 0 or s.competition_max_errors < 1:
         raise ConfigError("config competition_*: offer hold >= 60 s, entry size and max errors positive")
+    _validate_verifiers(s)
     if s.jwt_secret and len(s.jwt_secret) < 32:
         raise ConfigError("config jwt_secret: must be at least 32 characters")
+
+
+VERIFIER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def _validate_verifiers(s: Settings) -> None:
+    for name, spec in s.ceremony_verifiers.items():
+        where = f"config ceremony_verifiers.{name}"
+        if not VERIFIER_NAME_RE.match(str(name)) or name == "none":
+            raise ConfigError(f"{where}: a name is 1-63 of a-z, 0-9 and '-' (and not 'none')")
+        command = spec.get("command") if isinstance(spec, dict) else None
+        if not isinstance(command, str) or not command.strip():
+            raise ConfigError(f"{where}: expected a table with a non-empty command")
+        unknown = set(spec) - {"command", "timeout_s"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {sorted(unknown)} (known: command, timeout_s)")
+        timeout = spec.get("timeout_s", 600)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 86400:
+            raise ConfigError(f"{where}: timeout_s must be within 0..86400 seconds")
+        try:
+            shlex.split(spec["command"])
+        except ValueError as exc:
+            raise ConfigError(f"{where}: the command cannot be parsed: {exc}") from None
+    if not 0 < s.snarkjs_verify_timeout_s <= 86400:
+        raise ConfigError("config snarkjs_verify_timeout_s: expected 0..86400 seconds")
+    if s.ceremony_default_verifier == "none":
+        raise ConfigError("config ceremony_default_verifier: 'none' must be chosen per ceremony, explicitly")
 
 
 def load_settings(

@@ -172,6 +172,7 @@ def test_a_real_snarkjs_ceremony_end_to_end(tmp_path):
             "PATH": f"{tools.snarkjs.parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "XDG_CONFIG_HOME": str(home),
             "COORDCTL_PASSWORD": "coordctl contributor",
+            **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
         }
         signed = subprocess.run(
             [COORDCTL, "--target", daemon.target, "signup", "--email", "ctl@example.com"],

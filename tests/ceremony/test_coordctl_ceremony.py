@@ -18,6 +18,7 @@ import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 
 import coordd_client
+from coordd_client.transcript import ReceiptError, verify_attestation
 from coordd_client.v1 import ceremony_pb2 as pb
 from tests.support.process import COORDCTL, Daemon, admin_create_user
 
@@ -27,6 +28,8 @@ STAND_IN = (
     f"{sys.executable} -c \"import os,sys; d=open(sys.argv[1],'rb').read(); "
     f"open(sys.argv[2],'wb').write(d + os.urandom(32))\" {{in}} {{out}}"
 )
+# The code under test, when the tests run from a source tree (PYTHONPATH) rather than an install.
+_PYTHONPATH = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
 
 
 def _stamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -61,6 +64,7 @@ def _ceremony(client, circuits: int, start_in: float) -> str:
             start_time=_stamp(start_in),
             end_time=_stamp(3600),
             timeout=config,
+            verifier=pb.Verifier(name="none"),  # random bytes, not zkeys
         )
     ).ceremony
     for i in range(circuits):
@@ -91,7 +95,7 @@ def _contributor(daemon: Daemon, key: str, ceremony: str, workdir: Path) -> subp
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={"PATH": os.environ.get("PATH", ""), "XDG_CONFIG_HOME": str(workdir / "cfg")},
+        env={"PATH": os.environ.get("PATH", ""), "XDG_CONFIG_HOME": str(workdir / "cfg"), **_PYTHONPATH},
     )
 
 
@@ -101,7 +105,12 @@ def _ctl(daemon: Daemon, key: str, *args: str) -> dict:
         capture_output=True,
         text=True,
         timeout=120,
-        env={"PATH": os.environ.get("PATH", "")},
+        # Its own config: the coordinator key is pinned there on first use.
+        env={
+            "PATH": os.environ.get("PATH", ""),
+            "XDG_CONFIG_HOME": str(daemon.data_dir.parent / "ctl-config"),
+            **_PYTHONPATH,
+        },
     )
     assert out.returncode == 0, out.stdout + out.stderr
     return json.loads(out.stdout)
@@ -126,6 +135,8 @@ def test_a_whole_ceremony_with_coordctl_only(tmp_path):
             "3600",
             "--turn-timeout",
             "60",
+            "--verifier",
+            "none",
         )["name"]
         for i in range(2):
             genesis = tmp_path / f"genesis{i}.zkey"
@@ -180,7 +191,11 @@ def test_a_whole_ceremony_with_coordctl_only(tmp_path):
             capture_output=True,
             text=True,
             timeout=60,
-            env={"PATH": os.environ.get("PATH", "")},
+            env={
+                "PATH": os.environ.get("PATH", ""),
+                "XDG_CONFIG_HOME": str(tmp_path / "ctl-config"),
+                **_PYTHONPATH,
+            },
         )
         assert verified.returncode == 0, verified.stdout + verified.stderr
         report = json.loads(verified.stdout)
@@ -219,6 +234,70 @@ def test_ctrl_c_while_waiting_leaves_the_ceremony(tmp_path):
             pb.ListParticipantsRequest(parent=ceremony)
         ).participants[0]
         assert participant.status == pb.PARTICIPANT_STATUS_DONE
+        coordinator.close()
+    finally:
+        daemon.stop()
+
+
+def test_coordctl_lists_shows_steers_a_ceremony_and_publishes_a_verifiable_attestation(tmp_path):
+    daemon = Daemon(tmp_path / "data").wait_ready()
+    try:
+        coord_key = admin_create_user(daemon, "coord@example.com", "coordinator")["api_key_secret"]
+        coordinator = coordd_client.connect(daemon.target, api_key=coord_key)
+        ceremony = _ceremony(coordinator, circuits=1, start_in=3600)
+        listed = _ctl(daemon, coord_key, "ceremony", "list")["ceremonies"]
+        mine = [c for c in listed if c["name"] == ceremony]
+        assert mine and mine[0]["verifier"]["unverified"] is True
+        shown = _ctl(daemon, coord_key, "ceremony", "show", ceremony)
+        assert shown["verifier"]["name"] == "none" and shown["upload_retries"] == 2
+        assert _ctl(daemon, coord_key, "ceremony", "open", ceremony)["state"] == "CEREMONY_STATE_OPENED"
+        assert _ctl(daemon, coord_key, "ceremony", "pause", ceremony)["state"] == "CEREMONY_STATE_PAUSED"
+        assert _ctl(daemon, coord_key, "ceremony", "resume", ceremony)["state"] == "CEREMONY_STATE_OPENED"
+        key = admin_create_user(daemon, "p@example.com", "participant")["api_key_secret"]
+        proc = _contributor(daemon, key, ceremony, tmp_path / "w")
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+        people = _ctl(daemon, coord_key, "ceremony", "participants", ceremony)["participants"]
+        assert [p["status"] for p in people] == ["PARTICIPANT_STATUS_DONE"]
+        status = _ctl(daemon, coord_key, "ceremony", "status", ceremony)
+        assert status["circuits"][0]["valid_contributions"] == 2
+        published = _ctl(daemon, key, "ceremony", "attestation", ceremony)
+        served = coordinator.ceremony.GetCoordinatorKey(pb.GetCoordinatorKeyRequest())
+        signed = verify_attestation(published["attestation"], served.public_key)
+        assert [s["index"] for s in signed] == [1] and published["key"] in ("pinned", "first use")
+        forged = published["attestation"].replace(signed[0]["hash"][:16], "0" * 16, 1)
+        with pytest.raises(ReceiptError):
+            verify_attestation(forged, served.public_key)
+        # The key pinned on first use is the one transcripts are checked with; a daemon that
+        # presents another is refused, unless the key is given explicitly.
+        config = daemon.data_dir.parent / "ctl-config" / "coordctl" / "config.json"
+        saved = json.loads(config.read_text())
+        assert saved["coordinator_keys"][daemon.target] == served.public_key.hex()
+        saved["coordinator_keys"][daemon.target] = "11" * 32
+        config.write_text(json.dumps(saved))
+        refused = subprocess.run(
+            [COORDCTL, "--target", daemon.target, "--json", "ceremony", "transcript", ceremony, "--verify"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={
+                "PATH": os.environ.get("PATH", ""),
+                "XDG_CONFIG_HOME": str(config.parents[1]),
+                **_PYTHONPATH,
+            },
+        )
+        assert refused.returncode == 1 and "pinned on first use" in refused.stdout
+        given = _ctl(
+            daemon,
+            coord_key,
+            "ceremony",
+            "transcript",
+            ceremony,
+            "--verify",
+            "--public-key",
+            served.public_key.hex(),
+        )
+        assert given["verified"] is True and given["key_source"] == "given"
         coordinator.close()
     finally:
         daemon.stop()

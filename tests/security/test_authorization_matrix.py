@@ -30,6 +30,9 @@ def test_public_rpcs_are_exactly_the_ones_meant_to_be():
     assert public == {
         "coordd.v1.AuthService.SignUp",
         "coordd.v1.AuthService.Login",
+        # Sign-In with Ethereum: a nonce, then the signed message (a login, like Login).
+        "coordd.v1.AuthService.CreateSiweNonce",
+        "coordd.v1.AuthService.SignInWithEthereum",
         "coordd.v1.CeremonyService.GetCoordinatorKey",
         "coordd.v1.CeremonyService.GetTranscript",
         "coordd.v1.JobService.GetSigningKey",

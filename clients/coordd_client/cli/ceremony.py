@@ -27,12 +27,14 @@ from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 
 from coordd_client import contributions as transfers
 from coordd_client import transcript as transcript_check
+from coordd_client.cli import ceremony_manage
 from coordd_client.cli.common import Context, emit, enum_word, resource_name
 from coordd_client.client import resume_stream
 from coordd_client.errors import AlreadyExists, CoorddError
 from coordd_client.v1 import ceremony_pb2 as pb
 
 CHUNK = 256 * 1024
+UNVERIFIED_NOTE = "; WARNING: no real verifier checked the proofs (verifier none)"
 DEFAULT_CMD = "snarkjs zkey contribute {in} {out} --name={name} -e={entropy}"
 
 
@@ -58,6 +60,9 @@ def register(sub: Any) -> None:
     contribute.add_argument(
         "--workdir", default=None, help="where downloads and contributions go (kept for resume)"
     )
+    contribute.add_argument(
+        "--public-key", help="the coordinator key you trust; default: pinned on first use"
+    )
     contribute.set_defaults(func=_contribute)
     create = cer.add_parser("create", help="(coordinator) create a ceremony")
     create.add_argument("--title", required=True)
@@ -72,8 +77,14 @@ def register(sub: Any) -> None:
     create.add_argument("--start-window", type=float, default=60)
     create.add_argument("--penalty", type=float, default=60)
     create.add_argument(
+        "--verifier",
+        default="",
+        help="a verifier the daemon declares, e.g. snarkjs (the default), or 'none' (unverified)",
+    )
+    create.add_argument(
         "--verifier-cmd", default="", help="e.g. 'snarkjs zkey verify {r1cs} {ptau} {zkey}' (admin)"
     )
+    create.add_argument("--upload-retries", type=int, help="damaged uploads resent per turn (default 2)")
     create.set_defaults(func=_create)
     add = cer.add_parser(
         "add-circuit", help="(coordinator) add a circuit with its genesis zkey and artifacts"
@@ -81,8 +92,8 @@ def register(sub: Any) -> None:
     add.add_argument("ceremony")
     add.add_argument("--name", required=True)
     add.add_argument("--genesis", required=True, help="the index-0 zkey")
-    add.add_argument("--r1cs", help="for an external verifier's {r1cs}")
-    add.add_argument("--ptau", help="for an external verifier's {ptau}")
+    add.add_argument("--r1cs", help="the circuit's r1cs (snarkjs verification needs it)")
+    add.add_argument("--ptau", help="the final powers of tau (snarkjs verification needs it)")
     add.set_defaults(func=_add_circuit)
     update = cer.add_parser("update", help="(coordinator) change a SCHEDULED ceremony, e.g. start it now")
     update.add_argument("ceremony")
@@ -110,12 +121,17 @@ def register(sub: Any) -> None:
     tr.add_argument("ceremony")
     tr.add_argument("--verify", action="store_true")
     tr.add_argument("--key-id", help="pin the coordinator key id you trust")
+    tr.add_argument(
+        "--public-key", help="the coordinator key you trust (hex, base64 or a file); default: the pinned one"
+    )
+    ceremony_manage.register(cer)
     tr.set_defaults(func=_transcript)
 
 
 class _Contributor:
     def __init__(self, ctx: Context, args: argparse.Namespace) -> None:
         self.ctx = ctx
+        self.public_key = args.public_key
         self.ceremony = _ceremony_name(args.ceremony)
         command = args.contribute_cmd
         if command is None and shutil.which("snarkjs"):
@@ -166,7 +182,8 @@ class _Contributor:
             print("error: snarkjs is not on PATH; give --contribute-cmd", file=sys.stderr)
             return 2
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.coordinator_key = self.stub.GetCoordinatorKey(pb.GetCoordinatorKeyRequest()).public_key
+        # Pinned (trust on first use): receipts are checked against the key first trusted.
+        self.coordinator_key = ceremony_manage.coordinator_key(self.ctx, self.public_key)[0]
         try:
             me = self.stub.JoinCeremony(pb.JoinCeremonyRequest(ceremony=self.ceremony)).participant
             self.event("joined", participant=me.name)
@@ -331,7 +348,8 @@ def _create(ctx: Context, args: argparse.Namespace) -> int:
             start_time=_timestamp(args.start_in),
             end_time=_timestamp(args.start_in + args.duration),
             timeout=timeout,
-            verifier=pb.Verifier(command=args.verifier_cmd),
+            verifier=pb.Verifier(command=args.verifier_cmd, name=args.verifier),
+            upload_retries=args.upload_retries,
         )
     ).ceremony
     emit(ctx, ceremony, f"{ceremony.name} created ({enum_word(pb.CeremonyState, ceremony.state)})")
@@ -361,10 +379,8 @@ def _add_circuit(ctx: Context, args: argparse.Namespace) -> int:
             )
             messages[0].kind = kind
             stub.UploadArtifact(iter(messages), timeout=None)
-    reply = stub.UploadContribution(
-        _file_messages(
-            pb.UploadHeader, Path(args.genesis), pb.UploadContributionRequest, circuit=circuit.name, index=0
-        ),
+    reply = stub.UploadGenesis(
+        _file_messages(pb.UploadHeader, Path(args.genesis), pb.UploadGenesisRequest, circuit=circuit.name),
         timeout=None,
     )
     state = enum_word(pb.ContributionState, reply.contribution.state)
@@ -461,18 +477,25 @@ def _transcript(ctx: Context, args: argparse.Namespace) -> int:
             f"{reply.ceremony.name}: {sum(len(c.contributions) for c in reply.circuits)} contributions",
         )
         return 0
-    key = ctx.client.ceremony.GetCoordinatorKey(pb.GetCoordinatorKeyRequest())
-    if args.key_id and key.key_id != args.key_id:
+    try:
+        public_key, source = ceremony_manage.coordinator_key(ctx, args.public_key)
+    except ceremony_manage.KeyMismatch as exc:
+        emit(ctx, {"verified": False, "problems": [str(exc.code)]}, str(exc.code))
+        return 1
+    key_id = transcript_check.key_id(public_key)
+    if args.key_id and key_id != args.key_id:
         emit(
             ctx,
-            {"verified": False, "problems": [f"coordinator key is {key.key_id}, pinned {args.key_id}"]},
-            f"coordinator key {key.key_id} is not the pinned {args.key_id}",
+            {"verified": False, "problems": [f"coordinator key is {key_id}, pinned {args.key_id}"]},
+            f"coordinator key {key_id} is not the pinned {args.key_id}",
         )
         return 1
-    report = transcript_check.verify_transcript(reply, key.public_key)
+    report = transcript_check.verify_transcript(reply, public_key)
     summary = {
         "verified": report.ok,
-        "key_id": key.key_id,
+        "unverified_contributions": report.unverified,
+        "key_source": source,
+        "key_id": key_id,
         "receipts": report.receipts,
         "valid": report.valid,
         "invalid": report.invalid,
@@ -481,7 +504,8 @@ def _transcript(ctx: Context, args: argparse.Namespace) -> int:
     }
     human = (
         f"transcript verified: {report.receipts} receipts ({report.valid} valid, {report.invalid} invalid), "
-        f"key {key.key_id}"
+        f"key {key_id} ({source})"
+        + ("; WARNING: no real verifier checked them (verifier none)" if report.unverified else "")
         if report.ok
         else "transcript does NOT verify:\n  " + "\n  ".join(report.problems)
     )

@@ -48,6 +48,16 @@ class AuthServiceStub:
                 request_serializer=coordd_dot_v1_dot_auth__pb2.LoginRequest.SerializeToString,
                 response_deserializer=coordd_dot_v1_dot_auth__pb2.LoginResponse.FromString,
                 _registered_method=True)
+        self.CreateSiweNonce = channel.unary_unary(
+                '/coordd.v1.AuthService/CreateSiweNonce',
+                request_serializer=coordd_dot_v1_dot_auth__pb2.CreateSiweNonceRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_auth__pb2.CreateSiweNonceResponse.FromString,
+                _registered_method=True)
+        self.SignInWithEthereum = channel.unary_unary(
+                '/coordd.v1.AuthService/SignInWithEthereum',
+                request_serializer=coordd_dot_v1_dot_auth__pb2.SignInWithEthereumRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_auth__pb2.SignInWithEthereumResponse.FromString,
+                _registered_method=True)
         self.WhoAmI = channel.unary_unary(
                 '/coordd.v1.AuthService/WhoAmI',
                 request_serializer=coordd_dot_v1_dot_auth__pb2.WhoAmIRequest.SerializeToString,
@@ -122,6 +132,23 @@ class AuthServiceServicer:
 
     def Login(self, request, context):
         """Exchanges email and password for an access token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSiweNonce(self, request, context):
+        """Sign-In with Ethereum (EIP-4361), step 1: a fresh nonce, valid for a few minutes and
+        once, to put in the message the wallet signs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignInWithEthereum(self, request, context):
+        """Sign-In with Ethereum, step 2: the signed EIP-4361 message, verified offline from its
+        EIP-191 signature (no node is asked). The first sign-in of an address creates its user
+        (role participant); the reply is an access token as Login's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -222,6 +249,16 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.Login,
                     request_deserializer=coordd_dot_v1_dot_auth__pb2.LoginRequest.FromString,
                     response_serializer=coordd_dot_v1_dot_auth__pb2.LoginResponse.SerializeToString,
+            ),
+            'CreateSiweNonce': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSiweNonce,
+                    request_deserializer=coordd_dot_v1_dot_auth__pb2.CreateSiweNonceRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_auth__pb2.CreateSiweNonceResponse.SerializeToString,
+            ),
+            'SignInWithEthereum': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignInWithEthereum,
+                    request_deserializer=coordd_dot_v1_dot_auth__pb2.SignInWithEthereumRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_auth__pb2.SignInWithEthereumResponse.SerializeToString,
             ),
             'WhoAmI': grpc.unary_unary_rpc_method_handler(
                     servicer.WhoAmI,
@@ -337,6 +374,60 @@ class AuthService:
             '/coordd.v1.AuthService/Login',
             coordd_dot_v1_dot_auth__pb2.LoginRequest.SerializeToString,
             coordd_dot_v1_dot_auth__pb2.LoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSiweNonce(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.AuthService/CreateSiweNonce',
+            coordd_dot_v1_dot_auth__pb2.CreateSiweNonceRequest.SerializeToString,
+            coordd_dot_v1_dot_auth__pb2.CreateSiweNonceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignInWithEthereum(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.AuthService/SignInWithEthereum',
+            coordd_dot_v1_dot_auth__pb2.SignInWithEthereumRequest.SerializeToString,
+            coordd_dot_v1_dot_auth__pb2.SignInWithEthereumResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,15 @@ class AuthServiceStub:
     """
     Login: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LoginRequest, _auth_pb2.LoginResponse]
     """Exchanges email and password for an access token."""
+    CreateSiweNonce: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CreateSiweNonceRequest, _auth_pb2.CreateSiweNonceResponse]
+    """Sign-In with Ethereum (EIP-4361), step 1: a fresh nonce, valid for a few minutes and
+    once, to put in the message the wallet signs.
+    """
+    SignInWithEthereum: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SignInWithEthereumRequest, _auth_pb2.SignInWithEthereumResponse]
+    """Sign-In with Ethereum, step 2: the signed EIP-4361 message, verified offline from its
+    EIP-191 signature (no node is asked). The first sign-in of an address creates its user
+    (role participant); the reply is an access token as Login's.
+    """
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_auth_pb2.WhoAmIRequest, _auth_pb2.WhoAmIResponse]
     """Returns the calling principal."""
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CreateApiKeyRequest, _auth_pb2.CreateApiKeyResponse]
@@ -92,6 +101,15 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """
     Login: _aio.UnaryUnaryMultiCallable[_auth_pb2.LoginRequest, _auth_pb2.LoginResponse]  # type: ignore[assignment]
     """Exchanges email and password for an access token."""
+    CreateSiweNonce: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreateSiweNonceRequest, _auth_pb2.CreateSiweNonceResponse]  # type: ignore[assignment]
+    """Sign-In with Ethereum (EIP-4361), step 1: a fresh nonce, valid for a few minutes and
+    once, to put in the message the wallet signs.
+    """
+    SignInWithEthereum: _aio.UnaryUnaryMultiCallable[_auth_pb2.SignInWithEthereumRequest, _auth_pb2.SignInWithEthereumResponse]  # type: ignore[assignment]
+    """Sign-In with Ethereum, step 2: the signed EIP-4361 message, verified offline from its
+    EIP-191 signature (no node is asked). The first sign-in of an address creates its user
+    (role participant); the reply is an access token as Login's.
+    """
     WhoAmI: _aio.UnaryUnaryMultiCallable[_auth_pb2.WhoAmIRequest, _auth_pb2.WhoAmIResponse]  # type: ignore[assignment]
     """Returns the calling principal."""
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreateApiKeyRequest, _auth_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
@@ -150,6 +168,27 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.LoginResponse, _abc.Awaitable[_auth_pb2.LoginResponse]]:
         """Exchanges email and password for an access token."""
+
+    @_abc_1.abstractmethod
+    def CreateSiweNonce(
+        self,
+        request: _auth_pb2.CreateSiweNonceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.CreateSiweNonceResponse, _abc.Awaitable[_auth_pb2.CreateSiweNonceResponse]]:
+        """Sign-In with Ethereum (EIP-4361), step 1: a fresh nonce, valid for a few minutes and
+        once, to put in the message the wallet signs.
+        """
+
+    @_abc_1.abstractmethod
+    def SignInWithEthereum(
+        self,
+        request: _auth_pb2.SignInWithEthereumRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.SignInWithEthereumResponse, _abc.Awaitable[_auth_pb2.SignInWithEthereumResponse]]:
+        """Sign-In with Ethereum, step 2: the signed EIP-4361 message, verified offline from its
+        EIP-191 signature (no node is asked). The first sign-in of an address creates its user
+        (role participant); the reply is an access token as Login's.
+        """
 
     @_abc_1.abstractmethod
     def WhoAmI(

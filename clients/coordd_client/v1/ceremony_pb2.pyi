@@ -204,25 +204,39 @@ class Verifier(_message.Message):
 
     COMMAND_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    UNVERIFIED_FIELD_NUMBER: _builtins.int
     command: _builtins.str
-    """Empty: the built-in verifier (declared size and BLAKE2b-512 match). Otherwise a
-    command run without a shell; success is exit status 0. Placeholders: {r1cs}, {ptau},
+    """A command run without a shell; success is exit status 0. Placeholders: {r1cs}, {ptau},
     {zkey} (the new contribution), {previous} (the last valid one), {circuit} (its name).
-    Only an admin may set a command: it runs on the daemon's host.
+    Only an admin may set a command: it runs on the daemon's host. Coordinators choose a
+    verifier the operator declared, by `name`, instead.
     """
+    name: _builtins.str
+    """A verifier declared in the daemon's config ("snarkjs" is declared when snarkjs is
+    installed), or "none": contributions are only checked for the declared size and
+    BLAKE2b-512, and the ceremony is marked unverified. Empty on create: the daemon's
+    default verifier ("snarkjs"), refused when it is not declared.
+    """
+    unverified: _builtins.bool
+    """Output only: true when contributions are not checked by a real verifier (name "none")."""
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
-        """Time limit of one verification; 0 means 10 minutes."""
+        """Time limit of one verification with `command`; 0 means 10 minutes. A named verifier
+        has the time limit its operator declared.
+        """
 
     def __init__(
         self,
         *,
         command: _builtins.str = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        name: _builtins.str = ...,
+        unverified: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "name", b"name", "timeout", b"timeout", "unverified", b"unverified"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -295,6 +309,8 @@ class Ceremony(_message.Message):
     VERIFIER_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    UPLOAD_RETRIES_FIELD_NUMBER: _builtins.int
+    ELIGIBILITY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `ceremonies/{ceremony}`."""
     title: _builtins.str
@@ -304,6 +320,11 @@ class Ceremony(_message.Message):
     state: Global___CeremonyState.ValueType
     coordinator: _builtins.str
     """Resource name of the coordinating user."""
+    upload_retries: _builtins.int
+    """Uploads rejected for a transport fault (size or BLAKE2b-512 mismatch) a contributor
+    may send again within the same turn; unset on create means 2. An invalid proof
+    always ends the contributor's turn.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -316,6 +337,12 @@ class Ceremony(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def eligibility(self) -> Global___Eligibility:
+        """Who may join; empty: anyone signed in. Each user joins once, so one identity (an email,
+        or an Ethereum address signed in with SIWE) contributes once per circuit.
+        """
+
     def __init__(
         self,
         *,
@@ -331,14 +358,56 @@ class Ceremony(_message.Message):
         verifier: Global___Verifier | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        upload_retries: _builtins.int | None = ...,
+        eligibility: Global___Eligibility | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "start_time", b"start_time", "timeout", b"timeout", "update_time", b"update_time", "verifier", b"verifier"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_upload_retries", b"_upload_retries", "create_time", b"create_time", "eligibility", b"eligibility", "end_time", b"end_time", "start_time", b"start_time", "timeout", b"timeout", "update_time", b"update_time", "upload_retries", b"upload_retries", "verifier", b"verifier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator", b"coordinator", "create_time", b"create_time", "description", b"description", "end_time", b"end_time", "name", b"name", "prefix", b"prefix", "start_time", b"start_time", "state", b"state", "timeout", b"timeout", "title", b"title", "update_time", b"update_time", "verifier", b"verifier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_upload_retries", b"_upload_retries", "coordinator", b"coordinator", "create_time", b"create_time", "description", b"description", "eligibility", b"eligibility", "end_time", b"end_time", "name", b"name", "prefix", b"prefix", "start_time", b"start_time", "state", b"state", "timeout", b"timeout", "title", b"title", "update_time", b"update_time", "upload_retries", b"upload_retries", "verifier", b"verifier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__upload_retries: _TypeAlias = _typing.Literal["upload_retries"]  # noqa: Y015
+    _WhichOneofArgType__upload_retries: _TypeAlias = _typing.Literal["_upload_retries", b"_upload_retries"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__upload_retries) -> _WhichOneofReturnType__upload_retries | None: ...
+
+Global___Ceremony: _TypeAlias = Ceremony  # noqa: Y015
+
+@_typing.final
+class Eligibility(_message.Message):
+    """Per-ceremony rules for joining, each refused with a clear reason (NOT_ELIGIBLE and the
+    rule in the error's metadata).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOWED_IDENTITIES_FIELD_NUMBER: _builtins.int
+    MIN_ACCOUNT_AGE_FIELD_NUMBER: _builtins.int
+    REQUIRE_ETHEREUM_FIELD_NUMBER: _builtins.int
+    require_ethereum: _builtins.bool
+    """Only users signed in with Ethereum (Sign-In with Ethereum)."""
+    @_builtins.property
+    def allowed_identities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these identities: email addresses, or 0x Ethereum addresses (case-insensitive)."""
+
+    @_builtins.property
+    def min_account_age(self) -> _duration_pb2.Duration:
+        """The account must be at least this old when joining (an Ethereum account: since its
+        first sign-in here).
+        """
+
+    def __init__(
+        self,
+        *,
+        allowed_identities: _abc.Iterable[_builtins.str] | None = ...,
+        min_account_age: _duration_pb2.Duration | None = ...,
+        require_ethereum: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["min_account_age", b"min_account_age"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_identities", b"allowed_identities", "min_account_age", b"min_account_age", "require_ethereum", b"require_ethereum"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Ceremony: _TypeAlias = Ceremony  # noqa: Y015
+Global___Eligibility: _TypeAlias = Eligibility  # noqa: Y015
 
 @_typing.final
 class BlobInfo(_message.Message):
@@ -523,6 +592,9 @@ class Contribution(_message.Message):
     VERIFY_TIME_FIELD_NUMBER: _builtins.int
     FINAL_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
+    CONTRIBUTION_HASH_HEX_FIELD_NUMBER: _builtins.int
+    VERIFIER_FIELD_NUMBER: _builtins.int
+    TRANSPORT_FAULT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `ceremonies/{ceremony}/circuits/{circuit}/contributions/{contribution}`."""
     index: _builtins.int
@@ -537,6 +609,14 @@ class Contribution(_message.Message):
     verifier_output: _builtins.str
     """The verifier's output (trimmed), for invalid ones especially."""
     final: _builtins.bool
+    contribution_hash_hex: _builtins.str
+    """The contribution hash snarkjs printed for it (hex of 64 bytes), as in the
+    contributor's own `snarkjs zkey contribute` output; empty without a snarkjs verifier.
+    """
+    verifier: _builtins.str
+    """The verifier that checked it ("none": only size and BLAKE2b-512, not the proof)."""
+    transport_fault: _builtins.bool
+    """True when it was rejected for a transport fault (the contributor may send it again)."""
     @_builtins.property
     def contribution_time(self) -> _duration_pb2.Duration:
         """From the start of the turn to the end of the upload."""
@@ -566,10 +646,13 @@ class Contribution(_message.Message):
         verify_time: _timestamp_pb2.Timestamp | None = ...,
         final: _builtins.bool = ...,
         receipt: Global___Receipt | None = ...,
+        contribution_hash_hex: _builtins.str = ...,
+        verifier: _builtins.str = ...,
+        transport_fault: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["contribution_time", b"contribution_time", "receipt", b"receipt", "upload_time", b"upload_time", "verification_time", b"verification_time", "verify_time", b"verify_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contribution_time", b"contribution_time", "contributor", b"contributor", "final", b"final", "hash_hex", b"hash_hex", "index", b"index", "name", b"name", "previous_hash_hex", b"previous_hash_hex", "receipt", b"receipt", "size_bytes", b"size_bytes", "state", b"state", "upload_time", b"upload_time", "verification_time", b"verification_time", "verifier_output", b"verifier_output", "verify_time", b"verify_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contribution_hash_hex", b"contribution_hash_hex", "contribution_time", b"contribution_time", "contributor", b"contributor", "final", b"final", "hash_hex", b"hash_hex", "index", b"index", "name", b"name", "previous_hash_hex", b"previous_hash_hex", "receipt", b"receipt", "size_bytes", b"size_bytes", "state", b"state", "transport_fault", b"transport_fault", "upload_time", b"upload_time", "verification_time", b"verification_time", "verifier", b"verifier", "verifier_output", b"verifier_output", "verify_time", b"verify_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -616,9 +699,13 @@ class CreateCeremonyRequest(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
     VERIFIER_FIELD_NUMBER: _builtins.int
+    UPLOAD_RETRIES_FIELD_NUMBER: _builtins.int
+    ELIGIBILITY_FIELD_NUMBER: _builtins.int
     title: _builtins.str
     description: _builtins.str
     prefix: _builtins.str
+    upload_retries: _builtins.int
+    """See Ceremony.upload_retries; unset means 2."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -627,6 +714,8 @@ class CreateCeremonyRequest(_message.Message):
     def timeout(self) -> Global___TimeoutConfig: ...
     @_builtins.property
     def verifier(self) -> Global___Verifier: ...
+    @_builtins.property
+    def eligibility(self) -> Global___Eligibility: ...
     def __init__(
         self,
         *,
@@ -637,12 +726,16 @@ class CreateCeremonyRequest(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         timeout: Global___TimeoutConfig | None = ...,
         verifier: Global___Verifier | None = ...,
+        upload_retries: _builtins.int | None = ...,
+        eligibility: Global___Eligibility | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time", "timeout", b"timeout", "verifier", b"verifier"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_upload_retries", b"_upload_retries", "eligibility", b"eligibility", "end_time", b"end_time", "start_time", b"start_time", "timeout", b"timeout", "upload_retries", b"upload_retries", "verifier", b"verifier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "end_time", b"end_time", "prefix", b"prefix", "start_time", b"start_time", "timeout", b"timeout", "title", b"title", "verifier", b"verifier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_upload_retries", b"_upload_retries", "description", b"description", "eligibility", b"eligibility", "end_time", b"end_time", "prefix", b"prefix", "start_time", b"start_time", "timeout", b"timeout", "title", b"title", "upload_retries", b"upload_retries", "verifier", b"verifier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__upload_retries: _TypeAlias = _typing.Literal["upload_retries"]  # noqa: Y015
+    _WhichOneofArgType__upload_retries: _TypeAlias = _typing.Literal["_upload_retries", b"_upload_retries"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__upload_retries) -> _WhichOneofReturnType__upload_retries | None: ...
 
 Global___CreateCeremonyRequest: _TypeAlias = CreateCeremonyRequest  # noqa: Y015
 
@@ -756,6 +849,45 @@ class ListCeremoniesResponse(_message.Message):
 Global___ListCeremoniesResponse: _TypeAlias = ListCeremoniesResponse  # noqa: Y015
 
 @_typing.final
+class OpenCeremonyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenCeremonyRequest: _TypeAlias = OpenCeremonyRequest  # noqa: Y015
+
+@_typing.final
+class OpenCeremonyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CEREMONY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ceremony(self) -> Global___Ceremony: ...
+    def __init__(
+        self,
+        *,
+        ceremony: Global___Ceremony | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ceremony", b"ceremony"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ceremony", b"ceremony"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenCeremonyResponse: _TypeAlias = OpenCeremonyResponse  # noqa: Y015
+
+@_typing.final
 class UpdateCeremonyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -767,7 +899,9 @@ class UpdateCeremonyRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Paths among: title, description, start_time, end_time, timeout, verifier."""
+        """Paths among: title, description, start_time, end_time, timeout, verifier, upload_retries,
+        eligibility.
+        """
 
     def __init__(
         self,
@@ -1156,6 +1290,54 @@ class UploadArtifactResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UploadArtifactResponse: _TypeAlias = UploadArtifactResponse  # noqa: Y015
+
+@_typing.final
+class UploadGenesisRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___UploadHeader:
+        """`index` is ignored: a genesis is index 0."""
+
+    @_builtins.property
+    def chunk(self) -> Global___UploadChunk: ...
+    def __init__(
+        self,
+        *,
+        header: Global___UploadHeader | None = ...,
+        chunk: Global___UploadChunk | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
+
+Global___UploadGenesisRequest: _TypeAlias = UploadGenesisRequest  # noqa: Y015
+
+@_typing.final
+class UploadGenesisResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTRIBUTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def contribution(self) -> Global___Contribution: ...
+    def __init__(
+        self,
+        *,
+        contribution: Global___Contribution | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contribution", b"contribution"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contribution", b"contribution"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadGenesisResponse: _TypeAlias = UploadGenesisResponse  # noqa: Y015
 
 @_typing.final
 class JoinCeremonyRequest(_message.Message):
@@ -1664,9 +1846,15 @@ class GetTranscriptResponse(_message.Message):
     CIRCUITS_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
+    UNVERIFIED_FIELD_NUMBER: _builtins.int
     public_key: _builtins.bytes
     """Raw 32-byte Ed25519 public key that signed the receipts."""
     key_id: _builtins.str
+    unverified: _builtins.bool
+    """True when the ceremony's contributions were not checked by a real verifier
+    (verifier "none", or the size-and-hash check of older ceremonies): the chain of
+    hashes is signed, but nothing attests that each zkey extends the previous one.
+    """
     @_builtins.property
     def ceremony(self) -> Global___Ceremony: ...
     @_builtins.property
@@ -1678,10 +1866,11 @@ class GetTranscriptResponse(_message.Message):
         circuits: _abc.Iterable[Global___CircuitTranscript] | None = ...,
         public_key: _builtins.bytes = ...,
         key_id: _builtins.str = ...,
+        unverified: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ceremony", b"ceremony"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ceremony", b"ceremony", "circuits", b"circuits", "key_id", b"key_id", "public_key", b"public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ceremony", b"ceremony", "circuits", b"circuits", "key_id", b"key_id", "public_key", b"public_key", "unverified", b"unverified"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

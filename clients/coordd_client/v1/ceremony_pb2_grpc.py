@@ -56,6 +56,11 @@ class CeremonyServiceStub:
                 request_serializer=coordd_dot_v1_dot_ceremony__pb2.ListCeremoniesRequest.SerializeToString,
                 response_deserializer=coordd_dot_v1_dot_ceremony__pb2.ListCeremoniesResponse.FromString,
                 _registered_method=True)
+        self.OpenCeremony = channel.unary_unary(
+                '/coordd.v1.CeremonyService/OpenCeremony',
+                request_serializer=coordd_dot_v1_dot_ceremony__pb2.OpenCeremonyRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_ceremony__pb2.OpenCeremonyResponse.FromString,
+                _registered_method=True)
         self.UpdateCeremony = channel.unary_unary(
                 '/coordd.v1.CeremonyService/UpdateCeremony',
                 request_serializer=coordd_dot_v1_dot_ceremony__pb2.UpdateCeremonyRequest.SerializeToString,
@@ -95,6 +100,11 @@ class CeremonyServiceStub:
                 '/coordd.v1.CeremonyService/UploadArtifact',
                 request_serializer=coordd_dot_v1_dot_ceremony__pb2.UploadArtifactRequest.SerializeToString,
                 response_deserializer=coordd_dot_v1_dot_ceremony__pb2.UploadArtifactResponse.FromString,
+                _registered_method=True)
+        self.UploadGenesis = channel.stream_unary(
+                '/coordd.v1.CeremonyService/UploadGenesis',
+                request_serializer=coordd_dot_v1_dot_ceremony__pb2.UploadGenesisRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_ceremony__pb2.UploadGenesisResponse.FromString,
                 _registered_method=True)
         self.JoinCeremony = channel.unary_unary(
                 '/coordd.v1.CeremonyService/JoinCeremony',
@@ -194,6 +204,14 @@ class CeremonyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenCeremony(self, request, context):
+        """SCHEDULED -> OPENED now, instead of at start_time: early joiners enter the first
+        circuit's queue. Every circuit must have its genesis contribution.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UpdateCeremony(self, request, context):
         """Changes a SCHEDULED ceremony. Only the fields named in update_mask change.
         """
@@ -246,6 +264,14 @@ class CeremonyServiceServicer:
     def UploadArtifact(self, request_iterator, context):
         """Uploads a verification artifact (r1cs or ptau) of a circuit: a header, then chunks.
         Resumable like UploadContribution (GetUploadStatus with the artifact kind).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadGenesis(self, request_iterator, context):
+        """Uploads a circuit's genesis zkey (index 0): a header, then chunks, as UploadContribution;
+        resumable the same way. Returns once it has been verified.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -367,6 +393,11 @@ def add_CeremonyServiceServicer_to_server(servicer, server):
                     request_deserializer=coordd_dot_v1_dot_ceremony__pb2.ListCeremoniesRequest.FromString,
                     response_serializer=coordd_dot_v1_dot_ceremony__pb2.ListCeremoniesResponse.SerializeToString,
             ),
+            'OpenCeremony': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenCeremony,
+                    request_deserializer=coordd_dot_v1_dot_ceremony__pb2.OpenCeremonyRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_ceremony__pb2.OpenCeremonyResponse.SerializeToString,
+            ),
             'UpdateCeremony': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateCeremony,
                     request_deserializer=coordd_dot_v1_dot_ceremony__pb2.UpdateCeremonyRequest.FromString,
@@ -406,6 +437,11 @@ def add_CeremonyServiceServicer_to_server(servicer, server):
                     servicer.UploadArtifact,
                     request_deserializer=coordd_dot_v1_dot_ceremony__pb2.UploadArtifactRequest.FromString,
                     response_serializer=coordd_dot_v1_dot_ceremony__pb2.UploadArtifactResponse.SerializeToString,
+            ),
+            'UploadGenesis': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadGenesis,
+                    request_deserializer=coordd_dot_v1_dot_ceremony__pb2.UploadGenesisRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_ceremony__pb2.UploadGenesisResponse.SerializeToString,
             ),
             'JoinCeremony': grpc.unary_unary_rpc_method_handler(
                     servicer.JoinCeremony,
@@ -561,6 +597,33 @@ class CeremonyService:
             '/coordd.v1.CeremonyService/ListCeremonies',
             coordd_dot_v1_dot_ceremony__pb2.ListCeremoniesRequest.SerializeToString,
             coordd_dot_v1_dot_ceremony__pb2.ListCeremoniesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenCeremony(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.CeremonyService/OpenCeremony',
+            coordd_dot_v1_dot_ceremony__pb2.OpenCeremonyRequest.SerializeToString,
+            coordd_dot_v1_dot_ceremony__pb2.OpenCeremonyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -777,6 +840,33 @@ class CeremonyService:
             '/coordd.v1.CeremonyService/UploadArtifact',
             coordd_dot_v1_dot_ceremony__pb2.UploadArtifactRequest.SerializeToString,
             coordd_dot_v1_dot_ceremony__pb2.UploadArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadGenesis(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/coordd.v1.CeremonyService/UploadGenesis',
+            coordd_dot_v1_dot_ceremony__pb2.UploadGenesisRequest.SerializeToString,
+            coordd_dot_v1_dot_ceremony__pb2.UploadGenesisResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,10 @@ class CeremonyServiceStub:
     """Returns one ceremony."""
     ListCeremonies: _grpc.UnaryUnaryMultiCallable[_ceremony_pb2.ListCeremoniesRequest, _ceremony_pb2.ListCeremoniesResponse]
     """Lists ceremonies, oldest first."""
+    OpenCeremony: _grpc.UnaryUnaryMultiCallable[_ceremony_pb2.OpenCeremonyRequest, _ceremony_pb2.OpenCeremonyResponse]
+    """SCHEDULED -> OPENED now, instead of at start_time: early joiners enter the first
+    circuit's queue. Every circuit must have its genesis contribution.
+    """
     UpdateCeremony: _grpc.UnaryUnaryMultiCallable[_ceremony_pb2.UpdateCeremonyRequest, _ceremony_pb2.UpdateCeremonyResponse]
     """Changes a SCHEDULED ceremony. Only the fields named in update_mask change."""
     PauseCeremony: _grpc.UnaryUnaryMultiCallable[_ceremony_pb2.PauseCeremonyRequest, _ceremony_pb2.PauseCeremonyResponse]
@@ -63,6 +67,10 @@ class CeremonyServiceStub:
     UploadArtifact: _grpc.StreamUnaryMultiCallable[_ceremony_pb2.UploadArtifactRequest, _ceremony_pb2.UploadArtifactResponse]
     """Uploads a verification artifact (r1cs or ptau) of a circuit: a header, then chunks.
     Resumable like UploadContribution (GetUploadStatus with the artifact kind).
+    """
+    UploadGenesis: _grpc.StreamUnaryMultiCallable[_ceremony_pb2.UploadGenesisRequest, _ceremony_pb2.UploadGenesisResponse]
+    """Uploads a circuit's genesis zkey (index 0): a header, then chunks, as UploadContribution;
+    resumable the same way. Returns once it has been verified.
     """
     JoinCeremony: _grpc.UnaryUnaryMultiCallable[_ceremony_pb2.JoinCeremonyRequest, _ceremony_pb2.JoinCeremonyResponse]
     """Joins a ceremony. Before it opens the participant is CREATED; once OPENED it waits
@@ -121,6 +129,10 @@ class CeremonyServiceAsyncStub(CeremonyServiceStub):
     """Returns one ceremony."""
     ListCeremonies: _aio.UnaryUnaryMultiCallable[_ceremony_pb2.ListCeremoniesRequest, _ceremony_pb2.ListCeremoniesResponse]  # type: ignore[assignment]
     """Lists ceremonies, oldest first."""
+    OpenCeremony: _aio.UnaryUnaryMultiCallable[_ceremony_pb2.OpenCeremonyRequest, _ceremony_pb2.OpenCeremonyResponse]  # type: ignore[assignment]
+    """SCHEDULED -> OPENED now, instead of at start_time: early joiners enter the first
+    circuit's queue. Every circuit must have its genesis contribution.
+    """
     UpdateCeremony: _aio.UnaryUnaryMultiCallable[_ceremony_pb2.UpdateCeremonyRequest, _ceremony_pb2.UpdateCeremonyResponse]  # type: ignore[assignment]
     """Changes a SCHEDULED ceremony. Only the fields named in update_mask change."""
     PauseCeremony: _aio.UnaryUnaryMultiCallable[_ceremony_pb2.PauseCeremonyRequest, _ceremony_pb2.PauseCeremonyResponse]  # type: ignore[assignment]
@@ -138,6 +150,10 @@ class CeremonyServiceAsyncStub(CeremonyServiceStub):
     UploadArtifact: _aio.StreamUnaryMultiCallable[_ceremony_pb2.UploadArtifactRequest, _ceremony_pb2.UploadArtifactResponse]  # type: ignore[assignment]
     """Uploads a verification artifact (r1cs or ptau) of a circuit: a header, then chunks.
     Resumable like UploadContribution (GetUploadStatus with the artifact kind).
+    """
+    UploadGenesis: _aio.StreamUnaryMultiCallable[_ceremony_pb2.UploadGenesisRequest, _ceremony_pb2.UploadGenesisResponse]  # type: ignore[assignment]
+    """Uploads a circuit's genesis zkey (index 0): a header, then chunks, as UploadContribution;
+    resumable the same way. Returns once it has been verified.
     """
     JoinCeremony: _aio.UnaryUnaryMultiCallable[_ceremony_pb2.JoinCeremonyRequest, _ceremony_pb2.JoinCeremonyResponse]  # type: ignore[assignment]
     """Joins a ceremony. Before it opens the participant is CREATED; once OPENED it waits
@@ -213,6 +229,16 @@ class CeremonyServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists ceremonies, oldest first."""
 
     @_abc_1.abstractmethod
+    def OpenCeremony(
+        self,
+        request: _ceremony_pb2.OpenCeremonyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ceremony_pb2.OpenCeremonyResponse, _abc.Awaitable[_ceremony_pb2.OpenCeremonyResponse]]:
+        """SCHEDULED -> OPENED now, instead of at start_time: early joiners enter the first
+        circuit's queue. Every circuit must have its genesis contribution.
+        """
+
+    @_abc_1.abstractmethod
     def UpdateCeremony(
         self,
         request: _ceremony_pb2.UpdateCeremonyRequest,
@@ -276,6 +302,16 @@ class CeremonyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ceremony_pb2.UploadArtifactResponse, _abc.Awaitable[_ceremony_pb2.UploadArtifactResponse]]:
         """Uploads a verification artifact (r1cs or ptau) of a circuit: a header, then chunks.
         Resumable like UploadContribution (GetUploadStatus with the artifact kind).
+        """
+
+    @_abc_1.abstractmethod
+    def UploadGenesis(
+        self,
+        request_iterator: _MaybeAsyncIterator[_ceremony_pb2.UploadGenesisRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_ceremony_pb2.UploadGenesisResponse, _abc.Awaitable[_ceremony_pb2.UploadGenesisResponse]]:
+        """Uploads a circuit's genesis zkey (index 0): a header, then chunks, as UploadContribution;
+        resumable the same way. Returns once it has been verified.
         """
 
     @_abc_1.abstractmethod

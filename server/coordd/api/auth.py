@@ -10,6 +10,7 @@ from coordd.api.convert import from_ts, parse_name, roles_from_proto, roles_to_p
 from coordd.core.paging import PageRequest
 from coordd.core.principal import parse_roles, require_user
 from coordd.domain import auth
+from coordd.domain.auth import siwe
 from coordd.runtime import Runtime
 from coordd_client.v1 import auth_pb2, auth_pb2_grpc
 
@@ -92,6 +93,27 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             user=user_to_proto(session.user),
             access_token=session.access_token,
             expire_time=ts(session.expire_time),
+        )
+
+    async def CreateSiweNonce(
+        self, request: auth_pb2.CreateSiweNonceRequest, context: Any
+    ) -> auth_pb2.CreateSiweNonceResponse:
+        nonce = await self.rt.run(siwe.create_nonce, self.rt)
+        return auth_pb2.CreateSiweNonceResponse(
+            nonce=nonce.nonce, expire_time=ts(nonce.expire_time), domain=nonce.domain, uri=nonce.uri
+        )
+
+    async def SignInWithEthereum(
+        self, request: auth_pb2.SignInWithEthereumRequest, context: Any
+    ) -> auth_pb2.SignInWithEthereumResponse:
+        session, address = await self.rt.run(
+            siwe.sign_in, self.rt, request.message, request.signature, _peer(context)
+        )
+        return auth_pb2.SignInWithEthereumResponse(
+            user=user_to_proto(session.user),
+            access_token=session.access_token,
+            expire_time=ts(session.expire_time),
+            address=address,
         )
 
     async def WhoAmI(self, request: auth_pb2.WhoAmIRequest, context: Any) -> auth_pb2.WhoAmIResponse:

@@ -61,9 +61,20 @@ def ceremony_to_proto(c: ceremony.Ceremony) -> pb.Ceremony:
             start_window=duration(c.start_window_s),
             penalty=duration(c.penalty_s),
         ),
-        verifier=pb.Verifier(command=c.verifier_command, timeout=duration(c.verify_timeout_s)),
+        verifier=pb.Verifier(
+            command=c.verifier_command,
+            timeout=duration(c.verify_timeout_s),
+            name=c.verifier_name,
+            unverified=ceremony.verifiers.unverified(c.verifier_name, c.verifier_command),
+        ),
         create_time=ts(c.create_time),
         update_time=ts(c.update_time),
+        upload_retries=c.transport_retries,
+        eligibility=pb.Eligibility(
+            allowed_identities=(c.eligibility or {}).get("allowed", []),
+            min_account_age=duration((c.eligibility or {}).get("min_account_age_s", 0)),
+            require_ethereum=bool((c.eligibility or {}).get("require_ethereum", False)),
+        ),
     )
 
 
@@ -134,6 +145,9 @@ def contribution_to_proto(ceremony_id: str, k: ceremony.Contribution) -> pb.Cont
         verify_time=ts(k.verify_time),
         final=k.is_final,
         receipt=receipt,
+        contribution_hash_hex=(k.extra or {}).get("contribution_hash", ""),
+        verifier=(k.extra or {}).get("verifier", ""),
+        transport_fault=bool((k.extra or {}).get("transport_fault", False)),
     )
 
 
@@ -173,4 +187,11 @@ def spec_from_proto(c: pb.Ceremony | pb.CreateCeremonyRequest, fields: set[str])
     if "verifier" in fields:
         spec.verifier_command = c.verifier.command
         spec.verify_timeout_s = seconds(c.verifier.timeout)
+        spec.verifier_name = c.verifier.name
+    if "eligibility" in fields:
+        spec.allowed_identities = list(c.eligibility.allowed_identities)
+        spec.min_account_age_s = seconds(c.eligibility.min_account_age)
+        spec.require_ethereum = c.eligibility.require_ethereum
+    if "upload_retries" in fields and c.HasField("upload_retries"):
+        spec.upload_retries = c.upload_retries
     return spec

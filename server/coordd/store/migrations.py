@@ -16,6 +16,7 @@ import structlog
 from coordd.store import models as m
 from coordd.store import scheduler_lease
 from coordd.store.auth import models as auth_m
+from coordd.store.auth import siwe as auth_siwe
 from coordd.store.ceremony import models as ceremony_m
 from coordd.store.competition import models as competition_m
 from coordd.store.db import Store
@@ -94,6 +95,13 @@ MIGRATIONS: list[Migration] = [
             ceremony_m.CeremonyUpload,
         ),
     ),
+    Migration(
+        90,
+        "ceremony: named verifiers, transport retries, restart clock",
+        ceremony_m.add_named_verifiers,
+    ),
+    Migration(92, "ceremony: eligibility rules", ceremony_m.add_eligibility),
+    Migration(91, "auth: Sign-In with Ethereum nonces", auth_siwe.create_tables),
     Migration(60, "auth: revocation epoch, account changes, audit events", auth_m.add_account_control),
     Migration(
         70,

@@ -65,7 +65,15 @@ class Ceremonies:
         self.stub = ceremony_pb2_grpc.CeremonyServiceStub(server.channel)
         self.coordinator_id, self.coordinator = server.make_user("coordinator")
 
-    def create(self, token: str | None = None, *, start_in: float = 3600, **timeout: Any) -> pb.Ceremony:
+    def create(
+        self,
+        token: str | None = None,
+        *,
+        start_in: float = 3600,
+        upload_retries: int | None = None,
+        verifier: pb.Verifier | None = None,
+        **timeout: Any,
+    ) -> pb.Ceremony:
         config = pb.TimeoutConfig(
             policy=pb.TIMEOUT_POLICY_FIXED, fixed_timeout=dur(60), start_window=dur(30), penalty=dur(20)
         )
@@ -82,6 +90,9 @@ class Ceremonies:
             start_time=stamp(self.server, start_in),
             end_time=stamp(self.server, 86400),
             timeout=config,
+            # Test bytes, not zkeys: the size-and-hash check, explicitly.
+            verifier=verifier or pb.Verifier(name="none"),
+            upload_retries=upload_retries,
         )
         return self.stub.CreateCeremony(request, metadata=bearer(token or self.coordinator)).ceremony
 
@@ -99,11 +110,17 @@ class Ceremonies:
         assert reply.contribution.state == pb.CONTRIBUTION_STATE_VALID, reply.contribution.verifier_output
         return reply.contribution
 
-    def open(self, circuits: int = 1, **timeout: Any) -> tuple[pb.Ceremony, list[pb.Circuit]]:
+    def open(
+        self,
+        circuits: int = 1,
+        upload_retries: int | None = None,
+        verifier: pb.Verifier | None = None,
+        **timeout: Any,
+    ) -> tuple[pb.Ceremony, list[pb.Circuit]]:
         """A ceremony with `circuits` circuits, each with a genesis, opened now. It is created to
         start in an hour (so the daemon's own scheduler cannot open it before its circuits are
         added), then moved to start now."""
-        ceremony = self.create(start_in=3600, **timeout)
+        ceremony = self.create(start_in=3600, upload_retries=upload_retries, verifier=verifier, **timeout)
         made = [self.add_circuit(ceremony, f"circuit-{i + 1}") for i in range(circuits)]
         for circuit in made:
             self.genesis(circuit)
@@ -121,6 +138,7 @@ class Ceremonies:
         """Runs the scheduler's ceremony work now, as its tasks would."""
         rules.run_lifecycle(self.server.rt)
         rules.fire_deadlines(self.server.rt)
+        rules.recover_verifications(self.server.rt, wait=True)
 
     def get(self, name: str) -> pb.Ceremony:
         return self.stub.GetCeremony(

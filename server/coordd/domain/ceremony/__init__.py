@@ -10,7 +10,9 @@ finalization with a beacon. Where each rule lives:
     deadlines      missed deadlines: a timed-out contributor's turn passes on (time_out)
     uploads        who may upload what and when; a finished upload becomes a contribution
     downloads      who may download which contribution
-    verification   the verifier's verdict, the chain, receipts; re-verification
+    verification   the verifier's verdict, the chain, receipts
+    verifiers      the verifiers the operator declares; a ceremony's choice by name
+    runner         running verifications under a lease; resuming those a restart stopped
     finalization   the coordinator's final contributions, then FINALIZED
     transcripts    the public transcript
     snapshots      the queue read model WatchQueue streams share; watch: what a stream shows
@@ -22,7 +24,7 @@ PostgreSQL; SQLite serializes writers); circuits are always locked in sequence o
 change emits an event naming the circuit's queue key, which WatchQueue streams wait on.
 """
 
-from coordd.domain.ceremony import states, timeouts, verifier
+from coordd.domain.ceremony import states, timeouts, verifier, verifiers
 from coordd.domain.ceremony.circuits import add_circuit, list_circuits, waiting_counts
 from coordd.domain.ceremony.deadlines import fire_deadlines, time_out
 from coordd.domain.ceremony.downloads import DownloadPlan, open_download
@@ -32,6 +34,7 @@ from coordd.domain.ceremony.machine import (
     close_ceremony,
     create_ceremony,
     list_ceremonies,
+    open_ceremony,
     pause_ceremony,
     resume_ceremony,
     run_lifecycle,
@@ -55,6 +58,9 @@ from coordd.domain.ceremony.participants import (
     report_progress,
 )
 from coordd.domain.ceremony.repair import repair
+from coordd.domain.ceremony.runner import recover as recover_verifications
+from coordd.domain.ceremony.runner import stop as stop_verifications
+from coordd.domain.ceremony.runner import verify as verify_contribution
 from coordd.domain.ceremony.snapshots import (
     ParticipantView,
     QueueSnapshot,
@@ -83,6 +89,7 @@ from coordd.domain.ceremony.uploads import (
     begin_upload,
     blobs_of,
     commit_chunk,
+    earlier_upload,
     finish_artifact_upload,
     finish_contribution_upload,
     upload_status,
@@ -90,7 +97,7 @@ from coordd.domain.ceremony.uploads import (
 from coordd.domain.ceremony.verification import (
     finish_verification,
     get_contribution,
-    reverify,
+    last_contribution,
     verification_job,
 )
 from coordd.domain.ceremony.watch import WatchState, watch_state
@@ -134,6 +141,7 @@ __all__ = [
     "contribution_key",
     "contribution_name",
     "create_ceremony",
+    "earlier_upload",
     "finalize_ceremony",
     "finalize_circuit",
     "finish_artifact_upload",
@@ -145,23 +153,26 @@ __all__ = [
     "get_contribution",
     "get_participation",
     "join",
+    "last_contribution",
     "leave",
     "list_ceremonies",
     "list_circuits",
     "list_participants",
+    "open_ceremony",
     "open_download",
     "participant_name",
     "participant_view",
     "pause_ceremony",
     "queue_key",
     "queue_snapshot",
+    "recover_verifications",
     "repair",
     "report_progress",
     "resume_ceremony",
-    "reverify",
     "rule_of",
     "run_lifecycle",
     "states",
+    "stop_verifications",
     "time_out",
     "timeouts",
     "transcript",
@@ -169,6 +180,8 @@ __all__ = [
     "upload_status",
     "verification_job",
     "verifier",
+    "verifiers",
+    "verify_contribution",
     "waiting_counts",
     "watch_state",
 ]

@@ -8,7 +8,8 @@ resumes, every circuit's free turn is given to the head of its queue.
 
 from __future__ import annotations
 
-from coordd.core.errors import AlreadyExists, Violations
+import coordd.domain.ceremony.verifiers as verifiers
+from coordd.core.errors import AlreadyExists, FailedPrecondition, Violations
 from coordd.core.paging import Page, PageRequest
 from coordd.core.principal import Principal
 from coordd.domain.ceremony.emit import ceremony_event
@@ -25,13 +26,24 @@ from coordd.domain.ceremony.spec import (
 )
 from coordd.domain.ceremony.states import CLOSED, OPENED, PAUSED, SCHEDULED
 from coordd.runtime import Runtime
-from coordd.store.ceremony import queries
+from coordd.store.ceremony import leases, queries
 from coordd.store.ceremony.models import Ceremony
 from coordd.store.db import Tx
 
 
+def _resolve_verifier(rt: Runtime, spec: CeremonySpec, fields: set[str]) -> None:
+    """A named (or default) verifier: its recorded name and the time limit declared for it."""
+    if "verifier" in fields:
+        spec.verifier_name, timeout = verifiers.resolve(rt, spec.verifier_name, spec.verifier_command)
+        if timeout is not None:
+            spec.verify_timeout_s = timeout
+
+
 def create_ceremony(rt: Runtime, who: Principal, spec: CeremonySpec) -> Ceremony:
     check_spec(Violations(), spec, set(UPDATABLE), who, creating=True)
+    if leases.prefix_taken(spec.prefix):
+        raise _prefix_taken(spec.prefix)
+    _resolve_verifier(rt, spec, set(UPDATABLE))
     try:
         with rt.store.write() as tx:
             c = Ceremony(
@@ -45,12 +57,16 @@ def create_ceremony(rt: Runtime, who: Principal, spec: CeremonySpec) -> Ceremony
             queries.insert_ceremony(c)
             tx.emit("ceremony.created", ceremony_name(c.id), {"prefix": c.prefix})
     except queries.IntegrityError:
-        raise AlreadyExists(
-            f"a ceremony with prefix {spec.prefix!r} already exists",
-            reason="PREFIX_TAKEN",
-            metadata={"prefix": spec.prefix},
-        ) from None
+        raise _prefix_taken(spec.prefix) from None
     return c
+
+
+def _prefix_taken(prefix: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"a ceremony with prefix {prefix!r} already exists",
+        reason="PREFIX_TAKEN",
+        metadata={"prefix": prefix},
+    )
 
 
 def list_ceremonies(page: PageRequest, state: str) -> Page[Ceremony]:
@@ -65,12 +81,36 @@ def update_ceremony(
     with rt.store.write() as tx:
         c = owned(rt, who, ceremony_id, lock=True)
         require_state(c, (SCHEDULED,), "update")
+        _resolve_verifier(rt, spec, fields)
         merged = merged_spec(c, spec, fields)
         check_spec(Violations(), merged, fields | {"start_time", "end_time"}, who, creating=False)
         apply_spec(c, merged, fields)
         c.update_time = tx.now
         queries.save(c)
         ceremony_event(tx, c, "ceremony.updated", {"fields": sorted(fields)})
+    return c
+
+
+def open_ceremony(rt: Runtime, who: Principal, ceremony_id: str) -> Ceremony:
+    """SCHEDULED -> OPENED now (instead of at start_time), once every circuit has a verified
+    genesis: early joiners enter the first circuit's queue."""
+    with rt.store.write() as tx:
+        c = owned(rt, who, ceremony_id, lock=True)
+        require_state(c, (SCHEDULED,), "open")
+        locked = circuits(rt, c.id, lock=True)
+        if not locked:
+            raise FailedPrecondition("add a circuit (and its genesis) first", reason="NO_CIRCUITS")
+        missing = [k.display_name for k in locked if k.last_valid_index < 0]
+        if missing:
+            raise FailedPrecondition(
+                f"circuits without a verified genesis contribution: {', '.join(missing)} (UploadGenesis)",
+                reason="NO_GENESIS",
+                metadata={"circuits": ",".join(missing)},
+            )
+        if c.end_time <= tx.now:
+            raise FailedPrecondition("the ceremony's end_time has passed", reason="ENDED")
+        c.start_time = tx.now
+        _open(rt, tx, c)
     return c
 
 

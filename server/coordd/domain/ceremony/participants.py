@@ -11,6 +11,7 @@ from __future__ import annotations
 from coordd.core.errors import AlreadyExists, FailedPrecondition, Violations
 from coordd.core.paging import Page, PageRequest
 from coordd.core.principal import Principal, require_owner_or_admin
+from coordd.domain.ceremony.eligibility import require_eligible
 from coordd.domain.ceremony.emit import participant_event
 from coordd.domain.ceremony.lookup import circuits, get_ceremony, lock_circuit, lock_mine, mine, require_state
 from coordd.domain.ceremony.names import ceremony_name, participant_name, queue_key
@@ -29,6 +30,7 @@ from coordd.domain.ceremony.states import (
 )
 from coordd.domain.ceremony.uploads import discard_uploads
 from coordd.runtime import Runtime
+from coordd.store.auth.queries import user_by_id
 from coordd.store.ceremony import queries
 from coordd.store.ceremony.models import Participant
 
@@ -41,6 +43,7 @@ def join(rt: Runtime, who: Principal, ceremony_id: str) -> Participant:
                 get_ceremony(ceremony_id)
             assert c is not None
             require_state(c, (SCHEDULED, OPENED, PAUSED), "join")
+            require_eligible(c.eligibility or {}, user_by_id(who.user_id) if c.eligibility else None, tx.now)
             ordered = circuits(rt, c.id)
             if c.state != SCHEDULED and not ordered:
                 raise FailedPrecondition("this ceremony has no circuits", reason="NO_CIRCUITS")

@@ -91,6 +91,7 @@ def start_turn(tx: Tx, c: Ceremony, circuit: Circuit, p: Participant) -> None:
     """READY -> CONTRIBUTING: the turn's clock starts and its deadline is set."""
     p.status = CONTRIBUTING
     p.turn_start_time = tx.now
+    p.retries_used = 0
     p.due_time = tx.now + circuit_turn_timeout(c, circuit)
     participant_event(tx, p, "ceremony.participant.contributing", {"circuit": circuit.id})
 

@@ -48,6 +48,13 @@ def receipt_fields(c: Ceremony, circuit: Circuit, contrib: Contribution) -> dict
         "upload_time_us": _micros(contrib.upload_time),
         "verify_time_us": _micros(contrib.verify_time),
     }
+    extra = contrib.extra or {}
+    if "verifier" in extra:
+        fields["verifier"] = extra["verifier"]
+    if extra.get("contribution_hash"):
+        fields["contribution_hash"] = extra["contribution_hash"]
+    if extra.get("transport_fault"):
+        fields["transport_fault"] = True
     if contrib.is_final:
         fields["beacon_hash"] = (contrib.extra or {}).get("beacon_hash", "")
         fields["beacon_iterations_exponent"] = (contrib.extra or {}).get("beacon_iterations_exponent", 0)

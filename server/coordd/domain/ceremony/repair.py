@@ -1,7 +1,7 @@
 """Repair of states with no way forward (a scheduler task, every 15 s), each logged: a turn
 held by a participant that no longer holds it, a participant acting as contributor without
-the turn, a free turn with people waiting, an active status without a deadline, and
-genesis verifications that outlived their limit."""
+the turn, a free turn with people waiting, an active status without a deadline.
+(Verifications that stopped are resumed by runner.recover.)"""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from coordd.domain.ceremony.states import (
     TIMEDOUT,
 )
 from coordd.domain.ceremony.uploads import blobs_of, discard_uploads
-from coordd.domain.ceremony.verification import reverify
 from coordd.runtime import Runtime
 from coordd.store.ceremony import queries
 
@@ -32,8 +31,8 @@ def repair(rt: Runtime) -> dict[str, int]:
     """Finds states with no way forward and repairs them, logging each repair:
     a circuit whose current contributor no longer holds the turn, a free turn with people
     waiting, a participant acting as contributor without holding the turn, an active
-    status without a deadline, and genesis verifications that outlived their limit."""
-    done = {"released": 0, "promoted": 0, "requeued": 0, "deadlines": 0, "reverified": 0}
+    status without a deadline."""
+    done = {"released": 0, "promoted": 0, "requeued": 0, "deadlines": 0}
     live = queries.ceremony_ids_in((OPENED, PAUSED, CLOSED, SCHEDULED))
     for circuit_id, ceremony_id in queries.circuits_of_ceremonies(live):
         with rt.store.write() as tx:
@@ -71,7 +70,4 @@ def repair(rt: Runtime) -> dict[str, int]:
                     "repair: active participants without a deadline", circuit=circuit.id, count=no_deadline
                 )
                 done["deadlines"] += no_deadline
-    for contribution_id in queries.overdue_genesis_verifications(rt.now()):
-        reverify(rt, contribution_id)
-        done["reverified"] += 1
     return {k: n for k, n in done.items() if n}

@@ -4,9 +4,10 @@ the turn timeout a ceremony's settings give a circuit."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import coordd.domain.ceremony.eligibility as eligibility
 from coordd.core.errors import PermissionDenied, Violations
 from coordd.core.principal import Principal
 from coordd.domain.ceremony.names import listed
@@ -19,8 +20,11 @@ HEX_RE = re.compile(r"^(?:[0-9a-f]{2})+$")
 DEFAULT_START_WINDOW_S = 60.0
 DEFAULT_VERIFY_TIMEOUT_S = 600.0
 MAX_VERIFY_TIMEOUT_S = 86400.0
-# A verification still unfinished this long after its limit is presumed dead (daemon restart).
+# Kept for callers that compute "past the verification limit"; the lease below is what
+# decides when a verification is presumed dead.
 VERIFY_GRACE_S = 30.0
+# A verification whose process stops renewing its lease this long is run again elsewhere.
+VERIFY_LEASE_S = 6.0
 DEFAULT_MAX_CONTRIBUTION_BYTES = 1 << 30
 MAX_CHUNK_BYTES = 1 << 20
 HASH_BYTES = 64
@@ -45,9 +49,28 @@ class CeremonySpec:
     penalty_s: float = 0.0
     verifier_command: str = ""
     verify_timeout_s: float = 0.0
+    # A declared verifier's name, or "none" (see verifiers.py).
+    verifier_name: str = ""
+    # None: the default (DEFAULT_UPLOAD_RETRIES).
+    upload_retries: int | None = None
+    # Eligibility (see eligibility.py).
+    allowed_identities: list[str] = field(default_factory=list)
+    min_account_age_s: float = 0.0
+    require_ethereum: bool = False
 
 
-UPDATABLE = ("title", "description", "start_time", "end_time", "timeout", "verifier")
+UPDATABLE = (
+    "title",
+    "description",
+    "start_time",
+    "end_time",
+    "timeout",
+    "verifier",
+    "upload_retries",
+    "eligibility",
+)
+DEFAULT_UPLOAD_RETRIES = 2
+MAX_UPLOAD_RETRIES = 10
 
 
 def check_spec(v: Violations, spec: CeremonySpec, fields: set[str], who: Principal, creating: bool) -> None:
@@ -91,6 +114,14 @@ def check_spec(v: Violations, spec: CeremonySpec, fields: set[str], who: Princip
                 v.add("verifier.command", problem)
         if not 0 <= spec.verify_timeout_s <= MAX_VERIFY_TIMEOUT_S:
             v.add("verifier.timeout", f"0..{MAX_VERIFY_TIMEOUT_S:g} seconds")
+    if (
+        "upload_retries" in fields
+        and spec.upload_retries is not None
+        and not 0 <= spec.upload_retries <= MAX_UPLOAD_RETRIES
+    ):
+        v.add("upload_retries", f"0..{MAX_UPLOAD_RETRIES}")
+    if "eligibility" in fields:
+        eligibility.check_rules(v, spec.allowed_identities, spec.min_account_age_s)
     v.raise_if_any()
     if "verifier" in fields and spec.verifier_command and not who.is_admin:
         raise PermissionDenied(
@@ -122,6 +153,9 @@ def merged_spec(c: Ceremony, spec: CeremonySpec, fields: set[str]) -> CeremonySp
         setattr(merged, name, getattr(spec, name))
     merged.start_window_s, merged.penalty_s = spec.start_window_s, spec.penalty_s
     merged.verifier_command, merged.verify_timeout_s = spec.verifier_command, spec.verify_timeout_s
+    merged.verifier_name, merged.upload_retries = spec.verifier_name, spec.upload_retries
+    merged.allowed_identities, merged.min_account_age_s = spec.allowed_identities, spec.min_account_age_s
+    merged.require_ethereum = spec.require_ethereum
     return merged
 
 
@@ -143,7 +177,14 @@ def apply_spec(c: Ceremony, spec: CeremonySpec, fields: set[str]) -> None:
         c.penalty_s = spec.penalty_s
     if "verifier" in fields:
         c.verifier_command = spec.verifier_command
+        c.verifier_name = spec.verifier_name
         c.verify_timeout_s = spec.verify_timeout_s or DEFAULT_VERIFY_TIMEOUT_S
+    if "eligibility" in fields:
+        c.eligibility = eligibility.normalized(
+            spec.allowed_identities, spec.min_account_age_s, spec.require_ethereum
+        )
+    if "upload_retries" in fields:
+        c.transport_retries = DEFAULT_UPLOAD_RETRIES if spec.upload_retries is None else spec.upload_retries
     c.state_due_time = c.start_time
 
 

@@ -26,7 +26,7 @@ from coordd.domain.ceremony.names import (
     upload_key,
 )
 from coordd.domain.ceremony.queue import require_turn, start_turn
-from coordd.domain.ceremony.spec import CONTRIBUTION_KIND, HASH_BYTES, VERIFY_GRACE_S
+from coordd.domain.ceremony.spec import CONTRIBUTION_KIND, HASH_BYTES, VERIFY_LEASE_S
 from coordd.domain.ceremony.states import (
     CONTRIBUTED,
     CONTRIBUTING,
@@ -39,7 +39,7 @@ from coordd.domain.ceremony.states import (
     VERIFYING,
 )
 from coordd.runtime import Runtime
-from coordd.store.ceremony import queries
+from coordd.store.ceremony import leases, queries
 from coordd.store.ceremony.models import Ceremony, CeremonyUpload, Circuit, Contribution
 from coordd.store.db import Tx
 
@@ -163,6 +163,27 @@ def begin_upload(
     return UploadPlan(up.id, up.blob_key, up.size, up.committed)
 
 
+def earlier_upload(who: Principal, ceremony_id: str, circuit_id: str, digest: bytes) -> str | None:
+    """The caller's contribution to the circuit with this BLAKE2b-512, being verified or with
+    its verdict, when the same file is sent again (a client that lost the reply, e.g. across
+    a daemon restart): its id, so the caller gets that verdict. None for a new file, and for
+    one rejected as damaged in transport (that one may be sent again)."""
+    if len(digest) != HASH_BYTES:
+        return None
+    get_circuit(ceremony_id, circuit_id)
+    p = queries.find_participant(ceremony_id, who.user_id)
+    if p is None and not queries.is_verifying(circuit_id):
+        return None
+    contrib = leases.contribution_with_hash(circuit_id, p.id if p is not None else None, digest.hex())
+    if contrib is None or (contrib.extra or {}).get("transport_fault"):
+        return None
+    if p is None:
+        # The coordinator's genesis has no participant row: only the one in flight counts.
+        require_owner_or_admin(who, queries.ceremony_by_id(ceremony_id).coordinator_id, "ceremony")
+        return contrib.id if contrib.state == VERIFYING else None
+    return contrib.id
+
+
 def commit_chunk(rt: Runtime, upload_id: str, committed: int) -> None:
     """Records bytes already fsynced. Fails when the upload was discarded meanwhile (the
     turn timed out or the caller left)."""
@@ -234,12 +255,14 @@ def finish_contribution_upload(rt: Runtime, who: Principal, ceremony_id: str, up
             state=VERIFYING,
             is_final=p is not None and p.status == FINALIZING,
             upload_time=tx.now,
-            verify_due_time=tx.now + timedelta(seconds=c.verify_timeout_s + VERIFY_GRACE_S),
-            extra={},
+            # The lease of this process's verification (runner.py), renewed while it runs.
+            verify_due_time=tx.now + timedelta(seconds=VERIFY_LEASE_S),
+            extra={"verify_attempts": 1},
         )
         if contrib.is_final:
             contrib.contributor = "coordinator"
             contrib.extra = {
+                **contrib.extra,
                 "beacon_hash": circuit.beacon_hash,
                 "beacon_iterations_exponent": circuit.beacon_iterations,
             }
@@ -247,7 +270,8 @@ def finish_contribution_upload(rt: Runtime, who: Principal, ceremony_id: str, up
         if p is not None and p.status == CONTRIBUTING and index > 0:
             contrib.contribution_s = (tx.now - (p.turn_start_time or tx.now)).total_seconds()
             p.status, p.step = CONTRIBUTED, "VERIFYING"
-            p.due_time = contrib.verify_due_time
+            # No deadline while verifying: the verification's lease is what moves on.
+            p.due_time = None
             p.update_time = tx.now
             queries.save(p)
             participant_event(tx, p, "ceremony.participant.contributed", {"circuit": circuit.id})

@@ -1,8 +1,9 @@
-"""Verification of an uploaded contribution: the job the verifier runs, recording its verdict
-(the chain moves on only with a valid contribution, which a contributor leaves the circuit
-with), the signed receipt, and the repair of a verification that outlived its limit.
+"""Verification of an uploaded contribution: the job the verifier runs and recording its
+verdict (the chain moves on only with a valid contribution, which a contributor leaves the
+circuit with), and the signed receipt.
 
-The verifier itself (`verifier.run`) runs off the event loop, outside any transaction.
+The verifier itself (`verifier.run`) runs off the event loop, outside any transaction, on
+the runner (runner.py), which also resumes verifications a restart interrupted.
 """
 
 from __future__ import annotations
@@ -11,19 +12,20 @@ from datetime import timedelta
 
 import structlog
 
-import coordd.domain.ceremony.verifier as verifier
+import coordd.domain.ceremony.verifiers as verifiers
 from coordd.domain.ceremony.emit import participant_event
 from coordd.domain.ceremony.lookup import lock_circuit
 from coordd.domain.ceremony.names import artifact_key, contribution_name, queue_key
 from coordd.domain.ceremony.queue import advance, promote, release
 from coordd.domain.ceremony.receipts import encode, receipt_fields
-from coordd.domain.ceremony.spec import VERIFY_GRACE_S
-from coordd.domain.ceremony.states import CONTRIBUTED, INVALID, VALID, VERIFYING
+from coordd.domain.ceremony.spec import circuit_turn_timeout
+from coordd.domain.ceremony.states import CONTRIBUTED, CONTRIBUTING, INVALID, VALID, VERIFYING
 from coordd.domain.ceremony.uploads import blobs_of
 from coordd.domain.ceremony.verifier import VerifyJob, VerifyResult
 from coordd.runtime import Runtime
-from coordd.store.ceremony import queries
-from coordd.store.ceremony.models import Contribution
+from coordd.store.ceremony import leases, queries
+from coordd.store.ceremony.models import Ceremony, Circuit, Contribution, Participant
+from coordd.store.db import Tx
 
 log = structlog.get_logger("coordd.ceremony")
 
@@ -31,6 +33,11 @@ log = structlog.get_logger("coordd.ceremony")
 def get_contribution(contribution_id: str) -> Contribution:
     """A contribution known to exist (one this replica just uploaded or verified)."""
     return queries.contribution_by_id(contribution_id)
+
+
+def last_contribution(participant_id: str) -> Contribution | None:
+    """A participant's most recent contribution, once verified (WatchQueue shows it)."""
+    return leases.last_verified_contribution(participant_id)
 
 
 def verification_job(rt: Runtime, contribution_id: str) -> VerifyJob | None:
@@ -44,13 +51,21 @@ def verification_job(rt: Runtime, contribution_id: str) -> VerifyJob | None:
     if circuit.last_valid_contribution:
         prev = queries.find_contribution(circuit.last_valid_contribution)
         previous = prev.blob_key if prev is not None else ""
+    command, timeout_s, missing = c.verifier_command, c.verify_timeout_s, ""
+    if c.verifier_name and c.verifier_name != verifiers.NONE:
+        found = verifiers.declared(rt).get(c.verifier_name)
+        if found is None:
+            missing = f"the ceremony's verifier {c.verifier_name!r} is not declared on this daemon"
+        else:
+            command, timeout_s = found.command, found.timeout_s
     return VerifyJob(
         contribution_id=contrib.id,
         blob_key=contrib.blob_key,
         size=contrib.size,
         hash=contrib.hash,
-        command=c.verifier_command,
-        timeout_s=c.verify_timeout_s,
+        command=command,
+        timeout_s=timeout_s,
+        unavailable=missing,
         r1cs_key=artifact_key(c.id, circuit.id, "r1cs") if circuit.r1cs_hash else "",
         ptau_key=artifact_key(c.id, circuit.id, "ptau") if circuit.ptau_hash else "",
         previous_key=previous,
@@ -78,6 +93,13 @@ def finish_verification(rt: Runtime, contribution_id: str, result: VerifyResult)
             valid, output = False, f"superseded: the chain is already at index {circuit.last_valid_index}"
         contrib.state = VALID if valid else INVALID
         contrib.verifier_output = output
+        extra = dict(contrib.extra or {})
+        extra["verifier"] = verifiers.label(c.verifier_name, c.verifier_command)
+        if result.contribution_hash:
+            extra["contribution_hash"] = result.contribution_hash
+        if result.transport_fault:
+            extra["transport_fault"] = True
+        contrib.extra = extra
         contrib.verification_s = result.seconds
         contrib.verify_time = tx.now
         contrib.verify_due_time = None
@@ -108,7 +130,10 @@ def finish_verification(rt: Runtime, contribution_id: str, result: VerifyResult)
         )
         p = queries.participant_by_key(contrib.participant_id) if contrib.participant_id else None
         if p is not None and p.status == CONTRIBUTED and p.circuit_id == circuit.id:
-            advance(rt, tx, c, p, circuit)
+            if result.transport_fault and p.retries_used < c.transport_retries:
+                second_chance(tx, c, circuit, p)
+            else:
+                advance(rt, tx, c, p, circuit)
         elif contrib.is_final and valid:
             coord = queries.participant_by_key(circuit.current_participant)
             if coord is not None:
@@ -123,31 +148,16 @@ def finish_verification(rt: Runtime, contribution_id: str, result: VerifyResult)
     return contrib
 
 
-def reverify(rt: Runtime, contribution_id: str) -> None:
-    """A verification that outlived its limit (the daemon restarted mid-way) runs again here;
-    a second overrun makes the contribution invalid, so nothing waits forever."""
-    contrib = queries.contribution_by_id(contribution_id)
-    attempts = int((contrib.extra or {}).get("verify_attempts", 0)) + 1
-    with rt.store.write() as tx:
-        queries.set_verify_attempt(
-            contribution_id,
-            {**(contrib.extra or {}), "verify_attempts": attempts},
-            tx.now + timedelta(seconds=VERIFY_GRACE_S),
-        )
-        if contrib.participant_id:
-            queries.set_participant_due(contrib.participant_id, tx.now + timedelta(seconds=VERIFY_GRACE_S))
-    job = verification_job(rt, contribution_id)
-    if job is None:
-        return
-    if attempts > 1:
-        result = VerifyResult(False, "verification did not complete within its limit", 0.0)
-    else:
-        try:
-            result = verifier.run(blobs_of(rt), job)
-        except verifier.VerifierStopped:
-            # Shutdown, not an overrun: this attempt does not count.
-            with rt.store.write():
-                queries.set_contribution_extra(contribution_id, contrib.extra or {})
-            raise
-    log.warning("verification repaired", contribution=contribution_id, valid=result.valid)
-    finish_verification(rt, contribution_id, result)
+def second_chance(tx: Tx, c: Ceremony, circuit: Circuit, p: Participant) -> None:
+    """The upload was damaged in transport (size or hash mismatch), not an invalid proof: the
+    contributor keeps the turn and may send the file again, up to the ceremony's limit. The
+    turn's deadline stands, with at least a start window to send it again."""
+    p.retries_used += 1
+    p.status, p.step = CONTRIBUTING, "UPLOADING"
+    turn_end = (p.turn_start_time or tx.now) + circuit_turn_timeout(c, circuit)
+    p.due_time = max(turn_end, tx.now + timedelta(seconds=c.start_window_s))
+    p.update_time = tx.now
+    queries.save(p)
+    participant_event(
+        tx, p, "ceremony.participant.retry", {"retries_left": c.transport_retries - p.retries_used}
+    )

@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from coordd.blobs.store import BlobStore
 from coordd.domain.ceremony.names import listed
 
 PLACEHOLDERS = ("r1cs", "ptau", "zkey", "previous", "circuit")
-_running: set[subprocess.Popen[bytes]] = set()
-_stopped: set[int] = set()
-_lock = threading.Lock()
 
 
 class VerifierStopped(Exception):
@@ -47,6 +47,8 @@ class VerifyJob:
     ptau_key: str
     previous_key: str
     circuit_name: str
+    # Why this contribution cannot be verified here (its verifier is not declared), or "".
+    unavailable: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,34 @@ class VerifyResult:
     valid: bool
     output: str
     seconds: float
+    # The upload itself was damaged (size or digest mismatch): the contributor may retry.
+    transport_fault: bool = False
+    # What snarkjs printed as the contribution hash (its 64 bytes in hex), when it did.
+    contribution_hash: str = ""
+
+
+# snarkjs prints the contributions it checked as "contribution #N NAME:" followed by the
+# 64-byte hash in four lines of four 8-hex-digit groups.
+_CONTRIBUTION_RE = re.compile(
+    r"contribution #(\d+)[^\n]*:\s*\n((?:[^\n]*?(?:[0-9a-f]{8}\s+){3}[0-9a-f]{8}\s*\n?){4})",
+    re.IGNORECASE,
+)
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def contribution_hash(output: str) -> str:
+    """The hash of the newest contribution (the highest #) snarkjs listed in `zkey verify`
+    output (it lists them newest first), or ""."""
+    text = _ANSI_RE.sub("", output)
+    listed = [int(n) for n in re.findall(r"contribution #(\d+)", text, re.IGNORECASE)]
+    if not listed:
+        return ""
+    for match in _CONTRIBUTION_RE.finditer(text):
+        groups = re.findall(r"[0-9a-fA-F]{8}", match.group(2))
+        if int(match.group(1)) == max(listed) and len(groups) == 16:
+            return "".join(groups).lower()
+    # The newest entry is printed otherwise (a beacon's, say): better no hash than another's.
+    return ""
 
 
 def check_command(command: str) -> str | None:
@@ -85,31 +115,93 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def stop_all() -> None:
-    """Kills every running verifier (daemon shutdown): worker threads return at once, and the
-    contributions stay VERIFYING, to be verified again after the restart."""
-    with _lock:
-        running = list(_running)
-        _stopped.update(proc.pid for proc in running)
-    for proc in running:
-        _kill(proc)
+class Processes:
+    """The verifier processes one runner started, so a shutdown kills exactly those."""
+
+    def __init__(self) -> None:
+        self._running: set[subprocess.Popen[bytes]] = set()
+        self._stopped: set[int] = set()
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def add(self, proc: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._running.add(proc)
+            closed = self._closed
+            if closed:
+                self._stopped.add(proc.pid)
+        if closed:
+            _kill(proc)
+
+    def discard(self, proc: subprocess.Popen[bytes]) -> bool:
+        """Forgets `proc`; True when it was killed by `kill_all`."""
+        with self._lock:
+            self._running.discard(proc)
+            stopped = proc.pid in self._stopped
+            self._stopped.discard(proc.pid)
+            return stopped
+
+    def kill_all(self) -> None:
+        """Daemon shutdown: worker threads return at once, and the contributions stay
+        VERIFYING, to be verified again after the restart. Processes started later die too."""
+        with self._lock:
+            self._closed = True
+            running = list(self._running)
+            self._stopped.update(proc.pid for proc in running)
+        for proc in running:
+            _kill(proc)
 
 
-def run(blobs: BlobStore, job: VerifyJob) -> VerifyResult:
-    """Blocking: call from a worker thread."""
+def _wait(
+    proc: subprocess.Popen[bytes],
+    timeout_s: float,
+    heartbeat: Callable[[], object] | None,
+    heartbeat_s: float,
+) -> tuple[bytes, bytes] | None:
+    """Output of `proc`, or None when it overran `timeout_s`; `heartbeat` runs in between."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        try:
+            return proc.communicate(timeout=min(left, heartbeat_s) if heartbeat else left)
+        except subprocess.TimeoutExpired:
+            if heartbeat is not None:
+                with contextlib.suppress(Exception):  # a missed renewal only shortens the lease
+                    heartbeat()
+
+
+def run(
+    blobs: BlobStore,
+    job: VerifyJob,
+    *,
+    procs: Processes | None = None,
+    heartbeat: Callable[[], object] | None = None,
+    heartbeat_s: float = 2.0,
+) -> VerifyResult:
+    """Blocking: call from a worker thread. `heartbeat` is called every `heartbeat_s` while
+    an external verifier runs (the runner renews its lease there)."""
+    procs = procs or Processes()
     started = time.monotonic()
 
-    def done(valid: bool, output: str) -> VerifyResult:
-        return VerifyResult(valid, _trim(output), time.monotonic() - started)
+    def done(valid: bool, output: str, **extra: Any) -> VerifyResult:
+        return VerifyResult(valid, _trim(output), time.monotonic() - started, **extra)
 
     try:
         size, digest = blobs.digest(job.blob_key)
     except FileNotFoundError:
-        return done(False, "the uploaded file is missing")
+        return done(False, "the uploaded file is missing", transport_fault=True)
     if size != job.size:
-        return done(False, f"size {size} does not match the declared {job.size} bytes")
+        return done(False, f"size {size} does not match the declared {job.size} bytes", transport_fault=True)
     if digest != job.hash:
-        return done(False, "BLAKE2b-512 of the uploaded file does not match the declared hash")
+        return done(
+            False, "BLAKE2b-512 of the uploaded file does not match the declared hash", transport_fault=True
+        )
+    if heartbeat is not None:
+        heartbeat()
+    if job.unavailable:
+        return done(False, f"cannot verify: {job.unavailable}")
     if not job.command:
         return done(True, "built-in verifier: size and BLAKE2b-512 match")
     paths = {
@@ -138,22 +230,20 @@ def run(blobs: BlobStore, job: VerifyJob) -> VerifyResult:
         )
     except OSError as exc:
         return done(False, f"the verifier could not run: {exc}")
-    with _lock:
-        _running.add(proc)
+    procs.add(proc)
     try:
-        stdout, stderr = proc.communicate(timeout=job.timeout_s)
-    except subprocess.TimeoutExpired:
-        _kill(proc)
-        proc.communicate()
-        return done(False, f"the verifier did not finish within {job.timeout_s:g} s")
+        out = _wait(proc, job.timeout_s, heartbeat, heartbeat_s)
+        if out is None:
+            _kill(proc)
+            proc.communicate()
     finally:
-        with _lock:
-            _running.discard(proc)
-            stopped = proc.pid in _stopped
-            _stopped.discard(proc.pid)
+        stopped = procs.discard(proc)
     if stopped:
         raise VerifierStopped("the verifier was stopped: the daemon is shutting down")
+    if out is None:
+        return done(False, f"the verifier did not finish within {job.timeout_s:g} s")
+    stdout, stderr = out
     output = (stdout + stderr).decode(errors="replace")
     if proc.returncode != 0:
         return done(False, f"exit status {proc.returncode}\n{output}")
-    return done(True, output)
+    return done(True, output, contribution_hash=contribution_hash(output))

@@ -54,6 +54,14 @@ class Ceremony(IdModel):
     penalty_s = peewee.FloatField()
     verifier_command = peewee.TextField(default="")
     verify_timeout_s = peewee.FloatField()
+    # An operator-declared verifier chosen by name ("none": size and hash only, unverified);
+    # "" on ceremonies from before named verifiers (the command above, or the built-in check).
+    verifier_name = peewee.CharField(max_length=64, default="")
+    # Uploads rejected for a transport fault (size or digest mismatch) a contributor may
+    # retry within the same turn.
+    transport_retries = peewee.IntegerField(default=2)
+    # Who may join: {"allowed": [identities], "min_account_age_s": n, "require_ethereum": bool}.
+    eligibility = JSONField(default=dict)
     create_time = TimestampField()
     update_time = TimestampField()
 
@@ -104,6 +112,8 @@ class Participant(IdModel):
     turn_start_time = TimestampField(null=True)
     is_coordinator = peewee.BooleanField(default=False)
     left = peewee.BooleanField(default=False)
+    # Transport-fault retries used in the current turn.
+    retries_used = peewee.IntegerField(default=0)
     create_time = TimestampField()
     update_time = TimestampField()
 
@@ -155,3 +165,34 @@ class CeremonyUpload(IdModel):
 
     class Meta:
         indexes = ((("circuit", "user", "kind"), True),)
+
+
+class CeremonyClock(IdModel):
+    """When the ceremony deadlines last ran (wall clock): after a restart, the time the daemon
+    was down is given back to the contributors whose turn it interrupted."""
+
+    alive_time = TimestampField()
+
+
+def add_eligibility(db: peewee.Database) -> None:
+    """Migration 92: per-ceremony eligibility rules."""
+    if "eligibility" not in {c.name for c in db.get_columns("ceremony")}:
+        db.execute_sql("ALTER TABLE ceremony ADD COLUMN eligibility TEXT NOT NULL DEFAULT '{}'")
+
+
+def add_named_verifiers(db: peewee.Database) -> None:
+    """Migration 90: named verifiers, transport retries, the restart clock."""
+    added = {
+        "ceremony": (
+            ("verifier_name", "VARCHAR(64) NOT NULL DEFAULT ''"),
+            ("transport_retries", "INTEGER NOT NULL DEFAULT 2"),
+        ),
+        "participant": (("retries_used", "INTEGER NOT NULL DEFAULT 0"),),
+    }
+    for table, columns in added.items():
+        present = {c.name for c in db.get_columns(table)}
+        for name, kind in columns:
+            # Present already where migration 30 ran with this model.
+            if name not in present:
+                db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+    db.create_tables([CeremonyClock], safe=True)

@@ -243,10 +243,6 @@ def due_participants(now: datetime, batch: int) -> list[DueParticipant]:
     return [DueParticipant(*row) for row in rows]
 
 
-def set_participant_due(participant_id: str, due: datetime) -> None:
-    Participant.update(due_time=due).where(Participant.id == participant_id).execute()
-
-
 def finish_finalizers(ceremony_id: str, now: datetime) -> None:
     """FINALIZING participants (the coordinator) become FINALIZED, off any circuit."""
     Participant.update(status=FINALIZED, update_time=now, circuit=None).where(
@@ -314,15 +310,6 @@ def is_verifying(circuit_id: str) -> bool:
     )
 
 
-def verifying_contribution_of(participant_id: str) -> str | None:
-    row = (
-        Contribution.select(Contribution.id)
-        .where((Contribution.participant == participant_id) & (Contribution.state == VERIFYING))
-        .first()
-    )
-    return row.id if row is not None else None
-
-
 def recorded_contributions(circuit_id: str) -> list[Contribution]:
     """The circuit's verified contributions (valid or not), in upload order."""
     return list(
@@ -330,28 +317,6 @@ def recorded_contributions(circuit_id: str) -> list[Contribution]:
         .where((Contribution.circuit == circuit_id) & (Contribution.state != VERIFYING))
         .order_by(Contribution.upload_time, Contribution.id)
     )
-
-
-def overdue_genesis_verifications(now: datetime) -> list[str]:
-    """Genesis contributions (no participant) still VERIFYING past their limit."""
-    return [
-        cid
-        for (cid,) in Contribution.select(Contribution.id)
-        .where(
-            (Contribution.verify_due_time <= now)
-            & (Contribution.state == VERIFYING)
-            & Contribution.participant.is_null()
-        )
-        .tuples()
-    ]
-
-
-def set_verify_attempt(contribution_id: str, extra: dict[str, Any], due: datetime) -> None:
-    Contribution.update(extra=extra, verify_due_time=due).where(Contribution.id == contribution_id).execute()
-
-
-def set_contribution_extra(contribution_id: str, extra: dict[str, Any]) -> None:
-    Contribution.update(extra=extra).where(Contribution.id == contribution_id).execute()
 
 
 # -- uploads -------------------------------------------------------------------------------
