@@ -20,6 +20,7 @@ def _settings(args: argparse.Namespace, level: str | None = None) -> Settings:
     settings = load_settings(
         args.config,
         listen=getattr(args, "listen", None),
+        http_listen=getattr(args, "http", None),
         data_dir=args.data_dir,
         database_url=args.database_url,
     )
@@ -101,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", parents=[common], help="run the daemon")
     serve.add_argument("--listen", help="host:port (port 0 picks a free one)")
     serve.add_argument("--port-file", help="write the bound port here once serving")
+    serve.add_argument("--http", metavar="HOST:PORT", help="also serve the web pages here (default: off)")
     serve.set_defaults(func=_serve)
 
     mig = sub.add_parser("migrate", parents=[common], help="apply pending schema migrations")

@@ -1,0 +1,9 @@
+"""The operator console."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def add_routes(ws: Any) -> None:
+    return None
