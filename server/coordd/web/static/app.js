@@ -22,7 +22,10 @@ function live(el) {
   const source = new EventSource(el.dataset.live);
   source.addEventListener("update", (event) => {
     // The fragment is rendered (and escaped) by the server, the same as the page itself.
+    // Receipts the reader opened stay open across updates.
+    const open = new Set([...el.querySelectorAll("details[open][data-key]")].map((d) => d.dataset.key));
     el.innerHTML = event.data;
+    for (const d of el.querySelectorAll("details[data-key]")) if (open.has(d.dataset.key)) d.open = true;
     localize(el);
     el.dataset.updated = String(Date.now());
   });
