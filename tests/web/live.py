@@ -58,7 +58,10 @@ class LiveCeremony:
                 start_time=_ts(now + timedelta(seconds=2)),
                 end_time=_ts(now + timedelta(hours=2)),
                 timeout=pb.TimeoutConfig(
-                    policy=pb.TIMEOUT_POLICY_FIXED, fixed_timeout=dur(300), start_window=dur(300), penalty=dur(5)
+                    policy=pb.TIMEOUT_POLICY_FIXED,
+                    fixed_timeout=dur(300),
+                    start_window=dur(300),
+                    penalty=dur(5),
                 ),
             ),
             metadata=bearer(self.coordinator),
@@ -68,7 +71,8 @@ class LiveCeremony:
             metadata=bearer(self.coordinator),
         ).circuit
         self.stub.UploadContribution(
-            upload_messages(self.circuit.name, b"genesis zkey" * 100, index=0), metadata=bearer(self.coordinator)
+            upload_messages(self.circuit.name, b"genesis zkey" * 100, index=0),
+            metadata=bearer(self.coordinator),
         )
         self._wait_opened()
 

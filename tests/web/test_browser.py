@@ -117,7 +117,9 @@ def test_the_public_ceremony_page_updates_within_a_second_when_the_queue_moves(
         expect(page.get_by_role("link", name="Browser-tested ceremony").first).to_be_visible()
         screenshots["ceremonies"] = page.screenshot(full_page=True)
         # A phone, in the dark theme the system asks for.
-        phone = chromium.new_context(viewport={"width": 390, "height": 844}, color_scheme="dark", is_mobile=True)
+        phone = chromium.new_context(
+            viewport={"width": 390, "height": 844}, color_scheme="dark", is_mobile=True
+        )
         try:
             small = phone.new_page()
             small.goto(_url(daemon, f"/ceremonies/{live.id}"))
@@ -149,7 +151,17 @@ def test_a_contributors_receipt_on_the_page_verifies_and_coordctl_verifies_the_t
         assert (fields["contribution"], fields["hash"]) == (mine.name, mine.hash_hex)
         # The command the page shows, with the key id it shows.
         out = subprocess.run(
-            [COORDCTL, "--target", daemon.target, "ceremony", "transcript", live.id, "--verify", "--key-id", key_id],
+            [
+                COORDCTL,
+                "--target",
+                daemon.target,
+                "ceremony",
+                "transcript",
+                live.id,
+                "--verify",
+                "--key-id",
+                key_id,
+            ],
             capture_output=True,
             text=True,
             timeout=60,

@@ -106,7 +106,9 @@ class PublicPages:
 
     async def status_page(self, request: web.Request) -> web.StreamResponse:
         project, nodes = await self._status(request)
-        return self.ws.page("status.html", request, project=project, nodes=nodes, now=self.rt.now(), days=DAYS)
+        return self.ws.page(
+            "status.html", request, project=project, nodes=nodes, now=self.rt.now(), days=DAYS
+        )
 
     async def status_json(self, request: web.Request) -> web.StreamResponse:
         project, nodes = await self._status(request)
@@ -152,7 +154,9 @@ class PublicPages:
 
     async def competition_page(self, request: web.Request) -> web.StreamResponse:
         comp, results = await self._competition(request)
-        return self.ws.page("competition.html", request, c=comp, results=results, seats_left=_seats_left(comp))
+        return self.ws.page(
+            "competition.html", request, c=comp, results=results, seats_left=_seats_left(comp)
+        )
 
     async def competition_json(self, request: web.Request) -> web.StreamResponse:
         comp, results = await self._competition(request)
