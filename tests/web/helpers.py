@@ -16,6 +16,7 @@ class Reply:
     status: int
     headers: dict[str, str]
     body: bytes
+    set_cookies: list[str] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -55,7 +56,8 @@ class Browser:
                         self.cookies[key.strip()] = val.strip()
                     else:
                         self.cookies.pop(key.strip(), None)
-            return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
+            cookies = [v for k, v in response.getheaders() if k.lower() == "set-cookie"]
+            return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data, cookies)
         finally:
             conn.close()
 
