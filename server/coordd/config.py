@@ -69,7 +69,7 @@ class Settings:
     http_listen: str = ""
     # A live page with nothing new re-reads and re-sends its state this often (lost hints).
     http_refresh_s: float = 15.0
-    # Projects (ids, comma-separated) whose public status page /status/<id> is on; others have none.
+    # Projects (ids or slugs, comma-separated) whose public status page /status/<id> is on; others have none.
     http_status_projects: str = ""
     # Cyclic-GC generation-0 threshold for `coordd serve` (Python's default is 700; 0 keeps it).
     # With thousands of open streams the default runs full scans of every stream's objects

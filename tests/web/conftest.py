@@ -12,7 +12,9 @@ from tests.web.helpers import Browser
 
 @pytest.fixture
 def web_server(settings_factory, clock: Clock) -> Iterator[ServerHandle]:  # type: ignore[no-untyped-def]
-    handle = ServerHandle(settings_factory(http_listen="127.0.0.1:0", http_refresh_s=30.0), clock)
+    # The scheduler off: tests run its ceremony work themselves (Ceremonies.tick), nothing races them.
+    settings = settings_factory(http_listen="127.0.0.1:0", http_refresh_s=30.0, scheduler_enabled=False)
+    handle = ServerHandle(settings, clock)
     try:
         yield handle
     finally:

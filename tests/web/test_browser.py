@@ -25,6 +25,7 @@ pytestmark = pytest.mark.e2e
 CHROMIUM = os.environ.get("COORDD_TEST_CHROMIUM", "/usr/bin/chromium")
 # "Within a second": how long a live page may take to show a change in the queue.
 LIVE_UPDATE_MS = 1000
+STATUS_SLUG = "browser-fleet"
 
 
 def _require_browser() -> Any:
@@ -65,7 +66,9 @@ def chromium() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("web-daemon")
-    d = Daemon(root / "data", "--http", "127.0.0.1:0").wait_ready()
+    # The status page of the project with slug STATUS_SLUG is public (opt-in by setting).
+    env = {"COORDD_HTTP_STATUS_PROJECTS": STATUS_SLUG}
+    d = Daemon(root / "data", "--http", "127.0.0.1:0", env=env).wait_ready()
     try:
         d.http_port = http_port(d)  # type: ignore[attr-defined]
         yield d
@@ -183,3 +186,176 @@ def test_the_pages_read_without_javascript(daemon, chromium):
     finally:
         context.close()
         live.close()
+
+
+def _failed_job(daemon: Daemon, submitter_key: str) -> str:
+    import grpc
+
+    from coordd_client.v1 import job_pb2, job_pb2_grpc
+    from tests.support.process import admin_create_user
+    from tests.support.server import bearer
+
+    provider = admin_create_user(daemon, f"gpu-{os.urandom(4).hex()}@example.com", "provider")[
+        "api_key_secret"
+    ]
+    with grpc.insecure_channel(daemon.target) as channel:
+        stub = job_pb2_grpc.JobServiceStub(channel)
+        job = stub.SubmitJob(
+            job_pb2.SubmitJobRequest(
+                kind=job_pb2.JOB_KIND_INFERENCE,
+                model_ref="hf://org/model@1",
+                input=job_pb2.Payload(data=b"x"),
+            ),
+            metadata=bearer(submitter_key),
+        ).job
+        # Other tests' queued jobs may come first (one daemon for the module): fail them too.
+        while True:
+            (leased,) = stub.ClaimJobs(job_pb2.ClaimJobsRequest(max_jobs=1), metadata=bearer(provider)).jobs
+            stub.FailJob(
+                job_pb2.FailJobRequest(lease=leased.lease, error="bad weights", retryable=False),
+                metadata=bearer(provider),
+            )
+            if leased.job.name == job.name:
+                break
+    return job.name.split("/")[1]
+
+
+def _sign_in(page: Any, daemon: Daemon, email: str) -> None:
+    page.goto(_url(daemon, "/console"))
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/console/jobs")
+
+
+PASSWORD = "operator password 1"
+
+
+def test_an_operator_signs_in_retries_a_failed_job_and_sees_it_queued(daemon, page, screenshots):
+    from playwright.sync_api import expect
+
+    from tests.support.process import admin_create_user
+
+    email = f"ops-{os.urandom(4).hex()}@example.com"
+    admin = admin_create_user(daemon, email, "admin", password=PASSWORD)
+    jid = _failed_job(daemon, admin["api_key_secret"])
+    page.goto(_url(daemon, "/console/jobs"))
+    expect(page).to_have_url(_url(daemon, "/console/login?next=/console/jobs"))
+    screenshots["console-login"] = page.screenshot(full_page=True)
+    _sign_in(page, daemon, email)
+    page.get_by_label("State").select_option("failed")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.get_by_test_id("job-state")).to_have_text(["failed"])
+    screenshots["console-jobs"] = page.screenshot(full_page=True)
+    page.get_by_role("link", name=f"jobs/{jid}").click()
+    page.once("dialog", lambda dialog: dialog.accept())  # "Retry jobs/... ?"
+    page.get_by_test_id("retry").click()
+    expect(page.get_by_test_id("done")).to_have_text("Done: requeued.")
+    expect(page.get_by_test_id("job-state")).to_have_text("queued")
+    screenshots["console-job"] = page.screenshot(full_page=True)
+    # A forged POST (the session's cookie, no CSRF token) is refused and changes nothing.
+    forged = page.context.request.post(_url(daemon, f"/console/jobs/{jid}/cancel"), form={"reason": "x"})
+    assert forged.status == 403 and "CSRF" in forged.text()
+    page.reload()
+    expect(page.get_by_test_id("job-state")).to_have_text("queued")
+
+
+def test_a_participant_cannot_reach_the_consoles_actions(daemon, page):
+    from playwright.sync_api import expect
+
+    from tests.support.process import admin_create_user
+
+    email = f"p-{os.urandom(4).hex()}@example.com"
+    made = admin_create_user(daemon, email, "participant", password=PASSWORD)
+    jid = _failed_job(daemon, made["api_key_secret"])
+    _sign_in(page, daemon, email)
+    page.goto(_url(daemon, f"/console/jobs/{jid}"))
+    expect(page.get_by_test_id("job-state")).to_have_text("failed")
+    expect(page.get_by_test_id("retry")).to_have_count(0)
+    # Even with the page's own CSRF token, the action needs the admin role (RequeueJob's policy).
+    token = page.locator("form[action='/console/logout'] input[name=csrf_token]").get_attribute("value")
+    refused = page.context.request.post(
+        _url(daemon, f"/console/jobs/{jid}/requeue"), form={"csrf_token": token}
+    )
+    assert refused.status == 403 and "admin" in refused.text()
+    page.reload()
+    expect(page.get_by_test_id("job-state")).to_have_text("failed")
+
+
+def test_a_project_status_page_shows_a_node_going_down(daemon, page, screenshots):
+    import time
+
+    import grpc
+    from playwright.sync_api import expect
+
+    from coordd_client.v1 import auth_pb2, auth_pb2_grpc, node_pb2, node_pb2_grpc
+    from tests.node.helpers import secs
+    from tests.support.process import admin_create_user
+    from tests.support.server import bearer
+
+    email = f"op-{os.urandom(4).hex()}@example.com"
+    admin_create_user(daemon, email, "node_operator", password=PASSWORD)
+    with grpc.insecure_channel(daemon.target) as channel:
+        login = auth_pb2_grpc.AuthServiceStub(channel).Login(
+            auth_pb2.LoginRequest(email=email, password=PASSWORD)
+        )
+        md = bearer(login.access_token)  # nodes are registered with a login token
+        stub = node_pb2_grpc.NodeServiceStub(channel)
+        policy = node_pb2.HealthPolicy(
+            heartbeat_interval=secs(1),
+            misses=2,
+            grace=secs(1),
+            successes_before_up=2,
+            mass_outage_min_nodes=3,
+        )
+        project = stub.CreateProject(
+            node_pb2.CreateProjectRequest(
+                display_name="Browser fleet", slug=STATUS_SLUG, health_policy=policy
+            ),
+            metadata=md,
+        ).project
+        reply = stub.RegisterNode(
+            node_pb2.RegisterNodeRequest(project=project.name, display_name="gpu-01", region="eu-west"),
+            metadata=md,
+        )
+        for _ in range(2):
+            stub.Heartbeat(node_pb2.HeartbeatRequest(), metadata=bearer(reply.api_key_secret))
+    pid = project.name.split("/")[1]
+    page.goto(_url(daemon, f"/status/{pid}"))
+    expect(page.get_by_test_id("node-status")).to_have_text("UP")
+    expect(page.locator(".bars span")).to_have_count(90)
+    screenshots["status-up"] = page.screenshot(full_page=True)
+    # The node stops beating: after 2 missed beats and the grace the daemon marks it DOWN.
+    deadline = time.monotonic() + 30
+    while page.get_by_test_id("node-status").inner_text() != "DOWN" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        page.reload()
+    expect(page.get_by_test_id("node-status")).to_have_text("DOWN")
+    expect(page.get_by_text("ongoing")).to_be_visible()
+    screenshots["status-down"] = page.screenshot(full_page=True)
+
+
+def test_a_competition_page_shows_its_seats(daemon, page, screenshots):
+    from datetime import UTC, datetime
+
+    import grpc
+    from playwright.sync_api import expect
+
+    from coordd_client.v1 import competition_pb2, competition_pb2_grpc
+    from tests.competition.support import spec
+    from tests.support.process import admin_create_user
+    from tests.support.server import bearer
+
+    organizer = admin_create_user(daemon, f"org-{os.urandom(4).hex()}@example.com", "organizer")
+    md = bearer(organizer["api_key_secret"])
+    with grpc.insecure_channel(daemon.target) as channel:
+        stub = competition_pb2_grpc.CompetitionServiceStub(channel)
+        comp = stub.CreateCompetition(
+            competition_pb2.CreateCompetitionRequest(competition=spec(datetime.now(UTC), capacity=5)),
+            metadata=md,
+        ).competition
+        stub.PublishCompetition(competition_pb2.PublishCompetitionRequest(name=comp.name), metadata=md)
+    page.goto(_url(daemon, f"/competitions/{comp.name.split('/')[1]}"))
+    expect(page.get_by_test_id("seats-left")).to_have_text("5")
+    expect(page.get_by_test_id("waitlist")).to_have_text("0")
+    screenshots["competition"] = page.screenshot(full_page=True)

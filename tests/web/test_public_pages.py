@@ -73,3 +73,11 @@ def test_a_competition_page_shows_seats_left_waitlist_and_deadline_and_hides_dra
     assert "Not published yet" in page
     draft = create(web_server, organizer, publish=False)
     assert browser.get(f"/competitions/{draft.name.split('/')[1]}").status == 404
+
+
+def test_a_project_can_be_listed_by_its_slug(quiet_server):
+    fleet = Fleet(quiet_server)
+    project = fleet.project()
+    pid = project.name.split("/")[1]
+    _publish_status(quiet_server, project.slug)
+    assert Browser(quiet_server.app.http_port).get(f"/api/status/{pid}").json()["name"] == project.name

@@ -1,9 +1,10 @@
 """Public project status pages and competition pages.
 
-A project's status page is opt-in: only projects listed in the `http_status_projects` setting
-have one (anything else is NOT_FOUND, as if it did not exist). It shows each node's status
-(UP / DOWN / MAINTENANCE ...), 90 daily uptime bars (maintenance excluded, as the uptime
-figures of the gRPC API exclude it) and incidents with their durations. Node reads in the node
+A project's status page is opt-in: only projects listed (by id or slug) in the
+`http_status_projects` setting have one (anything else is NOT_FOUND, as if it did not exist).
+It shows each node's status (UP / DOWN / MAINTENANCE ...), 90 daily uptime bars
+(maintenance excluded, as the uptime figures of the gRPC API exclude it) and incidents with
+their durations. Node reads in the node
 domain are checked against an owner or an admin; for a listed project the page reads them as
 STATUS_READER, an admin principal that exists only inside this module and only reads.
 
@@ -62,9 +63,15 @@ def _daily(segs: list[uptime.Segment], holes: list[Any], start: datetime, days: 
     return out
 
 
-def read_status(project_id: str, now: datetime) -> tuple[node.Project, list[NodeStatus]]:
-    """Blocking (rt.run). The caller checked that the project opted in."""
-    project = node.get_project(project_id)
+def read_status(project_id: str, listed: set[str], now: datetime) -> tuple[node.Project, list[NodeStatus]]:
+    """Blocking (rt.run). A project not in `listed` (by id or slug) is NOT_FOUND, like one
+    that does not exist."""
+    try:
+        project = node.get_project(project_id)
+    except NotFound:
+        project = None
+    if project is None or not {project.id, project.slug} & listed:
+        raise NotFound(f"projects/{project_id} has no public status page")
     start = now - timedelta(days=DAYS)
     everyone = node.list_nodes(STATUS_READER, project.id, "", "", "", PageRequest.of(1000, "")).items
     out = []
@@ -100,9 +107,10 @@ class PublicPages:
 
     async def _status(self, request: web.Request) -> tuple[node.Project, list[NodeStatus]]:
         pid = request.match_info["project"]
-        if not ID.match(pid) or pid not in _listed(self.ws):
+        listed = _listed(self.ws)
+        if not ID.match(pid) or not listed:
             raise NotFound(f"projects/{pid[:64]} has no public status page")
-        return await self.rt.run(read_status, pid, self.rt.now())
+        return await self.rt.run(read_status, pid, listed, self.rt.now())
 
     async def status_page(self, request: web.Request) -> web.StreamResponse:
         project, nodes = await self._status(request)
