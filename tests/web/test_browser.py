@@ -258,6 +258,12 @@ def test_an_operator_signs_in_retries_a_failed_job_and_sees_it_queued(daemon, pa
     assert forged.status == 403 and "CSRF" in forged.text()
     page.reload()
     expect(page.get_by_test_id("job-state")).to_have_text("queued")
+    # The retry is in the audit log, which the admin reads in the console.
+    page.get_by_role("link", name="Audit log").click()
+    page.get_by_label("Filter").fill('action = "web.action"')
+    page.get_by_role("button", name="Show").click()
+    expect(page.get_by_test_id("audit-row").filter(has_text=f"jobs/{jid}")).to_have_count(1)
+    screenshots["console-audit"] = page.screenshot(full_page=True)
 
 
 def test_a_participant_cannot_reach_the_consoles_actions(daemon, page):

@@ -11,6 +11,7 @@ refusal as `rpc.denied`.
 
 from __future__ import annotations
 
+import hmac
 import re
 from typing import Any
 from urllib.parse import quote
@@ -123,7 +124,7 @@ class Console:
         form = await request.post()
         found = await session.viewer(request, self.rt)
         response = web.Response(status=303, headers={"Location": "/ceremonies"})
-        if found is not None and str(form.get("csrf_token", "")) == request["csrf"]:
+        if found is not None and hmac.compare_digest(str(form.get("csrf_token", "")), request[session.CSRF]):
             session.clear_session(response)
         return response
 

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from coordd.core.errors import DomainError
 from coordd.runtime import Runtime
-from coordd.web import ceremonies, console, pages
+from coordd.web import ceremonies, console, console_more, pages, session
 from coordd.web.board import Board, Boards
 from coordd.web.ceremonies import board_doc
 from coordd.web.render import STATIC, Renderer
@@ -44,6 +44,7 @@ class WebServer:
         ceremonies.add_routes(self)
         pages.add_routes(self)
         console.add_routes(self)
+        console_more.add_routes(self)
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -52,8 +53,8 @@ class WebServer:
         return Board(board.ceremony, board.circuits, board.read_time, html, board_doc(board))
 
     def page(self, name: str, request: web.Request, status: int = 200, **context: Any) -> web.Response:
-        context.setdefault("viewer", request.get("viewer"))
-        context.setdefault("csrf", request.get("csrf", ""))
+        context.setdefault("viewer", request.get(session.VIEWER))
+        context.setdefault("csrf", request.get(session.CSRF, ""))
         html = self.renderer.render(name, request_path=request.path, **context)
         return web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
 

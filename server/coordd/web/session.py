@@ -28,9 +28,12 @@ from coordd.core.errors import DomainError, PermissionDenied, Unauthenticated
 from coordd.core.principal import Principal
 from coordd.domain import auth
 from coordd.domain.auth import audit
-from coordd_client.v1 import (
+from coordd_client.v1 import (  # noqa: F401 - the services' descriptors, for their policies
+    auth_pb2,
+    ceremony_pb2,
     common_pb2,
-    job_pb2,  # noqa: F401 - registers the JobService descriptors
+    competition_pb2,
+    job_pb2,
     options_pb2,
 )
 
@@ -52,6 +55,11 @@ class Viewer:
         return f"{self.email} ({roles})"
 
 
+# What a request learned about its session, for the templates (server.page) and the checks.
+VIEWER = web.RequestKey("coordd_viewer", Viewer)
+CSRF = web.RequestKey("coordd_csrf", str)
+
+
 def csrf_for(secret: str) -> str:
     return hmac.new(secret.encode(), b"coordd.web.csrf.v1", hashlib.sha256).hexdigest()
 
@@ -71,6 +79,14 @@ def may(who: Principal, method: str) -> bool:
     return who.has_any(roles_for(method))
 
 
+async def require_role(request: web.Request, rt: Any, who: Principal, method: str) -> None:
+    """A console read that stands for `method` needs its roles too (refusals audited)."""
+    if not may(who, method):
+        await rt.run(audit.record_denial, rt, who, method, "ROLE_REQUIRED", peer_of(request))
+        needed = ", ".join(sorted(roles_for(method)))
+        raise PermissionDenied(f"this needs one of the roles: {needed}", reason="ROLE_REQUIRED")
+
+
 def peer_of(request: web.Request) -> str:
     return f"http:{request.remote or ''}"
 
@@ -85,9 +101,9 @@ async def viewer(request: web.Request, rt: Any) -> Viewer | None:
         user = await rt.run(auth.get_user, principal.user_id)
     except DomainError:
         return None
-    request["csrf"] = csrf_for(token)
-    request["viewer"] = Viewer(principal, user.email)
-    return request["viewer"]
+    request[CSRF] = csrf_for(token)
+    request[VIEWER] = Viewer(principal, user.email)
+    return request[VIEWER]
 
 
 async def require_viewer(request: web.Request, rt: Any) -> Viewer:
@@ -113,13 +129,10 @@ async def check_post(request: web.Request, rt: Any, method: str) -> tuple[Viewer
         raise Unauthenticated("sign in to the console first", reason="NO_SESSION")
     who = found.principal
     sent = form.get("csrf_token", "")
-    if not _same_origin(request) or not sent or not hmac.compare_digest(sent, request["csrf"]):
+    if not _same_origin(request) or not sent or not hmac.compare_digest(sent, request[CSRF]):
         await rt.run(audit.record_denial, rt, who, method, "CSRF", peer_of(request))
         raise PermissionDenied("the form's CSRF token is missing or wrong; reload the page", reason="CSRF")
-    if not may(who, method):
-        await rt.run(audit.record_denial, rt, who, method, "ROLE_REQUIRED", peer_of(request))
-        needed = ", ".join(sorted(roles_for(method)))
-        raise PermissionDenied(f"this needs one of the roles: {needed}", reason="ROLE_REQUIRED")
+    await require_role(request, rt, who, method)
     return found, form
 
 
