@@ -81,3 +81,24 @@ def test_a_project_can_be_listed_by_its_slug(quiet_server):
     pid = project.name.split("/")[1]
     _publish_status(quiet_server, project.slug)
     assert Browser(quiet_server.app.http_port).get(f"/api/status/{pid}").json()["name"] == project.name
+
+
+def test_an_operator_sees_their_fleet_in_the_console_whether_or_not_it_is_public(quiet_server, clock):
+    from coordd.domain import auth
+    from tests.web.test_console import _user, sign_in
+
+    fleet = Fleet(quiet_server)
+    project = fleet.project(interval=1, misses=2, grace=1)
+    pid = project.name.split("/")[1]
+    _, key = fleet.node(project, "beta")
+    fleet.up(key)
+    fleet.flush()
+    clock.advance(10)
+    fleet.detect()
+    b = sign_in(quiet_server, auth.get_user(fleet.owner_id).email)
+    assert project.display_name in b.get("/console/projects").text
+    page = b.get(f"/console/projects/{pid}").text
+    assert marked(page, "node-status") == ["DOWN"] and "ongoing" in page
+    assert Browser(quiet_server.app.http_port).get(f"/status/{pid}").status == 404  # not public
+    participant, _, _ = _user(quiet_server, "participant")
+    assert sign_in(quiet_server, participant).get(f"/console/projects/{pid}").status == 403

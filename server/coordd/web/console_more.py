@@ -13,8 +13,9 @@ from aiohttp import web
 import coordd.web.session as session
 from coordd.core.errors import NotFound
 from coordd.core.paging import PageRequest
-from coordd.domain import auth, ceremony, competition
+from coordd.domain import auth, ceremony, competition, node
 from coordd.domain.auth import audit
+from coordd.web.pages import DAYS, read_fleet
 
 ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 LIST_PARTICIPANTS = "coordd.v1.CeremonyService.ListParticipants"
@@ -22,6 +23,8 @@ PAUSE = "coordd.v1.CeremonyService.PauseCeremony"
 RESUME = "coordd.v1.CeremonyService.ResumeCeremony"
 LIST_REGISTRATIONS = "coordd.v1.CompetitionService.ListRegistrations"
 LIST_AUDIT = "coordd.v1.AuthService.ListAuditEvents"
+LIST_NODES = "coordd.v1.NodeService.ListNodes"
+LIST_PROJECTS = "coordd.v1.NodeService.ListProjects"
 
 
 def _id(request: web.Request, key: str) -> str:
@@ -40,6 +43,8 @@ def add_routes(ws: Any) -> None:
     r.add_post("/console/ceremonies/{ceremony}/resume", c.resume)
     r.add_get("/console/competitions/{competition}", c.competition_page)
     r.add_get("/console/audit", c.audit_page)
+    r.add_get("/console/projects", c.projects_page)
+    r.add_get("/console/projects/{project}", c.project_page)
 
 
 class MoreConsole:
@@ -131,3 +136,19 @@ class MoreConsole:
         return self._page(
             "console_audit.html", request, rows=page.items, filter=text, next_token=page.next_token
         )
+
+    async def projects_page(self, request: web.Request) -> web.StreamResponse:
+        me = await session.require_viewer(request, self.rt)
+        await session.require_role(request, self.rt, me.principal, LIST_PROJECTS)
+        page = await self.rt.run(node.list_projects, PageRequest.of(100, request.query.get("page_token", "")))
+        return self._page("console_projects.html", request, projects=page.items, next_token=page.next_token)
+
+    async def project_page(self, request: web.Request) -> web.StreamResponse:
+        """A fleet as its operators see it: every node they may see, with incidents (open ones
+        first in the list, as ListIncidents orders them), whether or not the project is public."""
+        me = await session.require_viewer(request, self.rt)
+        await session.require_role(request, self.rt, me.principal, LIST_NODES)
+        pid = _id(request, "project")
+        project = await self.rt.run(node.get_project, pid)
+        nodes = await self.rt.run(read_fleet, me.principal, project, self.rt.now())
+        return self._page("status.html", request, project=project, nodes=nodes, now=self.rt.now(), days=DAYS)

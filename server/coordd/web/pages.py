@@ -63,6 +63,20 @@ def _daily(segs: list[uptime.Segment], holes: list[Any], start: datetime, days: 
     return out
 
 
+def read_fleet(who: Principal, project: node.Project, now: datetime) -> list[NodeStatus]:
+    """Blocking (rt.run): the project's nodes `who` may see (as ListNodes shows them), with
+    their daily uptime and latest incidents (as ListIncidents shows them)."""
+    start = now - timedelta(days=DAYS)
+    visible = node.list_nodes(who, project.id, "", "", "", PageRequest.of(1000, "")).items
+    out = []
+    for n in sorted(visible, key=lambda n: n.display_name):
+        segs = uptime.segments(n.id, start, now)
+        holes = uptime.maintenance_intervals(project.id, n.id, start, now)
+        incidents = node.list_incidents(who, "nodes", n.id, False, PageRequest.of(20, "")).items
+        out.append(NodeStatus(n, _daily(segs, holes, start, DAYS), incidents))
+    return out
+
+
 def read_status(project_id: str, listed: set[str], now: datetime) -> tuple[node.Project, list[NodeStatus]]:
     """Blocking (rt.run). A project not in `listed` (by id or slug) is NOT_FOUND, like one
     that does not exist."""
@@ -72,15 +86,7 @@ def read_status(project_id: str, listed: set[str], now: datetime) -> tuple[node.
         project = None
     if project is None or not {project.id, project.slug} & listed:
         raise NotFound(f"projects/{project_id} has no public status page")
-    start = now - timedelta(days=DAYS)
-    everyone = node.list_nodes(STATUS_READER, project.id, "", "", "", PageRequest.of(1000, "")).items
-    out = []
-    for n in sorted(everyone, key=lambda n: n.display_name):
-        segs = uptime.segments(n.id, start, now)
-        holes = uptime.maintenance_intervals(project.id, n.id, start, now)
-        incidents = node.list_incidents(STATUS_READER, "nodes", n.id, False, PageRequest.of(20, "")).items
-        out.append(NodeStatus(n, _daily(segs, holes, start, DAYS), incidents))
-    return project, out
+    return project, read_fleet(STATUS_READER, project, now)
 
 
 def _listed(ws: Any) -> set[str]:
