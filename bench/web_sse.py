@@ -62,6 +62,7 @@ def start_daemon(data: str) -> tuple[subprocess.Popen[bytes], int, int, Path]:
     port_file = Path(data) / "port"
     env = {k: v for k, v in os.environ.items() if not k.startswith("COORDD_")}
     env.update({"COORDD_LOG_FORMAT": "json", "COORDD_LOG_LEVEL": "info", **FAST_ARGON})
+    env["COORDD_HTTP_MAX_STREAMS_PER_PEER"] = "0"  # every viewer comes from 127.0.0.1 here
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [*SERVE, "--data-dir", data, "--port-file", str(port_file)],

@@ -69,6 +69,8 @@ class Settings:
     http_listen: str = ""
     # A live page with nothing new re-reads and re-sends its state this often (lost hints).
     http_refresh_s: float = 15.0
+    # Live pages (server-sent event streams) one client address may hold open; 0 = no limit.
+    http_max_streams_per_peer: int = 100
     # Projects (ids or slugs, comma-separated) whose public status page /status/<id> is on; others have none.
     http_status_projects: str = ""
     # Cyclic-GC generation-0 threshold for `coordd serve` (Python's default is 700; 0 keeps it).
@@ -193,6 +195,8 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"config http_listen: expected host:port, got {s.http_listen!r}")
     if s.http_refresh_s <= 0:
         raise ConfigError("config http_refresh_s: must be positive")
+    if s.http_max_streams_per_peer < 0:
+        raise ConfigError("config http_max_streams_per_peer: must not be negative (0 = no limit)")
     if s.database_url and not s.database_url.startswith(("postgresql://", "postgres://")):
         raise ConfigError("config database_url: only postgresql:// URLs are supported (empty = SQLite)")
     if s.redis_url and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):

@@ -15,7 +15,7 @@ from coordd_client.transcript import key_id, verify_receipt
 from coordd_client.v1 import ceremony_pb2 as pb
 from tests.ceremony.e2e_ceremony.helpers import Ceremonies
 from tests.support.server import bearer
-from tests.web.helpers import EventStream, marked
+from tests.web.helpers import EventStream, marked, wait_until
 
 
 @pytest.fixture
@@ -178,3 +178,36 @@ def test_unknown_or_malformed_ceremonies_are_not_found_as_json_or_as_a_page(brow
     assert page.status == 404 and "<script>" not in page.text
     assert browser.get("/ceremonies/x/events").status == 404
     assert browser.get("/api/ceremonies?page_token=garbage").status == 400
+
+
+def test_one_client_address_may_hold_only_so_many_live_pages(web_server, cer):
+    import dataclasses
+
+    ceremony, _ = cer.open(circuits=1)
+    cid = ceremony.name.split("/")[1]
+    web_server.rt.settings = dataclasses.replace(web_server.rt.settings, http_max_streams_per_peer=2)
+    port = web_server.app.http_port
+    streams = [EventStream(port, f"/ceremonies/{cid}/events") for _ in range(2)]
+    try:
+        for s in streams:
+            s.next_event()
+        refused = EventStream(port, f"/ceremonies/{cid}/events")
+        assert refused.response.status == 429
+        refused.close()
+        streams.pop().close()
+        # The closed stream's place is free again once the daemon notices (its next write).
+        cer.join(ceremony, web_server.make_user("participant")[1])
+        streams[0].next_event()
+        again = wait_until(lambda: _opened(port, cid))
+        streams.append(again)
+    finally:
+        for s in streams:
+            s.close()
+
+
+def _opened(port, cid):
+    stream = EventStream(port, f"/ceremonies/{cid}/events")
+    if stream.response.status == 200:
+        return stream
+    stream.close()
+    return None

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from coordd.core.errors import NotFound
+from coordd.core.errors import NotFound, ResourceExhausted
 from coordd.core.paging import PageRequest
 from coordd.domain import ceremony
 from coordd.web.board import Board, sse_message
@@ -111,6 +111,7 @@ class CeremonyPages:
         self.ws = ws
         self.rt = ws.rt
         self.viewers = 0
+        self.per_peer: dict[str, int] = {}
 
     async def _page(self, request: web.Request) -> tuple[list[ceremony.Ceremony], str, str]:
         state = request.query.get("state", "")
@@ -161,6 +162,10 @@ class CeremonyPages:
         http_refresh_s without events (a comment line keeps proxies from closing it)."""
         cid = ceremony_id(request)
         board = await self.ws.boards.get(cid)
+        peer = request.remote or ""
+        cap = self.rt.settings.http_max_streams_per_peer
+        if cap and self.per_peer.get(peer, 0) >= cap:
+            raise ResourceExhausted(f"at most {cap} live pages per client address", retry_after_s=10)
         response = web.StreamResponse(
             headers={
                 **SECURITY_HEADERS,
@@ -176,6 +181,7 @@ class CeremonyPages:
         refresh = self.rt.settings.http_refresh_s
         last = ""
         self.viewers += 1
+        self.per_peer[peer] = self.per_peer.get(peer, 0) + 1
         try:
             await response.write(b"retry: 2000\n\n")
             while not self.ws.closing.is_set():
@@ -190,4 +196,7 @@ class CeremonyPages:
             pass
         finally:
             self.viewers -= 1
+            left = self.per_peer.pop(peer, 1) - 1
+            if left:
+                self.per_peer[peer] = left
         return response
