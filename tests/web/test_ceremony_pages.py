@@ -168,6 +168,7 @@ def test_pages_carry_a_strict_content_security_policy_and_no_inline_script(web_s
         csp = reply.headers["content-security-policy"]
         assert "script-src 'self'" in csp and "default-src 'none'" in csp and "unsafe-inline" not in csp
         assert "frame-ancestors 'none'" in csp and reply.headers["x-content-type-options"] == "nosniff"
+        assert reply.headers["server"] == "coordd"
         assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", reply.text)
         assert not re.search(r"<[^>]+\s(style|on[a-z]+)=", reply.text)  # no inline style or handler
 

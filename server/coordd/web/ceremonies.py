@@ -172,6 +172,7 @@ class CeremonyPages:
                 "Content-Type": "text/event-stream",
                 "Cache-Control": "no-store",
                 "X-Accel-Buffering": "no",
+                "Server": "coordd",
             }
         )
         await response.prepare(request)

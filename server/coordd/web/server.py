@@ -65,6 +65,7 @@ class WebServer:
         response = await handler(request)
         if not response.prepared:  # a stream set its own before preparing
             response.headers.update(SECURITY_HEADERS)
+            response.headers["Server"] = "coordd"  # not aiohttp's name and version
         return response
 
     @web.middleware
