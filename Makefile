@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LISTEN ?= 127.0.0.1:50051
 DATA_DIR ?= ./var
+# The web pages (public ceremony pages, status pages, operator console); HTTP= turns them off.
+HTTP ?= 127.0.0.1:8080
 
 .PHONY: run test protos check-protos lint bench clean
 
@@ -15,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/coordd serve --listen $(LISTEN) --data-dir $(DATA_DIR)
+	$(BIN)/coordd serve --listen $(LISTEN) --data-dir $(DATA_DIR) $(if $(HTTP),--http $(HTTP))
 
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)

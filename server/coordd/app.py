@@ -174,6 +174,8 @@ class App:
         self._probe_running: Future[None] | None = None
         self.health_checks = 0
         self._reload_task: asyncio.Task[bool] | None = None
+        self.web: Any = None  # coordd.web.WebServer when http_listen is set
+        self.http_port = 0
 
     async def start(self) -> int:
         s = self.settings
@@ -246,6 +248,14 @@ class App:
         if s.scheduler_enabled:
             await self.scheduler.start()
         metrics.register_instance(rt.instance_id, self.slot)
+        if s.http_listen:  # the web pages: same process and event loop, their own port
+            from coordd.web import WebServer
+
+            self.web = WebServer(rt)
+            try:
+                self.http_port = await self.web.start(s.http_listen)
+            except OSError as exc:
+                raise StartupError(f"cannot serve the web pages on {s.http_listen}: {exc}") from None
         try:
             self._metrics_server = metrics.serve_metrics(s.metrics_host, s.metrics_port)
         except OSError as exc:
@@ -315,6 +325,8 @@ class App:
             self.rt.stopping.set()
             for task in list(self.rt.parked_streams):
                 task.cancel()
+        if self.web is not None:
+            await self.web.stop()
         if self.server is not None:
             await self.health.enter_graceful_shutdown()
             await self.server.stop(grace)

@@ -23,6 +23,7 @@ def _settings(args: argparse.Namespace, level: str | None = None) -> Settings:
     settings = load_settings(
         args.config,
         listen=getattr(args, "listen", None),
+        http_listen=getattr(args, "http", None),
         data_dir=args.data_dir,
         database_url=args.database_url,
     )
@@ -40,6 +41,14 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.processes is not None:
         from coordd.supervisor import Supervisor
+
+        if settings.http_listen:
+            print(
+                "coordd: the web pages are served by one process: drop --http (COORDD_HTTP_LISTEN) from a"
+                " --processes supervisor and serve them from a separate `coordd serve --http`",
+                file=sys.stderr,
+            )
+            return 2
 
         forward = [
             f"--{name.replace('_', '-')}={value}"
@@ -148,6 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--child-slot", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--child-reservation-fd", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--child-lifeline-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--http", metavar="HOST:PORT", help="also serve the web pages here (default: off)")
     serve.set_defaults(func=_serve)
 
     mig = sub.add_parser("migrate", parents=[common], help="apply pending schema migrations")

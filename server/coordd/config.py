@@ -67,6 +67,15 @@ class Settings:
     max_message_bytes: int = 4 * 1024 * 1024
     max_string_chars: int = 16384
     shutdown_grace_s: float = 10.0
+    # The web pages and their JSON API (coordd.web) on their own host:port, in the daemon's
+    # process and event loop. Empty: off (`coordd serve --http 127.0.0.1:8080` turns it on).
+    http_listen: str = ""
+    # A live page with nothing new re-reads and re-sends its state this often (lost hints).
+    http_refresh_s: float = 15.0
+    # Live pages (server-sent event streams) one client address may hold open; 0 = no limit.
+    http_max_streams_per_peer: int = 100
+    # Projects (ids or slugs, comma-separated) whose public status page /status/<id> is on; others have none.
+    http_status_projects: str = ""
     # Cyclic-GC generation-0 threshold for `coordd serve` (Python's default is 700; 0 keeps it).
     # With thousands of open streams the default runs full scans of every stream's objects
     # many times a second (bench/queue_watch.py: p99 6.9 s -> ~2 s at 10,000 watchers).
@@ -204,6 +213,14 @@ def _validate(s: Settings) -> None:
     host, sep, port = s.listen.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"config listen: expected host:port, got {s.listen!r}")
+    if s.http_listen:
+        host, sep, port = s.http_listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"config http_listen: expected host:port, got {s.http_listen!r}")
+    if s.http_refresh_s <= 0:
+        raise ConfigError("config http_refresh_s: must be positive")
+    if s.http_max_streams_per_peer < 0:
+        raise ConfigError("config http_max_streams_per_peer: must not be negative (0 = no limit)")
     if s.database_url and not s.database_url.startswith(("postgresql://", "postgres://")):
         raise ConfigError("config database_url: only postgresql:// URLs are supported (empty = SQLite)")
     if s.redis_url and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):

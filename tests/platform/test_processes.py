@@ -274,6 +274,15 @@ def test_sqlite_refuses_processes_with_one_line(tmp_path):
     )
 
 
+def test_a_supervisor_refuses_to_serve_the_web_pages_from_every_child(tmp_path, pg_url):
+    """N children cannot share one HTTP port: the pages are one process's job."""
+    daemon = _supervisor(tmp_path, pg_url, COORDD_HTTP_LISTEN="127.0.0.1:0")
+    code = daemon.proc.wait(30)
+    daemon.stop()
+    assert code == 2
+    assert "the web pages are served by one process" in daemon.log()
+
+
 def test_processes_0_means_one_per_available_core():
     assert process_count(0) == len(os.sched_getaffinity(0))
     assert process_count(3) == 3
