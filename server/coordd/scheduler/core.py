@@ -121,11 +121,13 @@ class PostgresElector(Elector):
             import psycopg2
 
             lease_ms = int(rt.settings.scheduler_lease_s * 1000)
+            # Neither connecting (connect_timeout, from the store's settings) nor a statement may
+            # block the elector thread for ever.
+            params = {"connect_timeout": 5, **rt.store.db.connect_params}
             self._conn = psycopg2.connect(
                 dbname=rt.store.db.database,
-                **rt.store.db.connect_params,
+                **params,
                 application_name=scheduler_lease.APPLICATION_NAME,
-                # A hung server or network fails the statement instead of blocking for ever.
                 options=f"-c statement_timeout={max(lease_ms // 2, 50)}",
                 keepalives=1,
                 keepalives_idle=max(int(rt.settings.scheduler_lease_s / 3), 1),
