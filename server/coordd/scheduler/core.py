@@ -206,6 +206,7 @@ class Scheduler:
         self.elector = elector
         self._leadership: Leadership | None = None
         self._main: asyncio.Task[None] | None = None
+        self._stopping = False
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {t.name: asyncio.Event() for t in tasks}
         self._period = max(rt.settings.scheduler_lease_s / 3, 0.05)
@@ -232,7 +233,7 @@ class Scheduler:
             event.set()
 
     async def _lead(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 # Bounded: a renewal stuck on a hung connection must not stop the checks below.
                 await asyncio.wait_for(self.elector.acquire(self.rt), self._period)
@@ -339,10 +340,15 @@ class Scheduler:
             )
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._main is not None:
-            self._main.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._main
+            # Python 3.11's asyncio.wait_for can swallow a cancellation that arrives as the
+            # awaited election finishes; the loop then sleeps on. Cancel until it is done.
+            while not self._main.done():
+                self._main.cancel()
+                await asyncio.wait({self._main}, timeout=0.5)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                self._main.result()
         await self._stop_loops()
         await self.elector.release(self.rt)
         self._leadership = None
