@@ -1,16 +1,19 @@
 """The built-in scheduler: named tasks on intervals, run only by the elected leader.
 
-Tasks are plain functions of the Runtime that run in the DB thread pool. Each selects only
-what is due and is idempotent, so a crash mid-run loses nothing; one failing task never
-stops the others.
+Tasks are plain functions of the Runtime that run in the DB thread pool (or coroutine
+functions, awaited on the loop, that do their own off-loop work). Each selects only what
+is due and is idempotent, so a crash mid-run loses nothing; one failing task never stops
+the others. A task's optional `stop` is awaited when its loop stops (leadership lost,
+shutdown), before the database closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +34,7 @@ class Task:
     name: str
     interval: float
     fn: Callable[[Runtime], Any]
+    stop: Callable[[Runtime], Awaitable[None]] | None = None
 
 
 class Elector:
@@ -152,6 +156,13 @@ class Scheduler:
         for loop in loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
+        if loops:
+            for task in self.tasks:
+                if task.stop is not None:
+                    try:
+                        await task.stop(self.rt)
+                    except Exception as exc:
+                        log.error("task stop failed", task=task.name, error=str(exc))
 
     async def _loop(self, task: Task) -> None:
         wake = self._wake[task.name]
@@ -168,7 +179,10 @@ class Scheduler:
         started = time.perf_counter()
         error = ""
         try:
-            result = await self.rt.run(task.fn, self.rt)
+            if inspect.iscoroutinefunction(task.fn):
+                result = await task.fn(self.rt)
+            else:
+                result = await self.rt.run(task.fn, self.rt)
             if result:
                 log.info("task did work", task=task.name, result=result)
         except asyncio.CancelledError:

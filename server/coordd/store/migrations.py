@@ -81,6 +81,7 @@ MIGRATIONS: list[Migration] = [
     ),
     Migration(21, "notify: channels, deliveries (outbox)", _create(notify_m.Channel, notify_m.Delivery)),
     Migration(22, "notify: channel secrets sealed at rest (wider column)", notify_m.widen_secret),
+    Migration(100, "notify: channel kinds, circuit breaker", notify_m.add_isolation),
     Migration(
         30,
         "ceremony: ceremonies, circuits, participants, contributions, uploads",
