@@ -119,9 +119,11 @@ class HealthPolicy(_message.Message):
     successes_before_up: _builtins.int
     """Consecutive beats before a PENDING or DOWN node is UP. 0 means 2."""
     mass_outage_share: _builtins.float
-    """Share of nodes going DOWN within one detection window that counts as a mass outage. 0 means 0.5."""
+    """Share of nodes going DOWN within one detection window that counts as a mass outage
+    (at least this share). 0 means 0.5.
+    """
     mass_outage_min_nodes: _builtins.int
-    """The mass-outage guard needs at least this many watched nodes. 0 means 3."""
+    """The mass-outage guard needs at least this many watched nodes. 0 means 10."""
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
         """Interval nodes are told to beat at. 0 means 10 s."""
@@ -542,6 +544,7 @@ class Transition(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     UPTIME_EXCLUDED_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `transitions/{transition}` (a number, increasing)."""
     subject: _builtins.str
@@ -553,6 +556,13 @@ class Transition(_message.Message):
     """True when the time after this transition is not counted against uptime (mass outage)."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def effective_time(self) -> _timestamp_pb2.Timestamp:
+        """-- monitoring (issue 14) --
+        When the state really began, if before `time` (when it was detected): a DOWN began
+        at the last heartbeat that arrived. Uptime counts from here.
+        """
+
     def __init__(
         self,
         *,
@@ -563,10 +573,11 @@ class Transition(_message.Message):
         reason: _builtins.str = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         uptime_excluded: _builtins.bool = ...,
+        effective_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_time", b"effective_time", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_status", b"from_status", "name", b"name", "reason", b"reason", "subject", b"subject", "time", b"time", "to_status", b"to_status", "uptime_excluded", b"uptime_excluded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_time", b"effective_time", "from_status", b"from_status", "name", b"name", "reason", b"reason", "subject", b"subject", "time", b"time", "to_status", b"to_status", "uptime_excluded", b"uptime_excluded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -742,8 +753,18 @@ class UptimeWindow(_message.Message):
     UPTIME_PERCENT_FIELD_NUMBER: _builtins.int
     UP_FIELD_NUMBER: _builtins.int
     OBSERVED_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    DOWN_FIELD_NUMBER: _builtins.int
+    MAINTENANCE_FIELD_NUMBER: _builtins.int
+    MASS_OUTAGE_FIELD_NUMBER: _builtins.int
     uptime_percent: _builtins.float
     """up / observed x 100; 100 when nothing was observed."""
+    label: _builtins.str
+    """-- monitoring (issue 14) --
+    "24h", "7d", "30d", or the calendar month asked for ("2026-11").
+    """
     @_builtins.property
     def window(self) -> _duration_pb2.Duration: ...
     @_builtins.property
@@ -752,6 +773,24 @@ class UptimeWindow(_message.Message):
     def observed(self) -> _duration_pb2.Duration:
         """Time UP or DOWN, maintenance and mass outages excluded."""
 
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Now, for the rolling windows and the current month."""
+
+    @_builtins.property
+    def down(self) -> _duration_pb2.Duration:
+        """Time DOWN that counts (from the last beat that arrived, not from detection)."""
+
+    @_builtins.property
+    def maintenance(self) -> _duration_pb2.Duration:
+        """Left out of `observed`: planned maintenance windows of the node or its project."""
+
+    @_builtins.property
+    def mass_outage(self) -> _duration_pb2.Duration:
+        """Left out of `observed`: DOWN time that began in a confirmed mass outage."""
+
     def __init__(
         self,
         *,
@@ -759,10 +798,16 @@ class UptimeWindow(_message.Message):
         uptime_percent: _builtins.float = ...,
         up: _duration_pb2.Duration | None = ...,
         observed: _duration_pb2.Duration | None = ...,
+        label: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        down: _duration_pb2.Duration | None = ...,
+        maintenance: _duration_pb2.Duration | None = ...,
+        mass_outage: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["observed", b"observed", "up", b"up", "window", b"window"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["down", b"down", "end_time", b"end_time", "maintenance", b"maintenance", "mass_outage", b"mass_outage", "observed", b"observed", "start_time", b"start_time", "up", b"up", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["observed", b"observed", "up", b"up", "uptime_percent", b"uptime_percent", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["down", b"down", "end_time", b"end_time", "label", b"label", "maintenance", b"maintenance", "mass_outage", b"mass_outage", "observed", b"observed", "start_time", b"start_time", "up", b"up", "uptime_percent", b"uptime_percent", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1726,16 +1771,22 @@ class GetUptimeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    MONTH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`nodes/{node}` or `workloads/{workload}`."""
+    month: _builtins.str
+    """-- monitoring (issue 14) --
+    Also this calendar month (UTC), as YYYY-MM; empty: only the rolling windows.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        month: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["month", b"month", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1750,7 +1801,7 @@ class GetUptimeResponse(_message.Message):
     name: _builtins.str
     @_builtins.property
     def windows(self) -> _containers.RepeatedCompositeFieldContainer[Global___UptimeWindow]:
-        """24 hours, 7 days, 30 days."""
+        """24 hours, 7 days, 30 days, then the month asked for."""
 
     def __init__(
         self,

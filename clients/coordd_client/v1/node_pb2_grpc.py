@@ -300,7 +300,8 @@ class NodeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetUptime(self, request, context):
-        """Uptime % of a node or workload over the last 24 hours, 7 days and 30 days.
+        """Uptime % of a node or workload over the last 24 hours, 7 days and 30 days (and a
+        calendar month when asked); maintenance and mass outages are shown apart.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -79,7 +79,9 @@ class NodeServiceStub:
     the node closes the stream.
     """
     GetUptime: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetUptimeRequest, _node_pb2.GetUptimeResponse]
-    """Uptime % of a node or workload over the last 24 hours, 7 days and 30 days."""
+    """Uptime % of a node or workload over the last 24 hours, 7 days and 30 days (and a
+    calendar month when asked); maintenance and mass outages are shown apart.
+    """
     ListIncidents: _grpc.UnaryUnaryMultiCallable[_node_pb2.ListIncidentsRequest, _node_pb2.ListIncidentsResponse]
     """Incidents of a node, a workload or a project (mass outages), newest first."""
     ListTransitions: _grpc.UnaryUnaryMultiCallable[_node_pb2.ListTransitionsRequest, _node_pb2.ListTransitionsResponse]
@@ -146,7 +148,9 @@ class NodeServiceAsyncStub(NodeServiceStub):
     the node closes the stream.
     """
     GetUptime: _aio.UnaryUnaryMultiCallable[_node_pb2.GetUptimeRequest, _node_pb2.GetUptimeResponse]  # type: ignore[assignment]
-    """Uptime % of a node or workload over the last 24 hours, 7 days and 30 days."""
+    """Uptime % of a node or workload over the last 24 hours, 7 days and 30 days (and a
+    calendar month when asked); maintenance and mass outages are shown apart.
+    """
     ListIncidents: _aio.UnaryUnaryMultiCallable[_node_pb2.ListIncidentsRequest, _node_pb2.ListIncidentsResponse]  # type: ignore[assignment]
     """Incidents of a node, a workload or a project (mass outages), newest first."""
     ListTransitions: _aio.UnaryUnaryMultiCallable[_node_pb2.ListTransitionsRequest, _node_pb2.ListTransitionsResponse]  # type: ignore[assignment]
@@ -318,7 +322,9 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _node_pb2.GetUptimeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.GetUptimeResponse, _abc.Awaitable[_node_pb2.GetUptimeResponse]]:
-        """Uptime % of a node or workload over the last 24 hours, 7 days and 30 days."""
+        """Uptime % of a node or workload over the last 24 hours, 7 days and 30 days (and a
+        calendar month when asked); maintenance and mass outages are shown apart.
+        """
 
     @_abc_1.abstractmethod
     def ListIncidents(

@@ -201,6 +201,7 @@ def transition_to_proto(t: Transition) -> node_pb2.Transition:
         reason=t.reason,
         time=ts(t.time),
         uptime_excluded=t.excluded,
+        effective_time=ts(t.effective_time or t.time),
     )
 
 

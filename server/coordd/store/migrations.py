@@ -83,6 +83,9 @@ MIGRATIONS: list[Migration] = [
     Migration(22, "notify: channel secrets sealed at rest (wider column)", notify_m.widen_secret),
     Migration(100, "notify: channel kinds, circuit breaker", notify_m.add_isolation),
     Migration(
+        101, "nodes: transitions' effective time (outages start at the last beat)", node_m.add_honest_uptime
+    ),
+    Migration(
         30,
         "ceremony: ceremonies, circuits, participants, contributions, uploads",
         _create(

@@ -29,6 +29,8 @@ from coordd.domain.node.heartbeats import (
     LastSeen,
     NodeInfo,
     apply_beat,
+    check_metrics,
+    check_reported_workloads,
     check_reports,
     load_assignments,
     node_for_key,
@@ -61,6 +63,7 @@ from coordd.domain.node.uptime import (
     last_transition_id,
     list_incidents,
     list_transitions,
+    month_bounds,
     transitions_after,
 )
 from coordd.domain.node.workloads import (
@@ -96,6 +99,8 @@ __all__ = [
     "Uptime",
     "Workload",
     "apply_beat",
+    "check_metrics",
+    "check_reported_workloads",
     "check_reports",
     "create_maintenance_window",
     "create_project",
@@ -119,6 +124,7 @@ __all__ = [
     "list_transitions",
     "list_workloads",
     "load_assignments",
+    "month_bounds",
     "node_for_key",
     "nodes_key",
     "owned_project",

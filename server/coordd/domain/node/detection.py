@@ -76,9 +76,11 @@ def detect_down(rt: Runtime, latest_seen: LastSeen, batch: int = 1000) -> int:
             project = projects[node.project_id]
             window = timedelta(seconds=project.window_s)
             seen = freshest(node, fresh)
+            if seen is not None:
+                node.last_seen_time = seen
             if seen is not None and seen + window > tx.now:
                 # A beat the database has not seen yet (another replica, an unflushed batch).
-                node.last_seen_time, node.deadline_time = seen, seen + window
+                node.deadline_time = seen + window
                 health.save_last_seen(node)
                 continue
             grace_until = state.active_since + window
@@ -99,7 +101,7 @@ def _mark_down(tx: Tx, project: Project, nodes: list[Node]) -> int:
     open_mass = health.open_incident_of(project.id)
     share = (recent + len(nodes)) / max(watched, 1)
     mass = open_mass is not None or (
-        watched >= project.mass_outage_min_nodes and share > project.mass_outage_share
+        watched >= project.mass_outage_min_nodes and share >= project.mass_outage_share
     )
     if mass and open_mass is None:
         cause = (
@@ -129,5 +131,6 @@ def _mark_down(tx: Tx, project: Project, nodes: list[Node]) -> int:
         reason = f"no heartbeat for {window_s:g}s"
         if mass:
             reason += " during a mass outage (not counted)"
-        node_down(tx, node, project, reason, suppressed=mass)
+        # The outage began at the last beat that arrived, not when it was noticed.
+        node_down(tx, node, project, reason, suppressed=mass, since=node.last_seen_time)
     return len(nodes)

@@ -11,7 +11,7 @@ its incident, its notifications and its event commit together or not at all.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -34,13 +34,25 @@ def nodes_key(project_id: str) -> str:
 
 
 def set_node_status(
-    tx: Tx, node: Node, project: Project, to: str, reason: str, *, excluded: bool = False
+    tx: Tx,
+    node: Node,
+    project: Project,
+    to: str,
+    reason: str,
+    *,
+    excluded: bool = False,
+    since: datetime | None = None,
 ) -> bool:
-    """Stores the transition with its reason; returns False when the node is already there."""
+    """Stores the transition with its reason; returns False when the node is already there.
+    `since`: when the state really began, if earlier than now (a DOWN: the last beat),
+    never before the node's previous transition."""
     if node.status == to:
         return False
     before = node.status
+    if since is not None:
+        since = min(max(since, node.status_time), tx.now)
     health.insert_transition(
+        effective_time=since,
         kind="node",
         subject_id=node.id,
         project_id=project.id,
@@ -86,9 +98,10 @@ def open_incident(
     recipients: set[str],
     event_type: str,
     data: dict[str, Any],
+    start_time: datetime | None = None,
 ) -> Incident:
     """One incident per outage: an open one is returned as is, and notified only once
-    (the outbox key is the incident id)."""
+    (the outbox key is the incident id). It starts at `start_time` (the last beat) when given."""
     existing = health.open_incident_of(subject_id)
     if existing is not None:
         return existing
@@ -96,7 +109,7 @@ def open_incident(
         kind=kind,
         subject_id=subject_id,
         project_id=project_id,
-        start_time=tx.now,
+        start_time=start_time or tx.now,
         cause=cause[:500],
         inhibited=inhibited,
     )
@@ -105,7 +118,7 @@ def open_incident(
             **data,
             "incident": f"incidents/{incident.id}",
             "cause": incident.cause,
-            "start_time": tx.now.isoformat(),
+            "start_time": incident.start_time.isoformat(),
         }
         enqueue(tx, recipients, event_type, f"{incident.id}:opened", payload)
     tx.emit(
@@ -156,9 +169,14 @@ def _node_data(node: Node, project: Project) -> dict[str, Any]:
     }
 
 
-def node_down(tx: Tx, node: Node, project: Project, reason: str, *, suppressed: bool) -> None:
-    """DOWN: an incident (unless a mass outage suppresses it) and its replicas move away."""
-    if not set_node_status(tx, node, project, DOWN, reason, excluded=suppressed):
+def node_down(
+    tx: Tx, node: Node, project: Project, reason: str, *, suppressed: bool, since: datetime | None = None
+) -> None:
+    """DOWN: an incident (unless a mass outage suppresses it) and its replicas move away.
+    `since`: when the outage began (the last beat that arrived), if known."""
+    if since is not None:
+        since = min(max(since, node.status_time), tx.now)
+    if not set_node_status(tx, node, project, DOWN, reason, excluded=suppressed, since=since):
         return
     if not suppressed:
         open_incident(
@@ -171,6 +189,7 @@ def node_down(tx: Tx, node: Node, project: Project, reason: str, *, suppressed: 
             recipients={node.owner_id, project.owner_id},
             event_type="node.down",
             data=_node_data(node, project),
+            start_time=since,
         )
     release_node(tx, node, project, f"node nodes/{node.id} is down")
 

@@ -20,8 +20,10 @@ class HealthPolicy:
     misses: int = 2
     grace_s: float = 10.0
     successes_before_up: int = 2
+    # A mass outage: at least this share of at least this many watched nodes going silent
+    # within one detection window (a small project's outage is its nodes', not ours).
     mass_outage_share: float = 0.5
-    mass_outage_min_nodes: int = 3
+    mass_outage_min_nodes: int = 10
 
 
 @dataclass

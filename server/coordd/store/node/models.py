@@ -148,6 +148,9 @@ class Transition(BaseModel):
     time = TimestampField()
     # The time after this transition is not counted against uptime (mass outage).
     excluded = peewee.BooleanField(default=False)
+    # Since migration 101: when the state really began, if before `time` (when it was
+    # detected): a DOWN began at the last heartbeat that arrived.
+    effective_time = TimestampField(null=True)
 
     class Meta:
         table_name = "node_transitions"
@@ -205,3 +208,10 @@ class RewardEntry(BaseModel):
     class Meta:
         table_name = "node_reward_entries"
         indexes = ((("owner", "project_id", "day"), False),)
+
+
+def add_honest_uptime(db: peewee.Database) -> None:
+    """Migration 101: when a transition's state really began (a DOWN: at the last beat)."""
+    columns = {c.name for c in db.get_columns("node_transitions")}
+    if "effective_time" not in columns:
+        db.execute_sql("ALTER TABLE node_transitions ADD COLUMN effective_time BIGINT")
