@@ -130,15 +130,25 @@ def _show(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+# Until the daemon says otherwise (HeartbeatResponse.reconnect_backoff_max).
+DEFAULT_BACKOFF_MAX_S = 15.0
+# gRPC's own reconnect backoff (up to 2 minutes by default) would make every call fail
+# fast long after the daemon is back: the channel retries at least this often.
+CHANNEL_BACKOFF_MS = 500
+
+
 class _Agent:
     """Beats until SIGTERM/SIGINT; reconnects with capped, jittered backoff when the daemon
-    is unreachable, so a restart of the daemon costs a few missed beats, not the agent."""
+    is unreachable, so a restart of the daemon costs a few missed beats, not the agent.
+    The cap is what the daemon last said (`reconnect_backoff_max`, a third of its restart
+    grace): the agent is always back before the grace is over."""
 
     def __init__(self, ctx: Context, args: argparse.Namespace) -> None:
         self.ctx = ctx
         self.args = args
         self.stop = threading.Event()
         self.interval = args.interval or 10.0
+        self.backoff_max = DEFAULT_BACKOFF_MAX_S
         self.assignments: list[node_pb2.AssignedWorkload] = []
 
     def log(self, text: str, **data: Any) -> None:
@@ -160,6 +170,9 @@ class _Agent:
         self.assignments = list(reply.assignments)
         if not self.args.interval and reply.next_interval.ToTimedelta().total_seconds() > 0:
             self.interval = reply.next_interval.ToTimedelta().total_seconds()
+        hinted = reply.reconnect_backoff_max.ToTimedelta().total_seconds()
+        if hinted > 0:
+            self.backoff_max = min(hinted, DEFAULT_BACKOFF_MAX_S)
         self.log("beat", node=reply.node, status=_status(reply.status), assignments=len(self.assignments))
 
     def stream_beats(self, client: Any) -> None:
@@ -208,7 +221,15 @@ class _Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop.set())
         delay = 0.5
-        with self.ctx.connect(api_key=self.args.node_key, timeout=10, retries=0) as client:
+        channel_options = [
+            ("grpc.initial_reconnect_backoff_ms", CHANNEL_BACKOFF_MS),
+            ("grpc.min_reconnect_backoff_ms", CHANNEL_BACKOFF_MS),
+            ("grpc.max_reconnect_backoff_ms", CHANNEL_BACKOFF_MS),
+        ]
+        connection = self.ctx.connect(
+            api_key=self.args.node_key, timeout=10, retries=0, options=channel_options
+        )
+        with connection as client:
             while not self.stop.is_set():
                 try:
                     if self.args.stream:
@@ -221,9 +242,10 @@ class _Agent:
                     self.log("node key refused", error=exc.message)
                     return 1
                 except CoorddError as exc:
+                    delay = min(delay, self.backoff_max)
                     self.log("daemon unreachable; retrying", error=exc.message, retry_in_s=round(delay, 2))
                     self.stop.wait(delay * random.uniform(0.5, 1.0))
-                    delay = min(delay * 2, 15.0)
+                    delay = min(delay * 2, self.backoff_max)
         self.log("agent stopped")
         return 0
 

@@ -1664,6 +1664,8 @@ class HeartbeatResponse(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     NEXT_INTERVAL_FIELD_NUMBER: _builtins.int
+    RECONNECT_BACKOFF_MAX_FIELD_NUMBER: _builtins.int
+    RESTART_GRACE_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     status: Global___HealthStatus.ValueType
     @_builtins.property
@@ -1672,6 +1674,20 @@ class HeartbeatResponse(_message.Message):
     def next_interval(self) -> _duration_pb2.Duration:
         """Beat again within this interval."""
 
+    @_builtins.property
+    def reconnect_backoff_max(self) -> _duration_pb2.Duration:
+        """-- monitoring (issue 14) --
+        When the daemon cannot be reached, wait at most this long between reconnect
+        attempts (with jitter below it): an agent that does is back well within the restart
+        grace, so a daemon restart never makes its node DOWN.
+        """
+
+    @_builtins.property
+    def restart_grace(self) -> _duration_pb2.Duration:
+        """After a daemon restart or a scheduler failover every node gets this long, from when
+        detection resumes, before silence can make it DOWN.
+        """
+
     def __init__(
         self,
         *,
@@ -1679,10 +1695,12 @@ class HeartbeatResponse(_message.Message):
         status: Global___HealthStatus.ValueType = ...,
         assignments: _abc.Iterable[Global___AssignedWorkload] | None = ...,
         next_interval: _duration_pb2.Duration | None = ...,
+        reconnect_backoff_max: _duration_pb2.Duration | None = ...,
+        restart_grace: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["next_interval", b"next_interval"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_interval", b"next_interval", "reconnect_backoff_max", b"reconnect_backoff_max", "restart_grace", b"restart_grace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "next_interval", b"next_interval", "node", b"node", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "next_interval", b"next_interval", "node", b"node", "reconnect_backoff_max", b"reconnect_backoff_max", "restart_grace", b"restart_grace", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1741,6 +1759,8 @@ class StreamHeartbeatsResponse(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     NEXT_INTERVAL_FIELD_NUMBER: _builtins.int
+    RECONNECT_BACKOFF_MAX_FIELD_NUMBER: _builtins.int
+    RESTART_GRACE_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     beats: _builtins.int
     """Beats received on this stream."""
@@ -1749,6 +1769,14 @@ class StreamHeartbeatsResponse(_message.Message):
     def assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___AssignedWorkload]: ...
     @_builtins.property
     def next_interval(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def reconnect_backoff_max(self) -> _duration_pb2.Duration:
+        """-- monitoring (issue 14) --
+        As in HeartbeatResponse.
+        """
+
+    @_builtins.property
+    def restart_grace(self) -> _duration_pb2.Duration: ...
     def __init__(
         self,
         *,
@@ -1757,10 +1785,12 @@ class StreamHeartbeatsResponse(_message.Message):
         status: Global___HealthStatus.ValueType = ...,
         assignments: _abc.Iterable[Global___AssignedWorkload] | None = ...,
         next_interval: _duration_pb2.Duration | None = ...,
+        reconnect_backoff_max: _duration_pb2.Duration | None = ...,
+        restart_grace: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["next_interval", b"next_interval"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_interval", b"next_interval", "reconnect_backoff_max", b"reconnect_backoff_max", "restart_grace", b"restart_grace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "beats", b"beats", "next_interval", b"next_interval", "node", b"node", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "beats", b"beats", "next_interval", b"next_interval", "node", b"node", "reconnect_backoff_max", b"reconnect_backoff_max", "restart_grace", b"restart_grace", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

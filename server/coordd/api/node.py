@@ -300,6 +300,8 @@ class NodeServicer(MonitoringRpcs, node_pb2_grpc.NodeServiceServicer):
             status=status_to_proto(info.status),
             assignments=assigned_to_proto(views),
             next_interval=duration(info.interval_s),
+            reconnect_backoff_max=duration(node.reconnect_backoff_max_s(info.window_s)),
+            restart_grace=duration(node.restart_grace_s(info.window_s)),
         )
 
     async def StreamHeartbeats(
@@ -319,6 +321,8 @@ class NodeServicer(MonitoringRpcs, node_pb2_grpc.NodeServiceServicer):
             status=status_to_proto(info.status),
             assignments=assigned_to_proto(views),
             next_interval=duration(info.interval_s),
+            reconnect_backoff_max=duration(node.reconnect_backoff_max_s(info.window_s)),
+            restart_grace=duration(node.restart_grace_s(info.window_s)),
         )
 
     # -- uptime, incidents, transitions --

@@ -22,7 +22,7 @@ from coordd.domain.node.access import (
     visible_workload,
     watchable_project,
 )
-from coordd.domain.node.detection import detect_down
+from coordd.domain.node.detection import detect_down, reconnect_backoff_max_s, restart_grace_s
 from coordd.domain.node.heartbeats import (
     AssignedView,
     BeatChange,
@@ -130,9 +130,11 @@ __all__ = [
     "owned_project",
     "place_all",
     "project_health",
+    "reconnect_backoff_max_s",
     "record_last_seen",
     "register_node",
     "require_operator",
+    "restart_grace_s",
     "reward_balance",
     "run_maintenance",
     "transitions_after",

@@ -28,6 +28,20 @@ log = structlog.get_logger("coordd.node")
 
 # A detector that has not run for this long lost (or never had) leadership: grace again.
 LEADER_GAP_S = 10.0
+# What agents are told (HeartbeatResponse): the longest wait between reconnect attempts,
+# a third of the restart grace (so an agent is back with two thirds to spare), within bounds.
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 15.0
+
+
+def restart_grace_s(window_s: float) -> float:
+    """After a restart or failover every node gets one full window from when detection
+    resumes before silence can make it DOWN."""
+    return window_s
+
+
+def reconnect_backoff_max_s(window_s: float) -> float:
+    return max(RECONNECT_MIN_S, min(RECONNECT_MAX_S, restart_grace_s(window_s) / 3))
 
 
 @dataclass
@@ -45,7 +59,8 @@ def _detector(rt: Runtime) -> _Detector:
     now_mono = time.monotonic()
     state = _detectors.get(rt)
     if state is None:
-        state = _detectors[rt] = _Detector(rt.start_time, now_mono)
+        # From the first run, not from the process start: migrations and start-up are not grace.
+        state = _detectors[rt] = _Detector(rt.now(), now_mono)
     elif now_mono - state.last_run > LEADER_GAP_S:
         state.active_since = rt.now()
         log.info(
@@ -83,7 +98,7 @@ def detect_down(rt: Runtime, latest_seen: LastSeen, batch: int = 1000) -> int:
                 node.deadline_time = seen + window
                 health.save_last_seen(node)
                 continue
-            grace_until = state.active_since + window
+            grace_until = state.active_since + timedelta(seconds=restart_grace_s(project.window_s))
             if tx.now < grace_until:
                 node.deadline_time = grace_until
                 health.save_deadline(node)
