@@ -85,6 +85,8 @@ MIGRATIONS: list[Migration] = [
     Migration(
         101, "nodes: transitions' effective time (outages start at the last beat)", node_m.add_honest_uptime
     ),
+    Migration(102, "nodes: flapping, escalation, silences", node_m.add_monitoring),
+    Migration(103, "notify: deliveries by dedup key (recovery follows the outage)", notify_m.index_dedup_key),
     Migration(
         30,
         "ceremony: ceremonies, circuits, participants, contributions, uploads",

@@ -9,6 +9,7 @@ incidents and notifications, uptime, maintenance windows and operators' reward p
     heartbeats   what a beat means; the beats that write; last-seen flushes
     detection    which nodes are late, and when silence is DOWN (failover grace, mass outage)
     maintenance  uptime       rewards       states (stored states and row types)
+    alerts       flapping     silences      escalation (who is told what, and when)
 
 The heartbeat tracker's loop and its Redis use are a runtime adapter (adapters/heartbeats.py).
 """
@@ -23,6 +24,13 @@ from coordd.domain.node.access import (
     watchable_project,
 )
 from coordd.domain.node.detection import detect_down, reconnect_backoff_max_s, restart_grace_s
+from coordd.domain.node.escalation import (
+    acknowledge_incident,
+    get_monitoring_policy,
+    run_escalations,
+    update_monitoring_policy,
+)
+from coordd.domain.node.flapping import settle_flapping
 from coordd.domain.node.heartbeats import (
     AssignedView,
     BeatChange,
@@ -43,9 +51,10 @@ from coordd.domain.node.maintenance import (
     run_maintenance,
 )
 from coordd.domain.node.nodes import decommission_node, get_node, list_nodes, register_node, update_node
-from coordd.domain.node.policies import HealthPolicy, Inventory, Resources, RewardPolicy
+from coordd.domain.node.policies import HealthPolicy, Inventory, MonitoringPolicy, Resources, RewardPolicy
 from coordd.domain.node.projects import create_project, list_projects, project_health, update_project
 from coordd.domain.node.rewards import credit_rewards, list_reward_entries, reward_balance
+from coordd.domain.node.silences import Silence, create_silence, end_silence, list_silences, run_silences
 from coordd.domain.node.states import (
     Assignment,
     Incident,
@@ -88,6 +97,7 @@ __all__ = [
     "Inventory",
     "LastSeen",
     "MaintenanceWindow",
+    "MonitoringPolicy",
     "Node",
     "NodeInfo",
     "NodeTransition",
@@ -95,20 +105,25 @@ __all__ = [
     "Resources",
     "RewardEntry",
     "RewardPolicy",
+    "Silence",
     "Transition",
     "Uptime",
     "Workload",
+    "acknowledge_incident",
     "apply_beat",
     "check_metrics",
     "check_reported_workloads",
     "check_reports",
     "create_maintenance_window",
     "create_project",
+    "create_silence",
     "create_workload",
     "credit_rewards",
     "decommission_node",
     "delete_workload",
     "detect_down",
+    "end_silence",
+    "get_monitoring_policy",
     "get_node",
     "get_project",
     "get_uptime",
@@ -121,6 +136,7 @@ __all__ = [
     "list_nodes",
     "list_projects",
     "list_reward_entries",
+    "list_silences",
     "list_transitions",
     "list_workloads",
     "load_assignments",
@@ -136,8 +152,12 @@ __all__ = [
     "require_operator",
     "restart_grace_s",
     "reward_balance",
+    "run_escalations",
     "run_maintenance",
+    "run_silences",
+    "settle_flapping",
     "transitions_after",
+    "update_monitoring_policy",
     "update_node",
     "update_project",
     "update_workload",

@@ -59,8 +59,7 @@ def _detector(rt: Runtime) -> _Detector:
     now_mono = time.monotonic()
     state = _detectors.get(rt)
     if state is None:
-        # From the first run, not from the process start: migrations and start-up are not grace.
-        state = _detectors[rt] = _Detector(rt.now(), now_mono)
+        state = _detectors[rt] = _Detector(rt.start_time, now_mono)
     elif now_mono - state.last_run > LEADER_GAP_S:
         state.active_since = rt.now()
         log.info(

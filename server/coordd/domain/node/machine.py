@@ -16,8 +16,10 @@ from typing import Any
 
 import structlog
 
+import coordd.domain.node.alerts as alerts
+import coordd.domain.node.flapping as flapping
 from coordd.domain.node.placement import place_project
-from coordd.domain.notify import enqueue
+from coordd.domain.notify import channels_told, enqueue, enqueue_to_channels
 from coordd.store.db import Tx
 from coordd.store.node import health, queries
 from coordd.store.node.models import DOWN, PENDING, UP, Incident, Node, Project, Workload
@@ -99,9 +101,11 @@ def open_incident(
     event_type: str,
     data: dict[str, Any],
     start_time: datetime | None = None,
+    held: bool = False,
 ) -> Incident:
     """One incident per outage: an open one is returned as is, and notified only once
-    (the outbox key is the incident id). It starts at `start_time` (the last beat) when given."""
+    (the outbox key is the incident id). It starts at `start_time` (the last beat) when
+    given; `held`: its notification is held back (alerts.py) until the hold ends."""
     existing = health.open_incident_of(subject_id)
     if existing is not None:
         return existing
@@ -113,14 +117,13 @@ def open_incident(
         cause=cause[:500],
         inhibited=inhibited,
     )
-    if not inhibited:
-        payload = {
-            **data,
-            "incident": f"incidents/{incident.id}",
-            "cause": incident.cause,
-            "start_time": incident.start_time.isoformat(),
-        }
-        enqueue(tx, recipients, event_type, f"{incident.id}:opened", payload)
+    if held and not inhibited:
+        incident.held_since = tx.now
+        incident.save()
+    elif not inhibited:
+        enqueue(tx, recipients, event_type, f"{incident.id}:opened", alerts.opened_payload(incident, data))
+        incident.notified_time = tx.now
+        incident.save()
     tx.emit(
         "node.incident.opened",
         f"incidents/{incident.id}",
@@ -144,9 +147,11 @@ def close_incident(
         return None
     incident.end_time = tx.now
     incident.resolution = resolution
+    incident.next_notify_time = None
     incident.save()
     duration = (tx.now - incident.start_time).total_seconds()
-    if notify and not incident.inhibited:
+    # A recovery is notified exactly when the outage was, to every channel told of it.
+    if notify and not incident.inhibited and incident.held_since is None:
         payload = {
             **data,
             "incident": f"incidents/{incident.id}",
@@ -155,18 +160,12 @@ def close_incident(
             "end_time": tx.now.isoformat(),
             "outage_seconds": duration,
         }
-        enqueue(tx, recipients, event_type, f"{incident.id}:resolved", payload)
+        key = f"{incident.id}:resolved"
+        enqueue(tx, recipients, event_type, key, payload)
+        told = channels_told([f"{incident.id}:opened", f"{incident.id}:escalated"])
+        enqueue_to_channels(tx, told, event_type, key, payload)
     tx.emit("node.incident.closed", f"incidents/{incident.id}", {"resolution": resolution})
     return incident
-
-
-def _node_data(node: Node, project: Project) -> dict[str, Any]:
-    return {
-        "subject": f"nodes/{node.id}",
-        "node": f"nodes/{node.id}",
-        "node_name": node.display_name,
-        "project": f"projects/{project.id}",
-    }
 
 
 def node_down(
@@ -179,18 +178,25 @@ def node_down(
     if not set_node_status(tx, node, project, DOWN, reason, excluded=suppressed, since=since):
         return
     if not suppressed:
-        open_incident(
+        policy = alerts.policy_for(project.id)
+        # FLAPPING or silenced: the incident is true, its notification held back.
+        held = flapping.observe(tx, node, project, policy) or alerts.silence_over(node, tx.now) is not None
+        incident = open_incident(
             tx,
             "node",
             node.id,
             project.id,
             reason,
             inhibited=False,
-            recipients={node.owner_id, project.owner_id},
+            recipients=alerts.recipients(node, project),
             event_type="node.down",
-            data=_node_data(node, project),
+            data=alerts.node_data(node, project),
             start_time=since,
+            held=held,
         )
+        if incident.notified_time is not None and incident.end_time is None:
+            alerts.schedule(incident, policy)
+            incident.save()
     release_node(tx, node, project, f"node nodes/{node.id} is down")
 
 
@@ -199,13 +205,14 @@ def node_up(tx: Tx, node: Node, project: Project, reason: str) -> None:
     replicas may now be placed here."""
     if not set_node_status(tx, node, project, UP, reason):
         return
+    flapping.observe(tx, node, project, alerts.policy_for(project.id))
     close_incident(
         tx,
         node.id,
         "recovered",
-        recipients={node.owner_id, project.owner_id},
+        recipients=alerts.recipients(node, project),
         event_type="node.recovered",
-        data=_node_data(node, project),
+        data=alerts.node_data(node, project),
     )
     # The node may have gone DOWN in a mass outage (and be PENDING by now).
     resolve_mass_outage(tx, project)

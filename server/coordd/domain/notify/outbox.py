@@ -33,8 +33,11 @@ __all__ = [
     "MAX_ATTEMPTS",
     "TEST_EVENT",
     "backoff_s",
+    "channels_told",
     "deliver_due",
     "enqueue",
+    "enqueue_to_channels",
+    "owned_live_channel",
     "owners_with_channels",
     "queue_to",
     "secret_context",
@@ -84,6 +87,30 @@ def enqueue(tx: Tx, owner_ids: set[str], event_type: str, dedup_key: str, data: 
     if queued:
         tx.emit("notify.delivery.queued", f"notify/{event_type}", {"dedup_key": dedup_key, "count": queued})
     return queued
+
+
+def enqueue_to_channels(
+    tx: Tx, channel_ids: set[str], event_type: str, dedup_key: str, data: dict[str, Any]
+) -> int:
+    """Queues one delivery to each of these live channels, whatever their event filter
+    (an escalation target; the channels that heard of an outage hear of its recovery)."""
+    queued = 0
+    for channel in queries.live_channels_by_ids(channel_ids):
+        if queue_to(tx, channel, event_type, dedup_key, data) is not None:
+            queued += 1
+    if queued:
+        tx.emit("notify.delivery.queued", f"notify/{event_type}", {"dedup_key": dedup_key, "count": queued})
+    return queued
+
+
+def channels_told(dedup_keys: list[str]) -> set[str]:
+    """The channels queued any of these keys (e.g. an incident's opening and escalation)."""
+    return queries.channels_with_keys(dedup_keys)
+
+
+def owned_live_channel(owner_id: str, channel_id: str) -> Channel | None:
+    channel = queries.live_channel(channel_id)
+    return channel if channel is not None and channel.owner_id == owner_id else None
 
 
 def owners_with_channels(user_ids: list[str]) -> set[str]:

@@ -83,3 +83,8 @@ def add_isolation(db: peewee.Database) -> None:
         "CREATE INDEX IF NOT EXISTS notify_deliveries_event_time"
         " ON notify_deliveries (event_type, create_time)"
     )
+
+
+def index_dedup_key(db: peewee.Database) -> None:
+    """Migration 103: which channels heard of an incident (its recovery goes to all of them)."""
+    db.execute_sql("CREATE INDEX IF NOT EXISTS notify_deliveries_dedup_key ON notify_deliveries (dedup_key)")

@@ -46,6 +46,18 @@ def live_channels_of(owner_ids: set[str]) -> list[Channel]:
     return list(Channel.select().where(Channel.owner.in_(sorted(owner_ids)) & Channel.delete_time.is_null()))
 
 
+def live_channels_by_ids(channel_ids: set[str]) -> list[Channel]:
+    if not channel_ids:
+        return []
+    return list(Channel.select().where(Channel.id.in_(sorted(channel_ids)) & Channel.delete_time.is_null()))
+
+
+def channels_with_keys(dedup_keys: list[str]) -> set[str]:
+    """The channels that were queued a delivery with any of these keys."""
+    rows = Delivery.select(Delivery.channel).where(Delivery.dedup_key.in_(dedup_keys)).distinct()
+    return {row.channel_id for row in rows}
+
+
 def owners_with_channels(user_ids: list[str]) -> set[str]:
     """Which of these users have a live channel, as one fixed statement per 500 users."""
     if not user_ids:
