@@ -1,4 +1,6 @@
-"""coordctl node register|list|show and node agent (the heartbeat agent a node runs)."""
+"""coordctl node register|list|show and node agent (the heartbeat agent a node runs); the
+monitoring commands (incidents, ack, uptime, sla, maintenance, silence, policy, rewards)
+are in node_monitoring.py."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import threading
 import time
 from typing import Any
 
+from coordd_client.cli import node_monitoring
 from coordd_client.cli.common import Context, emit, enum_word, table
 from coordd_client.errors import CoorddError, PermissionDenied, Unauthenticated
 from coordd_client.v1 import node_pb2
@@ -93,6 +96,7 @@ def register(sub: Any) -> None:
         "--assume-running", action="store_true", help="report every assigned workload as RUNNING"
     )
     agent.set_defaults(func=_agent)
+    node_monitoring.register(node)
 
 
 def _register(ctx: Context, args: argparse.Namespace) -> int:

@@ -2620,3 +2620,107 @@ class EndSilenceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EndSilenceResponse: _TypeAlias = EndSilenceResponse  # noqa: Y015
+
+@_typing.final
+class SlaRow(_message.Message):
+    """One node's line of an SLA report (or, with `node` empty, every node together)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    UPTIME_FIELD_NUMBER: _builtins.int
+    INCIDENTS_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    display_name: _builtins.str
+    incidents: _builtins.int
+    """Incidents that overlap the period."""
+    @_builtins.property
+    def uptime(self) -> Global___UptimeWindow:
+        """Over the report's period: up, down, observed, maintenance and mass-outage time."""
+
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        uptime: Global___UptimeWindow | None = ...,
+        incidents: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["uptime", b"uptime"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "incidents", b"incidents", "node", b"node", "uptime", b"uptime"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SlaRow: _TypeAlias = SlaRow  # noqa: Y015
+
+@_typing.final
+class StreamSlaReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    MONTH_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    CSV_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`projects/{project}`."""
+    month: _builtins.str
+    """A calendar month (UTC) as YYYY-MM; or start_time/end_time (unset: the last 30 days,
+    at most 400 days).
+    """
+    csv: _builtins.bool
+    """Also render each message's rows as CSV (`csv`), the header in the first."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        month: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        csv: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csv", b"csv", "end_time", b"end_time", "month", b"month", "parent", b"parent", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamSlaReportRequest: _TypeAlias = StreamSlaReportRequest  # noqa: Y015
+
+@_typing.final
+class StreamSlaReportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    AGGREGATE_FIELD_NUMBER: _builtins.int
+    CSV_FIELD_NUMBER: _builtins.int
+    csv: _builtins.str
+    """With `csv`: the rows (and in the last message the aggregate) as CSV lines."""
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___SlaRow]:
+        """Up to 200 nodes, in id order."""
+
+    @_builtins.property
+    def aggregate(self) -> Global___SlaRow:
+        """Set in the last message only: every node together (total UP / total observed)."""
+
+    def __init__(
+        self,
+        *,
+        rows: _abc.Iterable[Global___SlaRow] | None = ...,
+        aggregate: Global___SlaRow | None = ...,
+        csv: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["aggregate", b"aggregate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate", b"aggregate", "csv", b"csv", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamSlaReportResponse: _TypeAlias = StreamSlaReportResponse  # noqa: Y015

@@ -196,6 +196,11 @@ class NodeServiceStub:
                 request_serializer=coordd_dot_v1_dot_node__pb2.EndSilenceRequest.SerializeToString,
                 response_deserializer=coordd_dot_v1_dot_node__pb2.EndSilenceResponse.FromString,
                 _registered_method=True)
+        self.StreamSlaReport = channel.unary_stream(
+                '/coordd.v1.NodeService/StreamSlaReport',
+                request_serializer=coordd_dot_v1_dot_node__pb2.StreamSlaReportRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_node__pb2.StreamSlaReportResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -430,6 +435,14 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamSlaReport(self, request, context):
+        """The SLA report of a project (owner): every node's uptime over a calendar month or a
+        range, a page of nodes per message, then the aggregate; optionally as CSV text.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -587,6 +600,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.EndSilence,
                     request_deserializer=coordd_dot_v1_dot_node__pb2.EndSilenceRequest.FromString,
                     response_serializer=coordd_dot_v1_dot_node__pb2.EndSilenceResponse.SerializeToString,
+            ),
+            'StreamSlaReport': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamSlaReport,
+                    request_deserializer=coordd_dot_v1_dot_node__pb2.StreamSlaReportRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_node__pb2.StreamSlaReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1433,6 +1451,33 @@ class NodeService:
             '/coordd.v1.NodeService/EndSilence',
             coordd_dot_v1_dot_node__pb2.EndSilenceRequest.SerializeToString,
             coordd_dot_v1_dot_node__pb2.EndSilenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamSlaReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/coordd.v1.NodeService/StreamSlaReport',
+            coordd_dot_v1_dot_node__pb2.StreamSlaReportRequest.SerializeToString,
+            coordd_dot_v1_dot_node__pb2.StreamSlaReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -112,6 +112,10 @@ class NodeServiceStub:
     """The silences of a project, newest first."""
     EndSilence: _grpc.UnaryUnaryMultiCallable[_node_pb2.EndSilenceRequest, _node_pb2.EndSilenceResponse]
     """Ends a silence now; a covered node still DOWN (and not notified) is notified once."""
+    StreamSlaReport: _grpc.UnaryStreamMultiCallable[_node_pb2.StreamSlaReportRequest, _node_pb2.StreamSlaReportResponse]
+    """The SLA report of a project (owner): every node's uptime over a calendar month or a
+    range, a page of nodes per message, then the aggregate; optionally as CSV text.
+    """
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -197,6 +201,10 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """The silences of a project, newest first."""
     EndSilence: _aio.UnaryUnaryMultiCallable[_node_pb2.EndSilenceRequest, _node_pb2.EndSilenceResponse]  # type: ignore[assignment]
     """Ends a silence now; a covered node still DOWN (and not notified) is notified once."""
+    StreamSlaReport: _aio.UnaryStreamMultiCallable[_node_pb2.StreamSlaReportRequest, _node_pb2.StreamSlaReportResponse]  # type: ignore[assignment]
+    """The SLA report of a project (owner): every node's uptime over a calendar month or a
+    range, a page of nodes per message, then the aggregate; optionally as CSV text.
+    """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     """NodeService runs a fleet of operator nodes: projects, nodes with inventory, workloads
@@ -465,5 +473,15 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.EndSilenceResponse, _abc.Awaitable[_node_pb2.EndSilenceResponse]]:
         """Ends a silence now; a covered node still DOWN (and not notified) is notified once."""
+
+    @_abc_1.abstractmethod
+    def StreamSlaReport(
+        self,
+        request: _node_pb2.StreamSlaReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_node_pb2.StreamSlaReportResponse], _abc.AsyncIterator[_node_pb2.StreamSlaReportResponse]]:
+        """The SLA report of a project (owner): every node's uptime over a calendar month or a
+        range, a page of nodes per message, then the aggregate; optionally as CSV text.
+        """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

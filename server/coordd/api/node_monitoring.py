@@ -4,6 +4,7 @@ domain/node/ (uptime, escalation, silences, flapping, alerts)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -113,6 +114,15 @@ def silence_to_proto(s: node.Silence, now: datetime) -> node_pb2.Silence:
     )
 
 
+def sla_row_to_proto(r: node.SlaRow) -> node_pb2.SlaRow:
+    return node_pb2.SlaRow(
+        node=f"nodes/{r.node_id}" if r.node_id else "",
+        display_name=r.display_name,
+        uptime=uptime_to_proto(r.uptime),
+        incidents=r.incidents,
+    )
+
+
 class MonitoringRpcs:
     """The monitoring half of NodeServicer (`self.rt` is the servicer's runtime)."""
 
@@ -194,3 +204,31 @@ class MonitoringRpcs:
         who = require_user()
         silence = await self.rt.run(node.end_silence, self.rt, who, parse_name(request.name, "silences"))
         return node_pb2.EndSilenceResponse(silence=silence_to_proto(silence, self.rt.now()))
+
+    async def StreamSlaReport(
+        self, request: node_pb2.StreamSlaReportRequest, context: Any
+    ) -> AsyncIterator[node_pb2.StreamSlaReportResponse]:
+        who = require_user()
+        project_id = parse_name(request.parent, "projects", "parent")
+        start = from_ts(request.start_time) if request.HasField("start_time") else None
+        end = from_ts(request.end_time) if request.HasField("end_time") else None
+        await self.rt.run(node.sla_check_access, who, project_id)
+        first, last = node.sla_period(self.rt, request.month, start, end)
+        label = request.month or "range"
+        rows: list[node.SlaRow] = []
+        after = ""
+        while True:
+            page = await self.rt.run(node.sla_page_rows, project_id, first, last, after, label)
+            if not page:
+                break
+            rows.extend(page)
+            after = page[-1].node_id
+            yield node_pb2.StreamSlaReportResponse(
+                rows=[sla_row_to_proto(r) for r in page],
+                csv=node.sla_csv(page, header=len(rows) == len(page)) if request.csv else "",
+            )
+        total = node.sla_aggregate(rows, first, last, label)
+        yield node_pb2.StreamSlaReportResponse(
+            aggregate=sla_row_to_proto(total),
+            csv=node.sla_csv([total], header=not rows) if request.csv else "",
+        )

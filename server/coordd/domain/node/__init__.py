@@ -55,6 +55,12 @@ from coordd.domain.node.policies import HealthPolicy, Inventory, MonitoringPolic
 from coordd.domain.node.projects import create_project, list_projects, project_health, update_project
 from coordd.domain.node.rewards import credit_rewards, list_reward_entries, reward_balance
 from coordd.domain.node.silences import Silence, create_silence, end_silence, list_silences, run_silences
+from coordd.domain.node.sla import SlaRow
+from coordd.domain.node.sla import aggregate as sla_aggregate
+from coordd.domain.node.sla import check_access as sla_check_access
+from coordd.domain.node.sla import csv_lines as sla_csv
+from coordd.domain.node.sla import page_rows as sla_page_rows
+from coordd.domain.node.sla import period as sla_period
 from coordd.domain.node.states import (
     Assignment,
     Incident,
@@ -106,6 +112,7 @@ __all__ = [
     "RewardEntry",
     "RewardPolicy",
     "Silence",
+    "SlaRow",
     "Transition",
     "Uptime",
     "Workload",
@@ -156,6 +163,11 @@ __all__ = [
     "run_maintenance",
     "run_silences",
     "settle_flapping",
+    "sla_aggregate",
+    "sla_check_access",
+    "sla_csv",
+    "sla_page_rows",
+    "sla_period",
     "transitions_after",
     "update_monitoring_policy",
     "update_node",

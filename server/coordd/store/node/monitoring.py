@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import peewee
+
 from coordd.store.node.models import (
     DOWN,
     UP,
@@ -149,3 +151,20 @@ def nodes_of_project_after(project_id: str, after_id: str, limit: int) -> list[N
         .order_by(Node.id)
         .limit(limit)
     )
+
+
+def incident_counts(node_ids: list[str], start: datetime, end: datetime) -> dict[str, int]:
+    """Per node: its incidents that overlap [start, end)."""
+    if not node_ids:
+        return {}
+    rows = (
+        Incident.select(Incident.subject_id, peewee.fn.COUNT(Incident.id).alias("n"))
+        .where(
+            Incident.subject_id.in_(node_ids)
+            & (Incident.start_time < end)
+            & (Incident.end_time.is_null() | (Incident.end_time > start))
+        )
+        .group_by(Incident.subject_id)
+        .tuples()
+    )
+    return {subject: int(n) for subject, n in rows}
