@@ -17,11 +17,12 @@ from datetime import datetime, timedelta
 
 import structlog
 
+import coordd.domain.node.alerts as alerts
 from coordd.domain.node.heartbeats import LastSeen
 from coordd.domain.node.machine import node_down, open_incident
 from coordd.runtime import Runtime
 from coordd.store.db import Tx
-from coordd.store.node import health, queries
+from coordd.store.node import health, monitoring, queries
 from coordd.store.node.models import DOWN, PENDING, UP, Node, Project
 
 log = structlog.get_logger("coordd.node")
@@ -141,10 +142,14 @@ def _mark_down(tx: Tx, project: Project, nodes: list[Node]) -> int:
             event_type="project.mass_outage",
             data={"subject": f"projects/{project.id}", "project": f"projects/{project.id}", "nodes": watched},
         )
+    # Read once for the batch: the project's monitoring policy and silences in force.
+    policy = alerts.policy_for(project.id)
+    silences = monitoring.active_silences(project.id, tx.now)
     for node in nodes:
         reason = f"no heartbeat for {window_s:g}s"
         if mass:
             reason += " during a mass outage (not counted)"
         # The outage began at the last beat that arrived, not when it was noticed.
-        node_down(tx, node, project, reason, suppressed=mass, since=node.last_seen_time)
+        since = node.last_seen_time
+        node_down(tx, node, project, reason, suppressed=mass, since=since, policy=policy, silences=silences)
     return len(nodes)

@@ -19,10 +19,11 @@ import structlog
 import coordd.domain.node.alerts as alerts
 import coordd.domain.node.flapping as flapping
 from coordd.domain.node.placement import place_project
+from coordd.domain.node.policies import MonitoringPolicy
 from coordd.domain.notify import channels_told, enqueue, enqueue_to_channels
 from coordd.store.db import Tx
-from coordd.store.node import health, queries
-from coordd.store.node.models import DOWN, PENDING, UP, Incident, Node, Project, Workload
+from coordd.store.node import health, monitoring, queries
+from coordd.store.node.models import DOWN, PENDING, UP, Incident, Node, Project, Silence, Workload
 
 log = structlog.get_logger("coordd.node")
 
@@ -116,14 +117,11 @@ def open_incident(
         start_time=start_time or tx.now,
         cause=cause[:500],
         inhibited=inhibited,
+        held_since=tx.now if held and not inhibited else None,
+        notified_time=tx.now if not held and not inhibited else None,
     )
-    if held and not inhibited:
-        incident.held_since = tx.now
-        incident.save()
-    elif not inhibited:
+    if incident.notified_time is not None:
         enqueue(tx, recipients, event_type, f"{incident.id}:opened", alerts.opened_payload(incident, data))
-        incident.notified_time = tx.now
-        incident.save()
     tx.emit(
         "node.incident.opened",
         f"incidents/{incident.id}",
@@ -169,18 +167,29 @@ def close_incident(
 
 
 def node_down(
-    tx: Tx, node: Node, project: Project, reason: str, *, suppressed: bool, since: datetime | None = None
+    tx: Tx,
+    node: Node,
+    project: Project,
+    reason: str,
+    *,
+    suppressed: bool,
+    since: datetime | None = None,
+    policy: MonitoringPolicy | None = None,
+    silences: list[Silence] | None = None,
 ) -> None:
     """DOWN: an incident (unless a mass outage suppresses it) and its replicas move away.
-    `since`: when the outage began (the last beat that arrived), if known."""
+    `since`: when the outage began (the last beat that arrived), if known; `policy` and
+    `silences` (the project's in force), when the caller read them once for many nodes."""
     if since is not None:
         since = min(max(since, node.status_time), tx.now)
     if not set_node_status(tx, node, project, DOWN, reason, excluded=suppressed, since=since):
         return
     if not suppressed:
-        policy = alerts.policy_for(project.id)
+        policy = policy or alerts.policy_for(project.id)
+        if silences is None:
+            silences = monitoring.active_silences(project.id, tx.now)
         # FLAPPING or silenced: the incident is true, its notification held back.
-        held = flapping.observe(tx, node, project, policy) or alerts.silence_over(node, tx.now) is not None
+        held = flapping.observe(tx, node, project, policy) or any(alerts.covers(s, node) for s in silences)
         incident = open_incident(
             tx,
             "node",
@@ -195,8 +204,10 @@ def node_down(
             held=held,
         )
         if incident.notified_time is not None and incident.end_time is None:
+            before = incident.next_notify_time
             alerts.schedule(incident, policy)
-            incident.save()
+            if incident.next_notify_time != before:
+                incident.save()
     release_node(tx, node, project, f"node nodes/{node.id} is down")
 
 
