@@ -21,7 +21,7 @@ import os
 import sys
 import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import grpc
@@ -59,19 +59,23 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def beat_streams(target: str, keys: list[str], start_at: float, stop_at: float) -> int:
-    """Each key: one stream, one beat a second (staggered) until stop_at; returns the beats
-    the server says it accepted. A channel (one HTTP/2 connection) per 500 streams; each
-    stream opens at its first beat."""
+async def beat_streams(target: str, keys: list[str], start_at: float, stop_at: float, ramp: float) -> float:
+    """Each key: one stream, opened `ramp` streams a second from start_at, then one beat a
+    second until stop_at. Returns the sum over streams of the beats the server says it
+    accepted / the seconds the stream was open: the fleet's accepted beats/s once all are
+    open. A channel (one HTTP/2 connection) per 500 streams."""
     # A connection of its own per channel (gRPC shares one between equal channels otherwise).
     options = [("grpc.max_concurrent_streams", 100_000), ("grpc.use_local_subchannel_pool", 1)]
     channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(max(1, len(keys) // 500))]
     stubs = [node_pb2_grpc.NodeServiceStub(c) for c in channels]
     request = node_pb2.StreamHeartbeatsRequest(metrics={"load": 0.5})
 
-    async def node(index: int, key: str) -> int:
-        next_at = start_at + (index % 1000) / 1000 * INTERVAL_S
+    async def node(index: int, key: str) -> float:
+        # gRPC core refuses new calls beyond its pending-request limit when thousands
+        # arrive within a second: streams open at `ramp` a second, as agents' jitter does.
+        next_at = start_at + index / ramp
         await asyncio.sleep(max(next_at - time.time(), 0))
+        opened = time.time()
         call = stubs[index % len(stubs)].StreamHeartbeats(metadata=key_md(key))
         while next_at < stop_at:
             delay = next_at - time.time()
@@ -83,7 +87,8 @@ async def beat_streams(target: str, keys: list[str], start_at: float, stop_at: f
                 raise RuntimeError(f"stream ended: {await call.code()} {await call.details()}") from None
             next_at += INTERVAL_S
         await call.done_writing()
-        return (await call).beats
+        beats = (await call).beats
+        return beats / max(time.time() - opened, INTERVAL_S)
 
     try:
         replies = await asyncio.gather(*(node(i, k) for i, k in enumerate(keys)), return_exceptions=True)
@@ -93,11 +98,13 @@ async def beat_streams(target: str, keys: list[str], start_at: float, stop_at: f
     failures = [r for r in replies if isinstance(r, BaseException)]
     if failures:
         print(f"worker: {len(failures)} streams failed, e.g. {failures[0]!r}", file=sys.stderr)
-    return sum(r for r in replies if isinstance(r, int))
+    return sum(r for r in replies if isinstance(r, float))
 
 
-def worker(target: str, keys: list[str], start_at: float, stop_at: float, out: multiprocessing.Queue) -> None:
-    out.put(asyncio.run(beat_streams(target, keys, start_at, stop_at)))
+def worker(
+    target: str, keys: list[str], start_at: float, stop_at: float, ramp: float, out: multiprocessing.Queue
+) -> None:
+    out.put(asyncio.run(beat_streams(target, keys, start_at, stop_at, ramp)))
 
 
 async def setup(target: str, nodes: int) -> tuple[tuple[tuple[str, str], ...], str, list[str]]:
@@ -162,12 +169,15 @@ async def detect(
         stub = node_pb2_grpc.NodeServiceStub(channel)
         last_beat: dict[str, float] = {}
         downs: dict[str, float] = {}
+        seen: dict[str, float] = {}
         watch = stub.WatchNodes(node_pb2.WatchNodesRequest(project=project), metadata=md)
 
         async def watcher() -> None:
             async for event in watch:
                 if event.transition.to_status == node_pb2.HEALTH_STATUS_DOWN:
                     downs.setdefault(event.node.name, time.time())
+                    # The daemon's own record of the last beat it received.
+                    seen[event.node.name] = event.node.last_heartbeat_time.ToDatetime(tzinfo=UTC).timestamp()
 
         watching = asyncio.create_task(watcher())
 
@@ -183,7 +193,10 @@ async def detect(
         while len(downs) < len(keys) and time.time() < deadline:
             await asyncio.sleep(0.1)
         watching.cancel()
-        latencies = [downs[n] - last_beat[n] for n in last_beat if n in downs]
+        # From the last beat the daemon received (its last_heartbeat_time) to the DOWN seen here;
+        # `from_send`: from when that beat was sent (includes the beat's own queueing).
+        latencies = [downs[n] - seen[n] for n in last_beat if n in downs]
+        from_send = [downs[n] - last_beat[n] for n in last_beat if n in downs]
     return {
         "nodes": len(keys),
         "detected": len(latencies),
@@ -191,10 +204,13 @@ async def detect(
         "p50_s": round(percentile(latencies, 50), 3),
         "p99_s": round(percentile(latencies, 99), 3),
         "max_s": round(max(latencies, default=0.0), 3),
+        "from_send_p99_s": round(percentile(from_send, 99), 3),
     }
 
 
-def run(nodes: int, seconds: float, workers: int, database_url: str) -> dict:
+def run(
+    nodes: int, seconds: float, workers: int, database_url: str, ramp: float, redis_url: str = ""
+) -> dict:
     env = {
         "COORDD_RATE_LIMIT_PEER_RPS": "1000000",
         "COORDD_RATE_LIMIT_PEER_BURST": "1000000",
@@ -203,6 +219,9 @@ def run(nodes: int, seconds: float, workers: int, database_url: str) -> dict:
     }
     if database_url:
         env["COORDD_DATABASE_URL"] = database_url
+    if redis_url:
+        env["COORDD_REDIS_URL"] = redis_url
+        env["COORDD_REDIS_PREFIX"] = f"bench-fleet-{uuid.uuid4().hex[:6]}"
     if os.environ.get("FLEET_DAEMON_LOG"):
         env.update({"COORDD_LOG_LEVEL": "info"})
     proc, port, _ = start_coordd(env)
@@ -214,17 +233,21 @@ def run(nodes: int, seconds: float, workers: int, database_url: str) -> dict:
         fleet, detected = keys[:nodes], keys[nodes:]
         warm_s = 3.0
         start_at = time.time() + 4.0
-        stop_at = start_at + warm_s + seconds
+        ramp_s = nodes / ramp
+        steady_at = start_at + ramp_s + warm_s
+        stop_at = steady_at + seconds
         ctx = multiprocessing.get_context("spawn")
         out: multiprocessing.Queue = ctx.Queue()
         procs = [
-            ctx.Process(target=worker, args=(target, fleet[i::workers], start_at, stop_at, out))
+            ctx.Process(
+                target=worker, args=(target, fleet[i::workers], start_at, stop_at, ramp / workers, out)
+            )
             for i in range(workers)
         ]
         for p in procs:
             p.start()
         # Measure the daemon over the steady part only.
-        time.sleep(max(start_at + warm_s - time.time(), 0))
+        time.sleep(max(steady_at - time.time(), 0))
         cpu_before, wall_before = cpu_seconds(proc.pid), time.monotonic()
         # A few nodes beat three times, then stop (while the fleet keeps beating).
         detection = asyncio.run(detect(target, md, project, detected, time.time() + 3 * INTERVAL_S))
@@ -234,15 +257,15 @@ def run(nodes: int, seconds: float, workers: int, database_url: str) -> dict:
         accepted = sum(out.get(timeout=120) for _ in procs)
         for p in procs:
             p.join(30)
-        duration = stop_at - start_at
         return {
             "nodes": nodes,
-            "backend": "postgresql" if database_url else "sqlite",
+            "backend": ("postgresql" if database_url else "sqlite") + (" + redis" if redis_url else ""),
             "client_workers": workers,
             "setup_s": round(setup_s, 1),
-            "beats_accepted": accepted,
-            "expected_beats": int(nodes * duration / INTERVAL_S),
-            "beats_accepted_per_s": round(accepted / duration, 1),
+            "streams_opened_per_s": ramp,
+            "steady_s": seconds,
+            "beats_expected_per_s": nodes / INTERVAL_S,
+            "beats_accepted_per_s": round(accepted, 1),
             "daemon_cpu_cores": round((cpu_after - cpu_before) / (wall_after - wall_before), 2),
             "daemon_rss_mb": round(rss, 1),
             "detection": detection,
@@ -258,8 +281,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--database-url", default="")
+    parser.add_argument(
+        "--redis-url", default="", help="last-seen in Redis each second, the database every 5 s"
+    )
+    parser.add_argument("--ramp", type=float, default=500.0, help="streams opened per second (all workers)")
     args = parser.parse_args()
-    print(json.dumps(run(args.nodes, args.seconds, args.workers, args.database_url), indent=2))
+    print(
+        json.dumps(
+            run(args.nodes, args.seconds, args.workers, args.database_url, args.ramp, args.redis_url),
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":
