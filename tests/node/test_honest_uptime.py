@@ -206,3 +206,26 @@ def test_a_beat_about_an_unknown_workload_or_with_unbounded_metrics_is_refused(s
     fleet.stub.Heartbeat(node_pb2.HeartbeatRequest(metrics={"load.1m": 0.5}), metadata=bearer(key))
     tracker = heartbeats.tracker_for(srv.rt)
     assert tracker.metrics[node.name.split("/")[1]] == {"load.1m": 0.5}
+
+
+def test_a_workload_that_lost_its_node_is_down_from_the_nodes_last_beat(srv, clock):
+    fleet = Fleet(srv)
+    project = fleet.project(min_nodes=10)
+    _, key = fleet.node(project)
+    fleet.up(key)
+    workload = fleet.stub.CreateWorkload(
+        node_pb2.CreateWorkloadRequest(project=project.name, display_name="w", spec="img", replicas=1),
+        metadata=fleet.md,
+    ).workload
+    fleet.beat(key, (workload.name, node_pb2.REPLICA_STATE_RUNNING))
+    assert fleet.workload(workload.name).status == node_pb2.HEALTH_STATUS_UP
+    fleet.flush()
+    last_beat = srv.rt.now()
+    clock.advance(10)
+    assert fleet.detect() == 1
+    down = next(t for t in fleet.transitions(workload.name) if t.to_status == node_pb2.HEALTH_STATUS_DOWN)
+    assert abs((down.effective_time.ToDatetime(tzinfo=UTC) - last_beat).total_seconds()) < 0.5
+    clock.advance(20)
+    fleet.refresh()
+    day = uptime(fleet, workload.name)[0]
+    assert day.down.ToTimedelta().total_seconds() >= 29.5

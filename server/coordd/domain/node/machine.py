@@ -208,7 +208,7 @@ def node_down(
             alerts.schedule(incident, policy)
             if incident.next_notify_time != before:
                 incident.save()
-    release_node(tx, node, project, f"node nodes/{node.id} is down")
+    release_node(tx, node, project, f"node nodes/{node.id} is down", since=since)
 
 
 def node_up(tx: Tx, node: Node, project: Project, reason: str) -> None:
@@ -232,7 +232,7 @@ def node_up(tx: Tx, node: Node, project: Project, reason: str) -> None:
     refresh_workloads(tx, touched | hosted, "node is up", inhibited=False)
 
 
-def release_node(tx: Tx, node: Node, project: Project, cause: str) -> None:
+def release_node(tx: Tx, node: Node, project: Project, cause: str, *, since: datetime | None = None) -> None:
     """Removes the node's replicas, re-places them on other nodes, and re-evaluates the
     workloads. Their notifications are inhibited: the node's own incident says it all."""
     workload_ids = queries.workload_ids_on_node(node.id)
@@ -241,7 +241,7 @@ def release_node(tx: Tx, node: Node, project: Project, cause: str) -> None:
     queries.delete_node_assignments(node.id)
     tx.emit("node.assignments_changed", f"nodes/{node.id}", {})
     place_project(tx, project)
-    refresh_workloads(tx, set(workload_ids), cause, inhibited=True)
+    refresh_workloads(tx, set(workload_ids), cause, inhibited=True, since=since)
 
 
 def resolve_mass_outage(tx: Tx, project: Project) -> None:
@@ -262,12 +262,17 @@ def resolve_mass_outage(tx: Tx, project: Project) -> None:
         log.warning("mass outage over", project=project.id, incident=closed.id)
 
 
-def refresh_workloads(tx: Tx, workload_ids: set[str], cause: str, *, inhibited: bool) -> None:
+def refresh_workloads(
+    tx: Tx, workload_ids: set[str], cause: str, *, inhibited: bool, since: datetime | None = None
+) -> None:
     for workload in queries.workloads_by_ids(workload_ids):
-        refresh_workload(tx, workload, cause, inhibited=inhibited)
+        refresh_workload(tx, workload, cause, inhibited=inhibited, since=since)
 
 
-def refresh_workload(tx: Tx, workload: Workload, cause: str, *, inhibited: bool) -> None:
+def refresh_workload(
+    tx: Tx, workload: Workload, cause: str, *, inhibited: bool, since: datetime | None = None
+) -> None:
+    """`since`: when the cause began (a node's outage counts from its last beat), if earlier."""
     """A workload is UP when as many replicas run on UP nodes as it wants; once UP, any
     shortfall is DOWN (an outage with an incident) until they run again."""
     running = health.running_replicas(workload.id)
@@ -281,6 +286,7 @@ def refresh_workload(tx: Tx, workload: Workload, cause: str, *, inhibited: bool)
         return
     before = workload.status
     reason = f"{running} of {workload.replicas} replicas running" + (f": {cause}" if to == DOWN else "")
+    began = min(max(since, workload.status_time), tx.now) if since is not None and to == DOWN else None
     health.insert_transition(
         kind="workload",
         subject_id=workload.id,
@@ -289,6 +295,7 @@ def refresh_workload(tx: Tx, workload: Workload, cause: str, *, inhibited: bool)
         to_status=to,
         reason=reason[:500],
         time=tx.now,
+        effective_time=began,
     )
     workload.status = to
     workload.status_reason = reason[:500]
@@ -312,6 +319,7 @@ def refresh_workload(tx: Tx, workload: Workload, cause: str, *, inhibited: bool)
             recipients={project.owner_id},
             event_type="workload.down",
             data=data,
+            start_time=began,
         )
     elif to == UP:
         close_incident(
