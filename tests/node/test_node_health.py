@@ -213,10 +213,13 @@ def test_uptime_is_seconds_up_over_seconds_observed(srv, clock):
     project = fleet.project()
     node, key = fleet.node(project)
     fleet.up(key)
+    for _ in range(100):  # beating every second for 100 s...
+        clock.advance(1)
+        fleet.beat(key)
     fleet.flush()
-    clock.advance(100)
+    clock.advance(10)  # ...then silent: DOWN, counted from the last beat (issue 14)
     assert fleet.detect() == 1
-    clock.advance(50)
+    clock.advance(40)
     fleet.up(key)
     reply = fleet.stub.GetUptime(node_pb2.GetUptimeRequest(name=node.name), metadata=fleet.md)
     assert [w.window.seconds for w in reply.windows] == [86400, 7 * 86400, 30 * 86400]

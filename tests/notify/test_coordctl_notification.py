@@ -56,7 +56,7 @@ def coordctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_coordctl_manages_channels_and_shows_their_deliveries(daemon, receiver):
-    signed = coordctl(daemon, "signup", "--email", "hooks@example.com", "--role", "participant")
+    signed = coordctl(daemon, "signup", "--email", "hooks@example.com", "--role", "node_operator")
     assert signed.returncode == 0, signed.stderr
     created = coordctl(
         daemon,

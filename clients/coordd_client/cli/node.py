@@ -1,4 +1,6 @@
-"""coordctl node register|list|show|rotate-key and node agent (the heartbeat agent a node runs)."""
+"""coordctl node register|list|show|rotate-key and node agent (the heartbeat agent a node runs); the
+monitoring commands (incidents, ack, uptime, sla, maintenance, silence, policy, rewards)
+are in node_monitoring.py."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import threading
 import time
 from typing import Any
 
+from coordd_client.cli import node_monitoring
 from coordd_client.cli.common import Context, emit, enum_word, table
 from coordd_client.errors import CoorddError, PermissionDenied, Unauthenticated
 from coordd_client.v1 import node_pb2
@@ -99,6 +102,7 @@ def register(sub: Any) -> None:
         "--assume-running", action="store_true", help="report every assigned workload as RUNNING"
     )
     agent.set_defaults(func=_agent)
+    node_monitoring.register(node)
 
 
 def _register(ctx: Context, args: argparse.Namespace) -> int:
@@ -150,15 +154,25 @@ def _rotate(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+# Until the daemon says otherwise (HeartbeatResponse.reconnect_backoff_max).
+DEFAULT_BACKOFF_MAX_S = 15.0
+# gRPC's own reconnect backoff (up to 2 minutes by default) would make every call fail
+# fast long after the daemon is back: the channel retries at least this often.
+CHANNEL_BACKOFF_MS = 500
+
+
 class _Agent:
     """Beats until SIGTERM/SIGINT; reconnects with capped, jittered backoff when the daemon
-    is unreachable, so a restart of the daemon costs a few missed beats, not the agent."""
+    is unreachable, so a restart of the daemon costs a few missed beats, not the agent.
+    The cap is what the daemon last said (`reconnect_backoff_max`, a third of its restart
+    grace): the agent is always back before the grace is over."""
 
     def __init__(self, ctx: Context, args: argparse.Namespace) -> None:
         self.ctx = ctx
         self.args = args
         self.stop = threading.Event()
         self.interval = args.interval or 10.0
+        self.backoff_max = DEFAULT_BACKOFF_MAX_S
         self.assignments: list[node_pb2.AssignedWorkload] = []
 
     def log(self, text: str, **data: Any) -> None:
@@ -180,6 +194,9 @@ class _Agent:
         self.assignments = list(reply.assignments)
         if not self.args.interval and reply.next_interval.ToTimedelta().total_seconds() > 0:
             self.interval = reply.next_interval.ToTimedelta().total_seconds()
+        hinted = reply.reconnect_backoff_max.ToTimedelta().total_seconds()
+        if hinted > 0:
+            self.backoff_max = min(hinted, DEFAULT_BACKOFF_MAX_S)
         self.log("beat", node=reply.node, status=_status(reply.status), assignments=len(self.assignments))
 
     def stream_beats(self, client: Any) -> None:
@@ -228,7 +245,15 @@ class _Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop.set())
         delay = 0.5
-        with self.ctx.connect(api_key=self.args.node_key, timeout=10, retries=0) as client:
+        channel_options = [
+            ("grpc.initial_reconnect_backoff_ms", CHANNEL_BACKOFF_MS),
+            ("grpc.min_reconnect_backoff_ms", CHANNEL_BACKOFF_MS),
+            ("grpc.max_reconnect_backoff_ms", CHANNEL_BACKOFF_MS),
+        ]
+        connection = self.ctx.connect(
+            api_key=self.args.node_key, timeout=10, retries=0, options=channel_options
+        )
+        with connection as client:
             while not self.stop.is_set():
                 try:
                     if self.args.stream:
@@ -241,9 +266,10 @@ class _Agent:
                     self.log("node key refused", error=exc.message)
                     return 1
                 except CoorddError as exc:
+                    delay = min(delay, self.backoff_max)
                     self.log("daemon unreachable; retrying", error=exc.message, retry_in_s=round(delay, 2))
                     self.stop.wait(delay * random.uniform(0.5, 1.0))
-                    delay = min(delay * 2, 15.0)
+                    delay = min(delay * 2, self.backoff_max)
         self.log("agent stopped")
         return 0
 

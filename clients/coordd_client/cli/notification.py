@@ -23,6 +23,12 @@ def register(sub: Any) -> None:
     create.add_argument(
         "--event-type", action="append", default=[], help="e.g. node.down (repeatable; default: all)"
     )
+    create.add_argument(
+        "--kind",
+        choices=["webhook", "slack", "smtp"],
+        default="webhook",
+        help="slack: an incoming-webhook URL; smtp: smtp://host:port/?to=a@example.com (secret: password)",
+    )
     create.set_defaults(func=_create)
     channel.add_parser("list", help="the caller's channels").set_defaults(func=_list)
     for name, func, text in (
@@ -45,7 +51,11 @@ def _events(channel: pb.Channel) -> str:
 def _create(ctx: Context, args: argparse.Namespace) -> int:
     reply = ctx.client.notification.CreateChannel(
         pb.CreateChannelRequest(
-            display_name=args.name, url=args.url, secret=args.secret, event_types=args.event_type
+            display_name=args.name,
+            url=args.url,
+            secret=args.secret,
+            event_types=args.event_type,
+            kind=pb.ChannelKind.Value("CHANNEL_KIND_" + args.kind.upper()),
         )
     )
     emit(ctx, reply, f"{reply.channel.name} created; signing secret (shown once): {reply.secret}")

@@ -119,9 +119,11 @@ class HealthPolicy(_message.Message):
     successes_before_up: _builtins.int
     """Consecutive beats before a PENDING or DOWN node is UP. 0 means 2."""
     mass_outage_share: _builtins.float
-    """Share of nodes going DOWN within one detection window that counts as a mass outage. 0 means 0.5."""
+    """Share of nodes going DOWN within one detection window that counts as a mass outage
+    (at least this share). 0 means 0.5.
+    """
     mass_outage_min_nodes: _builtins.int
-    """The mass-outage guard needs at least this many watched nodes. 0 means 3."""
+    """The mass-outage guard needs at least this many watched nodes. 0 means 10."""
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
         """Interval nodes are told to beat at. 0 means 10 s."""
@@ -317,6 +319,8 @@ class Node(_message.Message):
     LAST_HEARTBEAT_TIME_FIELD_NUMBER: _builtins.int
     API_KEY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    FLAPPING_FIELD_NUMBER: _builtins.int
+    FLAPPING_SINCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `nodes/{node}`."""
     project: _builtins.str
@@ -330,6 +334,11 @@ class Node(_message.Message):
     """Why the node is in its status."""
     api_key: _builtins.str
     """Resource name of the node's API key."""
+    flapping: _builtins.bool
+    """-- monitoring (issue 14) --
+    Changing state more often than its project's monitoring policy allows: its
+    notifications are held back until it settles.
+    """
     @_builtins.property
     def inventory(self) -> Global___Inventory: ...
     @_builtins.property
@@ -342,6 +351,8 @@ class Node(_message.Message):
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def flapping_since(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -358,10 +369,12 @@ class Node(_message.Message):
         last_heartbeat_time: _timestamp_pb2.Timestamp | None = ...,
         api_key: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        flapping: _builtins.bool = ...,
+        flapping_since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "inventory", b"inventory", "last_heartbeat_time", b"last_heartbeat_time", "status_change_time", b"status_change_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "flapping_since", b"flapping_since", "inventory", b"inventory", "last_heartbeat_time", b"last_heartbeat_time", "status_change_time", b"status_change_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "create_time", b"create_time", "display_name", b"display_name", "inventory", b"inventory", "labels", b"labels", "last_heartbeat_time", b"last_heartbeat_time", "name", b"name", "owner", b"owner", "project", b"project", "region", b"region", "status", b"status", "status_change_time", b"status_change_time", "status_reason", b"status_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "create_time", b"create_time", "display_name", b"display_name", "flapping", b"flapping", "flapping_since", b"flapping_since", "inventory", b"inventory", "labels", b"labels", "last_heartbeat_time", b"last_heartbeat_time", "name", b"name", "owner", b"owner", "project", b"project", "region", b"region", "status", b"status", "status_change_time", b"status_change_time", "status_reason", b"status_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -542,6 +555,7 @@ class Transition(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     UPTIME_EXCLUDED_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `transitions/{transition}` (a number, increasing)."""
     subject: _builtins.str
@@ -553,6 +567,13 @@ class Transition(_message.Message):
     """True when the time after this transition is not counted against uptime (mass outage)."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def effective_time(self) -> _timestamp_pb2.Timestamp:
+        """-- monitoring (issue 14) --
+        When the state really began, if before `time` (when it was detected): a DOWN began
+        at the last heartbeat that arrived. Uptime counts from here.
+        """
+
     def __init__(
         self,
         *,
@@ -563,10 +584,11 @@ class Transition(_message.Message):
         reason: _builtins.str = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         uptime_excluded: _builtins.bool = ...,
+        effective_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_time", b"effective_time", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_status", b"from_status", "name", b"name", "reason", b"reason", "subject", b"subject", "time", b"time", "to_status", b"to_status", "uptime_excluded", b"uptime_excluded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_time", b"effective_time", "from_status", b"from_status", "name", b"name", "reason", b"reason", "subject", b"subject", "time", b"time", "to_status", b"to_status", "uptime_excluded", b"uptime_excluded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -587,6 +609,12 @@ class Incident(_message.Message):
     CAUSE_FIELD_NUMBER: _builtins.int
     NOTIFICATIONS_INHIBITED_FIELD_NUMBER: _builtins.int
     RESOLUTION_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGE_TIME_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_BY_FIELD_NUMBER: _builtins.int
+    ESCALATE_TIME_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_HELD_FIELD_NUMBER: _builtins.int
+    NOTIFY_TIME_FIELD_NUMBER: _builtins.int
+    REMINDERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `incidents/{incident}`."""
     subject: _builtins.str
@@ -597,6 +625,11 @@ class Incident(_message.Message):
     """True when notifications were suppressed (the workload's node was DOWN)."""
     resolution: _builtins.str
     """How it ended: "recovered", "maintenance", "decommissioned", ..."""
+    acknowledged_by: _builtins.str
+    """`users/{user}`."""
+    notification_held: _builtins.bool
+    """Its notification is held back (a silence, flapping): nobody was told yet."""
+    reminders: _builtins.int
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -606,6 +639,18 @@ class Incident(_message.Message):
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
         """end - start, or now - start while open."""
+
+    @_builtins.property
+    def acknowledge_time(self) -> _timestamp_pb2.Timestamp:
+        """-- monitoring (issue 14) --"""
+
+    @_builtins.property
+    def escalate_time(self) -> _timestamp_pb2.Timestamp:
+        """When it went to the project's escalation channel."""
+
+    @_builtins.property
+    def notify_time(self) -> _timestamp_pb2.Timestamp:
+        """When the opening was notified."""
 
     def __init__(
         self,
@@ -619,10 +664,16 @@ class Incident(_message.Message):
         cause: _builtins.str = ...,
         notifications_inhibited: _builtins.bool = ...,
         resolution: _builtins.str = ...,
+        acknowledge_time: _timestamp_pb2.Timestamp | None = ...,
+        acknowledged_by: _builtins.str = ...,
+        escalate_time: _timestamp_pb2.Timestamp | None = ...,
+        notification_held: _builtins.bool = ...,
+        notify_time: _timestamp_pb2.Timestamp | None = ...,
+        reminders: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledge_time", b"acknowledge_time", "duration", b"duration", "end_time", b"end_time", "escalate_time", b"escalate_time", "notify_time", b"notify_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "duration", b"duration", "end_time", b"end_time", "name", b"name", "notifications_inhibited", b"notifications_inhibited", "project", b"project", "resolution", b"resolution", "start_time", b"start_time", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_time", b"acknowledge_time", "acknowledged_by", b"acknowledged_by", "cause", b"cause", "duration", b"duration", "end_time", b"end_time", "escalate_time", b"escalate_time", "name", b"name", "notification_held", b"notification_held", "notifications_inhibited", b"notifications_inhibited", "notify_time", b"notify_time", "project", b"project", "reminders", b"reminders", "resolution", b"resolution", "start_time", b"start_time", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -742,8 +793,18 @@ class UptimeWindow(_message.Message):
     UPTIME_PERCENT_FIELD_NUMBER: _builtins.int
     UP_FIELD_NUMBER: _builtins.int
     OBSERVED_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    DOWN_FIELD_NUMBER: _builtins.int
+    MAINTENANCE_FIELD_NUMBER: _builtins.int
+    MASS_OUTAGE_FIELD_NUMBER: _builtins.int
     uptime_percent: _builtins.float
     """up / observed x 100; 100 when nothing was observed."""
+    label: _builtins.str
+    """-- monitoring (issue 14) --
+    "24h", "7d", "30d", or the calendar month asked for ("2026-11").
+    """
     @_builtins.property
     def window(self) -> _duration_pb2.Duration: ...
     @_builtins.property
@@ -752,6 +813,24 @@ class UptimeWindow(_message.Message):
     def observed(self) -> _duration_pb2.Duration:
         """Time UP or DOWN, maintenance and mass outages excluded."""
 
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Now, for the rolling windows and the current month."""
+
+    @_builtins.property
+    def down(self) -> _duration_pb2.Duration:
+        """Time DOWN that counts (from the last beat that arrived, not from detection)."""
+
+    @_builtins.property
+    def maintenance(self) -> _duration_pb2.Duration:
+        """Left out of `observed`: planned maintenance windows of the node or its project."""
+
+    @_builtins.property
+    def mass_outage(self) -> _duration_pb2.Duration:
+        """Left out of `observed`: DOWN time that began in a confirmed mass outage."""
+
     def __init__(
         self,
         *,
@@ -759,10 +838,16 @@ class UptimeWindow(_message.Message):
         uptime_percent: _builtins.float = ...,
         up: _duration_pb2.Duration | None = ...,
         observed: _duration_pb2.Duration | None = ...,
+        label: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        down: _duration_pb2.Duration | None = ...,
+        maintenance: _duration_pb2.Duration | None = ...,
+        mass_outage: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["observed", b"observed", "up", b"up", "window", b"window"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["down", b"down", "end_time", b"end_time", "maintenance", b"maintenance", "mass_outage", b"mass_outage", "observed", b"observed", "start_time", b"start_time", "up", b"up", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["observed", b"observed", "up", b"up", "uptime_percent", b"uptime_percent", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["down", b"down", "end_time", b"end_time", "label", b"label", "maintenance", b"maintenance", "mass_outage", b"mass_outage", "observed", b"observed", "start_time", b"start_time", "up", b"up", "uptime_percent", b"uptime_percent", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1619,6 +1704,8 @@ class HeartbeatResponse(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     NEXT_INTERVAL_FIELD_NUMBER: _builtins.int
+    RECONNECT_BACKOFF_MAX_FIELD_NUMBER: _builtins.int
+    RESTART_GRACE_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     status: Global___HealthStatus.ValueType
     @_builtins.property
@@ -1627,6 +1714,20 @@ class HeartbeatResponse(_message.Message):
     def next_interval(self) -> _duration_pb2.Duration:
         """Beat again within this interval."""
 
+    @_builtins.property
+    def reconnect_backoff_max(self) -> _duration_pb2.Duration:
+        """-- monitoring (issue 14) --
+        When the daemon cannot be reached, wait at most this long between reconnect
+        attempts (with jitter below it): an agent that does is back well within the restart
+        grace, so a daemon restart never makes its node DOWN.
+        """
+
+    @_builtins.property
+    def restart_grace(self) -> _duration_pb2.Duration:
+        """After a daemon restart or a scheduler failover every node gets this long, from when
+        detection resumes, before silence can make it DOWN.
+        """
+
     def __init__(
         self,
         *,
@@ -1634,10 +1735,12 @@ class HeartbeatResponse(_message.Message):
         status: Global___HealthStatus.ValueType = ...,
         assignments: _abc.Iterable[Global___AssignedWorkload] | None = ...,
         next_interval: _duration_pb2.Duration | None = ...,
+        reconnect_backoff_max: _duration_pb2.Duration | None = ...,
+        restart_grace: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["next_interval", b"next_interval"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_interval", b"next_interval", "reconnect_backoff_max", b"reconnect_backoff_max", "restart_grace", b"restart_grace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "next_interval", b"next_interval", "node", b"node", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "next_interval", b"next_interval", "node", b"node", "reconnect_backoff_max", b"reconnect_backoff_max", "restart_grace", b"restart_grace", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1696,6 +1799,8 @@ class StreamHeartbeatsResponse(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     NEXT_INTERVAL_FIELD_NUMBER: _builtins.int
+    RECONNECT_BACKOFF_MAX_FIELD_NUMBER: _builtins.int
+    RESTART_GRACE_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     beats: _builtins.int
     """Beats received on this stream."""
@@ -1704,6 +1809,14 @@ class StreamHeartbeatsResponse(_message.Message):
     def assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___AssignedWorkload]: ...
     @_builtins.property
     def next_interval(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def reconnect_backoff_max(self) -> _duration_pb2.Duration:
+        """-- monitoring (issue 14) --
+        As in HeartbeatResponse.
+        """
+
+    @_builtins.property
+    def restart_grace(self) -> _duration_pb2.Duration: ...
     def __init__(
         self,
         *,
@@ -1712,10 +1825,12 @@ class StreamHeartbeatsResponse(_message.Message):
         status: Global___HealthStatus.ValueType = ...,
         assignments: _abc.Iterable[Global___AssignedWorkload] | None = ...,
         next_interval: _duration_pb2.Duration | None = ...,
+        reconnect_backoff_max: _duration_pb2.Duration | None = ...,
+        restart_grace: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["next_interval", b"next_interval"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_interval", b"next_interval", "reconnect_backoff_max", b"reconnect_backoff_max", "restart_grace", b"restart_grace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "beats", b"beats", "next_interval", b"next_interval", "node", b"node", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "beats", b"beats", "next_interval", b"next_interval", "node", b"node", "reconnect_backoff_max", b"reconnect_backoff_max", "restart_grace", b"restart_grace", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1726,16 +1841,22 @@ class GetUptimeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    MONTH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`nodes/{node}` or `workloads/{workload}`."""
+    month: _builtins.str
+    """-- monitoring (issue 14) --
+    Also this calendar month (UTC), as YYYY-MM; empty: only the rolling windows.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        month: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["month", b"month", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1750,7 +1871,7 @@ class GetUptimeResponse(_message.Message):
     name: _builtins.str
     @_builtins.property
     def windows(self) -> _containers.RepeatedCompositeFieldContainer[Global___UptimeWindow]:
-        """24 hours, 7 days, 30 days."""
+        """24 hours, 7 days, 30 days, then the month asked for."""
 
     def __init__(
         self,
@@ -2104,6 +2225,505 @@ class WatchNodesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchNodesResponse: _TypeAlias = WatchNodesResponse  # noqa: Y015
+
+@_typing.final
+class MonitoringPolicy(_message.Message):
+    """-- monitoring (issue 14) --
+
+    How a project's node alerts behave beyond up/down.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    FLAP_CHANGES_FIELD_NUMBER: _builtins.int
+    FLAP_WINDOW_FIELD_NUMBER: _builtins.int
+    FLAP_SETTLE_FIELD_NUMBER: _builtins.int
+    ESCALATE_AFTER_FIELD_NUMBER: _builtins.int
+    ESCALATION_CHANNEL_FIELD_NUMBER: _builtins.int
+    REPEAT_EVERY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name: `projects/{project}/monitoringPolicy`."""
+    flap_changes: _builtins.int
+    """A node is FLAPPING after more than this many UP/DOWN changes within `flap_window`:
+    one notification when it starts and one when it settles. 0 means 5.
+    """
+    escalation_channel: _builtins.str
+    """`channels/{channel}`, one of the project owner's channels."""
+    @_builtins.property
+    def flap_window(self) -> _duration_pb2.Duration:
+        """Unset means 10 minutes."""
+
+    @_builtins.property
+    def flap_settle(self) -> _duration_pb2.Duration:
+        """FLAPPING ends after this long without a change. Unset means 5 minutes."""
+
+    @_builtins.property
+    def escalate_after(self) -> _duration_pb2.Duration:
+        """A DOWN incident not acknowledged this long after it was notified also goes to
+        `escalation_channel`. Unset or 0: no escalation.
+        """
+
+    @_builtins.property
+    def repeat_every(self) -> _duration_pb2.Duration:
+        """While a DOWN incident is open and not acknowledged, a reminder this often. Unset or
+        0: none (at least 1 minute otherwise).
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        flap_changes: _builtins.int = ...,
+        flap_window: _duration_pb2.Duration | None = ...,
+        flap_settle: _duration_pb2.Duration | None = ...,
+        escalate_after: _duration_pb2.Duration | None = ...,
+        escalation_channel: _builtins.str = ...,
+        repeat_every: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["escalate_after", b"escalate_after", "flap_settle", b"flap_settle", "flap_window", b"flap_window", "repeat_every", b"repeat_every"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["escalate_after", b"escalate_after", "escalation_channel", b"escalation_channel", "flap_changes", b"flap_changes", "flap_settle", b"flap_settle", "flap_window", b"flap_window", "name", b"name", "repeat_every", b"repeat_every"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MonitoringPolicy: _TypeAlias = MonitoringPolicy  # noqa: Y015
+
+@_typing.final
+class Silence(_message.Message):
+    """Notifications held back for a time."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    LABEL_KEY_FIELD_NUMBER: _builtins.int
+    LABEL_VALUE_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name: `silences/{silence}`."""
+    project: _builtins.str
+    node: _builtins.str
+    """`nodes/{node}` when it covers one node."""
+    label_key: _builtins.str
+    """When set: it covers the nodes with this label value."""
+    label_value: _builtins.str
+    reason: _builtins.str
+    created_by: _builtins.str
+    """`users/{user}` who set it."""
+    active: _builtins.bool
+    """In force now."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        project: _builtins.str = ...,
+        node: _builtins.str = ...,
+        label_key: _builtins.str = ...,
+        label_value: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        created_by: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        active: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "create_time", b"create_time", "created_by", b"created_by", "end_time", b"end_time", "label_key", b"label_key", "label_value", b"label_value", "name", b"name", "node", b"node", "project", b"project", "reason", b"reason", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Silence: _TypeAlias = Silence  # noqa: Y015
+
+@_typing.final
+class AcknowledgeIncidentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`incidents/{incident}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeIncidentRequest: _TypeAlias = AcknowledgeIncidentRequest  # noqa: Y015
+
+@_typing.final
+class AcknowledgeIncidentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def incident(self) -> Global___Incident: ...
+    def __init__(
+        self,
+        *,
+        incident: Global___Incident | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeIncidentResponse: _TypeAlias = AcknowledgeIncidentResponse  # noqa: Y015
+
+@_typing.final
+class GetMonitoringPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`projects/{project}/monitoringPolicy`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMonitoringPolicyRequest: _TypeAlias = GetMonitoringPolicyRequest  # noqa: Y015
+
+@_typing.final
+class GetMonitoringPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONITORING_POLICY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def monitoring_policy(self) -> Global___MonitoringPolicy: ...
+    def __init__(
+        self,
+        *,
+        monitoring_policy: Global___MonitoringPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["monitoring_policy", b"monitoring_policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["monitoring_policy", b"monitoring_policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMonitoringPolicyResponse: _TypeAlias = GetMonitoringPolicyResponse  # noqa: Y015
+
+@_typing.final
+class UpdateMonitoringPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONITORING_POLICY_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def monitoring_policy(self) -> Global___MonitoringPolicy:
+        """Its `name` says which project."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Paths: flap_changes, flap_window, flap_settle, escalate_after, escalation_channel,
+        repeat_every. Empty: every field, as given (unset flapping fields: the defaults).
+        """
+
+    def __init__(
+        self,
+        *,
+        monitoring_policy: Global___MonitoringPolicy | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["monitoring_policy", b"monitoring_policy", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["monitoring_policy", b"monitoring_policy", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateMonitoringPolicyRequest: _TypeAlias = UpdateMonitoringPolicyRequest  # noqa: Y015
+
+@_typing.final
+class UpdateMonitoringPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONITORING_POLICY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def monitoring_policy(self) -> Global___MonitoringPolicy: ...
+    def __init__(
+        self,
+        *,
+        monitoring_policy: Global___MonitoringPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["monitoring_policy", b"monitoring_policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["monitoring_policy", b"monitoring_policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateMonitoringPolicyResponse: _TypeAlias = UpdateMonitoringPolicyResponse  # noqa: Y015
+
+@_typing.final
+class CreateSilenceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    SILENCE_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`projects/{project}`."""
+    @_builtins.property
+    def silence(self) -> Global___Silence:
+        """node or label_key/label_value (or neither: the whole project), end_time (or
+        `duration`), reason (required); start_time unset means now.
+        """
+
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """From the start, instead of silence.end_time."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        silence: Global___Silence | None = ...,
+        duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "silence", b"silence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "parent", b"parent", "silence", b"silence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateSilenceRequest: _TypeAlias = CreateSilenceRequest  # noqa: Y015
+
+@_typing.final
+class CreateSilenceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SILENCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def silence(self) -> Global___Silence: ...
+    def __init__(
+        self,
+        *,
+        silence: Global___Silence | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["silence", b"silence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["silence", b"silence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateSilenceResponse: _TypeAlias = CreateSilenceResponse  # noqa: Y015
+
+@_typing.final
+class ListSilencesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`projects/{project}`."""
+    page_size: _builtins.int
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSilencesRequest: _TypeAlias = ListSilencesRequest  # noqa: Y015
+
+@_typing.final
+class ListSilencesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SILENCES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def silences(self) -> _containers.RepeatedCompositeFieldContainer[Global___Silence]: ...
+    def __init__(
+        self,
+        *,
+        silences: _abc.Iterable[Global___Silence] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "silences", b"silences"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSilencesResponse: _TypeAlias = ListSilencesResponse  # noqa: Y015
+
+@_typing.final
+class EndSilenceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`silences/{silence}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndSilenceRequest: _TypeAlias = EndSilenceRequest  # noqa: Y015
+
+@_typing.final
+class EndSilenceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SILENCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def silence(self) -> Global___Silence: ...
+    def __init__(
+        self,
+        *,
+        silence: Global___Silence | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["silence", b"silence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["silence", b"silence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndSilenceResponse: _TypeAlias = EndSilenceResponse  # noqa: Y015
+
+@_typing.final
+class SlaRow(_message.Message):
+    """One node's line of an SLA report (or, with `node` empty, every node together)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    UPTIME_FIELD_NUMBER: _builtins.int
+    INCIDENTS_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    display_name: _builtins.str
+    incidents: _builtins.int
+    """Incidents that overlap the period."""
+    @_builtins.property
+    def uptime(self) -> Global___UptimeWindow:
+        """Over the report's period: up, down, observed, maintenance and mass-outage time."""
+
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        uptime: Global___UptimeWindow | None = ...,
+        incidents: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["uptime", b"uptime"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "incidents", b"incidents", "node", b"node", "uptime", b"uptime"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SlaRow: _TypeAlias = SlaRow  # noqa: Y015
+
+@_typing.final
+class StreamSlaReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    MONTH_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    CSV_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`projects/{project}`."""
+    month: _builtins.str
+    """A calendar month (UTC) as YYYY-MM; or start_time/end_time (unset: the last 30 days,
+    at most 400 days).
+    """
+    csv: _builtins.bool
+    """Also render each message's rows as CSV (`csv`), the header in the first."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        month: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        csv: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csv", b"csv", "end_time", b"end_time", "month", b"month", "parent", b"parent", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamSlaReportRequest: _TypeAlias = StreamSlaReportRequest  # noqa: Y015
+
+@_typing.final
+class StreamSlaReportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    AGGREGATE_FIELD_NUMBER: _builtins.int
+    CSV_FIELD_NUMBER: _builtins.int
+    csv: _builtins.str
+    """With `csv`: the rows (and in the last message the aggregate) as CSV lines."""
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___SlaRow]:
+        """Up to 200 nodes, in id order."""
+
+    @_builtins.property
+    def aggregate(self) -> Global___SlaRow:
+        """Set in the last message only: every node together (total UP / total observed)."""
+
+    def __init__(
+        self,
+        *,
+        rows: _abc.Iterable[Global___SlaRow] | None = ...,
+        aggregate: Global___SlaRow | None = ...,
+        csv: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["aggregate", b"aggregate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate", b"aggregate", "csv", b"csv", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamSlaReportResponse: _TypeAlias = StreamSlaReportResponse  # noqa: Y015
 
 @_typing.final
 class RotateNodeKeyRequest(_message.Message):

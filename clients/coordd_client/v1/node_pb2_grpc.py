@@ -196,6 +196,41 @@ class NodeServiceStub:
                 request_serializer=coordd_dot_v1_dot_node__pb2.WatchNodesRequest.SerializeToString,
                 response_deserializer=coordd_dot_v1_dot_node__pb2.WatchNodesResponse.FromString,
                 _registered_method=True)
+        self.AcknowledgeIncident = channel.unary_unary(
+                '/coordd.v1.NodeService/AcknowledgeIncident',
+                request_serializer=coordd_dot_v1_dot_node__pb2.AcknowledgeIncidentRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_node__pb2.AcknowledgeIncidentResponse.FromString,
+                _registered_method=True)
+        self.GetMonitoringPolicy = channel.unary_unary(
+                '/coordd.v1.NodeService/GetMonitoringPolicy',
+                request_serializer=coordd_dot_v1_dot_node__pb2.GetMonitoringPolicyRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_node__pb2.GetMonitoringPolicyResponse.FromString,
+                _registered_method=True)
+        self.UpdateMonitoringPolicy = channel.unary_unary(
+                '/coordd.v1.NodeService/UpdateMonitoringPolicy',
+                request_serializer=coordd_dot_v1_dot_node__pb2.UpdateMonitoringPolicyRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_node__pb2.UpdateMonitoringPolicyResponse.FromString,
+                _registered_method=True)
+        self.CreateSilence = channel.unary_unary(
+                '/coordd.v1.NodeService/CreateSilence',
+                request_serializer=coordd_dot_v1_dot_node__pb2.CreateSilenceRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_node__pb2.CreateSilenceResponse.FromString,
+                _registered_method=True)
+        self.ListSilences = channel.unary_unary(
+                '/coordd.v1.NodeService/ListSilences',
+                request_serializer=coordd_dot_v1_dot_node__pb2.ListSilencesRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_node__pb2.ListSilencesResponse.FromString,
+                _registered_method=True)
+        self.EndSilence = channel.unary_unary(
+                '/coordd.v1.NodeService/EndSilence',
+                request_serializer=coordd_dot_v1_dot_node__pb2.EndSilenceRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_node__pb2.EndSilenceResponse.FromString,
+                _registered_method=True)
+        self.StreamSlaReport = channel.unary_stream(
+                '/coordd.v1.NodeService/StreamSlaReport',
+                request_serializer=coordd_dot_v1_dot_node__pb2.StreamSlaReportRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_node__pb2.StreamSlaReportResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -377,7 +412,8 @@ class NodeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetUptime(self, request, context):
-        """Uptime % of a node or workload over the last 24 hours, 7 days and 30 days.
+        """Uptime % of a node or workload over the last 24 hours, 7 days and 30 days (and a
+        calendar month when asked); maintenance and mass outages are shown apart.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -427,6 +463,58 @@ class NodeServiceServicer:
 
     def WatchNodes(self, request, context):
         """Status changes of a project's nodes as they are committed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcknowledgeIncident(self, request, context):
+        """-- monitoring (issue 14) --
+        Acknowledges an open incident: someone is on it; no escalation, no more reminders.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMonitoringPolicy(self, request, context):
+        """A project's flapping, escalation and reminder policy (the defaults until updated).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateMonitoringPolicy(self, request, context):
+        """Changes a project's monitoring policy (project owner).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSilence(self, request, context):
+        """Holds back notifications about a project, a node or the nodes with a label for a
+        time; states, incidents and uptime stay true.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSilences(self, request, context):
+        """The silences of a project, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndSilence(self, request, context):
+        """Ends a silence now; a covered node still DOWN (and not notified) is notified once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamSlaReport(self, request, context):
+        """The SLA report of a project (owner): every node's uptime over a calendar month or a
+        range, a page of nodes per message, then the aggregate; optionally as CSV text.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -584,6 +672,41 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.WatchNodes,
                     request_deserializer=coordd_dot_v1_dot_node__pb2.WatchNodesRequest.FromString,
                     response_serializer=coordd_dot_v1_dot_node__pb2.WatchNodesResponse.SerializeToString,
+            ),
+            'AcknowledgeIncident': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcknowledgeIncident,
+                    request_deserializer=coordd_dot_v1_dot_node__pb2.AcknowledgeIncidentRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_node__pb2.AcknowledgeIncidentResponse.SerializeToString,
+            ),
+            'GetMonitoringPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMonitoringPolicy,
+                    request_deserializer=coordd_dot_v1_dot_node__pb2.GetMonitoringPolicyRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_node__pb2.GetMonitoringPolicyResponse.SerializeToString,
+            ),
+            'UpdateMonitoringPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateMonitoringPolicy,
+                    request_deserializer=coordd_dot_v1_dot_node__pb2.UpdateMonitoringPolicyRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_node__pb2.UpdateMonitoringPolicyResponse.SerializeToString,
+            ),
+            'CreateSilence': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSilence,
+                    request_deserializer=coordd_dot_v1_dot_node__pb2.CreateSilenceRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_node__pb2.CreateSilenceResponse.SerializeToString,
+            ),
+            'ListSilences': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSilences,
+                    request_deserializer=coordd_dot_v1_dot_node__pb2.ListSilencesRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_node__pb2.ListSilencesResponse.SerializeToString,
+            ),
+            'EndSilence': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndSilence,
+                    request_deserializer=coordd_dot_v1_dot_node__pb2.EndSilenceRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_node__pb2.EndSilenceResponse.SerializeToString,
+            ),
+            'StreamSlaReport': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamSlaReport,
+                    request_deserializer=coordd_dot_v1_dot_node__pb2.StreamSlaReportRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_node__pb2.StreamSlaReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1408,6 +1531,195 @@ class NodeService:
             '/coordd.v1.NodeService/WatchNodes',
             coordd_dot_v1_dot_node__pb2.WatchNodesRequest.SerializeToString,
             coordd_dot_v1_dot_node__pb2.WatchNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcknowledgeIncident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.NodeService/AcknowledgeIncident',
+            coordd_dot_v1_dot_node__pb2.AcknowledgeIncidentRequest.SerializeToString,
+            coordd_dot_v1_dot_node__pb2.AcknowledgeIncidentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMonitoringPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.NodeService/GetMonitoringPolicy',
+            coordd_dot_v1_dot_node__pb2.GetMonitoringPolicyRequest.SerializeToString,
+            coordd_dot_v1_dot_node__pb2.GetMonitoringPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateMonitoringPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.NodeService/UpdateMonitoringPolicy',
+            coordd_dot_v1_dot_node__pb2.UpdateMonitoringPolicyRequest.SerializeToString,
+            coordd_dot_v1_dot_node__pb2.UpdateMonitoringPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSilence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.NodeService/CreateSilence',
+            coordd_dot_v1_dot_node__pb2.CreateSilenceRequest.SerializeToString,
+            coordd_dot_v1_dot_node__pb2.CreateSilenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSilences(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.NodeService/ListSilences',
+            coordd_dot_v1_dot_node__pb2.ListSilencesRequest.SerializeToString,
+            coordd_dot_v1_dot_node__pb2.ListSilencesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndSilence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.NodeService/EndSilence',
+            coordd_dot_v1_dot_node__pb2.EndSilenceRequest.SerializeToString,
+            coordd_dot_v1_dot_node__pb2.EndSilenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamSlaReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/coordd.v1.NodeService/StreamSlaReport',
+            coordd_dot_v1_dot_node__pb2.StreamSlaReportRequest.SerializeToString,
+            coordd_dot_v1_dot_node__pb2.StreamSlaReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

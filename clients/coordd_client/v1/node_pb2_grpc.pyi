@@ -106,7 +106,9 @@ class NodeServiceStub:
     the node closes the stream.
     """
     GetUptime: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetUptimeRequest, _node_pb2.GetUptimeResponse]
-    """Uptime % of a node or workload over the last 24 hours, 7 days and 30 days."""
+    """Uptime % of a node or workload over the last 24 hours, 7 days and 30 days (and a
+    calendar month when asked); maintenance and mass outages are shown apart.
+    """
     ListIncidents: _grpc.UnaryUnaryMultiCallable[_node_pb2.ListIncidentsRequest, _node_pb2.ListIncidentsResponse]
     """Incidents of a node, a workload or a project (mass outages), newest first."""
     ListTransitions: _grpc.UnaryUnaryMultiCallable[_node_pb2.ListTransitionsRequest, _node_pb2.ListTransitionsResponse]
@@ -121,6 +123,26 @@ class NodeServiceStub:
     """An operator's reward ledger, newest first."""
     WatchNodes: _grpc.UnaryStreamMultiCallable[_node_pb2.WatchNodesRequest, _node_pb2.WatchNodesResponse]
     """Status changes of a project's nodes as they are committed."""
+    AcknowledgeIncident: _grpc.UnaryUnaryMultiCallable[_node_pb2.AcknowledgeIncidentRequest, _node_pb2.AcknowledgeIncidentResponse]
+    """-- monitoring (issue 14) --
+    Acknowledges an open incident: someone is on it; no escalation, no more reminders.
+    """
+    GetMonitoringPolicy: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetMonitoringPolicyRequest, _node_pb2.GetMonitoringPolicyResponse]
+    """A project's flapping, escalation and reminder policy (the defaults until updated)."""
+    UpdateMonitoringPolicy: _grpc.UnaryUnaryMultiCallable[_node_pb2.UpdateMonitoringPolicyRequest, _node_pb2.UpdateMonitoringPolicyResponse]
+    """Changes a project's monitoring policy (project owner)."""
+    CreateSilence: _grpc.UnaryUnaryMultiCallable[_node_pb2.CreateSilenceRequest, _node_pb2.CreateSilenceResponse]
+    """Holds back notifications about a project, a node or the nodes with a label for a
+    time; states, incidents and uptime stay true.
+    """
+    ListSilences: _grpc.UnaryUnaryMultiCallable[_node_pb2.ListSilencesRequest, _node_pb2.ListSilencesResponse]
+    """The silences of a project, newest first."""
+    EndSilence: _grpc.UnaryUnaryMultiCallable[_node_pb2.EndSilenceRequest, _node_pb2.EndSilenceResponse]
+    """Ends a silence now; a covered node still DOWN (and not notified) is notified once."""
+    StreamSlaReport: _grpc.UnaryStreamMultiCallable[_node_pb2.StreamSlaReportRequest, _node_pb2.StreamSlaReportResponse]
+    """The SLA report of a project (owner): every node's uptime over a calendar month or a
+    range, a page of nodes per message, then the aggregate; optionally as CSV text.
+    """
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -200,7 +222,9 @@ class NodeServiceAsyncStub(NodeServiceStub):
     the node closes the stream.
     """
     GetUptime: _aio.UnaryUnaryMultiCallable[_node_pb2.GetUptimeRequest, _node_pb2.GetUptimeResponse]  # type: ignore[assignment]
-    """Uptime % of a node or workload over the last 24 hours, 7 days and 30 days."""
+    """Uptime % of a node or workload over the last 24 hours, 7 days and 30 days (and a
+    calendar month when asked); maintenance and mass outages are shown apart.
+    """
     ListIncidents: _aio.UnaryUnaryMultiCallable[_node_pb2.ListIncidentsRequest, _node_pb2.ListIncidentsResponse]  # type: ignore[assignment]
     """Incidents of a node, a workload or a project (mass outages), newest first."""
     ListTransitions: _aio.UnaryUnaryMultiCallable[_node_pb2.ListTransitionsRequest, _node_pb2.ListTransitionsResponse]  # type: ignore[assignment]
@@ -215,6 +239,26 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """An operator's reward ledger, newest first."""
     WatchNodes: _aio.UnaryStreamMultiCallable[_node_pb2.WatchNodesRequest, _node_pb2.WatchNodesResponse]  # type: ignore[assignment]
     """Status changes of a project's nodes as they are committed."""
+    AcknowledgeIncident: _aio.UnaryUnaryMultiCallable[_node_pb2.AcknowledgeIncidentRequest, _node_pb2.AcknowledgeIncidentResponse]  # type: ignore[assignment]
+    """-- monitoring (issue 14) --
+    Acknowledges an open incident: someone is on it; no escalation, no more reminders.
+    """
+    GetMonitoringPolicy: _aio.UnaryUnaryMultiCallable[_node_pb2.GetMonitoringPolicyRequest, _node_pb2.GetMonitoringPolicyResponse]  # type: ignore[assignment]
+    """A project's flapping, escalation and reminder policy (the defaults until updated)."""
+    UpdateMonitoringPolicy: _aio.UnaryUnaryMultiCallable[_node_pb2.UpdateMonitoringPolicyRequest, _node_pb2.UpdateMonitoringPolicyResponse]  # type: ignore[assignment]
+    """Changes a project's monitoring policy (project owner)."""
+    CreateSilence: _aio.UnaryUnaryMultiCallable[_node_pb2.CreateSilenceRequest, _node_pb2.CreateSilenceResponse]  # type: ignore[assignment]
+    """Holds back notifications about a project, a node or the nodes with a label for a
+    time; states, incidents and uptime stay true.
+    """
+    ListSilences: _aio.UnaryUnaryMultiCallable[_node_pb2.ListSilencesRequest, _node_pb2.ListSilencesResponse]  # type: ignore[assignment]
+    """The silences of a project, newest first."""
+    EndSilence: _aio.UnaryUnaryMultiCallable[_node_pb2.EndSilenceRequest, _node_pb2.EndSilenceResponse]  # type: ignore[assignment]
+    """Ends a silence now; a covered node still DOWN (and not notified) is notified once."""
+    StreamSlaReport: _aio.UnaryStreamMultiCallable[_node_pb2.StreamSlaReportRequest, _node_pb2.StreamSlaReportResponse]  # type: ignore[assignment]
+    """The SLA report of a project (owner): every node's uptime over a calendar month or a
+    range, a page of nodes per message, then the aggregate; optionally as CSV text.
+    """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     """NodeService runs a fleet of operator nodes: projects, nodes with inventory, workloads
@@ -429,7 +473,9 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _node_pb2.GetUptimeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.GetUptimeResponse, _abc.Awaitable[_node_pb2.GetUptimeResponse]]:
-        """Uptime % of a node or workload over the last 24 hours, 7 days and 30 days."""
+        """Uptime % of a node or workload over the last 24 hours, 7 days and 30 days (and a
+        calendar month when asked); maintenance and mass outages are shown apart.
+        """
 
     @_abc_1.abstractmethod
     def ListIncidents(
@@ -486,5 +532,67 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_node_pb2.WatchNodesResponse], _abc.AsyncIterator[_node_pb2.WatchNodesResponse]]:
         """Status changes of a project's nodes as they are committed."""
+
+    @_abc_1.abstractmethod
+    def AcknowledgeIncident(
+        self,
+        request: _node_pb2.AcknowledgeIncidentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.AcknowledgeIncidentResponse, _abc.Awaitable[_node_pb2.AcknowledgeIncidentResponse]]:
+        """-- monitoring (issue 14) --
+        Acknowledges an open incident: someone is on it; no escalation, no more reminders.
+        """
+
+    @_abc_1.abstractmethod
+    def GetMonitoringPolicy(
+        self,
+        request: _node_pb2.GetMonitoringPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.GetMonitoringPolicyResponse, _abc.Awaitable[_node_pb2.GetMonitoringPolicyResponse]]:
+        """A project's flapping, escalation and reminder policy (the defaults until updated)."""
+
+    @_abc_1.abstractmethod
+    def UpdateMonitoringPolicy(
+        self,
+        request: _node_pb2.UpdateMonitoringPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.UpdateMonitoringPolicyResponse, _abc.Awaitable[_node_pb2.UpdateMonitoringPolicyResponse]]:
+        """Changes a project's monitoring policy (project owner)."""
+
+    @_abc_1.abstractmethod
+    def CreateSilence(
+        self,
+        request: _node_pb2.CreateSilenceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.CreateSilenceResponse, _abc.Awaitable[_node_pb2.CreateSilenceResponse]]:
+        """Holds back notifications about a project, a node or the nodes with a label for a
+        time; states, incidents and uptime stay true.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSilences(
+        self,
+        request: _node_pb2.ListSilencesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.ListSilencesResponse, _abc.Awaitable[_node_pb2.ListSilencesResponse]]:
+        """The silences of a project, newest first."""
+
+    @_abc_1.abstractmethod
+    def EndSilence(
+        self,
+        request: _node_pb2.EndSilenceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.EndSilenceResponse, _abc.Awaitable[_node_pb2.EndSilenceResponse]]:
+        """Ends a silence now; a covered node still DOWN (and not notified) is notified once."""
+
+    @_abc_1.abstractmethod
+    def StreamSlaReport(
+        self,
+        request: _node_pb2.StreamSlaReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_node_pb2.StreamSlaReportResponse], _abc.AsyncIterator[_node_pb2.StreamSlaReportResponse]]:
+        """The SLA report of a project (owner): every node's uptime over a calendar month or a
+        range, a page of nodes per message, then the aggregate; optionally as CSV text.
+        """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

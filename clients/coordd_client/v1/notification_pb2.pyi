@@ -44,9 +44,73 @@ DELIVERY_STATE_FAILED: DeliveryState.ValueType  # 3
 """Every attempt failed; no more retries."""
 Global___DeliveryState: _TypeAlias = DeliveryState  # noqa: Y015
 
+class _ChannelKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChannelKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChannelKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHANNEL_KIND_UNSPECIFIED: _ChannelKind.ValueType  # 0
+    CHANNEL_KIND_WEBHOOK: _ChannelKind.ValueType  # 1
+    """A JSON POST signed with HMAC-SHA256 (X-Coordd-Signature). The default."""
+    CHANNEL_KIND_SLACK: _ChannelKind.ValueType  # 2
+    """A Slack-compatible incoming webhook (Slack, Mattermost, Rocket.Chat): a `text` line
+    and an attachment with the event's fields.
+    """
+    CHANNEL_KIND_SMTP: _ChannelKind.ValueType  # 3
+    """E-mail over SMTP: `smtp://[user@]host[:port]/?to=a@example.com,b@example.com&from=...`
+    (`smtps://` for TLS, `&starttls=1` to upgrade); the secret is the SMTP password.
+    """
+
+class ChannelKind(_ChannelKind, metaclass=_ChannelKindEnumTypeWrapper):
+    """What a channel delivers to."""
+
+CHANNEL_KIND_UNSPECIFIED: ChannelKind.ValueType  # 0
+CHANNEL_KIND_WEBHOOK: ChannelKind.ValueType  # 1
+"""A JSON POST signed with HMAC-SHA256 (X-Coordd-Signature). The default."""
+CHANNEL_KIND_SLACK: ChannelKind.ValueType  # 2
+"""A Slack-compatible incoming webhook (Slack, Mattermost, Rocket.Chat): a `text` line
+and an attachment with the event's fields.
+"""
+CHANNEL_KIND_SMTP: ChannelKind.ValueType  # 3
+"""E-mail over SMTP: `smtp://[user@]host[:port]/?to=a@example.com,b@example.com&from=...`
+(`smtps://` for TLS, `&starttls=1` to upgrade); the secret is the SMTP password.
+"""
+Global___ChannelKind: _TypeAlias = ChannelKind  # noqa: Y015
+
+class _CircuitState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CircuitStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CircuitState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CIRCUIT_STATE_UNSPECIFIED: _CircuitState.ValueType  # 0
+    CIRCUIT_STATE_CLOSED: _CircuitState.ValueType  # 1
+    """Deliveries are attempted (at most 2 at once per channel)."""
+    CIRCUIT_STATE_OPEN: _CircuitState.ValueType  # 2
+    """After 5 failed attempts in a row: nothing is attempted until `circuit_open_until`
+    (30 s, doubling per opening in a row, at most 5 min); no attempt is used up meanwhile.
+    """
+    CIRCUIT_STATE_HALF_OPEN: _CircuitState.ValueType  # 3
+    """The cool-down is over: one delivery at a time probes the channel; a success closes it."""
+
+class CircuitState(_CircuitState, metaclass=_CircuitStateEnumTypeWrapper):
+    """The circuit breaker of a channel."""
+
+CIRCUIT_STATE_UNSPECIFIED: CircuitState.ValueType  # 0
+CIRCUIT_STATE_CLOSED: CircuitState.ValueType  # 1
+"""Deliveries are attempted (at most 2 at once per channel)."""
+CIRCUIT_STATE_OPEN: CircuitState.ValueType  # 2
+"""After 5 failed attempts in a row: nothing is attempted until `circuit_open_until`
+(30 s, doubling per opening in a row, at most 5 min); no attempt is used up meanwhile.
+"""
+CIRCUIT_STATE_HALF_OPEN: CircuitState.ValueType  # 3
+"""The cool-down is over: one delivery at a time probes the channel; a success closes it."""
+Global___CircuitState: _TypeAlias = CircuitState  # noqa: Y015
+
 @_typing.final
 class Channel(_message.Message):
-    """A webhook that receives signed notifications."""
+    """A target that receives notifications."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -56,17 +120,29 @@ class Channel(_message.Message):
     URL_FIELD_NUMBER: _builtins.int
     EVENT_TYPES_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    CIRCUIT_STATE_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
+    CIRCUIT_OPEN_UNTIL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `channels/{channel}`."""
     owner: _builtins.str
     display_name: _builtins.str
     url: _builtins.str
+    kind: Global___ChannelKind.ValueType
+    circuit_state: Global___CircuitState.ValueType
+    consecutive_failures: _builtins.int
+    """Failed attempts in a row (0 after a success)."""
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Event types delivered; empty means all."""
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def circuit_open_until(self) -> _timestamp_pb2.Timestamp:
+        """Set while the circuit is open."""
+
     def __init__(
         self,
         *,
@@ -76,10 +152,14 @@ class Channel(_message.Message):
         url: _builtins.str = ...,
         event_types: _abc.Iterable[_builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        kind: Global___ChannelKind.ValueType = ...,
+        circuit_state: Global___CircuitState.ValueType = ...,
+        consecutive_failures: _builtins.int = ...,
+        circuit_open_until: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["circuit_open_until", b"circuit_open_until", "create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "event_types", b"event_types", "name", b"name", "owner", b"owner", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_open_until", b"circuit_open_until", "circuit_state", b"circuit_state", "consecutive_failures", b"consecutive_failures", "create_time", b"create_time", "display_name", b"display_name", "event_types", b"event_types", "kind", b"kind", "name", b"name", "owner", b"owner", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -154,16 +234,22 @@ class CreateChannelRequest(_message.Message):
     URL_FIELD_NUMBER: _builtins.int
     SECRET_FIELD_NUMBER: _builtins.int
     EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     display_name: _builtins.str
     url: _builtins.str
-    """http:// or https:// URL that receives POSTs."""
+    """http:// or https:// URL that receives POSTs; for SMTP an smtp:// or smtps:// URL."""
     secret: _builtins.str
-    """HMAC-SHA256 key for the signature header; empty: one is generated and returned once."""
+    """HMAC-SHA256 key for the signature header; empty: one is generated and returned once.
+    For SMTP: the password of the URL's user (nothing is generated).
+    """
+    kind: Global___ChannelKind.ValueType
+    """Unspecified: a webhook."""
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """e.g. "node.down", "node.recovered", "workload.down", "workload.recovered",
         "project.mass_outage", "project.mass_outage_resolved", "competition.confirmation",
-        "channel.test". Empty means all.
+        "channel.test", "node.flapping", "node.flapping_settled", "node.escalated",
+        "node.reminder". Empty means all.
         """
 
     def __init__(
@@ -173,10 +259,11 @@ class CreateChannelRequest(_message.Message):
         url: _builtins.str = ...,
         secret: _builtins.str = ...,
         event_types: _abc.Iterable[_builtins.str] | None = ...,
+        kind: Global___ChannelKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "event_types", b"event_types", "secret", b"secret", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "event_types", b"event_types", "kind", b"kind", "secret", b"secret", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

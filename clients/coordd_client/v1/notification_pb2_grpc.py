@@ -26,11 +26,14 @@ if _version_not_supported:
 
 
 class NotificationServiceStub:
-    """NotificationService manages the caller's webhook channels: HTTP endpoints that receive
-    signed JSON notifications (node alerts, competition notices, ...) from the outbox, with
-    retries and backoff, and the log of every delivery.
+    """NotificationService manages the caller's notification channels: signed JSON webhooks,
+    Slack-compatible incoming webhooks and e-mail over SMTP, which receive notifications
+    (node alerts, competition notices, ...) from the outbox with retries, backoff and a
+    circuit breaker per channel, and the log of every delivery.
 
-    Channels are owner-scoped: someone else's channel is reported as not found.
+    Channels are owner-scoped: someone else's channel is reported as not found. They need a
+    role that owns nodes or competitions (node operator, organizer); an owner has at most
+    20 channels and queues at most 5 test deliveries a minute (RESOURCE_EXHAUSTED beyond).
     """
 
     def __init__(self, channel):
@@ -72,11 +75,14 @@ class NotificationServiceStub:
 
 
 class NotificationServiceServicer:
-    """NotificationService manages the caller's webhook channels: HTTP endpoints that receive
-    signed JSON notifications (node alerts, competition notices, ...) from the outbox, with
-    retries and backoff, and the log of every delivery.
+    """NotificationService manages the caller's notification channels: signed JSON webhooks,
+    Slack-compatible incoming webhooks and e-mail over SMTP, which receive notifications
+    (node alerts, competition notices, ...) from the outbox with retries, backoff and a
+    circuit breaker per channel, and the log of every delivery.
 
-    Channels are owner-scoped: someone else's channel is reported as not found.
+    Channels are owner-scoped: someone else's channel is reported as not found. They need a
+    role that owns nodes or competitions (node operator, organizer); an owner has at most
+    20 channels and queues at most 5 test deliveries a minute (RESOURCE_EXHAUSTED beyond).
     """
 
     def CreateChannel(self, request, context):
@@ -163,11 +169,14 @@ def add_NotificationServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class NotificationService:
-    """NotificationService manages the caller's webhook channels: HTTP endpoints that receive
-    signed JSON notifications (node alerts, competition notices, ...) from the outbox, with
-    retries and backoff, and the log of every delivery.
+    """NotificationService manages the caller's notification channels: signed JSON webhooks,
+    Slack-compatible incoming webhooks and e-mail over SMTP, which receive notifications
+    (node alerts, competition notices, ...) from the outbox with retries, backoff and a
+    circuit breaker per channel, and the log of every delivery.
 
-    Channels are owner-scoped: someone else's channel is reported as not found.
+    Channels are owner-scoped: someone else's channel is reported as not found. They need a
+    role that owns nodes or competitions (node operator, organizer); an owner has at most
+    20 channels and queues at most 5 test deliveries a minute (RESOURCE_EXHAUSTED beyond).
     """
 
     @staticmethod

@@ -27,11 +27,14 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class NotificationServiceStub:
-    """NotificationService manages the caller's webhook channels: HTTP endpoints that receive
-    signed JSON notifications (node alerts, competition notices, ...) from the outbox, with
-    retries and backoff, and the log of every delivery.
+    """NotificationService manages the caller's notification channels: signed JSON webhooks,
+    Slack-compatible incoming webhooks and e-mail over SMTP, which receive notifications
+    (node alerts, competition notices, ...) from the outbox with retries, backoff and a
+    circuit breaker per channel, and the log of every delivery.
 
-    Channels are owner-scoped: someone else's channel is reported as not found.
+    Channels are owner-scoped: someone else's channel is reported as not found. They need a
+    role that owns nodes or competitions (node operator, organizer); an owner has at most
+    20 channels and queues at most 5 test deliveries a minute (RESOURCE_EXHAUSTED beyond).
     """
 
     @_typing.overload
@@ -53,11 +56,14 @@ class NotificationServiceStub:
 
 @_typing.type_check_only
 class NotificationServiceAsyncStub(NotificationServiceStub):
-    """NotificationService manages the caller's webhook channels: HTTP endpoints that receive
-    signed JSON notifications (node alerts, competition notices, ...) from the outbox, with
-    retries and backoff, and the log of every delivery.
+    """NotificationService manages the caller's notification channels: signed JSON webhooks,
+    Slack-compatible incoming webhooks and e-mail over SMTP, which receive notifications
+    (node alerts, competition notices, ...) from the outbox with retries, backoff and a
+    circuit breaker per channel, and the log of every delivery.
 
-    Channels are owner-scoped: someone else's channel is reported as not found.
+    Channels are owner-scoped: someone else's channel is reported as not found. They need a
+    role that owns nodes or competitions (node operator, organizer); an owner has at most
+    20 channels and queues at most 5 test deliveries a minute (RESOURCE_EXHAUSTED beyond).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -75,11 +81,14 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
     """The delivery log of a channel, newest first."""
 
 class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
-    """NotificationService manages the caller's webhook channels: HTTP endpoints that receive
-    signed JSON notifications (node alerts, competition notices, ...) from the outbox, with
-    retries and backoff, and the log of every delivery.
+    """NotificationService manages the caller's notification channels: signed JSON webhooks,
+    Slack-compatible incoming webhooks and e-mail over SMTP, which receive notifications
+    (node alerts, competition notices, ...) from the outbox with retries, backoff and a
+    circuit breaker per channel, and the log of every delivery.
 
-    Channels are owner-scoped: someone else's channel is reported as not found.
+    Channels are owner-scoped: someone else's channel is reported as not found. They need a
+    role that owns nodes or competitions (node operator, organizer); an owner has at most
+    20 channels and queues at most 5 test deliveries a minute (RESOURCE_EXHAUSTED beyond).
     """
 
     @_abc_1.abstractmethod

@@ -32,6 +32,7 @@ from coordd.api.node_convert import (
     workload_to_proto,
 )
 from coordd.api.node_members import MembershipRpcs
+from coordd.api.node_monitoring import MonitoringRpcs, uptime_to_proto
 from coordd.core.errors import FieldViolation, InvalidArgument
 from coordd.core.paging import PageRequest
 from coordd.core.principal import require_user
@@ -43,7 +44,7 @@ from coordd_client.v1 import node_pb2, node_pb2_grpc
 WATCH_REFRESH_S = 5.0
 
 
-class NodeServicer(MembershipRpcs, node_pb2_grpc.NodeServiceServicer):
+class NodeServicer(MembershipRpcs, MonitoringRpcs, node_pb2_grpc.NodeServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.tracker = tracker_for(rt)
@@ -272,9 +273,15 @@ class NodeServicer(MembershipRpcs, node_pb2_grpc.NodeServiceServicer):
             reports.append(
                 (workload_id, replica_from_proto(report.state, f"workloads[{index}].state"), report.message)
             )
+        metrics = dict(request.metrics)
+        if metrics:
+            node.check_metrics(metrics)
         if reports:
             node.check_reports(reports)
-        change = self.tracker.beat(info, self.rt.now(), reports, dict(request.metrics))
+            assigned = {v.workload_id for v in await self._assignments(info.node_id)}
+            if any(w not in assigned for w, _, _ in reports):
+                await self.rt.run(node.check_reported_workloads, self.rt, info, reports, assigned)
+        change = self.tracker.beat(info, self.rt.now(), reports, metrics)
         if change is not None:
             status = await self.rt.run(node.apply_beat, self.rt, change)
             self.tracker.applied(change, status)
@@ -295,6 +302,8 @@ class NodeServicer(MembershipRpcs, node_pb2_grpc.NodeServiceServicer):
             status=status_to_proto(info.status),
             assignments=assigned_to_proto(views),
             next_interval=duration(info.interval_s),
+            reconnect_backoff_max=duration(node.reconnect_backoff_max_s(info.window_s)),
+            restart_grace=duration(node.restart_grace_s(info.window_s)),
         )
 
     async def StreamHeartbeats(
@@ -314,6 +323,8 @@ class NodeServicer(MembershipRpcs, node_pb2_grpc.NodeServiceServicer):
             status=status_to_proto(info.status),
             assignments=assigned_to_proto(views),
             next_interval=duration(info.interval_s),
+            reconnect_backoff_max=duration(node.reconnect_backoff_max_s(info.window_s)),
+            restart_grace=duration(node.restart_grace_s(info.window_s)),
         )
 
     # -- uptime, incidents, transitions --
@@ -321,19 +332,8 @@ class NodeServicer(MembershipRpcs, node_pb2_grpc.NodeServiceServicer):
     async def GetUptime(self, request: node_pb2.GetUptimeRequest, context: Any) -> node_pb2.GetUptimeResponse:
         who = require_user()
         kind, subject_id = parse_parent(request.name, ("nodes", "workloads"), "name")
-        windows = await self.rt.run(node.get_uptime, self.rt, who, kind, subject_id)
-        return node_pb2.GetUptimeResponse(
-            name=request.name,
-            windows=[
-                node_pb2.UptimeWindow(
-                    window=duration(w.window_s),
-                    uptime_percent=w.percent,
-                    up=duration(w.up_s),
-                    observed=duration(w.observed_s),
-                )
-                for w in windows
-            ],
-        )
+        windows = await self.rt.run(node.get_uptime, self.rt, who, kind, subject_id, request.month)
+        return node_pb2.GetUptimeResponse(name=request.name, windows=[uptime_to_proto(w) for w in windows])
 
     async def ListIncidents(
         self, request: node_pb2.ListIncidentsRequest, context: Any

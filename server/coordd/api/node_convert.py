@@ -153,6 +153,8 @@ def node_to_proto(n: Node) -> node_pb2.Node:
         last_heartbeat_time=ts(n.last_seen_time),
         api_key=f"apiKeys/{n.api_key_id}" if n.api_key_id else "",
         create_time=ts(n.create_time),
+        flapping=n.flapping_since is not None,
+        flapping_since=ts(n.flapping_since),
     )
 
 
@@ -201,6 +203,7 @@ def transition_to_proto(t: Transition) -> node_pb2.Transition:
         reason=t.reason,
         time=ts(t.time),
         uptime_excluded=t.excluded,
+        effective_time=ts(t.effective_time or t.time),
     )
 
 
@@ -216,6 +219,12 @@ def incident_to_proto(i: Incident, now: datetime) -> node_pb2.Incident:
         cause=i.cause,
         notifications_inhibited=i.inhibited,
         resolution=i.resolution,
+        acknowledge_time=ts(i.acknowledged_time),
+        acknowledged_by=f"users/{i.acknowledged_by}" if i.acknowledged_by else "",
+        escalate_time=ts(i.escalated_time),
+        notification_held=i.held_since is not None,
+        notify_time=ts(i.notified_time),
+        reminders=i.reminders,
     )
 
 

@@ -3,9 +3,11 @@ are domain/notify/)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from coordd.api.convert import parse_name, ts
+from coordd.core.errors import FieldViolation, InvalidArgument
 from coordd.core.paging import PageRequest
 from coordd.core.principal import require_user
 from coordd.domain import notify
@@ -14,7 +16,8 @@ from coordd_client.v1 import notification_pb2 as pb
 from coordd_client.v1 import notification_pb2_grpc
 
 
-def channel_to_proto(c: notify.Channel) -> pb.Channel:
+def channel_to_proto(c: notify.Channel, now: datetime) -> pb.Channel:
+    state = notify.circuit_state(c, now)
     return pb.Channel(
         name=f"channels/{c.id}",
         owner=f"users/{c.owner_id}",
@@ -22,7 +25,19 @@ def channel_to_proto(c: notify.Channel) -> pb.Channel:
         url=c.url,
         event_types=c.event_types or [],
         create_time=ts(c.create_time),
+        kind=pb.ChannelKind.Value("CHANNEL_KIND_" + (c.kind or "webhook").upper()),
+        circuit_state=pb.CircuitState.Value("CIRCUIT_STATE_" + state.upper()),
+        consecutive_failures=c.consecutive_failures,
+        circuit_open_until=ts(c.circuit_open_until) if state == notify.OPEN else None,
     )
+
+
+def kind_from_proto(kind: int) -> str:
+    if kind == pb.CHANNEL_KIND_UNSPECIFIED:
+        return "webhook"
+    if kind not in pb.ChannelKind.values():
+        raise InvalidArgument("unknown channel kind", violations=[FieldViolation("kind", "unknown value")])
+    return pb.ChannelKind.Name(kind)[len("CHANNEL_KIND_") :].lower()
 
 
 def delivery_to_proto(d: notify.Delivery) -> pb.Delivery:
@@ -59,13 +74,14 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
             request.url,
             request.secret,
             list(request.event_types),
+            kind_from_proto(request.kind),
         )
-        return pb.CreateChannelResponse(channel=channel_to_proto(channel), secret=secret)
+        return pb.CreateChannelResponse(channel=channel_to_proto(channel, self.rt.now()), secret=secret)
 
     async def GetChannel(self, request: pb.GetChannelRequest, context: Any) -> pb.GetChannelResponse:
         who = require_user()
         channel = await self.rt.run(notify.get_channel, who, parse_name(request.name, "channels"))
-        return pb.GetChannelResponse(channel=channel_to_proto(channel))
+        return pb.GetChannelResponse(channel=channel_to_proto(channel, self.rt.now()))
 
     async def ListChannels(self, request: pb.ListChannelsRequest, context: Any) -> pb.ListChannelsResponse:
         who = require_user()
@@ -73,7 +89,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
             notify.list_channels, who, PageRequest.of(request.page_size, request.page_token)
         )
         return pb.ListChannelsResponse(
-            channels=[channel_to_proto(c) for c in page.items], next_page_token=page.next_token
+            channels=[channel_to_proto(c, self.rt.now()) for c in page.items], next_page_token=page.next_token
         )
 
     async def DeleteChannel(self, request: pb.DeleteChannelRequest, context: Any) -> pb.DeleteChannelResponse:

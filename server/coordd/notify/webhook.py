@@ -9,8 +9,11 @@ import http.client
 import ipaddress
 import socket
 import ssl
-from dataclasses import dataclass
 from urllib.parse import urlparse
+
+from coordd.notify.outcome import Outcome
+
+__all__ = ["Outcome", "non_public", "post", "refused_host", "sign", "verify"]
 
 SIGNATURE_HEADER = "X-Coordd-Signature"
 EVENT_HEADER = "X-Coordd-Event"
@@ -26,13 +29,6 @@ def sign(secret: str, body: bytes) -> str:
 def verify(secret: str, body: bytes, header: str) -> bool:
     """For receivers (and tests): constant-time comparison of the signature header."""
     return hmac.compare_digest(sign(secret, body), header)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    ok: bool
-    status_code: int
-    error: str
 
 
 def non_public(address: str) -> bool:

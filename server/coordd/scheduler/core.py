@@ -1,8 +1,10 @@
 """The built-in scheduler: named tasks on intervals, run only by the elected leader.
 
-Tasks are plain functions of the Runtime that run in the DB thread pool. Each selects only
-what is due and is idempotent, so a crash mid-run loses nothing; one failing task never
-stops the others.
+Tasks are plain functions of the Runtime that run in the DB thread pool (or coroutine
+functions, awaited on the loop, that do their own off-loop work). Each selects only what
+is due and is idempotent, so a crash mid-run loses nothing; one failing task never stops
+the others. A task's optional `stop` is awaited when its loop stops (leadership lost,
+shutdown), before the database closes.
 
 Leadership on PostgreSQL is a lease in the database (store/scheduler_lease.py): the holder
 renews it every third of `scheduler_lease_s`; when it expires (by the database's clock)
@@ -18,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +51,7 @@ class Task:
     name: str
     interval: float
     fn: Callable[[Runtime], Any]
+    stop: Callable[[Runtime], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -281,6 +285,13 @@ class Scheduler:
         for loop in loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
+        if loops:
+            for task in self.tasks:
+                if task.stop is not None:
+                    try:
+                        await task.stop(self.rt)
+                    except Exception as exc:
+                        log.error("task stop failed", task=task.name, error=str(exc))
 
     async def _loop(self, task: Task, leadership: Leadership) -> None:
         wake = self._wake[task.name]
@@ -314,7 +325,10 @@ class Scheduler:
         started = time.perf_counter()
         error = ""
         try:
-            result = await self.rt.run(task.fn, self.rt)
+            if inspect.iscoroutinefunction(task.fn):
+                result = await task.fn(self.rt)
+            else:
+                result = await self.rt.run(task.fn, self.rt)
             if result:
                 log.info("task did work", task=task.name, result=result)
         except asyncio.CancelledError:

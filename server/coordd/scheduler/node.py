@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from coordd.adapters import heartbeats
-from coordd.domain.node import credit_rewards, place_all
+from coordd.domain.node import credit_rewards, place_all, run_escalations, run_silences, settle_flapping
 from coordd.scheduler.core import Task
 
 __all__ = ["place_all", "tasks"]
@@ -16,4 +16,7 @@ def tasks() -> list[Task]:
         Task("node-maintenance", 1.0, heartbeats.run_maintenance),
         Task("node-place", 5.0, place_all),
         Task("node-rewards", 60.0, credit_rewards),
+        Task("node-escalate", 2.0, run_escalations),
+        Task("node-silences", 1.0, run_silences),
+        Task("node-flapping", 5.0, settle_flapping),
     ]

@@ -84,6 +84,12 @@ MIGRATIONS: list[Migration] = [
     ),
     Migration(21, "notify: channels, deliveries (outbox)", _create(notify_m.Channel, notify_m.Delivery)),
     Migration(22, "notify: channel secrets sealed at rest (wider column)", notify_m.widen_secret),
+    Migration(100, "notify: channel kinds, circuit breaker", notify_m.add_isolation),
+    Migration(
+        101, "nodes: transitions' effective time (outages start at the last beat)", node_m.add_honest_uptime
+    ),
+    Migration(102, "nodes: flapping, escalation, silences", node_m.add_monitoring),
+    Migration(103, "notify: deliveries by dedup key (recovery follows the outage)", notify_m.index_dedup_key),
     Migration(
         30,
         "ceremony: ceremonies, circuits, participants, contributions, uploads",

@@ -17,17 +17,32 @@ from datetime import datetime, timedelta
 
 import structlog
 
+import coordd.domain.node.alerts as alerts
 from coordd.domain.node.heartbeats import LastSeen
 from coordd.domain.node.machine import node_down, open_incident
 from coordd.runtime import Runtime
 from coordd.store.db import Tx
-from coordd.store.node import health, queries
+from coordd.store.node import health, monitoring, queries
 from coordd.store.node.models import DOWN, PENDING, UP, Node, Project
 
 log = structlog.get_logger("coordd.node")
 
 # A detector that has not run for this long lost (or never had) leadership: grace again.
 LEADER_GAP_S = 10.0
+# What agents are told (HeartbeatResponse): the longest wait between reconnect attempts,
+# a third of the restart grace (so an agent is back with two thirds to spare), within bounds.
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 15.0
+
+
+def restart_grace_s(window_s: float) -> float:
+    """After a restart or failover every node gets one full window from when detection
+    resumes before silence can make it DOWN."""
+    return window_s
+
+
+def reconnect_backoff_max_s(window_s: float) -> float:
+    return max(RECONNECT_MIN_S, min(RECONNECT_MAX_S, restart_grace_s(window_s) / 3))
 
 
 @dataclass
@@ -76,12 +91,14 @@ def detect_down(rt: Runtime, latest_seen: LastSeen, batch: int = 1000) -> int:
             project = projects[node.project_id]
             window = timedelta(seconds=project.window_s)
             seen = freshest(node, fresh)
+            if seen is not None:
+                node.last_seen_time = seen
             if seen is not None and seen + window > tx.now:
                 # A beat the database has not seen yet (another replica, an unflushed batch).
-                node.last_seen_time, node.deadline_time = seen, seen + window
+                node.deadline_time = seen + window
                 health.save_last_seen(node)
                 continue
-            grace_until = state.active_since + window
+            grace_until = state.active_since + timedelta(seconds=restart_grace_s(project.window_s))
             if tx.now < grace_until:
                 node.deadline_time = grace_until
                 health.save_deadline(node)
@@ -99,7 +116,7 @@ def _mark_down(tx: Tx, project: Project, nodes: list[Node]) -> int:
     open_mass = health.open_incident_of(project.id)
     share = (recent + len(nodes)) / max(watched, 1)
     mass = open_mass is not None or (
-        watched >= project.mass_outage_min_nodes and share > project.mass_outage_share
+        watched >= project.mass_outage_min_nodes and share >= project.mass_outage_share
     )
     if mass and open_mass is None:
         cause = (
@@ -125,9 +142,14 @@ def _mark_down(tx: Tx, project: Project, nodes: list[Node]) -> int:
             event_type="project.mass_outage",
             data={"subject": f"projects/{project.id}", "project": f"projects/{project.id}", "nodes": watched},
         )
+    # Read once for the batch: the project's monitoring policy and silences in force.
+    policy = alerts.policy_for(project.id)
+    silences = monitoring.active_silences(project.id, tx.now)
     for node in nodes:
         reason = f"no heartbeat for {window_s:g}s"
         if mass:
             reason += " during a mass outage (not counted)"
-        node_down(tx, node, project, reason, suppressed=mass)
+        # The outage began at the last beat that arrived, not when it was noticed.
+        since = node.last_seen_time
+        node_down(tx, node, project, reason, suppressed=mass, since=since, policy=policy, silences=silences)
     return len(nodes)

@@ -9,6 +9,8 @@ through `apply_beat`.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -19,6 +21,10 @@ from coordd.domain.node.machine import node_up, refresh_workloads, set_node_stat
 from coordd.runtime import Runtime
 from coordd.store.node import health, queries
 from coordd.store.node.models import DECOMMISSIONED, DOWN, PENDING, REPLICA_STATES, UNKNOWN, UP
+
+MAX_REPORTS = 1000
+MAX_METRICS = 64
+METRIC_KEY_RE = re.compile(r"^[A-Za-z0-9._/-]{1,64}$")
 
 # The freshest last-seen of these nodes known anywhere (this process's memory, Redis).
 LastSeen = Callable[[list[str]], dict[str, datetime]]
@@ -91,11 +97,48 @@ def changed_reports(
 
 def check_reports(reports: list[tuple[str, str, str]]) -> None:
     v = Violations()
+    if len(reports) > MAX_REPORTS:
+        v.add("workloads", f"at most {MAX_REPORTS} reports a beat")
     for index, (_, state, message) in enumerate(reports):
         if state not in REPLICA_STATES:
             v.add(f"workloads[{index}].state", "unknown replica state")
         if len(message) > 500:
             v.add(f"workloads[{index}].message", "at most 500 characters")
+    v.raise_if_any()
+
+
+def check_metrics(metrics: dict[str, float]) -> None:
+    """At most MAX_METRICS gauges a beat, short plain keys, finite values: a node cannot
+    make the daemon keep unbounded state in memory."""
+    v = Violations()
+    if len(metrics) > MAX_METRICS:
+        v.add("metrics", f"at most {MAX_METRICS} keys")
+        v.raise_if_any()
+    for key, value in metrics.items():
+        if not METRIC_KEY_RE.match(key):
+            v.add(f"metrics[{key[:64]}]", "keys: letters, digits, . _ / -, at most 64 characters")
+        elif not math.isfinite(value):
+            v.add(f"metrics[{key}]", "must be a finite number")
+    v.raise_if_any()
+
+
+def check_reported_workloads(
+    rt: Runtime, info: NodeInfo, reports: list[tuple[str, str, str]], assigned: set[str]
+) -> None:
+    """A report about a workload that does not exist in the node's project is a client
+    error (INVALID_ARGUMENT). One that exists but is not (or no longer) assigned here is
+    accepted and ignored: the node may not have seen the change yet. Looked up only for
+    the reports that are not about a cached assignment."""
+    others = [w for w, _, _ in reports if w not in assigned]
+    if not others:
+        return
+    known = health.workload_ids_in_project(info.project_id, others)
+    v = Violations()
+    for index, (workload_id, _, _) in enumerate(reports):
+        if workload_id not in assigned and workload_id not in known:
+            v.add(
+                f"workloads[{index}].workload", f"no workload workloads/{workload_id} in this node's project"
+            )
     v.raise_if_any()
 
 

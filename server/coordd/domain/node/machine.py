@@ -11,16 +11,19 @@ its incident, its notifications and its event commit together or not at all.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
+import coordd.domain.node.alerts as alerts
+import coordd.domain.node.flapping as flapping
 from coordd.domain.node.placement import place_project
-from coordd.domain.notify import enqueue
+from coordd.domain.node.policies import MonitoringPolicy
+from coordd.domain.notify import channels_told, enqueue, enqueue_to_channels
 from coordd.store.db import Tx
-from coordd.store.node import health, queries
-from coordd.store.node.models import DOWN, PENDING, UP, Incident, Node, Project, Workload
+from coordd.store.node import health, monitoring, queries
+from coordd.store.node.models import DOWN, PENDING, UP, Incident, Node, Project, Silence, Workload
 
 log = structlog.get_logger("coordd.node")
 
@@ -34,13 +37,25 @@ def nodes_key(project_id: str) -> str:
 
 
 def set_node_status(
-    tx: Tx, node: Node, project: Project, to: str, reason: str, *, excluded: bool = False
+    tx: Tx,
+    node: Node,
+    project: Project,
+    to: str,
+    reason: str,
+    *,
+    excluded: bool = False,
+    since: datetime | None = None,
 ) -> bool:
-    """Stores the transition with its reason; returns False when the node is already there."""
+    """Stores the transition with its reason; returns False when the node is already there.
+    `since`: when the state really began, if earlier than now (a DOWN: the last beat),
+    never before the node's previous transition."""
     if node.status == to:
         return False
     before = node.status
+    if since is not None:
+        since = min(max(since, node.status_time), tx.now)
     health.insert_transition(
+        effective_time=since,
         kind="node",
         subject_id=node.id,
         project_id=project.id,
@@ -86,9 +101,12 @@ def open_incident(
     recipients: set[str],
     event_type: str,
     data: dict[str, Any],
+    start_time: datetime | None = None,
+    held: bool = False,
 ) -> Incident:
     """One incident per outage: an open one is returned as is, and notified only once
-    (the outbox key is the incident id)."""
+    (the outbox key is the incident id). It starts at `start_time` (the last beat) when
+    given; `held`: its notification is held back (alerts.py) until the hold ends."""
     existing = health.open_incident_of(subject_id)
     if existing is not None:
         return existing
@@ -96,18 +114,14 @@ def open_incident(
         kind=kind,
         subject_id=subject_id,
         project_id=project_id,
-        start_time=tx.now,
+        start_time=start_time or tx.now,
         cause=cause[:500],
         inhibited=inhibited,
+        held_since=tx.now if held and not inhibited else None,
+        notified_time=tx.now if not held and not inhibited else None,
     )
-    if not inhibited:
-        payload = {
-            **data,
-            "incident": f"incidents/{incident.id}",
-            "cause": incident.cause,
-            "start_time": tx.now.isoformat(),
-        }
-        enqueue(tx, recipients, event_type, f"{incident.id}:opened", payload)
+    if incident.notified_time is not None:
+        enqueue(tx, recipients, event_type, f"{incident.id}:opened", alerts.opened_payload(incident, data))
     tx.emit(
         "node.incident.opened",
         f"incidents/{incident.id}",
@@ -131,9 +145,11 @@ def close_incident(
         return None
     incident.end_time = tx.now
     incident.resolution = resolution
+    incident.next_notify_time = None
     incident.save()
     duration = (tx.now - incident.start_time).total_seconds()
-    if notify and not incident.inhibited:
+    # A recovery is notified exactly when the outage was, to every channel told of it.
+    if notify and not incident.inhibited and incident.held_since is None:
         payload = {
             **data,
             "incident": f"incidents/{incident.id}",
@@ -142,37 +158,57 @@ def close_incident(
             "end_time": tx.now.isoformat(),
             "outage_seconds": duration,
         }
-        enqueue(tx, recipients, event_type, f"{incident.id}:resolved", payload)
+        key = f"{incident.id}:resolved"
+        enqueue(tx, recipients, event_type, key, payload)
+        told = channels_told([f"{incident.id}:opened", f"{incident.id}:escalated"])
+        enqueue_to_channels(tx, told, event_type, key, payload)
     tx.emit("node.incident.closed", f"incidents/{incident.id}", {"resolution": resolution})
     return incident
 
 
-def _node_data(node: Node, project: Project) -> dict[str, Any]:
-    return {
-        "subject": f"nodes/{node.id}",
-        "node": f"nodes/{node.id}",
-        "node_name": node.display_name,
-        "project": f"projects/{project.id}",
-    }
-
-
-def node_down(tx: Tx, node: Node, project: Project, reason: str, *, suppressed: bool) -> None:
-    """DOWN: an incident (unless a mass outage suppresses it) and its replicas move away."""
-    if not set_node_status(tx, node, project, DOWN, reason, excluded=suppressed):
+def node_down(
+    tx: Tx,
+    node: Node,
+    project: Project,
+    reason: str,
+    *,
+    suppressed: bool,
+    since: datetime | None = None,
+    policy: MonitoringPolicy | None = None,
+    silences: list[Silence] | None = None,
+) -> None:
+    """DOWN: an incident (unless a mass outage suppresses it) and its replicas move away.
+    `since`: when the outage began (the last beat that arrived), if known; `policy` and
+    `silences` (the project's in force), when the caller read them once for many nodes."""
+    if since is not None:
+        since = min(max(since, node.status_time), tx.now)
+    if not set_node_status(tx, node, project, DOWN, reason, excluded=suppressed, since=since):
         return
     if not suppressed:
-        open_incident(
+        policy = policy or alerts.policy_for(project.id)
+        if silences is None:
+            silences = monitoring.active_silences(project.id, tx.now)
+        # FLAPPING or silenced: the incident is true, its notification held back.
+        held = flapping.observe(tx, node, project, policy) or any(alerts.covers(s, node) for s in silences)
+        incident = open_incident(
             tx,
             "node",
             node.id,
             project.id,
             reason,
             inhibited=False,
-            recipients={node.owner_id, project.owner_id},
+            recipients=alerts.recipients(node, project),
             event_type="node.down",
-            data=_node_data(node, project),
+            data=alerts.node_data(node, project),
+            start_time=since,
+            held=held,
         )
-    release_node(tx, node, project, f"node nodes/{node.id} is down")
+        if incident.notified_time is not None and incident.end_time is None:
+            before = incident.next_notify_time
+            alerts.schedule(incident, policy)
+            if incident.next_notify_time != before:
+                incident.save()
+    release_node(tx, node, project, f"node nodes/{node.id} is down", since=since)
 
 
 def node_up(tx: Tx, node: Node, project: Project, reason: str) -> None:
@@ -180,13 +216,14 @@ def node_up(tx: Tx, node: Node, project: Project, reason: str) -> None:
     replicas may now be placed here."""
     if not set_node_status(tx, node, project, UP, reason):
         return
+    flapping.observe(tx, node, project, alerts.policy_for(project.id))
     close_incident(
         tx,
         node.id,
         "recovered",
-        recipients={node.owner_id, project.owner_id},
+        recipients=alerts.recipients(node, project),
         event_type="node.recovered",
-        data=_node_data(node, project),
+        data=alerts.node_data(node, project),
     )
     # The node may have gone DOWN in a mass outage (and be PENDING by now).
     resolve_mass_outage(tx, project)
@@ -195,7 +232,7 @@ def node_up(tx: Tx, node: Node, project: Project, reason: str) -> None:
     refresh_workloads(tx, touched | hosted, "node is up", inhibited=False)
 
 
-def release_node(tx: Tx, node: Node, project: Project, cause: str) -> None:
+def release_node(tx: Tx, node: Node, project: Project, cause: str, *, since: datetime | None = None) -> None:
     """Removes the node's replicas, re-places them on other nodes, and re-evaluates the
     workloads. Their notifications are inhibited: the node's own incident says it all."""
     workload_ids = queries.workload_ids_on_node(node.id)
@@ -204,7 +241,7 @@ def release_node(tx: Tx, node: Node, project: Project, cause: str) -> None:
     queries.delete_node_assignments(node.id)
     tx.emit("node.assignments_changed", f"nodes/{node.id}", {})
     place_project(tx, project)
-    refresh_workloads(tx, set(workload_ids), cause, inhibited=True)
+    refresh_workloads(tx, set(workload_ids), cause, inhibited=True, since=since)
 
 
 def resolve_mass_outage(tx: Tx, project: Project) -> None:
@@ -225,12 +262,17 @@ def resolve_mass_outage(tx: Tx, project: Project) -> None:
         log.warning("mass outage over", project=project.id, incident=closed.id)
 
 
-def refresh_workloads(tx: Tx, workload_ids: set[str], cause: str, *, inhibited: bool) -> None:
+def refresh_workloads(
+    tx: Tx, workload_ids: set[str], cause: str, *, inhibited: bool, since: datetime | None = None
+) -> None:
     for workload in queries.workloads_by_ids(workload_ids):
-        refresh_workload(tx, workload, cause, inhibited=inhibited)
+        refresh_workload(tx, workload, cause, inhibited=inhibited, since=since)
 
 
-def refresh_workload(tx: Tx, workload: Workload, cause: str, *, inhibited: bool) -> None:
+def refresh_workload(
+    tx: Tx, workload: Workload, cause: str, *, inhibited: bool, since: datetime | None = None
+) -> None:
+    """`since`: when the cause began (a node's outage counts from its last beat), if earlier."""
     """A workload is UP when as many replicas run on UP nodes as it wants; once UP, any
     shortfall is DOWN (an outage with an incident) until they run again."""
     running = health.running_replicas(workload.id)
@@ -244,6 +286,7 @@ def refresh_workload(tx: Tx, workload: Workload, cause: str, *, inhibited: bool)
         return
     before = workload.status
     reason = f"{running} of {workload.replicas} replicas running" + (f": {cause}" if to == DOWN else "")
+    began = min(max(since, workload.status_time), tx.now) if since is not None and to == DOWN else None
     health.insert_transition(
         kind="workload",
         subject_id=workload.id,
@@ -252,6 +295,7 @@ def refresh_workload(tx: Tx, workload: Workload, cause: str, *, inhibited: bool)
         to_status=to,
         reason=reason[:500],
         time=tx.now,
+        effective_time=began,
     )
     workload.status = to
     workload.status_reason = reason[:500]
@@ -275,6 +319,7 @@ def refresh_workload(tx: Tx, workload: Workload, cause: str, *, inhibited: bool)
             recipients={project.owner_id},
             event_type="workload.down",
             data=data,
+            start_time=began,
         )
     elif to == UP:
         close_incident(

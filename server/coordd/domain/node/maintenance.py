@@ -120,6 +120,8 @@ def run_maintenance(rt: Runtime, latest_seen: LastSeen, batch: int = 100) -> int
                             project,
                             "still down when the maintenance window ended",
                             suppressed=False,
+                            # Down all along: the outage that counts starts when the window ends.
+                            since=max(seen, window.end_time),
                         )
             window.save()
             tx.emit(

@@ -20,8 +20,10 @@ class HealthPolicy:
     misses: int = 2
     grace_s: float = 10.0
     successes_before_up: int = 2
+    # A mass outage: at least this share of at least this many watched nodes going silent
+    # within one detection window (a small project's outage is its nodes', not ours).
     mass_outage_share: float = 0.5
-    mass_outage_min_nodes: int = 3
+    mass_outage_min_nodes: int = 10
 
 
 @dataclass
@@ -129,3 +131,35 @@ def check_workload(
         check_resources(v, resources, f"{prefix}resources")
     if labels is not None:
         check_labels(v, labels, f"{prefix}placement_labels")
+
+
+@dataclass
+class MonitoringPolicy:
+    """A project's flapping, escalation and repeat rules (issue 14)."""
+
+    # FLAPPING: more than `flap_changes` UP/DOWN changes within `flap_window_s`; it
+    # settles after `flap_settle_s` without a change. One notice each way, none between.
+    flap_changes: int = 5
+    flap_window_s: float = 600.0
+    flap_settle_s: float = 300.0
+    # A DOWN incident not acknowledged `escalate_after_s` after it was notified is sent to
+    # `escalation_channel` too (0 / "": no escalation).
+    escalate_after_s: float = 0.0
+    escalation_channel: str = ""
+    # While a DOWN incident is open and not acknowledged, a reminder every so often (0: none).
+    repeat_every_s: float = 0.0
+
+
+def check_monitoring_policy(v: Violations, p: MonitoringPolicy, path: str = "monitoring_policy") -> None:
+    if not 1 <= p.flap_changes <= 1000:
+        v.add(f"{path}.flap_changes", "between 1 and 1000")
+    if not 10 <= p.flap_window_s <= 7 * 86400:
+        v.add(f"{path}.flap_window", "between 10 s and 7 days")
+    if not 1 <= p.flap_settle_s <= 7 * 86400:
+        v.add(f"{path}.flap_settle", "between 1 s and 7 days")
+    if not (p.escalate_after_s == 0 or 10 <= p.escalate_after_s <= 7 * 86400):
+        v.add(f"{path}.escalate_after", "0 (off) or between 10 s and 7 days")
+    if p.escalate_after_s and not p.escalation_channel:
+        v.add(f"{path}.escalation_channel", "required when escalate_after is set")
+    if not (p.repeat_every_s == 0 or 60 <= p.repeat_every_s <= 7 * 86400):
+        v.add(f"{path}.repeat_every", "0 (off) or between 1 minute and 7 days")

@@ -44,7 +44,10 @@ def _credit_node(rt: Runtime, node_id: str, max_buckets: int) -> int:
         project = node.project
         buckets: list[datetime] = []
         cursor = node.reward_cursor
-        while cursor + HOUR <= tx.now and len(buckets) < max_buckets:
+        # A bucket is settled once an outage that began in it would have been detected
+        # (outages count from the last beat, up to one detection window back).
+        settle = timedelta(seconds=project.window_s)
+        while cursor + HOUR + settle <= tx.now and len(buckets) < max_buckets:
             buckets.append(cursor)
             cursor += HOUR
         if not buckets:

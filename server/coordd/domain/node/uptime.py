@@ -2,8 +2,11 @@
 
 Uptime is computed from the stored transitions: seconds UP / seconds observed in the
 window, where observed means UP or DOWN, minus maintenance windows and minus DOWN time
-that began in a mass outage. Rewards (rewards.py) credit closed hour buckets from the same
-timeline.
+that began in a mass outage (both shown separately). A DOWN counts from the moment its
+state really began (`effective_time`: the last beat that arrived), not from when it was
+detected, so the detection delay is never uptime. Windows: the last 24 h, 7 d and 30 d,
+and any calendar month (UTC). Rewards (rewards.py) credit closed hour buckets from the
+same timeline.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
+from coordd.core.errors import Violations
 from coordd.core.paging import Page, PageRequest
 from coordd.core.principal import Principal
 from coordd.domain.node.access import owned_project, require_operator, visible_node, visible_workload
@@ -35,6 +39,12 @@ class Uptime:
     window_s: int
     up_s: float
     observed_s: float
+    label: str = ""
+    start: datetime | None = None
+    end: datetime | None = None
+    down_s: float = 0.0
+    maintenance_s: float = 0.0
+    mass_outage_s: float = 0.0
 
     @property
     def percent(self) -> float:
@@ -56,9 +66,11 @@ def segments(subject_id: str, start: datetime, end: datetime) -> list[Segment]:
     current = before
     cursor = start
     for row in rows:
-        if current is not None and row.time > cursor:
-            out.append(Segment(cursor, row.time, current.to_status, current.excluded))
-        current, cursor = row, row.time
+        # When the state really began (a DOWN: its last beat), never before the previous one.
+        at = max(row.effective_time or row.time, cursor)
+        if current is not None and at > cursor:
+            out.append(Segment(cursor, at, current.to_status, current.excluded))
+        current, cursor = row, at
     if current is not None and end > cursor:
         out.append(Segment(cursor, end, current.to_status, current.excluded))
     return out
@@ -103,7 +115,44 @@ def measure(segs: list[Segment], holes: list[tuple[datetime, datetime]]) -> tupl
     return up, observed, excluded
 
 
-def get_uptime(rt: Runtime, who: Principal, kind: str, subject_id: str) -> list[Uptime]:
+def _seconds(spans: list[tuple[datetime, datetime]]) -> float:
+    return sum((e - s).total_seconds() for s, e in spans)
+
+
+def uptime_between(
+    subject_id: str, project_id: str, node_id: str | None, start: datetime, end: datetime, label: str
+) -> Uptime:
+    """The subject's uptime over [start, end), with what was left out and why."""
+    holes = maintenance_intervals(project_id, node_id, start, end)
+    up, observed, excluded = measure(segments(subject_id, start, end), holes)
+    window_s = round((end - start).total_seconds())
+    return Uptime(window_s, up, observed, label, start, end, observed - up, _seconds(holes), excluded)
+
+
+def month_bounds(month: str, now: datetime) -> tuple[datetime, datetime]:
+    """`YYYY-MM` (UTC) as [first instant, first instant of the next month), the end capped at now."""
+    v = Violations()
+    try:
+        year, number = (int(part) for part in month.split("-"))
+        if len(month) != 7 or not 1 <= number <= 12 or not 2000 <= year <= 9999:
+            raise ValueError
+        start = datetime(year, number, 1, tzinfo=now.tzinfo)
+    except ValueError:
+        v.add("month", "a calendar month as YYYY-MM")
+        v.raise_if_any()
+        raise AssertionError("unreachable") from None
+    end = datetime(year + number // 12, number % 12 + 1, 1, tzinfo=now.tzinfo)
+    if start > now:
+        v.add("month", "must not be in the future")
+        v.raise_if_any()
+    return start, min(end, now)
+
+
+def _label(window_s: int) -> str:
+    return f"{window_s // 86400}d" if window_s >= 86400 * 2 else f"{window_s // 3600}h"
+
+
+def get_uptime(rt: Runtime, who: Principal, kind: str, subject_id: str, month: str = "") -> list[Uptime]:
     require_operator(who)
     if kind == "nodes":
         node = visible_node(who, subject_id)
@@ -112,13 +161,10 @@ def get_uptime(rt: Runtime, who: Principal, kind: str, subject_id: str) -> list[
         workload = visible_workload(who, subject_id)
         project_id, node_id = workload.project_id, None
     now = rt.now()
-    out = []
-    for window_s in WINDOWS_S:
-        start = now - timedelta(seconds=window_s)
-        segs = segments(subject_id, start, now)
-        up, observed, _ = measure(segs, maintenance_intervals(project_id, node_id, start, now))
-        out.append(Uptime(window_s, up, observed))
-    return out
+    bounds = [(now - timedelta(seconds=s), now, _label(s)) for s in WINDOWS_S]
+    if month:
+        bounds.append((*month_bounds(month, now), month))
+    return [uptime_between(subject_id, project_id, node_id, s, e, label) for s, e, label in bounds]
 
 
 def list_incidents(

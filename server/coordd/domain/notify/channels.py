@@ -1,27 +1,36 @@
-"""Webhook channels: owner-scoped targets for notifications, with their delivery log.
+"""Channels: owner-scoped targets for notifications (a signed webhook, a Slack-compatible
+incoming webhook, e-mail over SMTP), with their delivery log.
 
-A channel's signing secret is shown once at creation and stored sealed (bound to the
-channel id); someone else's channel is reported as missing, so existence is not leaked.
+A channel's secret (the HMAC key; the SMTP password) is shown once at creation and stored
+sealed (bound to the channel id); someone else's channel is reported as missing, so
+existence is not leaked. An owner has at most MAX_CHANNELS_PER_OWNER channels and
+queues at most MAX_TESTS_PER_MINUTE test deliveries a minute.
 """
 
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from urllib.parse import urlparse
 
-from coordd.core.errors import NotFound, Violations
+from coordd.core.errors import NotFound, ResourceExhausted, Violations
 from coordd.core.ids import new_id
 from coordd.core.paging import Page, PageRequest
 from coordd.core.principal import Principal
 from coordd.domain.notify import outbox
-from coordd.notify import webhook
+from coordd.notify import smtp, webhook
 from coordd.runtime import Runtime
 from coordd.store.notify import queries
-from coordd.store.notify.models import Channel, Delivery
+from coordd.store.notify.models import KINDS, SMTP, WEBHOOK, Channel, Delivery
+
+MAX_CHANNELS_PER_OWNER = 20
+MAX_TESTS_PER_MINUTE = 5
 
 
-def _check(rt: Runtime, display_name: str, url: str, secret: str, event_types: list[str]) -> None:
+def _check(rt: Runtime, kind: str, display_name: str, url: str, secret: str, event_types: list[str]) -> None:
     v = Violations()
+    if kind not in KINDS:
+        v.add("kind", "webhook, slack or smtp")
     if not display_name:
         v.add("display_name", "required")
     elif len(display_name) > 100:
@@ -31,7 +40,15 @@ def _check(rt: Runtime, display_name: str, url: str, secret: str, event_types: l
         parsed.port  # noqa: B018 - raises ValueError for a port out of range
     except ValueError:
         parsed = urlparse("")
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+    if kind == SMTP:
+        if parsed.scheme not in smtp.SCHEMES or not parsed.hostname:
+            v.add("url", "must be an smtp:// or smtps:// URL with ?to=address")
+        else:
+            try:
+                smtp.recipients(url)
+            except ValueError as exc:
+                v.add("url", str(exc))
+    elif parsed.scheme not in ("http", "https") or not parsed.hostname:
         v.add("url", "must be an http:// or https:// URL")
     elif len(url) > 2000:
         v.add("url", "at most 2000 characters")
@@ -39,8 +56,10 @@ def _check(rt: Runtime, display_name: str, url: str, secret: str, event_types: l
         refused = webhook.refused_host(parsed.hostname)
         if refused:
             v.add("url", f"{refused} (webhook_allow_private_networks is off)")
-    if secret and not 16 <= len(secret) <= 200:
+    if secret and kind != SMTP and not 16 <= len(secret) <= 200:
         v.add("secret", "16 to 200 characters")
+    elif len(secret) > 200:
+        v.add("secret", "at most 200 characters")
     for index, kind in enumerate(event_types):
         if not kind or len(kind) > 100 or not all(c.isalnum() or c in "._-" for c in kind):
             v.add(f"event_types[{index}]", "a dotted event type such as node.down")
@@ -48,13 +67,27 @@ def _check(rt: Runtime, display_name: str, url: str, secret: str, event_types: l
 
 
 def create_channel(
-    rt: Runtime, who: Principal, display_name: str, url: str, secret: str, event_types: list[str]
+    rt: Runtime,
+    who: Principal,
+    display_name: str,
+    url: str,
+    secret: str,
+    event_types: list[str],
+    kind: str = WEBHOOK,
 ) -> tuple[Channel, str]:
-    _check(rt, display_name, url, secret, event_types)
-    secret = secret or secrets.token_urlsafe(32)
+    kind = kind or WEBHOOK
+    _check(rt, kind, display_name, url, secret, event_types)
+    if kind != SMTP:
+        secret = secret or secrets.token_urlsafe(32)
     channel_id = new_id()
     with rt.store.write() as tx:
+        if queries.count_live_channels(who.user_id) >= MAX_CHANNELS_PER_OWNER:
+            raise ResourceExhausted(
+                f"at most {MAX_CHANNELS_PER_OWNER} channels per owner; delete one first",
+                reason="CHANNEL_LIMIT",
+            )
         channel = queries.insert_channel(
+            kind=kind,
             id=channel_id,
             owner=who.user_id,
             display_name=display_name,
@@ -91,6 +124,15 @@ def delete_channel(rt: Runtime, who: Principal, channel_id: str) -> None:
 def test_channel(rt: Runtime, who: Principal, channel_id: str) -> Delivery:
     with rt.store.write() as tx:
         channel = get_channel(who, channel_id)
+        sent = queries.count_recent_deliveries(
+            channel.owner_id, outbox.TEST_EVENT, tx.now - timedelta(minutes=1)
+        )
+        if sent >= MAX_TESTS_PER_MINUTE:
+            raise ResourceExhausted(
+                f"at most {MAX_TESTS_PER_MINUTE} test deliveries a minute per owner; retry later",
+                reason="TEST_LIMIT",
+                retry_after_s=60,
+            )
         # Every test is its own delivery: the key is fresh.
         delivery_id = outbox.queue_to(
             tx, channel, outbox.TEST_EVENT, f"test:{new_id()}", {"message": "test delivery"}

@@ -62,6 +62,14 @@ def report_replica(workload_id: str, node_id: str, state: str, message: str, now
     )
 
 
+def workload_ids_in_project(project_id: str, workload_ids: list[str]) -> set[str]:
+    """Which of these workloads exist in the project."""
+    rows = Workload.select(Workload.id).where(
+        (Workload.project == project_id) & Workload.id.in_(sorted(set(workload_ids)))
+    )
+    return {row.id for row in rows}
+
+
 def assignments_with_workloads(node_id: str) -> list[Assignment]:
     return list(
         Assignment.select(Assignment, Workload)

@@ -83,6 +83,9 @@ class Node(IdModel):
     reward_due_time = TimestampField(null=True, index=True)
     create_time = TimestampField()
     update_time = TimestampField()
+    # -- monitoring (migration 102) --
+    # Set while the node is FLAPPING (too many changes in the project's flap window).
+    flapping_since = TimestampField(null=True, index=True)
 
     class Meta:
         table_name = "nodes"
@@ -148,6 +151,9 @@ class Transition(BaseModel):
     time = TimestampField()
     # The time after this transition is not counted against uptime (mass outage).
     excluded = peewee.BooleanField(default=False)
+    # Since migration 101: when the state really began, if before `time` (when it was
+    # detected): a DOWN began at the last heartbeat that arrived.
+    effective_time = TimestampField(null=True)
 
     class Meta:
         table_name = "node_transitions"
@@ -163,6 +169,17 @@ class Incident(IdModel):
     cause = peewee.CharField(max_length=500)
     inhibited = peewee.BooleanField(default=False)
     resolution = peewee.CharField(max_length=100, default="")
+    # -- monitoring (migration 102) --
+    # When the opening was notified; `held_since`: held back (a silence, flapping) since
+    # then, and not notified yet (its recovery then is not notified either).
+    notified_time = TimestampField(null=True)
+    held_since = TimestampField(null=True)
+    acknowledged_time = TimestampField(null=True)
+    acknowledged_by = peewee.CharField(max_length=26, default="")
+    escalated_time = TimestampField(null=True)
+    reminders = peewee.IntegerField(default=0)
+    # When escalation or the next reminder is due; NULL: nothing due (closed, acknowledged).
+    next_notify_time = TimestampField(null=True, index=True)
 
     class Meta:
         table_name = "node_incidents"
@@ -205,3 +222,76 @@ class RewardEntry(BaseModel):
     class Meta:
         table_name = "node_reward_entries"
         indexes = ((("owner", "project_id", "day"), False),)
+
+
+def add_honest_uptime(db: peewee.Database) -> None:
+    """Migration 101: when a transition's state really began (a DOWN: at the last beat)."""
+    columns = {c.name for c in db.get_columns("node_transitions")}
+    if "effective_time" not in columns:
+        db.execute_sql("ALTER TABLE node_transitions ADD COLUMN effective_time BIGINT")
+
+
+# -- monitoring (issue 14) ------------------------------------------------------------------
+
+
+class MonitoringPolicy(BaseModel):
+    """A project's flapping, escalation and repeat policy; no row: the defaults."""
+
+    project = peewee.ForeignKeyField(Project, primary_key=True, on_delete="CASCADE")
+    flap_changes = peewee.IntegerField()
+    flap_window_s = peewee.FloatField()
+    flap_settle_s = peewee.FloatField()
+    escalate_after_s = peewee.FloatField()
+    escalation_channel_id = peewee.CharField(max_length=26, default="")
+    repeat_every_s = peewee.FloatField()
+    update_time = TimestampField()
+
+    class Meta:
+        table_name = "node_monitoring_policies"
+
+
+class Silence(IdModel):
+    """Notifications about matching nodes are held back from start to end; states,
+    incidents and uptime stay true. Matches the whole project, one node, or a label."""
+
+    project = peewee.ForeignKeyField(Project, backref="silences", on_delete="CASCADE")
+    node_id = peewee.CharField(max_length=26, default="")
+    label_key = peewee.CharField(max_length=63, default="")
+    label_value = peewee.CharField(max_length=255, default="")
+    start_time = TimestampField()
+    end_time = TimestampField()
+    reason = peewee.CharField(max_length=500)
+    created_by = peewee.ForeignKeyField(User, on_delete="CASCADE")
+    create_time = TimestampField()
+    # Set once its end was handled (held-back DOWN notified): NULL while it may still matter.
+    ended_time = TimestampField(null=True)
+    next_action_time = TimestampField(null=True, index=True)
+
+    class Meta:
+        table_name = "node_silences"
+        indexes = ((("project", "end_time"), False),)
+
+
+def add_monitoring(db: peewee.Database) -> None:
+    """Migration 102: flapping, escalation and silences."""
+    columns = {c.name for c in db.get_columns("nodes")}
+    if "flapping_since" not in columns:
+        db.execute_sql("ALTER TABLE nodes ADD COLUMN flapping_since BIGINT")
+    db.execute_sql("CREATE INDEX IF NOT EXISTS nodes_flapping_since ON nodes (flapping_since)")
+    columns = {c.name for c in db.get_columns("node_incidents")}
+    added = {
+        "notified_time": "BIGINT",
+        "held_since": "BIGINT",
+        "acknowledged_time": "BIGINT",
+        "acknowledged_by": "VARCHAR(26) NOT NULL DEFAULT ''",
+        "escalated_time": "BIGINT",
+        "reminders": "INTEGER NOT NULL DEFAULT 0",
+        "next_notify_time": "BIGINT",
+    }
+    for name, ddl in added.items():
+        if name not in columns:
+            db.execute_sql(f"ALTER TABLE node_incidents ADD COLUMN {name} {ddl}")
+    db.execute_sql(
+        "CREATE INDEX IF NOT EXISTS node_incidents_next_notify_time ON node_incidents (next_notify_time)"
+    )
+    db.create_tables([MonitoringPolicy, Silence], safe=True)

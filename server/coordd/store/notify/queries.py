@@ -26,8 +26,36 @@ def page_channels(owner_id: str, page: PageRequest) -> Page[Channel]:
     return keyset_page(query, Channel.id, page, filters={"u": owner_id})
 
 
+def count_live_channels(owner_id: str) -> int:
+    return Channel.select().where((Channel.owner == owner_id) & Channel.delete_time.is_null()).count()
+
+
+def count_recent_deliveries(owner_id: str, event_type: str, since: datetime) -> int:
+    """Deliveries of this type queued to the owner's channels since `since` (test sends)."""
+    return (
+        Delivery.select()
+        .join(Channel)
+        .where(
+            (Delivery.event_type == event_type) & (Delivery.create_time > since) & (Channel.owner == owner_id)
+        )
+        .count()
+    )
+
+
 def live_channels_of(owner_ids: set[str]) -> list[Channel]:
     return list(Channel.select().where(Channel.owner.in_(sorted(owner_ids)) & Channel.delete_time.is_null()))
+
+
+def live_channels_by_ids(channel_ids: set[str]) -> list[Channel]:
+    if not channel_ids:
+        return []
+    return list(Channel.select().where(Channel.id.in_(sorted(channel_ids)) & Channel.delete_time.is_null()))
+
+
+def channels_with_keys(dedup_keys: list[str]) -> set[str]:
+    """The channels that were queued a delivery with any of these keys."""
+    rows = Delivery.select(Delivery.channel).where(Delivery.dedup_key.in_(dedup_keys)).distinct()
+    return {row.channel_id for row in rows}
 
 
 def owners_with_channels(user_ids: list[str]) -> set[str]:
@@ -94,15 +122,20 @@ def fail_pending(channel_id: str, error: str) -> None:
     ).execute()
 
 
-def due_deliveries(now: datetime, batch: int) -> list[Delivery]:
-    """Due deliveries with their channel, oldest first, through the due-time index."""
-    return list(
+def due_deliveries(now: datetime, batch: int, skip_channels: frozenset[str] = frozenset()) -> list[Delivery]:
+    """Due deliveries with their channel, oldest first, through the due-time index;
+    channels whose circuit is open (or listed in `skip_channels`) are left out."""
+    query = (
         Delivery.select(Delivery, Channel)
         .join(Channel)
-        .where(Delivery.next_attempt_time <= now)
-        .order_by(Delivery.next_attempt_time)
-        .limit(batch)
+        .where(
+            (Delivery.next_attempt_time <= now)
+            & (Channel.circuit_open_until.is_null() | (Channel.circuit_open_until <= now))
+        )
     )
+    if skip_channels:
+        query = query.where(Delivery.channel.not_in(sorted(skip_channels)))
+    return list(query.order_by(Delivery.next_attempt_time).limit(batch))
 
 
 def claim_delivery(delivery: Delivery, until: datetime) -> bool:
@@ -115,6 +148,41 @@ def claim_delivery(delivery: Delivery, until: datetime) -> bool:
     return bool(won)
 
 
-def record_attempt(delivery_id: str, values: dict[str, Any]) -> None:
-    """An attempt's outcome, on a delivery still pending."""
-    Delivery.update(**values).where((Delivery.id == delivery_id) & (Delivery.state == PENDING)).execute()
+def record_attempt(delivery_id: str, claimed_until: datetime | None, values: dict[str, Any]) -> bool:
+    """An attempt's outcome, on a delivery still pending and still under this sender's claim
+    (`claimed_until`; None: unfenced). False when the claim was lost meanwhile."""
+    where = (Delivery.id == delivery_id) & (Delivery.state == PENDING)
+    if claimed_until is not None:
+        where &= Delivery.next_attempt_time == claimed_until
+    return bool(Delivery.update(**values).where(where).execute())
+
+
+def release_claim(delivery_id: str, claimed_until: datetime, now: datetime) -> None:
+    """A claimed delivery that was not attempted is due again at once."""
+    Delivery.update(next_attempt_time=now).where(
+        (Delivery.id == delivery_id)
+        & (Delivery.state == PENDING)
+        & (Delivery.next_attempt_time == claimed_until)
+    ).execute()
+
+
+def channel_failed(channel_id: str) -> Channel | None:
+    """One more consecutive failure on the channel; the channel as it is now."""
+    Channel.update(consecutive_failures=Channel.consecutive_failures + 1).where(
+        Channel.id == channel_id
+    ).execute()
+    return Channel.get_or_none(Channel.id == channel_id)
+
+
+def open_circuit(channel_id: str, until: datetime) -> None:
+    Channel.update(circuit_open_until=until, circuit_trips=Channel.circuit_trips + 1).where(
+        Channel.id == channel_id
+    ).execute()
+
+
+def close_circuit(channel_id: str) -> None:
+    """A success: the breaker closes and its counts start over."""
+    Channel.update(consecutive_failures=0, circuit_trips=0, circuit_open_until=None).where(
+        (Channel.id == channel_id)
+        & ((Channel.consecutive_failures != 0) | Channel.circuit_open_until.is_null(False))
+    ).execute()

@@ -1,0 +1,298 @@
+"""A fleet on one process: N nodes (default 10,000) each beating once a second on its own
+StreamHeartbeats stream against one real `coordd serve` process. Reports the beats/s the
+server accepted (the `beats` each stream's reply counts), the detection latency of a
+few nodes that stop (last beat -> DOWN seen on WatchNodes; bound: window + 1 s), and the
+daemon's CPU (share of one core) and RSS while the fleet beats.
+
+The beating is spread over `--workers` client processes (one asyncio loop each), so the
+client is not the bottleneck on small machines; the per-peer rate limit is raised for the
+run (every stream comes from 127.0.0.1).
+
+    .venv/bin/python bench/fleet.py [--nodes 10000] [--seconds 20] [--workers 2] [--database-url ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import sys
+import time
+import uuid
+from datetime import UTC, timedelta
+from pathlib import Path
+
+import grpc
+from google.protobuf import duration_pb2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import percentile, start_coordd
+
+from coordd_client.v1 import auth_pb2, auth_pb2_grpc, common_pb2, node_pb2, node_pb2_grpc
+
+INTERVAL_S, MISSES, GRACE_S = 1.0, 2, 1.0
+WINDOW_S = INTERVAL_S * MISSES + GRACE_S
+DETECTED = 50
+
+
+def secs(value: float) -> duration_pb2.Duration:
+    out = duration_pb2.Duration()
+    out.FromTimedelta(timedelta(seconds=value))
+    return out
+
+
+def key_md(key: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {key}"),)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def beat_streams(target: str, keys: list[str], start_at: float, stop_at: float, ramp: float) -> float:
+    """Each key: one stream, opened `ramp` streams a second from start_at, then one beat a
+    second until stop_at. Returns the sum over streams of the beats the server says it
+    accepted / the seconds the stream was open: the fleet's accepted beats/s once all are
+    open. A channel (one HTTP/2 connection) per 500 streams."""
+    # A connection of its own per channel (gRPC shares one between equal channels otherwise).
+    options = [("grpc.max_concurrent_streams", 100_000), ("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(max(1, len(keys) // 500))]
+    stubs = [node_pb2_grpc.NodeServiceStub(c) for c in channels]
+    request = node_pb2.StreamHeartbeatsRequest(metrics={"load": 0.5})
+
+    async def node(index: int, key: str) -> float:
+        # gRPC core refuses new calls beyond its pending-request limit when thousands
+        # arrive within a second: streams open at `ramp` a second, as agents' jitter does.
+        next_at = start_at + index / ramp
+        await asyncio.sleep(max(next_at - time.time(), 0))
+        opened = time.time()
+        call = stubs[index % len(stubs)].StreamHeartbeats(metadata=key_md(key))
+        while next_at < stop_at:
+            delay = next_at - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                await call.write(request)
+            except asyncio.InvalidStateError:
+                raise RuntimeError(f"stream ended: {await call.code()} {await call.details()}") from None
+            next_at += INTERVAL_S
+        await call.done_writing()
+        beats = (await call).beats
+        return beats / max(time.time() - opened, INTERVAL_S)
+
+    try:
+        replies = await asyncio.gather(*(node(i, k) for i, k in enumerate(keys)), return_exceptions=True)
+    finally:
+        for channel in channels:
+            await channel.close()
+    failures = [r for r in replies if isinstance(r, BaseException)]
+    if failures:
+        print(f"worker: {len(failures)} streams failed, e.g. {failures[0]!r}", file=sys.stderr)
+    return sum(r for r in replies if isinstance(r, float))
+
+
+def worker(
+    target: str, keys: list[str], start_at: float, stop_at: float, ramp: float, out: multiprocessing.Queue
+) -> None:
+    out.put(asyncio.run(beat_streams(target, keys, start_at, stop_at, ramp)))
+
+
+async def setup(target: str, nodes: int) -> tuple[tuple[tuple[str, str], ...], str, list[str]]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        auth = auth_pb2_grpc.AuthServiceStub(channel)
+        stub = node_pb2_grpc.NodeServiceStub(channel)
+        signed = await auth.SignUp(
+            auth_pb2.SignUpRequest(
+                email=f"fleet-{uuid.uuid4().hex[:6]}@example.com",
+                password="correct horse battery",
+                roles=[common_pb2.ROLE_NODE_OPERATOR],
+            )
+        )
+        md = (("authorization", f"Bearer {signed.access_token}"),)
+        policy = node_pb2.HealthPolicy(
+            heartbeat_interval=secs(INTERVAL_S), misses=MISSES, grace=secs(GRACE_S), successes_before_up=1
+        )
+        project = (
+            await stub.CreateProject(
+                node_pb2.CreateProjectRequest(
+                    display_name="fleet", slug=f"fleet-{uuid.uuid4().hex[:8]}", health_policy=policy
+                ),
+                metadata=md,
+            )
+        ).project.name
+        keys: list[str] = []
+        names: list[str] = []
+        semaphore = asyncio.Semaphore(32)
+
+        async def register(i: int) -> None:
+            async with semaphore:
+                reply = await stub.RegisterNode(
+                    node_pb2.RegisterNodeRequest(project=project, display_name=f"n{i}"), metadata=md
+                )
+                keys.append(reply.api_key_secret)
+                names.append(reply.node.name)
+
+        await asyncio.gather(*(register(i) for i in range(nodes)))
+        # The nodes whose detection is measured: a project of their own, so WatchNodes
+        # carries their transitions only (not the fleet's 10,000 first UPs).
+        watched = (
+            await stub.CreateProject(
+                node_pb2.CreateProjectRequest(
+                    display_name="watched", slug=f"watched-{uuid.uuid4().hex[:8]}", health_policy=policy
+                ),
+                metadata=md,
+            )
+        ).project.name
+        for i in range(DETECTED):
+            reply = await stub.RegisterNode(
+                node_pb2.RegisterNodeRequest(project=watched, display_name=f"w{i}"), metadata=md
+            )
+            keys.append(reply.api_key_secret)
+        return md, watched, keys
+
+
+async def detect(
+    target: str, md: tuple[tuple[str, str], ...], project: str, keys: list[str], stop_at: float
+) -> dict:
+    """The DETECTED nodes beat until stop_at, then stop: last beat -> DOWN on WatchNodes."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = node_pb2_grpc.NodeServiceStub(channel)
+        last_beat: dict[str, float] = {}
+        downs: dict[str, float] = {}
+        seen: dict[str, float] = {}
+        watch = stub.WatchNodes(node_pb2.WatchNodesRequest(project=project), metadata=md)
+
+        async def watcher() -> None:
+            async for event in watch:
+                if event.transition.to_status == node_pb2.HEALTH_STATUS_DOWN:
+                    downs.setdefault(event.node.name, time.time())
+                    # The daemon's own record of the last beat it received.
+                    seen[event.node.name] = event.node.last_heartbeat_time.ToDatetime(tzinfo=UTC).timestamp()
+
+        watching = asyncio.create_task(watcher())
+
+        async def node(key: str) -> None:
+            while time.time() < stop_at:
+                sent = time.time()  # the send time: the latency measured is an upper bound
+                reply = await stub.Heartbeat(node_pb2.HeartbeatRequest(), metadata=key_md(key))
+                last_beat[reply.node] = sent
+                await asyncio.sleep(INTERVAL_S)
+
+        await asyncio.gather(*(node(k) for k in keys))
+        deadline = time.time() + WINDOW_S + 10
+        while len(downs) < len(keys) and time.time() < deadline:
+            await asyncio.sleep(0.1)
+        watching.cancel()
+        # From the last beat the daemon received (its last_heartbeat_time) to the DOWN seen here;
+        # `from_send`: from when that beat was sent (includes the beat's own queueing).
+        latencies = [downs[n] - seen[n] for n in last_beat if n in downs]
+        from_send = [downs[n] - last_beat[n] for n in last_beat if n in downs]
+    return {
+        "nodes": len(keys),
+        "detected": len(latencies),
+        "bound_s": WINDOW_S + 1,
+        "p50_s": round(percentile(latencies, 50), 3),
+        "p99_s": round(percentile(latencies, 99), 3),
+        "max_s": round(max(latencies, default=0.0), 3),
+        "from_send_p99_s": round(percentile(from_send, 99), 3),
+    }
+
+
+def run(
+    nodes: int, seconds: float, workers: int, database_url: str, ramp: float, redis_url: str = ""
+) -> dict:
+    env = {
+        "COORDD_RATE_LIMIT_PEER_RPS": "1000000",
+        "COORDD_RATE_LIMIT_PEER_BURST": "1000000",
+        "COORDD_RATE_LIMIT_CALLER_RPS": "1000000",
+        "COORDD_RATE_LIMIT_CALLER_BURST": "1000000",
+    }
+    if database_url:
+        env["COORDD_DATABASE_URL"] = database_url
+    if redis_url:
+        env["COORDD_REDIS_URL"] = redis_url
+        env["COORDD_REDIS_PREFIX"] = f"bench-fleet-{uuid.uuid4().hex[:6]}"
+    if os.environ.get("FLEET_DAEMON_LOG"):
+        env.update({"COORDD_LOG_LEVEL": "info"})
+    proc, port, _ = start_coordd(env)
+    target = f"127.0.0.1:{port}"
+    try:
+        started = time.monotonic()
+        md, project, keys = asyncio.run(setup(target, nodes))
+        setup_s = time.monotonic() - started
+        fleet, detected = keys[:nodes], keys[nodes:]
+        warm_s = 3.0
+        start_at = time.time() + 4.0
+        ramp_s = nodes / ramp
+        steady_at = start_at + ramp_s + warm_s
+        stop_at = steady_at + seconds
+        ctx = multiprocessing.get_context("spawn")
+        out: multiprocessing.Queue = ctx.Queue()
+        procs = [
+            ctx.Process(
+                target=worker, args=(target, fleet[i::workers], start_at, stop_at, ramp / workers, out)
+            )
+            for i in range(workers)
+        ]
+        for p in procs:
+            p.start()
+        # Measure the daemon over the steady part only.
+        time.sleep(max(steady_at - time.time(), 0))
+        cpu_before, wall_before = cpu_seconds(proc.pid), time.monotonic()
+        # A few nodes beat three times, then stop (while the fleet keeps beating).
+        detection = asyncio.run(detect(target, md, project, detected, time.time() + 3 * INTERVAL_S))
+        time.sleep(max(stop_at - time.time() - 0.5, 0))
+        cpu_after, wall_after = cpu_seconds(proc.pid), time.monotonic()
+        rss = rss_mb(proc.pid)
+        accepted = sum(out.get(timeout=120) for _ in procs)
+        for p in procs:
+            p.join(30)
+        return {
+            "nodes": nodes,
+            "backend": ("postgresql" if database_url else "sqlite") + (" + redis" if redis_url else ""),
+            "client_workers": workers,
+            "setup_s": round(setup_s, 1),
+            "streams_opened_per_s": ramp,
+            "steady_s": seconds,
+            "beats_expected_per_s": nodes / INTERVAL_S,
+            "beats_accepted_per_s": round(accepted, 1),
+            "daemon_cpu_cores": round((cpu_after - cpu_before) / (wall_after - wall_before), 2),
+            "daemon_rss_mb": round(rss, 1),
+            "detection": detection,
+        }
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--nodes", type=int, default=10_000)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--database-url", default="")
+    parser.add_argument(
+        "--redis-url", default="", help="last-seen in Redis each second, the database every 5 s"
+    )
+    parser.add_argument("--ramp", type=float, default=500.0, help="streams opened per second (all workers)")
+    args = parser.parse_args()
+    print(
+        json.dumps(
+            run(args.nodes, args.seconds, args.workers, args.database_url, args.ramp, args.redis_url),
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
