@@ -12,12 +12,12 @@ import grpc
 
 from coordd_client.client import (
     DEFAULT_TIMEOUT_S,
-    KEEPALIVE_OPTIONS,
     RESUME_ATTEMPTS,
     _credentials_metadata,
     _service_modules,
     _stub_classes,
     backoff_delays,
+    channel_options,
     is_mutating,
     is_resumable,
     resume_delay,
@@ -220,7 +220,7 @@ class AsyncClient:
             key_file=key_file,
             server_name=server_name,
         )
-        opts = [*KEEPALIVE_OPTIONS, *tls_options, *options]
+        opts = channel_options(tls_options, options)
         if creds is not None:
             self.channel = grpc.aio.secure_channel(target, creds, options=opts, interceptors=interceptors)
         else:

@@ -59,6 +59,14 @@ def is_mutating(method: str) -> bool:
     return cached
 
 
+def channel_options(
+    tls_options: Sequence[tuple[str, Any]], options: Sequence[tuple[str, Any]]
+) -> list[tuple[str, Any]]:
+    """The defaults, then TLS's, then the caller's: a later entry replaces an earlier one with
+    the same key (gRPC itself would honour the first of two equal keys, silently)."""
+    return list({**dict(KEEPALIVE_OPTIONS), **dict(tls_options), **dict(options)}.items())
+
+
 def backoff_delays(attempts: int, base: float = 0.1, cap: float = 5.0) -> Iterator[float]:
     """Full-jitter exponential backoff (AWS architecture blog): sleep U(0, min(cap, base*2^n))."""
     for n in range(attempts):
@@ -357,7 +365,7 @@ class Client:
             key_file=key_file,
             server_name=server_name,
         )
-        opts = [*KEEPALIVE_OPTIONS, *tls_options, *options]
+        opts = channel_options(tls_options, options)
         if creds is not None:
             raw = grpc.secure_channel(target, creds, options=opts)
         else:

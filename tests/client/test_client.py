@@ -84,3 +84,15 @@ def test_async_client(server):
 
     asyncio.run(run())
     assert IdempotencyRecord.select().count() == 1
+
+
+def test_a_callers_channel_option_replaces_the_default_instead_of_being_ignored():
+    """gRPC honours the first of two equal keys: the node agent's 500 ms reconnect cap was
+    silently beaten by the package's own 5 s default until the defaults were merged."""
+    from coordd_client.client import KEEPALIVE_OPTIONS, channel_options
+
+    assert dict(KEEPALIVE_OPTIONS)["grpc.max_reconnect_backoff_ms"] == 5_000
+    merged = channel_options([], [("grpc.max_reconnect_backoff_ms", 500)])
+    keys = [key for key, _ in merged]
+    assert keys.count("grpc.max_reconnect_backoff_ms") == 1
+    assert dict(merged)["grpc.max_reconnect_backoff_ms"] == 500
