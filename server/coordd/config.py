@@ -32,12 +32,16 @@ class ConfigError(Exception):
 
 @dataclass
 class Settings:
+    # The gRPC address; port 0 picks a free one (`coordd serve --port-file` writes it).
     listen: str = "127.0.0.1:50051"
+    # SQLite file, generated keys and secrets, ceremony blobs (created 0700).
     data_dir: str = "./var"
     # Empty: SQLite file `coordd.db` under data_dir. Otherwise postgresql://user@host:port/db.
     database_url: str = ""
+    # Threads running database work off the event loop, and PostgreSQL pool connections.
     db_threads: int = 8
     db_pool_size: int = 16
+    # How long SQLite waits on a lock (writers are serialized in-process anyway).
     sqlite_busy_timeout_ms: int = 10000
     # Empty: in-process event bus. redis://host:port/db for cross-replica fan-out.
     redis_url: str = ""
@@ -47,23 +51,29 @@ class Settings:
     # configured, and Redis's fallback while it is down). Off: such replicas hear each other's
     # changes only on their streams' refresh timers.
     pg_event_bus: bool = True
+    # Prometheus metrics on metrics_host:metrics_port; 0 = off.
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    # Log lines: json, console, or auto (json unless stderr is a terminal); the least level logged.
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
     # Empty: a secret is generated into data_dir/jwt.secret (0600) on first start.
     jwt_secret: str = ""
+    # Lifetime of a login access token (JWT).
     access_token_ttl_s: int = 3600
     # Argon2id cost; tests lower it. RFC 9106's second recommendation is 64 MiB, t=3.
     argon2_memory_kib: int = 65536
     argon2_time_cost: int = 3
     argon2_parallelism: int = 2
+    # How long an authenticated API key is cached; a revoke clears it at once on its replica.
     api_key_cache_ttl_s: float = 30.0
+    # How long a stored idempotent response is kept for replay.
     idempotency_retention_s: int = 86400
     # How long a duplicate waits for the first call with its key before ABORTED.
     idempotency_wait_s: float = 10.0
     # A first call that has held its key this long is presumed dead and may be re-run.
     idempotency_stale_s: float = 300.0
+    # Largest gRPC message sent or received; longest string field in a request; drain time on shutdown.
     max_message_bytes: int = 4 * 1024 * 1024
     max_string_chars: int = 16384
     shutdown_grace_s: float = 10.0
@@ -80,6 +90,7 @@ class Settings:
     # With thousands of open streams the default runs full scans of every stream's objects
     # many times a second (bench/queue_watch.py: p99 6.9 s -> ~2 s at 10,000 watchers).
     gc_threshold: int = 50000
+    # Run the built-in scheduler (leader-elected); its lease on PostgreSQL; the health probe period.
     scheduler_enabled: bool = True
     scheduler_lease_s: float = 10.0
     health_check_interval_s: float = 2.0
