@@ -66,6 +66,15 @@ class CompetitionServiceStub:
     position. Registering again returns the existing registration. Outside the
     registration window: FAILED_PRECONDITION.
     """
+    RegisterGroup: _grpc.UnaryUnaryMultiCallable[_competition_pb2.RegisterGroupRequest, _competition_pb2.RegisterGroupResponse]
+    """Registers a group of users as one, all seats or none; the caller (the group's leader)
+    pays every member's entry fee. While nobody waits and enough seats are free, every
+    member is CONFIRMED; otherwise the group joins the waitlist as ONE entry (its members
+    share one position). The waitlist is served in strict order: a group at its head that
+    needs more seats than are free waits, and nobody passes it. Registering the same group
+    again returns it (`created: false`); a member already registered otherwise:
+    FAILED_PRECONDITION `ALREADY_REGISTERED`, and nobody is registered.
+    """
     CancelRegistration: _grpc.UnaryUnaryMultiCallable[_competition_pb2.CancelRegistrationRequest, _competition_pb2.CancelRegistrationResponse]
     """Cancels the caller's registration before the competition starts; a freed seat goes to
     the head of the waitlist.
@@ -73,6 +82,21 @@ class CompetitionServiceStub:
     AcceptOffer: _grpc.UnaryUnaryMultiCallable[_competition_pb2.AcceptOfferRequest, _competition_pb2.AcceptOfferResponse]
     """Accepts a seat offered from the waitlist (competitions with an entry fee) before the
     offer expires; the fee is held at this moment.
+    """
+    TransferRegistration: _grpc.UnaryUnaryMultiCallable[_competition_pb2.TransferRegistrationRequest, _competition_pb2.TransferRegistrationResponse]
+    """Moves a CONFIRMED registration, seat and all, to another user before the start
+    (its registrant, its payer, or an admin). The entry fee stays held from whoever paid
+    it; the old holder's ticket no longer checks in. The new holder must not hold or wait
+    for a seat already (`ALREADY_REGISTERED`).
+    """
+    GetTicket: _grpc.UnaryUnaryMultiCallable[_competition_pb2.GetTicketRequest, _competition_pb2.GetTicketResponse]
+    """The signed ticket of a CONFIRMED registration (its registrant, payer, or an admin):
+    show it at the event; verify it offline with coordd_client.tickets.verify_ticket.
+    """
+    CheckIn: _grpc.UnaryUnaryMultiCallable[_competition_pb2.CheckInRequest, _competition_pb2.CheckInResponse]
+    """Checks a CONFIRMED registrant in (the competition's owner or an admin), by the
+    registration's name or by the ticket the participant shows. Open from 24 h before
+    start_time until end_time; a second check-in answers `already_checked_in`.
     """
     ListRegistrations: _grpc.UnaryUnaryMultiCallable[_competition_pb2.ListRegistrationsRequest, _competition_pb2.ListRegistrationsResponse]
     """Lists a competition's registrations (owner or admin)."""
@@ -133,6 +157,15 @@ class CompetitionServiceAsyncStub(CompetitionServiceStub):
     position. Registering again returns the existing registration. Outside the
     registration window: FAILED_PRECONDITION.
     """
+    RegisterGroup: _aio.UnaryUnaryMultiCallable[_competition_pb2.RegisterGroupRequest, _competition_pb2.RegisterGroupResponse]  # type: ignore[assignment]
+    """Registers a group of users as one, all seats or none; the caller (the group's leader)
+    pays every member's entry fee. While nobody waits and enough seats are free, every
+    member is CONFIRMED; otherwise the group joins the waitlist as ONE entry (its members
+    share one position). The waitlist is served in strict order: a group at its head that
+    needs more seats than are free waits, and nobody passes it. Registering the same group
+    again returns it (`created: false`); a member already registered otherwise:
+    FAILED_PRECONDITION `ALREADY_REGISTERED`, and nobody is registered.
+    """
     CancelRegistration: _aio.UnaryUnaryMultiCallable[_competition_pb2.CancelRegistrationRequest, _competition_pb2.CancelRegistrationResponse]  # type: ignore[assignment]
     """Cancels the caller's registration before the competition starts; a freed seat goes to
     the head of the waitlist.
@@ -140,6 +173,21 @@ class CompetitionServiceAsyncStub(CompetitionServiceStub):
     AcceptOffer: _aio.UnaryUnaryMultiCallable[_competition_pb2.AcceptOfferRequest, _competition_pb2.AcceptOfferResponse]  # type: ignore[assignment]
     """Accepts a seat offered from the waitlist (competitions with an entry fee) before the
     offer expires; the fee is held at this moment.
+    """
+    TransferRegistration: _aio.UnaryUnaryMultiCallable[_competition_pb2.TransferRegistrationRequest, _competition_pb2.TransferRegistrationResponse]  # type: ignore[assignment]
+    """Moves a CONFIRMED registration, seat and all, to another user before the start
+    (its registrant, its payer, or an admin). The entry fee stays held from whoever paid
+    it; the old holder's ticket no longer checks in. The new holder must not hold or wait
+    for a seat already (`ALREADY_REGISTERED`).
+    """
+    GetTicket: _aio.UnaryUnaryMultiCallable[_competition_pb2.GetTicketRequest, _competition_pb2.GetTicketResponse]  # type: ignore[assignment]
+    """The signed ticket of a CONFIRMED registration (its registrant, payer, or an admin):
+    show it at the event; verify it offline with coordd_client.tickets.verify_ticket.
+    """
+    CheckIn: _aio.UnaryUnaryMultiCallable[_competition_pb2.CheckInRequest, _competition_pb2.CheckInResponse]  # type: ignore[assignment]
+    """Checks a CONFIRMED registrant in (the competition's owner or an admin), by the
+    registration's name or by the ticket the participant shows. Open from 24 h before
+    start_time until end_time; a second check-in answers `already_checked_in`.
     """
     ListRegistrations: _aio.UnaryUnaryMultiCallable[_competition_pb2.ListRegistrationsRequest, _competition_pb2.ListRegistrationsResponse]  # type: ignore[assignment]
     """Lists a competition's registrations (owner or admin)."""
@@ -241,6 +289,21 @@ class CompetitionServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def RegisterGroup(
+        self,
+        request: _competition_pb2.RegisterGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_competition_pb2.RegisterGroupResponse, _abc.Awaitable[_competition_pb2.RegisterGroupResponse]]:
+        """Registers a group of users as one, all seats or none; the caller (the group's leader)
+        pays every member's entry fee. While nobody waits and enough seats are free, every
+        member is CONFIRMED; otherwise the group joins the waitlist as ONE entry (its members
+        share one position). The waitlist is served in strict order: a group at its head that
+        needs more seats than are free waits, and nobody passes it. Registering the same group
+        again returns it (`created: false`); a member already registered otherwise:
+        FAILED_PRECONDITION `ALREADY_REGISTERED`, and nobody is registered.
+        """
+
+    @_abc_1.abstractmethod
     def CancelRegistration(
         self,
         request: _competition_pb2.CancelRegistrationRequest,
@@ -258,6 +321,39 @@ class CompetitionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_competition_pb2.AcceptOfferResponse, _abc.Awaitable[_competition_pb2.AcceptOfferResponse]]:
         """Accepts a seat offered from the waitlist (competitions with an entry fee) before the
         offer expires; the fee is held at this moment.
+        """
+
+    @_abc_1.abstractmethod
+    def TransferRegistration(
+        self,
+        request: _competition_pb2.TransferRegistrationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_competition_pb2.TransferRegistrationResponse, _abc.Awaitable[_competition_pb2.TransferRegistrationResponse]]:
+        """Moves a CONFIRMED registration, seat and all, to another user before the start
+        (its registrant, its payer, or an admin). The entry fee stays held from whoever paid
+        it; the old holder's ticket no longer checks in. The new holder must not hold or wait
+        for a seat already (`ALREADY_REGISTERED`).
+        """
+
+    @_abc_1.abstractmethod
+    def GetTicket(
+        self,
+        request: _competition_pb2.GetTicketRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_competition_pb2.GetTicketResponse, _abc.Awaitable[_competition_pb2.GetTicketResponse]]:
+        """The signed ticket of a CONFIRMED registration (its registrant, payer, or an admin):
+        show it at the event; verify it offline with coordd_client.tickets.verify_ticket.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckIn(
+        self,
+        request: _competition_pb2.CheckInRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_competition_pb2.CheckInResponse, _abc.Awaitable[_competition_pb2.CheckInResponse]]:
+        """Checks a CONFIRMED registrant in (the competition's owner or an admin), by the
+        registration's name or by the ticket the participant shows. Open from 24 h before
+        start_time until end_time; a second check-in answers `already_checked_in`.
         """
 
     @_abc_1.abstractmethod

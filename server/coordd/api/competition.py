@@ -61,6 +61,8 @@ def competition_to_proto(view: comp_rules.CompetitionView) -> competition_pb2.Co
         offered_count=c.offered,
         waitlisted_count=c.waitlisted,
         free_seats=max(c.capacity - c.confirmed - c.offered, 0),
+        waitlist_entry_count=c.waitlisted - c.waitlist_extra,
+        checked_in_count=c.checked_in,
         publish_time=ts(c.publish_time),
         create_time=ts(c.create_time),
         update_time=ts(c.update_time),
@@ -94,6 +96,9 @@ def registration_to_proto(view: comp_rules.RegistrationView) -> competition_pb2.
         create_time=ts(r.create_time),
         update_time=ts(r.update_time),
         confirm_time=ts(r.confirm_time),
+        group=comp_rules.group_name(r.competition_id, r.group_id) if r.group_id else "",
+        payer=f"users/{r.payer_id}" if r.payer_id else "",
+        check_in_time=ts(r.checkin_time),
     )
 
 
@@ -233,6 +238,19 @@ class CompetitionServicer(competition_pb2_grpc.CompetitionServiceServicer):
             registration=registration_to_proto(view), created=view.created
         )
 
+    async def RegisterGroup(
+        self, request: competition_pb2.RegisterGroupRequest, context: Any
+    ) -> competition_pb2.RegisterGroupResponse:
+        who = require_user()
+        comp_id = parse_name(request.competition, "competitions", "competition")
+        members = [parse_name(m, "users", f"members[{i}]") for i, m in enumerate(request.members)]
+        view = await self.rt.run(comp_rules.register_group, self.rt, who, comp_id, members)
+        return competition_pb2.RegisterGroupResponse(
+            group=comp_rules.group_name(comp_id, view.group_id),
+            registrations=[registration_to_proto(r) for r in view.registrations],
+            created=view.created,
+        )
+
     async def CancelRegistration(
         self, request: competition_pb2.CancelRegistrationRequest, context: Any
     ) -> competition_pb2.CancelRegistrationResponse:
@@ -248,6 +266,57 @@ class CompetitionServicer(competition_pb2_grpc.CompetitionServiceServicer):
         comp_id, reg_id = _registration_name(request.name)
         view = await self.rt.run(comp_rules.accept_offer, self.rt, who, comp_id, reg_id)
         return competition_pb2.AcceptOfferResponse(registration=registration_to_proto(view))
+
+    async def TransferRegistration(
+        self, request: competition_pb2.TransferRegistrationRequest, context: Any
+    ) -> competition_pb2.TransferRegistrationResponse:
+        who = require_user()
+        comp_id, reg_id = _registration_name(request.name)
+        to_user = parse_name(request.user, "users", "user")
+        view = await self.rt.run(comp_rules.transfer_registration, self.rt, who, comp_id, reg_id, to_user)
+        return competition_pb2.TransferRegistrationResponse(registration=registration_to_proto(view))
+
+    async def GetTicket(
+        self, request: competition_pb2.GetTicketRequest, context: Any
+    ) -> competition_pb2.GetTicketResponse:
+        who = require_user()
+        comp_id, reg_id = _registration_name(request.name)
+        ticket = await self.rt.run(comp_rules.get_ticket, self.rt, who, comp_id, reg_id)
+        return competition_pb2.GetTicketResponse(
+            ticket=competition_pb2.Ticket(
+                payload=ticket.payload,
+                signature=ticket.signature,
+                key_id=ticket.key_id,
+                public_key=ticket.public_key,
+            )
+        )
+
+    async def CheckIn(
+        self, request: competition_pb2.CheckInRequest, context: Any
+    ) -> competition_pb2.CheckInResponse:
+        who = require_user()
+        ticket_user = ""
+        if request.HasField("ticket"):
+            comp_id, reg_id, ticket_user = await self.rt.run(
+                comp_rules.read_ticket, self.rt, request.ticket.payload, request.ticket.signature
+            )
+            if request.name and _registration_name(request.name) != (comp_id, reg_id):
+                raise InvalidArgument(
+                    "name: the ticket is for another registration",
+                    violations=[FieldViolation("name", "does not match the ticket")],
+                )
+        elif request.name:
+            comp_id, reg_id = _registration_name(request.name)
+        else:
+            raise InvalidArgument(
+                "name or ticket is required",
+                violations=[FieldViolation("name", "give the registration's name or the ticket")],
+            )
+        result = await self.rt.run(comp_rules.check_in, self.rt, who, comp_id, reg_id, ticket_user)
+        return competition_pb2.CheckInResponse(
+            registration=registration_to_proto(result.registration),
+            already_checked_in=result.already_checked_in,
+        )
 
     async def ListRegistrations(
         self, request: competition_pb2.ListRegistrationsRequest, context: Any

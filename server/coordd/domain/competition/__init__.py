@@ -7,12 +7,23 @@ results paid out from the fee pool, and the notices registrants get.
     competitions   create / get / list / update / publish / cancel
     lifecycle      transitions, advance_due (scheduler)
     registration   register, cancel_registration, registration lists
+    groups         register_group: N users as one, all seats or none
+    attendance     signed tickets, check-in, transfer of a seat
     waitlist       promotion, offers (accept, expire), reminders (scheduler)
     results        entries, publish_results, get_results, leaderboard
     notifications  what registrants are told (the one user of notify/)
     export         the CSV export
 """
 
+from coordd.domain.competition.attendance import (
+    TICKET_CONTEXT,
+    CheckInResult,
+    Ticket,
+    check_in,
+    get_ticket,
+    read_ticket,
+    transfer_registration,
+)
 from coordd.domain.competition.competitions import (
     DRAFT_ONLY,
     UPDATABLE,
@@ -24,6 +35,7 @@ from coordd.domain.competition.competitions import (
     update_competition,
 )
 from coordd.domain.competition.export import EXPORT_COLUMNS, export_batches
+from coordd.domain.competition.groups import GroupView, group_name, register_group
 from coordd.domain.competition.lifecycle import advance_due
 from coordd.domain.competition.notifications import notifications_of
 from coordd.domain.competition.registration import (
@@ -114,25 +126,32 @@ __all__ = [
     "SETTLED",
     "STATES",
     "TERMINAL",
+    "TICKET_CONTEXT",
     "UPDATABLE",
     "WAITLISTED",
+    "CheckInResult",
     "CompetitionInput",
     "CompetitionSettings",
     "CompetitionView",
     "Entry",
+    "GroupView",
     "LeaderboardRow",
     "RegistrationView",
     "SignedResults",
+    "Ticket",
     "accept_offer",
     "advance_due",
     "cancel_competition",
     "cancel_registration",
+    "check_in",
     "configure",
     "create_competition",
     "expire_offers",
     "export_batches",
     "get_competition",
     "get_results",
+    "get_ticket",
+    "group_name",
     "leaderboard",
     "list_competitions",
     "list_my_registrations",
@@ -141,8 +160,11 @@ __all__ = [
     "publish_competition",
     "publish_results",
     "queue_reminders",
+    "read_ticket",
     "register",
+    "register_group",
     "settings_of",
     "submit_entry",
+    "transfer_registration",
     "update_competition",
 ]
