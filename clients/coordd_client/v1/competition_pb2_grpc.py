@@ -125,6 +125,41 @@ class CompetitionServiceStub:
                 request_serializer=coordd_dot_v1_dot_competition__pb2.ListMyRegistrationsRequest.SerializeToString,
                 response_deserializer=coordd_dot_v1_dot_competition__pb2.ListMyRegistrationsResponse.FromString,
                 _registered_method=True)
+        self.CreateTeam = channel.unary_unary(
+                '/coordd.v1.CompetitionService/CreateTeam',
+                request_serializer=coordd_dot_v1_dot_competition__pb2.CreateTeamRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_competition__pb2.CreateTeamResponse.FromString,
+                _registered_method=True)
+        self.GetTeam = channel.unary_unary(
+                '/coordd.v1.CompetitionService/GetTeam',
+                request_serializer=coordd_dot_v1_dot_competition__pb2.GetTeamRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_competition__pb2.GetTeamResponse.FromString,
+                _registered_method=True)
+        self.ListTeams = channel.unary_unary(
+                '/coordd.v1.CompetitionService/ListTeams',
+                request_serializer=coordd_dot_v1_dot_competition__pb2.ListTeamsRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_competition__pb2.ListTeamsResponse.FromString,
+                _registered_method=True)
+        self.InviteTeamMember = channel.unary_unary(
+                '/coordd.v1.CompetitionService/InviteTeamMember',
+                request_serializer=coordd_dot_v1_dot_competition__pb2.InviteTeamMemberRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_competition__pb2.InviteTeamMemberResponse.FromString,
+                _registered_method=True)
+        self.AcceptTeamInvite = channel.unary_unary(
+                '/coordd.v1.CompetitionService/AcceptTeamInvite',
+                request_serializer=coordd_dot_v1_dot_competition__pb2.AcceptTeamInviteRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_competition__pb2.AcceptTeamInviteResponse.FromString,
+                _registered_method=True)
+        self.RemoveTeamMember = channel.unary_unary(
+                '/coordd.v1.CompetitionService/RemoveTeamMember',
+                request_serializer=coordd_dot_v1_dot_competition__pb2.RemoveTeamMemberRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_competition__pb2.RemoveTeamMemberResponse.FromString,
+                _registered_method=True)
+        self.RegisterTeam = channel.unary_unary(
+                '/coordd.v1.CompetitionService/RegisterTeam',
+                request_serializer=coordd_dot_v1_dot_competition__pb2.RegisterTeamRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_competition__pb2.RegisterTeamResponse.FromString,
+                _registered_method=True)
         self.SubmitEntry = channel.unary_unary(
                 '/coordd.v1.CompetitionService/SubmitEntry',
                 request_serializer=coordd_dot_v1_dot_competition__pb2.SubmitEntryRequest.SerializeToString,
@@ -297,6 +332,59 @@ class CompetitionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateTeam(self, request, context):
+        """Creates a team for a competition with teams (team_max_size > 0), before its
+        team_formation_deadline; the caller is its captain and first accepted member. A user
+        is an accepted member of at most one team per competition.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTeam(self, request, context):
+        """Returns a team with its members.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTeams(self, request, context):
+        """Lists a competition's teams, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InviteTeamMember(self, request, context):
+        """The captain invites a user; invitations count against team_max_size.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcceptTeamInvite(self, request, context):
+        """The invited caller accepts (before the deadline, while the team is not full).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveTeamMember(self, request, context):
+        """The captain removes a member or withdraws an invitation; a member leaves or declines.
+        Not after the team has registered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterTeam(self, request, context):
+        """The captain registers the team's accepted members (team_min_size..team_max_size) as
+        one group: all seats or none, one waitlist entry (see RegisterGroup); the captain pays.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SubmitEntry(self, request, context):
         """Submits (or replaces) the caller's entry while the competition is RUNNING.
         """
@@ -416,6 +504,41 @@ def add_CompetitionServiceServicer_to_server(servicer, server):
                     servicer.ListMyRegistrations,
                     request_deserializer=coordd_dot_v1_dot_competition__pb2.ListMyRegistrationsRequest.FromString,
                     response_serializer=coordd_dot_v1_dot_competition__pb2.ListMyRegistrationsResponse.SerializeToString,
+            ),
+            'CreateTeam': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTeam,
+                    request_deserializer=coordd_dot_v1_dot_competition__pb2.CreateTeamRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_competition__pb2.CreateTeamResponse.SerializeToString,
+            ),
+            'GetTeam': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTeam,
+                    request_deserializer=coordd_dot_v1_dot_competition__pb2.GetTeamRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_competition__pb2.GetTeamResponse.SerializeToString,
+            ),
+            'ListTeams': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTeams,
+                    request_deserializer=coordd_dot_v1_dot_competition__pb2.ListTeamsRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_competition__pb2.ListTeamsResponse.SerializeToString,
+            ),
+            'InviteTeamMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.InviteTeamMember,
+                    request_deserializer=coordd_dot_v1_dot_competition__pb2.InviteTeamMemberRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_competition__pb2.InviteTeamMemberResponse.SerializeToString,
+            ),
+            'AcceptTeamInvite': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcceptTeamInvite,
+                    request_deserializer=coordd_dot_v1_dot_competition__pb2.AcceptTeamInviteRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_competition__pb2.AcceptTeamInviteResponse.SerializeToString,
+            ),
+            'RemoveTeamMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveTeamMember,
+                    request_deserializer=coordd_dot_v1_dot_competition__pb2.RemoveTeamMemberRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_competition__pb2.RemoveTeamMemberResponse.SerializeToString,
+            ),
+            'RegisterTeam': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterTeam,
+                    request_deserializer=coordd_dot_v1_dot_competition__pb2.RegisterTeamRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_competition__pb2.RegisterTeamResponse.SerializeToString,
             ),
             'SubmitEntry': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitEntry,
@@ -886,6 +1009,195 @@ class CompetitionService:
             '/coordd.v1.CompetitionService/ListMyRegistrations',
             coordd_dot_v1_dot_competition__pb2.ListMyRegistrationsRequest.SerializeToString,
             coordd_dot_v1_dot_competition__pb2.ListMyRegistrationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTeam(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.CompetitionService/CreateTeam',
+            coordd_dot_v1_dot_competition__pb2.CreateTeamRequest.SerializeToString,
+            coordd_dot_v1_dot_competition__pb2.CreateTeamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTeam(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.CompetitionService/GetTeam',
+            coordd_dot_v1_dot_competition__pb2.GetTeamRequest.SerializeToString,
+            coordd_dot_v1_dot_competition__pb2.GetTeamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTeams(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.CompetitionService/ListTeams',
+            coordd_dot_v1_dot_competition__pb2.ListTeamsRequest.SerializeToString,
+            coordd_dot_v1_dot_competition__pb2.ListTeamsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InviteTeamMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.CompetitionService/InviteTeamMember',
+            coordd_dot_v1_dot_competition__pb2.InviteTeamMemberRequest.SerializeToString,
+            coordd_dot_v1_dot_competition__pb2.InviteTeamMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcceptTeamInvite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.CompetitionService/AcceptTeamInvite',
+            coordd_dot_v1_dot_competition__pb2.AcceptTeamInviteRequest.SerializeToString,
+            coordd_dot_v1_dot_competition__pb2.AcceptTeamInviteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveTeamMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.CompetitionService/RemoveTeamMember',
+            coordd_dot_v1_dot_competition__pb2.RemoveTeamMemberRequest.SerializeToString,
+            coordd_dot_v1_dot_competition__pb2.RemoveTeamMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterTeam(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.CompetitionService/RegisterTeam',
+            coordd_dot_v1_dot_competition__pb2.RegisterTeamRequest.SerializeToString,
+            coordd_dot_v1_dot_competition__pb2.RegisterTeamResponse.FromString,
             options,
             channel_credentials,
             insecure,

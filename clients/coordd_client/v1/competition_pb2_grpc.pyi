@@ -104,6 +104,27 @@ class CompetitionServiceStub:
     """Streams every registration of a competition as CSV, in chunks (owner or admin)."""
     ListMyRegistrations: _grpc.UnaryUnaryMultiCallable[_competition_pb2.ListMyRegistrationsRequest, _competition_pb2.ListMyRegistrationsResponse]
     """Lists the caller's registrations across competitions."""
+    CreateTeam: _grpc.UnaryUnaryMultiCallable[_competition_pb2.CreateTeamRequest, _competition_pb2.CreateTeamResponse]
+    """Creates a team for a competition with teams (team_max_size > 0), before its
+    team_formation_deadline; the caller is its captain and first accepted member. A user
+    is an accepted member of at most one team per competition.
+    """
+    GetTeam: _grpc.UnaryUnaryMultiCallable[_competition_pb2.GetTeamRequest, _competition_pb2.GetTeamResponse]
+    """Returns a team with its members."""
+    ListTeams: _grpc.UnaryUnaryMultiCallable[_competition_pb2.ListTeamsRequest, _competition_pb2.ListTeamsResponse]
+    """Lists a competition's teams, oldest first."""
+    InviteTeamMember: _grpc.UnaryUnaryMultiCallable[_competition_pb2.InviteTeamMemberRequest, _competition_pb2.InviteTeamMemberResponse]
+    """The captain invites a user; invitations count against team_max_size."""
+    AcceptTeamInvite: _grpc.UnaryUnaryMultiCallable[_competition_pb2.AcceptTeamInviteRequest, _competition_pb2.AcceptTeamInviteResponse]
+    """The invited caller accepts (before the deadline, while the team is not full)."""
+    RemoveTeamMember: _grpc.UnaryUnaryMultiCallable[_competition_pb2.RemoveTeamMemberRequest, _competition_pb2.RemoveTeamMemberResponse]
+    """The captain removes a member or withdraws an invitation; a member leaves or declines.
+    Not after the team has registered.
+    """
+    RegisterTeam: _grpc.UnaryUnaryMultiCallable[_competition_pb2.RegisterTeamRequest, _competition_pb2.RegisterTeamResponse]
+    """The captain registers the team's accepted members (team_min_size..team_max_size) as
+    one group: all seats or none, one waitlist entry (see RegisterGroup); the captain pays.
+    """
     SubmitEntry: _grpc.UnaryUnaryMultiCallable[_competition_pb2.SubmitEntryRequest, _competition_pb2.SubmitEntryResponse]
     """Submits (or replaces) the caller's entry while the competition is RUNNING."""
     PublishResults: _grpc.UnaryUnaryMultiCallable[_competition_pb2.PublishResultsRequest, _competition_pb2.PublishResultsResponse]
@@ -195,6 +216,27 @@ class CompetitionServiceAsyncStub(CompetitionServiceStub):
     """Streams every registration of a competition as CSV, in chunks (owner or admin)."""
     ListMyRegistrations: _aio.UnaryUnaryMultiCallable[_competition_pb2.ListMyRegistrationsRequest, _competition_pb2.ListMyRegistrationsResponse]  # type: ignore[assignment]
     """Lists the caller's registrations across competitions."""
+    CreateTeam: _aio.UnaryUnaryMultiCallable[_competition_pb2.CreateTeamRequest, _competition_pb2.CreateTeamResponse]  # type: ignore[assignment]
+    """Creates a team for a competition with teams (team_max_size > 0), before its
+    team_formation_deadline; the caller is its captain and first accepted member. A user
+    is an accepted member of at most one team per competition.
+    """
+    GetTeam: _aio.UnaryUnaryMultiCallable[_competition_pb2.GetTeamRequest, _competition_pb2.GetTeamResponse]  # type: ignore[assignment]
+    """Returns a team with its members."""
+    ListTeams: _aio.UnaryUnaryMultiCallable[_competition_pb2.ListTeamsRequest, _competition_pb2.ListTeamsResponse]  # type: ignore[assignment]
+    """Lists a competition's teams, oldest first."""
+    InviteTeamMember: _aio.UnaryUnaryMultiCallable[_competition_pb2.InviteTeamMemberRequest, _competition_pb2.InviteTeamMemberResponse]  # type: ignore[assignment]
+    """The captain invites a user; invitations count against team_max_size."""
+    AcceptTeamInvite: _aio.UnaryUnaryMultiCallable[_competition_pb2.AcceptTeamInviteRequest, _competition_pb2.AcceptTeamInviteResponse]  # type: ignore[assignment]
+    """The invited caller accepts (before the deadline, while the team is not full)."""
+    RemoveTeamMember: _aio.UnaryUnaryMultiCallable[_competition_pb2.RemoveTeamMemberRequest, _competition_pb2.RemoveTeamMemberResponse]  # type: ignore[assignment]
+    """The captain removes a member or withdraws an invitation; a member leaves or declines.
+    Not after the team has registered.
+    """
+    RegisterTeam: _aio.UnaryUnaryMultiCallable[_competition_pb2.RegisterTeamRequest, _competition_pb2.RegisterTeamResponse]  # type: ignore[assignment]
+    """The captain registers the team's accepted members (team_min_size..team_max_size) as
+    one group: all seats or none, one waitlist entry (see RegisterGroup); the captain pays.
+    """
     SubmitEntry: _aio.UnaryUnaryMultiCallable[_competition_pb2.SubmitEntryRequest, _competition_pb2.SubmitEntryResponse]  # type: ignore[assignment]
     """Submits (or replaces) the caller's entry while the competition is RUNNING."""
     PublishResults: _aio.UnaryUnaryMultiCallable[_competition_pb2.PublishResultsRequest, _competition_pb2.PublishResultsResponse]  # type: ignore[assignment]
@@ -379,6 +421,69 @@ class CompetitionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_competition_pb2.ListMyRegistrationsResponse, _abc.Awaitable[_competition_pb2.ListMyRegistrationsResponse]]:
         """Lists the caller's registrations across competitions."""
+
+    @_abc_1.abstractmethod
+    def CreateTeam(
+        self,
+        request: _competition_pb2.CreateTeamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_competition_pb2.CreateTeamResponse, _abc.Awaitable[_competition_pb2.CreateTeamResponse]]:
+        """Creates a team for a competition with teams (team_max_size > 0), before its
+        team_formation_deadline; the caller is its captain and first accepted member. A user
+        is an accepted member of at most one team per competition.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTeam(
+        self,
+        request: _competition_pb2.GetTeamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_competition_pb2.GetTeamResponse, _abc.Awaitable[_competition_pb2.GetTeamResponse]]:
+        """Returns a team with its members."""
+
+    @_abc_1.abstractmethod
+    def ListTeams(
+        self,
+        request: _competition_pb2.ListTeamsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_competition_pb2.ListTeamsResponse, _abc.Awaitable[_competition_pb2.ListTeamsResponse]]:
+        """Lists a competition's teams, oldest first."""
+
+    @_abc_1.abstractmethod
+    def InviteTeamMember(
+        self,
+        request: _competition_pb2.InviteTeamMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_competition_pb2.InviteTeamMemberResponse, _abc.Awaitable[_competition_pb2.InviteTeamMemberResponse]]:
+        """The captain invites a user; invitations count against team_max_size."""
+
+    @_abc_1.abstractmethod
+    def AcceptTeamInvite(
+        self,
+        request: _competition_pb2.AcceptTeamInviteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_competition_pb2.AcceptTeamInviteResponse, _abc.Awaitable[_competition_pb2.AcceptTeamInviteResponse]]:
+        """The invited caller accepts (before the deadline, while the team is not full)."""
+
+    @_abc_1.abstractmethod
+    def RemoveTeamMember(
+        self,
+        request: _competition_pb2.RemoveTeamMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_competition_pb2.RemoveTeamMemberResponse, _abc.Awaitable[_competition_pb2.RemoveTeamMemberResponse]]:
+        """The captain removes a member or withdraws an invitation; a member leaves or declines.
+        Not after the team has registered.
+        """
+
+    @_abc_1.abstractmethod
+    def RegisterTeam(
+        self,
+        request: _competition_pb2.RegisterTeamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_competition_pb2.RegisterTeamResponse, _abc.Awaitable[_competition_pb2.RegisterTeamResponse]]:
+        """The captain registers the team's accepted members (team_min_size..team_max_size) as
+        one group: all seats or none, one waitlist entry (see RegisterGroup); the captain pays.
+        """
 
     @_abc_1.abstractmethod
     def SubmitEntry(

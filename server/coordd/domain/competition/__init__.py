@@ -9,6 +9,7 @@ results paid out from the fee pool, and the notices registrants get.
     registration   register, cancel_registration, registration lists
     groups         register_group: N users as one, all seats or none
     attendance     signed tickets, check-in, transfer of a seat
+    teams          captains, invitations, acceptances, team registration
     waitlist       promotion, offers (accept, expire), reminders (scheduler)
     results        entries, publish_results, get_results, leaderboard
     notifications  what registrants are told (the one user of notify/)
@@ -84,6 +85,17 @@ from coordd.domain.competition.states import (
     TERMINAL,
     WAITLISTED,
 )
+from coordd.domain.competition.teams import (
+    TeamView,
+    accept_invite,
+    create_team,
+    get_team,
+    invite_member,
+    list_teams,
+    register_team,
+    remove_member,
+    team_name,
+)
 from coordd.domain.competition.validation import MAX_CAPACITY, MAX_TAGS
 from coordd.domain.competition.views import (
     CompetitionInput,
@@ -138,7 +150,9 @@ __all__ = [
     "LeaderboardRow",
     "RegistrationView",
     "SignedResults",
+    "TeamView",
     "Ticket",
+    "accept_invite",
     "accept_offer",
     "advance_due",
     "cancel_competition",
@@ -146,16 +160,20 @@ __all__ = [
     "check_in",
     "configure",
     "create_competition",
+    "create_team",
     "expire_offers",
     "export_batches",
     "get_competition",
     "get_results",
+    "get_team",
     "get_ticket",
     "group_name",
+    "invite_member",
     "leaderboard",
     "list_competitions",
     "list_my_registrations",
     "list_registrations",
+    "list_teams",
     "notifications_of",
     "publish_competition",
     "publish_results",
@@ -163,8 +181,11 @@ __all__ = [
     "read_ticket",
     "register",
     "register_group",
+    "register_team",
+    "remove_member",
     "settings_of",
     "submit_entry",
+    "team_name",
     "transfer_registration",
     "update_competition",
 ]

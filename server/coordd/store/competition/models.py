@@ -133,8 +133,7 @@ class Team(IdModel):
     competition = peewee.ForeignKeyField(Competition, backref="teams", on_delete="CASCADE", index=True)
     display_name = peewee.CharField(max_length=100)
     captain = peewee.ForeignKeyField(User, on_delete="RESTRICT", backref="+")
-    # The group id its registrations carry once registered; NULL before.
-    registered_group = peewee.CharField(max_length=26, null=True)
+    # Once registered, its members' registrations carry the team's id as their group_id.
     create_time = TimestampField()
 
     class Meta:
