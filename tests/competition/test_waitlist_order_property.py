@@ -1,5 +1,6 @@
 """The waitlist keeps exact order under every path: random sequences of registrations
-(alone and in groups), cancellations, accepted and lapsed offers and capacity changes
+(alone and in groups), cancellations, transfers, accepted and lapsed offers and capacity
+changes
 are run against the daemon's rules and against a model a few lines long, and after every
 step each user's state and waitlist position, and the seat counters, must agree.
 
@@ -113,6 +114,15 @@ class Model:
             self.confirmed.add(v)
         return True
 
+    def transfer(self, u: int, v: int) -> bool:
+        if u not in self.confirmed or (u != v and self.active(v)):
+            return False
+        if u != v:
+            self.confirmed.discard(u)
+            self.confirmed.add(v)
+            self.row_group[v] = self.row_group.pop(u, None)
+        return True
+
     def expire(self) -> bool:
         self.offered.clear()
         self.promote()
@@ -143,6 +153,7 @@ steps = st.lists(
         st.tuples(st.just("register_group"), st.lists(users, min_size=2, max_size=4, unique=True)),
         st.tuples(st.just("cancel"), users),
         st.tuples(st.just("accept"), users),
+        st.tuples(st.just("transfer"), users, users),
         st.tuples(st.just("expire")),
         st.tuples(st.just("set_capacity"), st.integers(1, 8)),
     ),
@@ -204,6 +215,11 @@ def test_waitlist_order_matches_the_model_under_any_mix_of_paths(server, clock, 
                     return kind == "cancel"
                 act = rules.cancel_registration if kind == "cancel" else rules.accept_offer
                 act(rt, participant(pool[step[1]]), comp_id, reg.id)
+            elif kind == "transfer":
+                reg = queries.registration_of(comp_id, pool[step[1]])
+                if reg is None:
+                    return False
+                rules.transfer_registration(rt, participant(pool[step[1]]), comp_id, reg.id, pool[step[2]])
             elif kind == "expire":
                 clock.advance(HOLD_S + 1)
                 rules.expire_offers(rt)

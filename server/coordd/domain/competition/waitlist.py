@@ -8,7 +8,7 @@ a newcomer) takes them: the group is never skipped, silently or otherwise."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from coordd.core.errors import FailedPrecondition
 from coordd.core.principal import Principal
@@ -66,7 +66,7 @@ def promote(tx: Tx, comp: Competition) -> None:
             _seat(tx, comp, member, expire)
 
 
-def _seat(tx: Tx, comp: Competition, reg: Registration, expire: object) -> None:
+def _seat(tx: Tx, comp: Competition, reg: Registration, expire: datetime) -> None:
     reg.update_time = tx.now
     if comp.entry_fee == 0:
         reg.state = CONFIRMED

@@ -107,10 +107,12 @@ class Registration(IdModel):
     # The members of a group share one number: the group waits as one entry.
     waitlist_seq = peewee.BigIntegerField(null=True)
     # Registered together, all seats or none (a group registration or a team); NULL: alone.
-    group_id = peewee.CharField(max_length=26, null=True, index=True)
+    # (Indexed by migration 120, partially: only rows that have one, so that a single
+    # registration's insert maintains no extra index.)
+    group_id = peewee.CharField(max_length=26, null=True)
     # Whose balance holds the entry fee (a group's leader, the original holder after a
     # transfer); NULL: the registrant's own.
-    payer = peewee.ForeignKeyField(User, null=True, on_delete="RESTRICT", backref="+")
+    payer = peewee.ForeignKeyField(User, null=True, on_delete="RESTRICT", backref="+", index=False)
     # When the registrant was checked in at the event.
     checkin_time = TimestampField(null=True)
     offer_expire_time = TimestampField(null=True, index=True)
@@ -240,5 +242,8 @@ def add_groups_teams_checkin(db: peewee.Database) -> None:
         for column, ddl in wanted:
             if column not in present:
                 db.execute_sql(f'ALTER TABLE "{table}" ADD COLUMN {column} {ddl}')
-    db.execute_sql('CREATE INDEX IF NOT EXISTS registration_group_id ON "registration" (group_id)')
+    db.execute_sql(
+        'CREATE INDEX IF NOT EXISTS registration_group ON "registration" (competition_id, group_id)'
+        " WHERE group_id IS NOT NULL"
+    )
     db.create_tables(list(TEAM_MODELS), safe=True)
