@@ -5,6 +5,7 @@ nobody passes it)."""
 from __future__ import annotations
 
 import random
+import threading
 import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from tests.competition.support import (
     register,
     stub,
 )
-from tests.helpers import rpc_error
+from tests.helpers import RpcFailure, rpc_error
 from tests.support.server import bearer
 
 __all__ = ["competition_server"]
@@ -218,3 +219,55 @@ def test_group_requests_are_checked(server):
     failure = rpc_error(grpc.StatusCode.FAILED_PRECONDITION, _group, server, a_tok, comp.name, [a, b, c])
     assert failure.reason == "GROUP_LARGER_THAN_CAPACITY"
     assert _rows(comp.name) == []
+
+
+def _race_group_against_a_member(server, comp_name: str) -> None:
+    (a, a_tok), (b, b_tok), (c, _) = bulk_users(server, 3)
+    barrier = threading.Barrier(2)
+    outcomes: dict[str, str] = {}
+
+    def solo() -> None:
+        barrier.wait()
+        outcomes["solo"] = reg_state(register(server, b_tok, comp_name).state)
+
+    def group() -> None:
+        barrier.wait()
+        try:
+            _group(server, a_tok, comp_name, [a, b, c])
+            outcomes["group"] = "ok"
+        except grpc.RpcError as exc:
+            outcomes["group"] = RpcFailure(exc).reason
+
+    threads = [threading.Thread(target=solo), threading.Thread(target=group)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rows = {r.user_id: r for r in _rows(comp_name) if r.user_id in (a, b, c)}
+    if outcomes["group"] == "ok":
+        # b's own call found the group's registration and returned it.
+        assert {u: r.group_id is not None for u, r in rows.items()} == {a: True, b: True, c: True}
+    else:
+        assert outcomes["group"] == "ALREADY_REGISTERED"
+        assert set(rows) == {b} and rows[b].group_id is None
+    assert outcomes["solo"] == "CONFIRMED"
+
+
+def test_a_group_and_a_members_own_registration_racing_leave_one_of_them_whole(server):
+    _, org = server.make_user("organizer")
+    comp = create(server, org, capacity=50)
+    for _ in range(10):
+        _race_group_against_a_member(server, comp.name)
+    _assert_groups_whole_and_seats_exact(comp.name, 50)
+
+
+def test_a_leader_without_the_money_for_every_member_registers_nobody(server):
+    _, org = server.make_user("organizer")
+    comp = create(server, org, capacity=5, entry_fee=100)
+    (a, a_tok), (b, _), (c, _) = bulk_users(server, 3)
+    fund(server, a, 250)  # two fees, not three
+    failure = rpc_error(grpc.StatusCode.FAILED_PRECONDITION, _group, server, a_tok, comp.name, [a, b, c])
+    assert failure.reason == "INSUFFICIENT_FUNDS"
+    assert _rows(comp.name) == []
+    assert balance(a) == (250, 0)
+    assert get(server, org, comp.name).confirmed_count == 0
