@@ -4,6 +4,8 @@ nobody passes it)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import random
 import threading
 import uuid
@@ -271,3 +273,19 @@ def test_a_leader_without_the_money_for_every_member_registers_nobody(server):
     assert _rows(comp.name) == []
     assert balance(a) == (250, 0)
     assert get(server, org, comp.name).confirmed_count == 0
+
+
+def test_the_export_gives_a_waiting_group_one_position_and_names_group_and_payer(server):
+    _, org = server.make_user("organizer")
+    comp = create(server, org, capacity=2)
+    (a, a_tok), (b, b_tok), (c, _), (d, d_tok) = bulk_users(server, 4)
+    register(server, a_tok, comp.name)
+    pair = _group(server, b_tok, comp.name, [b, c])
+    register(server, d_tok, comp.name)
+    chunks = stub(server).ExportRegistrations(
+        competition_pb2.ExportRegistrationsRequest(competition=comp.name), metadata=bearer(org)
+    )
+    rows = {r["user"]: r for r in csv.DictReader(io.StringIO(b"".join(c.csv_chunk for c in chunks).decode()))}
+    assert [rows[f"users/{u}"]["position"] for u in (a, b, c, d)] == ["0", "1", "1", "2"]
+    assert rows[f"users/{c}"]["group"] == pair.group and rows[f"users/{c}"]["payer"] == f"users/{b}"
+    assert rows[f"users/{a}"]["group"] == "" and rows[f"users/{a}"]["check_in_time"] == ""

@@ -157,7 +157,8 @@ steps = st.lists(
         st.tuples(st.just("expire")),
         st.tuples(st.just("set_capacity"), st.integers(1, 8)),
     ),
-    max_size=25,
+    min_size=3,
+    max_size=30,
 )
 
 
@@ -166,7 +167,7 @@ def participant(user_id: str) -> Principal:
 
 
 @settings(
-    max_examples=60,
+    max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -25,6 +25,7 @@ from coordd.domain.competition.attendance import (
     read_ticket,
     transfer_registration,
 )
+from coordd.domain.competition.common import group_name
 from coordd.domain.competition.competitions import (
     DRAFT_ONLY,
     UPDATABLE,
@@ -36,7 +37,7 @@ from coordd.domain.competition.competitions import (
     update_competition,
 )
 from coordd.domain.competition.export import EXPORT_COLUMNS, export_batches
-from coordd.domain.competition.groups import GroupView, group_name, register_group
+from coordd.domain.competition.groups import GroupView, register_group
 from coordd.domain.competition.lifecycle import advance_due
 from coordd.domain.competition.notifications import notifications_of
 from coordd.domain.competition.registration import (

@@ -23,6 +23,10 @@ def registration_name(comp_id: str, reg_id: str) -> str:
     return f"{name(comp_id)}/registrations/{reg_id}"
 
 
+def group_name(comp_id: str, group_id: str) -> str:
+    return f"{name(comp_id)}/groups/{group_id}"
+
+
 # Called by name: the layering check takes any `.join()` call for a query-builder join.
 _join = str.join
 

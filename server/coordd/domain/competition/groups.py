@@ -45,10 +45,6 @@ class GroupView:
     created: bool
 
 
-def group_name(comp_id: str, group_id: str) -> str:
-    return f"competitions/{comp_id}/groups/{group_id}"
-
-
 def check_members(rt: Runtime, user_ids: list[str], field: str = "members") -> None:
     """2..max_group_size distinct, existing users."""
     limit = settings_of(rt).max_group_size

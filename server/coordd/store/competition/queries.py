@@ -34,6 +34,11 @@ class Registrant(NamedTuple):
     user_id: str
 
 
+class WaitingRef(NamedTuple):
+    registration_id: str
+    waitlist_seq: int
+
+
 class OfferRef(NamedTuple):
     registration_id: str
     competition_id: str
@@ -244,14 +249,15 @@ def waitlist_head(comp_id: str) -> Registration | None:
     )
 
 
-def waitlist_order(comp_id: str) -> list[str]:
-    """Ids of the waitlisted registrations, head first."""
-    return [
-        r.id
-        for r in Registration.select(Registration.id)
+def waitlist_order(comp_id: str) -> list[WaitingRef]:
+    """The waitlisted registrations with their waitlist numbers, head first (the members
+    of a group share one number)."""
+    rows = (
+        Registration.select(Registration.id, Registration.waitlist_seq)
         .where((Registration.competition == comp_id) & (Registration.state == WAITLISTED))
-        .order_by(Registration.waitlist_seq)
-    ]
+        .order_by(Registration.waitlist_seq, Registration.id)
+    )
+    return [WaitingRef(r.id, r.waitlist_seq) for r in rows]
 
 
 def offers_due(now: datetime, limit: int) -> list[OfferRef]:
