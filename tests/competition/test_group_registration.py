@@ -289,3 +289,33 @@ def test_the_export_gives_a_waiting_group_one_position_and_names_group_and_payer
     assert [rows[f"users/{u}"]["position"] for u in (a, b, c, d)] == ["0", "1", "1", "2"]
     assert rows[f"users/{c}"]["group"] == pair.group and rows[f"users/{c}"]["payer"] == f"users/{b}"
     assert rows[f"users/{a}"]["group"] == "" and rows[f"users/{a}"]["check_in_time"] == ""
+
+
+def test_cancelling_the_competition_refunds_the_leader_for_every_member(server):
+    _, org = server.make_user("organizer")
+    comp = create(server, org, capacity=5, entry_fee=100)
+    (a, a_tok), (b, _), (c, _) = bulk_users(server, 3)
+    fund(server, a, 1000)
+    _group(server, a_tok, comp.name, [a, b, c])
+    assert balance(a) == (700, 300)
+    stub(server).CancelCompetition(
+        competition_pb2.CancelCompetitionRequest(name=comp.name, reason="venue lost"), metadata=bearer(org)
+    )
+    assert balance(a) == (1000, 0) and balance(b) == (0, 0) and balance(c) == (0, 0)
+    assert {r.fee_held for r in _rows(comp.name)} == {0}
+
+
+def test_prizes_come_out_of_the_fees_the_leader_paid(server, clock):
+    _, org = server.make_user("organizer")
+    comp = create(server, org, capacity=5, entry_fee=100, prize_split_bps=[10_000])
+    (a, a_tok), (b, _) = bulk_users(server, 2)
+    fund(server, a, 1000)
+    _group(server, a_tok, comp.name, [a, b])
+    clock.advance(4 * 24 * 3600)
+    rules.advance_due(server.rt)
+    assert get(server, org, comp.name).state == competition_pb2.COMPETITION_STATE_ENDED
+    request = competition_pb2.PublishResultsRequest(
+        competition=comp.name, ranking=[competition_pb2.RankedScore(user=f"users/{b}", score=1.0)]
+    )
+    stub(server).PublishResults(request, metadata=bearer(org))
+    assert balance(a) == (800, 0) and balance(b) == (200, 0)
