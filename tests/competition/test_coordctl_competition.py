@@ -230,6 +230,23 @@ def test_groups_teams_transfer_tickets_check_in_and_json_lines(tmp_path):
             ).competition.checked_in_count
             == 1
         )
+        # The human output of the same commands.
+        for args in (
+            ("competition", "registrations", name),
+            ("competition", "team", "list", name),
+            ("competition", "team", "show", team["name"]),
+            ("competition", "check-in", "--ticket", str(new_ticket)),
+            ("competition", "verify-ticket", str(new_ticket)),
+        ):
+            plain = subprocess.run(
+                [COORDCTL, "--target", daemon.target, "--api-key", organizer_key, *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=_ENV,
+            )
+            assert plain.returncode == 0 and plain.stdout.strip(), plain.stdout + plain.stderr
+            assert "Traceback" not in plain.stderr
         # The live view prints JSON lines: one compact document per line.
         watch = subprocess.Popen(
             [
