@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from google.protobuf import duration_pb2
 
 from coordd.api.convert import ts
 from coordd.domain import ledger
+from coordd.store.auth.models import User
 from coordd_client.v1 import competition_pb2, competition_pb2_grpc
 from tests.support.server import Clock, ServerHandle, bearer
 
@@ -31,6 +33,30 @@ def competition_server(settings_factory: Any, clock: Clock) -> Iterator[ServerHa
         yield handle
     finally:
         handle.stop()
+
+
+def bulk_users(server: ServerHandle, count: int) -> list[tuple[str, str]]:
+    """Participants inserted in one statement (hashing passwords would dominate); returns
+    (user id, token) pairs."""
+    now = datetime.now(UTC)
+    rows = []
+    for _ in range(count):
+        tag = uuid.uuid4().hex
+        rows.append(
+            {
+                "id": f"u{tag[:25]}",
+                "email": f"{tag}@example.com",
+                "email_key": f"{tag}@example.com",
+                "display_name": tag[:8],
+                "password_hash": "!",
+                "roles": "participant",
+                "create_time": now,
+            }
+        )
+    with server.rt.store.write():
+        for start in range(0, count, 200):
+            User.insert_many(rows[start : start + 200]).execute()
+    return [(r["id"], server.rt.tokens.issue(r["id"], ["participant"], now)[0]) for r in rows]
 
 
 def stub(server: ServerHandle) -> competition_pb2_grpc.CompetitionServiceStub:

@@ -1,4 +1,8 @@
-"""coordctl competition list|show|register|cancel|submit|results."""
+"""coordctl competition list|show|watch|register|register-group|accept|cancel|transfer|
+registrations|ticket|verify-ticket|check-in|submit|results, and coordctl competition team ...
+
+Every command takes `--json` after it too (`coordctl competition list --json`); the
+streaming one (`watch`) prints JSON lines: one compact document per line."""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from coordd_client import results as signed_results
+from coordd_client.cli import competition_more
 from coordd_client.cli.common import Context, emit, enum_word, resource_name, table
+from coordd_client.cli.competition_more import json_flag
 from coordd_client.v1 import ceremony_pb2, competition_pb2
 
 
@@ -21,10 +27,10 @@ def _name(text: str) -> str:
 
 
 def register(sub: Any) -> None:
-    comp = sub.add_parser("competition", help="competitions").add_subparsers(
+    comp = json_flag(sub.add_parser("competition", help="competitions")).add_subparsers(
         dest="competition_command", required=True
     )
-    listing = comp.add_parser("list", help="competitions, newest first")
+    listing = json_flag(comp.add_parser("list", help="competitions, newest first"))
     listing.add_argument("--state", help="e.g. open, running, ended")
     listing.add_argument("--tag")
     listing.add_argument("--limit", type=int, default=50)
@@ -34,21 +40,24 @@ def register(sub: Any) -> None:
         ("register", _register, "register (retry-safe: a retry returns the same registration)"),
         ("results", _results, "the signed results, verified offline against the coordinator key"),
     ):
-        cmd = comp.add_parser(name, help=helptext)
+        cmd = json_flag(comp.add_parser(name, help=helptext))
         cmd.add_argument("competition", help="competitions/{id} or the id")
         if name == "results":
             cmd.add_argument("--key-id", help="pin the coordinator key id you trust")
         cmd.set_defaults(func=func)
-    cancel = comp.add_parser("cancel", help="cancel your registration (frees the seat)")
+    cancel = json_flag(comp.add_parser("cancel", help="cancel your registration (frees the seat)"))
     cancel.add_argument("registration", help="competitions/{id}/registrations/{id}")
     cancel.set_defaults(func=_cancel)
-    submit = comp.add_parser("submit", help="submit (or replace) your entry while the competition runs")
+    submit = json_flag(
+        comp.add_parser("submit", help="submit (or replace) your entry while the competition runs")
+    )
     submit.add_argument("competition")
     source = submit.add_mutually_exclusive_group(required=True)
     source.add_argument("--file", help="send the file's bytes")
     source.add_argument("--uri", help="point at the entry elsewhere (needs --digest)")
     submit.add_argument("--digest", help="sha256 of the --uri content (hex, or sha256:<hex>)")
     submit.set_defaults(func=_submit)
+    competition_more.register(comp)
 
 
 def _list(ctx: Context, args: argparse.Namespace) -> int:

@@ -106,6 +106,28 @@ REGISTRATION_STATE_OFFER_EXPIRED: RegistrationState.ValueType  # 5
 """An offered seat was not accepted in time."""
 Global___RegistrationState: _TypeAlias = RegistrationState  # noqa: Y015
 
+class _TeamMemberState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TeamMemberStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TeamMemberState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TEAM_MEMBER_STATE_UNSPECIFIED: _TeamMemberState.ValueType  # 0
+    TEAM_MEMBER_STATE_INVITED: _TeamMemberState.ValueType  # 1
+    """Invited by the captain, not accepted yet."""
+    TEAM_MEMBER_STATE_ACCEPTED: _TeamMemberState.ValueType  # 2
+    """A member (the captain from the start)."""
+
+class TeamMemberState(_TeamMemberState, metaclass=_TeamMemberStateEnumTypeWrapper):
+    """Where a user is in a team."""
+
+TEAM_MEMBER_STATE_UNSPECIFIED: TeamMemberState.ValueType  # 0
+TEAM_MEMBER_STATE_INVITED: TeamMemberState.ValueType  # 1
+"""Invited by the captain, not accepted yet."""
+TEAM_MEMBER_STATE_ACCEPTED: TeamMemberState.ValueType  # 2
+"""A member (the captain from the start)."""
+Global___TeamMemberState: _TypeAlias = TeamMemberState  # noqa: Y015
+
 @_typing.final
 class Competition(_message.Message):
     """A competition."""
@@ -137,6 +159,11 @@ class Competition(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     TRANSITIONS_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
+    WAITLIST_ENTRY_COUNT_FIELD_NUMBER: _builtins.int
+    CHECKED_IN_COUNT_FIELD_NUMBER: _builtins.int
+    TEAM_MIN_SIZE_FIELD_NUMBER: _builtins.int
+    TEAM_MAX_SIZE_FIELD_NUMBER: _builtins.int
+    TEAM_FORMATION_DEADLINE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `competitions/{competition}`."""
     owner: _builtins.str
@@ -155,6 +182,15 @@ class Competition(_message.Message):
     waitlisted_count: _builtins.int
     free_seats: _builtins.int
     """capacity - confirmed - offered."""
+    waitlist_entry_count: _builtins.int
+    """Entries on the waitlist: a waiting group counts once (waitlisted_count counts people)."""
+    checked_in_count: _builtins.int
+    """Confirmed registrants checked in at the event (attendance)."""
+    team_min_size: _builtins.int
+    """Teams: accepted members a team registers with; 0 and 0 (the default): no teams.
+    Otherwise 2 <= team_min_size <= team_max_size <= 20. Fixed at publication.
+    """
+    team_max_size: _builtins.int
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -195,6 +231,12 @@ class Competition(_message.Message):
     def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompetitionError]:
         """Errors the scheduler met while advancing it, oldest first."""
 
+    @_builtins.property
+    def team_formation_deadline(self) -> _timestamp_pb2.Timestamp:
+        """Teams form (create, invite, accept) until then; unset: registration_close_time.
+        Between registration_open_time and registration_close_time. Fixed at publication.
+        """
+
     def __init__(
         self,
         *,
@@ -223,14 +265,89 @@ class Competition(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         transitions: _abc.Iterable[Global___StateTransition] | None = ...,
         errors: _abc.Iterable[Global___CompetitionError] | None = ...,
+        waitlist_entry_count: _builtins.int = ...,
+        checked_in_count: _builtins.int = ...,
+        team_min_size: _builtins.int = ...,
+        team_max_size: _builtins.int = ...,
+        team_formation_deadline: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "offer_hold_duration", b"offer_hold_duration", "publish_time", b"publish_time", "registration_close_time", b"registration_close_time", "registration_open_time", b"registration_open_time", "reminder_lead", b"reminder_lead", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "offer_hold_duration", b"offer_hold_duration", "publish_time", b"publish_time", "registration_close_time", b"registration_close_time", "registration_open_time", b"registration_open_time", "reminder_lead", b"reminder_lead", "start_time", b"start_time", "team_formation_deadline", b"team_formation_deadline", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "confirmed_count", b"confirmed_count", "create_time", b"create_time", "description", b"description", "end_time", b"end_time", "entry_fee", b"entry_fee", "errors", b"errors", "free_seats", b"free_seats", "name", b"name", "offer_hold_duration", b"offer_hold_duration", "offered_count", b"offered_count", "owner", b"owner", "previous_state", b"previous_state", "prize_split_bps", b"prize_split_bps", "publish_time", b"publish_time", "registration_close_time", b"registration_close_time", "registration_open_time", b"registration_open_time", "reminder_lead", b"reminder_lead", "start_time", b"start_time", "state", b"state", "tags", b"tags", "title", b"title", "transitions", b"transitions", "update_time", b"update_time", "waitlisted_count", b"waitlisted_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "checked_in_count", b"checked_in_count", "confirmed_count", b"confirmed_count", "create_time", b"create_time", "description", b"description", "end_time", b"end_time", "entry_fee", b"entry_fee", "errors", b"errors", "free_seats", b"free_seats", "name", b"name", "offer_hold_duration", b"offer_hold_duration", "offered_count", b"offered_count", "owner", b"owner", "previous_state", b"previous_state", "prize_split_bps", b"prize_split_bps", "publish_time", b"publish_time", "registration_close_time", b"registration_close_time", "registration_open_time", b"registration_open_time", "reminder_lead", b"reminder_lead", "start_time", b"start_time", "state", b"state", "tags", b"tags", "team_formation_deadline", b"team_formation_deadline", "team_max_size", b"team_max_size", "team_min_size", b"team_min_size", "title", b"title", "transitions", b"transitions", "update_time", b"update_time", "waitlist_entry_count", b"waitlist_entry_count", "waitlisted_count", b"waitlisted_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Competition: _TypeAlias = Competition  # noqa: Y015
+
+@_typing.final
+class Team(_message.Message):
+    """A team forming for a competition."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    CAPTAIN_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name: `competitions/{competition}/teams/{team}`."""
+    display_name: _builtins.str
+    captain: _builtins.str
+    """Resource name of the captain (`users/{user}`)."""
+    group: _builtins.str
+    """Once registered: the group its registrations carry
+    (`competitions/{competition}/groups/{team}`); empty before.
+    """
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___TeamMember]:
+        """Oldest first; the captain first."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        captain: _builtins.str = ...,
+        members: _abc.Iterable[Global___TeamMember] | None = ...,
+        group: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["captain", b"captain", "create_time", b"create_time", "display_name", b"display_name", "group", b"group", "members", b"members", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Team: _TypeAlias = Team  # noqa: Y015
+
+@_typing.final
+class TeamMember(_message.Message):
+    """One user's place in a team."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    """Resource name of the user."""
+    state: Global___TeamMemberState.ValueType
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+        state: Global___TeamMemberState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TeamMember: _TypeAlias = TeamMember  # noqa: Y015
 
 @_typing.final
 class StateTransition(_message.Message):
@@ -304,6 +421,9 @@ class Registration(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     CONFIRM_TIME_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    PAYER_FIELD_NUMBER: _builtins.int
+    CHECK_IN_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `competitions/{competition}/registrations/{registration}`."""
     competition: _builtins.str
@@ -315,6 +435,12 @@ class Registration(_message.Message):
     """1-based place on the waitlist while WAITLISTED; 0 otherwise."""
     fee_held: _builtins.int
     """Entry fee currently held for this registration, in minor units."""
+    group: _builtins.str
+    """For a group registration: `competitions/{competition}/groups/{group}`; empty if alone."""
+    payer: _builtins.str
+    """Whose balance holds the entry fee (`users/{user}`): the group's leader, or the holder
+    before a transfer; the registrant itself otherwise.
+    """
     @_builtins.property
     def offer_expire_time(self) -> _timestamp_pb2.Timestamp:
         """While OFFERED: when the offer lapses."""
@@ -326,6 +452,10 @@ class Registration(_message.Message):
     @_builtins.property
     def confirm_time(self) -> _timestamp_pb2.Timestamp:
         """When it last became CONFIRMED."""
+
+    @_builtins.property
+    def check_in_time(self) -> _timestamp_pb2.Timestamp:
+        """When the registrant was checked in at the event; unset before."""
 
     def __init__(
         self,
@@ -340,10 +470,13 @@ class Registration(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         confirm_time: _timestamp_pb2.Timestamp | None = ...,
+        group: _builtins.str = ...,
+        payer: _builtins.str = ...,
+        check_in_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["confirm_time", b"confirm_time", "create_time", b"create_time", "offer_expire_time", b"offer_expire_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["check_in_time", b"check_in_time", "confirm_time", b"confirm_time", "create_time", b"create_time", "offer_expire_time", b"offer_expire_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["competition", b"competition", "confirm_time", b"confirm_time", "create_time", b"create_time", "fee_held", b"fee_held", "name", b"name", "offer_expire_time", b"offer_expire_time", "position", b"position", "state", b"state", "update_time", b"update_time", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check_in_time", b"check_in_time", "competition", b"competition", "confirm_time", b"confirm_time", "create_time", b"create_time", "fee_held", b"fee_held", "group", b"group", "name", b"name", "offer_expire_time", b"offer_expire_time", "payer", b"payer", "position", b"position", "state", b"state", "update_time", b"update_time", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -579,7 +712,8 @@ class UpdateCompetitionRequest(_message.Message):
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Paths: title, description, tags, capacity, registration_open_time,
         registration_close_time, start_time, end_time, entry_fee, prize_split_bps,
-        offer_hold_duration, reminder_lead.
+        offer_hold_duration, reminder_lead, team_min_size, team_max_size,
+        team_formation_deadline.
         """
 
     def __init__(
@@ -743,6 +877,62 @@ class RegisterResponse(_message.Message):
 Global___RegisterResponse: _TypeAlias = RegisterResponse  # noqa: Y015
 
 @_typing.final
+class RegisterGroupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPETITION_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    competition: _builtins.str
+    """Resource name of the competition."""
+    @_builtins.property
+    def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The members (`users/{user}`), 2 to 20 distinct users; the caller need not be one."""
+
+    def __init__(
+        self,
+        *,
+        competition: _builtins.str = ...,
+        members: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["competition", b"competition", "members", b"members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterGroupRequest: _TypeAlias = RegisterGroupRequest  # noqa: Y015
+
+@_typing.final
+class RegisterGroupResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    REGISTRATIONS_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """`competitions/{competition}/groups/{group}`."""
+    created: _builtins.bool
+    """False when the existing group registration was returned."""
+    @_builtins.property
+    def registrations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Registration]:
+        """One per member, in the order given."""
+
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        registrations: _abc.Iterable[Global___Registration] | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "group", b"group", "registrations", b"registrations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterGroupResponse: _TypeAlias = RegisterGroupResponse  # noqa: Y015
+
+@_typing.final
 class CancelRegistrationRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -821,6 +1011,176 @@ class AcceptOfferResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AcceptOfferResponse: _TypeAlias = AcceptOfferResponse  # noqa: Y015
+
+@_typing.final
+class TransferRegistrationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name of the registration."""
+    user: _builtins.str
+    """The new holder (`users/{user}`)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        user: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferRegistrationRequest: _TypeAlias = TransferRegistrationRequest  # noqa: Y015
+
+@_typing.final
+class TransferRegistrationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def registration(self) -> Global___Registration: ...
+    def __init__(
+        self,
+        *,
+        registration: Global___Registration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["registration", b"registration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["registration", b"registration"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferRegistrationResponse: _TypeAlias = TransferRegistrationResponse  # noqa: Y015
+
+@_typing.final
+class Ticket(_message.Message):
+    """A signed ticket: what a participant shows at the event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    payload: _builtins.bytes
+    """Canonical JSON (UTF-8): competition, registration, user, title, start and end time,
+    issue time, key id.
+    """
+    signature: _builtins.bytes
+    """Ed25519 over "coordd.competition.ticket.v1\\n" + payload."""
+    key_id: _builtins.str
+    """Id of the signing key (first 16 hex chars of SHA-256 of the raw public key)."""
+    public_key: _builtins.bytes
+    """Raw 32-byte Ed25519 public key of the coordinator."""
+    def __init__(
+        self,
+        *,
+        payload: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        key_id: _builtins.str = ...,
+        public_key: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "payload", b"payload", "public_key", b"public_key", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Ticket: _TypeAlias = Ticket  # noqa: Y015
+
+@_typing.final
+class GetTicketRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name of the registration."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTicketRequest: _TypeAlias = GetTicketRequest  # noqa: Y015
+
+@_typing.final
+class GetTicketResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TICKET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ticket(self) -> Global___Ticket: ...
+    def __init__(
+        self,
+        *,
+        ticket: Global___Ticket | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ticket", b"ticket"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ticket", b"ticket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTicketResponse: _TypeAlias = GetTicketResponse  # noqa: Y015
+
+@_typing.final
+class CheckInRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TICKET_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name of the registration; or leave empty and give the ticket."""
+    @_builtins.property
+    def ticket(self) -> Global___Ticket:
+        """The ticket the participant shows (payload and signature are read)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        ticket: Global___Ticket | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ticket", b"ticket"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "ticket", b"ticket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckInRequest: _TypeAlias = CheckInRequest  # noqa: Y015
+
+@_typing.final
+class CheckInResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRATION_FIELD_NUMBER: _builtins.int
+    ALREADY_CHECKED_IN_FIELD_NUMBER: _builtins.int
+    already_checked_in: _builtins.bool
+    """True when it had been checked in before (nothing changed)."""
+    @_builtins.property
+    def registration(self) -> Global___Registration: ...
+    def __init__(
+        self,
+        *,
+        registration: Global___Registration | None = ...,
+        already_checked_in: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["registration", b"registration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_checked_in", b"already_checked_in", "registration", b"registration"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckInResponse: _TypeAlias = CheckInResponse  # noqa: Y015
 
 @_typing.final
 class ListRegistrationsRequest(_message.Message):
@@ -959,6 +1319,319 @@ class ListMyRegistrationsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListMyRegistrationsResponse: _TypeAlias = ListMyRegistrationsResponse  # noqa: Y015
+
+@_typing.final
+class CreateTeamRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPETITION_FIELD_NUMBER: _builtins.int
+    TEAM_FIELD_NUMBER: _builtins.int
+    competition: _builtins.str
+    """Resource name of the competition."""
+    @_builtins.property
+    def team(self) -> Global___Team:
+        """Only display_name is read."""
+
+    def __init__(
+        self,
+        *,
+        competition: _builtins.str = ...,
+        team: Global___Team | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["team", b"team"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["competition", b"competition", "team", b"team"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTeamRequest: _TypeAlias = CreateTeamRequest  # noqa: Y015
+
+@_typing.final
+class CreateTeamResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEAM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def team(self) -> Global___Team: ...
+    def __init__(
+        self,
+        *,
+        team: Global___Team | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["team", b"team"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["team", b"team"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTeamResponse: _TypeAlias = CreateTeamResponse  # noqa: Y015
+
+@_typing.final
+class GetTeamRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name of the team."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTeamRequest: _TypeAlias = GetTeamRequest  # noqa: Y015
+
+@_typing.final
+class GetTeamResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEAM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def team(self) -> Global___Team: ...
+    def __init__(
+        self,
+        *,
+        team: Global___Team | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["team", b"team"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["team", b"team"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTeamResponse: _TypeAlias = GetTeamResponse  # noqa: Y015
+
+@_typing.final
+class ListTeamsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPETITION_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    competition: _builtins.str
+    """Resource name of the competition."""
+    page_size: _builtins.int
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        competition: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["competition", b"competition", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTeamsRequest: _TypeAlias = ListTeamsRequest  # noqa: Y015
+
+@_typing.final
+class ListTeamsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEAMS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def teams(self) -> _containers.RepeatedCompositeFieldContainer[Global___Team]: ...
+    def __init__(
+        self,
+        *,
+        teams: _abc.Iterable[Global___Team] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "teams", b"teams"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTeamsResponse: _TypeAlias = ListTeamsResponse  # noqa: Y015
+
+@_typing.final
+class InviteTeamMemberRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEAM_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    team: _builtins.str
+    """Resource name of the team."""
+    user: _builtins.str
+    """The invitee (`users/{user}`)."""
+    def __init__(
+        self,
+        *,
+        team: _builtins.str = ...,
+        user: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["team", b"team", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InviteTeamMemberRequest: _TypeAlias = InviteTeamMemberRequest  # noqa: Y015
+
+@_typing.final
+class InviteTeamMemberResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEAM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def team(self) -> Global___Team: ...
+    def __init__(
+        self,
+        *,
+        team: Global___Team | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["team", b"team"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["team", b"team"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InviteTeamMemberResponse: _TypeAlias = InviteTeamMemberResponse  # noqa: Y015
+
+@_typing.final
+class AcceptTeamInviteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEAM_FIELD_NUMBER: _builtins.int
+    team: _builtins.str
+    """Resource name of the team."""
+    def __init__(
+        self,
+        *,
+        team: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["team", b"team"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcceptTeamInviteRequest: _TypeAlias = AcceptTeamInviteRequest  # noqa: Y015
+
+@_typing.final
+class AcceptTeamInviteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEAM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def team(self) -> Global___Team: ...
+    def __init__(
+        self,
+        *,
+        team: Global___Team | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["team", b"team"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["team", b"team"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcceptTeamInviteResponse: _TypeAlias = AcceptTeamInviteResponse  # noqa: Y015
+
+@_typing.final
+class RemoveTeamMemberRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEAM_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    team: _builtins.str
+    """Resource name of the team."""
+    user: _builtins.str
+    """The member or invitee to remove (`users/{user}`); the caller itself to leave."""
+    def __init__(
+        self,
+        *,
+        team: _builtins.str = ...,
+        user: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["team", b"team", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveTeamMemberRequest: _TypeAlias = RemoveTeamMemberRequest  # noqa: Y015
+
+@_typing.final
+class RemoveTeamMemberResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEAM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def team(self) -> Global___Team: ...
+    def __init__(
+        self,
+        *,
+        team: Global___Team | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["team", b"team"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["team", b"team"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveTeamMemberResponse: _TypeAlias = RemoveTeamMemberResponse  # noqa: Y015
+
+@_typing.final
+class RegisterTeamRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEAM_FIELD_NUMBER: _builtins.int
+    team: _builtins.str
+    """Resource name of the team."""
+    def __init__(
+        self,
+        *,
+        team: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["team", b"team"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterTeamRequest: _TypeAlias = RegisterTeamRequest  # noqa: Y015
+
+@_typing.final
+class RegisterTeamResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    REGISTRATIONS_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """`competitions/{competition}/groups/{team}`."""
+    created: _builtins.bool
+    """False when the team was registered already."""
+    @_builtins.property
+    def registrations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Registration]:
+        """One per accepted member."""
+
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        registrations: _abc.Iterable[Global___Registration] | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "group", b"group", "registrations", b"registrations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterTeamResponse: _TypeAlias = RegisterTeamResponse  # noqa: Y015
 
 @_typing.final
 class SubmitEntryRequest(_message.Message):

@@ -80,6 +80,11 @@ class CompetitionServiceStub:
                 request_serializer=coordd_dot_v1_dot_competition__pb2.RegisterRequest.SerializeToString,
                 response_deserializer=coordd_dot_v1_dot_competition__pb2.RegisterResponse.FromString,
                 _registered_method=True)
+        self.RegisterGroup = channel.unary_unary(
+                '/coordd.v1.CompetitionService/RegisterGroup',
+                request_serializer=coordd_dot_v1_dot_competition__pb2.RegisterGroupRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_competition__pb2.RegisterGroupResponse.FromString,
+                _registered_method=True)
         self.CancelRegistration = channel.unary_unary(
                 '/coordd.v1.CompetitionService/CancelRegistration',
                 request_serializer=coordd_dot_v1_dot_competition__pb2.CancelRegistrationRequest.SerializeToString,
@@ -89,6 +94,21 @@ class CompetitionServiceStub:
                 '/coordd.v1.CompetitionService/AcceptOffer',
                 request_serializer=coordd_dot_v1_dot_competition__pb2.AcceptOfferRequest.SerializeToString,
                 response_deserializer=coordd_dot_v1_dot_competition__pb2.AcceptOfferResponse.FromString,
+                _registered_method=True)
+        self.TransferRegistration = channel.unary_unary(
+                '/coordd.v1.CompetitionService/TransferRegistration',
+                request_serializer=coordd_dot_v1_dot_competition__pb2.TransferRegistrationRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_competition__pb2.TransferRegistrationResponse.FromString,
+                _registered_method=True)
+        self.GetTicket = channel.unary_unary(
+                '/coordd.v1.CompetitionService/GetTicket',
+                request_serializer=coordd_dot_v1_dot_competition__pb2.GetTicketRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_competition__pb2.GetTicketResponse.FromString,
+                _registered_method=True)
+        self.CheckIn = channel.unary_unary(
+                '/coordd.v1.CompetitionService/CheckIn',
+                request_serializer=coordd_dot_v1_dot_competition__pb2.CheckInRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_competition__pb2.CheckInResponse.FromString,
                 _registered_method=True)
         self.ListRegistrations = channel.unary_unary(
                 '/coordd.v1.CompetitionService/ListRegistrations',
@@ -104,6 +124,41 @@ class CompetitionServiceStub:
                 '/coordd.v1.CompetitionService/ListMyRegistrations',
                 request_serializer=coordd_dot_v1_dot_competition__pb2.ListMyRegistrationsRequest.SerializeToString,
                 response_deserializer=coordd_dot_v1_dot_competition__pb2.ListMyRegistrationsResponse.FromString,
+                _registered_method=True)
+        self.CreateTeam = channel.unary_unary(
+                '/coordd.v1.CompetitionService/CreateTeam',
+                request_serializer=coordd_dot_v1_dot_competition__pb2.CreateTeamRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_competition__pb2.CreateTeamResponse.FromString,
+                _registered_method=True)
+        self.GetTeam = channel.unary_unary(
+                '/coordd.v1.CompetitionService/GetTeam',
+                request_serializer=coordd_dot_v1_dot_competition__pb2.GetTeamRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_competition__pb2.GetTeamResponse.FromString,
+                _registered_method=True)
+        self.ListTeams = channel.unary_unary(
+                '/coordd.v1.CompetitionService/ListTeams',
+                request_serializer=coordd_dot_v1_dot_competition__pb2.ListTeamsRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_competition__pb2.ListTeamsResponse.FromString,
+                _registered_method=True)
+        self.InviteTeamMember = channel.unary_unary(
+                '/coordd.v1.CompetitionService/InviteTeamMember',
+                request_serializer=coordd_dot_v1_dot_competition__pb2.InviteTeamMemberRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_competition__pb2.InviteTeamMemberResponse.FromString,
+                _registered_method=True)
+        self.AcceptTeamInvite = channel.unary_unary(
+                '/coordd.v1.CompetitionService/AcceptTeamInvite',
+                request_serializer=coordd_dot_v1_dot_competition__pb2.AcceptTeamInviteRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_competition__pb2.AcceptTeamInviteResponse.FromString,
+                _registered_method=True)
+        self.RemoveTeamMember = channel.unary_unary(
+                '/coordd.v1.CompetitionService/RemoveTeamMember',
+                request_serializer=coordd_dot_v1_dot_competition__pb2.RemoveTeamMemberRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_competition__pb2.RemoveTeamMemberResponse.FromString,
+                _registered_method=True)
+        self.RegisterTeam = channel.unary_unary(
+                '/coordd.v1.CompetitionService/RegisterTeam',
+                request_serializer=coordd_dot_v1_dot_competition__pb2.RegisterTeamRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_competition__pb2.RegisterTeamResponse.FromString,
                 _registered_method=True)
         self.SubmitEntry = channel.unary_unary(
                 '/coordd.v1.CompetitionService/SubmitEntry',
@@ -200,6 +255,19 @@ class CompetitionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterGroup(self, request, context):
+        """Registers a group of users as one, all seats or none; the caller (the group's leader)
+        pays every member's entry fee. While nobody waits and enough seats are free, every
+        member is CONFIRMED; otherwise the group joins the waitlist as ONE entry (its members
+        share one position). The waitlist is served in strict order: a group at its head that
+        needs more seats than are free waits, and nobody passes it. Registering the same group
+        again returns it (`created: false`); a member already registered otherwise:
+        FAILED_PRECONDITION `ALREADY_REGISTERED`, and nobody is registered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CancelRegistration(self, request, context):
         """Cancels the caller's registration before the competition starts; a freed seat goes to
         the head of the waitlist.
@@ -211,6 +279,33 @@ class CompetitionServiceServicer:
     def AcceptOffer(self, request, context):
         """Accepts a seat offered from the waitlist (competitions with an entry fee) before the
         offer expires; the fee is held at this moment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TransferRegistration(self, request, context):
+        """Moves a CONFIRMED registration, seat and all, to another user before the start
+        (its registrant, its payer, or an admin). The entry fee stays held from whoever paid
+        it; the old holder's ticket no longer checks in. The new holder must not hold or wait
+        for a seat already (`ALREADY_REGISTERED`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTicket(self, request, context):
+        """The signed ticket of a CONFIRMED registration (its registrant, payer, or an admin):
+        show it at the event; verify it offline with coordd_client.tickets.verify_ticket.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckIn(self, request, context):
+        """Checks a CONFIRMED registrant in (the competition's owner or an admin), by the
+        registration's name or by the ticket the participant shows. Open from 24 h before
+        start_time until end_time; a second check-in answers `already_checked_in`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -232,6 +327,59 @@ class CompetitionServiceServicer:
 
     def ListMyRegistrations(self, request, context):
         """Lists the caller's registrations across competitions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTeam(self, request, context):
+        """Creates a team for a competition with teams (team_max_size > 0), before its
+        team_formation_deadline; the caller is its captain and first accepted member. A user
+        is an accepted member of at most one team per competition.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTeam(self, request, context):
+        """Returns a team with its members.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTeams(self, request, context):
+        """Lists a competition's teams, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InviteTeamMember(self, request, context):
+        """The captain invites a user; invitations count against team_max_size.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcceptTeamInvite(self, request, context):
+        """The invited caller accepts (before the deadline, while the team is not full).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveTeamMember(self, request, context):
+        """The captain removes a member or withdraws an invitation; a member leaves or declines.
+        Not after the team has registered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterTeam(self, request, context):
+        """The captain registers the team's accepted members (team_min_size..team_max_size) as
+        one group: all seats or none, one waitlist entry (see RegisterGroup); the captain pays.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -312,6 +460,11 @@ def add_CompetitionServiceServicer_to_server(servicer, server):
                     request_deserializer=coordd_dot_v1_dot_competition__pb2.RegisterRequest.FromString,
                     response_serializer=coordd_dot_v1_dot_competition__pb2.RegisterResponse.SerializeToString,
             ),
+            'RegisterGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterGroup,
+                    request_deserializer=coordd_dot_v1_dot_competition__pb2.RegisterGroupRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_competition__pb2.RegisterGroupResponse.SerializeToString,
+            ),
             'CancelRegistration': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelRegistration,
                     request_deserializer=coordd_dot_v1_dot_competition__pb2.CancelRegistrationRequest.FromString,
@@ -321,6 +474,21 @@ def add_CompetitionServiceServicer_to_server(servicer, server):
                     servicer.AcceptOffer,
                     request_deserializer=coordd_dot_v1_dot_competition__pb2.AcceptOfferRequest.FromString,
                     response_serializer=coordd_dot_v1_dot_competition__pb2.AcceptOfferResponse.SerializeToString,
+            ),
+            'TransferRegistration': grpc.unary_unary_rpc_method_handler(
+                    servicer.TransferRegistration,
+                    request_deserializer=coordd_dot_v1_dot_competition__pb2.TransferRegistrationRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_competition__pb2.TransferRegistrationResponse.SerializeToString,
+            ),
+            'GetTicket': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTicket,
+                    request_deserializer=coordd_dot_v1_dot_competition__pb2.GetTicketRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_competition__pb2.GetTicketResponse.SerializeToString,
+            ),
+            'CheckIn': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckIn,
+                    request_deserializer=coordd_dot_v1_dot_competition__pb2.CheckInRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_competition__pb2.CheckInResponse.SerializeToString,
             ),
             'ListRegistrations': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRegistrations,
@@ -336,6 +504,41 @@ def add_CompetitionServiceServicer_to_server(servicer, server):
                     servicer.ListMyRegistrations,
                     request_deserializer=coordd_dot_v1_dot_competition__pb2.ListMyRegistrationsRequest.FromString,
                     response_serializer=coordd_dot_v1_dot_competition__pb2.ListMyRegistrationsResponse.SerializeToString,
+            ),
+            'CreateTeam': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTeam,
+                    request_deserializer=coordd_dot_v1_dot_competition__pb2.CreateTeamRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_competition__pb2.CreateTeamResponse.SerializeToString,
+            ),
+            'GetTeam': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTeam,
+                    request_deserializer=coordd_dot_v1_dot_competition__pb2.GetTeamRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_competition__pb2.GetTeamResponse.SerializeToString,
+            ),
+            'ListTeams': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTeams,
+                    request_deserializer=coordd_dot_v1_dot_competition__pb2.ListTeamsRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_competition__pb2.ListTeamsResponse.SerializeToString,
+            ),
+            'InviteTeamMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.InviteTeamMember,
+                    request_deserializer=coordd_dot_v1_dot_competition__pb2.InviteTeamMemberRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_competition__pb2.InviteTeamMemberResponse.SerializeToString,
+            ),
+            'AcceptTeamInvite': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcceptTeamInvite,
+                    request_deserializer=coordd_dot_v1_dot_competition__pb2.AcceptTeamInviteRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_competition__pb2.AcceptTeamInviteResponse.SerializeToString,
+            ),
+            'RemoveTeamMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveTeamMember,
+                    request_deserializer=coordd_dot_v1_dot_competition__pb2.RemoveTeamMemberRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_competition__pb2.RemoveTeamMemberResponse.SerializeToString,
+            ),
+            'RegisterTeam': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterTeam,
+                    request_deserializer=coordd_dot_v1_dot_competition__pb2.RegisterTeamRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_competition__pb2.RegisterTeamResponse.SerializeToString,
             ),
             'SubmitEntry': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitEntry,
@@ -574,6 +777,33 @@ class CompetitionService:
             _registered_method=True)
 
     @staticmethod
+    def RegisterGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.CompetitionService/RegisterGroup',
+            coordd_dot_v1_dot_competition__pb2.RegisterGroupRequest.SerializeToString,
+            coordd_dot_v1_dot_competition__pb2.RegisterGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CancelRegistration(request,
             target,
             options=(),
@@ -617,6 +847,87 @@ class CompetitionService:
             '/coordd.v1.CompetitionService/AcceptOffer',
             coordd_dot_v1_dot_competition__pb2.AcceptOfferRequest.SerializeToString,
             coordd_dot_v1_dot_competition__pb2.AcceptOfferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransferRegistration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.CompetitionService/TransferRegistration',
+            coordd_dot_v1_dot_competition__pb2.TransferRegistrationRequest.SerializeToString,
+            coordd_dot_v1_dot_competition__pb2.TransferRegistrationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTicket(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.CompetitionService/GetTicket',
+            coordd_dot_v1_dot_competition__pb2.GetTicketRequest.SerializeToString,
+            coordd_dot_v1_dot_competition__pb2.GetTicketResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckIn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.CompetitionService/CheckIn',
+            coordd_dot_v1_dot_competition__pb2.CheckInRequest.SerializeToString,
+            coordd_dot_v1_dot_competition__pb2.CheckInResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -698,6 +1009,195 @@ class CompetitionService:
             '/coordd.v1.CompetitionService/ListMyRegistrations',
             coordd_dot_v1_dot_competition__pb2.ListMyRegistrationsRequest.SerializeToString,
             coordd_dot_v1_dot_competition__pb2.ListMyRegistrationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTeam(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.CompetitionService/CreateTeam',
+            coordd_dot_v1_dot_competition__pb2.CreateTeamRequest.SerializeToString,
+            coordd_dot_v1_dot_competition__pb2.CreateTeamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTeam(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.CompetitionService/GetTeam',
+            coordd_dot_v1_dot_competition__pb2.GetTeamRequest.SerializeToString,
+            coordd_dot_v1_dot_competition__pb2.GetTeamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTeams(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.CompetitionService/ListTeams',
+            coordd_dot_v1_dot_competition__pb2.ListTeamsRequest.SerializeToString,
+            coordd_dot_v1_dot_competition__pb2.ListTeamsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InviteTeamMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.CompetitionService/InviteTeamMember',
+            coordd_dot_v1_dot_competition__pb2.InviteTeamMemberRequest.SerializeToString,
+            coordd_dot_v1_dot_competition__pb2.InviteTeamMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcceptTeamInvite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.CompetitionService/AcceptTeamInvite',
+            coordd_dot_v1_dot_competition__pb2.AcceptTeamInviteRequest.SerializeToString,
+            coordd_dot_v1_dot_competition__pb2.AcceptTeamInviteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveTeamMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.CompetitionService/RemoveTeamMember',
+            coordd_dot_v1_dot_competition__pb2.RemoveTeamMemberRequest.SerializeToString,
+            coordd_dot_v1_dot_competition__pb2.RemoveTeamMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterTeam(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.CompetitionService/RegisterTeam',
+            coordd_dot_v1_dot_competition__pb2.RegisterTeamRequest.SerializeToString,
+            coordd_dot_v1_dot_competition__pb2.RegisterTeamResponse.FromString,
             options,
             channel_credentials,
             insecure,

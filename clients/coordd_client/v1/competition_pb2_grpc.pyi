@@ -66,6 +66,15 @@ class CompetitionServiceStub:
     position. Registering again returns the existing registration. Outside the
     registration window: FAILED_PRECONDITION.
     """
+    RegisterGroup: _grpc.UnaryUnaryMultiCallable[_competition_pb2.RegisterGroupRequest, _competition_pb2.RegisterGroupResponse]
+    """Registers a group of users as one, all seats or none; the caller (the group's leader)
+    pays every member's entry fee. While nobody waits and enough seats are free, every
+    member is CONFIRMED; otherwise the group joins the waitlist as ONE entry (its members
+    share one position). The waitlist is served in strict order: a group at its head that
+    needs more seats than are free waits, and nobody passes it. Registering the same group
+    again returns it (`created: false`); a member already registered otherwise:
+    FAILED_PRECONDITION `ALREADY_REGISTERED`, and nobody is registered.
+    """
     CancelRegistration: _grpc.UnaryUnaryMultiCallable[_competition_pb2.CancelRegistrationRequest, _competition_pb2.CancelRegistrationResponse]
     """Cancels the caller's registration before the competition starts; a freed seat goes to
     the head of the waitlist.
@@ -74,12 +83,48 @@ class CompetitionServiceStub:
     """Accepts a seat offered from the waitlist (competitions with an entry fee) before the
     offer expires; the fee is held at this moment.
     """
+    TransferRegistration: _grpc.UnaryUnaryMultiCallable[_competition_pb2.TransferRegistrationRequest, _competition_pb2.TransferRegistrationResponse]
+    """Moves a CONFIRMED registration, seat and all, to another user before the start
+    (its registrant, its payer, or an admin). The entry fee stays held from whoever paid
+    it; the old holder's ticket no longer checks in. The new holder must not hold or wait
+    for a seat already (`ALREADY_REGISTERED`).
+    """
+    GetTicket: _grpc.UnaryUnaryMultiCallable[_competition_pb2.GetTicketRequest, _competition_pb2.GetTicketResponse]
+    """The signed ticket of a CONFIRMED registration (its registrant, payer, or an admin):
+    show it at the event; verify it offline with coordd_client.tickets.verify_ticket.
+    """
+    CheckIn: _grpc.UnaryUnaryMultiCallable[_competition_pb2.CheckInRequest, _competition_pb2.CheckInResponse]
+    """Checks a CONFIRMED registrant in (the competition's owner or an admin), by the
+    registration's name or by the ticket the participant shows. Open from 24 h before
+    start_time until end_time; a second check-in answers `already_checked_in`.
+    """
     ListRegistrations: _grpc.UnaryUnaryMultiCallable[_competition_pb2.ListRegistrationsRequest, _competition_pb2.ListRegistrationsResponse]
     """Lists a competition's registrations (owner or admin)."""
     ExportRegistrations: _grpc.UnaryStreamMultiCallable[_competition_pb2.ExportRegistrationsRequest, _competition_pb2.ExportRegistrationsResponse]
     """Streams every registration of a competition as CSV, in chunks (owner or admin)."""
     ListMyRegistrations: _grpc.UnaryUnaryMultiCallable[_competition_pb2.ListMyRegistrationsRequest, _competition_pb2.ListMyRegistrationsResponse]
     """Lists the caller's registrations across competitions."""
+    CreateTeam: _grpc.UnaryUnaryMultiCallable[_competition_pb2.CreateTeamRequest, _competition_pb2.CreateTeamResponse]
+    """Creates a team for a competition with teams (team_max_size > 0), before its
+    team_formation_deadline; the caller is its captain and first accepted member. A user
+    is an accepted member of at most one team per competition.
+    """
+    GetTeam: _grpc.UnaryUnaryMultiCallable[_competition_pb2.GetTeamRequest, _competition_pb2.GetTeamResponse]
+    """Returns a team with its members."""
+    ListTeams: _grpc.UnaryUnaryMultiCallable[_competition_pb2.ListTeamsRequest, _competition_pb2.ListTeamsResponse]
+    """Lists a competition's teams, oldest first."""
+    InviteTeamMember: _grpc.UnaryUnaryMultiCallable[_competition_pb2.InviteTeamMemberRequest, _competition_pb2.InviteTeamMemberResponse]
+    """The captain invites a user; invitations count against team_max_size."""
+    AcceptTeamInvite: _grpc.UnaryUnaryMultiCallable[_competition_pb2.AcceptTeamInviteRequest, _competition_pb2.AcceptTeamInviteResponse]
+    """The invited caller accepts (before the deadline, while the team is not full)."""
+    RemoveTeamMember: _grpc.UnaryUnaryMultiCallable[_competition_pb2.RemoveTeamMemberRequest, _competition_pb2.RemoveTeamMemberResponse]
+    """The captain removes a member or withdraws an invitation; a member leaves or declines.
+    Not after the team has registered.
+    """
+    RegisterTeam: _grpc.UnaryUnaryMultiCallable[_competition_pb2.RegisterTeamRequest, _competition_pb2.RegisterTeamResponse]
+    """The captain registers the team's accepted members (team_min_size..team_max_size) as
+    one group: all seats or none, one waitlist entry (see RegisterGroup); the captain pays.
+    """
     SubmitEntry: _grpc.UnaryUnaryMultiCallable[_competition_pb2.SubmitEntryRequest, _competition_pb2.SubmitEntryResponse]
     """Submits (or replaces) the caller's entry while the competition is RUNNING."""
     PublishResults: _grpc.UnaryUnaryMultiCallable[_competition_pb2.PublishResultsRequest, _competition_pb2.PublishResultsResponse]
@@ -133,6 +178,15 @@ class CompetitionServiceAsyncStub(CompetitionServiceStub):
     position. Registering again returns the existing registration. Outside the
     registration window: FAILED_PRECONDITION.
     """
+    RegisterGroup: _aio.UnaryUnaryMultiCallable[_competition_pb2.RegisterGroupRequest, _competition_pb2.RegisterGroupResponse]  # type: ignore[assignment]
+    """Registers a group of users as one, all seats or none; the caller (the group's leader)
+    pays every member's entry fee. While nobody waits and enough seats are free, every
+    member is CONFIRMED; otherwise the group joins the waitlist as ONE entry (its members
+    share one position). The waitlist is served in strict order: a group at its head that
+    needs more seats than are free waits, and nobody passes it. Registering the same group
+    again returns it (`created: false`); a member already registered otherwise:
+    FAILED_PRECONDITION `ALREADY_REGISTERED`, and nobody is registered.
+    """
     CancelRegistration: _aio.UnaryUnaryMultiCallable[_competition_pb2.CancelRegistrationRequest, _competition_pb2.CancelRegistrationResponse]  # type: ignore[assignment]
     """Cancels the caller's registration before the competition starts; a freed seat goes to
     the head of the waitlist.
@@ -141,12 +195,48 @@ class CompetitionServiceAsyncStub(CompetitionServiceStub):
     """Accepts a seat offered from the waitlist (competitions with an entry fee) before the
     offer expires; the fee is held at this moment.
     """
+    TransferRegistration: _aio.UnaryUnaryMultiCallable[_competition_pb2.TransferRegistrationRequest, _competition_pb2.TransferRegistrationResponse]  # type: ignore[assignment]
+    """Moves a CONFIRMED registration, seat and all, to another user before the start
+    (its registrant, its payer, or an admin). The entry fee stays held from whoever paid
+    it; the old holder's ticket no longer checks in. The new holder must not hold or wait
+    for a seat already (`ALREADY_REGISTERED`).
+    """
+    GetTicket: _aio.UnaryUnaryMultiCallable[_competition_pb2.GetTicketRequest, _competition_pb2.GetTicketResponse]  # type: ignore[assignment]
+    """The signed ticket of a CONFIRMED registration (its registrant, payer, or an admin):
+    show it at the event; verify it offline with coordd_client.tickets.verify_ticket.
+    """
+    CheckIn: _aio.UnaryUnaryMultiCallable[_competition_pb2.CheckInRequest, _competition_pb2.CheckInResponse]  # type: ignore[assignment]
+    """Checks a CONFIRMED registrant in (the competition's owner or an admin), by the
+    registration's name or by the ticket the participant shows. Open from 24 h before
+    start_time until end_time; a second check-in answers `already_checked_in`.
+    """
     ListRegistrations: _aio.UnaryUnaryMultiCallable[_competition_pb2.ListRegistrationsRequest, _competition_pb2.ListRegistrationsResponse]  # type: ignore[assignment]
     """Lists a competition's registrations (owner or admin)."""
     ExportRegistrations: _aio.UnaryStreamMultiCallable[_competition_pb2.ExportRegistrationsRequest, _competition_pb2.ExportRegistrationsResponse]  # type: ignore[assignment]
     """Streams every registration of a competition as CSV, in chunks (owner or admin)."""
     ListMyRegistrations: _aio.UnaryUnaryMultiCallable[_competition_pb2.ListMyRegistrationsRequest, _competition_pb2.ListMyRegistrationsResponse]  # type: ignore[assignment]
     """Lists the caller's registrations across competitions."""
+    CreateTeam: _aio.UnaryUnaryMultiCallable[_competition_pb2.CreateTeamRequest, _competition_pb2.CreateTeamResponse]  # type: ignore[assignment]
+    """Creates a team for a competition with teams (team_max_size > 0), before its
+    team_formation_deadline; the caller is its captain and first accepted member. A user
+    is an accepted member of at most one team per competition.
+    """
+    GetTeam: _aio.UnaryUnaryMultiCallable[_competition_pb2.GetTeamRequest, _competition_pb2.GetTeamResponse]  # type: ignore[assignment]
+    """Returns a team with its members."""
+    ListTeams: _aio.UnaryUnaryMultiCallable[_competition_pb2.ListTeamsRequest, _competition_pb2.ListTeamsResponse]  # type: ignore[assignment]
+    """Lists a competition's teams, oldest first."""
+    InviteTeamMember: _aio.UnaryUnaryMultiCallable[_competition_pb2.InviteTeamMemberRequest, _competition_pb2.InviteTeamMemberResponse]  # type: ignore[assignment]
+    """The captain invites a user; invitations count against team_max_size."""
+    AcceptTeamInvite: _aio.UnaryUnaryMultiCallable[_competition_pb2.AcceptTeamInviteRequest, _competition_pb2.AcceptTeamInviteResponse]  # type: ignore[assignment]
+    """The invited caller accepts (before the deadline, while the team is not full)."""
+    RemoveTeamMember: _aio.UnaryUnaryMultiCallable[_competition_pb2.RemoveTeamMemberRequest, _competition_pb2.RemoveTeamMemberResponse]  # type: ignore[assignment]
+    """The captain removes a member or withdraws an invitation; a member leaves or declines.
+    Not after the team has registered.
+    """
+    RegisterTeam: _aio.UnaryUnaryMultiCallable[_competition_pb2.RegisterTeamRequest, _competition_pb2.RegisterTeamResponse]  # type: ignore[assignment]
+    """The captain registers the team's accepted members (team_min_size..team_max_size) as
+    one group: all seats or none, one waitlist entry (see RegisterGroup); the captain pays.
+    """
     SubmitEntry: _aio.UnaryUnaryMultiCallable[_competition_pb2.SubmitEntryRequest, _competition_pb2.SubmitEntryResponse]  # type: ignore[assignment]
     """Submits (or replaces) the caller's entry while the competition is RUNNING."""
     PublishResults: _aio.UnaryUnaryMultiCallable[_competition_pb2.PublishResultsRequest, _competition_pb2.PublishResultsResponse]  # type: ignore[assignment]
@@ -241,6 +331,21 @@ class CompetitionServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def RegisterGroup(
+        self,
+        request: _competition_pb2.RegisterGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_competition_pb2.RegisterGroupResponse, _abc.Awaitable[_competition_pb2.RegisterGroupResponse]]:
+        """Registers a group of users as one, all seats or none; the caller (the group's leader)
+        pays every member's entry fee. While nobody waits and enough seats are free, every
+        member is CONFIRMED; otherwise the group joins the waitlist as ONE entry (its members
+        share one position). The waitlist is served in strict order: a group at its head that
+        needs more seats than are free waits, and nobody passes it. Registering the same group
+        again returns it (`created: false`); a member already registered otherwise:
+        FAILED_PRECONDITION `ALREADY_REGISTERED`, and nobody is registered.
+        """
+
+    @_abc_1.abstractmethod
     def CancelRegistration(
         self,
         request: _competition_pb2.CancelRegistrationRequest,
@@ -258,6 +363,39 @@ class CompetitionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_competition_pb2.AcceptOfferResponse, _abc.Awaitable[_competition_pb2.AcceptOfferResponse]]:
         """Accepts a seat offered from the waitlist (competitions with an entry fee) before the
         offer expires; the fee is held at this moment.
+        """
+
+    @_abc_1.abstractmethod
+    def TransferRegistration(
+        self,
+        request: _competition_pb2.TransferRegistrationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_competition_pb2.TransferRegistrationResponse, _abc.Awaitable[_competition_pb2.TransferRegistrationResponse]]:
+        """Moves a CONFIRMED registration, seat and all, to another user before the start
+        (its registrant, its payer, or an admin). The entry fee stays held from whoever paid
+        it; the old holder's ticket no longer checks in. The new holder must not hold or wait
+        for a seat already (`ALREADY_REGISTERED`).
+        """
+
+    @_abc_1.abstractmethod
+    def GetTicket(
+        self,
+        request: _competition_pb2.GetTicketRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_competition_pb2.GetTicketResponse, _abc.Awaitable[_competition_pb2.GetTicketResponse]]:
+        """The signed ticket of a CONFIRMED registration (its registrant, payer, or an admin):
+        show it at the event; verify it offline with coordd_client.tickets.verify_ticket.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckIn(
+        self,
+        request: _competition_pb2.CheckInRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_competition_pb2.CheckInResponse, _abc.Awaitable[_competition_pb2.CheckInResponse]]:
+        """Checks a CONFIRMED registrant in (the competition's owner or an admin), by the
+        registration's name or by the ticket the participant shows. Open from 24 h before
+        start_time until end_time; a second check-in answers `already_checked_in`.
         """
 
     @_abc_1.abstractmethod
@@ -283,6 +421,69 @@ class CompetitionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_competition_pb2.ListMyRegistrationsResponse, _abc.Awaitable[_competition_pb2.ListMyRegistrationsResponse]]:
         """Lists the caller's registrations across competitions."""
+
+    @_abc_1.abstractmethod
+    def CreateTeam(
+        self,
+        request: _competition_pb2.CreateTeamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_competition_pb2.CreateTeamResponse, _abc.Awaitable[_competition_pb2.CreateTeamResponse]]:
+        """Creates a team for a competition with teams (team_max_size > 0), before its
+        team_formation_deadline; the caller is its captain and first accepted member. A user
+        is an accepted member of at most one team per competition.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTeam(
+        self,
+        request: _competition_pb2.GetTeamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_competition_pb2.GetTeamResponse, _abc.Awaitable[_competition_pb2.GetTeamResponse]]:
+        """Returns a team with its members."""
+
+    @_abc_1.abstractmethod
+    def ListTeams(
+        self,
+        request: _competition_pb2.ListTeamsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_competition_pb2.ListTeamsResponse, _abc.Awaitable[_competition_pb2.ListTeamsResponse]]:
+        """Lists a competition's teams, oldest first."""
+
+    @_abc_1.abstractmethod
+    def InviteTeamMember(
+        self,
+        request: _competition_pb2.InviteTeamMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_competition_pb2.InviteTeamMemberResponse, _abc.Awaitable[_competition_pb2.InviteTeamMemberResponse]]:
+        """The captain invites a user; invitations count against team_max_size."""
+
+    @_abc_1.abstractmethod
+    def AcceptTeamInvite(
+        self,
+        request: _competition_pb2.AcceptTeamInviteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_competition_pb2.AcceptTeamInviteResponse, _abc.Awaitable[_competition_pb2.AcceptTeamInviteResponse]]:
+        """The invited caller accepts (before the deadline, while the team is not full)."""
+
+    @_abc_1.abstractmethod
+    def RemoveTeamMember(
+        self,
+        request: _competition_pb2.RemoveTeamMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_competition_pb2.RemoveTeamMemberResponse, _abc.Awaitable[_competition_pb2.RemoveTeamMemberResponse]]:
+        """The captain removes a member or withdraws an invitation; a member leaves or declines.
+        Not after the team has registered.
+        """
+
+    @_abc_1.abstractmethod
+    def RegisterTeam(
+        self,
+        request: _competition_pb2.RegisterTeamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_competition_pb2.RegisterTeamResponse, _abc.Awaitable[_competition_pb2.RegisterTeamResponse]]:
+        """The captain registers the team's accepted members (team_min_size..team_max_size) as
+        one group: all seats or none, one waitlist entry (see RegisterGroup); the captain pays.
+        """
 
     @_abc_1.abstractmethod
     def SubmitEntry(

@@ -5,11 +5,22 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
 
-from coordd.api.convert import duration, from_ts, parse_name, ts
-from coordd.core.errors import FieldViolation, InvalidArgument, Violations
+from coordd.api.competition_convert import (
+    competition_to_proto,
+    entry_to_proto,
+    input_from_proto,
+    optional_user,
+    registration_name,
+    registration_to_proto,
+    signed_to_proto,
+    state_from_proto,
+    team_name_parts,
+    team_to_proto,
+)
+from coordd.api.convert import parse_name
+from coordd.core.errors import FieldViolation, InvalidArgument
 from coordd.core.paging import PageRequest
 from coordd.core.principal import require_user
 from coordd.domain import competition as comp_rules
@@ -20,149 +31,6 @@ from coordd_client.v1 import competition_pb2, competition_pb2_grpc
 WATCH_REFRESH_S = 10.0
 
 
-def _state_to_proto(state: str) -> int:
-    return competition_pb2.CompetitionState.Value("COMPETITION_STATE_" + state) if state else 0
-
-
-def _reg_state_to_proto(state: str) -> int:
-    return competition_pb2.RegistrationState.Value("REGISTRATION_STATE_" + state)
-
-
-def _state_from_proto(value: int, field: str, enum: Any, prefix: str) -> str:
-    if value == 0:
-        return ""
-    if value not in enum.values():
-        raise InvalidArgument(
-            f"{field} is not a valid value", violations=[FieldViolation(field, "unknown value")]
-        )
-    return str(enum.Name(value))[len(prefix) :]
-
-
-def competition_to_proto(view: comp_rules.CompetitionView) -> competition_pb2.Competition:
-    c = view.competition
-    return competition_pb2.Competition(
-        name=f"competitions/{c.id}",
-        owner=f"users/{c.owner_id}",
-        title=c.title,
-        description=c.description,
-        tags=c.tags,
-        capacity=c.capacity,
-        registration_open_time=ts(c.open_time),
-        registration_close_time=ts(c.close_time),
-        start_time=ts(c.start_time),
-        end_time=ts(c.end_time),
-        entry_fee=c.entry_fee,
-        prize_split_bps=c.prize_split,
-        offer_hold_duration=duration(c.offer_hold_s),
-        reminder_lead=duration(c.reminder_lead_s),
-        state=_state_to_proto(c.state),
-        previous_state=_state_to_proto(c.previous_state),
-        confirmed_count=c.confirmed,
-        offered_count=c.offered,
-        waitlisted_count=c.waitlisted,
-        free_seats=max(c.capacity - c.confirmed - c.offered, 0),
-        publish_time=ts(c.publish_time),
-        create_time=ts(c.create_time),
-        update_time=ts(c.update_time),
-        transitions=[
-            competition_pb2.StateTransition(
-                from_state=_state_to_proto(t.from_state),
-                to_state=_state_to_proto(t.to_state),
-                reason=t.reason,
-                time=ts(t.time),
-            )
-            for t in view.transitions
-        ],
-        errors=[
-            competition_pb2.CompetitionError(message=e["message"], time=ts(datetime.fromisoformat(e["time"])))
-            for e in c.errors
-        ],
-    )
-
-
-def registration_to_proto(view: comp_rules.RegistrationView) -> competition_pb2.Registration:
-    r = view.registration
-    competition = f"competitions/{r.competition_id}"
-    return competition_pb2.Registration(
-        name=f"{competition}/registrations/{r.id}",
-        competition=competition,
-        user=f"users/{r.user_id}",
-        state=_reg_state_to_proto(r.state),
-        position=view.position,
-        offer_expire_time=ts(r.offer_expire_time),
-        fee_held=r.fee_held,
-        create_time=ts(r.create_time),
-        update_time=ts(r.update_time),
-        confirm_time=ts(r.confirm_time),
-    )
-
-
-def entry_to_proto(entry: comp_rules.Entry) -> competition_pb2.Entry:
-    return competition_pb2.Entry(
-        name=f"competitions/{entry.competition_id}/entries/{entry.id}",
-        user=f"users/{entry.user_id}",
-        digest=entry.digest,
-        size_bytes=entry.size_bytes,
-        uri=entry.uri,
-        revision=entry.revision,
-        submit_time=ts(entry.submit_time),
-    )
-
-
-def signed_to_proto(signed: comp_rules.SignedResults) -> competition_pb2.SignedResults:
-    return competition_pb2.SignedResults(
-        payload=signed.payload, signature=signed.signature, key_id=signed.key_id, public_key=signed.public_key
-    )
-
-
-def _input_from_proto(c: competition_pb2.Competition) -> comp_rules.CompetitionInput:
-    """Unset timestamps stay None (the domain reports them as required)."""
-
-    def when(field: str) -> datetime | None:
-        return from_ts(getattr(c, field)) if c.HasField(field) else None
-
-    v = Violations()
-    for field in ("offer_hold_duration", "reminder_lead"):
-        if c.HasField(field) and getattr(c, field).nanos:
-            v.add(field, "whole seconds only")
-    v.raise_if_any()
-    return comp_rules.CompetitionInput(
-        title=c.title,
-        description=c.description,
-        tags=list(c.tags),
-        capacity=c.capacity,
-        open_time=when("registration_open_time"),
-        close_time=when("registration_close_time"),
-        start_time=when("start_time"),
-        end_time=when("end_time"),
-        entry_fee=c.entry_fee,
-        prize_split=list(c.prize_split_bps),
-        offer_hold_s=c.offer_hold_duration.seconds if c.HasField("offer_hold_duration") else None,
-        reminder_lead_s=c.reminder_lead.seconds if c.HasField("reminder_lead") else None,
-    )
-
-
-def _registration_name(name: str, field: str = "name") -> tuple[str, str]:
-    """`competitions/{c}/registrations/{r}` -> (c, r)."""
-    parts = name.split("/")
-    if (
-        len(parts) != 4
-        or parts[0] != "competitions"
-        or parts[2] != "registrations"
-        or not parts[1]
-        or not parts[3]
-    ):
-        raise InvalidArgument(
-            f"{field} must look like competitions/{{id}}/registrations/{{id}}, got {name!r}",
-            violations=[FieldViolation(field, "expected competitions/{id}/registrations/{id}")],
-        )
-    return parts[1], parts[3]
-
-
-def _optional_user(name: str, field: str) -> str:
-    return parse_name(name, "users", field) if name else ""
-
-
 class CompetitionServicer(competition_pb2_grpc.CompetitionServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -171,7 +39,7 @@ class CompetitionServicer(competition_pb2_grpc.CompetitionServiceServicer):
         self, request: competition_pb2.CreateCompetitionRequest, context: Any
     ) -> competition_pb2.CreateCompetitionResponse:
         who = require_user()
-        data = _input_from_proto(request.competition)
+        data = input_from_proto(request.competition)
         view = await self.rt.run(comp_rules.create_competition, self.rt, who, data)
         return competition_pb2.CreateCompetitionResponse(competition=competition_to_proto(view))
 
@@ -188,10 +56,10 @@ class CompetitionServicer(competition_pb2_grpc.CompetitionServiceServicer):
     ) -> competition_pb2.ListCompetitionsResponse:
         who = require_user()
         page_request = PageRequest.of(request.page_size, request.page_token)
-        state = _state_from_proto(
+        state = state_from_proto(
             request.state, "state", competition_pb2.CompetitionState, "COMPETITION_STATE_"
         )
-        owner = _optional_user(request.owner, "owner")
+        owner = optional_user(request.owner, "owner")
         page = await self.rt.run(comp_rules.list_competitions, who, page_request, state, request.tag, owner)
         return competition_pb2.ListCompetitionsResponse(
             competitions=[competition_to_proto(v) for v in page.items], next_page_token=page.next_token
@@ -202,7 +70,7 @@ class CompetitionServicer(competition_pb2_grpc.CompetitionServiceServicer):
     ) -> competition_pb2.UpdateCompetitionResponse:
         who = require_user()
         comp_id = parse_name(request.competition.name, "competitions", "competition.name")
-        data = _input_from_proto(request.competition)
+        data = input_from_proto(request.competition)
         paths = list(request.update_mask.paths)
         view = await self.rt.run(comp_rules.update_competition, self.rt, who, comp_id, data, paths)
         return competition_pb2.UpdateCompetitionResponse(competition=competition_to_proto(view))
@@ -233,11 +101,24 @@ class CompetitionServicer(competition_pb2_grpc.CompetitionServiceServicer):
             registration=registration_to_proto(view), created=view.created
         )
 
+    async def RegisterGroup(
+        self, request: competition_pb2.RegisterGroupRequest, context: Any
+    ) -> competition_pb2.RegisterGroupResponse:
+        who = require_user()
+        comp_id = parse_name(request.competition, "competitions", "competition")
+        members = [parse_name(m, "users", f"members[{i}]") for i, m in enumerate(request.members)]
+        view = await self.rt.run(comp_rules.register_group, self.rt, who, comp_id, members)
+        return competition_pb2.RegisterGroupResponse(
+            group=comp_rules.group_name(comp_id, view.group_id),
+            registrations=[registration_to_proto(r) for r in view.registrations],
+            created=view.created,
+        )
+
     async def CancelRegistration(
         self, request: competition_pb2.CancelRegistrationRequest, context: Any
     ) -> competition_pb2.CancelRegistrationResponse:
         who = require_user()
-        comp_id, reg_id = _registration_name(request.name)
+        comp_id, reg_id = registration_name(request.name)
         view = await self.rt.run(comp_rules.cancel_registration, self.rt, who, comp_id, reg_id)
         return competition_pb2.CancelRegistrationResponse(registration=registration_to_proto(view))
 
@@ -245,9 +126,60 @@ class CompetitionServicer(competition_pb2_grpc.CompetitionServiceServicer):
         self, request: competition_pb2.AcceptOfferRequest, context: Any
     ) -> competition_pb2.AcceptOfferResponse:
         who = require_user()
-        comp_id, reg_id = _registration_name(request.name)
+        comp_id, reg_id = registration_name(request.name)
         view = await self.rt.run(comp_rules.accept_offer, self.rt, who, comp_id, reg_id)
         return competition_pb2.AcceptOfferResponse(registration=registration_to_proto(view))
+
+    async def TransferRegistration(
+        self, request: competition_pb2.TransferRegistrationRequest, context: Any
+    ) -> competition_pb2.TransferRegistrationResponse:
+        who = require_user()
+        comp_id, reg_id = registration_name(request.name)
+        to_user = parse_name(request.user, "users", "user")
+        view = await self.rt.run(comp_rules.transfer_registration, self.rt, who, comp_id, reg_id, to_user)
+        return competition_pb2.TransferRegistrationResponse(registration=registration_to_proto(view))
+
+    async def GetTicket(
+        self, request: competition_pb2.GetTicketRequest, context: Any
+    ) -> competition_pb2.GetTicketResponse:
+        who = require_user()
+        comp_id, reg_id = registration_name(request.name)
+        ticket = await self.rt.run(comp_rules.get_ticket, self.rt, who, comp_id, reg_id)
+        return competition_pb2.GetTicketResponse(
+            ticket=competition_pb2.Ticket(
+                payload=ticket.payload,
+                signature=ticket.signature,
+                key_id=ticket.key_id,
+                public_key=ticket.public_key,
+            )
+        )
+
+    async def CheckIn(
+        self, request: competition_pb2.CheckInRequest, context: Any
+    ) -> competition_pb2.CheckInResponse:
+        who = require_user()
+        ticket_user = ""
+        if request.HasField("ticket"):
+            comp_id, reg_id, ticket_user = await self.rt.run(
+                comp_rules.read_ticket, self.rt, request.ticket.payload, request.ticket.signature
+            )
+            if request.name and registration_name(request.name) != (comp_id, reg_id):
+                raise InvalidArgument(
+                    "name: the ticket is for another registration",
+                    violations=[FieldViolation("name", "does not match the ticket")],
+                )
+        elif request.name:
+            comp_id, reg_id = registration_name(request.name)
+        else:
+            raise InvalidArgument(
+                "name or ticket is required",
+                violations=[FieldViolation("name", "give the registration's name or the ticket")],
+            )
+        result = await self.rt.run(comp_rules.check_in, self.rt, who, comp_id, reg_id, ticket_user)
+        return competition_pb2.CheckInResponse(
+            registration=registration_to_proto(result.registration),
+            already_checked_in=result.already_checked_in,
+        )
 
     async def ListRegistrations(
         self, request: competition_pb2.ListRegistrationsRequest, context: Any
@@ -255,7 +187,7 @@ class CompetitionServicer(competition_pb2_grpc.CompetitionServiceServicer):
         who = require_user()
         comp_id = parse_name(request.competition, "competitions", "competition")
         page_request = PageRequest.of(request.page_size, request.page_token)
-        state = _state_from_proto(
+        state = state_from_proto(
             request.state, "state", competition_pb2.RegistrationState, "REGISTRATION_STATE_"
         )
         page = await self.rt.run(comp_rules.list_registrations, who, comp_id, page_request, state)
@@ -293,6 +225,71 @@ class CompetitionServicer(competition_pb2_grpc.CompetitionServiceServicer):
         page = await self.rt.run(comp_rules.list_my_registrations, who, page_request)
         return competition_pb2.ListMyRegistrationsResponse(
             registrations=[registration_to_proto(v) for v in page.items], next_page_token=page.next_token
+        )
+
+    async def CreateTeam(
+        self, request: competition_pb2.CreateTeamRequest, context: Any
+    ) -> competition_pb2.CreateTeamResponse:
+        who = require_user()
+        comp_id = parse_name(request.competition, "competitions", "competition")
+        view = await self.rt.run(comp_rules.create_team, self.rt, who, comp_id, request.team.display_name)
+        return competition_pb2.CreateTeamResponse(team=team_to_proto(view))
+
+    async def GetTeam(
+        self, request: competition_pb2.GetTeamRequest, context: Any
+    ) -> competition_pb2.GetTeamResponse:
+        who = require_user()
+        comp_id, team_id = team_name_parts(request.name, "name")
+        view = await self.rt.run(comp_rules.get_team, who, comp_id, team_id)
+        return competition_pb2.GetTeamResponse(team=team_to_proto(view))
+
+    async def ListTeams(
+        self, request: competition_pb2.ListTeamsRequest, context: Any
+    ) -> competition_pb2.ListTeamsResponse:
+        who = require_user()
+        comp_id = parse_name(request.competition, "competitions", "competition")
+        page_request = PageRequest.of(request.page_size, request.page_token)
+        page = await self.rt.run(comp_rules.list_teams, who, comp_id, page_request)
+        return competition_pb2.ListTeamsResponse(
+            teams=[team_to_proto(v) for v in page.items], next_page_token=page.next_token
+        )
+
+    async def InviteTeamMember(
+        self, request: competition_pb2.InviteTeamMemberRequest, context: Any
+    ) -> competition_pb2.InviteTeamMemberResponse:
+        who = require_user()
+        comp_id, team_id = team_name_parts(request.team, "team")
+        user_id = parse_name(request.user, "users", "user")
+        view = await self.rt.run(comp_rules.invite_member, self.rt, who, comp_id, team_id, user_id)
+        return competition_pb2.InviteTeamMemberResponse(team=team_to_proto(view))
+
+    async def AcceptTeamInvite(
+        self, request: competition_pb2.AcceptTeamInviteRequest, context: Any
+    ) -> competition_pb2.AcceptTeamInviteResponse:
+        who = require_user()
+        comp_id, team_id = team_name_parts(request.team, "team")
+        view = await self.rt.run(comp_rules.accept_invite, self.rt, who, comp_id, team_id)
+        return competition_pb2.AcceptTeamInviteResponse(team=team_to_proto(view))
+
+    async def RemoveTeamMember(
+        self, request: competition_pb2.RemoveTeamMemberRequest, context: Any
+    ) -> competition_pb2.RemoveTeamMemberResponse:
+        who = require_user()
+        comp_id, team_id = team_name_parts(request.team, "team")
+        user_id = parse_name(request.user, "users", "user")
+        view = await self.rt.run(comp_rules.remove_member, self.rt, who, comp_id, team_id, user_id)
+        return competition_pb2.RemoveTeamMemberResponse(team=team_to_proto(view))
+
+    async def RegisterTeam(
+        self, request: competition_pb2.RegisterTeamRequest, context: Any
+    ) -> competition_pb2.RegisterTeamResponse:
+        who = require_user()
+        comp_id, team_id = team_name_parts(request.team, "team")
+        view = await self.rt.run(comp_rules.register_team, self.rt, who, comp_id, team_id)
+        return competition_pb2.RegisterTeamResponse(
+            group=comp_rules.group_name(comp_id, view.group_id),
+            registrations=[registration_to_proto(r) for r in view.registrations],
+            created=view.created,
         )
 
     async def SubmitEntry(

@@ -120,6 +120,11 @@ MIGRATIONS: list[Migration] = [
         "nodes: project members (joining needs consent), node keys linked to their node",
         node_members.add_members_and_node_links,
     ),
+    Migration(
+        120,
+        "competition: group registration (group, payer), check-in, teams",
+        competition_m.add_groups_teams_checkin,
+    ),
 ]
 # Domains append in any order; migrations apply in version order, and a version is unique.
 MIGRATIONS.sort(key=lambda item: item.version)

@@ -23,6 +23,10 @@ def registration_name(comp_id: str, reg_id: str) -> str:
     return f"{name(comp_id)}/registrations/{reg_id}"
 
 
+def group_name(comp_id: str, group_id: str) -> str:
+    return f"{name(comp_id)}/groups/{group_id}"
+
+
 # Called by name: the layering check takes any `.join()` call for a query-builder join.
 _join = str.join
 
@@ -94,12 +98,23 @@ def emit_registration(tx: Tx, reg: Registration, type_: str) -> None:
     )
 
 
+def payer_of(reg: Registration) -> str:
+    """Whose balance holds the registration's fee: its payer (a group's leader, the holder
+    before a transfer), else the registrant."""
+    return reg.payer_id or reg.user_id
+
+
 def own_registration(
     rt: Runtime, who: Principal, comp_id: str, reg_id: str
 ) -> tuple[Competition, Registration]:
-    """Locks the competition, then reads the caller's registration (admins: anyone's)."""
+    """Locks the competition, then reads the caller's registration: the registrant's, or
+    the one whose fee the caller pays (a group leader's members); admins: anyone's."""
     comp = lock(rt, comp_id)
     reg = queries.registration_in(comp_id, reg_id)
-    if comp is None or reg is None or (reg.user_id != who.user_id and not who.is_admin):
+    if (
+        comp is None
+        or reg is None
+        or (reg.user_id != who.user_id and reg.payer_id != who.user_id and not who.is_admin)
+    ):
         raise reg_not_found(comp_id, reg_id)
     return comp, reg

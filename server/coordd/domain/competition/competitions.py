@@ -31,11 +31,25 @@ UPDATABLE = {
     "prize_split_bps": "prize_split",
     "offer_hold_duration": "offer_hold_s",
     "reminder_lead": "reminder_lead_s",
+    "team_min_size": "team_min",
+    "team_max_size": "team_max",
+    "team_formation_deadline": "team_deadline",
 }
 # Changing these after publication would change the deal registrants accepted (and the
 # scheduler's due times and reminder time, which publication fixes).
 DRAFT_ONLY = frozenset(
-    {"open_time", "close_time", "start_time", "end_time", "entry_fee", "prize_split", "reminder_lead_s"}
+    {
+        "open_time",
+        "close_time",
+        "start_time",
+        "end_time",
+        "entry_fee",
+        "prize_split",
+        "reminder_lead_s",
+        "team_min",
+        "team_max",
+        "team_deadline",
+    }
 )
 
 
@@ -68,6 +82,9 @@ def create_competition(rt: Runtime, who: Principal, data: CompetitionInput) -> C
         else s.default_reminder_lead_s,
         state=DRAFT,
         errors=[],
+        team_min=data.team_min,
+        team_max=data.team_max,
+        team_deadline=data.team_deadline,
     )
     check_times(v, comp)
     v.raise_if_any()

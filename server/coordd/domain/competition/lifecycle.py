@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from coordd.domain import ledger
-from coordd.domain.competition.common import emit_competition, emit_registration, lock, name
+from coordd.domain.competition.common import emit_competition, emit_registration, lock, name, payer_of
 from coordd.domain.competition.notifications import notify_many
 from coordd.domain.competition.settings import settings_of
 from coordd.domain.competition.states import (
@@ -170,6 +170,6 @@ def close_out(tx: Tx, comp: Competition, to_state: str, reason: str) -> None:
 
 def _refund_movements(reg: Registration) -> list[tuple[str, int]]:
     return [
-        (ledger.held_account(reg.user_id), -reg.fee_held),
-        (ledger.available_account(reg.user_id), reg.fee_held),
+        (ledger.held_account(payer_of(reg)), -reg.fee_held),
+        (ledger.available_account(payer_of(reg)), reg.fee_held),
     ]

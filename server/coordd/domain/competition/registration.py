@@ -21,6 +21,7 @@ from coordd.domain.competition.common import (
     not_found,
     own_registration,
     owned,
+    payer_of,
     precondition,
     registration_name,
     visible,
@@ -121,6 +122,9 @@ def _register_in(tx: Tx, who: Principal, comp_id: str) -> RegistrationView:
     reg.confirm_time = now if guess_seat else None
     reg.update_time = now
     reg.fee_held = 0
+    if existing is not None:
+        # Alone this time, paying for itself, not checked in.
+        existing.group_id = existing.payer = existing.checkin_time = None
     if existing is None:
         # Before any lock: a second registration of the same user fails here, early.
         seats.insert_registration(reg)
@@ -147,7 +151,7 @@ def _register_in(tx: Tx, who: Principal, comp_id: str) -> RegistrationView:
         found = queries.find_competition(comp_id)
         if found is None or not visible(who, found):
             raise not_found(comp_id)
-        raise _closed(found, now)
+        raise closed_error(found, now)
     comp.entry_fee = got.entry_fee
     comp.publish_time = got.publish_time
     comp.reminder_time = got.reminder_time
@@ -171,11 +175,20 @@ def _register_in(tx: Tx, who: Principal, comp_id: str) -> RegistrationView:
     elif noted and not took_seat:
         seats.forget_confirmation(reg.id)
     emit_registration(tx, reg, "created")
-    # A newcomer joins the tail: everyone waitlisted is ahead of it.
-    return RegistrationView(reg, 0 if took_seat else got.waitlisted, created=True)
+    # A newcomer joins the tail: every waitlist entry is ahead of it.
+    return RegistrationView(reg, 0 if took_seat else got.waitlist_entries, created=True)
 
 
-def _closed(comp: Competition, now: datetime) -> FailedPrecondition:
+def in_window(comp: Competition, now: datetime) -> bool:
+    """The registration window, as `claim_seat` states it in SQL."""
+    return (
+        comp.state in (DRAFT, OPEN)
+        and comp.publish_time is not None
+        and comp.open_time <= now < comp.close_time
+    )
+
+
+def closed_error(comp: Competition, now: datetime) -> FailedPrecondition:
     if comp.state in TERMINAL or comp.state not in (DRAFT, OPEN):
         return precondition(
             f"registration is closed: the competition is {comp.state}", "REGISTRATION_CLOSED", comp
@@ -204,9 +217,15 @@ def cancel_registration(rt: Runtime, who: Principal, comp_id: str, reg_id: str) 
             comp.offered -= 1
         else:
             comp.waitlisted -= 1
+            # A member leaving a waiting group: the group (one entry) waits on, one smaller.
+            if reg.group_id and len(queries.waitlist_entry(comp_id, reg.waitlist_seq)) > 1:
+                comp.waitlist_extra -= 1
+        if reg.checkin_time is not None:
+            comp.checked_in -= 1
+            reg.checkin_time = None
         if reg.fee_held > 0:
             ledger.refund(
-                tx, reg.user_id, reg.fee_held, registration_name(comp_id, reg.id), "competition.refund"
+                tx, payer_of(reg), reg.fee_held, registration_name(comp_id, reg.id), "competition.refund"
             )
             reg.fee_held = 0
         reg.state = REG_CANCELLED

@@ -11,7 +11,7 @@ from coordd.core.errors import FailedPrecondition, Violations
 from coordd.core.paging import Page, PageRequest
 from coordd.core.principal import Principal
 from coordd.domain import ledger
-from coordd.domain.competition.common import get_visible, lock_owned, name, precondition
+from coordd.domain.competition.common import get_visible, lock_owned, name, payer_of, precondition
 from coordd.domain.competition.lifecycle import run_chain, transition
 from coordd.domain.competition.notifications import notify_many
 from coordd.domain.competition.settings import settings_of
@@ -107,7 +107,7 @@ def publish_results(
         paid = sum(r["prize"] for r in rows)
         if pool > 0:
             movements: list[tuple[str, int]] = [
-                (ledger.held_account(r.user_id), -r.fee_held) for r in confirmed.values() if r.fee_held > 0
+                (ledger.held_account(payer_of(r)), -r.fee_held) for r in confirmed.values() if r.fee_held > 0
             ]
             movements += [(ledger.available_account(r["user"]), r["prize"]) for r in rows if r["prize"] > 0]
             if pool - paid > 0:

@@ -24,6 +24,10 @@ class CompetitionSettings:
     max_chain: int = 10
     # Competitions (or offers, reminders) handled per scheduler tick.
     batch: int = 100
+    # Members of one group registration (a team registers as a group too).
+    max_group_size: int = 20
+    # Check-in opens this long before start_time (and closes at end_time).
+    checkin_open_s: int = 24 * 3600
 
 
 DEFAULT_SETTINGS = CompetitionSettings()

@@ -15,12 +15,15 @@ DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,49}$")
 MAX_TAGS = 20
 MAX_CAPACITY = 1_000_000
+# The largest team (a team registers as one group; settings.max_group_size bounds both).
+MAX_TEAM = 20
 
 FIELD_NAMES = {
     "open_time": "registration_open_time",
     "close_time": "registration_close_time",
     "start_time": "start_time",
     "end_time": "end_time",
+    "team_deadline": "team_formation_deadline",
 }
 
 
@@ -86,3 +89,15 @@ def check_times(v: Violations, comp: Competition) -> None:
         v.add("start_time", "must not be before registration_close_time")
     if comp.start_time >= comp.end_time:
         v.add("end_time", "must be after start_time")
+    if (comp.team_min, comp.team_max) != (0, 0) and not 2 <= comp.team_min <= comp.team_max <= MAX_TEAM:
+        v.add(
+            "team_min_size", f"teams: 2 <= team_min_size <= team_max_size <= {MAX_TEAM} (0 and 0: no teams)"
+        )
+    if comp.team_deadline is not None:
+        if comp.team_max == 0:
+            v.add("team_formation_deadline", "only for a competition with teams (team_max_size)")
+        elif not comp.open_time < comp.team_deadline <= comp.close_time:
+            v.add(
+                "team_formation_deadline",
+                "must be after registration_open_time and not after registration_close_time",
+            )

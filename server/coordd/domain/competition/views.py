@@ -61,3 +61,7 @@ class CompetitionInput:
     prize_split: list[int] = field(default_factory=list)
     offer_hold_s: int | None = None
     reminder_lead_s: int | None = None
+    # Teams: 0/0 for none; team_deadline None means registration_close_time.
+    team_min: int = 0
+    team_max: int = 0
+    team_deadline: datetime | None = None

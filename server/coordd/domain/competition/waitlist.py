@@ -1,14 +1,25 @@
 """The waitlist: free seats go to its head, as a seat (free competitions) or as an offer
-held for `offer_hold_s` (paid ones); offers are accepted or lapse; reminders go out."""
+held for `offer_hold_s` (paid ones); offers are accepted or lapse; reminders go out.
+
+The order is strict: entries are served by waitlist number, and a group (whose members
+share one number) is one entry that gets all its seats at once or waits. While the head
+group needs more seats than are free, the free seats stay free and nobody behind it (nor
+a newcomer) takes them: the group is never skipped, silently or otherwise."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from coordd.core.errors import FailedPrecondition
 from coordd.core.principal import Principal
 from coordd.domain import ledger
-from coordd.domain.competition.common import emit_registration, lock, own_registration, registration_name
+from coordd.domain.competition.common import (
+    emit_registration,
+    lock,
+    own_registration,
+    payer_of,
+    registration_name,
+)
 from coordd.domain.competition.notifications import notify, notify_many
 from coordd.domain.competition.settings import settings_of
 from coordd.domain.competition.states import (
@@ -38,35 +49,52 @@ def position(reg: Registration) -> int:
 def promote(tx: Tx, comp: Competition) -> None:
     """Gives free seats to the head of the waitlist: straight to CONFIRMED when the
     competition is free, otherwise an offer held for `offer_hold_s` (never past the start).
-    Never more than the capacity: it stops when `confirmed + offered` reaches it."""
+    Never more than the capacity; a head group that does not fit stops it (strict order)."""
     if comp.state not in SEATING or tx.now >= comp.start_time:
         return
-    while comp.confirmed + comp.offered < comp.capacity and comp.waitlisted > 0:
+    while comp.waitlisted > 0:
         head = queries.waitlist_head(comp.id)
         if head is None:
             break
-        comp.waitlisted -= 1
-        head.update_time = tx.now
-        if comp.entry_fee == 0:
-            head.state = CONFIRMED
-            head.confirm_time = tx.now
-            comp.confirmed += 1
-            queries.save_registration(head)
-            notify(tx, comp, head, CONFIRMATION, {"promoted": True})
-            late_reminder(tx, comp, head)
-        else:
-            head.state = OFFERED
-            head.offer_expire_time = min(tx.now + timedelta(seconds=comp.offer_hold_s), comp.start_time)
-            comp.offered += 1
-            queries.save_registration(head)
-            notify(
-                tx,
-                comp,
-                head,
-                OFFER,
-                {"offer_expire_time": head.offer_expire_time.isoformat(), "fee": comp.entry_fee},
-            )
-        emit_registration(tx, head, "promoted")
+        members = queries.waitlist_entry(comp.id, head.waitlist_seq) if head.group_id else [head]
+        if comp.confirmed + comp.offered + len(members) > comp.capacity:
+            break
+        comp.waitlisted -= len(members)
+        comp.waitlist_extra -= len(members) - 1
+        expire = min(tx.now + timedelta(seconds=comp.offer_hold_s), comp.start_time)
+        for member in members:
+            _seat(tx, comp, member, expire)
+
+
+def _seat(tx: Tx, comp: Competition, reg: Registration, expire: datetime) -> None:
+    reg.update_time = tx.now
+    if comp.entry_fee == 0:
+        reg.state = CONFIRMED
+        reg.confirm_time = tx.now
+        comp.confirmed += 1
+        queries.save_registration(reg)
+        notify(tx, comp, reg, CONFIRMATION, {"promoted": True})
+        late_reminder(tx, comp, reg)
+    else:
+        reg.state = OFFERED
+        reg.offer_expire_time = expire
+        comp.offered += 1
+        queries.save_registration(reg)
+        notify(
+            tx,
+            comp,
+            reg,
+            OFFER,
+            {"offer_expire_time": reg.offer_expire_time.isoformat(), "fee": comp.entry_fee},
+        )
+    emit_registration(tx, reg, "promoted")
+
+
+def offered_together(reg: Registration) -> list[Registration]:
+    """The open offer `reg` is part of: its group's OFFERED members, or itself."""
+    if not reg.group_id:
+        return [reg]
+    return queries.group_members(reg.competition_id, reg.group_id, OFFERED)
 
 
 def late_reminder(tx: Tx, comp: Competition, reg: Registration) -> None:
@@ -91,27 +119,31 @@ def accept_offer(rt: Runtime, who: Principal, comp_id: str, reg_id: str) -> Regi
                 reason="NO_OPEN_OFFER",
                 metadata={"registration_state": reg.state},
             )
-        if comp.entry_fee > 0:
-            ledger.hold(
-                tx,
-                reg.user_id,
-                comp.entry_fee,
-                registration_name(comp_id, reg.id),
-                "competition.entry_fee",
-            )
-            reg.fee_held = comp.entry_fee
-        comp.offered -= 1
-        comp.confirmed += 1
+        # A group's offer is accepted as one: every member's seat, each fee held from its payer.
+        for member in offered_together(reg):
+            if comp.entry_fee > 0:
+                ledger.hold(
+                    tx,
+                    payer_of(member),
+                    comp.entry_fee,
+                    registration_name(comp_id, member.id),
+                    "competition.entry_fee",
+                )
+                member.fee_held = comp.entry_fee
+            comp.offered -= 1
+            comp.confirmed += 1
+            member.state = CONFIRMED
+            member.confirm_time = tx.now
+            member.offer_expire_time = None
+            member.update_time = tx.now
+            queries.save_registration(member)
+            notify(tx, comp, member, CONFIRMATION, {"promoted": True})
+            late_reminder(tx, comp, member)
+            emit_registration(tx, member, "confirmed")
+            if member.id == reg.id:
+                reg = member
         comp.update_time = tx.now
         queries.save_competition(comp)
-        reg.state = CONFIRMED
-        reg.confirm_time = tx.now
-        reg.offer_expire_time = None
-        reg.update_time = tx.now
-        queries.save_registration(reg)
-        notify(tx, comp, reg, CONFIRMATION, {"promoted": True})
-        late_reminder(tx, comp, reg)
-        emit_registration(tx, reg, "confirmed")
     return RegistrationView(reg, 0)
 
 
@@ -125,12 +157,14 @@ def expire_offers(rt: Runtime) -> int:
             reg = queries.find_registration(due.registration_id)
             if comp is None or reg is None or reg.state != OFFERED or reg.offer_expire_time > tx.now:
                 continue
-            reg.state = OFFER_EXPIRED
-            reg.offer_expire_time = None
-            reg.update_time = tx.now
-            queries.save_registration(reg)
-            comp.offered -= 1
-            emit_registration(tx, reg, "offer_expired")
+            # A group's offer lapses as one (its members share the expiry time).
+            for member in offered_together(reg):
+                member.state = OFFER_EXPIRED
+                member.offer_expire_time = None
+                member.update_time = tx.now
+                queries.save_registration(member)
+                comp.offered -= 1
+                emit_registration(tx, member, "offer_expired")
             promote(tx, comp)
             comp.update_time = tx.now
             queries.save_competition(comp)

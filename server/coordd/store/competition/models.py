@@ -40,6 +40,10 @@ REMINDER = "reminder"
 RESULTS = "results"
 CANCELLATION = "cancellation"
 
+# The values of `TeamMember.state`.
+INVITED = "INVITED"
+ACCEPTED = "ACCEPTED"
+
 
 class Competition(IdModel):
     owner = peewee.ForeignKeyField(User, backref="competitions", on_delete="RESTRICT", index=True)
@@ -54,6 +58,15 @@ class Competition(IdModel):
     waitlisted = peewee.IntegerField(default=0)
     # Last waitlist sequence number handed out: orders the waitlist, never reused.
     waitlist_seq = peewee.BigIntegerField(default=0)
+    # Waitlisted people beyond the first of each waitlisted group: `waitlisted -
+    # waitlist_extra` is the number of waitlist entries (a group waits as one).
+    waitlist_extra = peewee.IntegerField(default=0)
+    # Confirmed registrations checked in at the event (attendance).
+    checked_in = peewee.IntegerField(default=0)
+    # Teams: 0/0 means the competition has no teams; team_deadline ends team formation.
+    team_min = peewee.IntegerField(default=0)
+    team_max = peewee.IntegerField(default=0)
+    team_deadline = TimestampField(null=True)
     open_time = TimestampField()
     close_time = TimestampField()
     start_time = TimestampField()
@@ -91,7 +104,17 @@ class Registration(IdModel):
     user = peewee.ForeignKeyField(User, backref="registrations", on_delete="RESTRICT", index=True)
     state = peewee.CharField(max_length=32)
     # Waitlist order (the competition's waitlist_seq when it joined); NULL if never waitlisted.
+    # The members of a group share one number: the group waits as one entry.
     waitlist_seq = peewee.BigIntegerField(null=True)
+    # Registered together, all seats or none (a group registration or a team); NULL: alone.
+    # (Indexed by migration 120, partially: only rows that have one, so that a single
+    # registration's insert maintains no extra index.)
+    group_id = peewee.CharField(max_length=26, null=True)
+    # Whose balance holds the entry fee (a group's leader, the original holder after a
+    # transfer); NULL: the registrant's own.
+    payer = peewee.ForeignKeyField(User, null=True, on_delete="RESTRICT", backref="+", index=False)
+    # When the registrant was checked in at the event.
+    checkin_time = TimestampField(null=True)
     offer_expire_time = TimestampField(null=True, index=True)
     fee_held = peewee.BigIntegerField(default=0)
     create_time = TimestampField()
@@ -103,6 +126,38 @@ class Registration(IdModel):
             (("competition", "user"), True),
             (("competition", "state", "waitlist_seq"), False),
         )
+
+
+class Team(IdModel):
+    """A team forming for a competition: its captain invites, invitees accept, and the
+    captain registers the accepted members as one group (all seats or none)."""
+
+    competition = peewee.ForeignKeyField(Competition, backref="teams", on_delete="CASCADE", index=True)
+    display_name = peewee.CharField(max_length=100)
+    captain = peewee.ForeignKeyField(User, on_delete="RESTRICT", backref="+")
+    # Once registered, its members' registrations carry the team's id as their group_id.
+    create_time = TimestampField()
+
+    class Meta:
+        table_name = "competition_team"
+        indexes = ((("competition", "display_name"), True),)
+
+
+class TeamMember(BaseModel):
+    """One user's place in a team: INVITED by the captain, ACCEPTED by the user (the
+    captain is ACCEPTED from the start). A user is in at most one team per competition."""
+
+    id = peewee.BigAutoField()
+    team = peewee.ForeignKeyField(Team, backref="members", on_delete="CASCADE")
+    competition = peewee.ForeignKeyField(Competition, on_delete="CASCADE")
+    user = peewee.ForeignKeyField(User, on_delete="CASCADE", backref="+")
+    state = peewee.CharField(max_length=16)  # INVITED | ACCEPTED
+    create_time = TimestampField()
+    update_time = TimestampField()
+
+    class Meta:
+        table_name = "competition_team_member"
+        indexes = ((("team", "user"), True), (("competition", "user", "state"), False))
 
 
 class CompetitionEntry(IdModel):
@@ -160,3 +215,35 @@ ALL_MODELS: tuple[type[peewee.Model], ...] = (
     CompetitionResult,
     CompetitionNotification,
 )
+# Added by migration 120 (an install whose migration 40 ran before them gets them there).
+TEAM_MODELS: tuple[type[peewee.Model], ...] = (Team, TeamMember)
+
+
+_NEW_COLUMNS = {
+    "competition": (
+        ("waitlist_extra", "INTEGER NOT NULL DEFAULT 0"),
+        ("checked_in", "INTEGER NOT NULL DEFAULT 0"),
+        ("team_min", "INTEGER NOT NULL DEFAULT 0"),
+        ("team_max", "INTEGER NOT NULL DEFAULT 0"),
+        ("team_deadline", "BIGINT"),
+    ),
+    "registration": (
+        ("group_id", "VARCHAR(26)"),
+        ("payer_id", 'VARCHAR(26) REFERENCES "user" (id) ON DELETE RESTRICT'),
+        ("checkin_time", "BIGINT"),
+    ),
+}
+
+
+def add_groups_teams_checkin(db: peewee.Database) -> None:
+    """Migration 120: group registration, payers, check-in, teams."""
+    for table, wanted in _NEW_COLUMNS.items():
+        present = {c.name for c in db.get_columns(table)}
+        for column, ddl in wanted:
+            if column not in present:
+                db.execute_sql(f'ALTER TABLE "{table}" ADD COLUMN {column} {ddl}')
+    db.execute_sql(
+        'CREATE INDEX IF NOT EXISTS registration_group ON "registration" (competition_id, group_id)'
+        " WHERE group_id IS NOT NULL"
+    )
+    db.create_tables(list(TEAM_MODELS), safe=True)

@@ -34,6 +34,11 @@ class Registrant(NamedTuple):
     user_id: str
 
 
+class WaitingRef(NamedTuple):
+    registration_id: str
+    waitlist_seq: int
+
+
 class OfferRef(NamedTuple):
     registration_id: str
     competition_id: str
@@ -52,6 +57,17 @@ def lock_competition(store: Store, comp_id: str) -> Competition | None:
     query = Competition.select().where(Competition.id == comp_id)
     if store.is_postgres:
         query = query.for_update()
+    return query.first()
+
+
+def lock_competition_after_insert(store: Store, comp_id: str) -> Competition | None:
+    """Like lock_competition, for a transaction that inserted registration rows first: on
+    PostgreSQL those inserts hold FOR KEY SHARE on the competition row (their foreign key),
+    which FOR UPDATE would wait for in another such transaction, and that one for ours (a
+    deadlock). FOR NO KEY UPDATE, what the seat UPDATE takes too, does not conflict with it."""
+    query = Competition.select().where(Competition.id == comp_id)
+    if store.is_postgres:
+        query = query.for_update("FOR NO KEY UPDATE")
     return query.first()
 
 
@@ -164,16 +180,63 @@ def registrants_in(comp_id: str, states: Collection[str]) -> list[Registrant]:
 
 
 def waitlist_position(reg: Registration) -> int:
-    """How many waitlisted registrations of its competition are at or ahead of `reg`."""
+    """How many waitlist entries of its competition are at or ahead of `reg` (the members
+    of a group share one waitlist number: a group is one entry)."""
     return (
-        Registration.select()
+        Registration.select(peewee.fn.COUNT(Registration.waitlist_seq.distinct()))
         .where(
             (Registration.competition == reg.competition_id)
             & (Registration.state == WAITLISTED)
             & (Registration.waitlist_seq <= reg.waitlist_seq)
         )
-        .count()
+        .scalar()
+        or 0
     )
+
+
+def waitlist_entry(comp_id: str, seq: int) -> list[Registration]:
+    """The waitlisted registrations sharing waitlist number `seq` (a group, or one)."""
+    return list(
+        Registration.select()
+        .where(
+            (Registration.competition == comp_id)
+            & (Registration.state == WAITLISTED)
+            & (Registration.waitlist_seq == seq)
+        )
+        .order_by(Registration.id)
+    )
+
+
+def group_members(comp_id: str, group_id: str, state: str = "") -> list[Registration]:
+    """The registrations of a group (only those in `state`, if given)."""
+    query = Registration.select().where(
+        (Registration.competition == comp_id) & (Registration.group_id == group_id)
+    )
+    if state:
+        query = query.where(Registration.state == state)
+    return list(query.order_by(Registration.id))
+
+
+def registrations_of_users(comp_id: str, user_ids: list[str]) -> dict[str, Registration]:
+    """Each of these users' registration for the competition, if any."""
+    rows = Registration.select().where(
+        (Registration.competition == comp_id) & Registration.user.in_(user_ids)
+    )
+    return {r.user_id: r for r in rows}
+
+
+def existing_users(user_ids: list[str]) -> set[str]:
+    """Which of these user ids exist."""
+    return {u.id for u in User.select(User.id).where(User.id.in_(user_ids))}
+
+
+def insert_registration_row(reg: Registration) -> None:
+    reg.save(force_insert=True)
+
+
+def delete_registration(reg: Registration) -> None:
+    """Removes an inactive registration row (its notification records go with it)."""
+    reg.delete_instance(recursive=False)
 
 
 def waitlist_head(comp_id: str) -> Registration | None:
@@ -186,14 +249,15 @@ def waitlist_head(comp_id: str) -> Registration | None:
     )
 
 
-def waitlist_order(comp_id: str) -> list[str]:
-    """Ids of the waitlisted registrations, head first."""
-    return [
-        r.id
-        for r in Registration.select(Registration.id)
+def waitlist_order(comp_id: str) -> list[WaitingRef]:
+    """The waitlisted registrations with their waitlist numbers, head first (the members
+    of a group share one number)."""
+    rows = (
+        Registration.select(Registration.id, Registration.waitlist_seq)
         .where((Registration.competition == comp_id) & (Registration.state == WAITLISTED))
-        .order_by(Registration.waitlist_seq)
-    ]
+        .order_by(Registration.waitlist_seq, Registration.id)
+    )
+    return [WaitingRef(r.id, r.waitlist_seq) for r in rows]
 
 
 def offers_due(now: datetime, limit: int) -> list[OfferRef]:

@@ -37,6 +37,7 @@ _HOT_COLUMNS = (
     "publish_time",
     "reminder_time",
     "reminder_lead_s",
+    "waitlist_extra",
 )
 _hot_sql: dict[str, dict[str, str]] = {}
 
@@ -55,6 +56,13 @@ class SeatRow(NamedTuple):
     publish_time: datetime | None
     reminder_time: datetime | None
     reminder_lead_s: int
+    # Waitlisted people beyond the first of each group: `waitlisted - waitlist_extra` entries.
+    waitlist_extra: int
+
+    @property
+    def waitlist_entries(self) -> int:
+        """Entries on the waitlist (a group counts once), the newcomer included."""
+        return self.waitlisted - self.waitlist_extra
 
 
 class Outlook(NamedTuple):
@@ -85,15 +93,17 @@ def _statements() -> tuple[Any, dict[str, str]]:
             "existing": f'SELECT id FROM "{reg}" WHERE competition_id = {p} AND user_id = {p}',
             "seat": (
                 f'UPDATE "{comp}" SET confirmed = confirmed + 1, update_time = {p}'
-                f" WHERE id = {p} AND confirmed + offered < capacity AND {window} RETURNING {returning}"
+                f" WHERE id = {p} AND confirmed + offered < capacity AND waitlisted = 0 AND {window}"
+                f" RETURNING {returning}"
             ),
             "waitlist": (
                 f'UPDATE "{comp}" SET waitlisted = waitlisted + 1, waitlist_seq = waitlist_seq + 1,'
-                f" update_time = {p} WHERE id = {p} AND confirmed + offered >= capacity AND {window}"
+                f" update_time = {p} WHERE id = {p} AND (confirmed + offered >= capacity OR waitlisted > 0)"
+                f" AND {window}"
                 f" RETURNING {returning}"
             ),
             "full": (
-                "SELECT confirmed + offered >= capacity, title, state, start_time"
+                "SELECT confirmed + offered >= capacity OR waitlisted > 0, title, state, start_time"
                 f' FROM "{comp}" WHERE id = {p}'
             ),
             "unnote": (
@@ -155,20 +165,21 @@ def _seat_update(kind: str, comp_id: str, now: datetime) -> SeatRow | None:
     if not values:
         return None
     got = values[0]
-    return SeatRow(*got[:7], _from_db(got[7]), _from_db(got[8]), got[9])
+    return SeatRow(*got[:7], _from_db(got[7]), _from_db(got[8]), got[9], got[10])
 
 
 def claim_seat(comp_id: str, now: datetime) -> SeatRow | None:
-    """Takes one seat: `confirmed + 1` only while `confirmed + offered < capacity` and `now`
-    is inside the registration window (published, DRAFT or OPEN, open_time <= now <
-    close_time). The row lock it takes on PostgreSQL (SQLite: the single writer) serializes
-    seat allocation. None: no seat (full, or outside the window)."""
+    """Takes one seat: `confirmed + 1` only while `confirmed + offered < capacity`, nobody
+    waits (a group at the head of the waitlist may be waiting for more seats than are free:
+    a newcomer must not pass it), and `now` is inside the registration window (published,
+    DRAFT or OPEN, open_time <= now < close_time). The row lock it takes on PostgreSQL
+    (SQLite: the single writer) serializes seat allocation. None: no seat (full, or outside the window)."""
     return _seat_update("seat", comp_id, now)
 
 
 def join_waitlist(comp_id: str, now: datetime) -> SeatRow | None:
-    """Hands out the next waitlist number, only while every seat is taken and `now` is inside
-    the registration window. None: a seat is free (or outside the window)."""
+    """Hands out the next waitlist number, only while every seat is taken or someone waits
+    already, and `now` is inside the registration window. None: a seat is free (or outside the window)."""
     return _seat_update("waitlist", comp_id, now)
 
 
