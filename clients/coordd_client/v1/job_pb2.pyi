@@ -55,7 +55,11 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     JOB_STATE_FAILED: _JobState.ValueType  # 4
     """Dead letter: out of attempts, failed without retry, or timed out; refunded."""
     JOB_STATE_CANCELLED: _JobState.ValueType  # 5
-    """Cancelled by its submitter or an admin; refunded."""
+    """Cancelled by its submitter or an admin, or because a parent was cancelled; refunded."""
+    JOB_STATE_PENDING: _JobState.ValueType  # 6
+    """Not claimable yet: waiting for its `schedule_time`, or for its parents to succeed. Its
+    budget is held.
+    """
 
 class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper):
     """Where a job is in its life."""
@@ -70,7 +74,11 @@ JOB_STATE_SUCCEEDED: JobState.ValueType  # 3
 JOB_STATE_FAILED: JobState.ValueType  # 4
 """Dead letter: out of attempts, failed without retry, or timed out; refunded."""
 JOB_STATE_CANCELLED: JobState.ValueType  # 5
-"""Cancelled by its submitter or an admin; refunded."""
+"""Cancelled by its submitter or an admin, or because a parent was cancelled; refunded."""
+JOB_STATE_PENDING: JobState.ValueType  # 6
+"""Not claimable yet: waiting for its `schedule_time`, or for its parents to succeed. Its
+budget is held.
+"""
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
 class _JobView:
@@ -241,6 +249,9 @@ class Job(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     FEE_FIELD_NUMBER: _builtins.int
+    SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
+    PARENTS_FIELD_NUMBER: _builtins.int
+    UNIQUE_KEY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `jobs/{job}`."""
     submitter: _builtins.str
@@ -265,6 +276,8 @@ class Job(_message.Message):
     """Why the job failed or was cancelled (the last attempt's error for a dead letter)."""
     fee: _builtins.int
     """Platform fee taken from the budget on success."""
+    unique_key: _builtins.str
+    """The unique key it was submitted with (empty: none)."""
     @_builtins.property
     def input(self) -> Global___Payload: ...
     @_builtins.property
@@ -297,6 +310,14 @@ class Job(_message.Message):
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobAttempt]:
         """Every attempt, oldest first (GetJob only)."""
 
+    @_builtins.property
+    def schedule_time(self) -> _timestamp_pb2.Timestamp:
+        """When the job was first claimable (as submitted; unset: at once)."""
+
+    @_builtins.property
+    def parents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`jobs/{job}` that must succeed before this one becomes claimable."""
+
     def __init__(
         self,
         *,
@@ -326,14 +347,60 @@ class Job(_message.Message):
         attempts: _abc.Iterable[Global___JobAttempt] | None = ...,
         error: _builtins.str = ...,
         fee: _builtins.int = ...,
+        schedule_time: _timestamp_pb2.Timestamp | None = ...,
+        parents: _abc.Iterable[_builtins.str] | None = ...,
+        unique_key: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "finish_time", b"finish_time", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "next_attempt_time", b"next_attempt_time", "output", b"output", "requirements", b"requirements", "schedule_to_close_timeout", b"schedule_to_close_timeout", "schedule_to_start_timeout", b"schedule_to_start_timeout", "start_time", b"start_time", "start_to_close_timeout", b"start_to_close_timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "finish_time", b"finish_time", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "next_attempt_time", b"next_attempt_time", "output", b"output", "requirements", b"requirements", "schedule_time", b"schedule_time", "schedule_to_close_timeout", b"schedule_to_close_timeout", "schedule_to_start_timeout", b"schedule_to_start_timeout", "start_time", b"start_time", "start_to_close_timeout", b"start_to_close_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "budget", b"budget", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "error", b"error", "fee", b"fee", "finish_time", b"finish_time", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "kind", b"kind", "max_attempts", b"max_attempts", "model_ref", b"model_ref", "name", b"name", "next_attempt_time", b"next_attempt_time", "output", b"output", "priority", b"priority", "progress", b"progress", "provider", b"provider", "requirements", b"requirements", "schedule_to_close_timeout", b"schedule_to_close_timeout", "schedule_to_start_timeout", b"schedule_to_start_timeout", "start_time", b"start_time", "start_to_close_timeout", b"start_to_close_timeout", "state", b"state", "submitter", b"submitter"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "budget", b"budget", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "error", b"error", "fee", b"fee", "finish_time", b"finish_time", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "kind", b"kind", "max_attempts", b"max_attempts", "model_ref", b"model_ref", "name", b"name", "next_attempt_time", b"next_attempt_time", "output", b"output", "parents", b"parents", "priority", b"priority", "progress", b"progress", "provider", b"provider", "requirements", b"requirements", "schedule_time", b"schedule_time", "schedule_to_close_timeout", b"schedule_to_close_timeout", "schedule_to_start_timeout", b"schedule_to_start_timeout", "start_time", b"start_time", "start_to_close_timeout", b"start_to_close_timeout", "state", b"state", "submitter", b"submitter", "unique_key", b"unique_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class UniqueOptions(_message.Message):
+    """Submission deduplication: a second submission with the same key by the same submitter
+    (and, with `per_model`, the same model_ref) is a duplicate while the first is unfinished,
+    or, with `window`, during `window` after the first submission whatever its state.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    PER_MODEL_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    RETURN_EXISTING_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """1..200 printable characters."""
+    per_model: _builtins.bool
+    """The key is scoped per model_ref too."""
+    return_existing: _builtins.bool
+    """A duplicate returns the existing job (SubmitJobResponse.already_existed) instead of
+    failing with ALREADY_EXISTS (whose ErrorInfo metadata `job` names the existing job).
+    """
+    @_builtins.property
+    def window(self) -> _duration_pb2.Duration:
+        """Unset: unique while the first job is not finished (pending, queued or running). Set
+        (1s..30d): unique for this long after the first submission.
+        """
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        per_model: _builtins.bool = ...,
+        window: _duration_pb2.Duration | None = ...,
+        return_existing: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "per_model", b"per_model", "return_existing", b"return_existing", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UniqueOptions: _TypeAlias = UniqueOptions  # noqa: Y015
 
 @_typing.final
 class Lease(_message.Message):
@@ -478,6 +545,9 @@ class SubmitJobRequest(_message.Message):
     START_TO_CLOSE_TIMEOUT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_TIMEOUT_FIELD_NUMBER: _builtins.int
     SCHEDULE_TO_CLOSE_TIMEOUT_FIELD_NUMBER: _builtins.int
+    SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
+    UNIQUE_FIELD_NUMBER: _builtins.int
+    PARENTS_FIELD_NUMBER: _builtins.int
     kind: Global___JobKind.ValueType
     model_ref: _builtins.str
     """Model reference, e.g. `hf://org/model@rev`. Required."""
@@ -509,6 +579,24 @@ class SubmitJobRequest(_message.Message):
     def schedule_to_close_timeout(self) -> _duration_pb2.Duration:
         """Longest time from submission to a result, over all attempts; unset: no limit."""
 
+    @_builtins.property
+    def schedule_time(self) -> _timestamp_pb2.Timestamp:
+        """Claimable from this time on (at most 366 days ahead); unset or past: at once. Until
+        then the job is PENDING. Schedule-to-start and schedule-to-close count from it.
+        """
+
+    @_builtins.property
+    def unique(self) -> Global___UniqueOptions:
+        """Deduplicate this submission; unset: never a duplicate."""
+
+    @_builtins.property
+    def parents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`jobs/{job}` (at most 32, the caller's own jobs) that must all succeed first. A parent
+        that fails or is cancelled fails or cancels this job, refunded. A finished parent that
+        did not succeed is FAILED_PRECONDITION (PARENT_FINISHED). Parents exist before their
+        children, so the graph has no cycle.
+        """
+
     def __init__(
         self,
         *,
@@ -523,10 +611,13 @@ class SubmitJobRequest(_message.Message):
         start_to_close_timeout: _duration_pb2.Duration | None = ...,
         heartbeat_timeout: _duration_pb2.Duration | None = ...,
         schedule_to_close_timeout: _duration_pb2.Duration | None = ...,
+        schedule_time: _timestamp_pb2.Timestamp | None = ...,
+        unique: Global___UniqueOptions | None = ...,
+        parents: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "requirements", b"requirements", "schedule_to_close_timeout", b"schedule_to_close_timeout", "schedule_to_start_timeout", b"schedule_to_start_timeout", "start_to_close_timeout", b"start_to_close_timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "requirements", b"requirements", "schedule_time", b"schedule_time", "schedule_to_close_timeout", b"schedule_to_close_timeout", "schedule_to_start_timeout", b"schedule_to_start_timeout", "start_to_close_timeout", b"start_to_close_timeout", "unique", b"unique"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "kind", b"kind", "max_attempts", b"max_attempts", "model_ref", b"model_ref", "priority", b"priority", "requirements", b"requirements", "schedule_to_close_timeout", b"schedule_to_close_timeout", "schedule_to_start_timeout", b"schedule_to_start_timeout", "start_to_close_timeout", b"start_to_close_timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "kind", b"kind", "max_attempts", b"max_attempts", "model_ref", b"model_ref", "parents", b"parents", "priority", b"priority", "requirements", b"requirements", "schedule_time", b"schedule_time", "schedule_to_close_timeout", b"schedule_to_close_timeout", "schedule_to_start_timeout", b"schedule_to_start_timeout", "start_to_close_timeout", b"start_to_close_timeout", "unique", b"unique"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -537,16 +628,20 @@ class SubmitJobResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
+    ALREADY_EXISTED_FIELD_NUMBER: _builtins.int
+    already_existed: _builtins.bool
+    """The submission was a duplicate (UniqueOptions.return_existing): `job` is the existing one."""
     @_builtins.property
     def job(self) -> Global___Job: ...
     def __init__(
         self,
         *,
         job: Global___Job | None = ...,
+        already_existed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_existed", b"already_existed", "job", b"job"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -907,6 +1002,56 @@ class HeartbeatJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HeartbeatJobResponse: _TypeAlias = HeartbeatJobResponse  # noqa: Y015
+
+@_typing.final
+class SnoozeJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_FIELD_NUMBER: _builtins.int
+    SNOOZE_TIME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Why; kept as the job's error text until it runs again."""
+    @_builtins.property
+    def lease(self) -> Global___Lease: ...
+    @_builtins.property
+    def snooze_time(self) -> _timestamp_pb2.Timestamp:
+        """Claimable again from this time (after now, at most 30 days ahead). Required."""
+
+    def __init__(
+        self,
+        *,
+        lease: Global___Lease | None = ...,
+        snooze_time: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "snooze_time", b"snooze_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "reason", b"reason", "snooze_time", b"snooze_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnoozeJobRequest: _TypeAlias = SnoozeJobRequest  # noqa: Y015
+
+@_typing.final
+class SnoozeJobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___Job: ...
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnoozeJobResponse: _TypeAlias = SnoozeJobResponse  # noqa: Y015
 
 @_typing.final
 class CompleteJobRequest(_message.Message):

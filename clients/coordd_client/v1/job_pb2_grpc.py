@@ -81,6 +81,11 @@ class JobServiceStub:
                 request_serializer=coordd_dot_v1_dot_job__pb2.HeartbeatJobRequest.SerializeToString,
                 response_deserializer=coordd_dot_v1_dot_job__pb2.HeartbeatJobResponse.FromString,
                 _registered_method=True)
+        self.SnoozeJob = channel.unary_unary(
+                '/coordd.v1.JobService/SnoozeJob',
+                request_serializer=coordd_dot_v1_dot_job__pb2.SnoozeJobRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_job__pb2.SnoozeJobResponse.FromString,
+                _registered_method=True)
         self.CompleteJob = channel.unary_unary(
                 '/coordd.v1.JobService/CompleteJob',
                 request_serializer=coordd_dot_v1_dot_job__pb2.CompleteJobRequest.SerializeToString,
@@ -196,6 +201,16 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SnoozeJob(self, request, context):
+        """Workers: puts a leased job back in line until `snooze_time` ("retry me at T"): the lease
+        ends, the attempt is not counted against max_attempts, and no attempt is recorded as
+        failed. A job whose cancellation was asked for is cancelled instead (FAILED_PRECONDITION
+        JOB_CANCELLED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CompleteJob(self, request, context):
         """Workers: records the result, signs an attestation and pays the provider, atomically.
         A stale lease (the job was rescued and leased again) is FAILED_PRECONDITION.
@@ -291,6 +306,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.HeartbeatJob,
                     request_deserializer=coordd_dot_v1_dot_job__pb2.HeartbeatJobRequest.FromString,
                     response_serializer=coordd_dot_v1_dot_job__pb2.HeartbeatJobResponse.SerializeToString,
+            ),
+            'SnoozeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.SnoozeJob,
+                    request_deserializer=coordd_dot_v1_dot_job__pb2.SnoozeJobRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_job__pb2.SnoozeJobResponse.SerializeToString,
             ),
             'CompleteJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CompleteJob,
@@ -551,6 +571,33 @@ class JobService:
             '/coordd.v1.JobService/HeartbeatJob',
             coordd_dot_v1_dot_job__pb2.HeartbeatJobRequest.SerializeToString,
             coordd_dot_v1_dot_job__pb2.HeartbeatJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SnoozeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.JobService/SnoozeJob',
+            coordd_dot_v1_dot_job__pb2.SnoozeJobRequest.SerializeToString,
+            coordd_dot_v1_dot_job__pb2.SnoozeJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

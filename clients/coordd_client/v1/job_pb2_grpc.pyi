@@ -75,6 +75,12 @@ class JobServiceStub:
     """
     HeartbeatJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.HeartbeatJobRequest, _job_pb2.HeartbeatJobResponse]
     """Workers: extends the lease and reports progress; the reply says if the job was cancelled."""
+    SnoozeJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.SnoozeJobRequest, _job_pb2.SnoozeJobResponse]
+    """Workers: puts a leased job back in line until `snooze_time` ("retry me at T"): the lease
+    ends, the attempt is not counted against max_attempts, and no attempt is recorded as
+    failed. A job whose cancellation was asked for is cancelled instead (FAILED_PRECONDITION
+    JOB_CANCELLED).
+    """
     CompleteJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.CompleteJobRequest, _job_pb2.CompleteJobResponse]
     """Workers: records the result, signs an attestation and pays the provider, atomically.
     A stale lease (the job was rescued and leased again) is FAILED_PRECONDITION.
@@ -145,6 +151,12 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     HeartbeatJob: _aio.UnaryUnaryMultiCallable[_job_pb2.HeartbeatJobRequest, _job_pb2.HeartbeatJobResponse]  # type: ignore[assignment]
     """Workers: extends the lease and reports progress; the reply says if the job was cancelled."""
+    SnoozeJob: _aio.UnaryUnaryMultiCallable[_job_pb2.SnoozeJobRequest, _job_pb2.SnoozeJobResponse]  # type: ignore[assignment]
+    """Workers: puts a leased job back in line until `snooze_time` ("retry me at T"): the lease
+    ends, the attempt is not counted against max_attempts, and no attempt is recorded as
+    failed. A job whose cancellation was asked for is cancelled instead (FAILED_PRECONDITION
+    JOB_CANCELLED).
+    """
     CompleteJob: _aio.UnaryUnaryMultiCallable[_job_pb2.CompleteJobRequest, _job_pb2.CompleteJobResponse]  # type: ignore[assignment]
     """Workers: records the result, signs an attestation and pays the provider, atomically.
     A stale lease (the job was rescued and leased again) is FAILED_PRECONDITION.
@@ -260,6 +272,18 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_job_pb2.HeartbeatJobResponse, _abc.Awaitable[_job_pb2.HeartbeatJobResponse]]:
         """Workers: extends the lease and reports progress; the reply says if the job was cancelled."""
+
+    @_abc_1.abstractmethod
+    def SnoozeJob(
+        self,
+        request: _job_pb2.SnoozeJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.SnoozeJobResponse, _abc.Awaitable[_job_pb2.SnoozeJobResponse]]:
+        """Workers: puts a leased job back in line until `snooze_time` ("retry me at T"): the lease
+        ends, the attempt is not counted against max_attempts, and no attempt is recorded as
+        failed. A job whose cancellation was asked for is cancelled instead (FAILED_PRECONDITION
+        JOB_CANCELLED).
+        """
 
     @_abc_1.abstractmethod
     def CompleteJob(

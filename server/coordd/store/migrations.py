@@ -62,6 +62,11 @@ MIGRATIONS: list[Migration] = [
         12, "jobs: partial indexes, failure-only attempt rows, signature on the job", job_m.lean_hot_path
     ),
     Migration(
+        110,
+        "jobs: pending jobs (schedule time, snooze, parents), dependencies, unique keys",
+        job_m.add_pending,
+    ),
+    Migration(
         40,
         "competition: competitions, transitions, registrations, entries, results, notifications",
         _create(*competition_m.ALL_MODELS),

@@ -10,7 +10,8 @@ someone else cannot complete, fail or heartbeat the job any more.
 Modules: `states` and `policy` (names, limits, knobs), `specs` (validated input),
 `submission`, `leases` (claims, heartbeats, hand-backs), `completion` (results and payment)
 with `attestation` (the signed statement), `retry` (backoff, dead letters, requeue),
-`cancellation`, `views` (reads and queue stats), `maintenance` (the scheduler's tasks),
+`cancellation`, `unique` (deduplicated submissions), `graph` (parents, pending jobs and their
+release), `control` (snooze), `views` (reads and queue stats), `maintenance` (the scheduler's tasks),
 `transitions` (the state changes they share). Statements live in `coordd.store.jobs`; money
 moves through `coordd.domain.ledger`.
 """
@@ -18,6 +19,7 @@ moves through `coordd.domain.ledger`.
 from coordd.domain.jobs.attestation import Attestation, attestation_of, statement, statement_json
 from coordd.domain.jobs.cancellation import cancel
 from coordd.domain.jobs.completion import Completion, complete, complete_many
+from coordd.domain.jobs.control import snooze
 from coordd.domain.jobs.leases import (
     Heartbeat,
     Leased,
@@ -31,6 +33,7 @@ from coordd.domain.jobs.maintenance import (
     enforce_deadlines,
     fail_undeliverable,
     purge_payloads,
+    release_pending,
     rescue_expired_leases,
 )
 from coordd.domain.jobs.policy import (
@@ -46,6 +49,7 @@ from coordd.domain.jobs.specs import (
     JobSpec,
     LeaseRef,
     Payload,
+    UniqueSpec,
     Worker,
     check_lease,
     check_payload,
@@ -53,6 +57,7 @@ from coordd.domain.jobs.specs import (
     claim_bytes,
     make_spec,
     reply_budget,
+    with_scheduling,
 )
 from coordd.domain.jobs.states import (
     CANCELLED,
@@ -65,17 +70,29 @@ from coordd.domain.jobs.states import (
     MAX_CLAIM,
     MAX_INLINE_BYTES,
     MAX_LABELS,
+    MAX_PARENTS,
     MAX_PRIORITY,
     MAX_SUBMIT_BATCH,
     MAX_TIMEOUT_MS,
     MIN_REPLY_BYTES,
+    PENDING,
     QUEUE_KEY,
     QUEUED,
     RUNNING,
     SUCCEEDED,
     TERMINAL,
+    UNFINISHED,
 )
-from coordd.domain.jobs.submission import insert_job, insert_jobs, submit, submit_many
+from coordd.domain.jobs.submission import (
+    Submitted,
+    insert_job,
+    insert_jobs,
+    insert_submissions,
+    submit,
+    submit_batch,
+    submit_many,
+    submit_one,
+)
 from coordd.domain.jobs.views import (
     JobView,
     QueueStats,
@@ -105,15 +122,18 @@ __all__ = [
     "MAX_CLAIM",
     "MAX_INLINE_BYTES",
     "MAX_LABELS",
+    "MAX_PARENTS",
     "MAX_PRIORITY",
     "MAX_SUBMIT_BATCH",
     "MAX_TIMEOUT_MS",
     "MIN_REPLY_BYTES",
+    "PENDING",
     "QUEUED",
     "QUEUE_KEY",
     "RUNNING",
     "SUCCEEDED",
     "TERMINAL",
+    "UNFINISHED",
     "Attestation",
     "Completion",
     "Heartbeat",
@@ -125,6 +145,8 @@ __all__ = [
     "Leased",
     "Payload",
     "QueueStats",
+    "Submitted",
+    "UniqueSpec",
     "Worker",
     "attempt_history",
     "attestation_of",
@@ -146,6 +168,7 @@ __all__ = [
     "heartbeat",
     "insert_job",
     "insert_jobs",
+    "insert_submissions",
     "largest_reply_budget",
     "list_jobs",
     "make_spec",
@@ -155,14 +178,19 @@ __all__ = [
     "purge_payloads",
     "queue_position",
     "queue_stats",
+    "release_pending",
     "reply_budget",
     "requeue",
     "rescue_expired_leases",
     "return_leases",
     "set_policy",
+    "snooze",
     "statement",
     "statement_json",
     "submit",
+    "submit_batch",
     "submit_many",
+    "submit_one",
     "watch_view",
+    "with_scheduling",
 ]

@@ -72,6 +72,14 @@ class Job(IdModel):
     # cost more PostgreSQL CPU than the rest of the completion together.
     attestation_key_id = peewee.CharField(max_length=64, default="")
     attestation_sig = peewee.BlobField(null=True)
+    # Migration 110. While `pending`, the job waits for `run_after` (its schedule time, or a
+    # snooze) and for `parents_left` parents to succeed; it is outside the claim index.
+    schedule_time = TimestampField(null=True)
+    unique_key = peewee.CharField(max_length=200, default="")
+    parents = JSONField(default=list)
+    parents_left = peewee.IntegerField(default=0)
+    # Some job lists this one as a parent: its completion or failure must reach them.
+    has_children = peewee.BooleanField(default=False)
 
     class Meta:
         indexes = ((("submitter", "id"), False),)
@@ -102,6 +110,26 @@ class JobAttempt(BaseModel):
 
     class Meta:
         indexes = ((("job", "attempt"), True),)
+
+
+class JobDependency(BaseModel):
+    """One edge of the job graph: `job` waits for `parent` (migration 110)."""
+
+    parent = peewee.CharField(max_length=26)
+    job = peewee.CharField(max_length=26)
+
+    class Meta:
+        primary_key = peewee.CompositeKey("parent", "job")
+
+
+class JobUnique(BaseModel):
+    """The claimed unique keys (migration 110): `key` is the SHA-256 of (submitter, model
+    ref if per model, key); its primary key is what makes a racing duplicate impossible.
+    `expire_time` is set for a windowed key; without it the key is free once `job` finished."""
+
+    key = peewee.CharField(max_length=64, primary_key=True)
+    job = peewee.CharField(max_length=26)
+    expire_time = TimestampField(null=True)
 
 
 class JobAttestation(BaseModel):
@@ -161,3 +189,28 @@ def lean_hot_path(db: peewee.Database) -> None:
         db.execute_sql(f"CREATE INDEX IF NOT EXISTS {name} ON job ({columns}) WHERE {predicate}")
     # The running or succeeded attempt is read from the job row from now on.
     db.execute_sql("DELETE FROM job_attempt WHERE outcome IN ('running', 'succeeded')")
+
+
+_PENDING_COLUMNS = (
+    ("schedule_time", "BIGINT"),
+    ("unique_key", "VARCHAR(200) NOT NULL DEFAULT ''"),
+    ("parents", "TEXT NOT NULL DEFAULT '[]'"),
+    ("parents_left", "INTEGER NOT NULL DEFAULT 0"),
+    ("has_children", "BOOLEAN NOT NULL DEFAULT FALSE"),
+)
+
+
+def add_pending(db: peewee.Database) -> None:
+    """Migration 110: pending jobs (schedule time, snooze, parents), the dependency edges and
+    the unique keys. Pending jobs are released through their own partial index, so the claim
+    index (queued only) never walks jobs that cannot run yet."""
+    columns = {c.name for c in db.get_columns("job")}
+    for name, ddl in _PENDING_COLUMNS:
+        if name not in columns:  # installs that started with this model have them already
+            db.execute_sql(f"ALTER TABLE job ADD COLUMN {name} {ddl}")
+    db.create_tables([JobDependency, JobUnique], safe=True)
+    db.execute_sql("CREATE INDEX IF NOT EXISTS job_dependency_child ON job_dependency (job)")
+    db.execute_sql(
+        "CREATE INDEX IF NOT EXISTS job_pending_due ON job (run_after)"
+        " WHERE state = 'pending' AND parents_left = 0"
+    )

@@ -208,6 +208,8 @@ class LeasedRow(NamedTuple):
     attempt: int
     start_time: datetime
     budget: int
+    # Some pending job waits for this one (domain.jobs.graph).
+    has_children: bool
 
 
 def lock_leased(store: Store, provider_id: str, leases: list[tuple[str, int, str]]) -> list[LeasedRow]:
@@ -225,7 +227,8 @@ def lock_leased(store: Store, provider_id: str, leases: list[tuple[str, int, str
     concat = "job.id || ':' || job.attempt || ':' || job.lease_id"
     sql = (
         "SELECT job.id, job.submitter, job.kind, job.model_ref, job.input_digest, job.attempt,"
-        f" job.start_time, job.budget FROM job WHERE job.id IN ({', '.join([p] * len(leases))})"
+        " job.start_time, job.budget, job.has_children"
+        f" FROM job WHERE job.id IN ({', '.join([p] * len(leases))})"
         f" AND {concat} IN ({', '.join([p] * len(leases))})"
         f" AND job.state = 'running' AND job.provider = {p} AND NOT job.cancel_requested"
     )
@@ -236,7 +239,7 @@ def lock_leased(store: Store, provider_id: str, leases: list[tuple[str, int, str
     params.append(provider_id)
     to_time = TimestampField().python_value
     return [
-        LeasedRow(r[0], r[1], r[2], r[3], r[4], int(r[5]), to_time(r[6]), int(r[7]))
+        LeasedRow(r[0], r[1], r[2], r[3], r[4], int(r[5]), to_time(r[6]), int(r[7]), bool(r[8]))
         for r in store.db.execute_sql(sql, params).fetchall()
     ]
 

@@ -1,0 +1,168 @@
+"""coordctl against a real daemon (scheduler on): `worker run` snoozes a job whose command
+exits 75 without spending its attempt, and stops a command whose job is cancelled (learned
+from the heartbeat reply); `--json` works after the subcommand; `job watch --json` is JSON
+lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.support.process import COORDCTL, Daemon, admin_create_user
+
+pytestmark = pytest.mark.e2e
+
+# Asks for a 1s snooze on its first attempt, then echoes its input.
+SNOOZER = (
+    "import os, sys\n"
+    "if os.environ['COORDCTL_JOB_ATTEMPT'] == '1':\n"
+    "    print('1')\n"
+    "    sys.exit(75)\n"
+    "sys.stdout.write(sys.stdin.read())\n"
+)
+
+
+def _env(daemon: Daemon) -> dict[str, str]:
+    # PYTHONPATH: the coordctl of this checkout, not the installed one.
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        "XDG_CONFIG_HOME": str(daemon.data_dir.parent / "cfg"),
+    }
+
+
+def _coordctl(daemon: Daemon, key: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [COORDCTL, "--target", daemon.target, "--api-key", key, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(daemon),
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def test_worker_snoozes_a_job_whose_command_exits_75_and_runs_it_again_later(tmp_path):
+    daemon = Daemon(tmp_path / "data").wait_ready()
+    try:
+        submitter = admin_create_user(daemon, "sub@example.com", "participant")["api_key_secret"]
+        provider = admin_create_user(daemon, "gpu@example.com", "provider")["api_key_secret"]
+        submitted = _coordctl(
+            daemon,
+            submitter,
+            "job",
+            "submit",
+            "--model",
+            "m",
+            "--input-data",
+            "hi",
+            "--max-attempts",
+            "1",
+            "--json",
+        )
+        assert submitted.returncode == 0, submitted.stderr
+        job = json.loads(submitted.stdout)["name"]
+        worker = _coordctl(
+            daemon,
+            provider,
+            "worker",
+            "run",
+            "--json",
+            "--wait",
+            "10",
+            "--max-jobs",
+            "2",
+            "--",
+            sys.executable,
+            "-c",
+            SNOOZER,
+            timeout=120,
+        )
+        assert worker.returncode == 0, worker.stderr
+        kinds = [e["event"] for e in _events(worker.stdout)]
+        assert kinds.count("job claimed") == 2
+        assert "job snoozed" in kinds and "job completed" in kinds
+        shown = json.loads(_coordctl(daemon, submitter, "job", "get", job, "--json").stdout)
+        # max_attempts 1, yet it succeeded on its second lease: the snooze spent no attempt.
+        assert shown["state"] == "JOB_STATE_SUCCEEDED"
+        assert [a["outcome"] for a in shown["attempts"]] == ["snoozed", "succeeded"]
+        watched = _coordctl(daemon, submitter, "job", "watch", job, "--json")
+        lines = watched.stdout.splitlines()
+        assert lines and all(json.loads(line)["job"]["name"] == job for line in lines)  # JSON lines
+        listed = _coordctl(daemon, submitter, "job", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert [j["name"] for j in json.loads(listed.stdout)["jobs"]] == [job]
+    finally:
+        daemon.stop()
+
+
+def test_worker_stops_the_command_of_a_job_cancelled_while_running(tmp_path):
+    daemon = Daemon(tmp_path / "data").wait_ready()
+    try:
+        submitter = admin_create_user(daemon, "sub@example.com", "participant")["api_key_secret"]
+        provider = admin_create_user(daemon, "gpu@example.com", "provider")["api_key_secret"]
+        job = json.loads(
+            _coordctl(
+                daemon,
+                submitter,
+                "--json",
+                "job",
+                "submit",
+                "--model",
+                "m",
+                "--input-data",
+                "x",
+                "--heartbeat-timeout",
+                "1.5",
+            ).stdout
+        )["name"]
+        worker = subprocess.Popen(
+            [
+                COORDCTL,
+                "--target",
+                daemon.target,
+                "--api-key",
+                provider,
+                "--json",
+                "worker",
+                "run",
+                "--once",
+                "--wait",
+                "5",
+                "--",
+                sys.executable,
+                "-c",
+                "import time; time.sleep(120)",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(daemon),
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                state = json.loads(_coordctl(daemon, submitter, "--json", "job", "get", job).stdout)["state"]
+                if state == "JOB_STATE_RUNNING":
+                    break
+                time.sleep(0.2)
+            cancelled = _coordctl(daemon, submitter, "job", "cancel", job)
+            assert cancelled.returncode == 0, cancelled.stderr
+            out, err = worker.communicate(timeout=60)  # far less than the command's 120s sleep
+        finally:
+            worker.kill()
+        assert worker.returncode == 0, err
+        assert "job cancelled" in [e["event"] for e in _events(out)]
+        shown = json.loads(_coordctl(daemon, submitter, "--json", "job", "get", job).stdout)
+        assert shown["state"] == "JOB_STATE_CANCELLED"
+    finally:
+        daemon.stop()
