@@ -109,6 +109,32 @@ JOB_VIEW_FULL: JobView.ValueType  # 2
 """Everything, inline payload bytes included."""
 Global___JobView: _TypeAlias = JobView  # noqa: Y015
 
+class _JobLimitScope:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobLimitScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobLimitScope.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_LIMIT_SCOPE_UNSPECIFIED: _JobLimitScope.ValueType  # 0
+    JOB_LIMIT_SCOPE_SUBMITTER: _JobLimitScope.ValueType  # 1
+    """`key` is `users/{user}`, or `*`: each submitter (a user's own cap overrides it)."""
+    JOB_LIMIT_SCOPE_MODEL: _JobLimitScope.ValueType  # 2
+    """`key` is a model_ref."""
+    JOB_LIMIT_SCOPE_LABEL: _JobLimitScope.ValueType  # 3
+    """`key` is a required label (queue label)."""
+
+class JobLimitScope(_JobLimitScope, metaclass=_JobLimitScopeEnumTypeWrapper):
+    """What a concurrency cap counts."""
+
+JOB_LIMIT_SCOPE_UNSPECIFIED: JobLimitScope.ValueType  # 0
+JOB_LIMIT_SCOPE_SUBMITTER: JobLimitScope.ValueType  # 1
+"""`key` is `users/{user}`, or `*`: each submitter (a user's own cap overrides it)."""
+JOB_LIMIT_SCOPE_MODEL: JobLimitScope.ValueType  # 2
+"""`key` is a model_ref."""
+JOB_LIMIT_SCOPE_LABEL: JobLimitScope.ValueType  # 3
+"""`key` is a required label (queue label)."""
+Global___JobLimitScope: _TypeAlias = JobLimitScope  # noqa: Y015
+
 @_typing.final
 class Payload(_message.Message):
     """Inline bytes or a URI, with the SHA-256 digest that identifies the content."""
@@ -1272,6 +1298,111 @@ class RequeueJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RequeueJobResponse: _TypeAlias = RequeueJobResponse  # noqa: Y015
+
+@_typing.final
+class JobLimit(_message.Message):
+    """At most `max_running` jobs of `scope`/`key` run at once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCOPE_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    MAX_RUNNING_FIELD_NUMBER: _builtins.int
+    scope: Global___JobLimitScope.ValueType
+    key: _builtins.str
+    max_running: _builtins.int
+    """1..1000000; 0 in SetJobLimit removes the cap."""
+    def __init__(
+        self,
+        *,
+        scope: Global___JobLimitScope.ValueType = ...,
+        key: _builtins.str = ...,
+        max_running: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "max_running", b"max_running", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobLimit: _TypeAlias = JobLimit  # noqa: Y015
+
+@_typing.final
+class SetJobLimitRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def limit(self) -> Global___JobLimit: ...
+    def __init__(
+        self,
+        *,
+        limit: Global___JobLimit | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetJobLimitRequest: _TypeAlias = SetJobLimitRequest  # noqa: Y015
+
+@_typing.final
+class SetJobLimitResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobLimit]:
+        """Every cap after the change."""
+
+    def __init__(
+        self,
+        *,
+        limits: _abc.Iterable[Global___JobLimit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetJobLimitResponse: _TypeAlias = SetJobLimitResponse  # noqa: Y015
+
+@_typing.final
+class ListJobLimitsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJobLimitsRequest: _TypeAlias = ListJobLimitsRequest  # noqa: Y015
+
+@_typing.final
+class ListJobLimitsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobLimit]: ...
+    def __init__(
+        self,
+        *,
+        limits: _abc.Iterable[Global___JobLimit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJobLimitsResponse: _TypeAlias = ListJobLimitsResponse  # noqa: Y015
 
 @_typing.final
 class GetAttestationRequest(_message.Message):

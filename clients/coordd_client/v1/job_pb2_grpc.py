@@ -106,6 +106,16 @@ class JobServiceStub:
                 request_serializer=coordd_dot_v1_dot_job__pb2.RequeueJobRequest.SerializeToString,
                 response_deserializer=coordd_dot_v1_dot_job__pb2.RequeueJobResponse.FromString,
                 _registered_method=True)
+        self.SetJobLimit = channel.unary_unary(
+                '/coordd.v1.JobService/SetJobLimit',
+                request_serializer=coordd_dot_v1_dot_job__pb2.SetJobLimitRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_job__pb2.SetJobLimitResponse.FromString,
+                _registered_method=True)
+        self.ListJobLimits = channel.unary_unary(
+                '/coordd.v1.JobService/ListJobLimits',
+                request_serializer=coordd_dot_v1_dot_job__pb2.ListJobLimitsRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_job__pb2.ListJobLimitsResponse.FromString,
+                _registered_method=True)
         self.GetAttestation = channel.unary_unary(
                 '/coordd.v1.JobService/GetAttestation',
                 request_serializer=coordd_dot_v1_dot_job__pb2.GetAttestationRequest.SerializeToString,
@@ -243,6 +253,21 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetJobLimit(self, request, context):
+        """Operators: sets a concurrency cap (at most `max_running` running jobs of a submitter, a
+        model ref or a label); max_running 0 removes it. Claims on every replica honour it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobLimits(self, request, context):
+        """Operators: every concurrency cap.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetAttestation(self, request, context):
         """The signed attestation of a succeeded job (DSSE envelope around an in-toto statement).
         """
@@ -331,6 +356,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.RequeueJob,
                     request_deserializer=coordd_dot_v1_dot_job__pb2.RequeueJobRequest.FromString,
                     response_serializer=coordd_dot_v1_dot_job__pb2.RequeueJobResponse.SerializeToString,
+            ),
+            'SetJobLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetJobLimit,
+                    request_deserializer=coordd_dot_v1_dot_job__pb2.SetJobLimitRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_job__pb2.SetJobLimitResponse.SerializeToString,
+            ),
+            'ListJobLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobLimits,
+                    request_deserializer=coordd_dot_v1_dot_job__pb2.ListJobLimitsRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_job__pb2.ListJobLimitsResponse.SerializeToString,
             ),
             'GetAttestation': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAttestation,
@@ -706,6 +741,60 @@ class JobService:
             '/coordd.v1.JobService/RequeueJob',
             coordd_dot_v1_dot_job__pb2.RequeueJobRequest.SerializeToString,
             coordd_dot_v1_dot_job__pb2.RequeueJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetJobLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.JobService/SetJobLimit',
+            coordd_dot_v1_dot_job__pb2.SetJobLimitRequest.SerializeToString,
+            coordd_dot_v1_dot_job__pb2.SetJobLimitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.JobService/ListJobLimits',
+            coordd_dot_v1_dot_job__pb2.ListJobLimitsRequest.SerializeToString,
+            coordd_dot_v1_dot_job__pb2.ListJobLimitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

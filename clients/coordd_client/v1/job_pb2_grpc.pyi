@@ -97,6 +97,12 @@ class JobServiceStub:
     """Operators: moves a FAILED (dead-lettered) job back to QUEUED with a fresh set of
     attempts, holding its budget again.
     """
+    SetJobLimit: _grpc.UnaryUnaryMultiCallable[_job_pb2.SetJobLimitRequest, _job_pb2.SetJobLimitResponse]
+    """Operators: sets a concurrency cap (at most `max_running` running jobs of a submitter, a
+    model ref or a label); max_running 0 removes it. Claims on every replica honour it.
+    """
+    ListJobLimits: _grpc.UnaryUnaryMultiCallable[_job_pb2.ListJobLimitsRequest, _job_pb2.ListJobLimitsResponse]
+    """Operators: every concurrency cap."""
     GetAttestation: _grpc.UnaryUnaryMultiCallable[_job_pb2.GetAttestationRequest, _job_pb2.GetAttestationResponse]
     """The signed attestation of a succeeded job (DSSE envelope around an in-toto statement)."""
     GetSigningKey: _grpc.UnaryUnaryMultiCallable[_job_pb2.GetSigningKeyRequest, _job_pb2.GetSigningKeyResponse]
@@ -173,6 +179,12 @@ class JobServiceAsyncStub(JobServiceStub):
     """Operators: moves a FAILED (dead-lettered) job back to QUEUED with a fresh set of
     attempts, holding its budget again.
     """
+    SetJobLimit: _aio.UnaryUnaryMultiCallable[_job_pb2.SetJobLimitRequest, _job_pb2.SetJobLimitResponse]  # type: ignore[assignment]
+    """Operators: sets a concurrency cap (at most `max_running` running jobs of a submitter, a
+    model ref or a label); max_running 0 removes it. Claims on every replica honour it.
+    """
+    ListJobLimits: _aio.UnaryUnaryMultiCallable[_job_pb2.ListJobLimitsRequest, _job_pb2.ListJobLimitsResponse]  # type: ignore[assignment]
+    """Operators: every concurrency cap."""
     GetAttestation: _aio.UnaryUnaryMultiCallable[_job_pb2.GetAttestationRequest, _job_pb2.GetAttestationResponse]  # type: ignore[assignment]
     """The signed attestation of a succeeded job (DSSE envelope around an in-toto statement)."""
     GetSigningKey: _aio.UnaryUnaryMultiCallable[_job_pb2.GetSigningKeyRequest, _job_pb2.GetSigningKeyResponse]  # type: ignore[assignment]
@@ -324,6 +336,24 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Operators: moves a FAILED (dead-lettered) job back to QUEUED with a fresh set of
         attempts, holding its budget again.
         """
+
+    @_abc_1.abstractmethod
+    def SetJobLimit(
+        self,
+        request: _job_pb2.SetJobLimitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.SetJobLimitResponse, _abc.Awaitable[_job_pb2.SetJobLimitResponse]]:
+        """Operators: sets a concurrency cap (at most `max_running` running jobs of a submitter, a
+        model ref or a label); max_running 0 removes it. Claims on every replica honour it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListJobLimits(
+        self,
+        request: _job_pb2.ListJobLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.ListJobLimitsResponse, _abc.Awaitable[_job_pb2.ListJobLimitsResponse]]:
+        """Operators: every concurrency cap."""
 
     @_abc_1.abstractmethod
     def GetAttestation(

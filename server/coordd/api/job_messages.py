@@ -246,3 +246,25 @@ def lease_from_proto(lease: job_pb2.Lease, present: bool) -> jobs.LeaseRef:
     if not present:
         raise InvalidArgument("lease is required", violations=[FieldViolation("lease", "required")])
     return jobs.check_lease(job_id_of(lease.job, "lease.job"), lease.attempt, lease.lease_id)
+
+
+LIMIT_SCOPES = {
+    job_pb2.JOB_LIMIT_SCOPE_SUBMITTER: "submitter",
+    job_pb2.JOB_LIMIT_SCOPE_MODEL: "model",
+    job_pb2.JOB_LIMIT_SCOPE_LABEL: "label",
+}
+_LIMIT_SCOPE_PROTO = {v: k for k, v in LIMIT_SCOPES.items()}
+
+
+def limit_from_proto(limit: job_pb2.JobLimit) -> tuple[str, str, int]:
+    """(scope, key, max_running); a submitter key `users/{user}` becomes the user id."""
+    scope = LIMIT_SCOPES.get(limit.scope, "")
+    key = limit.key
+    if scope == "submitter" and key != "*":
+        key = parse_name(key, "users", "limit.key")
+    return scope, key, limit.max_running
+
+
+def limit_to_proto(scope: str, key: str, max_running: int) -> job_pb2.JobLimit:
+    shown = f"users/{key}" if scope == "submitter" and key != "*" else key
+    return job_pb2.JobLimit(scope=_LIMIT_SCOPE_PROTO[scope], key=shown, max_running=max_running)

@@ -24,6 +24,8 @@ from coordd.api.job_messages import (
     job_to_proto,
     lease_from_proto,
     leased_to_proto,
+    limit_from_proto,
+    limit_to_proto,
     ms_of,
     parents_from_proto,
     payload_from_proto,
@@ -461,6 +463,21 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
         who = require_user()
         job = await self.rt.run(jobs.requeue, self.rt, who, job_id_of(request.name))
         return job_pb2.RequeueJobResponse(job=job_to_proto(job))
+
+    async def SetJobLimit(
+        self, request: job_pb2.SetJobLimitRequest, context: Any
+    ) -> job_pb2.SetJobLimitResponse:
+        require_user()
+        scope, key, max_running = limit_from_proto(request.limit)
+        limits = await self.rt.run(jobs.set_limit, self.rt, scope, key, max_running)
+        return job_pb2.SetJobLimitResponse(limits=[limit_to_proto(*x) for x in limits])
+
+    async def ListJobLimits(
+        self, request: job_pb2.ListJobLimitsRequest, context: Any
+    ) -> job_pb2.ListJobLimitsResponse:
+        require_user()
+        limits = await self.rt.run(jobs.list_limits, self.rt)
+        return job_pb2.ListJobLimitsResponse(limits=[limit_to_proto(*x) for x in limits])
 
     async def GetAttestation(
         self, request: job_pb2.GetAttestationRequest, context: Any

@@ -66,6 +66,7 @@ MIGRATIONS: list[Migration] = [
         "jobs: pending jobs (schedule time, snooze, parents), dependencies, unique keys",
         job_m.add_pending,
     ),
+    Migration(111, "jobs: concurrency caps per submitter, model and label", job_m.add_limits),
     Migration(
         40,
         "competition: competitions, transitions, registrations, entries, results, notifications",

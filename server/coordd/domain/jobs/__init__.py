@@ -11,7 +11,8 @@ Modules: `states` and `policy` (names, limits, knobs), `specs` (validated input)
 `submission`, `leases` (claims, heartbeats, hand-backs), `completion` (results and payment)
 with `attestation` (the signed statement), `retry` (backoff, dead letters, requeue),
 `cancellation`, `unique` (deduplicated submissions), `graph` (parents, pending jobs and their
-release), `control` (snooze), `views` (reads and queue stats), `maintenance` (the scheduler's tasks),
+release), `control` (snooze), `limits` (concurrency caps), `views` (reads and queue stats),
+`maintenance` (the scheduler's tasks),
 `transitions` (the state changes they share). Statements live in `coordd.store.jobs`; money
 moves through `coordd.domain.ledger`.
 """
@@ -29,6 +30,7 @@ from coordd.domain.jobs.leases import (
     largest_reply_budget,
     return_leases,
 )
+from coordd.domain.jobs.limits import list_limits, set_limit
 from coordd.domain.jobs.maintenance import (
     enforce_deadlines,
     fail_undeliverable,
@@ -171,6 +173,7 @@ __all__ = [
     "insert_submissions",
     "largest_reply_budget",
     "list_jobs",
+    "list_limits",
     "make_spec",
     "payloads",
     "platform_fee",
@@ -183,6 +186,7 @@ __all__ = [
     "requeue",
     "rescue_expired_leases",
     "return_leases",
+    "set_limit",
     "set_policy",
     "snooze",
     "statement",

@@ -132,6 +132,18 @@ class JobUnique(BaseModel):
     expire_time = TimestampField(null=True)
 
 
+class JobLimit(BaseModel):
+    """A concurrency cap (migration 111): at most `max_running` running jobs of one
+    submitter (`key` a user id, or `*`: each submitter), one model ref, or one label."""
+
+    scope = peewee.CharField(max_length=16)  # submitter | model | label
+    key = peewee.CharField(max_length=500)
+    max_running = peewee.IntegerField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("scope", "key")
+
+
 class JobAttestation(BaseModel):
     """Attestations signed before migration 12, which stored the whole envelope per job; read
     only for those jobs."""
@@ -214,3 +226,8 @@ def add_pending(db: peewee.Database) -> None:
         "CREATE INDEX IF NOT EXISTS job_pending_due ON job (run_after)"
         " WHERE state = 'pending' AND parents_left = 0"
     )
+
+
+def add_limits(db: peewee.Database) -> None:
+    """Migration 111: concurrency caps."""
+    db.create_tables([JobLimit], safe=True)

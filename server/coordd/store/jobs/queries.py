@@ -128,6 +128,26 @@ def _fitting(candidates: str, p: str) -> str:
     )
 
 
+def claimable_where(
+    store: Store, now: datetime, labels: frozenset[str], gpus: int
+) -> tuple[list[str], list[object]]:
+    """The conditions (on `job j`) of a job a worker with `labels` and `gpus` may claim now,
+    and their parameters."""
+    p = store.db.param
+    where = ["j.state = 'queued'", f"j.run_after <= {p}", f"j.gpus <= {p}"]
+    params: list[object] = [_to_us(now), gpus]
+    if labels:
+        marks = ", ".join([p] * len(labels))
+        where.append(
+            "(j.label_count = 0 OR NOT EXISTS (SELECT 1 FROM job_label l"
+            f" WHERE l.job_id = j.id AND l.label NOT IN ({marks})))"
+        )
+        params.extend(sorted(labels))
+    else:
+        where.append("j.label_count = 0")
+    return where, params
+
+
 def claim_jobs(
     store: Store,
     now: datetime,
@@ -139,6 +159,7 @@ def claim_jobs(
     max_bytes: int,
     job_overhead: int,
     only_job: str | None = None,
+    only_jobs: list[str] | None = None,
 ) -> list[ClaimedRow]:
     """Leases up to `limit` claimable jobs whose sizes (their variable-length columns plus
     `job_overhead` each) add up to at most `max_bytes`; returns them as claimed.
@@ -153,20 +174,12 @@ def claim_jobs(
     db = store.db
     p = db.param
     now_us = _to_us(now)
-    where = ["j.state = 'queued'", f"j.run_after <= {p}", f"j.gpus <= {p}"]
-    params: list[object] = [now_us, gpus]
-    if labels:
-        marks = ", ".join([p] * len(labels))
-        where.append(
-            "(j.label_count = 0 OR NOT EXISTS (SELECT 1 FROM job_label l"
-            f" WHERE l.job_id = j.id AND l.label NOT IN ({marks})))"
-        )
-        params.extend(sorted(labels))
-    else:
-        where.append("j.label_count = 0")
+    where, params = claimable_where(store, now, labels, gpus)
     if only_job is not None:
-        where.append(f"j.id = {p}")
-        params.append(only_job)
+        only_jobs = [only_job]
+    if only_jobs is not None:
+        where.append(f"j.id IN ({', '.join([p] * len(only_jobs))})")
+        params.extend(only_jobs)
     lock = " FOR UPDATE SKIP LOCKED" if store.is_postgres else ""
     size = f"{CLAIM_SIZE_SQL[store.is_postgres]} + {int(job_overhead)}"
     candidates = (
