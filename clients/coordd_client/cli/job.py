@@ -123,6 +123,21 @@ def register(sub: Any) -> None:
     listing.set_defaults(func=_list)
     _json_flag(listing)
 
+    limit = job.add_parser("limit", help="concurrency caps (admins)").add_subparsers(
+        dest="limit_command", required=True
+    )
+    setting = limit.add_parser(
+        "set", help="at most N running jobs of a submitter, model or label (0 removes)"
+    )
+    setting.add_argument("scope", choices=["submitter", "model", "label"])
+    setting.add_argument("key", help="users/{id} or * (each submitter), a model ref, or a label")
+    setting.add_argument("max_running", type=int)
+    setting.set_defaults(func=_limit_set)
+    _json_flag(setting)
+    listing_limits = limit.add_parser("list", help="every cap")
+    listing_limits.set_defaults(func=_limit_list)
+    _json_flag(listing_limits)
+
     worker = sub.add_parser("worker", help="run jobs as a provider").add_subparsers(
         dest="worker_command", required=True
     )
@@ -253,6 +268,26 @@ def _watch(ctx: Context, args: argparse.Namespace) -> int:
             stream.cancel()
             break
     return 0 if last is not None and last.state == job_pb2.JOB_STATE_SUCCEEDED else 1
+
+
+def _limits_out(ctx: Context, reply: Any) -> int:
+    if ctx.as_json:
+        emit(ctx, reply)
+        return 0
+    rows = [[enum_word(job_pb2.JobLimitScope, x.scope), x.key, x.max_running] for x in reply.limits]
+    table(ctx, "job limits", ["scope", "key", "max_running"], rows)
+    return 0
+
+
+def _limit_set(ctx: Context, args: argparse.Namespace) -> int:
+    scope = job_pb2.JobLimitScope.Value(f"JOB_LIMIT_SCOPE_{args.scope.upper()}")
+    key = resource_name("users", args.key) if args.scope == "submitter" and args.key != "*" else args.key
+    limit = job_pb2.JobLimit(scope=scope, key=key, max_running=args.max_running)
+    return _limits_out(ctx, ctx.client.job.SetJobLimit(job_pb2.SetJobLimitRequest(limit=limit)))
+
+
+def _limit_list(ctx: Context, args: argparse.Namespace) -> int:
+    return _limits_out(ctx, ctx.client.job.ListJobLimits(job_pb2.ListJobLimitsRequest()))
 
 
 def _cancel(ctx: Context, args: argparse.Namespace) -> int:

@@ -139,7 +139,7 @@ def job_to_proto(
         input=_payload(job.input_data, job.input_uri, job.input_digest, job.payload_purged, in_size),
         requirements={"labels": job.labels or [], "gpus": job.gpus},
         budget=job.budget,
-        priority=job.priority,
+        priority=job.base_priority,
         max_attempts=job.max_attempts,
         schedule_to_start_timeout=_ms_duration(job.schedule_to_start_ms),
         start_to_close_timeout=_ms_duration(job.start_to_close_ms),

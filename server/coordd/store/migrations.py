@@ -68,6 +68,9 @@ MIGRATIONS: list[Migration] = [
     ),
     Migration(111, "jobs: concurrency caps per submitter, model and label", job_m.add_limits),
     Migration(
+        112, "jobs: fair share across submitters (claim order priority, fair_seq, id)", job_m.add_fair_share
+    ),
+    Migration(
         40,
         "competition: competitions, transitions, registrations, entries, results, notifications",
         _create(*competition_m.ALL_MODELS),

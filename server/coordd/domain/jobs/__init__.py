@@ -11,7 +11,8 @@ Modules: `states` and `policy` (names, limits, knobs), `specs` (validated input)
 `submission`, `leases` (claims, heartbeats, hand-backs), `completion` (results and payment)
 with `attestation` (the signed statement), `retry` (backoff, dead letters, requeue),
 `cancellation`, `unique` (deduplicated submissions), `graph` (parents, pending jobs and their
-release), `control` (snooze), `limits` (concurrency caps), `views` (reads and queue stats),
+release), `control` (snooze), `limits` (concurrency caps), `fairness` (fair share, aging), `views`
+(reads and queue stats),
 `maintenance` (the scheduler's tasks),
 `transitions` (the state changes they share). Statements live in `coordd.store.jobs`; money
 moves through `coordd.domain.ledger`.
@@ -21,6 +22,7 @@ from coordd.domain.jobs.attestation import Attestation, attestation_of, statemen
 from coordd.domain.jobs.cancellation import cancel
 from coordd.domain.jobs.completion import Completion, complete, complete_many
 from coordd.domain.jobs.control import snooze
+from coordd.domain.jobs.fairness import age_priorities
 from coordd.domain.jobs.leases import (
     Heartbeat,
     Leased,
@@ -150,6 +152,7 @@ __all__ = [
     "Submitted",
     "UniqueSpec",
     "Worker",
+    "age_priorities",
     "attempt_history",
     "attestation_of",
     "backoff_s",

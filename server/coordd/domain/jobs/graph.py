@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 
 from coordd.core.errors import FailedPrecondition, NotFound
+from coordd.domain.jobs.fairness import assign as assign_fair_seq
 from coordd.domain.jobs.states import CANCELLED, FAILED, PENDING, QUEUE_KEY, SUCCEEDED
 from coordd.domain.jobs.transitions import enqueue_fields
 from coordd.store.db import Tx
@@ -46,8 +47,10 @@ def record_edges(edges: list[tuple[str, str]]) -> None:
 
 def release(tx: Tx, job: Job) -> None:
     """A pending job whose parents all succeeded and whose time has come -> queued; its
-    schedule-to-start deadline counts from now."""
+    schedule-to-start deadline counts from now, and its fair share too (a backlog scheduled
+    for one moment does not jump ahead of everyone else's jobs)."""
     enqueue_fields(job, tx.now, min(job.run_after, tx.now))
+    assign_fair_seq(job.submitter, [job])
 
 
 def parents_succeeded(tx: Tx, parent_ids: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ from datetime import timedelta
 from coordd.core.errors import FieldViolation, InvalidArgument
 from coordd.core.principal import Principal
 from coordd.domain import ledger
+from coordd.domain.jobs.fairness import assign as assign_fair_seq
 from coordd.domain.jobs.graph import link_parents, record_edges
 from coordd.domain.jobs.leases import Leased, lease_to
 from coordd.domain.jobs.specs import JobSpec, Worker
@@ -82,6 +83,7 @@ def insert_submissions(
             budget=spec.budget,
             fee=0,
             priority=spec.priority,
+            base_priority=spec.priority,
             max_attempts=spec.max_attempts,
             attempt_limit=spec.max_attempts,
             schedule_to_start_ms=spec.schedule_to_start_ms,
@@ -130,6 +132,7 @@ def insert_submissions(
         out.append(Submitted(job))
     if not jobs:
         return out
+    assign_fair_seq(submitter_id, jobs)
     queries.insert_jobs(jobs)
     labels = [{"job": j.id, "label": label} for j in jobs for label in j.labels]
     if labels:

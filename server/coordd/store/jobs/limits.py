@@ -114,7 +114,7 @@ def capped_candidates(
     size = f"{CLAIM_SIZE_SQL[store.is_postgres]} + {int(job_overhead)}"
     sql = (
         f"SELECT j.id, j.submitter, j.model_ref, j.labels, {size} FROM job j WHERE {' AND '.join(where)}"
-        f" ORDER BY j.priority DESC, j.id LIMIT {p}"
+        f" ORDER BY j.priority DESC, j.fair_seq, j.id LIMIT {p}"
     )
     if store.is_postgres:
         sql += " FOR UPDATE SKIP LOCKED"

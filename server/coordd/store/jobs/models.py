@@ -5,7 +5,8 @@ Due-time columns are set only while they matter (`lease_expire_time` while runni
 their indexes are partial (`IS NOT NULL`), so each scheduler task reads only what is due and
 a claim or a completion, which clears most of them, writes only the index entries it needs
 (migration 12; an update writes an entry in every index whose predicate the new row meets).
-Claims use the partial index on queued jobs ordered by (priority DESC, id).
+Claims use the partial index on queued jobs ordered by (priority DESC, fair_seq, id)
+(`job_claim_fair`, migration 112; before it `job_claim_order`, (priority DESC, id)).
 Durations are stored as integer milliseconds (0 = no limit).
 
 Attempt history: a `job_attempt` row is written when an attempt ends without success
@@ -80,6 +81,11 @@ class Job(IdModel):
     parents_left = peewee.IntegerField(default=0)
     # Some job lists this one as a parent: its completion or failure must reach them.
     has_children = peewee.BooleanField(default=False)
+    # Migration 112. Fair share: the claim order within a priority is fair_seq (the
+    # submitter's virtual time, see domain.jobs.fairness), then id. `priority` is the
+    # effective priority (raised by aging); `base_priority` the one submitted.
+    fair_seq = peewee.BigIntegerField(default=0)
+    base_priority = peewee.IntegerField(default=0)
 
     class Meta:
         indexes = ((("submitter", "id"), False),)
@@ -231,3 +237,25 @@ def add_pending(db: peewee.Database) -> None:
 def add_limits(db: peewee.Database) -> None:
     """Migration 111: concurrency caps."""
     db.create_tables([JobLimit], safe=True)
+
+
+def add_fair_share(db: peewee.Database) -> None:
+    """Migration 112: fair share across submitters. The claim index becomes (priority DESC,
+    fair_seq, id); the old one is dropped (each index on queued jobs is written by every
+    claim). Existing jobs keep their order (fair_seq 0, then id)."""
+    columns = {c.name for c in db.get_columns("job")}
+    if "fair_seq" not in columns:
+        db.execute_sql("ALTER TABLE job ADD COLUMN fair_seq BIGINT NOT NULL DEFAULT 0")
+    if "base_priority" not in columns:
+        db.execute_sql("ALTER TABLE job ADD COLUMN base_priority INTEGER NOT NULL DEFAULT 0")
+        db.execute_sql("UPDATE job SET base_priority = priority")
+    # A submitter's latest queued virtual time; a claim adds no entry to it (the claimed row
+    # is no longer queued), a submission one.
+    db.execute_sql(
+        "CREATE INDEX IF NOT EXISTS job_queued_submitter ON job (submitter, fair_seq) WHERE state = 'queued'"
+    )
+    db.execute_sql(
+        "CREATE INDEX IF NOT EXISTS job_claim_fair ON job (priority DESC, fair_seq, id)"
+        " WHERE state = 'queued'"
+    )
+    db.execute_sql("DROP INDEX IF EXISTS job_claim_order")

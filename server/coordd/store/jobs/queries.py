@@ -96,7 +96,8 @@ def _claimed(row: tuple[Any, ...]) -> ClaimedRow:
     )
 
 
-# Candidates must come from walking job_claim_order in order and stop at the LIMIT. Before a
+# Candidates must come from walking job_claim_fair (before: job_claim_order) in order and
+# stop at the LIMIT. Before a
 # queue table's first ANALYZE (a freshly filled queue), the planner believed it nearly empty and
 # chose a bitmap scan of every queued job plus a sort instead: measured, a claim of 100 from a
 # 20,000-job queue took 54 ms instead of 15 ms, and grew with the queue. Transaction-local.
@@ -118,12 +119,12 @@ CLAIM_SIZE_SQL = {
 
 
 def _fitting(candidates: str, p: str) -> str:
-    """The ids among `candidates` (id, priority, size) that fit in a reply of `p` bytes, in
+    """The ids among `candidates` (id, priority, fair_seq, size) that fit in a reply of `p` bytes, in
     claim order: a running total of the sizes, stopping before the first job that would
     overflow it; a job larger than the whole reply is skipped (left queued)."""
     return (
         f"SELECT id FROM (SELECT id, size, SUM(CASE WHEN size <= {p} THEN size ELSE 0 END)"
-        " OVER (ORDER BY priority DESC, id ROWS UNBOUNDED PRECEDING) AS total"
+        " OVER (ORDER BY priority DESC, fair_seq, id ROWS UNBOUNDED PRECEDING) AS total"
         f" FROM ({candidates}) c0) c1 WHERE size <= {p} AND total <= {p}"
     )
 
@@ -167,8 +168,9 @@ def claim_jobs(
     One statement. PostgreSQL: candidates are locked with FOR UPDATE SKIP LOCKED, so
     concurrent claimers skip each other's rows instead of waiting or double-claiming.
     SQLite: UPDATE ... RETURNING inside the serialized immediate transaction
-    (`store.write()`), which is the same guarantee. Order: priority (high first), then id
-    (time-ordered: oldest first), via the partial index `job_claim_order`. A job's labels
+    (`store.write()`), which is the same guarantee. Order: priority (high first), then the
+    fair share (fair_seq), then id (time-ordered: oldest first), via the partial index
+    `job_claim_fair`. A job's labels
     must all be among the worker's labels.
     """
     db = store.db
@@ -183,8 +185,8 @@ def claim_jobs(
     lock = " FOR UPDATE SKIP LOCKED" if store.is_postgres else ""
     size = f"{CLAIM_SIZE_SQL[store.is_postgres]} + {int(job_overhead)}"
     candidates = (
-        f"SELECT j.id, j.priority, {size} AS size FROM job j WHERE {' AND '.join(where)}"
-        f" ORDER BY j.priority DESC, j.id LIMIT {p}{lock}"
+        f"SELECT j.id, j.priority, j.fair_seq, {size} AS size FROM job j WHERE {' AND '.join(where)}"
+        f" ORDER BY j.priority DESC, j.fair_seq, j.id LIMIT {p}{lock}"
     )
     params.append(limit)
     # Row locks cannot be taken beside a window function: the candidates are locked first
