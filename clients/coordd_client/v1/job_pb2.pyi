@@ -135,6 +135,30 @@ JOB_LIMIT_SCOPE_LABEL: JobLimitScope.ValueType  # 3
 """`key` is a required label (queue label)."""
 Global___JobLimitScope: _TypeAlias = JobLimitScope  # noqa: Y015
 
+class _MissedTickPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MissedTickPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MissedTickPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MISSED_TICK_POLICY_UNSPECIFIED: _MissedTickPolicy.ValueType  # 0
+    """SKIP."""
+    MISSED_TICK_POLICY_SKIP: _MissedTickPolicy.ValueType  # 1
+    """No job for missed ticks; counted in ticks_skipped."""
+    MISSED_TICK_POLICY_CATCH_UP_ONCE: _MissedTickPolicy.ValueType  # 2
+    """One job for all the missed ticks, then on as usual."""
+
+class MissedTickPolicy(_MissedTickPolicy, metaclass=_MissedTickPolicyEnumTypeWrapper):
+    """What a schedule does with ticks missed while no scheduler ran (due more than 60s ago)."""
+
+MISSED_TICK_POLICY_UNSPECIFIED: MissedTickPolicy.ValueType  # 0
+"""SKIP."""
+MISSED_TICK_POLICY_SKIP: MissedTickPolicy.ValueType  # 1
+"""No job for missed ticks; counted in ticks_skipped."""
+MISSED_TICK_POLICY_CATCH_UP_ONCE: MissedTickPolicy.ValueType  # 2
+"""One job for all the missed ticks, then on as usual."""
+Global___MissedTickPolicy: _TypeAlias = MissedTickPolicy  # noqa: Y015
+
 @_typing.final
 class Payload(_message.Message):
     """Inline bytes or a URI, with the SHA-256 digest that identifies the content."""
@@ -1403,6 +1427,316 @@ class ListJobLimitsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListJobLimitsResponse: _TypeAlias = ListJobLimitsResponse  # noqa: Y015
+
+@_typing.final
+class JobSchedule(_message.Message):
+    """A periodic job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    CRON_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    MISSED_TICK_POLICY_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    NEXT_TICK_TIME_FIELD_NUMBER: _builtins.int
+    LAST_TICK_TIME_FIELD_NUMBER: _builtins.int
+    LAST_JOB_FIELD_NUMBER: _builtins.int
+    TICKS_FIRED_FIELD_NUMBER: _builtins.int
+    TICKS_SKIPPED_FIELD_NUMBER: _builtins.int
+    LAST_SKIP_REASON_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`jobSchedules/{schedule}`."""
+    owner: _builtins.str
+    """`users/{user}` who pays for every tick."""
+    cron: _builtins.str
+    """Five-field cron expression (minute hour day-of-month month day-of-week); or `interval`."""
+    time_zone: _builtins.str
+    """IANA time zone of `cron`; empty: UTC."""
+    missed_tick_policy: Global___MissedTickPolicy.ValueType
+    paused: _builtins.bool
+    last_job: _builtins.str
+    """`jobs/{job}` queued by the last tick that fired."""
+    ticks_fired: _builtins.int
+    ticks_skipped: _builtins.int
+    """Missed or unfundable ticks."""
+    last_skip_reason: _builtins.str
+    @_builtins.property
+    def job(self) -> Global___SubmitJobRequest:
+        """The template of each tick's job (schedule_time, unique and parents are not allowed)."""
+
+    @_builtins.property
+    def interval(self) -> _duration_pb2.Duration:
+        """Fixed interval (1s..366d) from creation; or `cron`."""
+
+    @_builtins.property
+    def next_tick_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_tick_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        job: Global___SubmitJobRequest | None = ...,
+        cron: _builtins.str = ...,
+        time_zone: _builtins.str = ...,
+        interval: _duration_pb2.Duration | None = ...,
+        missed_tick_policy: Global___MissedTickPolicy.ValueType = ...,
+        paused: _builtins.bool = ...,
+        next_tick_time: _timestamp_pb2.Timestamp | None = ...,
+        last_tick_time: _timestamp_pb2.Timestamp | None = ...,
+        last_job: _builtins.str = ...,
+        ticks_fired: _builtins.int = ...,
+        ticks_skipped: _builtins.int = ...,
+        last_skip_reason: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "interval", b"interval", "job", b"job", "last_tick_time", b"last_tick_time", "next_tick_time", b"next_tick_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "cron", b"cron", "interval", b"interval", "job", b"job", "last_job", b"last_job", "last_skip_reason", b"last_skip_reason", "last_tick_time", b"last_tick_time", "missed_tick_policy", b"missed_tick_policy", "name", b"name", "next_tick_time", b"next_tick_time", "owner", b"owner", "paused", b"paused", "ticks_fired", b"ticks_fired", "ticks_skipped", b"ticks_skipped", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobSchedule: _TypeAlias = JobSchedule  # noqa: Y015
+
+@_typing.final
+class CreateJobScheduleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___JobSchedule:
+        """Required: name, owner and the output fields are ignored."""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___JobSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateJobScheduleRequest: _TypeAlias = CreateJobScheduleRequest  # noqa: Y015
+
+@_typing.final
+class CreateJobScheduleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___JobSchedule: ...
+    def __init__(
+        self,
+        *,
+        schedule: Global___JobSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateJobScheduleResponse: _TypeAlias = CreateJobScheduleResponse  # noqa: Y015
+
+@_typing.final
+class GetJobScheduleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`jobSchedules/{schedule}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobScheduleRequest: _TypeAlias = GetJobScheduleRequest  # noqa: Y015
+
+@_typing.final
+class GetJobScheduleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___JobSchedule: ...
+    def __init__(
+        self,
+        *,
+        schedule: Global___JobSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobScheduleResponse: _TypeAlias = GetJobScheduleResponse  # noqa: Y015
+
+@_typing.final
+class ListJobSchedulesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJobSchedulesRequest: _TypeAlias = ListJobSchedulesRequest  # noqa: Y015
+
+@_typing.final
+class ListJobSchedulesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedules(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobSchedule]: ...
+    def __init__(
+        self,
+        *,
+        schedules: _abc.Iterable[Global___JobSchedule] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedules", b"schedules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJobSchedulesResponse: _TypeAlias = ListJobSchedulesResponse  # noqa: Y015
+
+@_typing.final
+class PauseJobScheduleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`jobSchedules/{schedule}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseJobScheduleRequest: _TypeAlias = PauseJobScheduleRequest  # noqa: Y015
+
+@_typing.final
+class PauseJobScheduleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___JobSchedule: ...
+    def __init__(
+        self,
+        *,
+        schedule: Global___JobSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseJobScheduleResponse: _TypeAlias = PauseJobScheduleResponse  # noqa: Y015
+
+@_typing.final
+class ResumeJobScheduleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`jobSchedules/{schedule}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeJobScheduleRequest: _TypeAlias = ResumeJobScheduleRequest  # noqa: Y015
+
+@_typing.final
+class ResumeJobScheduleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___JobSchedule: ...
+    def __init__(
+        self,
+        *,
+        schedule: Global___JobSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeJobScheduleResponse: _TypeAlias = ResumeJobScheduleResponse  # noqa: Y015
+
+@_typing.final
+class DeleteJobScheduleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`jobSchedules/{schedule}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteJobScheduleRequest: _TypeAlias = DeleteJobScheduleRequest  # noqa: Y015
+
+@_typing.final
+class DeleteJobScheduleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteJobScheduleResponse: _TypeAlias = DeleteJobScheduleResponse  # noqa: Y015
 
 @_typing.final
 class GetAttestationRequest(_message.Message):

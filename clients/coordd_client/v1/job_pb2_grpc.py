@@ -116,6 +116,36 @@ class JobServiceStub:
                 request_serializer=coordd_dot_v1_dot_job__pb2.ListJobLimitsRequest.SerializeToString,
                 response_deserializer=coordd_dot_v1_dot_job__pb2.ListJobLimitsResponse.FromString,
                 _registered_method=True)
+        self.CreateJobSchedule = channel.unary_unary(
+                '/coordd.v1.JobService/CreateJobSchedule',
+                request_serializer=coordd_dot_v1_dot_job__pb2.CreateJobScheduleRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_job__pb2.CreateJobScheduleResponse.FromString,
+                _registered_method=True)
+        self.GetJobSchedule = channel.unary_unary(
+                '/coordd.v1.JobService/GetJobSchedule',
+                request_serializer=coordd_dot_v1_dot_job__pb2.GetJobScheduleRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_job__pb2.GetJobScheduleResponse.FromString,
+                _registered_method=True)
+        self.ListJobSchedules = channel.unary_unary(
+                '/coordd.v1.JobService/ListJobSchedules',
+                request_serializer=coordd_dot_v1_dot_job__pb2.ListJobSchedulesRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_job__pb2.ListJobSchedulesResponse.FromString,
+                _registered_method=True)
+        self.PauseJobSchedule = channel.unary_unary(
+                '/coordd.v1.JobService/PauseJobSchedule',
+                request_serializer=coordd_dot_v1_dot_job__pb2.PauseJobScheduleRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_job__pb2.PauseJobScheduleResponse.FromString,
+                _registered_method=True)
+        self.ResumeJobSchedule = channel.unary_unary(
+                '/coordd.v1.JobService/ResumeJobSchedule',
+                request_serializer=coordd_dot_v1_dot_job__pb2.ResumeJobScheduleRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_job__pb2.ResumeJobScheduleResponse.FromString,
+                _registered_method=True)
+        self.DeleteJobSchedule = channel.unary_unary(
+                '/coordd.v1.JobService/DeleteJobSchedule',
+                request_serializer=coordd_dot_v1_dot_job__pb2.DeleteJobScheduleRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_job__pb2.DeleteJobScheduleResponse.FromString,
+                _registered_method=True)
         self.GetAttestation = channel.unary_unary(
                 '/coordd.v1.JobService/GetAttestation',
                 request_serializer=coordd_dot_v1_dot_job__pb2.GetAttestationRequest.SerializeToString,
@@ -268,6 +298,50 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateJobSchedule(self, request, context):
+        """Creates a periodic schedule: one job from `job` per tick (a cron expression in a time
+        zone, or a fixed interval), each budget held from the caller's balance when its job is
+        queued; a tick that cannot be funded is recorded and skipped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJobSchedule(self, request, context):
+        """A schedule. Visible to its owner and admins.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobSchedules(self, request, context):
+        """The caller's schedules (admins: everyone's), oldest first, at most 1000.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseJobSchedule(self, request, context):
+        """Pauses a schedule: no tick fires until it is resumed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeJobSchedule(self, request, context):
+        """Resumes a schedule from now on (ticks that passed while paused do not fire).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteJobSchedule(self, request, context):
+        """Deletes a schedule; jobs it queued are not affected.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetAttestation(self, request, context):
         """The signed attestation of a succeeded job (DSSE envelope around an in-toto statement).
         """
@@ -366,6 +440,36 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListJobLimits,
                     request_deserializer=coordd_dot_v1_dot_job__pb2.ListJobLimitsRequest.FromString,
                     response_serializer=coordd_dot_v1_dot_job__pb2.ListJobLimitsResponse.SerializeToString,
+            ),
+            'CreateJobSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateJobSchedule,
+                    request_deserializer=coordd_dot_v1_dot_job__pb2.CreateJobScheduleRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_job__pb2.CreateJobScheduleResponse.SerializeToString,
+            ),
+            'GetJobSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobSchedule,
+                    request_deserializer=coordd_dot_v1_dot_job__pb2.GetJobScheduleRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_job__pb2.GetJobScheduleResponse.SerializeToString,
+            ),
+            'ListJobSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobSchedules,
+                    request_deserializer=coordd_dot_v1_dot_job__pb2.ListJobSchedulesRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_job__pb2.ListJobSchedulesResponse.SerializeToString,
+            ),
+            'PauseJobSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseJobSchedule,
+                    request_deserializer=coordd_dot_v1_dot_job__pb2.PauseJobScheduleRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_job__pb2.PauseJobScheduleResponse.SerializeToString,
+            ),
+            'ResumeJobSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeJobSchedule,
+                    request_deserializer=coordd_dot_v1_dot_job__pb2.ResumeJobScheduleRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_job__pb2.ResumeJobScheduleResponse.SerializeToString,
+            ),
+            'DeleteJobSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJobSchedule,
+                    request_deserializer=coordd_dot_v1_dot_job__pb2.DeleteJobScheduleRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_job__pb2.DeleteJobScheduleResponse.SerializeToString,
             ),
             'GetAttestation': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAttestation,
@@ -795,6 +899,168 @@ class JobService:
             '/coordd.v1.JobService/ListJobLimits',
             coordd_dot_v1_dot_job__pb2.ListJobLimitsRequest.SerializeToString,
             coordd_dot_v1_dot_job__pb2.ListJobLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateJobSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.JobService/CreateJobSchedule',
+            coordd_dot_v1_dot_job__pb2.CreateJobScheduleRequest.SerializeToString,
+            coordd_dot_v1_dot_job__pb2.CreateJobScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.JobService/GetJobSchedule',
+            coordd_dot_v1_dot_job__pb2.GetJobScheduleRequest.SerializeToString,
+            coordd_dot_v1_dot_job__pb2.GetJobScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.JobService/ListJobSchedules',
+            coordd_dot_v1_dot_job__pb2.ListJobSchedulesRequest.SerializeToString,
+            coordd_dot_v1_dot_job__pb2.ListJobSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseJobSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.JobService/PauseJobSchedule',
+            coordd_dot_v1_dot_job__pb2.PauseJobScheduleRequest.SerializeToString,
+            coordd_dot_v1_dot_job__pb2.PauseJobScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeJobSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.JobService/ResumeJobSchedule',
+            coordd_dot_v1_dot_job__pb2.ResumeJobScheduleRequest.SerializeToString,
+            coordd_dot_v1_dot_job__pb2.ResumeJobScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJobSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.JobService/DeleteJobSchedule',
+            coordd_dot_v1_dot_job__pb2.DeleteJobScheduleRequest.SerializeToString,
+            coordd_dot_v1_dot_job__pb2.DeleteJobScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -103,6 +103,21 @@ class JobServiceStub:
     """
     ListJobLimits: _grpc.UnaryUnaryMultiCallable[_job_pb2.ListJobLimitsRequest, _job_pb2.ListJobLimitsResponse]
     """Operators: every concurrency cap."""
+    CreateJobSchedule: _grpc.UnaryUnaryMultiCallable[_job_pb2.CreateJobScheduleRequest, _job_pb2.CreateJobScheduleResponse]
+    """Creates a periodic schedule: one job from `job` per tick (a cron expression in a time
+    zone, or a fixed interval), each budget held from the caller's balance when its job is
+    queued; a tick that cannot be funded is recorded and skipped.
+    """
+    GetJobSchedule: _grpc.UnaryUnaryMultiCallable[_job_pb2.GetJobScheduleRequest, _job_pb2.GetJobScheduleResponse]
+    """A schedule. Visible to its owner and admins."""
+    ListJobSchedules: _grpc.UnaryUnaryMultiCallable[_job_pb2.ListJobSchedulesRequest, _job_pb2.ListJobSchedulesResponse]
+    """The caller's schedules (admins: everyone's), oldest first, at most 1000."""
+    PauseJobSchedule: _grpc.UnaryUnaryMultiCallable[_job_pb2.PauseJobScheduleRequest, _job_pb2.PauseJobScheduleResponse]
+    """Pauses a schedule: no tick fires until it is resumed."""
+    ResumeJobSchedule: _grpc.UnaryUnaryMultiCallable[_job_pb2.ResumeJobScheduleRequest, _job_pb2.ResumeJobScheduleResponse]
+    """Resumes a schedule from now on (ticks that passed while paused do not fire)."""
+    DeleteJobSchedule: _grpc.UnaryUnaryMultiCallable[_job_pb2.DeleteJobScheduleRequest, _job_pb2.DeleteJobScheduleResponse]
+    """Deletes a schedule; jobs it queued are not affected."""
     GetAttestation: _grpc.UnaryUnaryMultiCallable[_job_pb2.GetAttestationRequest, _job_pb2.GetAttestationResponse]
     """The signed attestation of a succeeded job (DSSE envelope around an in-toto statement)."""
     GetSigningKey: _grpc.UnaryUnaryMultiCallable[_job_pb2.GetSigningKeyRequest, _job_pb2.GetSigningKeyResponse]
@@ -185,6 +200,21 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     ListJobLimits: _aio.UnaryUnaryMultiCallable[_job_pb2.ListJobLimitsRequest, _job_pb2.ListJobLimitsResponse]  # type: ignore[assignment]
     """Operators: every concurrency cap."""
+    CreateJobSchedule: _aio.UnaryUnaryMultiCallable[_job_pb2.CreateJobScheduleRequest, _job_pb2.CreateJobScheduleResponse]  # type: ignore[assignment]
+    """Creates a periodic schedule: one job from `job` per tick (a cron expression in a time
+    zone, or a fixed interval), each budget held from the caller's balance when its job is
+    queued; a tick that cannot be funded is recorded and skipped.
+    """
+    GetJobSchedule: _aio.UnaryUnaryMultiCallable[_job_pb2.GetJobScheduleRequest, _job_pb2.GetJobScheduleResponse]  # type: ignore[assignment]
+    """A schedule. Visible to its owner and admins."""
+    ListJobSchedules: _aio.UnaryUnaryMultiCallable[_job_pb2.ListJobSchedulesRequest, _job_pb2.ListJobSchedulesResponse]  # type: ignore[assignment]
+    """The caller's schedules (admins: everyone's), oldest first, at most 1000."""
+    PauseJobSchedule: _aio.UnaryUnaryMultiCallable[_job_pb2.PauseJobScheduleRequest, _job_pb2.PauseJobScheduleResponse]  # type: ignore[assignment]
+    """Pauses a schedule: no tick fires until it is resumed."""
+    ResumeJobSchedule: _aio.UnaryUnaryMultiCallable[_job_pb2.ResumeJobScheduleRequest, _job_pb2.ResumeJobScheduleResponse]  # type: ignore[assignment]
+    """Resumes a schedule from now on (ticks that passed while paused do not fire)."""
+    DeleteJobSchedule: _aio.UnaryUnaryMultiCallable[_job_pb2.DeleteJobScheduleRequest, _job_pb2.DeleteJobScheduleResponse]  # type: ignore[assignment]
+    """Deletes a schedule; jobs it queued are not affected."""
     GetAttestation: _aio.UnaryUnaryMultiCallable[_job_pb2.GetAttestationRequest, _job_pb2.GetAttestationResponse]  # type: ignore[assignment]
     """The signed attestation of a succeeded job (DSSE envelope around an in-toto statement)."""
     GetSigningKey: _aio.UnaryUnaryMultiCallable[_job_pb2.GetSigningKeyRequest, _job_pb2.GetSigningKeyResponse]  # type: ignore[assignment]
@@ -354,6 +384,57 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_job_pb2.ListJobLimitsResponse, _abc.Awaitable[_job_pb2.ListJobLimitsResponse]]:
         """Operators: every concurrency cap."""
+
+    @_abc_1.abstractmethod
+    def CreateJobSchedule(
+        self,
+        request: _job_pb2.CreateJobScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.CreateJobScheduleResponse, _abc.Awaitable[_job_pb2.CreateJobScheduleResponse]]:
+        """Creates a periodic schedule: one job from `job` per tick (a cron expression in a time
+        zone, or a fixed interval), each budget held from the caller's balance when its job is
+        queued; a tick that cannot be funded is recorded and skipped.
+        """
+
+    @_abc_1.abstractmethod
+    def GetJobSchedule(
+        self,
+        request: _job_pb2.GetJobScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.GetJobScheduleResponse, _abc.Awaitable[_job_pb2.GetJobScheduleResponse]]:
+        """A schedule. Visible to its owner and admins."""
+
+    @_abc_1.abstractmethod
+    def ListJobSchedules(
+        self,
+        request: _job_pb2.ListJobSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.ListJobSchedulesResponse, _abc.Awaitable[_job_pb2.ListJobSchedulesResponse]]:
+        """The caller's schedules (admins: everyone's), oldest first, at most 1000."""
+
+    @_abc_1.abstractmethod
+    def PauseJobSchedule(
+        self,
+        request: _job_pb2.PauseJobScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.PauseJobScheduleResponse, _abc.Awaitable[_job_pb2.PauseJobScheduleResponse]]:
+        """Pauses a schedule: no tick fires until it is resumed."""
+
+    @_abc_1.abstractmethod
+    def ResumeJobSchedule(
+        self,
+        request: _job_pb2.ResumeJobScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.ResumeJobScheduleResponse, _abc.Awaitable[_job_pb2.ResumeJobScheduleResponse]]:
+        """Resumes a schedule from now on (ticks that passed while paused do not fire)."""
+
+    @_abc_1.abstractmethod
+    def DeleteJobSchedule(
+        self,
+        request: _job_pb2.DeleteJobScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.DeleteJobScheduleResponse, _abc.Awaitable[_job_pb2.DeleteJobScheduleResponse]]:
+        """Deletes a schedule; jobs it queued are not affected."""
 
     @_abc_1.abstractmethod
     def GetAttestation(

@@ -33,6 +33,7 @@ from coordd.api.job_messages import (
     unique_from_proto,
     view_to_proto,
 )
+from coordd.api.job_schedules import JobScheduleMethods
 from coordd.core.errors import (
     DomainError,
     FieldViolation,
@@ -97,7 +98,7 @@ def _invalid(violations: list[FieldViolation]) -> InvalidArgument:
     return InvalidArgument(f"the request has invalid fields: {detail}", violations=violations)
 
 
-class JobServicer(job_pb2_grpc.JobServiceServicer):
+class JobServicer(JobScheduleMethods, job_pb2_grpc.JobServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.dispatcher = Dispatcher()

@@ -67,6 +67,7 @@ MIGRATIONS: list[Migration] = [
         job_m.add_pending,
     ),
     Migration(111, "jobs: concurrency caps per submitter, model and label", job_m.add_limits),
+    Migration(113, "jobs: periodic schedules", job_m.add_schedules),
     Migration(
         112, "jobs: fair share across submitters (claim order priority, fair_seq, id)", job_m.add_fair_share
     ),

@@ -11,10 +11,10 @@ Modules: `states` and `policy` (names, limits, knobs), `specs` (validated input)
 `submission`, `leases` (claims, heartbeats, hand-backs), `completion` (results and payment)
 with `attestation` (the signed statement), `retry` (backoff, dead letters, requeue),
 `cancellation`, `unique` (deduplicated submissions), `graph` (parents, pending jobs and their
-release), `control` (snooze), `limits` (concurrency caps), `fairness` (fair share, aging), `views`
-(reads and queue stats),
-`maintenance` (the scheduler's tasks),
-`transitions` (the state changes they share). Statements live in `coordd.store.jobs`; money
+release), `control` (snooze), `schedules` with `cron` (periodic jobs), `limits` (concurrency
+caps), `fairness` (fair share, aging), `views` (reads and queue stats), `maintenance` (the
+scheduler's tasks), `transitions` (the state changes they share). Statements live in
+`coordd.store.jobs`; money
 moves through `coordd.domain.ledger`.
 """
 
@@ -49,6 +49,13 @@ from coordd.domain.jobs.policy import (
     set_policy,
 )
 from coordd.domain.jobs.retry import fail, requeue
+from coordd.domain.jobs.schedules import create as create_schedule
+from coordd.domain.jobs.schedules import delete as delete_schedule
+from coordd.domain.jobs.schedules import fire_due as fire_schedules
+from coordd.domain.jobs.schedules import get as get_schedule
+from coordd.domain.jobs.schedules import list_mine as list_schedules
+from coordd.domain.jobs.schedules import set_paused as pause_schedule
+from coordd.domain.jobs.schedules import spec_of as schedule_spec
 from coordd.domain.jobs.specs import (
     JobSpec,
     LeaseRef,
@@ -164,12 +171,16 @@ __all__ = [
     "claim_bytes",
     "complete",
     "complete_many",
+    "create_schedule",
+    "delete_schedule",
     "deliverable",
     "enforce_deadlines",
     "fail",
     "fail_undeliverable",
+    "fire_schedules",
     "get_attestation",
     "get_job",
+    "get_schedule",
     "heartbeat",
     "insert_job",
     "insert_jobs",
@@ -177,7 +188,9 @@ __all__ = [
     "largest_reply_budget",
     "list_jobs",
     "list_limits",
+    "list_schedules",
     "make_spec",
+    "pause_schedule",
     "payloads",
     "platform_fee",
     "policy_of",
@@ -189,6 +202,7 @@ __all__ = [
     "requeue",
     "rescue_expired_leases",
     "return_leases",
+    "schedule_spec",
     "set_limit",
     "set_policy",
     "snooze",

@@ -150,6 +150,30 @@ class JobLimit(BaseModel):
         primary_key = peewee.CompositeKey("scope", "key")
 
 
+class JobSchedule(IdModel):
+    """A periodic job (migration 113): `spec` is the job template (domain.jobs.schedules);
+    every tick at or after `next_tick_time` queues one job from it, in the transaction that
+    advances `next_tick_time` (the row is locked: one job per tick whoever fires it)."""
+
+    owner = peewee.CharField(max_length=64)
+    spec = JSONField()
+    cron = peewee.CharField(max_length=200, default="")
+    time_zone = peewee.CharField(max_length=64, default="")
+    interval_ms = peewee.BigIntegerField(default=0)
+    missed_policy = peewee.CharField(max_length=16)  # skip | catch_up_once
+    paused = peewee.BooleanField(default=False)
+    next_tick_time = TimestampField()
+    last_tick_time = TimestampField(null=True)
+    last_job = peewee.CharField(max_length=26, default="")
+    ticks_fired = peewee.BigIntegerField(default=0)
+    ticks_skipped = peewee.BigIntegerField(default=0)
+    last_skip_reason = peewee.CharField(max_length=500, default="")
+    create_time = TimestampField()
+
+    class Meta:
+        indexes = ((("owner", "id"), False),)
+
+
 class JobAttestation(BaseModel):
     """Attestations signed before migration 12, which stored the whole envelope per job; read
     only for those jobs."""
@@ -259,3 +283,11 @@ def add_fair_share(db: peewee.Database) -> None:
         " WHERE state = 'queued'"
     )
     db.execute_sql("DROP INDEX IF EXISTS job_claim_order")
+
+
+def add_schedules(db: peewee.Database) -> None:
+    """Migration 113: periodic jobs, read when due through a partial index."""
+    db.create_tables([JobSchedule], safe=True)
+    db.execute_sql(
+        "CREATE INDEX IF NOT EXISTS job_schedule_due ON job_schedule (next_tick_time) WHERE NOT paused"
+    )
