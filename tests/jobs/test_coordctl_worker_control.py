@@ -166,3 +166,57 @@ def test_worker_stops_the_command_of_a_job_cancelled_while_running(tmp_path):
         assert shown["state"] == "JOB_STATE_CANCELLED"
     finally:
         daemon.stop()
+
+
+def test_a_periodic_schedule_queues_one_job_per_tick_across_a_sigkill_of_the_leader(tmp_path):
+    """A 1 s schedule runs on a daemon that is SIGKILLed mid-stream and replaced by another on
+    the same data dir (it leads once the dead one's 2 s scheduler lease expires). Every job
+    names its tick: no tick has two jobs, and every fired tick has its job."""
+    env = {"COORDD_SCHEDULER_LEASE_S": "2"}
+    first = Daemon(tmp_path / "data", env=env).wait_ready()
+    owner = admin_create_user(first, "cron@example.com", "participant")["api_key_secret"]
+    try:
+        created = _coordctl(
+            first,
+            owner,
+            "job",
+            "schedule",
+            "create",
+            "--interval",
+            "1",
+            "--model",
+            "m",
+            "--input-data",
+            "x",
+            "--json",
+        )
+        assert created.returncode == 0, created.stderr
+        name = json.loads(created.stdout)["name"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            shown = json.loads(_coordctl(first, owner, "job", "schedule", "get", name, "--json").stdout)
+            if int(shown.get("ticks_fired", 0)) >= 2:
+                break
+            time.sleep(0.3)
+    finally:
+        first.stop()  # SIGKILL
+    second = Daemon(tmp_path / "data", env=env).wait_ready()
+    try:
+        before = int(shown["ticks_fired"])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            shown = json.loads(_coordctl(second, owner, "job", "schedule", "get", name, "--json").stdout)
+            if int(shown.get("ticks_fired", 0)) >= before + 2:
+                break
+            time.sleep(0.3)
+        paused = _coordctl(second, owner, "job", "schedule", "pause", name, "--json")
+        assert paused.returncode == 0, paused.stderr
+        final = json.loads(paused.stdout)
+        assert int(final["ticks_fired"]) >= before + 2  # the new leader took over
+        listed = json.loads(_coordctl(second, owner, "job", "list", "--limit", "1000", "--json").stdout)
+        jobs = listed.get("jobs", [])
+        keys = [j["unique_key"] for j in jobs]
+        assert len(keys) == len(set(keys)) == int(final["ticks_fired"])
+        assert all(k.startswith(f"{name}@") for k in keys)
+    finally:
+        second.stop()

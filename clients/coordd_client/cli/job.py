@@ -19,6 +19,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from coordd_client import attestation
 from coordd_client.cli.common import Context, emit, enum_word, resource_name, table, to_dict
+from coordd_client.cli.job_schedule import register_schedules
 from coordd_client.errors import CoorddError, FailedPrecondition
 from coordd_client.v1 import job_pb2
 
@@ -137,6 +138,8 @@ def register(sub: Any) -> None:
     listing_limits = limit.add_parser("list", help="every cap")
     listing_limits.set_defaults(func=_limit_list)
     _json_flag(listing_limits)
+
+    register_schedules(job)
 
     worker = sub.add_parser("worker", help="run jobs as a provider").add_subparsers(
         dest="worker_command", required=True

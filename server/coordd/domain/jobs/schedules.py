@@ -3,10 +3,12 @@ expression's match in a time zone (`domain.jobs.cron`) or a fixed interval from 
 Exactly one job per tick, whoever fires it (any leader, before or after a restart): the
 task locks the schedule row and queues the job in the transaction that advances its next
 tick. Each job's budget is held from the owner's balance as it is queued; a tick that cannot
-be funded is recorded (`ticks_skipped`, `last_skip_reason`) and skipped. Missed ticks (the
-scheduler was not running: due more than MISSED_AFTER_S ago): `skip` queues nothing for
-them, `catch_up_once` queues one job for all of them; either way the schedule goes on from
-the next tick after now. Paused schedules fire nothing; resuming goes on from now."""
+be funded is recorded (`ticks_skipped`, `last_skip_reason`) and skipped. When several ticks
+are due at once (no scheduler ran, or it was slower than the interval), only the latest can
+fire and the earlier ones are counted skipped; the latest fires if it is at most
+MISSED_AFTER_S late, and later than that `skip` skips it too while `catch_up_once` fires it
+(one job for all the missed ticks). Either way the schedule goes on from the next tick after
+now. Paused schedules fire nothing; resuming goes on from now."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from coordd.core.errors import FieldViolation, InvalidArgument, NotFound
 from coordd.core.principal import Principal
 from coordd.domain.jobs import cron as cron_rules
 from coordd.domain.jobs.policy import policy_of
-from coordd.domain.jobs.specs import JobSpec, Payload
+from coordd.domain.jobs.specs import MAX_UNIQUE_WINDOW_MS, JobSpec, Payload, UniqueSpec, with_scheduling
 from coordd.domain.jobs.submission import insert_submissions
 from coordd.domain.ledger import InsufficientFunds
 from coordd.runtime import Runtime
@@ -176,7 +178,10 @@ def _fire(rt: Runtime, tx: Tx, row: JobSchedule) -> None:
     fire = not late or row.missed_policy == "catch_up_once"
     skipped = count - (1 if fire else 0)
     if fire:
-        [done] = insert_submissions(rt, tx, row.owner, [spec_of(row)])
+        # The tick's unique key is a second guard (the row lock is the first): a job per tick,
+        # and each job names its tick (`unique_key`).
+        key = UniqueSpec(f"jobSchedules/{row.id}@{latest.isoformat()}", window_ms=MAX_UNIQUE_WINDOW_MS)
+        [done] = insert_submissions(rt, tx, row.owner, [with_scheduling(spec_of(row), unique=key)])
         row.last_job = done.job.id
         row.ticks_fired += 1
         row.last_tick_time = latest
