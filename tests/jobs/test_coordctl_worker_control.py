@@ -101,6 +101,15 @@ def test_worker_snoozes_a_job_whose_command_exits_75_and_runs_it_again_later(tmp
         listed = _coordctl(daemon, submitter, "job", "list", "--json")
         assert listed.returncode == 0, listed.stderr
         assert [j["name"] for j in json.loads(listed.stdout)["jobs"]] == [job]
+
+        admin = admin_create_user(daemon, "root@example.com", "admin")["api_key_secret"]
+        capped = _coordctl(daemon, admin, "job", "limit", "set", "model", "m", "2", "--json")
+        assert capped.returncode == 0, capped.stderr
+        assert json.loads(capped.stdout)["limits"] == [
+            {"scope": "JOB_LIMIT_SCOPE_MODEL", "key": "m", "max_running": 2}
+        ]
+        shown = _coordctl(daemon, admin, "job", "limit", "list")
+        assert shown.returncode == 0 and "m\t2" in shown.stdout.replace("model\t", "")
     finally:
         daemon.stop()
 
