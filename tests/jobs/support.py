@@ -20,7 +20,7 @@ TEST_POLICY = jobs.JobPolicy(fee_bps=1000, backoff_base_s=1.0, backoff_max_s=4.0
 def held_invariant_problems() -> list[str]:
     """Each user's held balance is exactly the budgets of their unfinished jobs."""
     expected: dict[str, int] = {}
-    for job in Job.select(Job.submitter, Job.budget).where(Job.state.in_([jobs.QUEUED, jobs.RUNNING])):
+    for job in Job.select(Job.submitter, Job.budget).where(Job.state.in_(list(jobs.UNFINISHED))):
         expected[job.submitter] = expected.get(job.submitter, 0) + job.budget
     problems = []
     for user in {*expected, *(j.submitter for j in Job.select(Job.submitter).distinct())}:

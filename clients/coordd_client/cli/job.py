@@ -11,17 +11,21 @@ import subprocess
 import sys
 import tempfile
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from coordd_client import attestation
-from coordd_client.cli.common import Context, emit, enum_word, resource_name, table, watch
+from coordd_client.cli.common import Context, emit, enum_word, resource_name, table, to_dict, watch
+from coordd_client.cli.job_schedule import register_schedules
 from coordd_client.errors import CoorddError, FailedPrecondition
 from coordd_client.v1 import job_pb2
 
 MAX_INLINE = 1024 * 1024
+# A command that exits with this code (EX_TEMPFAIL) asks `worker run` to snooze its job.
+SNOOZE_EXIT_CODE = 75
 TERMINAL = {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
 
 
@@ -38,6 +42,22 @@ def _seconds(value: float | None) -> duration_pb2.Duration | None:
         return None
     out = duration_pb2.Duration()
     out.FromNanoseconds(int(value * 1e9))
+    return out
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    """`--json` after the subcommand too (`coordctl job list --json`); SUPPRESS keeps the
+    global flag's value when it is not given here."""
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+
+
+def _timestamp(text: str) -> timestamp_pb2.Timestamp:
+    """`+90` / `+90s` (seconds from now) or an RFC 3339 time."""
+    out = timestamp_pb2.Timestamp()
+    if text.startswith("+"):
+        out.FromDatetime(datetime.now(UTC) + timedelta(seconds=float(text[1:].rstrip("s"))))
+    else:
+        out.FromJsonString(text)
     return out
 
 
@@ -60,7 +80,24 @@ def register(sub: Any) -> None:
     submit.add_argument("--gpus", type=int, default=0)
     submit.add_argument("--heartbeat-timeout", type=float, help="seconds")
     submit.add_argument("--start-to-close-timeout", type=float, help="seconds")
+    submit.add_argument(
+        "--schedule-time", type=_timestamp, help="claimable from then: RFC 3339, or +SECONDS from now"
+    )
+    submit.add_argument(
+        "--parent", action="append", default=[], help="job that must succeed first (repeatable)"
+    )
+    submit.add_argument("--unique-key", help="a duplicate of an unfinished job with this key is refused")
+    submit.add_argument(
+        "--unique-window", type=float, help="seconds the key stays taken (default: until finished)"
+    )
+    submit.add_argument("--unique-per-model", action="store_true", help="the key is per model too")
+    submit.add_argument(
+        "--return-existing",
+        action="store_true",
+        help="a duplicate prints the existing job instead of failing",
+    )
     submit.set_defaults(func=_submit)
+    _json_flag(submit)
     for name, func, helptext in (
         ("get", _get, "show a job"),
         ("watch", _watch, "follow a job until it finishes"),
@@ -78,10 +115,31 @@ def register(sub: Any) -> None:
                 help="full: with the inline input/output bytes (default for `get --json`); basic: without",
             )
         cmd.set_defaults(func=func)
+        _json_flag(cmd)
     listing = job.add_parser("list", help="your jobs")
-    listing.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    listing.add_argument(
+        "--state", choices=["pending", "queued", "running", "succeeded", "failed", "cancelled"]
+    )
     listing.add_argument("--limit", type=int, default=50)
     listing.set_defaults(func=_list)
+    _json_flag(listing)
+
+    limit = job.add_parser("limit", help="concurrency caps (admins)").add_subparsers(
+        dest="limit_command", required=True
+    )
+    setting = limit.add_parser(
+        "set", help="at most N running jobs of a submitter, model or label (0 removes)"
+    )
+    setting.add_argument("scope", choices=["submitter", "model", "label"])
+    setting.add_argument("key", help="users/{id} or * (each submitter), a model ref, or a label")
+    setting.add_argument("max_running", type=int)
+    setting.set_defaults(func=_limit_set)
+    _json_flag(setting)
+    listing_limits = limit.add_parser("list", help="every cap")
+    listing_limits.set_defaults(func=_limit_list)
+    _json_flag(listing_limits)
+
+    register_schedules(job)
 
     worker = sub.add_parser("worker", help="run jobs as a provider").add_subparsers(
         dest="worker_command", required=True
@@ -102,6 +160,14 @@ def register(sub: Any) -> None:
     run.add_argument(
         "--max-jobs", type=int, default=0, help="exit after this many jobs (0 = run until stopped)"
     )
+    run.add_argument(
+        "--snooze-seconds",
+        type=float,
+        default=60.0,
+        help=f"when CMD exits {SNOOZE_EXIT_CODE} (EX_TEMPFAIL) the job is snoozed this long, unless the"
+        " first line of its stdout is a number of seconds; the attempt is not spent",
+    )
+    _json_flag(run)
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     run.set_defaults(func=_worker)
 
@@ -125,9 +191,23 @@ def _submit(ctx: Context, args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         heartbeat_timeout=_seconds(args.heartbeat_timeout),
         start_to_close_timeout=_seconds(args.start_to_close_timeout),
+        schedule_time=args.schedule_time,
+        parents=[_job_name(p) for p in args.parent],
     )
-    job = ctx.client.job.SubmitJob(request).job
-    emit(ctx, job, f"{job.name} {_state(job.state)}")
+    if args.unique_key:
+        request.unique.CopyFrom(
+            job_pb2.UniqueOptions(
+                key=args.unique_key,
+                per_model=args.unique_per_model,
+                window=_seconds(args.unique_window),
+                return_existing=args.return_existing,
+            )
+        )
+    reply = ctx.client.job.SubmitJob(request)
+    job = reply.job
+    emit(
+        ctx, job, f"{job.name} {_state(job.state)}" + (" (already existed)" if reply.already_existed else "")
+    )
     return 0
 
 
@@ -183,8 +263,8 @@ def _watch(ctx: Context, args: argparse.Namespace) -> int:
     stream = watch(ctx, lambda: ctx.client.job.WatchJob(request, timeout=None))
     for update in stream:
         last = update.job
-        if ctx.as_json:
-            emit(ctx, update)
+        if ctx.as_json:  # JSON lines: one document per update, one line each
+            print(json.dumps(to_dict(update), sort_keys=True), flush=True)
         else:
             position = f", position {update.queue_position}" if update.queue_position else ""
             state = _state(last.state)
@@ -193,6 +273,26 @@ def _watch(ctx: Context, args: argparse.Namespace) -> int:
             stream.cancel()
             break
     return 0 if last is not None and last.state == job_pb2.JOB_STATE_SUCCEEDED else 1
+
+
+def _limits_out(ctx: Context, reply: Any) -> int:
+    if ctx.as_json:
+        emit(ctx, reply)
+        return 0
+    rows = [[enum_word(job_pb2.JobLimitScope, x.scope), x.key, x.max_running] for x in reply.limits]
+    table(ctx, "job limits", ["scope", "key", "max_running"], rows)
+    return 0
+
+
+def _limit_set(ctx: Context, args: argparse.Namespace) -> int:
+    scope = job_pb2.JobLimitScope.Value(f"JOB_LIMIT_SCOPE_{args.scope.upper()}")
+    key = resource_name("users", args.key) if args.scope == "submitter" and args.key != "*" else args.key
+    limit = job_pb2.JobLimit(scope=scope, key=key, max_running=args.max_running)
+    return _limits_out(ctx, ctx.client.job.SetJobLimit(job_pb2.SetJobLimitRequest(limit=limit)))
+
+
+def _limit_list(ctx: Context, args: argparse.Namespace) -> int:
+    return _limits_out(ctx, ctx.client.job.ListJobLimits(job_pb2.ListJobLimitsRequest()))
 
 
 def _cancel(ctx: Context, args: argparse.Namespace) -> int:
@@ -306,8 +406,14 @@ class _Worker:
             stdout, stderr = proc.communicate(None if uses_input else job.input.data)
             stop_beats.set()
             beats.join()
+            if outcome.get("lost") == "cancelled":
+                self.log("job cancelled", job=job.name)
+                return
             if outcome.get("lost"):
                 self.log("lease lost; result dropped", job=job.name, reason=outcome["lost"])
+                return
+            if proc.returncode == SNOOZE_EXIT_CODE:
+                self.snooze(lease, job, stdout)
                 return
             if proc.returncode == 0:
                 result = output_path.read_bytes() if uses_output and output_path.exists() else stdout
@@ -357,6 +463,25 @@ class _Worker:
         self.log(
             "job completed", job=job.name, sha256=reply.job.output.sha256, attestation=reply.attestation.name
         )
+
+    def snooze(self, lease: job_pb2.Lease, job: job_pb2.Job, stdout: bytes) -> None:
+        first = stdout.decode(errors="replace").strip().splitlines()[:1]
+        try:
+            delay = float(first[0]) if first else self.args.snooze_seconds
+        except ValueError:
+            delay = self.args.snooze_seconds
+        until = timestamp_pb2.Timestamp()
+        until.FromDatetime(datetime.now(UTC) + timedelta(seconds=max(delay, 1.0)))
+        try:
+            reply = self.ctx.client.job.SnoozeJob(
+                job_pb2.SnoozeJobRequest(
+                    lease=lease, snooze_time=until, reason="snoozed by the worker's command"
+                )
+            )
+        except FailedPrecondition as exc:
+            self.log("snooze refused", job=job.name, reason=exc.reason)
+            return
+        self.log("job snoozed", job=job.name, until=until.ToJsonString(), state=_state(reply.job.state))
 
     def fail(self, lease: job_pb2.Lease, job: job_pb2.Job, error: str, retryable: bool) -> None:
         try:

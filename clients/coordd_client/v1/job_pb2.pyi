@@ -55,7 +55,11 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     JOB_STATE_FAILED: _JobState.ValueType  # 4
     """Dead letter: out of attempts, failed without retry, or timed out; refunded."""
     JOB_STATE_CANCELLED: _JobState.ValueType  # 5
-    """Cancelled by its submitter or an admin; refunded."""
+    """Cancelled by its submitter or an admin, or because a parent was cancelled; refunded."""
+    JOB_STATE_PENDING: _JobState.ValueType  # 6
+    """Not claimable yet: waiting for its `schedule_time`, or for its parents to succeed. Its
+    budget is held.
+    """
 
 class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper):
     """Where a job is in its life."""
@@ -70,7 +74,11 @@ JOB_STATE_SUCCEEDED: JobState.ValueType  # 3
 JOB_STATE_FAILED: JobState.ValueType  # 4
 """Dead letter: out of attempts, failed without retry, or timed out; refunded."""
 JOB_STATE_CANCELLED: JobState.ValueType  # 5
-"""Cancelled by its submitter or an admin; refunded."""
+"""Cancelled by its submitter or an admin, or because a parent was cancelled; refunded."""
+JOB_STATE_PENDING: JobState.ValueType  # 6
+"""Not claimable yet: waiting for its `schedule_time`, or for its parents to succeed. Its
+budget is held.
+"""
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
 class _JobView:
@@ -100,6 +108,56 @@ and URI, but not `data`.
 JOB_VIEW_FULL: JobView.ValueType  # 2
 """Everything, inline payload bytes included."""
 Global___JobView: _TypeAlias = JobView  # noqa: Y015
+
+class _JobLimitScope:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobLimitScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobLimitScope.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_LIMIT_SCOPE_UNSPECIFIED: _JobLimitScope.ValueType  # 0
+    JOB_LIMIT_SCOPE_SUBMITTER: _JobLimitScope.ValueType  # 1
+    """`key` is `users/{user}`, or `*`: each submitter (a user's own cap overrides it)."""
+    JOB_LIMIT_SCOPE_MODEL: _JobLimitScope.ValueType  # 2
+    """`key` is a model_ref."""
+    JOB_LIMIT_SCOPE_LABEL: _JobLimitScope.ValueType  # 3
+    """`key` is a required label (queue label)."""
+
+class JobLimitScope(_JobLimitScope, metaclass=_JobLimitScopeEnumTypeWrapper):
+    """What a concurrency cap counts."""
+
+JOB_LIMIT_SCOPE_UNSPECIFIED: JobLimitScope.ValueType  # 0
+JOB_LIMIT_SCOPE_SUBMITTER: JobLimitScope.ValueType  # 1
+"""`key` is `users/{user}`, or `*`: each submitter (a user's own cap overrides it)."""
+JOB_LIMIT_SCOPE_MODEL: JobLimitScope.ValueType  # 2
+"""`key` is a model_ref."""
+JOB_LIMIT_SCOPE_LABEL: JobLimitScope.ValueType  # 3
+"""`key` is a required label (queue label)."""
+Global___JobLimitScope: _TypeAlias = JobLimitScope  # noqa: Y015
+
+class _MissedTickPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MissedTickPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MissedTickPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MISSED_TICK_POLICY_UNSPECIFIED: _MissedTickPolicy.ValueType  # 0
+    """SKIP."""
+    MISSED_TICK_POLICY_SKIP: _MissedTickPolicy.ValueType  # 1
+    """No job for missed ticks; counted in ticks_skipped."""
+    MISSED_TICK_POLICY_CATCH_UP_ONCE: _MissedTickPolicy.ValueType  # 2
+    """One job for all the missed ticks, then on as usual."""
+
+class MissedTickPolicy(_MissedTickPolicy, metaclass=_MissedTickPolicyEnumTypeWrapper):
+    """What a schedule does with ticks missed while no scheduler ran (due more than 60s ago)."""
+
+MISSED_TICK_POLICY_UNSPECIFIED: MissedTickPolicy.ValueType  # 0
+"""SKIP."""
+MISSED_TICK_POLICY_SKIP: MissedTickPolicy.ValueType  # 1
+"""No job for missed ticks; counted in ticks_skipped."""
+MISSED_TICK_POLICY_CATCH_UP_ONCE: MissedTickPolicy.ValueType  # 2
+"""One job for all the missed ticks, then on as usual."""
+Global___MissedTickPolicy: _TypeAlias = MissedTickPolicy  # noqa: Y015
 
 @_typing.final
 class Payload(_message.Message):
@@ -241,6 +299,9 @@ class Job(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     FEE_FIELD_NUMBER: _builtins.int
+    SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
+    PARENTS_FIELD_NUMBER: _builtins.int
+    UNIQUE_KEY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `jobs/{job}`."""
     submitter: _builtins.str
@@ -265,6 +326,8 @@ class Job(_message.Message):
     """Why the job failed or was cancelled (the last attempt's error for a dead letter)."""
     fee: _builtins.int
     """Platform fee taken from the budget on success."""
+    unique_key: _builtins.str
+    """The unique key it was submitted with (empty: none)."""
     @_builtins.property
     def input(self) -> Global___Payload: ...
     @_builtins.property
@@ -297,6 +360,14 @@ class Job(_message.Message):
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobAttempt]:
         """Every attempt, oldest first (GetJob only)."""
 
+    @_builtins.property
+    def schedule_time(self) -> _timestamp_pb2.Timestamp:
+        """When the job was first claimable (as submitted; unset: at once)."""
+
+    @_builtins.property
+    def parents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`jobs/{job}` that must succeed before this one becomes claimable."""
+
     def __init__(
         self,
         *,
@@ -326,14 +397,60 @@ class Job(_message.Message):
         attempts: _abc.Iterable[Global___JobAttempt] | None = ...,
         error: _builtins.str = ...,
         fee: _builtins.int = ...,
+        schedule_time: _timestamp_pb2.Timestamp | None = ...,
+        parents: _abc.Iterable[_builtins.str] | None = ...,
+        unique_key: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "finish_time", b"finish_time", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "next_attempt_time", b"next_attempt_time", "output", b"output", "requirements", b"requirements", "schedule_to_close_timeout", b"schedule_to_close_timeout", "schedule_to_start_timeout", b"schedule_to_start_timeout", "start_time", b"start_time", "start_to_close_timeout", b"start_to_close_timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "finish_time", b"finish_time", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "next_attempt_time", b"next_attempt_time", "output", b"output", "requirements", b"requirements", "schedule_time", b"schedule_time", "schedule_to_close_timeout", b"schedule_to_close_timeout", "schedule_to_start_timeout", b"schedule_to_start_timeout", "start_time", b"start_time", "start_to_close_timeout", b"start_to_close_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "budget", b"budget", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "error", b"error", "fee", b"fee", "finish_time", b"finish_time", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "kind", b"kind", "max_attempts", b"max_attempts", "model_ref", b"model_ref", "name", b"name", "next_attempt_time", b"next_attempt_time", "output", b"output", "priority", b"priority", "progress", b"progress", "provider", b"provider", "requirements", b"requirements", "schedule_to_close_timeout", b"schedule_to_close_timeout", "schedule_to_start_timeout", b"schedule_to_start_timeout", "start_time", b"start_time", "start_to_close_timeout", b"start_to_close_timeout", "state", b"state", "submitter", b"submitter"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "budget", b"budget", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "error", b"error", "fee", b"fee", "finish_time", b"finish_time", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "kind", b"kind", "max_attempts", b"max_attempts", "model_ref", b"model_ref", "name", b"name", "next_attempt_time", b"next_attempt_time", "output", b"output", "parents", b"parents", "priority", b"priority", "progress", b"progress", "provider", b"provider", "requirements", b"requirements", "schedule_time", b"schedule_time", "schedule_to_close_timeout", b"schedule_to_close_timeout", "schedule_to_start_timeout", b"schedule_to_start_timeout", "start_time", b"start_time", "start_to_close_timeout", b"start_to_close_timeout", "state", b"state", "submitter", b"submitter", "unique_key", b"unique_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class UniqueOptions(_message.Message):
+    """Submission deduplication: a second submission with the same key by the same submitter
+    (and, with `per_model`, the same model_ref) is a duplicate while the first is unfinished,
+    or, with `window`, during `window` after the first submission whatever its state.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    PER_MODEL_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    RETURN_EXISTING_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """1..200 printable characters."""
+    per_model: _builtins.bool
+    """The key is scoped per model_ref too."""
+    return_existing: _builtins.bool
+    """A duplicate returns the existing job (SubmitJobResponse.already_existed) instead of
+    failing with ALREADY_EXISTS (whose ErrorInfo metadata `job` names the existing job).
+    """
+    @_builtins.property
+    def window(self) -> _duration_pb2.Duration:
+        """Unset: unique while the first job is not finished (pending, queued or running). Set
+        (1s..30d): unique for this long after the first submission.
+        """
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        per_model: _builtins.bool = ...,
+        window: _duration_pb2.Duration | None = ...,
+        return_existing: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "per_model", b"per_model", "return_existing", b"return_existing", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UniqueOptions: _TypeAlias = UniqueOptions  # noqa: Y015
 
 @_typing.final
 class Lease(_message.Message):
@@ -478,6 +595,9 @@ class SubmitJobRequest(_message.Message):
     START_TO_CLOSE_TIMEOUT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_TIMEOUT_FIELD_NUMBER: _builtins.int
     SCHEDULE_TO_CLOSE_TIMEOUT_FIELD_NUMBER: _builtins.int
+    SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
+    UNIQUE_FIELD_NUMBER: _builtins.int
+    PARENTS_FIELD_NUMBER: _builtins.int
     kind: Global___JobKind.ValueType
     model_ref: _builtins.str
     """Model reference, e.g. `hf://org/model@rev`. Required."""
@@ -509,6 +629,24 @@ class SubmitJobRequest(_message.Message):
     def schedule_to_close_timeout(self) -> _duration_pb2.Duration:
         """Longest time from submission to a result, over all attempts; unset: no limit."""
 
+    @_builtins.property
+    def schedule_time(self) -> _timestamp_pb2.Timestamp:
+        """Claimable from this time on (at most 366 days ahead); unset or past: at once. Until
+        then the job is PENDING. Schedule-to-start and schedule-to-close count from it.
+        """
+
+    @_builtins.property
+    def unique(self) -> Global___UniqueOptions:
+        """Deduplicate this submission; unset: never a duplicate."""
+
+    @_builtins.property
+    def parents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`jobs/{job}` (at most 32, the caller's own jobs) that must all succeed first. A parent
+        that fails or is cancelled fails or cancels this job, refunded. A finished parent that
+        did not succeed is FAILED_PRECONDITION (PARENT_FINISHED). Parents exist before their
+        children, so the graph has no cycle.
+        """
+
     def __init__(
         self,
         *,
@@ -523,10 +661,13 @@ class SubmitJobRequest(_message.Message):
         start_to_close_timeout: _duration_pb2.Duration | None = ...,
         heartbeat_timeout: _duration_pb2.Duration | None = ...,
         schedule_to_close_timeout: _duration_pb2.Duration | None = ...,
+        schedule_time: _timestamp_pb2.Timestamp | None = ...,
+        unique: Global___UniqueOptions | None = ...,
+        parents: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "requirements", b"requirements", "schedule_to_close_timeout", b"schedule_to_close_timeout", "schedule_to_start_timeout", b"schedule_to_start_timeout", "start_to_close_timeout", b"start_to_close_timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "requirements", b"requirements", "schedule_time", b"schedule_time", "schedule_to_close_timeout", b"schedule_to_close_timeout", "schedule_to_start_timeout", b"schedule_to_start_timeout", "start_to_close_timeout", b"start_to_close_timeout", "unique", b"unique"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "kind", b"kind", "max_attempts", b"max_attempts", "model_ref", b"model_ref", "priority", b"priority", "requirements", b"requirements", "schedule_to_close_timeout", b"schedule_to_close_timeout", "schedule_to_start_timeout", b"schedule_to_start_timeout", "start_to_close_timeout", b"start_to_close_timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "kind", b"kind", "max_attempts", b"max_attempts", "model_ref", b"model_ref", "parents", b"parents", "priority", b"priority", "requirements", b"requirements", "schedule_time", b"schedule_time", "schedule_to_close_timeout", b"schedule_to_close_timeout", "schedule_to_start_timeout", b"schedule_to_start_timeout", "start_to_close_timeout", b"start_to_close_timeout", "unique", b"unique"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -537,16 +678,20 @@ class SubmitJobResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
+    ALREADY_EXISTED_FIELD_NUMBER: _builtins.int
+    already_existed: _builtins.bool
+    """The submission was a duplicate (UniqueOptions.return_existing): `job` is the existing one."""
     @_builtins.property
     def job(self) -> Global___Job: ...
     def __init__(
         self,
         *,
         job: Global___Job | None = ...,
+        already_existed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_existed", b"already_existed", "job", b"job"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -909,6 +1054,56 @@ class HeartbeatJobResponse(_message.Message):
 Global___HeartbeatJobResponse: _TypeAlias = HeartbeatJobResponse  # noqa: Y015
 
 @_typing.final
+class SnoozeJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_FIELD_NUMBER: _builtins.int
+    SNOOZE_TIME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Why; kept as the job's error text until it runs again."""
+    @_builtins.property
+    def lease(self) -> Global___Lease: ...
+    @_builtins.property
+    def snooze_time(self) -> _timestamp_pb2.Timestamp:
+        """Claimable again from this time (after now, at most 30 days ahead). Required."""
+
+    def __init__(
+        self,
+        *,
+        lease: Global___Lease | None = ...,
+        snooze_time: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "snooze_time", b"snooze_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "reason", b"reason", "snooze_time", b"snooze_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnoozeJobRequest: _TypeAlias = SnoozeJobRequest  # noqa: Y015
+
+@_typing.final
+class SnoozeJobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___Job: ...
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnoozeJobResponse: _TypeAlias = SnoozeJobResponse  # noqa: Y015
+
+@_typing.final
 class CompleteJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1127,6 +1322,421 @@ class RequeueJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RequeueJobResponse: _TypeAlias = RequeueJobResponse  # noqa: Y015
+
+@_typing.final
+class JobLimit(_message.Message):
+    """At most `max_running` jobs of `scope`/`key` run at once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCOPE_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    MAX_RUNNING_FIELD_NUMBER: _builtins.int
+    scope: Global___JobLimitScope.ValueType
+    key: _builtins.str
+    max_running: _builtins.int
+    """1..1000000; 0 in SetJobLimit removes the cap."""
+    def __init__(
+        self,
+        *,
+        scope: Global___JobLimitScope.ValueType = ...,
+        key: _builtins.str = ...,
+        max_running: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "max_running", b"max_running", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobLimit: _TypeAlias = JobLimit  # noqa: Y015
+
+@_typing.final
+class SetJobLimitRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def limit(self) -> Global___JobLimit: ...
+    def __init__(
+        self,
+        *,
+        limit: Global___JobLimit | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetJobLimitRequest: _TypeAlias = SetJobLimitRequest  # noqa: Y015
+
+@_typing.final
+class SetJobLimitResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobLimit]:
+        """Every cap after the change."""
+
+    def __init__(
+        self,
+        *,
+        limits: _abc.Iterable[Global___JobLimit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetJobLimitResponse: _TypeAlias = SetJobLimitResponse  # noqa: Y015
+
+@_typing.final
+class ListJobLimitsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJobLimitsRequest: _TypeAlias = ListJobLimitsRequest  # noqa: Y015
+
+@_typing.final
+class ListJobLimitsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobLimit]: ...
+    def __init__(
+        self,
+        *,
+        limits: _abc.Iterable[Global___JobLimit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJobLimitsResponse: _TypeAlias = ListJobLimitsResponse  # noqa: Y015
+
+@_typing.final
+class JobSchedule(_message.Message):
+    """A periodic job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    CRON_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    MISSED_TICK_POLICY_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    NEXT_TICK_TIME_FIELD_NUMBER: _builtins.int
+    LAST_TICK_TIME_FIELD_NUMBER: _builtins.int
+    LAST_JOB_FIELD_NUMBER: _builtins.int
+    TICKS_FIRED_FIELD_NUMBER: _builtins.int
+    TICKS_SKIPPED_FIELD_NUMBER: _builtins.int
+    LAST_SKIP_REASON_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`jobSchedules/{schedule}`."""
+    owner: _builtins.str
+    """`users/{user}` who pays for every tick."""
+    cron: _builtins.str
+    """Five-field cron expression (minute hour day-of-month month day-of-week); or `interval`."""
+    time_zone: _builtins.str
+    """IANA time zone of `cron`; empty: UTC."""
+    missed_tick_policy: Global___MissedTickPolicy.ValueType
+    paused: _builtins.bool
+    last_job: _builtins.str
+    """`jobs/{job}` queued by the last tick that fired."""
+    ticks_fired: _builtins.int
+    ticks_skipped: _builtins.int
+    """Missed or unfundable ticks."""
+    last_skip_reason: _builtins.str
+    @_builtins.property
+    def job(self) -> Global___SubmitJobRequest:
+        """The template of each tick's job (schedule_time, unique and parents are not allowed)."""
+
+    @_builtins.property
+    def interval(self) -> _duration_pb2.Duration:
+        """Fixed interval (1s..366d) from creation; or `cron`."""
+
+    @_builtins.property
+    def next_tick_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_tick_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        job: Global___SubmitJobRequest | None = ...,
+        cron: _builtins.str = ...,
+        time_zone: _builtins.str = ...,
+        interval: _duration_pb2.Duration | None = ...,
+        missed_tick_policy: Global___MissedTickPolicy.ValueType = ...,
+        paused: _builtins.bool = ...,
+        next_tick_time: _timestamp_pb2.Timestamp | None = ...,
+        last_tick_time: _timestamp_pb2.Timestamp | None = ...,
+        last_job: _builtins.str = ...,
+        ticks_fired: _builtins.int = ...,
+        ticks_skipped: _builtins.int = ...,
+        last_skip_reason: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "interval", b"interval", "job", b"job", "last_tick_time", b"last_tick_time", "next_tick_time", b"next_tick_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "cron", b"cron", "interval", b"interval", "job", b"job", "last_job", b"last_job", "last_skip_reason", b"last_skip_reason", "last_tick_time", b"last_tick_time", "missed_tick_policy", b"missed_tick_policy", "name", b"name", "next_tick_time", b"next_tick_time", "owner", b"owner", "paused", b"paused", "ticks_fired", b"ticks_fired", "ticks_skipped", b"ticks_skipped", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobSchedule: _TypeAlias = JobSchedule  # noqa: Y015
+
+@_typing.final
+class CreateJobScheduleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___JobSchedule:
+        """Required: name, owner and the output fields are ignored."""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___JobSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateJobScheduleRequest: _TypeAlias = CreateJobScheduleRequest  # noqa: Y015
+
+@_typing.final
+class CreateJobScheduleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___JobSchedule: ...
+    def __init__(
+        self,
+        *,
+        schedule: Global___JobSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateJobScheduleResponse: _TypeAlias = CreateJobScheduleResponse  # noqa: Y015
+
+@_typing.final
+class GetJobScheduleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`jobSchedules/{schedule}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobScheduleRequest: _TypeAlias = GetJobScheduleRequest  # noqa: Y015
+
+@_typing.final
+class GetJobScheduleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___JobSchedule: ...
+    def __init__(
+        self,
+        *,
+        schedule: Global___JobSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobScheduleResponse: _TypeAlias = GetJobScheduleResponse  # noqa: Y015
+
+@_typing.final
+class ListJobSchedulesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJobSchedulesRequest: _TypeAlias = ListJobSchedulesRequest  # noqa: Y015
+
+@_typing.final
+class ListJobSchedulesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedules(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobSchedule]: ...
+    def __init__(
+        self,
+        *,
+        schedules: _abc.Iterable[Global___JobSchedule] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedules", b"schedules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJobSchedulesResponse: _TypeAlias = ListJobSchedulesResponse  # noqa: Y015
+
+@_typing.final
+class PauseJobScheduleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`jobSchedules/{schedule}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseJobScheduleRequest: _TypeAlias = PauseJobScheduleRequest  # noqa: Y015
+
+@_typing.final
+class PauseJobScheduleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___JobSchedule: ...
+    def __init__(
+        self,
+        *,
+        schedule: Global___JobSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseJobScheduleResponse: _TypeAlias = PauseJobScheduleResponse  # noqa: Y015
+
+@_typing.final
+class ResumeJobScheduleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`jobSchedules/{schedule}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeJobScheduleRequest: _TypeAlias = ResumeJobScheduleRequest  # noqa: Y015
+
+@_typing.final
+class ResumeJobScheduleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___JobSchedule: ...
+    def __init__(
+        self,
+        *,
+        schedule: Global___JobSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeJobScheduleResponse: _TypeAlias = ResumeJobScheduleResponse  # noqa: Y015
+
+@_typing.final
+class DeleteJobScheduleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`jobSchedules/{schedule}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteJobScheduleRequest: _TypeAlias = DeleteJobScheduleRequest  # noqa: Y015
+
+@_typing.final
+class DeleteJobScheduleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteJobScheduleResponse: _TypeAlias = DeleteJobScheduleResponse  # noqa: Y015
 
 @_typing.final
 class GetAttestationRequest(_message.Message):

@@ -81,6 +81,11 @@ class JobServiceStub:
                 request_serializer=coordd_dot_v1_dot_job__pb2.HeartbeatJobRequest.SerializeToString,
                 response_deserializer=coordd_dot_v1_dot_job__pb2.HeartbeatJobResponse.FromString,
                 _registered_method=True)
+        self.SnoozeJob = channel.unary_unary(
+                '/coordd.v1.JobService/SnoozeJob',
+                request_serializer=coordd_dot_v1_dot_job__pb2.SnoozeJobRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_job__pb2.SnoozeJobResponse.FromString,
+                _registered_method=True)
         self.CompleteJob = channel.unary_unary(
                 '/coordd.v1.JobService/CompleteJob',
                 request_serializer=coordd_dot_v1_dot_job__pb2.CompleteJobRequest.SerializeToString,
@@ -100,6 +105,46 @@ class JobServiceStub:
                 '/coordd.v1.JobService/RequeueJob',
                 request_serializer=coordd_dot_v1_dot_job__pb2.RequeueJobRequest.SerializeToString,
                 response_deserializer=coordd_dot_v1_dot_job__pb2.RequeueJobResponse.FromString,
+                _registered_method=True)
+        self.SetJobLimit = channel.unary_unary(
+                '/coordd.v1.JobService/SetJobLimit',
+                request_serializer=coordd_dot_v1_dot_job__pb2.SetJobLimitRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_job__pb2.SetJobLimitResponse.FromString,
+                _registered_method=True)
+        self.ListJobLimits = channel.unary_unary(
+                '/coordd.v1.JobService/ListJobLimits',
+                request_serializer=coordd_dot_v1_dot_job__pb2.ListJobLimitsRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_job__pb2.ListJobLimitsResponse.FromString,
+                _registered_method=True)
+        self.CreateJobSchedule = channel.unary_unary(
+                '/coordd.v1.JobService/CreateJobSchedule',
+                request_serializer=coordd_dot_v1_dot_job__pb2.CreateJobScheduleRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_job__pb2.CreateJobScheduleResponse.FromString,
+                _registered_method=True)
+        self.GetJobSchedule = channel.unary_unary(
+                '/coordd.v1.JobService/GetJobSchedule',
+                request_serializer=coordd_dot_v1_dot_job__pb2.GetJobScheduleRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_job__pb2.GetJobScheduleResponse.FromString,
+                _registered_method=True)
+        self.ListJobSchedules = channel.unary_unary(
+                '/coordd.v1.JobService/ListJobSchedules',
+                request_serializer=coordd_dot_v1_dot_job__pb2.ListJobSchedulesRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_job__pb2.ListJobSchedulesResponse.FromString,
+                _registered_method=True)
+        self.PauseJobSchedule = channel.unary_unary(
+                '/coordd.v1.JobService/PauseJobSchedule',
+                request_serializer=coordd_dot_v1_dot_job__pb2.PauseJobScheduleRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_job__pb2.PauseJobScheduleResponse.FromString,
+                _registered_method=True)
+        self.ResumeJobSchedule = channel.unary_unary(
+                '/coordd.v1.JobService/ResumeJobSchedule',
+                request_serializer=coordd_dot_v1_dot_job__pb2.ResumeJobScheduleRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_job__pb2.ResumeJobScheduleResponse.FromString,
+                _registered_method=True)
+        self.DeleteJobSchedule = channel.unary_unary(
+                '/coordd.v1.JobService/DeleteJobSchedule',
+                request_serializer=coordd_dot_v1_dot_job__pb2.DeleteJobScheduleRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_job__pb2.DeleteJobScheduleResponse.FromString,
                 _registered_method=True)
         self.GetAttestation = channel.unary_unary(
                 '/coordd.v1.JobService/GetAttestation',
@@ -196,6 +241,16 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SnoozeJob(self, request, context):
+        """Workers: puts a leased job back in line until `snooze_time` ("retry me at T"): the lease
+        ends, the attempt is not counted against max_attempts, and no attempt is recorded as
+        failed. A job whose cancellation was asked for is cancelled instead (FAILED_PRECONDITION
+        JOB_CANCELLED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CompleteJob(self, request, context):
         """Workers: records the result, signs an attestation and pays the provider, atomically.
         A stale lease (the job was rescued and leased again) is FAILED_PRECONDITION.
@@ -223,6 +278,65 @@ class JobServiceServicer:
     def RequeueJob(self, request, context):
         """Operators: moves a FAILED (dead-lettered) job back to QUEUED with a fresh set of
         attempts, holding its budget again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetJobLimit(self, request, context):
+        """Operators: sets a concurrency cap (at most `max_running` running jobs of a submitter, a
+        model ref or a label); max_running 0 removes it. Claims on every replica honour it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobLimits(self, request, context):
+        """Operators: every concurrency cap.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateJobSchedule(self, request, context):
+        """Creates a periodic schedule: one job from `job` per tick (a cron expression in a time
+        zone, or a fixed interval), each budget held from the caller's balance when its job is
+        queued; a tick that cannot be funded is recorded and skipped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJobSchedule(self, request, context):
+        """A schedule. Visible to its owner and admins.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobSchedules(self, request, context):
+        """The caller's schedules (admins: everyone's), oldest first, at most 1000.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseJobSchedule(self, request, context):
+        """Pauses a schedule: no tick fires until it is resumed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeJobSchedule(self, request, context):
+        """Resumes a schedule from now on (ticks that passed while paused do not fire).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteJobSchedule(self, request, context):
+        """Deletes a schedule; jobs it queued are not affected.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -292,6 +406,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     request_deserializer=coordd_dot_v1_dot_job__pb2.HeartbeatJobRequest.FromString,
                     response_serializer=coordd_dot_v1_dot_job__pb2.HeartbeatJobResponse.SerializeToString,
             ),
+            'SnoozeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.SnoozeJob,
+                    request_deserializer=coordd_dot_v1_dot_job__pb2.SnoozeJobRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_job__pb2.SnoozeJobResponse.SerializeToString,
+            ),
             'CompleteJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CompleteJob,
                     request_deserializer=coordd_dot_v1_dot_job__pb2.CompleteJobRequest.FromString,
@@ -311,6 +430,46 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.RequeueJob,
                     request_deserializer=coordd_dot_v1_dot_job__pb2.RequeueJobRequest.FromString,
                     response_serializer=coordd_dot_v1_dot_job__pb2.RequeueJobResponse.SerializeToString,
+            ),
+            'SetJobLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetJobLimit,
+                    request_deserializer=coordd_dot_v1_dot_job__pb2.SetJobLimitRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_job__pb2.SetJobLimitResponse.SerializeToString,
+            ),
+            'ListJobLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobLimits,
+                    request_deserializer=coordd_dot_v1_dot_job__pb2.ListJobLimitsRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_job__pb2.ListJobLimitsResponse.SerializeToString,
+            ),
+            'CreateJobSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateJobSchedule,
+                    request_deserializer=coordd_dot_v1_dot_job__pb2.CreateJobScheduleRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_job__pb2.CreateJobScheduleResponse.SerializeToString,
+            ),
+            'GetJobSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobSchedule,
+                    request_deserializer=coordd_dot_v1_dot_job__pb2.GetJobScheduleRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_job__pb2.GetJobScheduleResponse.SerializeToString,
+            ),
+            'ListJobSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobSchedules,
+                    request_deserializer=coordd_dot_v1_dot_job__pb2.ListJobSchedulesRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_job__pb2.ListJobSchedulesResponse.SerializeToString,
+            ),
+            'PauseJobSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseJobSchedule,
+                    request_deserializer=coordd_dot_v1_dot_job__pb2.PauseJobScheduleRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_job__pb2.PauseJobScheduleResponse.SerializeToString,
+            ),
+            'ResumeJobSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeJobSchedule,
+                    request_deserializer=coordd_dot_v1_dot_job__pb2.ResumeJobScheduleRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_job__pb2.ResumeJobScheduleResponse.SerializeToString,
+            ),
+            'DeleteJobSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJobSchedule,
+                    request_deserializer=coordd_dot_v1_dot_job__pb2.DeleteJobScheduleRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_job__pb2.DeleteJobScheduleResponse.SerializeToString,
             ),
             'GetAttestation': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAttestation,
@@ -562,6 +721,33 @@ class JobService:
             _registered_method=True)
 
     @staticmethod
+    def SnoozeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.JobService/SnoozeJob',
+            coordd_dot_v1_dot_job__pb2.SnoozeJobRequest.SerializeToString,
+            coordd_dot_v1_dot_job__pb2.SnoozeJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CompleteJob(request,
             target,
             options=(),
@@ -659,6 +845,222 @@ class JobService:
             '/coordd.v1.JobService/RequeueJob',
             coordd_dot_v1_dot_job__pb2.RequeueJobRequest.SerializeToString,
             coordd_dot_v1_dot_job__pb2.RequeueJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetJobLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.JobService/SetJobLimit',
+            coordd_dot_v1_dot_job__pb2.SetJobLimitRequest.SerializeToString,
+            coordd_dot_v1_dot_job__pb2.SetJobLimitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.JobService/ListJobLimits',
+            coordd_dot_v1_dot_job__pb2.ListJobLimitsRequest.SerializeToString,
+            coordd_dot_v1_dot_job__pb2.ListJobLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateJobSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.JobService/CreateJobSchedule',
+            coordd_dot_v1_dot_job__pb2.CreateJobScheduleRequest.SerializeToString,
+            coordd_dot_v1_dot_job__pb2.CreateJobScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.JobService/GetJobSchedule',
+            coordd_dot_v1_dot_job__pb2.GetJobScheduleRequest.SerializeToString,
+            coordd_dot_v1_dot_job__pb2.GetJobScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.JobService/ListJobSchedules',
+            coordd_dot_v1_dot_job__pb2.ListJobSchedulesRequest.SerializeToString,
+            coordd_dot_v1_dot_job__pb2.ListJobSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseJobSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.JobService/PauseJobSchedule',
+            coordd_dot_v1_dot_job__pb2.PauseJobScheduleRequest.SerializeToString,
+            coordd_dot_v1_dot_job__pb2.PauseJobScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeJobSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.JobService/ResumeJobSchedule',
+            coordd_dot_v1_dot_job__pb2.ResumeJobScheduleRequest.SerializeToString,
+            coordd_dot_v1_dot_job__pb2.ResumeJobScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJobSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordd.v1.JobService/DeleteJobSchedule',
+            coordd_dot_v1_dot_job__pb2.DeleteJobScheduleRequest.SerializeToString,
+            coordd_dot_v1_dot_job__pb2.DeleteJobScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,6 +75,12 @@ class JobServiceStub:
     """
     HeartbeatJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.HeartbeatJobRequest, _job_pb2.HeartbeatJobResponse]
     """Workers: extends the lease and reports progress; the reply says if the job was cancelled."""
+    SnoozeJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.SnoozeJobRequest, _job_pb2.SnoozeJobResponse]
+    """Workers: puts a leased job back in line until `snooze_time` ("retry me at T"): the lease
+    ends, the attempt is not counted against max_attempts, and no attempt is recorded as
+    failed. A job whose cancellation was asked for is cancelled instead (FAILED_PRECONDITION
+    JOB_CANCELLED).
+    """
     CompleteJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.CompleteJobRequest, _job_pb2.CompleteJobResponse]
     """Workers: records the result, signs an attestation and pays the provider, atomically.
     A stale lease (the job was rescued and leased again) is FAILED_PRECONDITION.
@@ -91,6 +97,27 @@ class JobServiceStub:
     """Operators: moves a FAILED (dead-lettered) job back to QUEUED with a fresh set of
     attempts, holding its budget again.
     """
+    SetJobLimit: _grpc.UnaryUnaryMultiCallable[_job_pb2.SetJobLimitRequest, _job_pb2.SetJobLimitResponse]
+    """Operators: sets a concurrency cap (at most `max_running` running jobs of a submitter, a
+    model ref or a label); max_running 0 removes it. Claims on every replica honour it.
+    """
+    ListJobLimits: _grpc.UnaryUnaryMultiCallable[_job_pb2.ListJobLimitsRequest, _job_pb2.ListJobLimitsResponse]
+    """Operators: every concurrency cap."""
+    CreateJobSchedule: _grpc.UnaryUnaryMultiCallable[_job_pb2.CreateJobScheduleRequest, _job_pb2.CreateJobScheduleResponse]
+    """Creates a periodic schedule: one job from `job` per tick (a cron expression in a time
+    zone, or a fixed interval), each budget held from the caller's balance when its job is
+    queued; a tick that cannot be funded is recorded and skipped.
+    """
+    GetJobSchedule: _grpc.UnaryUnaryMultiCallable[_job_pb2.GetJobScheduleRequest, _job_pb2.GetJobScheduleResponse]
+    """A schedule. Visible to its owner and admins."""
+    ListJobSchedules: _grpc.UnaryUnaryMultiCallable[_job_pb2.ListJobSchedulesRequest, _job_pb2.ListJobSchedulesResponse]
+    """The caller's schedules (admins: everyone's), oldest first, at most 1000."""
+    PauseJobSchedule: _grpc.UnaryUnaryMultiCallable[_job_pb2.PauseJobScheduleRequest, _job_pb2.PauseJobScheduleResponse]
+    """Pauses a schedule: no tick fires until it is resumed."""
+    ResumeJobSchedule: _grpc.UnaryUnaryMultiCallable[_job_pb2.ResumeJobScheduleRequest, _job_pb2.ResumeJobScheduleResponse]
+    """Resumes a schedule from now on (ticks that passed while paused do not fire)."""
+    DeleteJobSchedule: _grpc.UnaryUnaryMultiCallable[_job_pb2.DeleteJobScheduleRequest, _job_pb2.DeleteJobScheduleResponse]
+    """Deletes a schedule; jobs it queued are not affected."""
     GetAttestation: _grpc.UnaryUnaryMultiCallable[_job_pb2.GetAttestationRequest, _job_pb2.GetAttestationResponse]
     """The signed attestation of a succeeded job (DSSE envelope around an in-toto statement)."""
     GetSigningKey: _grpc.UnaryUnaryMultiCallable[_job_pb2.GetSigningKeyRequest, _job_pb2.GetSigningKeyResponse]
@@ -145,6 +172,12 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     HeartbeatJob: _aio.UnaryUnaryMultiCallable[_job_pb2.HeartbeatJobRequest, _job_pb2.HeartbeatJobResponse]  # type: ignore[assignment]
     """Workers: extends the lease and reports progress; the reply says if the job was cancelled."""
+    SnoozeJob: _aio.UnaryUnaryMultiCallable[_job_pb2.SnoozeJobRequest, _job_pb2.SnoozeJobResponse]  # type: ignore[assignment]
+    """Workers: puts a leased job back in line until `snooze_time` ("retry me at T"): the lease
+    ends, the attempt is not counted against max_attempts, and no attempt is recorded as
+    failed. A job whose cancellation was asked for is cancelled instead (FAILED_PRECONDITION
+    JOB_CANCELLED).
+    """
     CompleteJob: _aio.UnaryUnaryMultiCallable[_job_pb2.CompleteJobRequest, _job_pb2.CompleteJobResponse]  # type: ignore[assignment]
     """Workers: records the result, signs an attestation and pays the provider, atomically.
     A stale lease (the job was rescued and leased again) is FAILED_PRECONDITION.
@@ -161,6 +194,27 @@ class JobServiceAsyncStub(JobServiceStub):
     """Operators: moves a FAILED (dead-lettered) job back to QUEUED with a fresh set of
     attempts, holding its budget again.
     """
+    SetJobLimit: _aio.UnaryUnaryMultiCallable[_job_pb2.SetJobLimitRequest, _job_pb2.SetJobLimitResponse]  # type: ignore[assignment]
+    """Operators: sets a concurrency cap (at most `max_running` running jobs of a submitter, a
+    model ref or a label); max_running 0 removes it. Claims on every replica honour it.
+    """
+    ListJobLimits: _aio.UnaryUnaryMultiCallable[_job_pb2.ListJobLimitsRequest, _job_pb2.ListJobLimitsResponse]  # type: ignore[assignment]
+    """Operators: every concurrency cap."""
+    CreateJobSchedule: _aio.UnaryUnaryMultiCallable[_job_pb2.CreateJobScheduleRequest, _job_pb2.CreateJobScheduleResponse]  # type: ignore[assignment]
+    """Creates a periodic schedule: one job from `job` per tick (a cron expression in a time
+    zone, or a fixed interval), each budget held from the caller's balance when its job is
+    queued; a tick that cannot be funded is recorded and skipped.
+    """
+    GetJobSchedule: _aio.UnaryUnaryMultiCallable[_job_pb2.GetJobScheduleRequest, _job_pb2.GetJobScheduleResponse]  # type: ignore[assignment]
+    """A schedule. Visible to its owner and admins."""
+    ListJobSchedules: _aio.UnaryUnaryMultiCallable[_job_pb2.ListJobSchedulesRequest, _job_pb2.ListJobSchedulesResponse]  # type: ignore[assignment]
+    """The caller's schedules (admins: everyone's), oldest first, at most 1000."""
+    PauseJobSchedule: _aio.UnaryUnaryMultiCallable[_job_pb2.PauseJobScheduleRequest, _job_pb2.PauseJobScheduleResponse]  # type: ignore[assignment]
+    """Pauses a schedule: no tick fires until it is resumed."""
+    ResumeJobSchedule: _aio.UnaryUnaryMultiCallable[_job_pb2.ResumeJobScheduleRequest, _job_pb2.ResumeJobScheduleResponse]  # type: ignore[assignment]
+    """Resumes a schedule from now on (ticks that passed while paused do not fire)."""
+    DeleteJobSchedule: _aio.UnaryUnaryMultiCallable[_job_pb2.DeleteJobScheduleRequest, _job_pb2.DeleteJobScheduleResponse]  # type: ignore[assignment]
+    """Deletes a schedule; jobs it queued are not affected."""
     GetAttestation: _aio.UnaryUnaryMultiCallable[_job_pb2.GetAttestationRequest, _job_pb2.GetAttestationResponse]  # type: ignore[assignment]
     """The signed attestation of a succeeded job (DSSE envelope around an in-toto statement)."""
     GetSigningKey: _aio.UnaryUnaryMultiCallable[_job_pb2.GetSigningKeyRequest, _job_pb2.GetSigningKeyResponse]  # type: ignore[assignment]
@@ -262,6 +316,18 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Workers: extends the lease and reports progress; the reply says if the job was cancelled."""
 
     @_abc_1.abstractmethod
+    def SnoozeJob(
+        self,
+        request: _job_pb2.SnoozeJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.SnoozeJobResponse, _abc.Awaitable[_job_pb2.SnoozeJobResponse]]:
+        """Workers: puts a leased job back in line until `snooze_time` ("retry me at T"): the lease
+        ends, the attempt is not counted against max_attempts, and no attempt is recorded as
+        failed. A job whose cancellation was asked for is cancelled instead (FAILED_PRECONDITION
+        JOB_CANCELLED).
+        """
+
+    @_abc_1.abstractmethod
     def CompleteJob(
         self,
         request: _job_pb2.CompleteJobRequest,
@@ -300,6 +366,75 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Operators: moves a FAILED (dead-lettered) job back to QUEUED with a fresh set of
         attempts, holding its budget again.
         """
+
+    @_abc_1.abstractmethod
+    def SetJobLimit(
+        self,
+        request: _job_pb2.SetJobLimitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.SetJobLimitResponse, _abc.Awaitable[_job_pb2.SetJobLimitResponse]]:
+        """Operators: sets a concurrency cap (at most `max_running` running jobs of a submitter, a
+        model ref or a label); max_running 0 removes it. Claims on every replica honour it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListJobLimits(
+        self,
+        request: _job_pb2.ListJobLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.ListJobLimitsResponse, _abc.Awaitable[_job_pb2.ListJobLimitsResponse]]:
+        """Operators: every concurrency cap."""
+
+    @_abc_1.abstractmethod
+    def CreateJobSchedule(
+        self,
+        request: _job_pb2.CreateJobScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.CreateJobScheduleResponse, _abc.Awaitable[_job_pb2.CreateJobScheduleResponse]]:
+        """Creates a periodic schedule: one job from `job` per tick (a cron expression in a time
+        zone, or a fixed interval), each budget held from the caller's balance when its job is
+        queued; a tick that cannot be funded is recorded and skipped.
+        """
+
+    @_abc_1.abstractmethod
+    def GetJobSchedule(
+        self,
+        request: _job_pb2.GetJobScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.GetJobScheduleResponse, _abc.Awaitable[_job_pb2.GetJobScheduleResponse]]:
+        """A schedule. Visible to its owner and admins."""
+
+    @_abc_1.abstractmethod
+    def ListJobSchedules(
+        self,
+        request: _job_pb2.ListJobSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.ListJobSchedulesResponse, _abc.Awaitable[_job_pb2.ListJobSchedulesResponse]]:
+        """The caller's schedules (admins: everyone's), oldest first, at most 1000."""
+
+    @_abc_1.abstractmethod
+    def PauseJobSchedule(
+        self,
+        request: _job_pb2.PauseJobScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.PauseJobScheduleResponse, _abc.Awaitable[_job_pb2.PauseJobScheduleResponse]]:
+        """Pauses a schedule: no tick fires until it is resumed."""
+
+    @_abc_1.abstractmethod
+    def ResumeJobSchedule(
+        self,
+        request: _job_pb2.ResumeJobScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.ResumeJobScheduleResponse, _abc.Awaitable[_job_pb2.ResumeJobScheduleResponse]]:
+        """Resumes a schedule from now on (ticks that passed while paused do not fire)."""
+
+    @_abc_1.abstractmethod
+    def DeleteJobSchedule(
+        self,
+        request: _job_pb2.DeleteJobScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_pb2.DeleteJobScheduleResponse, _abc.Awaitable[_job_pb2.DeleteJobScheduleResponse]]:
+        """Deletes a schedule; jobs it queued are not affected."""
 
     @_abc_1.abstractmethod
     def GetAttestation(

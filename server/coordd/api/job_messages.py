@@ -18,6 +18,7 @@ from coordd_client.v1 import job_pb2
 KINDS = {job_pb2.JOB_KIND_INFERENCE: "inference", job_pb2.JOB_KIND_TRAINING: "training"}
 KIND_PROTO = {v: k for k, v in KINDS.items()}
 STATES = {
+    job_pb2.JOB_STATE_PENDING: jobs.PENDING,
     job_pb2.JOB_STATE_QUEUED: jobs.QUEUED,
     job_pb2.JOB_STATE_RUNNING: jobs.RUNNING,
     job_pb2.JOB_STATE_SUCCEEDED: jobs.SUCCEEDED,
@@ -92,6 +93,38 @@ def view_to_proto(view: jobs.JobView) -> job_pb2.Job:
     return job_to_proto(view.job, view.attempts, (view.input_size, view.output_size))
 
 
+_WAITING = (jobs.QUEUED, jobs.PENDING)
+
+
+def unique_from_proto(request: job_pb2.SubmitJobRequest) -> jobs.UniqueSpec | None:
+    if not request.HasField("unique"):
+        return None
+    u = request.unique
+    window = ms_of(u.window, u.HasField("window"))
+    if window is not None and window <= 0:
+        raise InvalidArgument(
+            "unique.window: 1s..30d, or unset",
+            violations=[FieldViolation("unique.window", "1s..30d, or unset (unique while unfinished)")],
+        )
+    return jobs.UniqueSpec(u.key, u.per_model, window or 0, u.return_existing)
+
+
+def parents_from_proto(request: job_pb2.SubmitJobRequest) -> list[str]:
+    return [job_id_of(name, f"parents[{i}]") for i, name in enumerate(request.parents)]
+
+
+def time_of(value: Any, present: bool, field_name: str = "time") -> datetime | None:
+    """A Timestamp field as an aware datetime (None when unset)."""
+    if not present:
+        return None
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidArgument(
+            f"{field_name}: not a valid time", violations=[FieldViolation(field_name, "not a valid time")]
+        ) from exc
+
+
 def job_to_proto(
     job: jobs.Job, attempts: list[Any] | None = None, basic_sizes: tuple[int, int] | None = None
 ) -> job_pb2.Job:
@@ -106,7 +139,7 @@ def job_to_proto(
         input=_payload(job.input_data, job.input_uri, job.input_digest, job.payload_purged, in_size),
         requirements={"labels": job.labels or [], "gpus": job.gpus},
         budget=job.budget,
-        priority=job.priority,
+        priority=job.base_priority,
         max_attempts=job.max_attempts,
         schedule_to_start_timeout=_ms_duration(job.schedule_to_start_ms),
         start_to_close_timeout=_ms_duration(job.start_to_close_ms),
@@ -118,7 +151,7 @@ def job_to_proto(
         create_time=_ts(job.create_time),
         start_time=_ts(job.start_time),
         finish_time=_ts(job.finish_time),
-        next_attempt_time=_ts(job.run_after) if job.state == jobs.QUEUED else None,
+        next_attempt_time=_ts(job.run_after) if job.state in _WAITING else None,
         progress=job.progress,
         cancel_requested=job.cancel_requested,
         output=_payload(job.output_data, job.output_uri, job.output_digest, job.payload_purged, out_size),
@@ -135,6 +168,9 @@ def job_to_proto(
         ],
         error=job.error,
         fee=job.fee,
+        schedule_time=_ts(job.schedule_time),
+        parents=[f"jobs/{p}" for p in job.parents or []],
+        unique_key=job.unique_key,
     )
 
 
@@ -210,3 +246,25 @@ def lease_from_proto(lease: job_pb2.Lease, present: bool) -> jobs.LeaseRef:
     if not present:
         raise InvalidArgument("lease is required", violations=[FieldViolation("lease", "required")])
     return jobs.check_lease(job_id_of(lease.job, "lease.job"), lease.attempt, lease.lease_id)
+
+
+LIMIT_SCOPES = {
+    job_pb2.JOB_LIMIT_SCOPE_SUBMITTER: "submitter",
+    job_pb2.JOB_LIMIT_SCOPE_MODEL: "model",
+    job_pb2.JOB_LIMIT_SCOPE_LABEL: "label",
+}
+_LIMIT_SCOPE_PROTO = {v: k for k, v in LIMIT_SCOPES.items()}
+
+
+def limit_from_proto(limit: job_pb2.JobLimit) -> tuple[str, str, int]:
+    """(scope, key, max_running); a submitter key `users/{user}` becomes the user id."""
+    scope = LIMIT_SCOPES.get(limit.scope, "")
+    key = limit.key
+    if scope == "submitter" and key != "*":
+        key = parse_name(key, "users", "limit.key")
+    return scope, key, limit.max_running
+
+
+def limit_to_proto(scope: str, key: str, max_running: int) -> job_pb2.JobLimit:
+    shown = f"users/{key}" if scope == "submitter" and key != "*" else key
+    return job_pb2.JobLimit(scope=_LIMIT_SCOPE_PROTO[scope], key=shown, max_running=max_running)

@@ -24,10 +24,16 @@ from coordd.api.job_messages import (
     job_to_proto,
     lease_from_proto,
     leased_to_proto,
+    limit_from_proto,
+    limit_to_proto,
     ms_of,
+    parents_from_proto,
     payload_from_proto,
+    time_of,
+    unique_from_proto,
     view_to_proto,
 )
+from coordd.api.job_schedules import JobScheduleMethods
 from coordd.core.errors import (
     DomainError,
     FieldViolation,
@@ -92,7 +98,7 @@ def _invalid(violations: list[FieldViolation]) -> InvalidArgument:
     return InvalidArgument(f"the request has invalid fields: {detail}", violations=violations)
 
 
-class JobServicer(job_pb2_grpc.JobServiceServicer):
+class JobServicer(JobScheduleMethods, job_pb2_grpc.JobServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.dispatcher = Dispatcher()
@@ -108,8 +114,8 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
         task = asyncio.ensure_future(self._submit(who, spec))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-        job = await asyncio.shield(task)
-        return job_pb2.SubmitJobResponse(job=job_to_proto(job))
+        done = await asyncio.shield(task)
+        return job_pb2.SubmitJobResponse(job=job_to_proto(done.job), already_existed=done.existed)
 
     async def BatchSubmitJobs(
         self, request: job_pb2.BatchSubmitJobsRequest, context: Any
@@ -132,10 +138,31 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
         if violations:
             raise _invalid(violations)
         # No hand-over to waiting workers: the queue event wakes them and they claim in bulk.
-        queued = await self.rt.run(jobs.submit_many, self.rt, who, specs)
-        return job_pb2.BatchSubmitJobsResponse(jobs=[job_to_proto(job) for job in queued])
+        queued = await self.rt.run(jobs.submit_batch, self.rt, who, specs)
+        return job_pb2.BatchSubmitJobsResponse(jobs=[job_to_proto(s.job) for s in queued])
 
     def _spec(self, r: job_pb2.SubmitJobRequest) -> jobs.JobSpec:
+        spec = self._base_spec(r)
+        if not (r.HasField("schedule_time") or r.HasField("unique") or r.parents):
+            return spec
+        v: list[FieldViolation] = []
+        parents: list[str] = []
+        unique = None
+        try:
+            parents = parents_from_proto(r)
+        except InvalidArgument as exc:
+            v.extend(exc.violations)
+        try:
+            unique = unique_from_proto(r)
+        except InvalidArgument as exc:
+            v.extend(exc.violations)
+        if v:
+            raise _invalid(v)
+        return jobs.with_scheduling(
+            spec, time_of(r.schedule_time, r.HasField("schedule_time"), "schedule_time"), unique, parents
+        )
+
+    def _base_spec(self, r: job_pb2.SubmitJobRequest) -> jobs.JobSpec:
         return jobs.make_spec(
             KINDS.get(r.kind, ""),
             r.model_ref,
@@ -153,11 +180,13 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
             jobs.largest_reply_budget(self.rt),
         )
 
-    async def _submit(self, who: Principal, spec: jobs.JobSpec) -> jobs.Job:
-        waiter = self.dispatcher.take(spec.labels, spec.gpus, spec.claim_bytes)
+    async def _submit(self, who: Principal, spec: jobs.JobSpec) -> jobs.Submitted:
+        # A job that may be pending (scheduled, with parents) or a duplicate is not handed over.
+        plain = spec.schedule_time is None and not spec.parents and spec.unique is None
+        waiter = self.dispatcher.take(spec.labels, spec.gpus, spec.claim_bytes) if plain else None
         try:
-            job, leased = await self.rt.run(
-                jobs.submit, self.rt, who, spec, waiter.worker if waiter is not None else None
+            done, leased = await self.rt.run(
+                jobs.submit_one, self.rt, who, spec, waiter.worker if waiter is not None else None
             )
         except BaseException:
             if waiter is not None and not waiter.future.done():
@@ -170,7 +199,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
                 self._spawn(self.rt.run(jobs.return_leases, self.rt, [leased]))
             elif not waiter.future.done():
                 self.dispatcher.add(waiter)
-        return job
+        return done
 
     async def GetJob(self, request: job_pb2.GetJobRequest, context: Any) -> job_pb2.GetJobResponse:
         who = require_user()
@@ -361,6 +390,13 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
         beat = await self.rt.run(jobs.heartbeat, self.rt, who, lease, request.progress)
         return job_pb2.HeartbeatJobResponse(expire_time=ts(beat.expire_time), cancelled=beat.cancelled)
 
+    async def SnoozeJob(self, request: job_pb2.SnoozeJobRequest, context: Any) -> job_pb2.SnoozeJobResponse:
+        who = require_user()
+        lease = lease_from_proto(request.lease, request.HasField("lease"))
+        until = time_of(request.snooze_time, request.HasField("snooze_time"), "snooze_time")
+        job = await self.rt.run(jobs.snooze, self.rt, who, lease, until, request.reason)
+        return job_pb2.SnoozeJobResponse(job=job_to_proto(job))
+
     def _completion_args(
         self, request: job_pb2.CompleteJobRequest, prefix: str = ""
     ) -> tuple[jobs.LeaseRef, jobs.Payload]:
@@ -428,6 +464,21 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
         who = require_user()
         job = await self.rt.run(jobs.requeue, self.rt, who, job_id_of(request.name))
         return job_pb2.RequeueJobResponse(job=job_to_proto(job))
+
+    async def SetJobLimit(
+        self, request: job_pb2.SetJobLimitRequest, context: Any
+    ) -> job_pb2.SetJobLimitResponse:
+        require_user()
+        scope, key, max_running = limit_from_proto(request.limit)
+        limits = await self.rt.run(jobs.set_limit, self.rt, scope, key, max_running)
+        return job_pb2.SetJobLimitResponse(limits=[limit_to_proto(*x) for x in limits])
+
+    async def ListJobLimits(
+        self, request: job_pb2.ListJobLimitsRequest, context: Any
+    ) -> job_pb2.ListJobLimitsResponse:
+        require_user()
+        limits = await self.rt.run(jobs.list_limits, self.rt)
+        return job_pb2.ListJobLimitsResponse(limits=[limit_to_proto(*x) for x in limits])
 
     async def GetAttestation(
         self, request: job_pb2.GetAttestationRequest, context: Any

@@ -63,6 +63,16 @@ MIGRATIONS: list[Migration] = [
         12, "jobs: partial indexes, failure-only attempt rows, signature on the job", job_m.lean_hot_path
     ),
     Migration(
+        110,
+        "jobs: pending jobs (schedule time, snooze, parents), dependencies, unique keys",
+        job_m.add_pending,
+    ),
+    Migration(111, "jobs: concurrency caps per submitter, model and label", job_m.add_limits),
+    Migration(113, "jobs: periodic schedules", job_m.add_schedules),
+    Migration(
+        112, "jobs: fair share across submitters (claim order priority, fair_seq, id)", job_m.add_fair_share
+    ),
+    Migration(
         40,
         "competition: competitions, transitions, registrations, entries, results, notifications",
         _create(*competition_m.ALL_MODELS),

@@ -10,14 +10,19 @@ someone else cannot complete, fail or heartbeat the job any more.
 Modules: `states` and `policy` (names, limits, knobs), `specs` (validated input),
 `submission`, `leases` (claims, heartbeats, hand-backs), `completion` (results and payment)
 with `attestation` (the signed statement), `retry` (backoff, dead letters, requeue),
-`cancellation`, `views` (reads and queue stats), `maintenance` (the scheduler's tasks),
-`transitions` (the state changes they share). Statements live in `coordd.store.jobs`; money
+`cancellation`, `unique` (deduplicated submissions), `graph` (parents, pending jobs and their
+release), `control` (snooze), `schedules` with `cron` (periodic jobs), `limits` (concurrency
+caps), `fairness` (fair share, aging), `views` (reads and queue stats), `maintenance` (the
+scheduler's tasks), `transitions` (the state changes they share). Statements live in
+`coordd.store.jobs`; money
 moves through `coordd.domain.ledger`.
 """
 
 from coordd.domain.jobs.attestation import Attestation, attestation_of, statement, statement_json
 from coordd.domain.jobs.cancellation import cancel
 from coordd.domain.jobs.completion import Completion, complete, complete_many
+from coordd.domain.jobs.control import snooze
+from coordd.domain.jobs.fairness import age_priorities
 from coordd.domain.jobs.leases import (
     Heartbeat,
     Leased,
@@ -27,10 +32,12 @@ from coordd.domain.jobs.leases import (
     largest_reply_budget,
     return_leases,
 )
+from coordd.domain.jobs.limits import list_limits, set_limit
 from coordd.domain.jobs.maintenance import (
     enforce_deadlines,
     fail_undeliverable,
     purge_payloads,
+    release_pending,
     rescue_expired_leases,
 )
 from coordd.domain.jobs.policy import (
@@ -42,10 +49,18 @@ from coordd.domain.jobs.policy import (
     set_policy,
 )
 from coordd.domain.jobs.retry import fail, requeue
+from coordd.domain.jobs.schedules import create as create_schedule
+from coordd.domain.jobs.schedules import delete as delete_schedule
+from coordd.domain.jobs.schedules import fire_due as fire_schedules
+from coordd.domain.jobs.schedules import get as get_schedule
+from coordd.domain.jobs.schedules import list_mine as list_schedules
+from coordd.domain.jobs.schedules import set_paused as pause_schedule
+from coordd.domain.jobs.schedules import spec_of as schedule_spec
 from coordd.domain.jobs.specs import (
     JobSpec,
     LeaseRef,
     Payload,
+    UniqueSpec,
     Worker,
     check_lease,
     check_payload,
@@ -53,6 +68,7 @@ from coordd.domain.jobs.specs import (
     claim_bytes,
     make_spec,
     reply_budget,
+    with_scheduling,
 )
 from coordd.domain.jobs.states import (
     CANCELLED,
@@ -65,17 +81,29 @@ from coordd.domain.jobs.states import (
     MAX_CLAIM,
     MAX_INLINE_BYTES,
     MAX_LABELS,
+    MAX_PARENTS,
     MAX_PRIORITY,
     MAX_SUBMIT_BATCH,
     MAX_TIMEOUT_MS,
     MIN_REPLY_BYTES,
+    PENDING,
     QUEUE_KEY,
     QUEUED,
     RUNNING,
     SUCCEEDED,
     TERMINAL,
+    UNFINISHED,
 )
-from coordd.domain.jobs.submission import insert_job, insert_jobs, submit, submit_many
+from coordd.domain.jobs.submission import (
+    Submitted,
+    insert_job,
+    insert_jobs,
+    insert_submissions,
+    submit,
+    submit_batch,
+    submit_many,
+    submit_one,
+)
 from coordd.domain.jobs.views import (
     JobView,
     QueueStats,
@@ -105,15 +133,18 @@ __all__ = [
     "MAX_CLAIM",
     "MAX_INLINE_BYTES",
     "MAX_LABELS",
+    "MAX_PARENTS",
     "MAX_PRIORITY",
     "MAX_SUBMIT_BATCH",
     "MAX_TIMEOUT_MS",
     "MIN_REPLY_BYTES",
+    "PENDING",
     "QUEUED",
     "QUEUE_KEY",
     "RUNNING",
     "SUCCEEDED",
     "TERMINAL",
+    "UNFINISHED",
     "Attestation",
     "Completion",
     "Heartbeat",
@@ -125,7 +156,10 @@ __all__ = [
     "Leased",
     "Payload",
     "QueueStats",
+    "Submitted",
+    "UniqueSpec",
     "Worker",
+    "age_priorities",
     "attempt_history",
     "attestation_of",
     "backoff_s",
@@ -137,32 +171,47 @@ __all__ = [
     "claim_bytes",
     "complete",
     "complete_many",
+    "create_schedule",
+    "delete_schedule",
     "deliverable",
     "enforce_deadlines",
     "fail",
     "fail_undeliverable",
+    "fire_schedules",
     "get_attestation",
     "get_job",
+    "get_schedule",
     "heartbeat",
     "insert_job",
     "insert_jobs",
+    "insert_submissions",
     "largest_reply_budget",
     "list_jobs",
+    "list_limits",
+    "list_schedules",
     "make_spec",
+    "pause_schedule",
     "payloads",
     "platform_fee",
     "policy_of",
     "purge_payloads",
     "queue_position",
     "queue_stats",
+    "release_pending",
     "reply_budget",
     "requeue",
     "rescue_expired_leases",
     "return_leases",
+    "schedule_spec",
+    "set_limit",
     "set_policy",
+    "snooze",
     "statement",
     "statement_json",
     "submit",
+    "submit_batch",
     "submit_many",
+    "submit_one",
     "watch_view",
+    "with_scheduling",
 ]

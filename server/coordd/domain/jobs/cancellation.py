@@ -1,12 +1,13 @@
 """Cancellation by the submitter (or an admin): a queued job is cancelled and refunded at
-once; a running one is marked, and its worker learns of it at its next heartbeat or result."""
+once (a pending one too, and its pending dependants with it); a running one is marked, and
+its worker learns of it at its next heartbeat (the reply says `cancelled`) or result."""
 
 from __future__ import annotations
 
 from coordd.core.errors import FailedPrecondition, InvalidArgument
 from coordd.core.principal import Principal
 from coordd.domain.jobs.policy import policy_of
-from coordd.domain.jobs.states import CANCELLED, QUEUED, TERMINAL
+from coordd.domain.jobs.states import CANCELLED, PENDING, QUEUED, TERMINAL
 from coordd.domain.jobs.transitions import lock, not_found, refund_and_finish
 from coordd.runtime import Runtime
 from coordd.store.jobs import queries
@@ -23,7 +24,7 @@ def cancel(rt: Runtime, who: Principal, job_id: str, reason: str) -> Job:
             raise not_found(job_id)
         if job.state in TERMINAL:
             raise FailedPrecondition(f"jobs/{job_id} is already {job.state}", reason="JOB_FINISHED")
-        if job.state == QUEUED:
+        if job.state in (QUEUED, PENDING):
             refund_and_finish(tx, job, CANCELLED, reason or "cancelled", policy)
         elif not job.cancel_requested:
             job.cancel_requested = True

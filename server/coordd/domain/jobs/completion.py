@@ -10,6 +10,7 @@ from coordd.core.errors import DomainError, FailedPrecondition
 from coordd.core.principal import Principal
 from coordd.domain import ledger
 from coordd.domain.jobs.attestation import Attestation, statement_json
+from coordd.domain.jobs.graph import parents_succeeded
 from coordd.domain.jobs.policy import JobPolicy, platform_fee, policy_of
 from coordd.domain.jobs.specs import LeaseRef, Payload
 from coordd.domain.jobs.states import CANCELLED
@@ -50,6 +51,7 @@ def _complete_batch(
     successes: list[tuple[str, int, bytes | None, str, str, bytes]] = []
     payments: list[ledger.Entry] = []
     paid = fees = 0
+    parents: list[str] = []
     sign, key_id = rt.signer.sign, rt.signer.key_id
     for lease, output in items:
         row = locked.pop(lease.job_id, None)
@@ -74,6 +76,8 @@ def _complete_batch(
         attestation = Attestation(row.id, PAYLOAD_TYPE, payload, key_id, signature)
         done.append(attestation)
         results.append(attestation)
+        if row.has_children:
+            parents.append(row.id)
         if row.budget:
             payments.append(
                 ledger.release_entry(
@@ -87,6 +91,8 @@ def _complete_batch(
     purge_time = tx.now + timedelta(seconds=policy.payload_retention_s)
     queries.record_successes(rt.store, tx.now, purge_time, key_id, successes)
     ledger.post_many(tx, payments)
+    if parents:
+        parents_succeeded(tx, parents)
     names = [f"jobs/{a.job_id}" for a in done]
     # One event per batch: its watch keys wake each job's watchers.
     tx.emit(

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from coordd.core.errors import FieldViolation, InvalidArgument
 from coordd.core.principal import Principal
+from coordd.domain.jobs.limits import any_limit, capped_ids
 from coordd.domain.jobs.policy import policy_of
 from coordd.domain.jobs.specs import LeaseRef, Worker, claim_bytes, reply_budget
 from coordd.domain.jobs.states import CANCELLED, LEASED_JOB_OVERHEAD, MAX_CLAIM, QUEUE_KEY, QUEUED, RUNNING
@@ -41,6 +42,12 @@ def lease_to(rt: Runtime, tx: Tx, worker: Worker, limit: int, only_job: str | No
     """Leases up to `limit` claimable jobs to `worker`, as many as fit in one reply to it, in
     the caller's transaction (see coordd.store.jobs.queries.claim_jobs)."""
     lease_id = secrets.token_hex(12)
+    only_jobs = None
+    if any_limit(rt):
+        only_jobs = capped_ids(rt, tx, worker, limit, LEASED_JOB_OVERHEAD, only_job)
+        if not only_jobs:
+            return []
+        limit, only_job = len(only_jobs), None
     claimed = queries.claim_jobs(
         rt.store,
         tx.now,
@@ -52,6 +59,7 @@ def lease_to(rt: Runtime, tx: Tx, worker: Worker, limit: int, only_job: str | No
         worker.reply_budget,
         LEASED_JOB_OVERHEAD,
         only_job,
+        only_jobs,
     )
     if not claimed:
         return []

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import weakref
 
+from coordd.domain.jobs.graph import release_due
 from coordd.domain.jobs.leases import largest_reply_budget
 from coordd.domain.jobs.policy import policy_of
 from coordd.domain.jobs.retry import retry_or_dead
-from coordd.domain.jobs.states import FAILED, LEASED_JOB_OVERHEAD, QUEUED, RUNNING
+from coordd.domain.jobs.states import FAILED, LEASED_JOB_OVERHEAD, PENDING, QUEUED, RUNNING
 from coordd.domain.jobs.transitions import close_attempt, lock, refund_and_finish
 from coordd.runtime import Runtime
-from coordd.store.jobs import queries, reads
+from coordd.store.jobs import graph, queries, reads
 
 
 def rescue_expired_leases(rt: Runtime) -> int:
@@ -76,7 +77,7 @@ def enforce_deadlines(rt: Runtime) -> int:
         _swept.add(rt)
     for column, states, reason in (
         ("start_deadline", (QUEUED,), "schedule-to-start timeout"),
-        ("close_deadline", (QUEUED, RUNNING), "schedule-to-close timeout"),
+        ("close_deadline", (PENDING, QUEUED, RUNNING), "schedule-to-close timeout"),
     ):
         while True:
             ids = reads.due_ids(column, states, rt.now(), policy.task_batch)
@@ -97,6 +98,19 @@ def enforce_deadlines(rt: Runtime) -> int:
     return total
 
 
+def release_pending(rt: Runtime) -> int:
+    """Pending jobs whose schedule time or snooze has come and whose parents all succeeded
+    -> queued (waking waiting workers)."""
+    policy = policy_of(rt)
+    total = 0
+    while True:
+        with rt.store.write() as tx:
+            n = release_due(tx, policy.task_batch)
+        total += n
+        if n < policy.task_batch:
+            return total
+
+
 def purge_payloads(rt: Runtime) -> int:
     """Deletes inline input/output data of jobs finished longer ago than the retention period."""
     policy = policy_of(rt)
@@ -104,6 +118,7 @@ def purge_payloads(rt: Runtime) -> int:
     while True:
         with rt.store.write() as tx:
             ids = queries.purge_due_payloads(tx.now, policy.task_batch)
+            graph.delete_expired_unique_keys(tx.now, policy.task_batch)
         total += len(ids)
         if len(ids) < policy.task_batch:
             return total

@@ -23,6 +23,8 @@ class JobPolicy:
     backoff_max_s: float = 300.0
     # Inline input/output data of finished jobs is deleted after this long.
     payload_retention_s: float = 7 * 24 * 3600
+    # A queued job gains one priority level per this long waited (0: no aging).
+    priority_aging_s: float = 300.0
     # Rows handled per scheduler transaction.
     task_batch: int = 200
 

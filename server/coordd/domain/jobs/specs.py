@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from coordd.core.errors import Violations
 from coordd.domain import ledger
@@ -19,6 +20,7 @@ from coordd.domain.jobs.states import (
     MAX_ATTEMPTS,
     MAX_INLINE_BYTES,
     MAX_LABELS,
+    MAX_PARENTS,
     MAX_PRIORITY,
     MAX_TIMEOUT_MS,
     MIN_REPLY_BYTES,
@@ -35,6 +37,17 @@ class Payload:
 
 
 @dataclass(frozen=True)
+class UniqueSpec:
+    """A submission's deduplication key (see domain.jobs.unique)."""
+
+    key: str
+    per_model: bool = False
+    # 0: unique while the holder is unfinished; else for this long after its submission.
+    window_ms: int = 0
+    return_existing: bool = False
+
+
+@dataclass(frozen=True)
 class JobSpec:
     kind: str
     model_ref: str
@@ -48,6 +61,10 @@ class JobSpec:
     start_to_close_ms: int
     heartbeat_ms: int
     schedule_to_close_ms: int
+    # Claimable from then (None: at once); unique key; parent job ids (see domain.jobs.graph).
+    schedule_time: datetime | None = None
+    unique: UniqueSpec | None = None
+    parents: tuple[str, ...] = field(default=())
 
     @property
     def claim_bytes(self) -> int:
@@ -133,6 +150,35 @@ def _check_ms(v: Violations, value: int | None, path: str, default: int = 0) -> 
     if value <= 0 or value > MAX_TIMEOUT_MS:
         v.add(path, "must be positive and at most 7 days")
     return value
+
+
+MAX_UNIQUE_WINDOW_MS = 30 * 24 * 3600 * 1000
+
+
+def with_scheduling(
+    spec: JobSpec,
+    schedule_time: datetime | None = None,
+    unique: UniqueSpec | None = None,
+    parents: list[str] | None = None,
+) -> JobSpec:
+    """`spec` with a schedule time, a unique key and parents, validated (every violation
+    collected). The schedule time's distance from now is checked at submission."""
+    v = Violations()
+    if unique is not None:
+        key = unique.key
+        if not key or len(key) > 200 or not key.isprintable():
+            v.add("unique.key", "required: 1..200 printable characters")
+        if unique.window_ms and not 1000 <= unique.window_ms <= MAX_UNIQUE_WINDOW_MS:
+            v.add("unique.window", "1s..30d, or unset (unique while unfinished)")
+    clean: list[str] = []
+    for i, parent in enumerate(parents or []):
+        if parent in clean:
+            v.add(f"parents[{i}]", "listed twice")
+        clean.append(parent)
+    if len(clean) > MAX_PARENTS:
+        v.add("parents", f"at most {MAX_PARENTS}")
+    v.raise_if_any()
+    return replace(spec, schedule_time=schedule_time, unique=unique, parents=tuple(clean))
 
 
 def make_spec(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+# Not claimable yet: before its schedule time or a snooze's end, or until its parents succeed.
+PENDING = "pending"
 QUEUED = "queued"
 RUNNING = "running"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 CANCELLED = "cancelled"
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+# Budget held, not finished.
+UNFINISHED = (PENDING, QUEUED, RUNNING)
 KINDS = ("inference", "training")
 
 # Watch key every waiting worker listens on: a job became claimable.
@@ -19,6 +23,10 @@ MAX_PRIORITY = 9
 MAX_ATTEMPTS = 20
 MAX_CLAIM = 100
 MAX_SUBMIT_BATCH = 100
+MAX_PARENTS = 32
+# Furthest a schedule time may lie ahead, and a snooze.
+MAX_SCHEDULE_AHEAD_S = 366 * 24 * 3600
+MAX_SNOOZE_S = 30 * 24 * 3600
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 
 # Claim replies. A worker accepts this much unless it says otherwise (gRPC's default receive

@@ -1,27 +1,73 @@
-"""Submission: jobs are queued and their budgets held in the same transaction, one INSERT
-for any number of jobs; a single submission may be leased at once to a waiting worker."""
+"""Submission: jobs are queued (or pending: scheduled later, or waiting for parents) and their
+budgets held in the same transaction, one INSERT for any number of jobs; a duplicate of a
+unique job returns the existing one instead; a single submission may be leased at once to a
+waiting worker."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 from coordd.core.errors import FieldViolation, InvalidArgument
 from coordd.core.principal import Principal
 from coordd.domain import ledger
+from coordd.domain.jobs.fairness import assign as assign_fair_seq
+from coordd.domain.jobs.graph import link_parents, record_edges
 from coordd.domain.jobs.leases import Leased, lease_to
 from coordd.domain.jobs.specs import JobSpec, Worker
-from coordd.domain.jobs.states import MAX_SUBMIT_BATCH, QUEUE_KEY, RUNNING
+from coordd.domain.jobs.states import (
+    MAX_SCHEDULE_AHEAD_S,
+    MAX_SUBMIT_BATCH,
+    PENDING,
+    QUEUE_KEY,
+    QUEUED,
+    RUNNING,
+)
 from coordd.domain.jobs.transitions import enqueue_fields
+from coordd.domain.jobs.unique import duplicate_error, take_key
 from coordd.runtime import Runtime
 from coordd.store.db import Tx
 from coordd.store.jobs import queries
 from coordd.store.jobs.models import Job
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """One submission's job, and whether it is the existing job of a unique key."""
+
+    job: Job
+    existed: bool = False
+
+
 def insert_jobs(tx: Tx, submitter_id: str, specs: list[JobSpec]) -> list[Job]:
     """Queues jobs and holds their budgets, inside the caller's transaction (one INSERT for
-    the jobs, one ledger entry per job posted as a batch)."""
+    the jobs, one ledger entry per job posted as a batch). Specs without a unique key,
+    schedule time or parents only (see `insert_submissions`)."""
+    return [s.job for s in insert_submissions(None, tx, submitter_id, specs)]
+
+
+def _check_schedule(tx: Tx, specs: list[JobSpec]) -> None:
+    late = tx.now + timedelta(seconds=MAX_SCHEDULE_AHEAD_S)
+    for i, spec in enumerate(specs):
+        if spec.schedule_time is not None and spec.schedule_time > late:
+            path = f"requests[{i}].schedule_time" if len(specs) > 1 else "schedule_time"
+            raise InvalidArgument(
+                "schedule_time: at most 366 days ahead",
+                violations=[FieldViolation(path, "at most 366 days ahead")],
+            )
+
+
+def insert_submissions(
+    rt: Runtime | None, tx: Tx, submitter_id: str, specs: list[JobSpec]
+) -> list[Submitted]:
+    """`insert_jobs` for any spec: a duplicate of a unique job is the existing job (its
+    budget is not held again; no row written); a job scheduled later or with unfinished
+    parents is pending. `rt` is needed for unique keys only."""
+    _check_schedule(tx, specs)
     jobs: list[Job] = []
+    out: list[Submitted] = []
+    edges: list[tuple[str, str]] = []
+    keys: dict[str, Job] = {}
     for spec in specs:
         lease_ms = min(spec.heartbeat_ms, spec.start_to_close_ms or spec.heartbeat_ms)
         job = Job(  # the id comes from the model's default (new_id), generated once
@@ -37,6 +83,7 @@ def insert_jobs(tx: Tx, submitter_id: str, specs: list[JobSpec]) -> list[Job]:
             budget=spec.budget,
             fee=0,
             priority=spec.priority,
+            base_priority=spec.priority,
             max_attempts=spec.max_attempts,
             attempt_limit=spec.max_attempts,
             schedule_to_start_ms=spec.schedule_to_start_ms,
@@ -63,17 +110,37 @@ def insert_jobs(tx: Tx, submitter_id: str, specs: list[JobSpec]) -> list[Job]:
                 else None
             ),
         )
-        enqueue_fields(job, tx.now, tx.now)
+        start = tx.now
+        if spec.schedule_time is not None and spec.schedule_time > tx.now:
+            start = job.schedule_time = spec.schedule_time
+            if job.schedule_to_close_ms:
+                job.close_deadline = start + timedelta(milliseconds=spec.schedule_to_close_ms)
+        enqueue_fields(job, tx.now, start)
+        if spec.unique is not None:
+            assert rt is not None
+            job.unique_key = spec.unique.key
+            existing = take_key(rt, tx, job, spec, keys)
+            if existing is not None:
+                out.append(Submitted(existing, existed=True))
+                continue
+        if spec.parents:
+            edges.extend(link_parents(tx, job, spec.parents))
+        if start > tx.now or job.parents_left:
+            job.state = PENDING
+            job.start_deadline = None  # counts from the release
         jobs.append(job)
+        out.append(Submitted(job))
     if not jobs:
-        return []
+        return out
+    assign_fair_seq(submitter_id, jobs)
     queries.insert_jobs(jobs)
     labels = [{"job": j.id, "label": label} for j in jobs for label in j.labels]
     if labels:
         queries.insert_labels(labels)
     holds = [ledger.hold_entry(submitter_id, j.budget, f"jobs/{j.id}", "job.hold") for j in jobs if j.budget]
     ledger.post_many(tx, holds)
-    return jobs
+    record_edges(edges)
+    return out
 
 
 def insert_job(tx: Tx, submitter_id: str, spec: JobSpec) -> Job:
@@ -84,19 +151,35 @@ def insert_job(tx: Tx, submitter_id: str, spec: JobSpec) -> Job:
 def submit(
     rt: Runtime, who: Principal, spec: JobSpec, handover: Worker | None = None
 ) -> tuple[Job, Leased | None]:
-    """Queues the job; with `handover`, leases it to that waiting worker in the same transaction."""
+    """`submit_one` returning the job (the existing one for a duplicate asked to return it)."""
+    done, leased = submit_one(rt, who, spec, handover)
+    return done.job, leased
+
+
+def submit_one(
+    rt: Runtime, who: Principal, spec: JobSpec, handover: Worker | None = None
+) -> tuple[Submitted, Leased | None]:
+    """Queues the job; with `handover`, leases it to that waiting worker in the same
+    transaction. A duplicate of a unique job: ALREADY_EXISTS (DUPLICATE_JOB, metadata `job`),
+    or the existing job when the spec asks for it."""
     with rt.store.write() as tx:
-        job = insert_job(tx, who.user_id, spec)
-        leased = lease_to(rt, tx, handover, 1, only_job=job.id) if handover is not None else []
+        [done] = insert_submissions(rt, tx, who.user_id, [spec])
+        job = done.job
+        if done.existed:
+            if spec.unique is None or not spec.unique.return_existing:
+                raise duplicate_error(job)
+            return done, None
+        ready = job.state == QUEUED
+        leased = lease_to(rt, tx, handover, 1, only_job=job.id) if handover is not None and ready else []
         tx.emit(
             "job.submitted",
             f"jobs/{job.id}",
-            {"budget": spec.budget, "watch_keys": [] if leased else [QUEUE_KEY]},
+            {"budget": spec.budget, "watch_keys": [QUEUE_KEY] if ready and not leased else []},
         )
     if leased:
         _mark_claimed(job, leased[0])
-        return job, leased[0]
-    return job, None
+        return done, leased[0]
+    return done, None
 
 
 def _mark_claimed(job: Job, leased: Leased) -> None:
@@ -117,6 +200,11 @@ def _mark_claimed(job: Job, leased: Leased) -> None:
 
 
 def submit_many(rt: Runtime, who: Principal, specs: list[JobSpec]) -> list[Job]:
+    """`submit_batch` returning the jobs."""
+    return [s.job for s in submit_batch(rt, who, specs)]
+
+
+def submit_batch(rt: Runtime, who: Principal, specs: list[JobSpec]) -> list[Submitted]:
     """Queues every job and holds every budget in one transaction, or none (insufficient
     funds for the total fails it all). One INSERT for the jobs, one ledger batch, one event:
     a producer's cost per job stops being a call and a commit per job."""
@@ -126,11 +214,19 @@ def submit_many(rt: Runtime, who: Principal, specs: list[JobSpec]) -> list[Job]:
             violations=[FieldViolation("requests", f"1..{MAX_SUBMIT_BATCH} items")],
         )
     with rt.store.write() as tx:
-        queued = insert_jobs(tx, who.user_id, specs)
-        names = [f"jobs/{job.id}" for job in queued]
-        tx.emit(
-            "jobs.submitted",
-            names[0],
-            {"jobs": names, "budget": sum(spec.budget for spec in specs), "watch_keys": [QUEUE_KEY]},
-        )
-    return queued
+        done = insert_submissions(rt, tx, who.user_id, specs)
+        for spec, item in zip(specs, done, strict=True):
+            if item.existed and (spec.unique is None or not spec.unique.return_existing):
+                raise duplicate_error(item.job)
+        names = [f"jobs/{s.job.id}" for s in done if not s.existed]
+        if names:
+            tx.emit(
+                "jobs.submitted",
+                names[0],
+                {
+                    "jobs": names,
+                    "budget": sum(s.job.budget for s in done if not s.existed),
+                    "watch_keys": [QUEUE_KEY],
+                },
+            )
+    return done

@@ -11,10 +11,10 @@ from coordd.core.principal import Principal
 from coordd.domain import ledger
 from coordd.domain.jobs.policy import JobPolicy
 from coordd.domain.jobs.specs import LeaseRef
-from coordd.domain.jobs.states import QUEUED, RUNNING
+from coordd.domain.jobs.states import FAILED, PENDING, QUEUED, RUNNING
 from coordd.runtime import Runtime
 from coordd.store.db import Tx
-from coordd.store.jobs import queries
+from coordd.store.jobs import graph, queries
 from coordd.store.jobs.models import Job
 
 
@@ -92,8 +92,32 @@ def finish(tx: Tx, job: Job, state: str, error: str, policy: JobPolicy) -> None:
 
 
 def refund_and_finish(tx: Tx, job: Job, state: str, error: str, policy: JobPolicy) -> None:
+    """Finishes `job` failed or cancelled with its budget refunded; its pending dependants
+    (and theirs) end the same way: a failed parent fails them, a cancelled one cancels them."""
+    _refund_and_finish_one(tx, job, state, error, policy)
+    if job.has_children:
+        _finish_dependants(tx, job, state, policy)
+
+
+def _refund_and_finish_one(tx: Tx, job: Job, state: str, error: str, policy: JobPolicy) -> None:
     finish(tx, job, state, error, policy)
     if job.budget:
         ledger.refund(tx, job.submitter, job.budget, f"jobs/{job.id}", reason="job.refund")
     queries.save_job(job)
     tx.emit(f"job.{state}", f"jobs/{job.id}", {"error": job.error, "refunded": job.budget})
+
+
+def _finish_dependants(tx: Tx, root: Job, state: str, policy: JobPolicy) -> None:
+    """Every pending job below `root` in the graph, depth first, each locked and refunded
+    once (a job reached through two parents is finished at the first)."""
+    verb = "failed" if state == FAILED else "was cancelled"
+    stack = [root.id]
+    while stack:
+        parent_id = stack.pop()
+        for _, child_id in graph.children_of([parent_id]):
+            child = graph.lock_job(child_id)
+            if child is None or child.state != PENDING:
+                continue  # already finished (or released: it cannot be, a parent did not succeed)
+            _refund_and_finish_one(tx, child, state, f"parent jobs/{parent_id} {verb}", policy)
+            if child.has_children:
+                stack.append(child.id)

@@ -81,10 +81,11 @@ def payloads(who: Principal, job_id: str) -> tuple[bytes | None, bytes | None]:
 
 
 def queue_position(job: Job) -> int:
-    """1-based position among claimable queued jobs (priority, then age); 0 if not queued."""
+    """1-based position among queued jobs in claim order (priority, fair share, age); 0 if
+    not queued."""
     if job.state != QUEUED:
         return 0
-    return reads.count_ahead(QUEUED, job.priority, job.id) + 1
+    return reads.count_ahead(QUEUED, job.priority, job.id, job.fair_seq) + 1
 
 
 def watch_view(who: Principal, job_id: str) -> tuple[JobView, int]:

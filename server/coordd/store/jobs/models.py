@@ -5,7 +5,8 @@ Due-time columns are set only while they matter (`lease_expire_time` while runni
 their indexes are partial (`IS NOT NULL`), so each scheduler task reads only what is due and
 a claim or a completion, which clears most of them, writes only the index entries it needs
 (migration 12; an update writes an entry in every index whose predicate the new row meets).
-Claims use the partial index on queued jobs ordered by (priority DESC, id).
+Claims use the partial index on queued jobs ordered by (priority DESC, fair_seq, id)
+(`job_claim_fair`, migration 112; before it `job_claim_order`, (priority DESC, id)).
 Durations are stored as integer milliseconds (0 = no limit).
 
 Attempt history: a `job_attempt` row is written when an attempt ends without success
@@ -72,6 +73,19 @@ class Job(IdModel):
     # cost more PostgreSQL CPU than the rest of the completion together.
     attestation_key_id = peewee.CharField(max_length=64, default="")
     attestation_sig = peewee.BlobField(null=True)
+    # Migration 110. While `pending`, the job waits for `run_after` (its schedule time, or a
+    # snooze) and for `parents_left` parents to succeed; it is outside the claim index.
+    schedule_time = TimestampField(null=True)
+    unique_key = peewee.CharField(max_length=200, default="")
+    parents = JSONField(default=list)
+    parents_left = peewee.IntegerField(default=0)
+    # Some job lists this one as a parent: its completion or failure must reach them.
+    has_children = peewee.BooleanField(default=False)
+    # Migration 112. Fair share: the claim order within a priority is fair_seq (the
+    # submitter's virtual time, see domain.jobs.fairness), then id. `priority` is the
+    # effective priority (raised by aging); `base_priority` the one submitted.
+    fair_seq = peewee.BigIntegerField(default=0)
+    base_priority = peewee.IntegerField(default=0)
 
     class Meta:
         indexes = ((("submitter", "id"), False),)
@@ -102,6 +116,62 @@ class JobAttempt(BaseModel):
 
     class Meta:
         indexes = ((("job", "attempt"), True),)
+
+
+class JobDependency(BaseModel):
+    """One edge of the job graph: `job` waits for `parent` (migration 110)."""
+
+    parent = peewee.CharField(max_length=26)
+    job = peewee.CharField(max_length=26)
+
+    class Meta:
+        primary_key = peewee.CompositeKey("parent", "job")
+
+
+class JobUnique(BaseModel):
+    """The claimed unique keys (migration 110): `key` is the SHA-256 of (submitter, model
+    ref if per model, key); its primary key is what makes a racing duplicate impossible.
+    `expire_time` is set for a windowed key; without it the key is free once `job` finished."""
+
+    key = peewee.CharField(max_length=64, primary_key=True)
+    job = peewee.CharField(max_length=26)
+    expire_time = TimestampField(null=True)
+
+
+class JobLimit(BaseModel):
+    """A concurrency cap (migration 111): at most `max_running` running jobs of one
+    submitter (`key` a user id, or `*`: each submitter), one model ref, or one label."""
+
+    scope = peewee.CharField(max_length=16)  # submitter | model | label
+    key = peewee.CharField(max_length=500)
+    max_running = peewee.IntegerField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("scope", "key")
+
+
+class JobSchedule(IdModel):
+    """A periodic job (migration 113): `spec` is the job template (domain.jobs.schedules);
+    every tick at or after `next_tick_time` queues one job from it, in the transaction that
+    advances `next_tick_time` (the row is locked: one job per tick whoever fires it)."""
+
+    owner = peewee.CharField(max_length=64)
+    spec = JSONField()
+    cron = peewee.CharField(max_length=200, default="")
+    time_zone = peewee.CharField(max_length=64, default="")
+    interval_ms = peewee.BigIntegerField(default=0)
+    missed_policy = peewee.CharField(max_length=16)  # skip | catch_up_once
+    paused = peewee.BooleanField(default=False)
+    next_tick_time = TimestampField()
+    last_tick_time = TimestampField(null=True)
+    last_job = peewee.CharField(max_length=26, default="")
+    ticks_fired = peewee.BigIntegerField(default=0)
+    ticks_skipped = peewee.BigIntegerField(default=0)
+    last_skip_reason = peewee.CharField(max_length=500, default="")
+    create_time = TimestampField()
+
+    class Meta:
+        indexes = ((("owner", "id"), False),)
 
 
 class JobAttestation(BaseModel):
@@ -161,3 +231,63 @@ def lean_hot_path(db: peewee.Database) -> None:
         db.execute_sql(f"CREATE INDEX IF NOT EXISTS {name} ON job ({columns}) WHERE {predicate}")
     # The running or succeeded attempt is read from the job row from now on.
     db.execute_sql("DELETE FROM job_attempt WHERE outcome IN ('running', 'succeeded')")
+
+
+_PENDING_COLUMNS = (
+    ("schedule_time", "BIGINT"),
+    ("unique_key", "VARCHAR(200) NOT NULL DEFAULT ''"),
+    ("parents", "TEXT NOT NULL DEFAULT '[]'"),
+    ("parents_left", "INTEGER NOT NULL DEFAULT 0"),
+    ("has_children", "BOOLEAN NOT NULL DEFAULT FALSE"),
+)
+
+
+def add_pending(db: peewee.Database) -> None:
+    """Migration 110: pending jobs (schedule time, snooze, parents), the dependency edges and
+    the unique keys. Pending jobs are released through their own partial index, so the claim
+    index (queued only) never walks jobs that cannot run yet."""
+    columns = {c.name for c in db.get_columns("job")}
+    for name, ddl in _PENDING_COLUMNS:
+        if name not in columns:  # installs that started with this model have them already
+            db.execute_sql(f"ALTER TABLE job ADD COLUMN {name} {ddl}")
+    db.create_tables([JobDependency, JobUnique], safe=True)
+    db.execute_sql("CREATE INDEX IF NOT EXISTS job_dependency_child ON job_dependency (job)")
+    db.execute_sql(
+        "CREATE INDEX IF NOT EXISTS job_pending_due ON job (run_after)"
+        " WHERE state = 'pending' AND parents_left = 0"
+    )
+
+
+def add_limits(db: peewee.Database) -> None:
+    """Migration 111: concurrency caps."""
+    db.create_tables([JobLimit], safe=True)
+
+
+def add_fair_share(db: peewee.Database) -> None:
+    """Migration 112: fair share across submitters. The claim index becomes (priority DESC,
+    fair_seq, id); the old one is dropped (each index on queued jobs is written by every
+    claim). Existing jobs keep their order (fair_seq 0, then id)."""
+    columns = {c.name for c in db.get_columns("job")}
+    if "fair_seq" not in columns:
+        db.execute_sql("ALTER TABLE job ADD COLUMN fair_seq BIGINT NOT NULL DEFAULT 0")
+    if "base_priority" not in columns:
+        db.execute_sql("ALTER TABLE job ADD COLUMN base_priority INTEGER NOT NULL DEFAULT 0")
+        db.execute_sql("UPDATE job SET base_priority = priority")
+    # A submitter's latest queued virtual time; a claim adds no entry to it (the claimed row
+    # is no longer queued), a submission one.
+    db.execute_sql(
+        "CREATE INDEX IF NOT EXISTS job_queued_submitter ON job (submitter, fair_seq) WHERE state = 'queued'"
+    )
+    db.execute_sql(
+        "CREATE INDEX IF NOT EXISTS job_claim_fair ON job (priority DESC, fair_seq, id)"
+        " WHERE state = 'queued'"
+    )
+    db.execute_sql("DROP INDEX IF EXISTS job_claim_order")
+
+
+def add_schedules(db: peewee.Database) -> None:
+    """Migration 113: periodic jobs, read when due through a partial index."""
+    db.create_tables([JobSchedule], safe=True)
+    db.execute_sql(
+        "CREATE INDEX IF NOT EXISTS job_schedule_due ON job_schedule (next_tick_time) WHERE NOT paused"
+    )

@@ -96,7 +96,8 @@ def _claimed(row: tuple[Any, ...]) -> ClaimedRow:
     )
 
 
-# Candidates must come from walking job_claim_order in order and stop at the LIMIT. Before a
+# Candidates must come from walking job_claim_fair (before: job_claim_order) in order and
+# stop at the LIMIT. Before a
 # queue table's first ANALYZE (a freshly filled queue), the planner believed it nearly empty and
 # chose a bitmap scan of every queued job plus a sort instead: measured, a claim of 100 from a
 # 20,000-job queue took 54 ms instead of 15 ms, and grew with the queue. Transaction-local.
@@ -118,14 +119,34 @@ CLAIM_SIZE_SQL = {
 
 
 def _fitting(candidates: str, p: str) -> str:
-    """The ids among `candidates` (id, priority, size) that fit in a reply of `p` bytes, in
+    """The ids among `candidates` (id, priority, fair_seq, size) that fit in a reply of `p` bytes, in
     claim order: a running total of the sizes, stopping before the first job that would
     overflow it; a job larger than the whole reply is skipped (left queued)."""
     return (
         f"SELECT id FROM (SELECT id, size, SUM(CASE WHEN size <= {p} THEN size ELSE 0 END)"
-        " OVER (ORDER BY priority DESC, id ROWS UNBOUNDED PRECEDING) AS total"
+        " OVER (ORDER BY priority DESC, fair_seq, id ROWS UNBOUNDED PRECEDING) AS total"
         f" FROM ({candidates}) c0) c1 WHERE size <= {p} AND total <= {p}"
     )
+
+
+def claimable_where(
+    store: Store, now: datetime, labels: frozenset[str], gpus: int
+) -> tuple[list[str], list[object]]:
+    """The conditions (on `job j`) of a job a worker with `labels` and `gpus` may claim now,
+    and their parameters."""
+    p = store.db.param
+    where = ["j.state = 'queued'", f"j.run_after <= {p}", f"j.gpus <= {p}"]
+    params: list[object] = [_to_us(now), gpus]
+    if labels:
+        marks = ", ".join([p] * len(labels))
+        where.append(
+            "(j.label_count = 0 OR NOT EXISTS (SELECT 1 FROM job_label l"
+            f" WHERE l.job_id = j.id AND l.label NOT IN ({marks})))"
+        )
+        params.extend(sorted(labels))
+    else:
+        where.append("j.label_count = 0")
+    return where, params
 
 
 def claim_jobs(
@@ -139,6 +160,7 @@ def claim_jobs(
     max_bytes: int,
     job_overhead: int,
     only_job: str | None = None,
+    only_jobs: list[str] | None = None,
 ) -> list[ClaimedRow]:
     """Leases up to `limit` claimable jobs whose sizes (their variable-length columns plus
     `job_overhead` each) add up to at most `max_bytes`; returns them as claimed.
@@ -146,32 +168,25 @@ def claim_jobs(
     One statement. PostgreSQL: candidates are locked with FOR UPDATE SKIP LOCKED, so
     concurrent claimers skip each other's rows instead of waiting or double-claiming.
     SQLite: UPDATE ... RETURNING inside the serialized immediate transaction
-    (`store.write()`), which is the same guarantee. Order: priority (high first), then id
-    (time-ordered: oldest first), via the partial index `job_claim_order`. A job's labels
+    (`store.write()`), which is the same guarantee. Order: priority (high first), then the
+    fair share (fair_seq), then id (time-ordered: oldest first), via the partial index
+    `job_claim_fair`. A job's labels
     must all be among the worker's labels.
     """
     db = store.db
     p = db.param
     now_us = _to_us(now)
-    where = ["j.state = 'queued'", f"j.run_after <= {p}", f"j.gpus <= {p}"]
-    params: list[object] = [now_us, gpus]
-    if labels:
-        marks = ", ".join([p] * len(labels))
-        where.append(
-            "(j.label_count = 0 OR NOT EXISTS (SELECT 1 FROM job_label l"
-            f" WHERE l.job_id = j.id AND l.label NOT IN ({marks})))"
-        )
-        params.extend(sorted(labels))
-    else:
-        where.append("j.label_count = 0")
+    where, params = claimable_where(store, now, labels, gpus)
     if only_job is not None:
-        where.append(f"j.id = {p}")
-        params.append(only_job)
+        only_jobs = [only_job]
+    if only_jobs is not None:
+        where.append(f"j.id IN ({', '.join([p] * len(only_jobs))})")
+        params.extend(only_jobs)
     lock = " FOR UPDATE SKIP LOCKED" if store.is_postgres else ""
     size = f"{CLAIM_SIZE_SQL[store.is_postgres]} + {int(job_overhead)}"
     candidates = (
-        f"SELECT j.id, j.priority, {size} AS size FROM job j WHERE {' AND '.join(where)}"
-        f" ORDER BY j.priority DESC, j.id LIMIT {p}{lock}"
+        f"SELECT j.id, j.priority, j.fair_seq, {size} AS size FROM job j WHERE {' AND '.join(where)}"
+        f" ORDER BY j.priority DESC, j.fair_seq, j.id LIMIT {p}{lock}"
     )
     params.append(limit)
     # Row locks cannot be taken beside a window function: the candidates are locked first
@@ -208,6 +223,8 @@ class LeasedRow(NamedTuple):
     attempt: int
     start_time: datetime
     budget: int
+    # Some pending job waits for this one (domain.jobs.graph).
+    has_children: bool
 
 
 def lock_leased(store: Store, provider_id: str, leases: list[tuple[str, int, str]]) -> list[LeasedRow]:
@@ -225,7 +242,8 @@ def lock_leased(store: Store, provider_id: str, leases: list[tuple[str, int, str
     concat = "job.id || ':' || job.attempt || ':' || job.lease_id"
     sql = (
         "SELECT job.id, job.submitter, job.kind, job.model_ref, job.input_digest, job.attempt,"
-        f" job.start_time, job.budget FROM job WHERE job.id IN ({', '.join([p] * len(leases))})"
+        " job.start_time, job.budget, job.has_children"
+        f" FROM job WHERE job.id IN ({', '.join([p] * len(leases))})"
         f" AND {concat} IN ({', '.join([p] * len(leases))})"
         f" AND job.state = 'running' AND job.provider = {p} AND NOT job.cancel_requested"
     )
@@ -236,7 +254,7 @@ def lock_leased(store: Store, provider_id: str, leases: list[tuple[str, int, str
     params.append(provider_id)
     to_time = TimestampField().python_value
     return [
-        LeasedRow(r[0], r[1], r[2], r[3], r[4], int(r[5]), to_time(r[6]), int(r[7]))
+        LeasedRow(r[0], r[1], r[2], r[3], r[4], int(r[5]), to_time(r[6]), int(r[7]), bool(r[8]))
         for r in store.db.execute_sql(sql, params).fetchall()
     ]
 

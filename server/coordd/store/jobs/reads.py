@@ -72,13 +72,18 @@ def ended_attempts(job_id: str) -> list[JobAttempt]:
     return list(JobAttempt.select().where(JobAttempt.job == job_id).order_by(JobAttempt.attempt))
 
 
-def count_ahead(state: str, priority: int, job_id: str) -> int:
-    """Jobs in `state` that come before this one in claim order (priority, then id)."""
+def count_ahead(state: str, priority: int, job_id: str, fair_seq: int = 0) -> int:
+    """Jobs in `state` that come before this one in claim order (priority, fair_seq, id)."""
+    same = Job.priority == priority
     return (
         Job.select()
         .where(
             (Job.state == state)
-            & ((Job.priority > priority) | ((Job.priority == priority) & (Job.id < job_id)))
+            & (
+                (Job.priority > priority)
+                | (same & (Job.fair_seq < fair_seq))
+                | (same & (Job.fair_seq == fair_seq) & (Job.id < job_id))
+            )
         )
         .count()
     )
@@ -132,7 +137,7 @@ class Depth(NamedTuple):
 
 def count_by_priority(state: str, leased_only: bool = False) -> list[Depth]:
     """Jobs in `state` per priority, highest first. Queued jobs are counted through
-    job_claim_order; running ones with `leased_only` through job_lease_due (a job is running
+    job_claim_fair; running ones with `leased_only` through job_lease_due (a job is running
     exactly while it has a lease expiry)."""
     where = Job.state == state
     if leased_only:

@@ -1,0 +1,56 @@
+"""The statements of fair share: where new jobs' virtual times start (one round trip, two
+index lookups, no lock, so one submitter's concurrent submissions do not queue behind each
+other), and the aging of waiting jobs' priorities."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import peewee
+
+from coordd.store.jobs.models import Job
+from coordd.store.models import TimestampField
+
+_to_us = TimestampField().db_value
+
+
+def _db() -> peewee.Database:
+    return Job._meta.database  # the store's database, inside the caller's transaction
+
+
+def age_priorities(now: datetime, aging_us: int, max_priority: int) -> int:
+    """Queued jobs gain a priority level per `aging_us` waited since they were queued (from
+    their submitted priority, at most `max_priority`); how many changed."""
+    p = _db().param
+    aged = f"(base_priority + ({p} - queue_time) / {p})"
+    cursor = _db().execute_sql(
+        f"UPDATE job SET priority = CASE WHEN {aged} > {p} THEN {p} ELSE {aged} END"
+        f" WHERE state = 'queued' AND priority < {p} AND priority < {aged}",
+        [
+            *(_to_us(now), aging_us, max_priority, max_priority, _to_us(now), aging_us),
+            max_priority,
+            _to_us(now),
+            aging_us,
+        ],
+    )
+    return cursor.rowcount
+
+
+def floor_for(submitter: str, priorities: list[int]) -> int:
+    """max(the fair_seq at the head of the queue at each of `priorities`, the largest among
+    the submitter's queued jobs) in one round trip; 0 when nothing is queued. Two index
+    lookups: `job_claim_fair` for the heads, `job_queued_submitter` for the submitter (ordered
+    like the index, not MAX: the planner then walks it even before the table's first ANALYZE,
+    when it would otherwise scan job_claim_fair and filter by submitter). No lock: concurrent
+    submissions of one submitter may share a value; ties go to the older job."""
+    p = _db().param
+    heads = [
+        f"(SELECT fair_seq FROM job WHERE state = 'queued' AND priority = {p} ORDER BY fair_seq, id LIMIT 1)"
+        for _ in priorities
+    ]
+    tail = (
+        f"(SELECT fair_seq FROM job WHERE state = 'queued' AND submitter = {p}"
+        " ORDER BY submitter DESC, fair_seq DESC LIMIT 1)"
+    )
+    row = _db().execute_sql(f"SELECT {', '.join([*heads, tail])}", [*priorities, submitter]).fetchone()
+    return max((int(v) for v in row if v is not None), default=0)
