@@ -144,6 +144,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                             fixed_timeout=duration_pb2.Duration(seconds=3000),
                             start_window=duration_pb2.Duration(seconds=3000),
                         ),
+                        verifier=pb.Verifier(name="none"),
                     ),
                     metadata=coord,
                 )

@@ -73,6 +73,7 @@ def _seed(server, admin: str, user_id: str, token: str) -> list[str]:
             timeout=ceremony_pb2.TimeoutConfig(
                 policy=ceremony_pb2.TIMEOUT_POLICY_FIXED, fixed_timeout=duration_pb2.Duration(seconds=60)
             ),
+            verifier=ceremony_pb2.Verifier(name="none"),
         ),
         metadata=bearer(token),
     ).ceremony

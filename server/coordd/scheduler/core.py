@@ -354,6 +354,9 @@ class Scheduler:
             )
 
     async def stop(self) -> None:
+        # The task loops first, while the leader loop still renews the lease: work in flight
+        # (a delivery being POSTed) then records its outcome under a valid fence.
+        await self._stop_loops()
         self._stopping = True
         if self._main is not None:
             # Python 3.11's asyncio.wait_for can swallow a cancellation that arrives as the
@@ -363,7 +366,7 @@ class Scheduler:
                 await asyncio.wait({self._main}, timeout=0.5)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 self._main.result()
-        await self._stop_loops()
+        await self._stop_loops()  # in case the leader loop started them again meanwhile
         await self.elector.release(self.rt)
         self._leadership = None
         metrics.IS_LEADER.set(0)
