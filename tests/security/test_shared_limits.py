@@ -242,3 +242,18 @@ def test_client_peer_reads_the_forwarded_address_only_from_trusted_proxies(conte
 def test_without_trusted_proxies_the_tcp_peer_is_the_callers_address() -> None:
     context = _Context(NGINX, ("x-forwarded-for", "203.0.113.9"))
     assert client_peer(context, "") == NGINX
+
+
+@pytest.mark.parametrize(
+    ("peer", "address"),
+    [
+        ("ipv4:203.0.113.9:5000", "203.0.113.9"),
+        ("ipv4:203.0.113.9", "203.0.113.9"),  # a forwarded address has no port
+        ("ipv6:[2001:db8::1]:5000", "2001:db8::/64"),
+        ("ipv6:[2001:db8::1]", "2001:db8::/64"),
+    ],
+)
+def test_the_login_throttle_keys_forwarded_addresses_like_tcp_peers(peer, address) -> None:
+    from coordd.domain.auth.throttle import peer_address
+
+    assert peer_address(peer) == address
