@@ -257,3 +257,28 @@ def test_the_login_throttle_keys_forwarded_addresses_like_tcp_peers(peer, addres
     from coordd.domain.auth.throttle import peer_address
 
     assert peer_address(peer) == address
+
+
+def test_with_redis_answering_too_slowly_calls_are_decided_by_the_local_limits(serve) -> None:
+    import socket
+
+    # A listener that never accepts: connections complete in the kernel's backlog, and no
+    # command is ever answered, the slowest Redis there is.
+    mute = socket.create_server(("127.0.0.1", 0), backlog=64)
+    try:
+        port = mute.getsockname()[1]
+        server = serve(
+            redis_url=f"redis://127.0.0.1:{port}/0",
+            redis_prefix=infra.redis_prefix(),
+            pg_event_bus=False,
+            **CALLER_20,
+        )
+        _, token = server.make_user("participant")
+
+        seen = _outcomes([lambda: _whoami(server, token) for _ in range(25)])
+
+        assert len(seen["OK"]) == 20
+        assert len(seen["RESOURCE_EXHAUSTED"]) == 5
+        assert not server.app.limits.shared  # type: ignore[union-attr]
+    finally:
+        mute.close()
