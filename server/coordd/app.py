@@ -340,6 +340,8 @@ class App:
         self._probe_thread.shutdown(wait=False)
         if self.scheduler is not None:
             await self.scheduler.stop()
+        if self.limits is not None:
+            await self.limits.close()
         if self.rt is not None:
             await self.rt.bus.close()
             await asyncio.to_thread(self.rt.close)

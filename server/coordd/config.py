@@ -102,12 +102,23 @@ class Settings:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
-    # Overload protection, in memory per replica (not shared across replicas): token buckets
-    # per caller credential (API key, else user) and per peer host; rate in calls/s, 0 = off.
+    # Overload protection: token buckets per caller credential (API key, else user) and per
+    # peer host; rate in calls/s, 0 = off. In memory per process without Redis; shared by all
+    # replicas through Redis when redis_url is set (see rate_limit_shared).
     rate_limit_caller_rps: float = 1000.0
     rate_limit_caller_burst: int = 2000
     rate_limit_peer_rps: float = 2000.0
     rate_limit_peer_burst: int = 4000
+    # With redis_url: share the rate-limit buckets through Redis (keys <redis_prefix>:rl:*).
+    # Off: per-process buckets even with Redis.
+    rate_limit_shared: bool = True
+    # A shared-bucket check slower than this (or failing) falls back to the process's own
+    # bucket; Redis is then left alone for a second.
+    rate_limit_redis_timeout_s: float = 0.02
+    # Proxies (addresses or CIDRs, comma-separated) whose x-forwarded-for / x-real-ip metadata
+    # names the caller's address for limits, login throttling, audit and logs. Empty: the TCP
+    # peer is the caller's address and those headers are ignored.
+    trusted_proxies: str = ""
     # Open streams (server, client and bidi) one caller credential may hold at once; 0 = no limit.
     max_streams_per_caller: int = 1000
     # Webhook channels may point at loopback, private, link-local or other non-public addresses

@@ -7,6 +7,7 @@ from typing import Any
 from google.protobuf import descriptor_pool, struct_pb2
 
 from coordd.api.convert import from_ts, parse_name, roles_from_proto, roles_to_proto, ts
+from coordd.api.peer import client_peer
 from coordd.core.paging import PageRequest
 from coordd.core.principal import parse_roles, require_user
 from coordd.domain import auth
@@ -70,8 +71,8 @@ def audit_event_to_proto(row: auth.AuditRow) -> auth_pb2.AuditEvent:
     )
 
 
-def _peer(context: Any) -> str:
-    return str(context.peer() or "")
+def _peer(context: Any, rt: Runtime) -> str:
+    return client_peer(context, rt.settings.trusted_proxies)
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
@@ -88,7 +89,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         )
 
     async def Login(self, request: auth_pb2.LoginRequest, context: Any) -> auth_pb2.LoginResponse:
-        session = await auth.login(self.rt, request.email, request.password, _peer(context))
+        session = await auth.login(self.rt, request.email, request.password, _peer(context, self.rt))
         return auth_pb2.LoginResponse(
             user=user_to_proto(session.user),
             access_token=session.access_token,
@@ -107,7 +108,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.SignInWithEthereumRequest, context: Any
     ) -> auth_pb2.SignInWithEthereumResponse:
         session, address = await self.rt.run(
-            siwe.sign_in, self.rt, request.message, request.signature, _peer(context)
+            siwe.sign_in, self.rt, request.message, request.signature, _peer(context, self.rt)
         )
         return auth_pb2.SignInWithEthereumResponse(
             user=user_to_proto(session.user),
@@ -166,14 +167,18 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.DisableUserRequest, context: Any
     ) -> auth_pb2.DisableUserResponse:
         user_id = parse_name(request.name, "users")
-        user = await self.rt.run(auth.set_disabled, self.rt, require_user(), user_id, True, _peer(context))
+        user = await self.rt.run(
+            auth.set_disabled, self.rt, require_user(), user_id, True, _peer(context, self.rt)
+        )
         return auth_pb2.DisableUserResponse(user=user_to_proto(user))
 
     async def EnableUser(
         self, request: auth_pb2.EnableUserRequest, context: Any
     ) -> auth_pb2.EnableUserResponse:
         user_id = parse_name(request.name, "users")
-        user = await self.rt.run(auth.set_disabled, self.rt, require_user(), user_id, False, _peer(context))
+        user = await self.rt.run(
+            auth.set_disabled, self.rt, require_user(), user_id, False, _peer(context, self.rt)
+        )
         return auth_pb2.EnableUserResponse(user=user_to_proto(user))
 
     async def SetUserRoles(
@@ -181,7 +186,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.SetUserRolesResponse:
         user_id = parse_name(request.name, "users")
         roles = roles_from_proto(request.roles)
-        user = await self.rt.run(auth.set_roles, self.rt, require_user(), user_id, roles, _peer(context))
+        user = await self.rt.run(
+            auth.set_roles, self.rt, require_user(), user_id, roles, _peer(context, self.rt)
+        )
         return auth_pb2.SetUserRolesResponse(user=user_to_proto(user))
 
     async def ResetUserPassword(
@@ -189,7 +196,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.ResetUserPasswordResponse:
         user_id = parse_name(request.name, "users")
         user = await auth.reset_password(
-            self.rt, require_user(), user_id, request.new_password, _peer(context)
+            self.rt, require_user(), user_id, request.new_password, _peer(context, self.rt)
         )
         return auth_pb2.ResetUserPasswordResponse(user=user_to_proto(user))
 
@@ -197,7 +204,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.ChangePasswordRequest, context: Any
     ) -> auth_pb2.ChangePasswordResponse:
         session = await auth.change_password(
-            self.rt, require_user(), request.current_password, request.new_password, _peer(context)
+            self.rt, require_user(), request.current_password, request.new_password, _peer(context, self.rt)
         )
         return auth_pb2.ChangePasswordResponse(
             access_token=session.access_token, expire_time=ts(session.expire_time)
@@ -207,7 +214,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.RevokeUserTokensRequest, context: Any
     ) -> auth_pb2.RevokeUserTokensResponse:
         user_id = parse_name(request.name, "users")
-        user = await self.rt.run(auth.revoke_tokens, self.rt, require_user(), user_id, _peer(context))
+        user = await self.rt.run(
+            auth.revoke_tokens, self.rt, require_user(), user_id, _peer(context, self.rt)
+        )
         return auth_pb2.RevokeUserTokensResponse(user=user_to_proto(user))
 
     async def ListAuditEvents(

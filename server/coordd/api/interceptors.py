@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 from coordd import metrics
 from coordd.api import decoding
 from coordd.api.errors import clip, status_for
+from coordd.api.peer import client_peer
 from coordd.api.validation import check_request
 from coordd.core.errors import (
     Aborted,
@@ -172,7 +173,9 @@ class ObservabilityInterceptor(WrappingInterceptor):
             # Not a secret, just unique: getrandbits avoids a urandom syscall per call.
             request_id = f"{random.getrandbits(128):032x}"
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id, method=method, peer=context.peer())
+        structlog.contextvars.bind_contextvars(
+            request_id=request_id, method=method, peer=client_peer(context, self.rt.settings.trusted_proxies)
+        )
         return request_id
 
     def _check_limits(self, request: Any) -> None:
@@ -378,7 +381,8 @@ class AuthInterceptor(WrappingInterceptor):
     ) -> None:
         """Audit rows (auth_rules.record_*) never change the call's outcome."""
         try:
-            await self.rt.run(record, self.rt, who, method, what, str(context.peer() or ""))
+            peer = client_peer(context, self.rt.settings.trusted_proxies)
+            await self.rt.run(record, self.rt, who, method, what, peer)
         except Exception as exc:
             log.warning("could not write an audit event", method=method, error=str(exc))
 

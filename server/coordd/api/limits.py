@@ -8,10 +8,15 @@ caller bucket right after it. "Caller" is the credential: the API key (each node
 else the user of an access token; anonymous calls count against their peer only. Health and
 reflection are exempt.
 
-State is in memory, per replica (and per process): N replicas behind a load balancer admit up
-to N times the configured rates. Sharing the buckets through Redis is a later step. Everything
-here runs on the event loop thread, so the counters need no lock; a call costs a clock read
-and a dict lookup or two.
+Without Redis the buckets are in memory, per process: N replicas behind a load balancer admit
+up to N times the configured rates. With `redis_url` set (and `rate_limit_shared` on) the
+buckets are shared by every replica (adapters/ratelimit_redis.py): a call first passes its
+process's own bucket (the fast path, and the fallback), then the shared one, spending tokens
+taken from Redis a chunk at a time and remembering a refusal until the bucket refills. If
+Redis is down or slower than `rate_limit_redis_timeout_s`, the local bucket alone decides
+(never a failed call; at most N times the rate while it lasts). The open-stream counts stay
+per process. "Peer" is `api/peer.client_peer` (the forwarded address behind a trusted proxy).
+Everything here runs on the event loop thread, so the counters need no lock.
 """
 
 from __future__ import annotations
@@ -23,12 +28,17 @@ from typing import Any
 
 import grpc
 
+from coordd.adapters.ratelimit_redis import RedisBuckets
 from coordd.api.interceptors import Behaviour, WrappingInterceptor
+from coordd.api.peer import client_peer, parse_trusted
 from coordd.config import Settings
 from coordd.core.errors import ResourceExhausted
 from coordd.core.principal import caller
 
 _EXEMPT = ("/grpc.health.", "/grpc.reflection.")
+# Tokens taken from the shared bucket per round trip: this fraction of min(rate, burst).
+CHUNK_FRACTION = 0.01
+_MAX_KEYS = 100_000
 
 
 class RateLimited(ResourceExhausted):
@@ -85,11 +95,54 @@ def _buckets(rate: float, burst: int) -> Buckets | None:
     return Buckets(rate, burst) if rate else None
 
 
-def peer_host(context: Any) -> str:
+def peer_host(context: Any, trusted_proxies: str = "") -> str:
     """`ipv4:10.0.0.7:51234` -> `ipv4:10.0.0.7` (the port changes with every connection)."""
-    peer = context.peer() or ""
+    peer = client_peer(context, trusted_proxies)
     host, sep, port = peer.rpartition(":")
     return host if sep and port.isdigit() else peer
+
+
+class SharedBuckets:
+    """One kind of bucket ("caller", "peer") in the shared store, with what this process holds
+    of it: tokens taken but not yet spent, and refusals until a token is back."""
+
+    def __init__(self, kind: str, local: Buckets, store: RedisBuckets) -> None:
+        self.kind = kind
+        self.rate, self.burst = local.rate, local.burst
+        self.chunk = max(1, int(min(local.rate, local.burst) * CHUNK_FRACTION))
+        self.store = store
+        self.leased: dict[str, int] = {}
+        self.refused_until: dict[str, float] = {}
+
+    async def take(self, key: str, now: float) -> float:
+        """0.0 when the call may go ahead (also when Redis could not say), else the seconds
+        until a token is back."""
+        left = self.leased.get(key)
+        if left:
+            if left > 1:
+                self.leased[key] = left - 1
+            else:
+                del self.leased[key]
+            return 0.0
+        until = self.refused_until.get(key)
+        if until is not None:
+            if now < until:
+                return until - now
+            del self.refused_until[key]
+        answer = await self.store.take(self.kind, key, self.rate, self.burst, self.chunk)
+        if answer is None:
+            return 0.0
+        granted, wait = answer
+        if granted:
+            if granted > 1:
+                if len(self.leased) >= _MAX_KEYS:
+                    self.leased.clear()
+                self.leased[key] = granted - 1
+            return 0.0
+        if len(self.refused_until) >= _MAX_KEYS:
+            self.refused_until.clear()
+        self.refused_until[key] = now + wait
+        return wait
 
 
 def caller_key() -> str:
@@ -108,22 +161,50 @@ class Limits:
                 raise ValueError(f"config {name}_rps / _burst: rate >= 0 (0 = off) and burst >= 1")
         if s.max_streams_per_caller < 0:
             raise ValueError("config max_streams_per_caller: must not be negative (0 = no limit)")
+        if s.rate_limit_redis_timeout_s <= 0:
+            raise ValueError("config rate_limit_redis_timeout_s: must be positive")
+        self.trusted_proxies = s.trusted_proxies
+        parse_trusted(s.trusted_proxies)  # a bad entry stops the start
         self.caller = _buckets(s.rate_limit_caller_rps, s.rate_limit_caller_burst)
         self.peer = _buckets(s.rate_limit_peer_rps, s.rate_limit_peer_burst)
+        self.store: RedisBuckets | None = None
+        self.shared_caller: SharedBuckets | None = None
+        self.shared_peer: SharedBuckets | None = None
+        if s.redis_url and s.rate_limit_shared and (self.caller is not None or self.peer is not None):
+            store = self.store = RedisBuckets(s.redis_url, s.redis_prefix, s.rate_limit_redis_timeout_s)
+            if self.caller is not None:
+                self.shared_caller = SharedBuckets("caller", self.caller, store)
+            if self.peer is not None:
+                self.shared_peer = SharedBuckets("peer", self.peer, store)
         self.max_streams = s.max_streams_per_caller
         self.open_streams: dict[str, int] = {}
         self.peer_interceptor = PeerLimitInterceptor(self)
         self.caller_interceptor = CallerLimitInterceptor(self)
 
-    def check_peer(self, context: Any) -> None:
+    @property
+    def shared(self) -> bool:
+        """True while the buckets are shared through Redis (configured and reachable)."""
+        return self.store is not None and self.store.up
+
+    async def close(self) -> None:
+        if self.store is not None:
+            await self.store.close()
+
+    async def check_peer(self, context: Any) -> None:
         assert self.peer is not None
-        wait = self.peer.take(peer_host(context), time.monotonic())
+        key, now = peer_host(context, self.trusted_proxies), time.monotonic()
+        wait = self.peer.take(key, now)
+        if not wait and self.shared_peer is not None:
+            wait = await self.shared_peer.take(key, now)
         if wait:
             raise self._limited("peer", self.peer, wait)
 
-    def check_caller(self, key: str) -> None:
+    async def check_caller(self, key: str) -> None:
         if self.caller is not None and key:
-            wait = self.caller.take(key, time.monotonic())
+            now = time.monotonic()
+            wait = self.caller.take(key, now)
+            if not wait and self.shared_caller is not None:
+                wait = await self.shared_caller.take(key, now)
             if wait:
                 raise self._limited("caller", self.caller, wait)
 
@@ -137,12 +218,12 @@ class Limits:
             metadata={"scope": scope, "retry_after_ms": str(max(1, round(wait * 1000)))},
         )
 
-    def open_stream(self, context: Any) -> str:
+    async def open_stream(self, context: Any) -> str:
         """Admits a stream for the caller (or, anonymous, its peer) and counts it open; the
         returned key must be passed to close_stream when the stream ends, however it ends."""
         key = caller_key()
-        self.check_caller(key)
-        key = key or f"peer:{peer_host(context)}"
+        await self.check_caller(key)
+        key = key or f"peer:{peer_host(context, self.trusted_proxies)}"
         held = self.open_streams.get(key, 0)
         if self.max_streams and held >= self.max_streams:
             raise ResourceExhausted(
@@ -173,11 +254,11 @@ class PeerLimitInterceptor(WrappingInterceptor):
         return super().wrap(handler, method)
 
     async def unary(self, method: str, call: Behaviour, request: Any, context: Any) -> Any:
-        self.limits.check_peer(context)
+        await self.limits.check_peer(context)
         return await call(request, context)
 
     async def stream(self, method: str, call: Behaviour, request: Any, context: Any) -> AsyncIterator[Any]:
-        self.limits.check_peer(context)
+        await self.limits.check_peer(context)
         async for item in call(request, context):
             yield item
 
@@ -212,18 +293,18 @@ class CallerLimitInterceptor(WrappingInterceptor):
         )
 
     async def unary(self, method: str, call: Behaviour, request: Any, context: Any) -> Any:
-        self.limits.check_caller(caller_key())
+        await self.limits.check_caller(caller_key())
         return await call(request, context)
 
     async def client_stream(self, method: str, call: Behaviour, request: Any, context: Any) -> Any:
-        key = self.limits.open_stream(context)
+        key = await self.limits.open_stream(context)
         try:
             return await call(request, context)
         finally:
             self.limits.close_stream(key)
 
     async def stream(self, method: str, call: Behaviour, request: Any, context: Any) -> AsyncIterator[Any]:
-        key = self.limits.open_stream(context)
+        key = await self.limits.open_stream(context)
         try:
             async for item in call(request, context):
                 yield item

@@ -39,7 +39,7 @@ def peer_address(peer: str) -> str:
     if kind == "ipv4":
         return rest.rpartition(":")[0] or rest
     if kind == "ipv6":
-        host = rest.rpartition(":")[0].strip("[]") or rest
+        host = (rest if rest.endswith("]") else rest.rpartition(":")[0]).strip("[]") or rest
         try:
             return str(ipaddress.ip_network(f"{host}/64", strict=False))
         except ValueError:
