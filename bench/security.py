@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import sys
@@ -66,10 +67,54 @@ async def _submit(stub: job_pb2_grpc.JobServiceStub, token: str, payload: bytes)
     return reply.job.name
 
 
-async def login_flood(port: int, seconds: float, attackers: int) -> dict[str, Any]:
+class SourceForwarder:
+    """A TCP forwarder on 127.0.0.1 whose outgoing connections leave from `source` (another
+    loopback address): the attackers reach the daemon from their own address, as they would,
+    instead of sharing 127.0.0.1 (and its per-peer bucket) with the user under test."""
+
+    def __init__(self, source: str, port: int) -> None:
+        self.source, self.port = source, port
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._pipe, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.port, local_addr=(self.source, 0))
+
+        async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(copy(reader, up_w), copy(up_r, writer))
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def login_flood(port: int, seconds: float, attackers: int, attack_from: str) -> dict[str, Any]:
+    forwarder = SourceForwarder(attack_from, port) if attack_from else None
+    attack_target = f"127.0.0.1:{await forwarder.start()}" if forwarder else f"127.0.0.1:{port}"
+    try:
+        return await _flood(port, attack_target, seconds, attackers)
+    finally:
+        if forwarder is not None:
+            await forwarder.close()
+
+
+async def _flood(port: int, attack_target: str, seconds: float, attackers: int) -> dict[str, Any]:
     target = f"127.0.0.1:{port}"
     async with (
-        grpc.aio.insecure_channel(target) as attack_channel,
+        grpc.aio.insecure_channel(attack_target) as attack_channel,
         grpc.aio.insecure_channel(target) as user_channel,
         grpc.aio.insecure_channel(target) as health_channel,
     ):
@@ -192,6 +237,11 @@ async def main() -> None:
     parser.add_argument("--database-url", default="", help="postgresql://... (default: embedded SQLite)")
     parser.add_argument("--only", choices=["flood", "streams"])
     parser.add_argument(
+        "--attack-from",
+        default="127.0.0.2",
+        help="loopback source address of the attackers ('' : the same 127.0.0.1 as the user under test)",
+    )
+    parser.add_argument(
         "--max-streams-per-caller",
         type=int,
         default=0,
@@ -212,7 +262,9 @@ async def main() -> None:
         proc, port, _ = start_coordd(env)  # a fresh daemon per part: RSS is not mixed up
         try:
             if part == "flood":
-                result["login_flood"] = await login_flood(port, args.seconds, args.attackers)
+                flood = await login_flood(port, args.seconds, args.attackers, args.attack_from)
+                flood["attackers_address"] = args.attack_from or "127.0.0.1 (shared)"
+                result["login_flood"] = flood
             else:
                 result["unread_streams"] = await unread_streams(port, proc.pid, args.streams, args.payload_kb)
         finally:
