@@ -203,3 +203,10 @@ def enum_word(enum: Any, value: int) -> str:
     name = enum.Name(value)
     prefix = "".join("_" + c if c.isupper() else c.upper() for c in enum.DESCRIPTOR.name).lstrip("_") + "_"
     return name.removeprefix(prefix).lower()
+
+
+def json_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`--json` after the subcommand too (`coordctl job list --json`); SUPPRESS keeps the
+    global flag's value when it is not given here."""
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    return parser

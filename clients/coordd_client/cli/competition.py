@@ -13,8 +13,7 @@ from typing import Any
 
 from coordd_client import results as signed_results
 from coordd_client.cli import competition_more
-from coordd_client.cli.common import Context, emit, enum_word, resource_name, table
-from coordd_client.cli.competition_more import json_flag
+from coordd_client.cli.common import Context, emit, enum_word, json_flag, resource_name, table
 from coordd_client.v1 import ceremony_pb2, competition_pb2
 
 

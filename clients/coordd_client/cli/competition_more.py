@@ -12,14 +12,8 @@ from typing import Any
 from google.protobuf.json_format import ParseDict
 
 from coordd_client import tickets
-from coordd_client.cli.common import Context, emit, enum_word, resource_name, table, to_dict
+from coordd_client.cli.common import Context, emit, enum_word, json_flag, resource_name, table, to_dict
 from coordd_client.v1 import ceremony_pb2, competition_pb2
-
-
-def json_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """`--json` after the subcommand too; absent, the global flag's value stands."""
-    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
-    return parser
 
 
 def _comp(text: str) -> str:

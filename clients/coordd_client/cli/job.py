@@ -18,7 +18,7 @@ from typing import Any
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from coordd_client import attestation
-from coordd_client.cli.common import Context, emit, enum_word, resource_name, table, to_dict, watch
+from coordd_client.cli.common import Context, emit, enum_word, json_flag, resource_name, table, to_dict, watch
 from coordd_client.cli.job_schedule import register_schedules
 from coordd_client.errors import CoorddError, FailedPrecondition
 from coordd_client.v1 import job_pb2
@@ -43,12 +43,6 @@ def _seconds(value: float | None) -> duration_pb2.Duration | None:
     out = duration_pb2.Duration()
     out.FromNanoseconds(int(value * 1e9))
     return out
-
-
-def _json_flag(parser: argparse.ArgumentParser) -> None:
-    """`--json` after the subcommand too (`coordctl job list --json`); SUPPRESS keeps the
-    global flag's value when it is not given here."""
-    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
 
 
 def _timestamp(text: str) -> timestamp_pb2.Timestamp:
@@ -97,7 +91,7 @@ def register(sub: Any) -> None:
         help="a duplicate prints the existing job instead of failing",
     )
     submit.set_defaults(func=_submit)
-    _json_flag(submit)
+    json_flag(submit)
     for name, func, helptext in (
         ("get", _get, "show a job"),
         ("watch", _watch, "follow a job until it finishes"),
@@ -115,14 +109,14 @@ def register(sub: Any) -> None:
                 help="full: with the inline input/output bytes (default for `get --json`); basic: without",
             )
         cmd.set_defaults(func=func)
-        _json_flag(cmd)
+        json_flag(cmd)
     listing = job.add_parser("list", help="your jobs")
     listing.add_argument(
         "--state", choices=["pending", "queued", "running", "succeeded", "failed", "cancelled"]
     )
     listing.add_argument("--limit", type=int, default=50)
     listing.set_defaults(func=_list)
-    _json_flag(listing)
+    json_flag(listing)
 
     limit = job.add_parser("limit", help="concurrency caps (admins)").add_subparsers(
         dest="limit_command", required=True
@@ -134,10 +128,10 @@ def register(sub: Any) -> None:
     setting.add_argument("key", help="users/{id} or * (each submitter), a model ref, or a label")
     setting.add_argument("max_running", type=int)
     setting.set_defaults(func=_limit_set)
-    _json_flag(setting)
+    json_flag(setting)
     listing_limits = limit.add_parser("list", help="every cap")
     listing_limits.set_defaults(func=_limit_list)
-    _json_flag(listing_limits)
+    json_flag(listing_limits)
 
     register_schedules(job)
 
@@ -167,7 +161,7 @@ def register(sub: Any) -> None:
         help=f"when CMD exits {SNOOZE_EXIT_CODE} (EX_TEMPFAIL) the job is snoozed this long, unless the"
         " first line of its stdout is a number of seconds; the attempt is not spent",
     )
-    _json_flag(run)
+    json_flag(run)
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     run.set_defaults(func=_worker)
 

@@ -9,12 +9,8 @@ from typing import Any
 
 from google.protobuf import duration_pb2
 
-from coordd_client.cli.common import Context, emit, resource_name, table
+from coordd_client.cli.common import Context, emit, json_flag, resource_name, table
 from coordd_client.v1 import job_pb2
-
-
-def _json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
 
 
 def register_schedules(job: Any) -> None:
@@ -38,15 +34,15 @@ def register_schedules(job: Any) -> None:
     create.add_argument("--priority", type=int, default=0)
     create.add_argument("--label", action="append", default=[])
     create.set_defaults(func=_create)
-    _json_flag(create)
+    json_flag(create)
     listing = schedule.add_parser("list", help="your schedules")
     listing.set_defaults(func=_list)
-    _json_flag(listing)
+    json_flag(listing)
     for name, func in (("get", _get), ("pause", _pause), ("resume", _resume), ("delete", _delete)):
         cmd = schedule.add_parser(name, help=f"{name} a schedule")
         cmd.add_argument("schedule", help="jobSchedules/{id} or the id")
         cmd.set_defaults(func=func)
-        _json_flag(cmd)
+        json_flag(cmd)
 
 
 def _name(text: str) -> str:
