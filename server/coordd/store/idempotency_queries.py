@@ -39,17 +39,31 @@ def insert_claim(
     expire_time: datetime,
 ) -> bool:
     """Inserts a `running` record unless the key exists; True when it was inserted."""
-    fresh = IdempotencyRecord.insert(
-        scope=scope,
-        key=key,
-        method=method,
-        request_hash=digest,
-        state=RUNNING,
-        locked_until=locked_until,
-        expire_time=expire_time,
-        create_time=now,
-    ).on_conflict_ignore()
+    row = _claim_row(scope, key, method, digest, now, locked_until, expire_time)
+    fresh = IdempotencyRecord.insert(**row).on_conflict_ignore()
     return bool(store.db.execute(fresh).rowcount == 1)
+
+
+def _claim_row(
+    scope: str,
+    key: str,
+    method: str,
+    digest: str,
+    now: datetime,
+    locked_until: datetime,
+    expire_time: datetime,
+) -> dict[str, object]:
+    """A new `running` record's columns (inserted unless the key exists, or created outright)."""
+    return {
+        "scope": scope,
+        "key": key,
+        "method": method,
+        "request_hash": digest,
+        "state": RUNNING,
+        "locked_until": locked_until,
+        "expire_time": expire_time,
+        "create_time": now,
+    }
 
 
 def lock_record(store: Store, scope: str, key: str) -> IdempotencyRecord | None:
@@ -69,16 +83,7 @@ def create_claim(
     locked_until: datetime,
     expire_time: datetime,
 ) -> None:
-    IdempotencyRecord.create(
-        scope=scope,
-        key=key,
-        method=method,
-        request_hash=digest,
-        state=RUNNING,
-        locked_until=locked_until,
-        expire_time=expire_time,
-        create_time=now,
-    )
+    IdempotencyRecord.create(**_claim_row(scope, key, method, digest, now, locked_until, expire_time))
 
 
 def delete_record(record: IdempotencyRecord) -> None:
