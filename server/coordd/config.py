@@ -157,6 +157,19 @@ class Settings:
     siwe_domain: str = "coordd.local"
     siwe_uri: str = "https://coordd.local"
     siwe_nonce_ttl_s: float = 300.0
+    # Sign-In with Ethereum throttle (per minute, with bursts; 0 = off): nonces issued to one
+    # client address, sign-in attempts from one client address, and signed sign-ins of one
+    # Ethereum address (counted once the signature checks out, so nobody can spend another
+    # address's budget). Shared by every replica through Redis like the rate limits.
+    siwe_nonces_per_peer_per_min: float = 30.0
+    siwe_nonce_burst_per_peer: int = 60
+    siwe_sign_ins_per_peer_per_min: float = 30.0
+    siwe_sign_in_burst_per_peer: int = 60
+    siwe_sign_ins_per_address_per_min: float = 6.0
+    siwe_sign_in_burst_per_address: int = 10
+    # Unused nonces outstanding at once (each expires after siwe_nonce_ttl_s); past it, new
+    # nonces are refused with RESOURCE_EXHAUSTED until the oldest expires. 0 = no cap.
+    siwe_max_nonces: int = 50000
     # Not a setting: what loading noticed (unknown COORDD_* variables); logged at start.
     _warnings: list[str] = field(default_factory=list, repr=False, compare=False)
 
@@ -273,8 +286,21 @@ def _validate(s: Settings) -> None:
     if s.competition_offer_hold_s < 60 or s.competition_max_entry_bytes <= 0 or s.competition_max_errors < 1:
         raise ConfigError("config competition_*: offer hold >= 60 s, entry size and max errors positive")
     _validate_verifiers(s)
+    _validate_siwe_throttle(s)
     if s.jwt_secret and len(s.jwt_secret) < 32:
         raise ConfigError("config jwt_secret: must be at least 32 characters")
+
+
+def _validate_siwe_throttle(s: Settings) -> None:
+    for rate, burst in (
+        ("siwe_nonces_per_peer_per_min", "siwe_nonce_burst_per_peer"),
+        ("siwe_sign_ins_per_peer_per_min", "siwe_sign_in_burst_per_peer"),
+        ("siwe_sign_ins_per_address_per_min", "siwe_sign_in_burst_per_address"),
+    ):
+        if getattr(s, rate) < 0 or (getattr(s, rate) > 0 and getattr(s, burst) < 1):
+            raise ConfigError(f"config {rate} / {burst}: rate >= 0 (0 = off) and burst >= 1")
+    if s.siwe_max_nonces < 0 or s.siwe_nonce_ttl_s <= 0:
+        raise ConfigError("config siwe_max_nonces >= 0 (0 = no cap) and siwe_nonce_ttl_s > 0")
 
 
 VERIFIER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")

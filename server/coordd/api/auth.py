@@ -8,6 +8,7 @@ from google.protobuf import descriptor_pool, struct_pb2
 
 from coordd.api.convert import from_ts, parse_name, roles_from_proto, roles_to_proto, ts
 from coordd.api.peer import client_peer
+from coordd.api.siwe_limits import SiweLimits
 from coordd.core.paging import PageRequest
 from coordd.core.principal import parse_roles, require_user
 from coordd.domain import auth
@@ -78,6 +79,8 @@ def _peer(context: Any, rt: Runtime) -> str:
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self.siwe_limits = SiweLimits(rt.settings, lambda: rt.now().timestamp())
+        self._siwe_closer = self.siwe_limits.close_when(rt.stopping)
 
     async def SignUp(self, request: auth_pb2.SignUpRequest, context: Any) -> auth_pb2.SignUpResponse:
         roles = roles_from_proto(request.roles)
@@ -99,6 +102,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def CreateSiweNonce(
         self, request: auth_pb2.CreateSiweNonceRequest, context: Any
     ) -> auth_pb2.CreateSiweNonceResponse:
+        await self.siwe_limits.admit_nonce(context)
         nonce = await self.rt.run(siwe.create_nonce, self.rt)
         return auth_pb2.CreateSiweNonceResponse(
             nonce=nonce.nonce, expire_time=ts(nonce.expire_time), domain=nonce.domain, uri=nonce.uri
@@ -107,9 +111,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def SignInWithEthereum(
         self, request: auth_pb2.SignInWithEthereumRequest, context: Any
     ) -> auth_pb2.SignInWithEthereumResponse:
-        session, address = await self.rt.run(
-            siwe.sign_in, self.rt, request.message, request.signature, _peer(context, self.rt)
-        )
+        await self.siwe_limits.admit_attempt(context)
+        peer = _peer(context, self.rt)
+        message = await self.rt.run(siwe.check_signed, self.rt, request.message, request.signature, peer)
+        await self.siwe_limits.admit_address(message.address)
+        session, address = await self.rt.run(siwe.complete_sign_in, self.rt, message, peer)
         return auth_pb2.SignInWithEthereumResponse(
             user=user_to_proto(session.user),
             access_token=session.access_token,

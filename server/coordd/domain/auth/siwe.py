@@ -1,10 +1,15 @@
 """Sign-In with Ethereum as a login method besides email and password.
 
-1. `create_nonce`: the daemon issues a nonce (random, usable once, expiring).
+1. `create_nonce`: the daemon issues a nonce (random, usable once, expiring). At most
+   `siwe_max_nonces` are outstanding at once (expired ones are dropped first): past that,
+   RESOURCE_EXHAUSTED until the oldest expires, so unused nonces never grow without bound.
 2. `sign_in`: the wallet's signed EIP-4361 message comes back. It is accepted when it names
    this daemon's domain and URI, a nonce the daemon issued and nobody used, is within its
    validity window, and its EIP-191 signature recovers to the address it names (checked
    offline). The first sign-in of an address creates its user; every one returns a session.
+   `sign_in` is `check_signed` (offline: no database read) then `complete_sign_in` (the
+   nonce and the user); the API puts the per-address throttle between the two, so only a
+   message the address's own key signed is counted against that address.
 
 A user signed in with Ethereum is `{address}@ethereum` (lower case): not an address that
 SignUp or Login accept, so nobody can claim it with a password.
@@ -17,7 +22,7 @@ import string
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from coordd.core.errors import AlreadyExists, InvalidArgument, Unauthenticated
+from coordd.core.errors import AlreadyExists, InvalidArgument, ResourceExhausted, Unauthenticated
 from coordd.core.principal import PARTICIPANT
 from coordd.domain.auth.audit import FAILED, LOGIN, OK, record
 from coordd.domain.auth.login import Session, issue_session
@@ -53,10 +58,25 @@ def address_of_user(user: User) -> str:
 
 def create_nonce(rt: Runtime) -> Nonce:
     nonce = "".join(secrets.choice(NONCE_CHARS) for _ in range(24))
+    cap = rt.settings.siwe_max_nonces
+    full_until: datetime | None = None
     with rt.store.write() as tx:
         expire = tx.now + timedelta(seconds=rt.settings.siwe_nonce_ttl_s)
         siwe.drop_expired_nonces(tx.now)
-        siwe.insert_nonce(nonce, expire)
+        if cap and siwe.count_nonces(cap) >= cap:
+            full_until = siwe.first_expiry() or expire
+            wait = (full_until - tx.now).total_seconds()
+        else:
+            siwe.insert_nonce(nonce, expire)
+    if full_until is not None:
+        # Raised after the commit: the expired nonces dropped above stay dropped.
+        seconds = max(int(wait + 0.999), 1)
+        raise ResourceExhausted(
+            f"too many Sign-In with Ethereum nonces are outstanding ({cap}); retry in {seconds} s",
+            reason="SIWE_NONCES_EXHAUSTED",
+            metadata={"limit": str(cap), "retry_after_s": str(seconds)},
+            retry_after_s=float(seconds),
+        )
     return Nonce(nonce, expire, rt.settings.siwe_domain, rt.settings.siwe_uri)
 
 
@@ -110,22 +130,40 @@ def _user_for(rt: Runtime, message: SiweMessage) -> User:
     return user
 
 
+def _audit_refusal(rt: Runtime, peer: str, reason: str) -> None:
+    record(
+        rt,
+        LOGIN,
+        actor="",
+        credential="siwe",
+        target="",
+        peer=peer,
+        outcome=FAILED,
+        detail={"reason": reason},
+    )
+
+
+def check_signed(rt: Runtime, text: str, signature: bytes, peer: str = "") -> SiweMessage:
+    """The message, when it is for this daemon, in its validity window and signed by the
+    address it names (offline: no nonce is consumed). Blocking on a refusal (the audit row)."""
+    try:
+        return _check(rt, text, signature)
+    except Unauthenticated as exc:
+        _audit_refusal(rt, peer, exc.reason)
+        raise
+
+
 def sign_in(rt: Runtime, text: str, signature: bytes, peer: str = "") -> tuple[Session, str]:
     """Blocking (database): call through rt.run. The session and the signer's address."""
+    return complete_sign_in(rt, check_signed(rt, text, signature, peer), peer)
+
+
+def complete_sign_in(rt: Runtime, message: SiweMessage, peer: str = "") -> tuple[Session, str]:
+    """A checked message's nonce is consumed and its user found or created. Blocking."""
     try:
-        message = _check(rt, text, signature)
         user = _user_for(rt, message)
     except Unauthenticated as exc:
-        record(
-            rt,
-            LOGIN,
-            actor="",
-            credential="siwe",
-            target="",
-            peer=peer,
-            outcome=FAILED,
-            detail={"reason": exc.reason},
-        )
+        _audit_refusal(rt, peer, exc.reason)
         raise
     if user.disabled:
         raise Unauthenticated("this account is disabled", reason="BAD_CREDENTIALS")

@@ -29,6 +29,17 @@ def drop_expired_nonces(now: datetime) -> int:
     return SiweNonce.delete().where(SiweNonce.expire_time <= now).execute()
 
 
+def count_nonces(limit: int) -> int:
+    """How many nonces are outstanding, counted up to `limit` (a bounded index scan)."""
+    return SiweNonce.select(SiweNonce.nonce).limit(limit).count()
+
+
+def first_expiry() -> datetime | None:
+    """When the oldest outstanding nonce expires."""
+    row = SiweNonce.select(SiweNonce.expire_time).order_by(SiweNonce.expire_time).first()
+    return row.expire_time if row is not None else None
+
+
 def create_tables(db: peewee.Database) -> None:
     """Migration 91."""
     db.create_tables([SiweNonce], safe=True)
