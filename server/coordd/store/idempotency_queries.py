@@ -117,3 +117,34 @@ def expired_keys(now: datetime, limit: int) -> list[tuple[str, str]]:
 
 def delete_key(scope: str, key: str) -> None:
     IdempotencyRecord.delete().where(_this(scope, key)).execute()
+
+
+# -- records written in the call's own transaction (domain/idempotency.py: claims_in_call) --
+
+
+def find_record(scope: str, key: str) -> IdempotencyRecord | None:
+    """The key's record, unlocked (the cheap look before a call that claims in its own transaction)."""
+    return IdempotencyRecord.select().where(_this(scope, key)).first()
+
+
+def insert_done(rows: list[tuple[str, str, str, str, bytes, datetime, datetime]]) -> set[tuple[str, str]]:
+    """Finished records (scope, key, method, request hash, response, now, expire time) in one
+    statement, each unless its key exists; returns the (scope, key) of those inserted.
+    PostgreSQL waits for a transaction that is inserting the same key and skips it once that
+    one commits, so a key found taken here belongs to a committed record."""
+    if not rows:
+        return set()
+    db = IdempotencyRecord._meta.database
+    p = db.param
+    to_db = IdempotencyRecord.create_time.db_value
+    values = ", ".join([f"({p}, {p}, {p}, {p}, '{DONE}', {p}, {p}, {p}, {p})"] * len(rows))
+    params: list[object] = []
+    for scope, key, method, digest, response, now, expire_time in rows:
+        stamp = to_db(now)
+        params += (scope, key, method, digest, response, stamp, to_db(expire_time), stamp)
+    sql = (
+        f'INSERT INTO "{IdempotencyRecord._meta.table_name}" (scope, "key", method, request_hash, state,'
+        f" response, locked_until, expire_time, create_time) VALUES {values}"
+        ' ON CONFLICT DO NOTHING RETURNING scope, "key"'
+    )
+    return {(scope, key) for scope, key in db.execute_sql(sql, params).fetchall()}

@@ -46,6 +46,7 @@ from coordd.domain.competition.registration import (
     list_my_registrations,
     list_registrations,
     register,
+    register_call,
 )
 from coordd.domain.competition.results import (
     RESULTS_CONTEXT,
@@ -181,6 +182,7 @@ __all__ = [
     "queue_reminders",
     "read_ticket",
     "register",
+    "register_call",
     "register_group",
     "register_team",
     "remove_member",
