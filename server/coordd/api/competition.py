@@ -19,6 +19,7 @@ from coordd.api.competition_convert import (
     team_name_parts,
     team_to_proto,
 )
+from coordd.api.competition_register import RegisterGatherer
 from coordd.api.convert import parse_name
 from coordd.core.errors import FieldViolation, InvalidArgument
 from coordd.core.paging import PageRequest
@@ -46,6 +47,7 @@ def _register_reply(view: comp_rules.RegistrationView) -> bytes:
 class CompetitionServicer(competition_pb2_grpc.CompetitionServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self.gatherer = RegisterGatherer(rt)
 
     async def CreateCompetition(
         self, request: competition_pb2.CreateCompetitionRequest, context: Any
@@ -110,7 +112,7 @@ class CompetitionServicer(competition_pb2_grpc.CompetitionServiceServicer):
         comp_id = parse_name(request.competition, "competitions", "competition")
         # With an idempotency key, the record (and this reply) is written with the registration.
         keyed = idem.in_call(REGISTER, request.SerializeToString(deterministic=True))
-        got = await self.rt.run(comp_rules.register_call, self.rt, who, comp_id, keyed, _register_reply)
+        got = await self.gatherer.register(comp_id, comp_rules.Ask(self.rt, who, keyed, _register_reply))
         if got.view is None:  # the reply of the first call with this key
             return competition_pb2.RegisterResponse.FromString(got.replay)
         return competition_pb2.RegisterResponse(

@@ -121,6 +121,29 @@ class GroupCommit(Generic[K, I, R]):
             raise me.error
         return me.result  # type: ignore[return-value]
 
+    def submit_many(self, store: Store, key: K, items: list[I]) -> list[R | BaseException]:
+        """Runs several items of one caller (e.g. the requests an event loop gathered) like
+        `submit` and returns their outcomes, each an answer or its error, in order."""
+        if not items:
+            return []
+        group = self._group_for(key)
+        wake = threading.Event()  # shared by all of them: set on any change of their state
+        mine: list[_Pending[I, R]] = [_Pending(item, wake) for item in items]
+        with group.lock:
+            group.queue.extend(mine)
+            if not group.busy:
+                group.busy = mine[0].lead = True
+        while True:
+            # Cleared before looking, so a change made after the look is never slept through.
+            wake.clear()
+            if all(p.finished for p in mine):
+                break
+            if any(p.lead and not p.finished for p in mine):
+                self._lead(store, key, group)
+                continue
+            wake.wait()
+        return [p.error if p.error is not None else p.result for p in mine]  # type: ignore[misc]
+
     def _lead(self, store: Store, key: K, group: _Group[I, R]) -> None:
         with group.lock:
             batch = group.queue[: self.max_batch]

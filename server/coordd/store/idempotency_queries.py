@@ -7,6 +7,7 @@ only on a retry or in the purge task.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import NamedTuple
 
 import peewee
 
@@ -122,9 +123,26 @@ def delete_key(scope: str, key: str) -> None:
 # -- records written in the call's own transaction (domain/idempotency.py: claims_in_call) --
 
 
-def find_record(scope: str, key: str) -> IdempotencyRecord | None:
-    """The key's record, unlocked (the cheap look before a call that claims in its own transaction)."""
-    return IdempotencyRecord.select().where(_this(scope, key)).first()
+class Found(NamedTuple):
+    """A record as `find_record` reads it."""
+
+    method: str
+    request_hash: str
+    state: str
+    response: bytes | None
+
+
+def find_record(scope: str, key: str) -> Found | None:
+    """The key's record, unlocked: the cheap look before a call that claims in its own
+    transaction (fixed SQL: the query builder cost more CPU than the query)."""
+    db = IdempotencyRecord._meta.database
+    p = db.param
+    row = db.execute_sql(
+        f'SELECT method, request_hash, state, response FROM "{IdempotencyRecord._meta.table_name}"'
+        f' WHERE scope = {p} AND "key" = {p}',
+        (scope, key),
+    ).fetchone()
+    return Found(row[0], row[1], row[2], bytes(row[3]) if row[3] is not None else None) if row else None
 
 
 def insert_done(rows: list[tuple[str, str, str, str, bytes, datetime, datetime]]) -> set[tuple[str, str]]:

@@ -67,6 +67,17 @@ def _batch(tx: Tx, comp_id: str, asks: list[Ask]) -> list[Outcome]:
 _grouped: GroupCommit[str, Ask, Registered] = GroupCommit(batch_work=_batch, max_batch=MAX_BATCH)
 
 
+def register_many(rt: Runtime, comp_id: str, asks: list[Ask]) -> list[Outcome]:
+    """Several registrations for one competition gathered by one caller (the API's event
+    loop gathers the requests that arrive together: one thread hop for all of them), run as
+    `register_call` runs one; one outcome (an answer or an error) per ask, in order."""
+    outcomes = _grouped.submit_many(rt.store, comp_id, asks)
+    for ask, got in zip(asks, outcomes, strict=True):
+        if isinstance(got, Registered) and got.stored and ask.keyed is not None:
+            idem.committed(ask.keyed)
+    return outcomes
+
+
 def register(rt: Runtime, who: Principal, comp_id: str) -> RegistrationView:
     """Registers `who` (see `register_call`)."""
     got = register_call(rt, who, comp_id)
