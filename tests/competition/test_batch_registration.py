@@ -6,12 +6,13 @@ competition with teams takes no individual registration."""
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
 
 from coordd.api.competition import _register_reply as register_reply
-from coordd.core.errors import FailedPrecondition, InvalidArgument
+from coordd.core.errors import Aborted, FailedPrecondition, InvalidArgument
 from coordd.core.principal import Principal
 from coordd.domain import competition as rules
 from coordd.domain import idempotency as idem
@@ -191,3 +192,54 @@ def test_a_team_member_registered_through_the_team_is_refused_individually_too(s
     )
     assert failure.reason == "TEAM_COMPETITION"
     assert get(server, org, comp.name).confirmed_count == 2
+
+
+def _record(user_id: str, key: str, comp_name: str, state: str, locked_s: float, expire_s: float) -> None:
+    k = _in_call(user_id, key, comp_name)
+    now = datetime.now(UTC)
+    IdempotencyRecord.create(
+        scope=user_id,
+        key=key,
+        method=REGISTER,
+        request_hash=k.digest,
+        state=state,
+        response=None,
+        locked_until=now + timedelta(seconds=locked_s),
+        expire_time=now + timedelta(seconds=expire_s),
+        create_time=now - timedelta(seconds=1),
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "locked_s", "expire_s", "outcome"),
+    [
+        ("done", -60, -1, "runs"),  # expired: the key is free again
+        ("running", -60, 3600, "runs"),  # a dead caller's claim, nothing committed: taken over
+        ("running", 60, 3600, "IDEMPOTENCY_KEY_IN_USE"),  # still running elsewhere
+        ("applied", -60, 3600, "IDEMPOTENCY_RESPONSE_LOST"),  # applied, response never stored
+    ],
+)
+def test_a_keyed_register_treats_an_existing_record_as_claim_would(
+    server, state, locked_s, expire_s, outcome
+):
+    _, org = server.make_user("organizer")
+    comp = create(server, org, capacity=5)
+    ((user_id, _),) = bulk_users(server, 1)
+    _record(user_id, "seen", comp.name, state, locked_s, expire_s)
+    who = Principal(user_id=user_id, roles=frozenset({"participant"}), kind="token")
+    keyed = _in_call(user_id, "seen", comp.name)
+    if outcome == "runs":
+        got = rules.register_call(server.rt, who, _comp_id(comp), keyed, _reply)
+        assert got.view is not None and got.view.created
+        stored = IdempotencyRecord.get(
+            (IdempotencyRecord.scope == user_id) & (IdempotencyRecord.key == "seen")
+        )
+        assert stored.state == "done"
+        assert server.rt.sealer.open_bytes(bytes(stored.response), f"idempotency\0{user_id}\0seen") == _reply(
+            got.view
+        )
+    else:
+        with pytest.raises((Aborted, FailedPrecondition)) as info:
+            rules.register_call(server.rt, who, _comp_id(comp), keyed, _reply)
+        assert info.value.reason == outcome
+        assert Registration.select().where(Registration.user == user_id).count() == 0

@@ -114,6 +114,7 @@ class CompetitionServicer(competition_pb2_grpc.CompetitionServiceServicer):
         keyed = idem.in_call(REGISTER, request.SerializeToString(deterministic=True))
         got = await self.gatherer.register(comp_id, comp_rules.Ask(self.rt, who, keyed, _register_reply))
         if got.view is None:  # the reply of the first call with this key
+            await context.send_initial_metadata(((idem.REPLAYED_HEADER, "true"),))
             return competition_pb2.RegisterResponse.FromString(got.replay)
         return competition_pb2.RegisterResponse(
             registration=registration_to_proto(got.view), created=got.view.created

@@ -15,11 +15,13 @@ Records stored in plaintext before sealing existed still replay as they are unti
 (at most `idempotency_retention_s` later): expiring them early would run their calls twice.
 
 Methods registered with `claims_in_call` (Register, the hottest keyed call) skip the two extra
-transactions: `claim` only looks for the key (an unlocked read; a record found is handled as
-above), and the call itself writes the finished record, sealed response included, in the same
-transaction as its effect (`in_call`, `write_in_call`). The unique key still decides: a
-concurrent call with the same key that loses the insert answers with the winner's stored
-response (`answer_from_record`), never a second effect. `complete` then has nothing to do.
+transactions: `claim` returns "run" at once; the call's own transaction looks for its key first
+(`look_in_call`: a record found is replayed or refused as `claim` would, an expired one or a dead
+caller's `running` claim is deleted) and writes the finished record, sealed response included,
+with its effect (`in_call`, `write_in_call`). The unique key still decides: a concurrent call
+with the same key that loses the insert answers with the winner's stored response
+(`answer_from_record`), never a second effect. `complete` then has nothing to do, and an
+interceptor may skip `claim`, `complete` and `release` for them altogether (`writes_in_call`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from coordd.core.errors import Aborted, FailedPrecondition, InvalidArgument, Vio
 from coordd.crypto.sealing import Unsealable
 from coordd.runtime import Runtime
 from coordd.store import idempotency_queries as queries
-from coordd.store.idempotency_marks import APPLIED, DONE, PENDING, PendingKey
+from coordd.store.idempotency_marks import APPLIED, DONE, PENDING, RUNNING, PendingKey
 
 __all__ = [
     "PENDING",
@@ -47,12 +49,16 @@ __all__ = [
     "committed",
     "complete",
     "in_call",
+    "look_in_call",
     "release",
     "request_hash",
     "write_in_call",
+    "writes_in_call",
 ]
 
 MAX_KEY_LENGTH = 128
+# The initial metadata a replayed response carries.
+REPLAYED_HEADER = "idempotency-replayed"
 
 # Methods whose calls write their finished record in their own transaction.
 _IN_CALL: set[str] = set()
@@ -103,12 +109,19 @@ def claims_in_call(method: str) -> None:
 
 
 def claim(rt: Runtime, scope: str, key: str, method: str, digest: str) -> Claim:
-    if method in _IN_CALL and queries.find_record(scope, key) is None:
-        return Claim("run")  # the call's own transaction claims the key
-    return _claim_locked(rt, scope, key, method, digest, method in _IN_CALL)
+    if method in _IN_CALL:
+        # The call's own transaction looks for the key (`look_in_call`) and claims it.
+        return Claim("run")
+    return _claim_locked(rt, scope, key, method, digest)
 
 
-def _claim_locked(rt: Runtime, scope: str, key: str, method: str, digest: str, in_call: bool) -> Claim:
+def writes_in_call(method: str) -> bool:
+    """True for `claims_in_call` methods: their calls need no `claim`, `complete` or `release`
+    around them (the interceptor may skip those three and just set PENDING for the call)."""
+    return method in _IN_CALL
+
+
+def _claim_locked(rt: Runtime, scope: str, key: str, method: str, digest: str) -> Claim:
     s = rt.settings
     try:
         with rt.store.write() as tx:
@@ -126,8 +139,7 @@ def _claim_locked(rt: Runtime, scope: str, key: str, method: str, digest: str, i
                 queries.delete_record(record)
                 record = None
             if record is None:
-                if not in_call:
-                    queries.create_claim(scope, key, method, digest, tx.now, locked_until, expire_time)
+                queries.create_claim(scope, key, method, digest, tx.now, locked_until, expire_time)
                 return Claim("run")
             if record.method != method or record.request_hash != digest:
                 raise InvalidArgument(
@@ -148,9 +160,6 @@ def _claim_locked(rt: Runtime, scope: str, key: str, method: str, digest: str, i
             if record.state == APPLIED:
                 raise _response_lost(key, record.method, "the server stopped before storing its response")
             # The first caller died before committing anything: the retry takes the key over.
-            if in_call:
-                queries.delete_record(record)
-                return Claim("run")
             record.locked_until = locked_until
             queries.save_record(record)
             return Claim("run")
@@ -224,20 +233,37 @@ def committed(k: InCall) -> None:
         _stored[(k.scope, k.key)] = _stored.get((k.scope, k.key), 0) + 1
 
 
-def answer_from_record(rt: Runtime, k: InCall) -> bytes:
-    """The response another call with the same key stored (it committed first), or the error a
-    retry would get from `claim`: a different request, or a record without a response."""
-    record = queries.find_record(k.scope, k.key)
-    if record is None:
-        raise FailedPrecondition(
-            "a concurrent call with this idempotency-key conflicted; retry", reason="CONFLICT"
-        )
+def look_in_call(rt: Runtime, keys: list[InCall], now: datetime) -> dict[tuple[str, str], bytes | Exception]:
+    """Inside the call's transaction, before its effect: what `claim` would have found for
+    these keys, in one statement. A key with a live record gets its answer (the stored
+    response to replay, or the error: another request, a first call still running, a lost
+    response); an expired record, or a dead caller's `running` claim, is deleted and the key
+    is free (absent from the result), as are keys without a record."""
+    found = queries.records_of([(k.scope, k.key) for k in keys])
+    answers: dict[tuple[str, str], bytes | Exception] = {}
+    for k in keys:
+        record = found.get((k.scope, k.key))
+        if record is None:
+            continue
+        if record.expire_time <= now or (record.state == RUNNING and record.locked_until <= now):
+            queries.delete_key(k.scope, k.key)
+            continue
+        try:
+            answers[(k.scope, k.key)] = _answer(rt, k, record)
+        except (InvalidArgument, FailedPrecondition, Aborted) as exc:
+            answers[(k.scope, k.key)] = exc
+    return answers
+
+
+def _answer(rt: Runtime, k: InCall, record: queries.Live | queries.Found) -> bytes:
     if record.method != k.method or record.request_hash != k.digest:
         raise InvalidArgument(
             "this idempotency-key was already used with a different request",
             reason="IDEMPOTENCY_KEY_REUSED",
             metadata={"idempotency_key": k.key, "first_method": record.method},
         )
+    if record.state == APPLIED and isinstance(record, queries.Live) and record.locked_until <= rt.now():
+        raise _response_lost(k.key, record.method, "the server stopped before storing its response")
     if record.state != DONE:
         raise Aborted(
             "a call with this idempotency-key is still running; retry later",
@@ -248,6 +274,17 @@ def answer_from_record(rt: Runtime, k: InCall) -> bytes:
         return rt.sealer.open_bytes(bytes(record.response or b""), _seal_context(k.scope, k.key))
     except Unsealable:
         raise _response_lost(k.key, record.method, "its stored response does not open here") from None
+
+
+def answer_from_record(rt: Runtime, k: InCall) -> bytes:
+    """The response another call with the same key stored (it committed first), or the error a
+    retry would get from `claim`: a different request, or a record without a response."""
+    record = queries.find_record(k.scope, k.key)
+    if record is None:
+        raise FailedPrecondition(
+            "a concurrent call with this idempotency-key conflicted; retry", reason="CONFLICT"
+        )
+    return _answer(rt, k, record)
 
 
 def purge_expired(rt: Runtime, batch: int = 5000) -> int:

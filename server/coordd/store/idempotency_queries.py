@@ -166,3 +166,40 @@ def insert_done(rows: list[tuple[str, str, str, str, bytes, datetime, datetime]]
         ' ON CONFLICT DO NOTHING RETURNING scope, "key"'
     )
     return {(scope, key) for scope, key in db.execute_sql(sql, params).fetchall()}
+
+
+class Live(NamedTuple):
+    """A record as `records_of` reads it (times as datetimes)."""
+
+    method: str
+    request_hash: str
+    state: str
+    response: bytes | None
+    locked_until: datetime
+    expire_time: datetime
+
+
+def records_of(keys: list[tuple[str, str]]) -> dict[tuple[str, str], Live]:
+    """The records of these (scope, key) pairs, unlocked, in one statement."""
+    if not keys:
+        return {}
+    db = IdempotencyRecord._meta.database
+    p = db.param
+    from_db = IdempotencyRecord.create_time.python_value
+    pairs = ", ".join([f"({p}, {p})"] * len(keys))
+    sql = (
+        f'SELECT scope, "key", method, request_hash, state, response, locked_until, expire_time'
+        f' FROM "{IdempotencyRecord._meta.table_name}" WHERE (scope, "key") IN ({pairs})'
+    )
+    params = [part for pair in keys for part in pair]
+    return {
+        (scope, key): Live(
+            method,
+            digest,
+            state,
+            bytes(response) if response is not None else None,
+            from_db(lock),
+            from_db(exp),
+        )
+        for scope, key, method, digest, state, response, lock, exp in db.execute_sql(sql, params).fetchall()
+    }

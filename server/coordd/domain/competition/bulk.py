@@ -73,6 +73,7 @@ def run_batch(tx: Tx, comp_id: str, asks: list[Ask], one_by_one: OneByOne) -> li
     for i, ask in enumerate(asks):
         if ask.taken and ask.keyed is not None:
             out[i] = _from_record(ask)
+    _replays(tx, asks, out)
     # The same key twice in one batch (one user retrying at once): the later ones share the first's answer.
     follows: dict[int, int] = {}
     first: dict[tuple[str, str], int] = {}
@@ -203,6 +204,22 @@ def _answers(
         assert got is not None
         answers.append(got)
     return answers
+
+
+def _replays(tx: Tx, asks: list[Ask], out: list[Outcome | RegistrationView | None]) -> None:
+    """Keys used before (a retry): their stored response, or the error a retry gets; one
+    statement for the batch, before anything is written."""
+    keyed = [(i, ask) for i, ask in enumerate(asks) if ask.keyed is not None and out[i] is None]
+    if not keyed:
+        return
+    found = idem.look_in_call(keyed[0][1].rt, [ask.keyed for _, ask in keyed], tx.now)  # type: ignore[misc]
+    for i, ask in keyed:
+        assert ask.keyed is not None
+        got = found.get((ask.keyed.scope, ask.keyed.key))
+        if isinstance(got, bytes):
+            out[i] = Registered(None, replay=got)
+        elif got is not None:
+            out[i] = got
 
 
 def _from_record(ask: Ask) -> Outcome:
