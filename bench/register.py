@@ -5,13 +5,15 @@ For each backend, side by side in one run:
 - grpc: a real `coordd serve` process; C grpc.aio callers each send Register (with an
   `idempotency-key`, as real clients do) for distinct users until R registrations are done.
 - grpc_without_idempotency_key: the same without the key (no idempotency records), to
-  show what the two extra idempotency transactions per call cost.
+  show what the key costs (its record is written in the registration's own transaction).
 - direct: the database ceiling: the same registration transaction
-  (`coordd.domain.competition.register`) called from C threads in this process, no gRPC,
-  no interceptors, no idempotency records.
+  (`coordd.domain.competition.register`, batched per competition as the server batches it)
+  called from C threads in this process, no gRPC, no interceptors, no idempotency records.
 
 Capacity is R/2, so half the calls take a seat and half join the waitlist. Each run reports
-registrations/s, p50/p99 latency, and `oversold` (confirmed beyond capacity; must be 0).
+registrations/s, p50/p99 latency, CPU ms per registration (server, client and PostgreSQL: all
+postgres processes on the machine, so other users of it count too), and `oversold` (confirmed
+beyond capacity; must be 0).
 
     .venv/bin/python bench/register.py [--registrations 2000] [--concurrency 32]
         [--backends sqlite,postgresql] [--pg-admin-url postgresql://postgres@127.0.0.1:5432/postgres]
@@ -149,7 +151,7 @@ def run_direct(settings_kw: dict[str, object], registrations: int, concurrency: 
                 latencies.append(time.perf_counter() - start)
 
         started = time.perf_counter()
-        cpu = (time.process_time(), _postgres_cpu_s())
+        cpu = (time.process_time(), _postgres_cpu())
         with ThreadPoolExecutor(concurrency) as pool:
             for future in [pool.submit(worker) for _ in range(concurrency)]:
                 future.result()
@@ -158,7 +160,7 @@ def run_direct(settings_kw: dict[str, object], registrations: int, concurrency: 
         cpu_ms = {
             "process_cpu_ms_per_registration": round((time.process_time() - cpu[0]) * per, 3),
             "postgres_cpu_ms_per_registration": (
-                round((_postgres_cpu_s() - cpu[1]) * per, 3) if rt.store.is_postgres else None
+                round(_postgres_cpu_since(cpu[1]) * per, 3) if rt.store.is_postgres else None
             ),
         }
         return {**_summary(latencies, elapsed), **cpu_ms, **_check(comp_id, registrations // 2)}
@@ -204,17 +206,23 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _postgres_cpu_s() -> float:
-    """CPU seconds of every postgres process on this machine (shared with other users of it)."""
-    total = 0.0
+def _postgres_cpu() -> dict[int, float]:
+    """CPU seconds of each postgres process on this machine (shared with other users of it)."""
+    found: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 if (entry / "comm").read_text().strip() == "postgres":
-                    total += _cpu_s(int(entry.name))
+                    found[int(entry.name)] = _cpu_s(int(entry.name))
             except OSError:
                 continue
-    return total
+    return found
+
+
+def _postgres_cpu_since(before: dict[int, float]) -> float:
+    """CPU seconds postgres processes used since `before` (processes that exited meanwhile
+    are lost; ones started meanwhile count from zero)."""
+    return sum(max(cpu - before.get(pid, 0.0), 0.0) for pid, cpu in _postgres_cpu().items())
 
 
 def _py_spy(pid: int, out: str) -> subprocess.Popen[bytes]:
@@ -244,13 +252,13 @@ def run_grpc(
         env["COORDD_DATABASE_URL"] = settings.database_url
     proc, port, _ = start_coordd(env, data_dir=settings.data_dir)
     spy = _py_spy(proc.pid, profile) if profile else None
-    cpu = (_cpu_s(proc.pid), time.process_time(), _postgres_cpu_s())
+    cpu = (_cpu_s(proc.pid), time.process_time(), _postgres_cpu())
     try:
         latencies, elapsed = asyncio.run(_drive_grpc(port, tokens, comp_id, concurrency, keyed))
         server_s, client_s, pg_s = (
             _cpu_s(proc.pid) - cpu[0],
             time.process_time() - cpu[1],
-            _postgres_cpu_s() - cpu[2],
+            _postgres_cpu_since(cpu[2]),
         )
     finally:
         if spy is not None:
