@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
@@ -18,10 +19,11 @@ from coordd.domain import competition as rules
 from coordd.domain import idempotency as idem
 from coordd.store.competition.models import Competition, Registration
 from coordd.store.models import IdempotencyRecord
-from coordd_client.v1 import competition_pb2
-from tests.competition.support import bulk_users, competition_server, create, get, reg_state, stub
+from coordd_client.v1 import competition_pb2, competition_pb2_grpc
+from tests.competition.support import QUIET, bulk_users, competition_server, create, get, reg_state, stub
 from tests.helpers import rpc_error
-from tests.support.server import bearer
+from tests.support.process import Daemon
+from tests.support.server import ServerHandle, bearer
 
 __all__ = ["competition_server"]
 
@@ -243,3 +245,70 @@ def test_a_keyed_register_treats_an_existing_record_as_claim_would(
             rules.register_call(server.rt, who, _comp_id(comp), keyed, _reply)
         assert info.value.reason == outcome
         assert Registration.select().where(Registration.user == user_id).count() == 0
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_the_same_keys_sent_to_two_daemons_at_once_register_each_user_once_with_one_reply(
+    settings_factory, clock, backend, tmp_path
+):
+    """Two `coordd serve` processes on one PostgreSQL database, each user's keyed Register sent
+    to both at the same moment: batches in two processes race for the row lock and for the
+    keys; every user is registered once, never beyond capacity, and both calls of a user get
+    the same bytes (the loser answers with the winner's stored reply). With 150 users the two
+    processes' batches overlap: a batch whose insert meets a row the other committed runs again."""
+    server = ServerHandle(settings_factory(**QUIET, jwt_secret="two-daemons-" + "x" * 32), clock)
+    try:
+        _race_two_daemons(server, tmp_path)
+    finally:
+        server.stop()
+
+
+def _race_two_daemons(server: ServerHandle, tmp_path: Path) -> None:
+    _, org = server.make_user("organizer")
+    comp = create(server, org, capacity=20)
+    users = bulk_users(server, 150)
+    settings = server.rt.settings
+    env = {
+        "COORDD_DATABASE_URL": settings.database_url,
+        "COORDD_JWT_SECRET": settings.jwt_secret,
+        "COORDD_SEALING_KEY_PATH": str(Path(settings.data_dir) / "secrets.key"),
+        "COORDD_SCHEDULER_ENABLED": "false",
+    }
+    daemons = [Daemon(tmp_path / f"d{i}", env=env) for i in range(2)]
+    try:
+        for daemon in daemons:
+            daemon.wait_ready()
+        stubs = [
+            competition_pb2_grpc.CompetitionServiceStub(grpc.insecure_channel(d.target)) for d in daemons
+        ]
+        request = competition_pb2.RegisterRequest(competition=comp.name)
+        barrier = threading.Barrier(300)
+        replies: dict[tuple[int, int], bytes] = {}
+        errors: list[Exception] = []
+
+        def call(user: int, which: int) -> None:
+            try:
+                barrier.wait()
+                meta = bearer(users[user][1], **{"idempotency-key": f"both-{user}"})
+                replies[(user, which)] = (
+                    stubs[which].Register(request, metadata=meta, timeout=60).SerializeToString()
+                )
+            except Exception as exc:  # collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=call, args=(u, w)) for u in range(150) for w in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+    finally:
+        for daemon in daemons:
+            daemon.terminate()
+    assert not errors
+    assert all(replies[(u, 0)] == replies[(u, 1)] for u in range(150))
+    regs = Registration.select().where(Registration.competition == _comp_id(comp))
+    assert regs.count() == 150 and len({r.user_id for r in regs}) == 150
+    seen = get(server, org, comp.name)
+    assert (seen.confirmed_count, seen.waitlisted_count) == (20, 130)
+    records = IdempotencyRecord.select().where(IdempotencyRecord.key.startswith("both-"))
+    assert records.count() == 150 and {r.state for r in records} == {"done"}
