@@ -5,16 +5,22 @@ For each backend, side by side in one run:
 - grpc: a real `coordd serve` process; C grpc.aio callers each send Register (with an
   `idempotency-key`, as real clients do) for distinct users until R registrations are done.
 - grpc_without_idempotency_key: the same without the key (no idempotency records), to
-  show what the two extra idempotency transactions per call cost.
+  show what the key costs (its record is written in the registration's own transaction).
 - direct: the database ceiling: the same registration transaction
-  (`coordd.domain.competition.register`) called from C threads in this process, no gRPC,
-  no interceptors, no idempotency records.
+  (`coordd.domain.competition.register`, batched per competition as the server batches it)
+  called from C threads in this process, no gRPC, no interceptors, no idempotency records.
 
 Capacity is R/2, so half the calls take a seat and half join the waitlist. Each run reports
-registrations/s, p50/p99 latency, and `oversold` (confirmed beyond capacity; must be 0).
+registrations/s, p50/p99 latency, CPU ms per registration (server, client and PostgreSQL: all
+postgres processes on the machine, so other users of it count too), and `oversold` (confirmed
+beyond capacity; must be 0).
 
     .venv/bin/python bench/register.py [--registrations 2000] [--concurrency 32]
         [--backends sqlite,postgresql] [--pg-admin-url postgresql://postgres@127.0.0.1:5432/postgres]
+        [--py-spy DIR]
+
+Per backend it also prints the ratios (keyed gRPC / direct, unkeyed gRPC / direct, keyed /
+unkeyed) and `oversold_total` over the three runs (must be 0); at the end the load average.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import functools
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -143,11 +151,19 @@ def run_direct(settings_kw: dict[str, object], registrations: int, concurrency: 
                 latencies.append(time.perf_counter() - start)
 
         started = time.perf_counter()
+        cpu = (time.process_time(), _postgres_cpu())
         with ThreadPoolExecutor(concurrency) as pool:
             for future in [pool.submit(worker) for _ in range(concurrency)]:
                 future.result()
         elapsed = time.perf_counter() - started
-        return {**_summary(latencies, elapsed), **_check(comp_id, registrations // 2)}
+        per = 1000 / max(len(latencies), 1)
+        cpu_ms = {
+            "process_cpu_ms_per_registration": round((time.process_time() - cpu[0]) * per, 3),
+            "postgres_cpu_ms_per_registration": (
+                round(_postgres_cpu_since(cpu[1]) * per, 3) if rt.store.is_postgres else None
+            ),
+        }
+        return {**_summary(latencies, elapsed), **cpu_ms, **_check(comp_id, registrations // 2)}
     finally:
         rt.close()
 
@@ -181,8 +197,47 @@ async def _drive_grpc(
             await channel.close()
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_cpu() -> dict[int, float]:
+    """CPU seconds of each postgres process on this machine (shared with other users of it)."""
+    found: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    found[int(entry.name)] = _cpu_s(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _postgres_cpu_since(before: dict[int, float]) -> float:
+    """CPU seconds postgres processes used since `before` (processes that exited meanwhile
+    are lost; ones started meanwhile count from zero)."""
+    return sum(max(cpu - before.get(pid, 0.0), 0.0) for pid, cpu in _postgres_cpu().items())
+
+
+def _py_spy(pid: int, out: str) -> subprocess.Popen[bytes]:
+    """Samples the server while it is driven (collapsed stacks, one line per stack)."""
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    cmd = [spy, "record", "-p", str(pid), "-o", out, "--format", "raw", "-r", "250", "--nonblocking"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def run_grpc(
-    settings_kw: dict[str, object], registrations: int, concurrency: int, keyed: bool = True
+    settings_kw: dict[str, object],
+    registrations: int,
+    concurrency: int,
+    keyed: bool = True,
+    profile: str = "",
 ) -> dict[str, object]:
     settings = load_settings(None, env={}, **settings_kw, jwt_secret=JWT_SECRET, **FAST_ARGON)
     rt = Runtime(settings)
@@ -196,14 +251,30 @@ def run_grpc(
     if settings.database_url:
         env["COORDD_DATABASE_URL"] = settings.database_url
     proc, port, _ = start_coordd(env, data_dir=settings.data_dir)
+    spy = _py_spy(proc.pid, profile) if profile else None
+    cpu = (_cpu_s(proc.pid), time.process_time(), _postgres_cpu())
     try:
         latencies, elapsed = asyncio.run(_drive_grpc(port, tokens, comp_id, concurrency, keyed))
+        server_s, client_s, pg_s = (
+            _cpu_s(proc.pid) - cpu[0],
+            time.process_time() - cpu[1],
+            _postgres_cpu_since(cpu[2]),
+        )
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
         proc.terminate()
         proc.wait(20)
+    per = 1000 / max(len(latencies), 1)
+    cpu_ms = {
+        "server_cpu_ms_per_registration": round(server_s * per, 3),
+        "client_cpu_ms_per_registration": round(client_s * per, 3),
+        "postgres_cpu_ms_per_registration": round(pg_s * per, 3) if settings.database_url else None,
+    }
     rt = Runtime(settings)
     try:
-        return {**_summary(latencies, elapsed), **_check(comp_id, registrations // 2)}
+        return {**_summary(latencies, elapsed), **cpu_ms, **_check(comp_id, registrations // 2)}
     finally:
         rt.close()
 
@@ -232,12 +303,16 @@ class _PgDatabase:
         conn.close()
 
 
-def run_backend(backend: str, registrations: int, concurrency: int, pg_admin_url: str) -> dict[str, object]:
+def run_backend(
+    backend: str, registrations: int, concurrency: int, pg_admin_url: str, profile_dir: str = ""
+) -> dict[str, object]:
     results: dict[str, object] = {}
+    spy = f"{profile_dir}/{backend}-grpc-keyed.txt" if profile_dir else ""
+    spy_unkeyed = f"{profile_dir}/{backend}-grpc-unkeyed.txt" if profile_dir else ""
     modes = (
         ("direct", run_direct),
-        ("grpc", run_grpc),
-        ("grpc_without_idempotency_key", functools.partial(run_grpc, keyed=False)),
+        ("grpc", functools.partial(run_grpc, profile=spy)),
+        ("grpc_without_idempotency_key", functools.partial(run_grpc, keyed=False, profile=spy_unkeyed)),
     )
     for mode, runner in modes:
         data_dir = tempfile.mkdtemp(prefix=f"coordd-bench-reg-{mode}-")
@@ -250,8 +325,15 @@ def run_backend(backend: str, registrations: int, concurrency: int, pg_admin_url
                 pg.drop()
             shutil.rmtree(data_dir, ignore_errors=True)
     grpc_rate = results["grpc"]["registrations_per_s"]  # type: ignore[index]
+    unkeyed_rate = results["grpc_without_idempotency_key"]["registrations_per_s"]  # type: ignore[index]
     direct_rate = results["direct"]["registrations_per_s"]  # type: ignore[index]
     results["ratio_grpc_over_direct"] = round(grpc_rate / direct_rate, 3) if direct_rate else None
+    results["ratio_grpc_unkeyed_over_direct"] = round(unkeyed_rate / direct_rate, 3) if direct_rate else None
+    results["ratio_grpc_over_grpc_unkeyed"] = round(grpc_rate / unkeyed_rate, 3) if unkeyed_rate else None
+    results["oversold_total"] = sum(
+        int(results[mode]["oversold"])  # type: ignore[index]
+        for mode in ("direct", "grpc", "grpc_without_idempotency_key")
+    )
     return results
 
 
@@ -261,6 +343,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument(
+        "--py-spy",
+        default="",
+        metavar="DIR",
+        help="sample each gRPC server with py-spy (pip install py-spy) into DIR/<backend>-grpc-*.txt",
+    )
     args = parser.parse_args()
     from coordd.logging import configure
 
@@ -273,7 +361,10 @@ def main() -> None:
         "cpus": os.cpu_count(),
     }
     for backend in args.backends.split(","):
-        out[backend] = run_backend(backend, args.registrations, args.concurrency, args.pg_admin_url)
+        out[backend] = run_backend(
+            backend, args.registrations, args.concurrency, args.pg_admin_url, args.py_spy
+        )
+    out["load_average"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(out, indent=2))
 
 

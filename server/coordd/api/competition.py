@@ -19,21 +19,35 @@ from coordd.api.competition_convert import (
     team_name_parts,
     team_to_proto,
 )
+from coordd.api.competition_register import RegisterGatherer
 from coordd.api.convert import parse_name
 from coordd.core.errors import FieldViolation, InvalidArgument
 from coordd.core.paging import PageRequest
 from coordd.core.principal import require_user
 from coordd.domain import competition as comp_rules
+from coordd.domain import idempotency as idem
 from coordd.runtime import Runtime
 from coordd_client.v1 import competition_pb2, competition_pb2_grpc
 
 # Streams re-read the competition at least this often, even without events.
 WATCH_REFRESH_S = 10.0
 
+# Register claims its idempotency key in the registration's own transaction (one commit per
+# batch of registrations instead of three per keyed call; domain/idempotency.py).
+REGISTER = "/coordd.v1.CompetitionService/Register"
+idem.claims_in_call(REGISTER)
+
+
+def _register_reply(view: comp_rules.RegistrationView) -> bytes:
+    """Register's reply, as the idempotency record stores it (and the interceptor would)."""
+    reply = competition_pb2.RegisterResponse(registration=registration_to_proto(view), created=view.created)
+    return reply.SerializeToString()
+
 
 class CompetitionServicer(competition_pb2_grpc.CompetitionServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self.gatherer = RegisterGatherer(rt)
 
     async def CreateCompetition(
         self, request: competition_pb2.CreateCompetitionRequest, context: Any
@@ -96,9 +110,14 @@ class CompetitionServicer(competition_pb2_grpc.CompetitionServiceServicer):
     ) -> competition_pb2.RegisterResponse:
         who = require_user()
         comp_id = parse_name(request.competition, "competitions", "competition")
-        view = await self.rt.run(comp_rules.register, self.rt, who, comp_id)
+        # With an idempotency key, the record (and this reply) is written with the registration.
+        keyed = idem.in_call(REGISTER, request.SerializeToString(deterministic=True))
+        got = await self.gatherer.register(comp_id, comp_rules.Ask(self.rt, who, keyed, _register_reply))
+        if got.view is None:  # the reply of the first call with this key
+            await context.send_initial_metadata(((idem.REPLAYED_HEADER, "true"),))
+            return competition_pb2.RegisterResponse.FromString(got.replay)
         return competition_pb2.RegisterResponse(
-            registration=registration_to_proto(view), created=view.created
+            registration=registration_to_proto(got.view), created=got.view.created
         )
 
     async def RegisterGroup(

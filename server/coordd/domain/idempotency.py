@@ -13,23 +13,59 @@ key, so a blob copied onto another record does not open): a reply carries the se
 creates (API keys, node keys, webhook secrets, access tokens), and a database dump must not.
 Records stored in plaintext before sealing existed still replay as they are until they expire
 (at most `idempotency_retention_s` later): expiring them early would run their calls twice.
+
+Methods registered with `claims_in_call` (Register, the hottest keyed call) skip the two extra
+transactions: `claim` returns "run" at once; the call's own transaction looks for its key first
+(`look_in_call`: a record found is replayed or refused as `claim` would, an expired one or a dead
+caller's `running` claim is deleted) and writes the finished record, sealed response included,
+with its effect (`in_call`, `write_in_call`). The unique key still decides: a concurrent call
+with the same key that loses the insert answers with the winner's stored response
+(`answer_from_record`), never a second effect. `complete` then has nothing to do, and an
+interceptor may skip `claim`, `complete` and `release` for them altogether (`writes_in_call`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from coordd.core.errors import FailedPrecondition, InvalidArgument, Violations
+from coordd.core.errors import Aborted, FailedPrecondition, InvalidArgument, Violations
 from coordd.crypto.sealing import Unsealable
 from coordd.runtime import Runtime
 from coordd.store import idempotency_queries as queries
-from coordd.store.idempotency_marks import APPLIED, DONE, PENDING, PendingKey
+from coordd.store.idempotency_marks import APPLIED, DONE, PENDING, RUNNING, PendingKey
 
-__all__ = ["PENDING", "Claim", "PendingKey", "check_key", "claim", "complete", "release", "request_hash"]
+__all__ = [
+    "PENDING",
+    "Claim",
+    "InCall",
+    "PendingKey",
+    "answer_from_record",
+    "check_key",
+    "claim",
+    "claims_in_call",
+    "committed",
+    "complete",
+    "in_call",
+    "look_in_call",
+    "release",
+    "request_hash",
+    "write_in_call",
+    "writes_in_call",
+]
 
 MAX_KEY_LENGTH = 128
+# The initial metadata a replayed response carries.
+REPLAYED_HEADER = "idempotency-replayed"
+
+# Methods whose calls write their finished record in their own transaction.
+_IN_CALL: set[str] = set()
+# (scope, key) of in-call records committed in this process whose `complete` is still to come.
+_stored: dict[tuple[str, str], int] = {}
+_stored_lock = threading.Lock()
+_STORED_MAX = 100_000
 
 
 @dataclass(frozen=True)
@@ -66,7 +102,26 @@ def check_key(key: str) -> None:
     v.raise_if_any("bad idempotency-key metadata")
 
 
+def claims_in_call(method: str) -> None:
+    """`method` (a full gRPC method name) writes its idempotency record in its own
+    transaction, through `in_call` and `write_in_call`, for every answer it gives."""
+    _IN_CALL.add(method)
+
+
 def claim(rt: Runtime, scope: str, key: str, method: str, digest: str) -> Claim:
+    if method in _IN_CALL:
+        # The call's own transaction looks for the key (`look_in_call`) and claims it.
+        return Claim("run")
+    return _claim_locked(rt, scope, key, method, digest)
+
+
+def writes_in_call(method: str) -> bool:
+    """True for `claims_in_call` methods: their calls need no `claim`, `complete` or `release`
+    around them (the interceptor may skip those three and just set PENDING for the call)."""
+    return method in _IN_CALL
+
+
+def _claim_locked(rt: Runtime, scope: str, key: str, method: str, digest: str) -> Claim:
     s = rt.settings
     try:
         with rt.store.write() as tx:
@@ -114,6 +169,12 @@ def claim(rt: Runtime, scope: str, key: str, method: str, digest: str) -> Claim:
 
 
 def complete(rt: Runtime, scope: str, key: str, response: bytes) -> None:
+    with _stored_lock:
+        left = _stored.pop((scope, key), 0)
+        if left:
+            if left > 1:
+                _stored[(scope, key)] = left - 1
+            return  # written with the call's own effect (write_in_call)
     sealed = rt.sealer.seal_bytes(response, _seal_context(scope, key))
     with rt.store.write():
         queries.store_response(scope, key, sealed)
@@ -124,6 +185,106 @@ def release(rt: Runtime, scope: str, key: str) -> None:
     when it had committed part of its work before failing, as before the applied mark)."""
     with rt.store.write():
         queries.delete_unfinished(scope, key)
+
+
+@dataclass(frozen=True)
+class InCall:
+    """The key of a running call of a `claims_in_call` method, for its own transaction."""
+
+    scope: str
+    key: str
+    method: str
+    digest: str
+    pending: PendingKey
+
+
+def in_call(method: str, request_bytes: bytes) -> InCall | None:
+    """The servicer of a `claims_in_call` method asks this first (deterministic request
+    bytes, as the interceptor hashes them): the call's key, or None (no key)."""
+    pending = PENDING.get()
+    if pending is None or method not in _IN_CALL:
+        return None
+    # Nothing of this call will ever be `running` to mark: the record is written finished.
+    pending.applied = True
+    return InCall(pending.scope, pending.key, method, request_hash(method, request_bytes), pending)
+
+
+def write_in_call(rt: Runtime, answers: list[tuple[InCall, bytes]], now: datetime) -> set[tuple[str, str]]:
+    """Inside the call's transaction: the finished records (responses sealed) of these calls, in
+    one statement. Returns the (scope, key) that were taken already (by a committed record: the
+    caller must answer those with `answer_from_record` and undo their effect). The others count
+    as stored once the transaction commits: see `committed`."""
+    expire_time = now + timedelta(seconds=rt.settings.idempotency_retention_s)
+    rows = []
+    for k, response in answers:
+        sealed = rt.sealer.seal_bytes(response, _seal_context(k.scope, k.key))
+        rows.append((k.scope, k.key, k.method, k.digest, sealed, now, expire_time))
+    inserted = queries.insert_done(rows)
+    return {(k.scope, k.key) for k, _ in answers} - inserted
+
+
+def committed(k: InCall) -> None:
+    """The transaction holding `k`'s record committed: the interceptor's `complete` is a no-op."""
+    with _stored_lock:
+        if len(_stored) >= _STORED_MAX:
+            # Calls cancelled after their commit never reach `complete`; forgetting them only
+            # costs the others one redundant (identical) response write.
+            _stored.clear()
+        _stored[(k.scope, k.key)] = _stored.get((k.scope, k.key), 0) + 1
+
+
+def look_in_call(rt: Runtime, keys: list[InCall], now: datetime) -> dict[tuple[str, str], bytes | Exception]:
+    """Inside the call's transaction, before its effect: what `claim` would have found for
+    these keys, in one statement. A key with a live record gets its answer (the stored
+    response to replay, or the error: another request, a first call still running, a lost
+    response); an expired record, or a dead caller's `running` claim, is deleted and the key
+    is free (absent from the result), as are keys without a record."""
+    found = queries.records_of([(k.scope, k.key) for k in keys])
+    answers: dict[tuple[str, str], bytes | Exception] = {}
+    for k in keys:
+        record = found.get((k.scope, k.key))
+        if record is None:
+            continue
+        if record.expire_time <= now or (record.state == RUNNING and record.locked_until <= now):
+            queries.delete_key(k.scope, k.key)
+            continue
+        try:
+            answers[(k.scope, k.key)] = _answer(rt, k, record)
+        except (InvalidArgument, FailedPrecondition, Aborted) as exc:
+            answers[(k.scope, k.key)] = exc
+    return answers
+
+
+def _answer(rt: Runtime, k: InCall, record: queries.Live | queries.Found) -> bytes:
+    if record.method != k.method or record.request_hash != k.digest:
+        raise InvalidArgument(
+            "this idempotency-key was already used with a different request",
+            reason="IDEMPOTENCY_KEY_REUSED",
+            metadata={"idempotency_key": k.key, "first_method": record.method},
+        )
+    if record.state == APPLIED and isinstance(record, queries.Live) and record.locked_until <= rt.now():
+        raise _response_lost(k.key, record.method, "the server stopped before storing its response")
+    if record.state != DONE:
+        raise Aborted(
+            "a call with this idempotency-key is still running; retry later",
+            reason="IDEMPOTENCY_KEY_IN_USE",
+            metadata={"idempotency_key": k.key},
+        )
+    try:
+        return rt.sealer.open_bytes(bytes(record.response or b""), _seal_context(k.scope, k.key))
+    except Unsealable:
+        raise _response_lost(k.key, record.method, "its stored response does not open here") from None
+
+
+def answer_from_record(rt: Runtime, k: InCall) -> bytes:
+    """The response another call with the same key stored (it committed first), or the error a
+    retry would get from `claim`: a different request, or a record without a response."""
+    record = queries.find_record(k.scope, k.key)
+    if record is None:
+        raise FailedPrecondition(
+            "a concurrent call with this idempotency-key conflicted; retry", reason="CONFLICT"
+        )
+    return _answer(rt, k, record)
 
 
 def purge_expired(rt: Runtime, batch: int = 5000) -> int:

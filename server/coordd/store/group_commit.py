@@ -14,6 +14,13 @@ Per item:
 - the commit (or the connection) fails: nobody's item happened; every caller of the batch
   gets that error.
 
+Or, with `batch_work`, the whole batch at once: `batch_work(tx, key, items)` returns one
+outcome per item (an answer, or an exception that is that caller's error), so a batch can
+claim its seats in one statement and insert its rows in one multi-row statement each. It may
+raise `RetryBatch`: the transaction is rolled back and the batch runs again, at most
+`MAX_RETRIES` times (e.g. a conflict found only after rows were written; the items may carry
+what the retry must do differently).
+
 Nobody waits for a batch that started after it arrived; the next leader is the oldest
 caller still waiting. Nothing here knows what the items are.
 """
@@ -31,6 +38,13 @@ from coordd.store.db import Store, Tx
 K = TypeVar("K", bound=Hashable)
 I = TypeVar("I")  # noqa: E741 (the item)
 R = TypeVar("R")
+
+# Re-runs of one batch after RetryBatch, at most.
+MAX_RETRIES = 3
+
+
+class RetryBatch(Exception):
+    """Raised by a `batch_work` function: roll back and run the batch again."""
 
 
 @dataclass
@@ -64,14 +78,18 @@ class GroupCommit(Generic[K, I, R]):
 
     def __init__(
         self,
-        work: Callable[[Tx, K, I], R],
+        work: Callable[[Tx, K, I], R] | None = None,
         *,
         max_batch: int,
         recover: Callable[[Tx, K, I, Exception], R | BaseException] | None = None,
+        batch_work: Callable[[Tx, K, list[I]], list[R | BaseException]] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        if (work is None) == (batch_work is None):
+            raise ValueError("give either work or batch_work")
         self.work = work
+        self.batch_work = batch_work
         self.max_batch = max_batch
         self.recover = recover
         self._groups: weakref.WeakValueDictionary[K, _Group[I, R]] = weakref.WeakValueDictionary()
@@ -103,6 +121,29 @@ class GroupCommit(Generic[K, I, R]):
             raise me.error
         return me.result  # type: ignore[return-value]
 
+    def submit_many(self, store: Store, key: K, items: list[I]) -> list[R | BaseException]:
+        """Runs several items of one caller (e.g. the requests an event loop gathered) like
+        `submit` and returns their outcomes, each an answer or its error, in order."""
+        if not items:
+            return []
+        group = self._group_for(key)
+        wake = threading.Event()  # shared by all of them: set on any change of their state
+        mine: list[_Pending[I, R]] = [_Pending(item, wake) for item in items]
+        with group.lock:
+            group.queue.extend(mine)
+            if not group.busy:
+                group.busy = mine[0].lead = True
+        while True:
+            # Cleared before looking, so a change made after the look is never slept through.
+            wake.clear()
+            if all(p.finished for p in mine):
+                break
+            if any(p.lead and not p.finished for p in mine):
+                self._lead(store, key, group)
+                continue
+            wake.wait()
+        return [p.error if p.error is not None else p.result for p in mine]  # type: ignore[misc]
+
     def _lead(self, store: Store, key: K, group: _Group[I, R]) -> None:
         with group.lock:
             batch = group.queue[: self.max_batch]
@@ -123,6 +164,10 @@ class GroupCommit(Generic[K, I, R]):
                 pending.wake.set()
 
     def _run_batch(self, store: Store, key: K, batch: list[_Pending[I, R]]) -> None:
+        if self.batch_work is not None:
+            self._run_whole(store, key, batch, self.batch_work)
+            return
+        assert self.work is not None
         outcomes: list[tuple[R | None, BaseException | None]] = []
         try:
             with store.write() as tx:
@@ -149,3 +194,32 @@ class GroupCommit(Generic[K, I, R]):
             return
         for pending, (result, error) in zip(batch, outcomes, strict=True):
             pending.result, pending.error = result, error
+
+    def _run_whole(
+        self,
+        store: Store,
+        key: K,
+        batch: list[_Pending[I, R]],
+        batch_work: Callable[[Tx, K, list[I]], list[R | BaseException]],
+    ) -> None:
+        items = [pending.item for pending in batch]
+        for attempt in range(MAX_RETRIES + 1):
+            try:
+                with store.write() as tx:
+                    outcomes = batch_work(tx, key, items)
+                break
+            except RetryBatch as exc:
+                if attempt == MAX_RETRIES:
+                    for pending in batch:
+                        pending.error = exc.__cause__ or exc
+                    return
+            except Exception as exc:
+                # The commit (or the connection) failed: nobody's item happened.
+                for pending in batch:
+                    pending.error = exc
+                return
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                pending.error = outcome
+            else:
+                pending.result = outcome

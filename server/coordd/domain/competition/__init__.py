@@ -25,6 +25,7 @@ from coordd.domain.competition.attendance import (
     read_ticket,
     transfer_registration,
 )
+from coordd.domain.competition.bulk import Ask, Registered
 from coordd.domain.competition.common import group_name
 from coordd.domain.competition.competitions import (
     DRAFT_ONLY,
@@ -46,6 +47,8 @@ from coordd.domain.competition.registration import (
     list_my_registrations,
     list_registrations,
     register,
+    register_call,
+    register_many,
 )
 from coordd.domain.competition.results import (
     RESULTS_CONTEXT,
@@ -142,6 +145,7 @@ __all__ = [
     "TICKET_CONTEXT",
     "UPDATABLE",
     "WAITLISTED",
+    "Ask",
     "CheckInResult",
     "CompetitionInput",
     "CompetitionSettings",
@@ -149,6 +153,7 @@ __all__ = [
     "Entry",
     "GroupView",
     "LeaderboardRow",
+    "Registered",
     "RegistrationView",
     "SignedResults",
     "TeamView",
@@ -181,7 +186,9 @@ __all__ = [
     "queue_reminders",
     "read_ticket",
     "register",
+    "register_call",
     "register_group",
+    "register_many",
     "register_team",
     "remove_member",
     "settings_of",

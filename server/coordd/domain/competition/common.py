@@ -89,13 +89,18 @@ def emit_competition(tx: Tx, comp: Competition, type_: str, data: dict[str, Any]
     tx.emit(f"competition.{type_}", name(comp.id), {"state": comp.state, **(data or {})})
 
 
-def emit_registration(tx: Tx, reg: Registration, type_: str) -> None:
+def registration_event(reg: Registration, type_: str) -> tuple[str, str, dict[str, Any]]:
+    """(type, subject, data) of the event a registration change emits."""
     comp_name = name(reg.competition_id)
-    tx.emit(
+    return (
         f"competition.registration.{type_}",
         f"{comp_name}/registrations/{reg.id}",
         {"state": reg.state, "user": f"users/{reg.user_id}", "watch_keys": [comp_name]},
     )
+
+
+def emit_registration(tx: Tx, reg: Registration, type_: str) -> None:
+    tx.emit(*registration_event(reg, type_))
 
 
 def payer_of(reg: Registration) -> str:

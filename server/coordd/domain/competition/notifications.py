@@ -13,8 +13,8 @@ import structlog
 
 from coordd.domain import notify as outbox
 from coordd.domain.competition.common import name, registration_name
-from coordd.store.competition import queries
-from coordd.store.competition.models import Competition, CompetitionNotification, Registration
+from coordd.store.competition import bulk, queries
+from coordd.store.competition.models import CONFIRMATION, Competition, CompetitionNotification, Registration
 from coordd.store.db import Tx
 
 log = structlog.get_logger("coordd.competition")
@@ -103,6 +103,25 @@ def record_notification(
     payload = payload or _notification_payload(comp, reg_id, user_id, kind, extra)
     log.info("competition notification", kind=kind, registration=payload["registration"], queued=queued)
     queries.insert_notification(reg_id, user_id, comp.id, kind, payload, queued, tx.now)
+
+
+def confirm_new(tx: Tx, comp: Competition, seated: list[Registration], with_channels: set[str]) -> None:
+    """Confirmations of registrations created in this transaction: the records of registrants
+    without a webhook channel in one statement, the others queued to the outbox as well."""
+    if not seated:
+        return
+    rows = []
+    queued = []
+    for reg in seated:
+        if reg.user_id in with_channels:
+            queued.append((reg.id, reg.user_id))
+        else:
+            payload = _notification_payload(comp, reg.id, reg.user_id, CONFIRMATION, None)
+            rows.append((reg.id, reg.user_id, comp.id, CONFIRMATION, payload, 0))
+    if rows:
+        bulk.insert_notifications(rows, tx.now)
+        log.info("competition notifications", kind=CONFIRMATION, competition=name(comp.id), count=len(rows))
+    notify_many(tx, comp, queued, CONFIRMATION, known_new=True)
 
 
 def users_with_channels(user_ids: list[str]) -> set[str]:

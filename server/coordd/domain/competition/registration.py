@@ -1,21 +1,28 @@
 """Registration without overselling, exactly once per user, and its cancellation.
 
-A seat is taken by one conditional UPDATE on the competition row (store: `claim_seat`,
-`confirmed + 1 WHERE confirmed + offered < capacity AND now in the window`) inside one
-short transaction that also inserts the registration (unique per competition and user),
-holds the entry fee in the ledger and records the confirmation. Nothing slow happens while
-that transaction is open: webhooks are queued in the shared outbox and delivered later.
-When every seat is taken the registrant joins the waitlist instead (`join_waitlist`).
+Callers registering for one competition at the same time share a transaction (`register_call`).
+Newcomers to a free competition are seated as a batch (bulk.py: one conditional UPDATE of the
+competition row takes `min(n, free)` seats, the rest join the waitlist in order). Anyone else
+goes alone (`register_in`): a seat is taken by one conditional UPDATE on the competition row
+(store: `claim_seat`, `confirmed + 1 WHERE confirmed + offered < capacity AND now in the
+window`) that also inserts the registration (unique per competition and user), holds the entry
+fee in the ledger and records the confirmation; when every seat is taken the registrant joins
+the waitlist instead (`join_waitlist`). Nothing slow happens while that transaction is open:
+webhooks are queued in the shared outbox and delivered later. A competition with teams takes
+no individual registration: its participants register through their team (TEAM_COMPETITION).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from coordd.core.errors import FailedPrecondition
 from coordd.core.paging import Page, PageRequest
 from coordd.core.principal import Principal
+from coordd.domain import idempotency as idem
 from coordd.domain import ledger
+from coordd.domain.competition.bulk import Ask, Outcome, Registered, run_batch
 from coordd.domain.competition.common import (
     emit_registration,
     not_found,
@@ -52,67 +59,70 @@ from coordd.store.group_commit import GroupCommit
 MAX_BATCH = 64
 
 
-def _register_item(tx: Tx, comp_id: str, who: Principal) -> RegistrationView:
-    return _register_in(tx, who, comp_id)
-
-
-def _recover(tx: Tx, comp_id: str, who: Principal, error: Exception) -> RegistrationView | BaseException:
-    """After a registration's savepoint rolled back: the same user twice in flight makes
-    the unique key refuse the second row, and the first one's row is the answer."""
-    if not isinstance(error, queries.IntegrityError):
-        return error
-    reg = queries.registration_of(comp_id, who.user_id)
-    return RegistrationView(reg, position(reg)) if reg else _lost()
+def _batch(tx: Tx, comp_id: str, asks: list[Ask]) -> list[Outcome]:
+    return run_batch(tx, comp_id, asks, register_in)
 
 
 # One group per competition: its row lock serializes registrations on PostgreSQL.
-_grouped: GroupCommit[str, Principal, RegistrationView] = GroupCommit(
-    _register_item, max_batch=MAX_BATCH, recover=_recover
-)
+_grouped: GroupCommit[str, Ask, Registered] = GroupCommit(batch_work=_batch, max_batch=MAX_BATCH)
+
+
+def register_many(rt: Runtime, comp_id: str, asks: list[Ask]) -> list[Outcome]:
+    """Several registrations for one competition gathered by one caller (the API's event
+    loop gathers the requests that arrive together: one thread hop for all of them), run as
+    `register_call` runs one; one outcome (an answer or an error) per ask, in order."""
+    outcomes = _grouped.submit_many(rt.store, comp_id, asks)
+    for ask, got in zip(asks, outcomes, strict=True):
+        if isinstance(got, Registered) and got.stored and ask.keyed is not None:
+            idem.committed(ask.keyed)
+    return outcomes
 
 
 def register(rt: Runtime, who: Principal, comp_id: str) -> RegistrationView:
-    """Registers `who`. On PostgreSQL, registrations for one competition serialize on its
-    row, and the lock is held until the commit, whose WAL flush then dominates. So callers
-    arriving together are grouped (per process, store/group_commit.py): one of them runs up
-    to MAX_BATCH registrations in one transaction, each in its own savepoint (a failure,
-    e.g. missing funds, undoes only that one), and all answers are handed out after the one
-    commit. SQLite commits are cheap and its writes are serialized already."""
-    if not rt.store.is_postgres:
-        return _register_once(rt, who, comp_id)
-    return _grouped.submit(rt.store, comp_id, who)
+    """Registers `who` (see `register_call`)."""
+    got = register_call(rt, who, comp_id)
+    assert got.view is not None
+    return got.view
 
 
-def _lost() -> FailedPrecondition:
-    return FailedPrecondition("the registration conflicted with another; retry", reason="CONFLICT")
+def register_call(
+    rt: Runtime,
+    who: Principal,
+    comp_id: str,
+    keyed: idem.InCall | None = None,
+    render: Callable[[RegistrationView], bytes] | None = None,
+) -> Registered:
+    """Registers `who`. Registrations for one competition serialize on its row (PostgreSQL;
+    SQLite: the single writer), whose lock is held until the commit. So callers arriving
+    together are grouped (per process, store/group_commit.py): one of them runs up to
+    MAX_BATCH registrations in one transaction, the newcomers of a free competition as one
+    seat claim and a few multi-row statements (bulk.py), the others one by one in a savepoint
+    each (a failure, e.g. missing funds, undoes only that one), and all answers are handed out
+    after the one commit. With `keyed`, the call's idempotency record, holding `render(view)`
+    sealed, is written in that same transaction; `replay` then may carry the response of an
+    earlier call with the same key instead of a view."""
+    got = _grouped.submit(rt.store, comp_id, Ask(rt, who, keyed, render))
+    if got.stored and keyed is not None:
+        idem.committed(keyed)
+    return got
 
 
-def _register_once(rt: Runtime, who: Principal, comp_id: str) -> RegistrationView:
-    try:
-        with rt.store.write() as tx:
-            return _register_in(tx, who, comp_id)
-    except queries.IntegrityError:
-        # A concurrent call for the same user won the unique (competition, user) key; its
-        # registration is the answer and this transaction rolled back (seat included).
-        reg = queries.registration_of(comp_id, who.user_id)
-        if reg is None:
-            raise
-        return RegistrationView(reg, position(reg), created=False)
-
-
-def _register_in(tx: Tx, who: Principal, comp_id: str) -> RegistrationView:
-    """One short transaction. The registration row is written first, as a guess made from
-    an unlocked read of the counters; only then the conditional seat (or waitlist) UPDATE
-    takes the competition row's lock, so on PostgreSQL the lock covers as few statements
-    as possible before the commit. The guess is only an optimisation: the outcome is
-    decided by the UPDATE's condition, and a wrong guess is corrected under the lock."""
+def register_in(tx: Tx, comp_id: str, who: Principal) -> RegistrationView:
+    """One registration, alone (in a savepoint of the batch's transaction). The registration
+    row is written first, as a guess made from an unlocked read of the counters; only then
+    the conditional seat (or waitlist) UPDATE takes the competition row's lock, so on
+    PostgreSQL the lock covers as few statements as possible before the commit. The guess is
+    only an optimisation: the outcome is decided by the UPDATE's condition, and a wrong guess
+    is corrected under the lock. A competition with teams refuses (TEAM_COMPETITION)."""
     now = tx.now
-    existing = seats.existing_registration(comp_id, who.user_id)
-    if existing is not None and existing.state in ACTIVE:
-        return RegistrationView(existing, position(existing), created=False)
     outlook = seats.seat_outlook(comp_id)
     if outlook is None:
         raise not_found(comp_id)
+    if outlook.teams:
+        raise team_only(outlook.competition)
+    existing = seats.existing_registration(comp_id, who.user_id)
+    if existing is not None and existing.state in ACTIVE:
+        return RegistrationView(existing, position(existing), created=False)
     guess_seat = not outlook.full
     comp = outlook.competition
     reg = existing or Registration(competition=comp_id, user=who.user_id, create_time=now)
@@ -177,6 +187,15 @@ def _register_in(tx: Tx, who: Principal, comp_id: str) -> RegistrationView:
     emit_registration(tx, reg, "created")
     # A newcomer joins the tail: every waitlist entry is ahead of it.
     return RegistrationView(reg, 0 if took_seat else got.waitlist_entries, created=True)
+
+
+def team_only(comp: Competition) -> FailedPrecondition:
+    return precondition(
+        "this competition has teams: register through your team (the captain's RegisterTeam,"
+        " or RegisterGroup for the accepted members), not one by one",
+        "TEAM_COMPETITION",
+        comp,
+    )
 
 
 def in_window(comp: Competition, now: datetime) -> bool:

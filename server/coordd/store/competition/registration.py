@@ -72,6 +72,8 @@ class Outlook(NamedTuple):
 
     full: bool
     competition: Competition
+    # The competition has teams: its participants register through them, not one by one.
+    teams: bool = False
 
 
 def _statements() -> tuple[Any, dict[str, str]]:
@@ -103,7 +105,7 @@ def _statements() -> tuple[Any, dict[str, str]]:
                 f" RETURNING {returning}"
             ),
             "full": (
-                "SELECT confirmed + offered >= capacity OR waitlisted > 0, title, state, start_time"
+                "SELECT confirmed + offered >= capacity OR waitlisted > 0, title, state, start_time, team_max"
                 f' FROM "{comp}" WHERE id = {p}'
             ),
             "unnote": (
@@ -132,10 +134,9 @@ def seat_outlook(comp_id: str) -> Outlook | None:
     row = db.execute_sql(sql["full"], (comp_id,)).fetchone()
     if row is None:
         return None
-    full, title, state, start_time = row
-    return Outlook(
-        bool(full), Competition(id=comp_id, title=title, state=state, start_time=_from_db(start_time))
-    )
+    full, title, state, start_time, team_max = row
+    comp = Competition(id=comp_id, title=title, state=state, start_time=_from_db(start_time))
+    return Outlook(bool(full), comp, team_max > 0)
 
 
 def insert_registration(reg: Registration) -> None:

@@ -1,0 +1,314 @@
+"""Registrations arriving together share one transaction (a batch): newcomers get seats in
+one claim and exact waitlist places; a keyed Register writes its idempotency record, sealed,
+with the registration; a key taken meanwhile answers with the first call's reply; and a
+competition with teams takes no individual registration."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+
+from coordd.api.competition import _register_reply as register_reply
+from coordd.core.errors import Aborted, FailedPrecondition, InvalidArgument
+from coordd.core.principal import Principal
+from coordd.domain import competition as rules
+from coordd.domain import idempotency as idem
+from coordd.store.competition.models import Competition, Registration
+from coordd.store.models import IdempotencyRecord
+from coordd_client.v1 import competition_pb2, competition_pb2_grpc
+from tests.competition.support import QUIET, bulk_users, competition_server, create, get, reg_state, stub
+from tests.helpers import rpc_error
+from tests.support.process import Daemon
+from tests.support.server import ServerHandle, bearer
+
+__all__ = ["competition_server"]
+
+REGISTER = "/coordd.v1.CompetitionService/Register"
+
+
+def _comp_id(comp: competition_pb2.Competition) -> str:
+    return comp.name.split("/")[1]
+
+
+def _keyed_register_all(server, tokens: list[str], comp_name: str) -> list[competition_pb2.RegisterResponse]:
+    svc = stub(server)
+    request = competition_pb2.RegisterRequest(competition=comp_name)
+    barrier = threading.Barrier(len(tokens))
+    replies: list[competition_pb2.RegisterResponse | None] = [None] * len(tokens)
+    errors: list[Exception] = []
+
+    def call(i: int) -> None:
+        try:
+            barrier.wait()
+            replies[i] = svc.Register(request, metadata=bearer(tokens[i], **{"idempotency-key": f"k{i}"}))
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(tokens))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    return [r for r in replies if r is not None]
+
+
+def test_concurrent_keyed_newcomers_get_every_seat_once_and_exact_waitlist_places(server):
+    _, org = server.make_user("organizer")
+    comp = create(server, org, capacity=40)
+    users = bulk_users(server, 120)
+    replies = _keyed_register_all(server, [t for _, t in users], comp.name)
+    assert len(replies) == 120 and all(r.created for r in replies)
+    states = [reg_state(r.registration.state) for r in replies]
+    assert states.count("CONFIRMED") == 40 and states.count("WAITLISTED") == 80
+    seen = get(server, org, comp.name)
+    assert (seen.confirmed_count, seen.waitlisted_count, seen.free_seats) == (40, 80, 0)
+    # Waitlist numbers are distinct and consecutive; each reply's position is its place in that order.
+    waiting = list(
+        Registration.select()
+        .where((Registration.competition == _comp_id(comp)) & (Registration.state == "WAITLISTED"))
+        .order_by(Registration.waitlist_seq)
+    )
+    seqs = [r.waitlist_seq for r in waiting]
+    assert seqs == list(range(seqs[0], seqs[0] + 80))
+    position_of = {r.registration.name.rsplit("/", 1)[1]: r.registration.position for r in replies}
+    assert [position_of[r.id] for r in waiting] == list(range(1, 81))
+    # Every keyed call left a finished record whose stored reply is sealed.
+    records = list(IdempotencyRecord.select().where(IdempotencyRecord.key.startswith("k")))
+    assert len(records) == 120 and {r.state for r in records} == {"done"}
+    by_key = {r.key: r for r in records}
+    for i, reply in enumerate(replies):
+        stored = bytes(by_key[f"k{i}"].response)
+        assert reply.registration.name.encode() not in stored
+        assert server.rt.sealer.open_bytes(stored, f"idempotency\0{users[i][0]}\0k{i}") == (
+            reply.SerializeToString()
+        )
+
+
+def test_a_keyed_retry_after_a_batch_replays_the_reply_byte_for_byte(server):
+    _, org = server.make_user("organizer")
+    comp = create(server, org, capacity=1)
+    (_, first_tok), (_, second_tok) = bulk_users(server, 2)
+    svc = stub(server)
+    request = competition_pb2.RegisterRequest(competition=comp.name)
+    seated = svc.Register(request, metadata=bearer(first_tok, **{"idempotency-key": "once"}))
+    waiting = svc.Register(request, metadata=bearer(second_tok, **{"idempotency-key": "once"}))
+    assert reg_state(seated.registration.state) == "CONFIRMED"
+    assert reg_state(waiting.registration.state) == "WAITLISTED" and waiting.registration.position == 1
+    again, call = svc.Register.with_call(request, metadata=bearer(second_tok, **{"idempotency-key": "once"}))
+    assert again.SerializeToString() == waiting.SerializeToString()
+    assert ("idempotency-replayed", "true") in tuple(call.initial_metadata())
+
+
+def _in_call(user_id: str, key: str, comp_name: str) -> idem.InCall:
+    request = competition_pb2.RegisterRequest(competition=comp_name).SerializeToString(deterministic=True)
+    pending = idem.PendingKey(user_id, key)
+    return idem.InCall(user_id, key, REGISTER, idem.request_hash(REGISTER, request), pending)
+
+
+def _reply(view: rules.RegistrationView) -> bytes:
+    return register_reply(view)
+
+
+def test_a_key_committed_meanwhile_by_the_same_request_answers_with_its_reply(server):
+    """Two calls with one key both passed the claim's look (neither record existed yet): the one
+    that commits second writes nothing and answers with the first one's stored reply."""
+    _, org = server.make_user("organizer")
+    comp = create(server, org, capacity=5)
+    ((user_id, token),) = bulk_users(server, 1)
+    first = stub(server).Register(
+        competition_pb2.RegisterRequest(competition=comp.name),
+        metadata=bearer(token, **{"idempotency-key": "race"}),
+    )
+    who = Principal(user_id=user_id, roles=frozenset({"participant"}), kind="token")
+    got = rules.register_call(server.rt, who, _comp_id(comp), _in_call(user_id, "race", comp.name), _reply)
+    assert got.view is None and got.replay == first.SerializeToString()
+    assert Registration.select().where(Registration.user == user_id).count() == 1
+
+
+def test_a_key_committed_meanwhile_for_another_competition_refuses_and_registers_nobody(server):
+    _, org = server.make_user("organizer")
+    comp = create(server, org, capacity=5)
+    other = create(server, org, capacity=5)
+    ((user_id, token),) = bulk_users(server, 1)
+    stub(server).Register(
+        competition_pb2.RegisterRequest(competition=comp.name),
+        metadata=bearer(token, **{"idempotency-key": "twice"}),
+    )
+    who = Principal(user_id=user_id, roles=frozenset({"participant"}), kind="token")
+    with pytest.raises(InvalidArgument) as info:
+        rules.register_call(server.rt, who, _comp_id(other), _in_call(user_id, "twice", other.name), _reply)
+    assert info.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert Registration.select().where(Registration.competition == _comp_id(other)).count() == 0
+    assert Competition.get_by_id(_comp_id(other)).waitlisted == 0
+
+
+def test_register_in_a_team_competition_is_refused_and_points_to_the_team(server):
+    _, org = server.make_user("organizer")
+    comp = create(server, org, capacity=10, team_min_size=2, team_max_size=3)
+    ((user_id, token),) = bulk_users(server, 1)
+    svc = stub(server)
+    for key in ("", "solo"):
+        meta = bearer(token, **({"idempotency-key": key} if key else {}))
+        failure = rpc_error(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            svc.Register,
+            competition_pb2.RegisterRequest(competition=comp.name),
+            metadata=meta,
+        )
+        assert failure.reason == "TEAM_COMPETITION"
+        assert "team" in failure.details and "RegisterTeam" in failure.details
+    assert Registration.select().where(Registration.user == user_id).count() == 0
+    assert IdempotencyRecord.select().where(IdempotencyRecord.key == "solo").count() == 0
+    who = Principal(user_id=user_id, roles=frozenset({"participant"}), kind="token")
+    with pytest.raises(FailedPrecondition):
+        rules.register(server.rt, who, _comp_id(comp))
+
+
+def test_a_team_member_registered_through_the_team_is_refused_individually_too(server):
+    _, org = server.make_user("organizer")
+    comp = create(server, org, capacity=10, team_min_size=2, team_max_size=2)
+    (_, cap_tok), (member, member_tok) = bulk_users(server, 2)
+    svc = stub(server)
+    team = svc.CreateTeam(
+        competition_pb2.CreateTeamRequest(
+            competition=comp.name, team=competition_pb2.Team(display_name="pair")
+        ),
+        metadata=bearer(cap_tok),
+    ).team
+    svc.InviteTeamMember(
+        competition_pb2.InviteTeamMemberRequest(team=team.name, user=f"users/{member}"),
+        metadata=bearer(cap_tok),
+    )
+    svc.AcceptTeamInvite(competition_pb2.AcceptTeamInviteRequest(team=team.name), metadata=bearer(member_tok))
+    svc.RegisterTeam(competition_pb2.RegisterTeamRequest(team=team.name), metadata=bearer(cap_tok))
+    failure = rpc_error(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        svc.Register,
+        competition_pb2.RegisterRequest(competition=comp.name),
+        metadata=bearer(member_tok),
+    )
+    assert failure.reason == "TEAM_COMPETITION"
+    assert get(server, org, comp.name).confirmed_count == 2
+
+
+def _record(user_id: str, key: str, comp_name: str, state: str, locked_s: float, expire_s: float) -> None:
+    k = _in_call(user_id, key, comp_name)
+    now = datetime.now(UTC)
+    IdempotencyRecord.create(
+        scope=user_id,
+        key=key,
+        method=REGISTER,
+        request_hash=k.digest,
+        state=state,
+        response=None,
+        locked_until=now + timedelta(seconds=locked_s),
+        expire_time=now + timedelta(seconds=expire_s),
+        create_time=now - timedelta(seconds=1),
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "locked_s", "expire_s", "outcome"),
+    [
+        ("done", -60, -1, "runs"),  # expired: the key is free again
+        ("running", -60, 3600, "runs"),  # a dead caller's claim, nothing committed: taken over
+        ("running", 60, 3600, "IDEMPOTENCY_KEY_IN_USE"),  # still running elsewhere
+        ("applied", -60, 3600, "IDEMPOTENCY_RESPONSE_LOST"),  # applied, response never stored
+    ],
+)
+def test_a_keyed_register_treats_an_existing_record_as_claim_would(
+    server, state, locked_s, expire_s, outcome
+):
+    _, org = server.make_user("organizer")
+    comp = create(server, org, capacity=5)
+    ((user_id, _),) = bulk_users(server, 1)
+    _record(user_id, "seen", comp.name, state, locked_s, expire_s)
+    who = Principal(user_id=user_id, roles=frozenset({"participant"}), kind="token")
+    keyed = _in_call(user_id, "seen", comp.name)
+    if outcome == "runs":
+        got = rules.register_call(server.rt, who, _comp_id(comp), keyed, _reply)
+        assert got.view is not None and got.view.created
+        stored = IdempotencyRecord.get(
+            (IdempotencyRecord.scope == user_id) & (IdempotencyRecord.key == "seen")
+        )
+        assert stored.state == "done"
+        assert server.rt.sealer.open_bytes(bytes(stored.response), f"idempotency\0{user_id}\0seen") == _reply(
+            got.view
+        )
+    else:
+        with pytest.raises((Aborted, FailedPrecondition)) as info:
+            rules.register_call(server.rt, who, _comp_id(comp), keyed, _reply)
+        assert info.value.reason == outcome
+        assert Registration.select().where(Registration.user == user_id).count() == 0
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_the_same_keys_sent_to_two_daemons_at_once_register_each_user_once_with_one_reply(
+    settings_factory, clock, backend, tmp_path
+):
+    """Two `coordd serve` processes on one PostgreSQL database, each user's keyed Register sent
+    to both at the same moment: batches in two processes race for the row lock and for the
+    keys; every user is registered once, never beyond capacity, and both calls of a user get
+    the same bytes (the loser answers with the winner's stored reply). With 150 users the two
+    processes' batches overlap: a batch whose insert meets a row the other committed runs again."""
+    server = ServerHandle(settings_factory(**QUIET, jwt_secret="two-daemons-" + "x" * 32), clock)
+    try:
+        _race_two_daemons(server, tmp_path)
+    finally:
+        server.stop()
+
+
+def _race_two_daemons(server: ServerHandle, tmp_path: Path) -> None:
+    _, org = server.make_user("organizer")
+    comp = create(server, org, capacity=20)
+    users = bulk_users(server, 150)
+    settings = server.rt.settings
+    env = {
+        "COORDD_DATABASE_URL": settings.database_url,
+        "COORDD_JWT_SECRET": settings.jwt_secret,
+        "COORDD_SEALING_KEY_PATH": str(Path(settings.data_dir) / "secrets.key"),
+        "COORDD_SCHEDULER_ENABLED": "false",
+    }
+    daemons = [Daemon(tmp_path / f"d{i}", env=env) for i in range(2)]
+    try:
+        for daemon in daemons:
+            daemon.wait_ready()
+        stubs = [
+            competition_pb2_grpc.CompetitionServiceStub(grpc.insecure_channel(d.target)) for d in daemons
+        ]
+        request = competition_pb2.RegisterRequest(competition=comp.name)
+        barrier = threading.Barrier(300)
+        replies: dict[tuple[int, int], bytes] = {}
+        errors: list[Exception] = []
+
+        def call(user: int, which: int) -> None:
+            try:
+                barrier.wait()
+                meta = bearer(users[user][1], **{"idempotency-key": f"both-{user}"})
+                replies[(user, which)] = (
+                    stubs[which].Register(request, metadata=meta, timeout=60).SerializeToString()
+                )
+            except Exception as exc:  # collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=call, args=(u, w)) for u in range(150) for w in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+    finally:
+        for daemon in daemons:
+            daemon.terminate()
+    assert not errors
+    assert all(replies[(u, 0)] == replies[(u, 1)] for u in range(150))
+    regs = Registration.select().where(Registration.competition == _comp_id(comp))
+    assert regs.count() == 150 and len({r.user_id for r in regs}) == 150
+    seen = get(server, org, comp.name)
+    assert (seen.confirmed_count, seen.waitlisted_count) == (20, 130)
+    records = IdempotencyRecord.select().where(IdempotencyRecord.key.startswith("both-"))
+    assert records.count() == 150 and {r.state for r in records} == {"done"}
