@@ -1,6 +1,6 @@
 """The statements of fair share: where new jobs' virtual times start (one round trip, two
 index lookups, no lock, so one submitter's concurrent submissions do not queue behind each
-other), and the aging of waiting jobs' priorities."""
+other), and the aging of waiting jobs' priorities (index `job_queued_since`, migration 210)."""
 
 from __future__ import annotations
 
@@ -12,24 +12,44 @@ from coordd.store.jobs.models import Job
 from coordd.store.models import TimestampField
 
 _to_us = TimestampField().db_value
+# A datetime as the integer microseconds the job table stores.
+to_us = _to_us
 
 
 def _db() -> peewee.Database:
     return Job._meta.database  # the store's database, inside the caller's transaction
 
 
-def age_priorities(now: datetime, aging_us: int, max_priority: int) -> int:
+def age_priorities(
+    now: datetime, aging_us: int, max_priority: int, windows: list[tuple[int | None, int]]
+) -> int:
     """Queued jobs gain a priority level per `aging_us` waited since they were queued (from
-    their submitted priority, at most `max_priority`); how many changed."""
+    their submitted priority, at most `max_priority`); how many changed. Only the jobs whose
+    queue time (integer microseconds) lies in one of `windows` ((after, up to]; after None:
+    unbounded) are read, through `job_queued_since`: the caller passes the queue times whose
+    age crossed a level boundary since its previous run, so the work is the rows that change."""
+    if not windows:
+        return 0
     p = _db().param
     aged = f"(base_priority + ({p} - queue_time) / {p})"
+    ranges: list[str] = []
+    range_params: list[object] = []
+    for after, up_to in windows:
+        if after is None:
+            ranges.append(f"queue_time <= {p}")
+            range_params.append(up_to)
+        else:
+            ranges.append(f"(queue_time > {p} AND queue_time <= {p})")
+            range_params.extend((after, up_to))
+    now_us = _to_us(now)
     cursor = _db().execute_sql(
         f"UPDATE job SET priority = CASE WHEN {aged} > {p} THEN {p} ELSE {aged} END"
-        f" WHERE state = 'queued' AND priority < {p} AND priority < {aged}",
+        f" WHERE state = 'queued' AND ({' OR '.join(ranges)}) AND priority < {p} AND priority < {aged}",
         [
-            *(_to_us(now), aging_us, max_priority, max_priority, _to_us(now), aging_us),
+            *(now_us, aging_us, max_priority, max_priority, now_us, aging_us),
+            *range_params,
             max_priority,
-            _to_us(now),
+            now_us,
             aging_us,
         ],
     )
