@@ -70,7 +70,7 @@ def insert_submissions(
     keys: dict[str, Job] = {}
     for spec in specs:
         lease_ms = min(spec.heartbeat_ms, spec.start_to_close_ms or spec.heartbeat_ms)
-        job = Job(  # the id comes from the model's default (new_id), generated once
+        job = queries.new_job(  # the id comes from the model's default (new_id)
             submitter=submitter_id,
             kind=spec.kind,
             model_ref=spec.model_ref,
