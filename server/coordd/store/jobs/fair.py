@@ -56,13 +56,7 @@ def age_priorities(
     return cursor.rowcount
 
 
-def floor_for(submitter: str, priorities: list[int]) -> int:
-    """max(the fair_seq at the head of the queue at each of `priorities`, the largest among
-    the submitter's queued jobs) in one round trip; 0 when nothing is queued. Two index
-    lookups: `job_claim_fair` for the heads, `job_queued_submitter` for the submitter (ordered
-    like the index, not MAX: the planner then walks it even before the table's first ANALYZE,
-    when it would otherwise scan job_claim_fair and filter by submitter). No lock: concurrent
-    submissions of one submitter may share a value; ties go to the older job."""
+def _floor_parts(submitter: str, priorities: list[int]) -> tuple[list[str], list[object]]:
     p = _db().param
     heads = [
         f"(SELECT fair_seq FROM job WHERE state = 'queued' AND priority = {p} ORDER BY fair_seq, id LIMIT 1)"
@@ -72,5 +66,24 @@ def floor_for(submitter: str, priorities: list[int]) -> int:
         f"(SELECT fair_seq FROM job WHERE state = 'queued' AND submitter = {p}"
         " ORDER BY submitter DESC, fair_seq DESC LIMIT 1)"
     )
-    row = _db().execute_sql(f"SELECT {', '.join([*heads, tail])}", [*priorities, submitter]).fetchone()
+    return [*heads, tail], [*priorities, submitter]
+
+
+def floor_for(submitter: str, priorities: list[int]) -> int:
+    """max(the fair_seq at the head of the queue at each of `priorities`, the largest among
+    the submitter's queued jobs) in one round trip; 0 when nothing is queued. Two index
+    lookups: `job_claim_fair` for the heads, `job_queued_submitter` for the submitter (ordered
+    like the index, not MAX: the planner then walks it even before the table's first ANALYZE,
+    when it would otherwise scan job_claim_fair and filter by submitter). No lock: concurrent
+    submissions of one submitter may share a value; ties go to the older job."""
+    parts, params = _floor_parts(submitter, priorities)
+    row = _db().execute_sql(f"SELECT {', '.join(parts)}", params).fetchone()
     return max((int(v) for v in row if v is not None), default=0)
+
+
+def floor_sql(submitter: str, priority: int) -> tuple[str, list[object]]:
+    """`floor_for(submitter, [priority])` as an SQL expression, for a submission's INSERT to
+    compute the value itself (one round trip fewer): the same two index lookups."""
+    parts, params = _floor_parts(submitter, [priority])
+    greatest = "GREATEST" if not isinstance(getattr(_db(), "obj", _db()), peewee.SqliteDatabase) else "MAX"
+    return f"{greatest}({', '.join(f'COALESCE({x}, 0)' for x in parts)})", params

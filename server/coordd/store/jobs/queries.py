@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import peewee
 
 from coordd.store.db import Store
+from coordd.store.jobs import fair
 from coordd.store.jobs.models import Job, JobAttempt, JobLabel
 from coordd.store.models import JSONField, TimestampField
 
@@ -110,6 +111,24 @@ def insert_jobs(jobs: list[Job]) -> None:
     p = db.param
     row = f"({', '.join([p] * len(_JOB_FIELDS))})"
     db.execute_sql(_JOB_INSERT + ", ".join([row] * len(jobs)), _row_values(jobs))
+
+
+_FAIR_SEQ_AT = [f.name for f in _JOB_FIELDS].index("fair_seq")
+
+
+def insert_job_in_fair_order(job: Job) -> None:
+    """One new job row whose `fair_seq` the INSERT itself computes, one more than
+    `fair.floor_for` (the submitter's latest and the head at its priority): the lookup and
+    the insert in one round trip. The value is read back into `job`."""
+    db = Job._meta.database
+    p = db.param
+    floor, floor_params = fair.floor_sql(job.submitter, job.priority)
+    values = _row_values([job])
+    marks = [p] * len(_JOB_FIELDS)
+    marks[_FAIR_SEQ_AT] = f"{floor} + 1"
+    params = [*values[:_FAIR_SEQ_AT], *floor_params, *values[_FAIR_SEQ_AT + 1 :]]
+    row = db.execute_sql(f"{_JOB_INSERT}({', '.join(marks)}) RETURNING fair_seq", params).fetchone()
+    job.fair_seq = int(row[0])
 
 
 def insert_labels(rows: list[dict[str, str]]) -> None:
