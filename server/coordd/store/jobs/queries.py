@@ -256,6 +256,7 @@ def claim_jobs(
     job_overhead: int,
     only_job: str | None = None,
     only_jobs: list[str] | None = None,
+    unless_capped: bool = False,
 ) -> list[ClaimedRow]:
     """Leases up to `limit` claimable jobs whose sizes (their variable-length columns plus
     `job_overhead` each) add up to at most `max_bytes`; returns them as claimed.
@@ -266,7 +267,8 @@ def claim_jobs(
     (`store.write()`), which is the same guarantee. Order: priority (high first), then the
     fair share (fair_seq), then id (time-ordered: oldest first), via the partial index
     `job_claim_fair`. A job's labels
-    must all be among the worker's labels.
+    must all be among the worker's labels. With `unless_capped`, nothing is claimed while any
+    concurrency cap exists (the same statement checks it).
     """
     db = store.db
     p = db.param
@@ -277,6 +279,10 @@ def claim_jobs(
     if only_jobs is not None:
         where.append(f"j.id IN ({', '.join([p] * len(only_jobs))})")
         params.extend(only_jobs)
+    if unless_capped:
+        # Uncorrelated: evaluated once (PostgreSQL: a one-time filter), no row read when a
+        # cap exists; the caller then takes the capped path.
+        where.append("NOT EXISTS (SELECT 1 FROM job_limit)")
     lock = " FOR UPDATE SKIP LOCKED" if store.is_postgres else ""
     size = f"{CLAIM_SIZE_SQL[store.is_postgres]} + {int(job_overhead)}"
     candidates = (
