@@ -177,9 +177,16 @@ async def _drive_coordd(
                 await stub.BatchSubmitJobs(batch_request, metadata=submit_meta, timeout=60)
 
     try:
+        server_cpu, client_cpu = _cpu_seconds(server_pid), _cpu_seconds(os.getpid())
+        db_cpu = _postgres_cpu_seconds()
         started = time.perf_counter()
         await asyncio.gather(*(produce(i) for i in range(producers)))
         enqueue_s = time.perf_counter() - started
+        enqueue_cpu = {
+            "server": round((_cpu_seconds(server_pid) - server_cpu) * 1000 / jobs, 3),
+            "bench_client": round((_cpu_seconds(os.getpid()) - client_cpu) * 1000 / jobs, 3),
+            "postgres": round((_postgres_cpu_seconds() - db_cpu) * 1000 / jobs, 3),
+        }
 
         drained = await _drain(stubs, tokens[1:], jobs, batch, server_pid)
     finally:
@@ -188,6 +195,7 @@ async def _drive_coordd(
     return {
         "enqueue_seconds": round(enqueue_s, 2),
         "enqueue_jobs_per_s": _rate(jobs, enqueue_s),
+        "enqueue_cpu_ms_per_job": enqueue_cpu,
         **drained,
     }
 

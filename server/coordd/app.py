@@ -131,6 +131,7 @@ def apply_domain_settings(rt: Runtime) -> None:
             backoff_base_s=s.job_backoff_base_s,
             backoff_max_s=s.job_backoff_max_s,
             payload_retention_s=s.job_payload_retention_s,
+            max_snoozes=s.job_max_snoozes,
         ),
     )
     competition.configure(

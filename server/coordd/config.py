@@ -137,6 +137,8 @@ class Settings:
     job_backoff_base_s: float = 1.0
     job_backoff_max_s: float = 300.0
     job_payload_retention_s: float = 7 * 24 * 3600
+    # Jobs: how many times a worker may snooze one job (SnoozeJob beyond it: FAILED_PRECONDITION).
+    job_max_snoozes: int = 100
     # Competitions: waitlist offer hold, reminder lead, entry size, errors before FAILED.
     competition_offer_hold_s: int = 12 * 3600
     competition_reminder_lead_s: int = 24 * 3600
@@ -283,6 +285,8 @@ def _validate(s: Settings) -> None:
         or s.job_backoff_max_s < s.job_backoff_base_s
     ):
         raise ConfigError("config job_*: attempts >= 1 and 0 < job_backoff_base_s <= job_backoff_max_s")
+    if s.job_max_snoozes < 0:
+        raise ConfigError("config job_max_snoozes: expected >= 0")
     if s.competition_offer_hold_s < 60 or s.competition_max_entry_bytes <= 0 or s.competition_max_errors < 1:
         raise ConfigError("config competition_*: offer hold >= 60 s, entry size and max errors positive")
     _validate_verifiers(s)

@@ -39,6 +39,17 @@ def test_a_submitter_cap_limits_their_running_jobs_and_a_finished_job_frees_a_sl
     assert len(env.claim(env.worker_b, max_jobs=10)) == 1
 
 
+def test_a_cap_set_while_jobs_wait_applies_to_the_next_claim(env):
+    """The uncapped claim is one statement that checks no cap exists: a cap set after the
+    jobs were queued (and after an uncapped claim) still holds on the next claim."""
+    for _ in range(5):
+        env.submit()
+    assert len(env.claim(env.worker_a, max_jobs=1)) == 1  # no cap yet: the one-statement claim
+    _set(env, SUBMITTER, f"users/{env.alice_id}", 2)
+    assert len(env.claim(env.worker_b, max_jobs=10)) == 1  # one running already, one slot left
+    assert env.claim(env.worker_b, max_jobs=10) == []
+
+
 def test_a_cap_for_each_submitter_applies_to_every_submitter_and_a_users_own_cap_overrides_it(env):
     bob_id, bob = env.server.make_user("participant")
     with env.server.rt.store.write() as tx:

@@ -4,15 +4,18 @@ reaches the worker in its heartbeat reply and wins over a snooze."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import grpc
 from google.protobuf import timestamp_pb2
 
+from coordd.app import apply_domain_settings
+from coordd.config import Settings
 from coordd.domain import jobs
 from coordd_client.v1 import job_pb2
 from tests.helpers import rpc_error
-from tests.jobs.support import seconds
+from tests.jobs.support import TEST_POLICY, seconds
 from tests.support.server import bearer
 
 
@@ -110,6 +113,36 @@ def test_a_snooze_does_not_count_against_max_attempts_across_retries(env, clock)
         job_pb2.FailJobRequest(lease=two.lease, error="flaky", retryable=True), metadata=bearer(env.worker_a)
     ).job
     assert retried.state == job_pb2.JOB_STATE_QUEUED  # the first real failure, one attempt left
+
+
+def test_a_job_snoozed_as_often_as_the_limit_allows_is_refused_another_snooze(env, clock):
+    jobs.set_policy(env.server.rt, replace(TEST_POLICY, max_snoozes=2))
+    job = env.submit(budget=10)
+    for _ in range(2):
+        [leased] = env.claim(env.worker_a)
+        _snooze(env, env.worker_a, leased.lease, 5)
+        clock.advance(6)
+        jobs.release_pending(env.server.rt)
+    [third] = env.claim(env.worker_a)
+    error = rpc_error(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        env.stub.SnoozeJob,
+        job_pb2.SnoozeJobRequest(lease=third.lease, snooze_time=_at(env, 5), reason="again"),
+        metadata=bearer(env.worker_a),
+    )
+    assert "snoozed 2 times" in error.details and "job_max_snoozes = 2" in error.details
+    assert error.reason == "SNOOZE_LIMIT"
+    # The lease is still held: the worker can finish the job.
+    done = env.complete(env.worker_a, third.lease)
+    assert done.job.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert [a.outcome for a in env.get(job.name).attempts] == ["snoozed", "snoozed", "succeeded"]
+
+
+def test_the_snooze_limit_comes_from_the_config_with_a_default_of_100(env_with):
+    assert Settings().job_max_snoozes == 100
+    env = env_with(job_max_snoozes=7)
+    apply_domain_settings(env.server.rt)
+    assert jobs.policy_of(env.server.rt).max_snoozes == 7
 
 
 def test_snooze_time_must_be_in_the_future(env):

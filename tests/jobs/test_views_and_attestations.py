@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 
 import grpc
 import pytest
+from google.protobuf import timestamp_pb2
 
 from coordd.domain import jobs
 from coordd.store.jobs.models import Job, JobAttestation
@@ -83,6 +85,22 @@ def test_queue_stats(env, clock):
         job_pb2.GetQueueStatsRequest(window=seconds(0)),
         metadata=bearer(env.alice),
     )
+
+
+def test_queue_stats_count_pending_jobs_by_priority(env):
+    """Jobs scheduled later and jobs waiting on a parent are pending: counted on their own."""
+    later = timestamp_pb2.Timestamp()
+    later.FromDatetime(env.server.rt.now() + timedelta(hours=1))
+    parent = env.submit(priority=1, schedule_time=later)
+    env.submit(priority=1, parents=[parent.name])
+    env.submit(priority=3, schedule_time=later)
+    env.submit(priority=0)
+    stats = env.stub.GetQueueStats(job_pb2.GetQueueStatsRequest(), metadata=bearer(env.alice))
+    assert [(d.state, d.priority, d.count) for d in stats.depths] == [
+        (job_pb2.JOB_STATE_PENDING, 3, 1),
+        (job_pb2.JOB_STATE_PENDING, 1, 2),
+        (job_pb2.JOB_STATE_QUEUED, 0, 1),
+    ]
 
 
 def test_backoff_grows_exponentially_with_bounded_jitter():

@@ -1894,7 +1894,7 @@ class GetQueueStatsResponse(_message.Message):
     """succeeded / (succeeded + failed) over the window; 0 when nothing finished."""
     @_builtins.property
     def depths(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueueDepth]:
-        """Queued and running jobs by priority."""
+        """Pending (scheduled later, snoozed or waiting on parents), queued and running jobs by priority."""
 
     @_builtins.property
     def oldest_queued_age(self) -> _duration_pb2.Duration:

@@ -131,30 +131,34 @@ def job_to_proto(
     """The full job (payload bytes included) or, with `basic_sizes` (input and output size),
     the basic view of a row read without its payloads."""
     in_size, out_size = basic_sizes if basic_sizes is not None else (None, None)
+    # The row's values straight from the model's data: a descriptor call per field was ~a
+    # fifth of building the message (100 per BatchSubmitJobs reply).
+    g = job.__data__.get
+    provider, state = g("provider"), g("state")
     return job_pb2.Job(
-        name=f"jobs/{job.id}",
-        submitter=f"users/{job.submitter}",
-        kind=KIND_PROTO.get(job.kind, job_pb2.JOB_KIND_UNSPECIFIED),
-        model_ref=job.model_ref,
-        input=_payload(job.input_data, job.input_uri, job.input_digest, job.payload_purged, in_size),
-        requirements={"labels": job.labels or [], "gpus": job.gpus},
-        budget=job.budget,
-        priority=job.base_priority,
-        max_attempts=job.max_attempts,
-        schedule_to_start_timeout=_ms_duration(job.schedule_to_start_ms),
-        start_to_close_timeout=_ms_duration(job.start_to_close_ms),
-        heartbeat_timeout=_ms_duration(job.heartbeat_ms),
-        schedule_to_close_timeout=_ms_duration(job.schedule_to_close_ms),
-        state=STATE_PROTO[job.state],
-        attempt=job.attempt,
-        provider=f"users/{job.provider}" if job.provider else "",
-        create_time=_ts(job.create_time),
-        start_time=_ts(job.start_time),
-        finish_time=_ts(job.finish_time),
-        next_attempt_time=_ts(job.run_after) if job.state in _WAITING else None,
-        progress=job.progress,
-        cancel_requested=job.cancel_requested,
-        output=_payload(job.output_data, job.output_uri, job.output_digest, job.payload_purged, out_size),
+        name=f"jobs/{g('id')}",
+        submitter=f"users/{g('submitter')}",
+        kind=KIND_PROTO.get(g("kind"), job_pb2.JOB_KIND_UNSPECIFIED),
+        model_ref=g("model_ref"),
+        input=_payload(g("input_data"), g("input_uri"), g("input_digest"), g("payload_purged"), in_size),
+        requirements={"labels": g("labels") or [], "gpus": g("gpus")},
+        budget=g("budget"),
+        priority=g("base_priority"),
+        max_attempts=g("max_attempts"),
+        schedule_to_start_timeout=_ms_duration(g("schedule_to_start_ms")),
+        start_to_close_timeout=_ms_duration(g("start_to_close_ms")),
+        heartbeat_timeout=_ms_duration(g("heartbeat_ms")),
+        schedule_to_close_timeout=_ms_duration(g("schedule_to_close_ms")),
+        state=STATE_PROTO[state],
+        attempt=g("attempt"),
+        provider=f"users/{provider}" if provider else "",
+        create_time=_ts(g("create_time")),
+        start_time=_ts(g("start_time")),
+        finish_time=_ts(g("finish_time")),
+        next_attempt_time=_ts(g("run_after")) if state in _WAITING else None,
+        progress=g("progress"),
+        cancel_requested=g("cancel_requested"),
+        output=_payload(g("output_data"), g("output_uri"), g("output_digest"), g("payload_purged"), out_size),
         attempts=[
             {
                 "attempt": a.attempt,
@@ -166,11 +170,11 @@ def job_to_proto(
             }
             for a in attempts or []
         ],
-        error=job.error,
-        fee=job.fee,
-        schedule_time=_ts(job.schedule_time),
-        parents=[f"jobs/{p}" for p in job.parents or []],
-        unique_key=job.unique_key,
+        error=g("error"),
+        fee=g("fee"),
+        schedule_time=_ts(g("schedule_time")),
+        parents=[f"jobs/{p}" for p in g("parents") or []],
+        unique_key=g("unique_key"),
     )
 
 

@@ -73,6 +73,11 @@ MIGRATIONS: list[Migration] = [
         112, "jobs: fair share across submitters (claim order priority, fair_seq, id)", job_m.add_fair_share
     ),
     Migration(
+        210,
+        "jobs: queue-time index for aging, pending-by-priority index for stats",
+        job_m.add_queue_time_indexes,
+    ),
+    Migration(
         40,
         "competition: competitions, transitions, registrations, entries, results, notifications",
         _create(*competition_m.ALL_MODELS),

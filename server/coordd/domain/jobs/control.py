@@ -1,6 +1,8 @@
 """Worker control: a worker may snooze a leased job ("retry me at T"). The lease ends, the
 job waits pending until then, and the attempt is not counted: the attempt limit moves up by
-one (the attempt number still advances, it is the lease's fencing token). A cancellation
+one (the attempt number still advances, it is the lease's fencing token). At most
+`JobPolicy.max_snoozes` snoozes per job (config `job_max_snoozes`, default 100): beyond it
+FAILED_PRECONDITION (SNOOZE_LIMIT), the lease still held. A cancellation
 asked for meanwhile wins. (Cancellation itself reaches the worker in its heartbeat reply:
 `leases.heartbeat`.)"""
 
@@ -15,7 +17,7 @@ from coordd.domain.jobs.specs import LeaseRef
 from coordd.domain.jobs.states import CANCELLED, MAX_SNOOZE_S, PENDING
 from coordd.domain.jobs.transitions import close_attempt, enqueue_fields, leased_job, refund_and_finish
 from coordd.runtime import Runtime
-from coordd.store.jobs import queries
+from coordd.store.jobs import queries, reads
 from coordd.store.jobs.models import Job
 
 SNOOZED = "snoozed"
@@ -39,6 +41,14 @@ def snooze(rt: Runtime, who: Principal, lease: LeaseRef, until: datetime | None,
             cancelled = True
         else:
             cancelled = False
+            snoozed = reads.count_attempts(job.id, SNOOZED)
+            if snoozed >= policy.max_snoozes:
+                raise FailedPrecondition(
+                    f"jobs/{job.id} was snoozed {snoozed} times, the limit of this server"
+                    f" (job_max_snoozes = {policy.max_snoozes}): complete, fail or hand back the job",
+                    reason="SNOOZE_LIMIT",
+                    metadata={"snoozes": str(snoozed), "limit": str(policy.max_snoozes)},
+                )
             close_attempt(tx, job, SNOOZED, reason)
             job.attempt_limit += 1
             enqueue_fields(job, tx.now, max(until, tx.now))

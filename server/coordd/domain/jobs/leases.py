@@ -42,25 +42,33 @@ def lease_to(rt: Runtime, tx: Tx, worker: Worker, limit: int, only_job: str | No
     """Leases up to `limit` claimable jobs to `worker`, as many as fit in one reply to it, in
     the caller's transaction (see coordd.store.jobs.queries.claim_jobs)."""
     lease_id = secrets.token_hex(12)
-    only_jobs = None
-    if any_limit(rt):
+
+    def claim_now(
+        limit: int, only_job: str | None, only_jobs: list[str] | None, unless_capped: bool
+    ) -> list[queries.ClaimedRow]:
+        return queries.claim_jobs(
+            rt.store,
+            tx.now,
+            lease_id,
+            worker.provider_id,
+            worker.labels,
+            worker.gpus,
+            limit,
+            worker.reply_budget,
+            LEASED_JOB_OVERHEAD,
+            only_job,
+            only_jobs,
+            unless_capped,
+        )
+
+    # Without caps (the common case) the claim is one statement, which itself checks that no
+    # cap exists; with caps, or an empty queue, the caps are read and applied.
+    claimed = claim_now(limit, only_job, None, True)
+    if not claimed and any_limit(rt):
         only_jobs = capped_ids(rt, tx, worker, limit, LEASED_JOB_OVERHEAD, only_job)
         if not only_jobs:
             return []
-        limit, only_job = len(only_jobs), None
-    claimed = queries.claim_jobs(
-        rt.store,
-        tx.now,
-        lease_id,
-        worker.provider_id,
-        worker.labels,
-        worker.gpus,
-        limit,
-        worker.reply_budget,
-        LEASED_JOB_OVERHEAD,
-        only_job,
-        only_jobs,
-    )
+        claimed = claim_now(len(only_jobs), None, only_jobs, False)
     if not claimed:
         return []
     claimed.sort(key=lambda j: (-j.priority, j.id))

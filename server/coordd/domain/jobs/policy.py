@@ -25,6 +25,8 @@ class JobPolicy:
     payload_retention_s: float = 7 * 24 * 3600
     # A queued job gains one priority level per this long waited (0: no aging).
     priority_aging_s: float = 300.0
+    # How many times one job may be snoozed (SnoozeJob beyond it: FAILED_PRECONDITION).
+    max_snoozes: int = 100
     # Rows handled per scheduler transaction.
     task_batch: int = 200
 

@@ -75,10 +75,9 @@ class JobSpec:
 def claim_bytes(data_bytes: int, uri: str, model_ref: str, labels: list[str]) -> int:
     """An upper bound of what one job adds to a claim reply: its variable-length columns as
     stored (the claim statement computes the same sum in SQL) plus LEASED_JOB_OVERHEAD."""
-    stored_labels = json.dumps(sorted(labels), separators=(",", ":"))
-    return (
-        data_bytes + len(uri.encode()) + len(model_ref.encode()) + len(stored_labels.encode())
-    ) + LEASED_JOB_OVERHEAD
+    # The stored JSON list; "[]" (2 bytes) without labels, the common case, without encoding it.
+    stored = len(json.dumps(sorted(labels), separators=(",", ":")).encode()) if labels else 2
+    return (data_bytes + len(uri.encode()) + len(model_ref.encode()) + stored) + LEASED_JOB_OVERHEAD
 
 
 def reply_budget(send_limit: int, max_reply_bytes: int = 0) -> int:

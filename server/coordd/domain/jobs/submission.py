@@ -70,7 +70,7 @@ def insert_submissions(
     keys: dict[str, Job] = {}
     for spec in specs:
         lease_ms = min(spec.heartbeat_ms, spec.start_to_close_ms or spec.heartbeat_ms)
-        job = Job(  # the id comes from the model's default (new_id), generated once
+        job = queries.new_job(  # the id comes from the model's default (new_id)
             submitter=submitter_id,
             kind=spec.kind,
             model_ref=spec.model_ref,
@@ -132,8 +132,11 @@ def insert_submissions(
         out.append(Submitted(job))
     if not jobs:
         return out
-    assign_fair_seq(submitter_id, jobs)
-    queries.insert_jobs(jobs)
+    if len(jobs) == 1:
+        queries.insert_job_in_fair_order(jobs[0])  # the fair-order lookup inside the INSERT
+    else:
+        assign_fair_seq(submitter_id, jobs)
+        queries.insert_jobs(jobs)
     labels = [{"job": j.id, "label": label} for j in jobs for label in j.labels]
     if labels:
         queries.insert_labels(labels)

@@ -14,7 +14,7 @@ from coordd.core.paging import Page, PageRequest
 from coordd.core.principal import Principal
 from coordd.domain.jobs.attestation import Attestation, attestation_of
 from coordd.domain.jobs.leases import largest_reply_budget
-from coordd.domain.jobs.states import FAILED, QUEUED, RUNNING, SUCCEEDED
+from coordd.domain.jobs.states import FAILED, PENDING, QUEUED, RUNNING, SUCCEEDED
 from coordd.domain.jobs.transitions import not_found
 from coordd.runtime import Runtime
 from coordd.store.jobs import reads
@@ -147,6 +147,7 @@ def queue_stats(rt: Runtime, window_s: float) -> QueueStats:
     depths = [
         (state, d.priority, d.count)
         for state, rows in (
+            (PENDING, reads.count_by_priority(PENDING)),
             (QUEUED, reads.count_by_priority(QUEUED)),
             (RUNNING, reads.count_by_priority(RUNNING, leased_only=True)),
         )

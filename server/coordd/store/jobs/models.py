@@ -291,3 +291,15 @@ def add_schedules(db: peewee.Database) -> None:
     db.execute_sql(
         "CREATE INDEX IF NOT EXISTS job_schedule_due ON job_schedule (next_tick_time) WHERE NOT paused"
     )
+
+
+def add_queue_time_indexes(db: peewee.Database) -> None:
+    """Migration 210: aging reads only the queued jobs whose wait crossed a level boundary
+    (`job_queued_since`, by queue time), and queue stats count pending jobs by priority
+    (`job_pending_priority`) without scanning the table. Neither gets an entry from a claim
+    or a completion (their rows are not queued/pending afterwards)."""
+    for name, column, state in (
+        ("job_queued_since", "queue_time", "queued"),
+        ("job_pending_priority", "priority", "pending"),
+    ):
+        db.execute_sql(f"CREATE INDEX IF NOT EXISTS {name} ON job ({column}) WHERE state = '{state}'")

@@ -72,6 +72,11 @@ def ended_attempts(job_id: str) -> list[JobAttempt]:
     return list(JobAttempt.select().where(JobAttempt.job == job_id).order_by(JobAttempt.attempt))
 
 
+def count_attempts(job_id: str, outcome: str) -> int:
+    """A job's ended attempts with `outcome`, through the (job_id, attempt) index."""
+    return JobAttempt.select().where((JobAttempt.job == job_id) & (JobAttempt.outcome == outcome)).count()
+
+
 def count_ahead(state: str, priority: int, job_id: str, fair_seq: int = 0) -> int:
     """Jobs in `state` that come before this one in claim order (priority, fair_seq, id)."""
     same = Job.priority == priority
@@ -137,7 +142,8 @@ class Depth(NamedTuple):
 
 def count_by_priority(state: str, leased_only: bool = False) -> list[Depth]:
     """Jobs in `state` per priority, highest first. Queued jobs are counted through
-    job_claim_fair; running ones with `leased_only` through job_lease_due (a job is running
+    job_claim_fair, pending ones through job_pending_priority (migration 210); running ones
+    with `leased_only` through job_lease_due (a job is running
     exactly while it has a lease expiry)."""
     where = Job.state == state
     if leased_only:
