@@ -66,9 +66,7 @@ def chromium() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("web-daemon")
-    # The status page of the project with slug STATUS_SLUG is public (opt-in by setting).
-    env = {"COORDD_HTTP_STATUS_PROJECTS": STATUS_SLUG}
-    d = Daemon(root / "data", "--http", "127.0.0.1:0", env=env).wait_ready()
+    d = Daemon(root / "data", "--http", "127.0.0.1:0").wait_ready()
     try:
         d.http_port = http_port(d)  # type: ignore[attr-defined]
         yield d
@@ -292,6 +290,7 @@ def test_a_project_status_page_shows_a_node_going_down(daemon, page, screenshots
     import time
 
     import grpc
+    from google.protobuf import field_mask_pb2
     from playwright.sync_api import expect
 
     from coordd_client.v1 import auth_pb2, auth_pb2_grpc, node_pb2, node_pb2_grpc
@@ -326,7 +325,17 @@ def test_a_project_status_page_shows_a_node_going_down(daemon, page, screenshots
         )
         for _ in range(2):
             stub.Heartbeat(node_pb2.HeartbeatRequest(), metadata=bearer(reply.api_key_secret))
-    pid = project.name.split("/")[1]
+        pid = project.name.split("/")[1]
+        # Not opted in yet: no page, as for a project that does not exist.
+        assert page.goto(_url(daemon, f"/status/{pid}")).status == 404
+        # The owner opts in (coordctl project update --public-status true does the same).
+        stub.UpdateProject(
+            node_pb2.UpdateProjectRequest(
+                project=node_pb2.Project(name=project.name, public_status=True),
+                update_mask=field_mask_pb2.FieldMask(paths=["public_status"]),
+            ),
+            metadata=md,
+        )
     page.goto(_url(daemon, f"/status/{pid}"))
     expect(page.get_by_test_id("node-status")).to_have_text("UP")
     expect(page.locator(".bars span")).to_have_count(90)
