@@ -50,7 +50,7 @@ class Project(IdModel):
     create_time = TimestampField()
     update_time = TimestampField()
     # The owner's opt-in to a public status page (migration 200).
-    public_status = peewee.BooleanField(default=False)
+    public_status = peewee.BooleanField(default=False, constraints=[peewee.SQL("DEFAULT FALSE")])
 
     class Meta:
         table_name = "node_projects"
