@@ -84,8 +84,6 @@ class Settings:
     http_refresh_s: float = 15.0
     # Live pages (server-sent event streams) one client address may hold open; 0 = no limit.
     http_max_streams_per_peer: int = 100
-    # Projects (ids or slugs, comma-separated) whose public status page /status/<id> is on; others have none.
-    http_status_projects: str = ""
     # Cyclic-GC generation-0 threshold for `coordd serve` (Python's default is 700; 0 keeps it).
     # With thousands of open streams the default runs full scans of every stream's objects
     # many times a second (bench/queue_watch.py: p99 6.9 s -> ~2 s at 10,000 watchers).

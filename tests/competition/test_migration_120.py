@@ -33,12 +33,12 @@ def test_migration_120_adds_groups_payers_check_in_and_teams(tmp_path, engine):
                     if column == "payer_id" and not store.is_postgres:
                         continue  # SQLite cannot drop a foreign key column (the kept one is skipped)
                     db.execute_sql(f'ALTER TABLE "{table}" DROP COLUMN {column}')
-            assert migrate(store) == [120]
+            assert migrate(store, up_to=120) == [120]
             for table, columns in _NEW_COLUMNS.items():
                 present = {c.name for c in db.get_columns(table)}
                 assert {c for c, _ in columns} <= present
             assert db.table_exists(Team._meta.table_name) and db.table_exists(TeamMember._meta.table_name)
             assert "registration_group" in {i.name for i in db.get_indexes("registration")}
-            assert migrate(store) == []
+            assert migrate(store, up_to=120) == []
         finally:
             store.db.close()

@@ -65,6 +65,7 @@ def test_projects_validate_and_slugs_are_unique(srv):
         metadata=fleet.md,
     ).project
     assert updated.display_name == "Renamed" and updated.slug == project.slug
+    assert not updated.public_status, "a status page is opt-in: off until the owner sets it"
     _, participant = srv.make_user("participant")
     rpc_error(
         grpc.StatusCode.PERMISSION_DENIED,
@@ -369,3 +370,29 @@ def test_watch_nodes_streams_status_changes(srv, clock):
         ),
     )
     assert Transition.select().count() == 3
+
+
+def test_the_owner_opts_a_project_in_to_its_public_status_page_and_others_cannot(srv):
+    fleet = Fleet(srv)
+    project = fleet.project()
+    assert project.public_status is False
+
+    def opt(md, on: bool, paths=("public_status",)):  # type: ignore[no-untyped-def]
+        return fleet.stub.UpdateProject(
+            node_pb2.UpdateProjectRequest(
+                project=node_pb2.Project(name=project.name, public_status=on, display_name="ignored"),
+                update_mask=field_mask_pb2.FieldMask(paths=list(paths)),
+            ),
+            metadata=md,
+        ).project
+
+    other = Fleet(srv)
+    denied = rpc_error(grpc.StatusCode.PERMISSION_DENIED, opt, other.md, True)
+    assert denied.reason == "NOT_OWNER"
+    on = opt(fleet.md, True)
+    assert on.public_status and on.display_name == project.display_name, "only the masked path changes"
+    got = fleet.stub.GetProject(node_pb2.GetProjectRequest(name=project.name), metadata=fleet.md).project
+    assert got.public_status
+    renamed = opt(fleet.md, False, paths=("display_name",))
+    assert renamed.public_status, "a mask without public_status leaves it as it is"
+    assert not opt(fleet.md, False).public_status

@@ -66,9 +66,7 @@ def chromium() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("web-daemon")
-    # The status page of the project with slug STATUS_SLUG is public (opt-in by setting).
-    env = {"COORDD_HTTP_STATUS_PROJECTS": STATUS_SLUG}
-    d = Daemon(root / "data", "--http", "127.0.0.1:0", env=env).wait_ready()
+    d = Daemon(root / "data", "--http", "127.0.0.1:0").wait_ready()
     try:
         d.http_port = http_port(d)  # type: ignore[attr-defined]
         yield d
@@ -292,6 +290,7 @@ def test_a_project_status_page_shows_a_node_going_down(daemon, page, screenshots
     import time
 
     import grpc
+    from google.protobuf import field_mask_pb2
     from playwright.sync_api import expect
 
     from coordd_client.v1 import auth_pb2, auth_pb2_grpc, node_pb2, node_pb2_grpc
@@ -326,7 +325,17 @@ def test_a_project_status_page_shows_a_node_going_down(daemon, page, screenshots
         )
         for _ in range(2):
             stub.Heartbeat(node_pb2.HeartbeatRequest(), metadata=bearer(reply.api_key_secret))
-    pid = project.name.split("/")[1]
+        pid = project.name.split("/")[1]
+        # Not opted in yet: no page, as for a project that does not exist.
+        assert page.context.request.get(_url(daemon, f"/status/{pid}")).status == 404
+        # The owner opts in (coordctl project update --public-status true does the same).
+        stub.UpdateProject(
+            node_pb2.UpdateProjectRequest(
+                project=node_pb2.Project(name=project.name, public_status=True),
+                update_mask=field_mask_pb2.FieldMask(paths=["public_status"]),
+            ),
+            metadata=md,
+        )
     page.goto(_url(daemon, f"/status/{pid}"))
     expect(page.get_by_test_id("node-status")).to_have_text("UP")
     expect(page.locator(".bars span")).to_have_count(90)
@@ -365,3 +374,84 @@ def test_a_competition_page_shows_its_seats(daemon, page, screenshots):
     expect(page.get_by_test_id("seats-left")).to_have_text("5")
     expect(page.get_by_test_id("waitlist")).to_have_text("0")
     screenshots["competition"] = page.screenshot(full_page=True)
+
+
+def _fleet_with_a_node(daemon: Daemon, email: str, slug: str) -> tuple[str, str]:
+    """A node_operator's project (fast health policy) with one node that beat twice and
+    then stopped: the daemon's scheduler marks it DOWN a few seconds later."""
+    import grpc
+
+    from coordd_client.v1 import auth_pb2, auth_pb2_grpc, node_pb2, node_pb2_grpc
+    from tests.node.helpers import secs
+    from tests.support.server import bearer
+
+    with grpc.insecure_channel(daemon.target) as channel:
+        login = auth_pb2_grpc.AuthServiceStub(channel).Login(
+            auth_pb2.LoginRequest(email=email, password=PASSWORD)
+        )
+        md = bearer(login.access_token)
+        stub = node_pb2_grpc.NodeServiceStub(channel)
+        policy = node_pb2.HealthPolicy(
+            heartbeat_interval=secs(1),
+            misses=2,
+            grace=secs(1),
+            successes_before_up=2,
+            mass_outage_min_nodes=3,
+        )
+        project = stub.CreateProject(
+            node_pb2.CreateProjectRequest(display_name="Alert fleet", slug=slug, health_policy=policy),
+            metadata=md,
+        ).project
+        reply = stub.RegisterNode(
+            node_pb2.RegisterNodeRequest(project=project.name, display_name="gpu-02"), metadata=md
+        )
+        for _ in range(2):
+            stub.Heartbeat(node_pb2.HeartbeatRequest(), metadata=bearer(reply.api_key_secret))
+    return project.name.split("/")[1], reply.node.name.split("/")[1]
+
+
+def test_an_operator_acknowledges_an_incident_and_silences_a_node_and_a_participant_cannot(
+    daemon, page, screenshots
+):
+    import time
+
+    from playwright.sync_api import expect
+
+    from tests.support.process import admin_create_user
+
+    email = f"op-{os.urandom(4).hex()}@example.com"
+    admin_create_user(daemon, email, "node_operator", password=PASSWORD)
+    pid, nid = _fleet_with_a_node(daemon, email, f"alerts-{os.urandom(3).hex()}")
+    _sign_in(page, daemon, email)
+    alerts = _url(daemon, f"/console/projects/{pid}/alerts")
+    page.goto(alerts)
+    deadline = time.monotonic() + 30
+    while page.get_by_test_id("acknowledge").count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        page.reload()
+    expect(page.get_by_test_id("incident-row")).to_have_count(1)
+    page.get_by_test_id("acknowledge").click()
+    expect(page.get_by_test_id("done")).to_have_text("Done: acknowledged.")
+    expect(page.get_by_test_id("incident-ack")).to_contain_text("by users/")
+    page.get_by_label("Matches").select_option(f"nodes/{nid}")
+    page.get_by_label("Minutes").fill("45")
+    page.get_by_label("Reason").fill("swapping the disk")
+    page.get_by_test_id("create-silence").click()
+    expect(page.get_by_test_id("done")).to_have_text("Done: silenced.")
+    expect(page.get_by_test_id("silence-state")).to_contain_text("active")
+    screenshots["console-alerts"] = page.screenshot(full_page=True)
+    page.get_by_test_id("end-silence").click()
+    expect(page.get_by_test_id("done")).to_have_text("Done: silence ended.")
+    expect(page.get_by_test_id("silence-state")).to_have_text("ended")
+    # A participant: no incidents page, and a POST with their own CSRF token is refused.
+    page.context.clear_cookies()
+    other = f"p-{os.urandom(4).hex()}@example.com"
+    admin_create_user(daemon, other, "participant", password=PASSWORD)
+    _sign_in(page, daemon, other)
+    token = page.locator("form[action='/console/logout'] input[name=csrf_token]").get_attribute("value")
+    assert page.context.request.get(alerts).status == 403
+    refused = page.context.request.post(
+        _url(daemon, f"/console/projects/{pid}/silences"),
+        form={"csrf_token": token, "target": "", "minutes": "10", "reason": "x"},
+    )
+    assert refused.status == 403 and "node_operator" in refused.text()

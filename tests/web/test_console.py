@@ -155,3 +155,39 @@ def test_signing_out_needs_the_csrf_token_and_ends_the_session(web_server):
     assert b.get("/console/jobs").status == 200  # a forged sign-out did nothing
     b.post("/console/logout", {"csrf_token": csrf_of(page)})
     assert b.get("/console/jobs").status == 303
+
+
+def test_an_admin_lists_another_submitters_failed_jobs_and_retries_and_cancels_one(web_server):
+    """ListJobs lets an admin list one other submitter's jobs (not all submitters at once):
+    the console's submitter filter is that; RequeueJob and CancelJob work on anyone's job for an
+    admin, as over gRPC."""
+    _, bob_id, bob = _user(web_server, "participant")
+    jid = failed_job(web_server, bob)
+    email, admin_id, _ = _user(web_server, "admin")
+    b = sign_in(web_server, email)
+    assert f"jobs/{jid}" not in b.get("/console/jobs?state=failed").text  # default: the admin's own
+    listing = b.get(f"/console/jobs?state=failed&submitter=users/{bob_id}").text
+    assert marked(listing, "job-submitter") == [f"users/{bob_id}"] and f"jobs/{jid}" in listing
+    page = b.get(f"/console/jobs/{jid}").text
+    assert "bad weights" in page and marked(page, "retry") == ["Retry (requeue)"]
+    reply = b.post(f"/console/jobs/{jid}/requeue", {"csrf_token": csrf_of(page)})
+    assert marked(b.get(reply.headers["location"]).text, "job-state") == ["queued"]
+    page = b.get(f"/console/jobs/{jid}").text
+    reply = b.post(f"/console/jobs/{jid}/cancel", {"csrf_token": csrf_of(page), "reason": "bad input"})
+    assert reply.status == 303
+    assert marked(b.get(reply.headers["location"]).text, "job-state") == ["cancelled"]
+    rows = [r for r in _audit(web_server, "web.action") if r.target == f"jobs/{jid}"]
+    assert {r.detail["method"].rsplit(".", 1)[1] for r in rows} == {"RequeueJob", "CancelJob"}
+    assert all(r.actor == f"users/{admin_id}" for r in rows)
+
+
+def test_a_non_admin_can_neither_list_nor_cancel_another_users_jobs(web_server):
+    _, bob_id, bob = _user(web_server, "participant")
+    jid = failed_job(web_server, bob)
+    email, _, _ = _user(web_server, "provider")
+    b = sign_in(web_server, email)
+    refused = b.get(f"/api/console/jobs?submitter=users/{bob_id}")
+    assert refused.status == 403 and refused.json()["error"]["reason"] == "NOT_OWNER"
+    csrf = csrf_of(b.get("/console/jobs").text)
+    assert b.post(f"/console/jobs/{jid}/cancel", {"csrf_token": csrf}).status == 404  # not theirs: not found
+    assert b.post(f"/console/jobs/{jid}/requeue", {"csrf_token": csrf}).status == 403

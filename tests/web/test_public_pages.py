@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 
 import pytest
+from google.protobuf import field_mask_pb2
 
+from coordd_client.v1 import node_pb2
 from tests.competition.support import create, register
 from tests.node.helpers import Fleet
 from tests.support.server import Clock, ServerHandle
@@ -23,11 +24,18 @@ def quiet_server(settings_factory, clock: Clock) -> Iterator[ServerHandle]:  # t
         handle.stop()
 
 
-def _publish_status(server: ServerHandle, *project_ids: str) -> None:
-    server.rt.settings = dataclasses.replace(server.rt.settings, http_status_projects=",".join(project_ids))
+def _publish_status(fleet: Fleet, project_name: str, on: bool = True) -> None:
+    """The owner opts the project in to (or out of) its public status page: UpdateProject."""
+    fleet.stub.UpdateProject(
+        node_pb2.UpdateProjectRequest(
+            project=node_pb2.Project(name=project_name, public_status=on),
+            update_mask=field_mask_pb2.FieldMask(paths=["public_status"]),
+        ),
+        metadata=fleet.md,
+    )
 
 
-def test_a_listed_projects_status_page_shows_a_node_going_down_with_its_incident(quiet_server, clock):
+def test_an_opted_in_projects_status_page_shows_a_node_going_down_with_its_incident(quiet_server, clock):
     fleet = Fleet(quiet_server)
     project = fleet.project(interval=1, misses=2, grace=1)
     pid = project.name.split("/")[1]
@@ -36,7 +44,7 @@ def test_a_listed_projects_status_page_shows_a_node_going_down_with_its_incident
     fleet.flush()
     browser = Browser(quiet_server.app.http_port)
     assert browser.get(f"/status/{pid}").status == 404  # not opted in: no page at all
-    _publish_status(quiet_server, pid)
+    _publish_status(fleet, project.name)
     page = browser.get(f"/status/{pid}").text
     assert marked(page, "node-status") == ["UP"]
     assert page.count('<span class="good"') + page.count('<span class="none"') == 90
@@ -52,10 +60,23 @@ def test_a_listed_projects_status_page_shows_a_node_going_down_with_its_incident
     assert "ongoing" in page
 
 
-def test_an_unlisted_or_malformed_project_has_no_status_page(quiet_server):
+def test_a_project_not_opted_in_has_no_status_page_like_one_that_does_not_exist(quiet_server):
+    fleet = Fleet(quiet_server)
+    project = fleet.project()
+    pid = project.name.split("/")[1]
     browser = Browser(quiet_server.app.http_port)
-    _publish_status(quiet_server, "someproject")
-    assert browser.get("/status/otherproject").status == 404
+    hidden = browser.get(f"/api/status/{pid}").json()
+    missing = browser.get("/api/status/nosuchproject").json()
+    assert hidden["error"]["reason"] == missing["error"]["reason"] == "NOT_FOUND"
+    assert hidden["error"]["message"].replace(pid, "X") == missing["error"]["message"].replace(
+        "nosuchproject", "X"
+    )
+    assert browser.get(f"/status/{pid}").status == 404
+    _publish_status(fleet, project.name)
+    assert browser.get(f"/status/{pid}").status == 200
+    _publish_status(fleet, project.name, on=False)  # the owner takes it down again
+    assert browser.get(f"/status/{pid}").status == 404
+    assert browser.get(f"/api/status/{pid}").status == 404
     assert browser.get("/api/status/%3Cx%3E").json()["error"]["reason"] == "NOT_FOUND"
 
 
@@ -73,14 +94,6 @@ def test_a_competition_page_shows_seats_left_waitlist_and_deadline_and_hides_dra
     assert "Not published yet" in page
     draft = create(web_server, organizer, publish=False)
     assert browser.get(f"/competitions/{draft.name.split('/')[1]}").status == 404
-
-
-def test_a_project_can_be_listed_by_its_slug(quiet_server):
-    fleet = Fleet(quiet_server)
-    project = fleet.project()
-    pid = project.name.split("/")[1]
-    _publish_status(quiet_server, project.slug)
-    assert Browser(quiet_server.app.http_port).get(f"/api/status/{pid}").json()["name"] == project.name
 
 
 def test_an_operator_sees_their_fleet_in_the_console_whether_or_not_it_is_public(quiet_server, clock):

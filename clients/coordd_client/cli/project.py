@@ -1,11 +1,14 @@
 """coordctl project invite|accept|members|remove-member: who may register nodes into a
 project. The owner invites a user, the user accepts; removing a member decommissions their
-nodes in the project."""
+nodes in the project. coordctl project update: the owner renames the project or opts it in to
+(or out of) its public status page."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
+
+from google.protobuf import field_mask_pb2
 
 from coordd_client.cli.common import Context, emit, enum_word, table
 from coordd_client.v1 import node_pb2
@@ -30,6 +33,15 @@ def register(sub: Any) -> None:
     )
     remove.add_argument("member", help="projects/{project}/members/{user}")
     remove.set_defaults(func=_remove)
+    update = project.add_parser("update", help="rename your project or turn its public status page on/off")
+    update.add_argument("project", help="projects/{id}")
+    update.add_argument("--display-name", help="a new display name")
+    update.add_argument(
+        "--public-status",
+        choices=["true", "false"],
+        help="publish the project's status page at /status/{id} (true) or take it down (false)",
+    )
+    update.set_defaults(func=_update)
 
 
 def _state(value: int) -> str:
@@ -72,4 +84,24 @@ def _remove(ctx: Context, args: argparse.Namespace) -> int:
     reply = ctx.client.node.RemoveProjectMember(node_pb2.RemoveProjectMemberRequest(name=args.member))
     retired = ", ".join(reply.decommissioned_nodes) or "none"
     emit(ctx, reply, f"{args.member} removed; nodes decommissioned: {retired}")
+    return 0
+
+
+def _update(ctx: Context, args: argparse.Namespace) -> int:
+    changed = node_pb2.Project(name=args.project)
+    paths = []
+    if args.display_name is not None:
+        changed.display_name = args.display_name
+        paths.append("display_name")
+    if args.public_status is not None:
+        changed.public_status = args.public_status == "true"
+        paths.append("public_status")
+    if not paths:
+        raise SystemExit("coordctl project update: give --display-name or --public-status")
+    reply = ctx.client.node.UpdateProject(
+        node_pb2.UpdateProjectRequest(project=changed, update_mask=field_mask_pb2.FieldMask(paths=paths))
+    )
+    p = reply.project
+    page = "on" if p.public_status else "off"
+    emit(ctx, reply, f"{p.name} ({p.display_name}): public status page {page}")
     return 0

@@ -190,6 +190,7 @@ class Project(_message.Message):
     REWARD_POLICY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    PUBLIC_STATUS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: `projects/{project}`."""
     owner: _builtins.str
@@ -197,6 +198,11 @@ class Project(_message.Message):
     display_name: _builtins.str
     slug: _builtins.str
     """Unique, lower-case letters, digits and dashes."""
+    public_status: _builtins.bool
+    """Whether the project has a public status page (`/status/{project}` on the daemon's HTTP
+    server: nodes, 90-day uptime, incidents). Off by default; set by the owner (or an admin)
+    with UpdateProject and `public_status` in the update mask.
+    """
     @_builtins.property
     def health_policy(self) -> Global___HealthPolicy: ...
     @_builtins.property
@@ -216,10 +222,11 @@ class Project(_message.Message):
         reward_policy: Global___RewardPolicy | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        public_status: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "health_policy", b"health_policy", "reward_policy", b"reward_policy", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "health_policy", b"health_policy", "name", b"name", "owner", b"owner", "reward_policy", b"reward_policy", "slug", b"slug", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "health_policy", b"health_policy", "name", b"name", "owner", b"owner", "public_status", b"public_status", "reward_policy", b"reward_policy", "slug", b"slug", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1059,7 +1066,7 @@ class UpdateProjectRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Paths: display_name, health_policy, reward_policy."""
+        """Paths: display_name, health_policy, reward_policy, public_status."""
 
     def __init__(
         self,

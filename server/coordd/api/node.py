@@ -88,7 +88,9 @@ class NodeServicer(MembershipRpcs, MonitoringRpcs, node_pb2_grpc.NodeServiceServ
     ) -> node_pb2.UpdateProjectResponse:
         who = require_user()
         project_id = parse_name(request.project.name, "projects", "project.name")
-        paths = mask_paths(request.update_mask, {"display_name", "health_policy", "reward_policy"})
+        paths = mask_paths(
+            request.update_mask, {"display_name", "health_policy", "reward_policy", "public_status"}
+        )
         p = request.project
         project = await self.rt.run(
             node.update_project,
@@ -98,6 +100,7 @@ class NodeServicer(MembershipRpcs, MonitoringRpcs, node_pb2_grpc.NodeServiceServ
             p.display_name if "display_name" in paths else None,
             health_from_proto(p.health_policy) if "health_policy" in paths else None,
             reward_from_proto(p.reward_policy) if "reward_policy" in paths else None,
+            p.public_status if "public_status" in paths else None,
         )
         return node_pb2.UpdateProjectResponse(project=project_to_proto(project))
 

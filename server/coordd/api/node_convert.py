@@ -130,6 +130,7 @@ def project_to_proto(p: Project) -> node_pb2.Project:
         ),
         create_time=ts(p.create_time),
         update_time=ts(p.update_time),
+        public_status=bool(p.public_status),
     )
 
 

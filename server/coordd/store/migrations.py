@@ -135,6 +135,7 @@ MIGRATIONS: list[Migration] = [
         "nodes: project members (joining needs consent), node keys linked to their node",
         node_members.add_members_and_node_links,
     ),
+    Migration(200, "nodes: public status pages opted in per project", node_m.add_public_status),
     Migration(
         120,
         "competition: group registration (group, payer), check-in, teams",

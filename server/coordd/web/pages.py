@@ -1,7 +1,8 @@
 """Public project status pages and competition pages.
 
-A project's status page is opt-in: only projects listed (by id or slug) in the
-`http_status_projects` setting have one (anything else is NOT_FOUND, as if it did not exist).
+A project's status page is opt-in by its owner: only a project whose `public_status` is set
+(UpdateProject, `coordctl project update --public-status true`) has one; anything else is
+NOT_FOUND, worded as for a project that does not exist, so the page does not reveal it.
 It shows each node's status (UP / DOWN / MAINTENANCE ...), 90 daily uptime bars
 (maintenance excluded, as the uptime figures of the gRPC API exclude it) and incidents with
 their durations. Node reads in the node
@@ -77,20 +78,16 @@ def read_fleet(who: Principal, project: node.Project, now: datetime) -> list[Nod
     return out
 
 
-def read_status(project_id: str, listed: set[str], now: datetime) -> tuple[node.Project, list[NodeStatus]]:
-    """Blocking (rt.run). A project not in `listed` (by id or slug) is NOT_FOUND, like one
-    that does not exist."""
+def read_status(project_id: str, now: datetime) -> tuple[node.Project, list[NodeStatus]]:
+    """Blocking (rt.run). A project whose owner has not opted in is NOT_FOUND, like one that
+    does not exist (same message, same status)."""
     try:
         project = node.get_project(project_id)
     except NotFound:
         project = None
-    if project is None or not {project.id, project.slug} & listed:
+    if project is None or not project.public_status:
         raise NotFound(f"projects/{project_id} has no public status page")
     return project, read_fleet(STATUS_READER, project, now)
-
-
-def _listed(ws: Any) -> set[str]:
-    return {p.strip() for p in ws.rt.settings.http_status_projects.split(",") if p.strip()}
 
 
 def add_routes(ws: Any) -> None:
@@ -113,10 +110,9 @@ class PublicPages:
 
     async def _status(self, request: web.Request) -> tuple[node.Project, list[NodeStatus]]:
         pid = request.match_info["project"]
-        listed = _listed(self.ws)
-        if not ID.match(pid) or not listed:
+        if not ID.match(pid):
             raise NotFound(f"projects/{pid[:64]} has no public status page")
-        return await self.rt.run(read_status, pid, listed, self.rt.now())
+        return await self.rt.run(read_status, pid, self.rt.now())
 
     async def status_page(self, request: web.Request) -> web.StreamResponse:
         project, nodes = await self._status(request)

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from coordd.core.errors import DomainError
 from coordd.runtime import Runtime
-from coordd.web import ceremonies, console, console_more, pages, session
+from coordd.web import ceremonies, console, console_more, console_nodes, pages, session
 from coordd.web.board import Board, Boards
 from coordd.web.ceremonies import board_doc
 from coordd.web.render import STATIC, Renderer
@@ -45,6 +45,7 @@ class WebServer:
         pages.add_routes(self)
         console.add_routes(self)
         console_more.add_routes(self)
+        console_nodes.add_routes(self)
         self._runner: web.AppRunner | None = None
         self.port = 0
 

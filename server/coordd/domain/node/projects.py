@@ -68,7 +68,10 @@ def update_project(
     display_name: str | None,
     health: HealthPolicy | None,
     reward: RewardPolicy | None,
+    public_status: bool | None = None,
 ) -> Project:
+    """The owner (or an admin) changes what is given (None: left as it is). `public_status`
+    opts the project in to (or out of) its public status page."""
     require_operator(who)
     v = Violations()
     if display_name is not None:
@@ -83,9 +86,15 @@ def update_project(
         if display_name is not None:
             project.display_name = display_name
         _apply_policies(project, health, reward)
+        if public_status is not None:
+            project.public_status = public_status
         project.update_time = tx.now
         project.save()
-        tx.emit("node.project.updated", f"projects/{project.id}", {"project": project.id})
+        tx.emit(
+            "node.project.updated",
+            f"projects/{project.id}",
+            {"project": project.id, "public_status": project.public_status},
+        )
     return project
 
 

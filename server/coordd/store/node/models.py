@@ -49,6 +49,8 @@ class Project(IdModel):
     reward_cap_per_day = peewee.BigIntegerField()
     create_time = TimestampField()
     update_time = TimestampField()
+    # The owner's opt-in to a public status page (migration 200).
+    public_status = peewee.BooleanField(default=False, constraints=[peewee.SQL("DEFAULT FALSE")])
 
     class Meta:
         table_name = "node_projects"
@@ -229,6 +231,13 @@ def add_honest_uptime(db: peewee.Database) -> None:
     columns = {c.name for c in db.get_columns("node_transitions")}
     if "effective_time" not in columns:
         db.execute_sql("ALTER TABLE node_transitions ADD COLUMN effective_time BIGINT")
+
+
+def add_public_status(db: peewee.Database) -> None:
+    """Migration 200: a project's public status page is its owner's opt-in (off for all)."""
+    columns = {c.name for c in db.get_columns("node_projects")}
+    if "public_status" not in columns:
+        db.execute_sql("ALTER TABLE node_projects ADD COLUMN public_status BOOLEAN NOT NULL DEFAULT FALSE")
 
 
 # -- monitoring (issue 14) ------------------------------------------------------------------
