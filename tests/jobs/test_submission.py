@@ -194,3 +194,28 @@ def test_jobs_are_private_and_listed_with_filters(env):
         metadata=bearer(env.admin),
     ).jobs
     assert len(as_admin) == 3
+
+
+def test_an_admin_lists_every_submitters_jobs_with_users_dash_and_nobody_else_may(env):
+    from coordd.domain import ledger
+
+    bob_id, bob = env.server.make_user("participant")
+    with env.server.rt.store.write() as tx:
+        ledger.deposit(tx, bob_id, 100, "seed")
+    mine = env.submit(budget=1)
+    theirs = env.submit(token=bob, budget=1, kind=job_pb2.JOB_KIND_TRAINING)
+    everyone = job_pb2.ListJobsRequest(submitter="users/-")
+    seen, token = [], ""
+    while True:
+        everyone.page_token = token
+        page = env.stub.ListJobs(everyone, metadata=bearer(env.admin))
+        seen.extend(j.name for j in page.jobs)
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [theirs.name, mine.name], "every submitter's jobs, newest first"
+    by_kind = job_pb2.ListJobsRequest(submitter="users/-", kind=job_pb2.JOB_KIND_TRAINING)
+    training = env.stub.ListJobs(by_kind, metadata=bearer(env.admin)).jobs
+    assert [j.name for j in training] == [theirs.name]
+    for token in (env.alice, bob, env.worker_b):
+        rpc_error(grpc.StatusCode.PERMISSION_DENIED, env.stub.ListJobs, everyone, metadata=bearer(token))

@@ -181,6 +181,20 @@ def test_an_admin_lists_another_submitters_failed_jobs_and_retries_and_cancels_o
     assert all(r.actor == f"users/{admin_id}" for r in rows)
 
 
+def test_an_admin_lists_every_submitters_jobs_and_a_non_admin_may_not(web_server):
+    _, bob_id, bob = _user(web_server, "participant")
+    jid = failed_job(web_server, bob)
+    email, _, _ = _user(web_server, "admin")
+    b = sign_in(web_server, email)
+    listing = b.get("/console/jobs?state=failed&submitter=users/-").text
+    assert f"jobs/{jid}" in listing and f"users/{bob_id}" in marked(listing, "job-submitter")
+    doc = b.get("/api/console/jobs?submitter=users/-").json()
+    assert jid in {j["name"].removeprefix("jobs/") for j in doc["jobs"]}
+    email, _, _ = _user(web_server, "provider")
+    refused = sign_in(web_server, email).get("/api/console/jobs?submitter=users/-")
+    assert refused.status == 403 and refused.json()["error"]["reason"] == "NOT_OWNER"
+
+
 def test_a_non_admin_can_neither_list_nor_cancel_another_users_jobs(web_server):
     _, bob_id, bob = _user(web_server, "participant")
     jid = failed_job(web_server, bob)

@@ -803,7 +803,9 @@ class ListJobsRequest(_message.Message):
     kind: Global___JobKind.ValueType
     """Unspecified: any kind."""
     submitter: _builtins.str
-    """`users/{user}`; empty means the caller. Only admins may name someone else."""
+    """`users/{user}`; empty means the caller; `users/-` means every submitter (AIP-159).
+    Only admins may name someone else or `users/-`.
+    """
     view: Global___JobView.ValueType
     """Unspecified: JOB_VIEW_BASIC. With JOB_VIEW_FULL a page also ends early, before the
     job whose payloads would not fit in the reply (its next_page_token continues there).

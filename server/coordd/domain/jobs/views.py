@@ -95,6 +95,9 @@ def watch_view(who: Principal, job_id: str) -> tuple[JobView, int]:
     return view, queue_position(view.job)
 
 
+ALL_SUBMITTERS = "-"
+
+
 def list_jobs(
     rt: Runtime, who: Principal, page: PageRequest, state: str, kind: str, submitter: str, full: bool = False
 ) -> Page[JobView]:
@@ -103,9 +106,11 @@ def list_jobs(
     target = submitter or who.user_id
     if target != who.user_id and not who.is_admin:
         raise PermissionDenied("only admins may list other users' jobs", reason="NOT_OWNER")
+    # `users/-` (AIP-159): every submitter's jobs, for an admin, newest first.
+    everyone = target == ALL_SUBMITTERS
     # Payloads take at most half the reply: the rest is for the jobs' other fields.
     budget = largest_reply_budget(rt) // 2 if full else None
-    found = reads.jobs_of(target, state, kind, page, budget)
+    found = reads.jobs_of(None if everyone else target, state, kind, page, budget)
     return Page([JobView.of(item, full) for item in found.items], found.next_token)
 
 

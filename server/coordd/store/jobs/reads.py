@@ -95,14 +95,17 @@ def count_ahead(state: str, priority: int, job_id: str, fair_seq: int = 0) -> in
 
 
 def jobs_of(
-    submitter: str, state: str, kind: str, page: PageRequest, payload_budget: int | None = None
+    submitter: str | None, state: str, kind: str, page: PageRequest, payload_budget: int | None = None
 ) -> Page[SizedJob]:
-    """A submitter's jobs, newest first, optionally of one state and kind, with their payload
-    sizes. With `payload_budget`, also their payloads, and the page ends before the first job
-    (after at least one) whose payloads would take the page's total over the budget; the next
-    page starts there. Payloads are read only for the jobs kept."""
-    filters = {"s": state, "k": kind, "u": submitter}
-    query = Job.select(*_LISTED_FIELDS, *_SIZES).where(Job.submitter == submitter)
+    """A submitter's jobs (every submitter's with None), newest first, optionally of one
+    state and kind, with their payload sizes. With `payload_budget`, also their payloads, and
+    the page ends before the first job (after at least one) whose payloads would take the
+    page's total over the budget; the next page starts there. Payloads are read only for the
+    jobs kept."""
+    filters = {"s": state, "k": kind, "u": submitter or "-"}
+    query = Job.select(*_LISTED_FIELDS, *_SIZES)
+    if submitter is not None:
+        query = query.where(Job.submitter == submitter)
     if state:
         query = query.where(Job.state == state)
     if kind:
