@@ -18,6 +18,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -59,11 +60,14 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def beat_streams(target: str, keys: list[str], start_at: float, stop_at: float, ramp: float) -> float:
+async def beat_streams(
+    target: str, keys: list[str], start_at: float, steady_at: float, stop_at: float, ramp: float
+) -> tuple[float, float]:
     """Each key: one stream, opened `ramp` streams a second from start_at, then one beat a
     second until stop_at. Returns the sum over streams of the beats the server says it
     accepted / the seconds the stream was open: the fleet's accepted beats/s once all are
-    open. A channel (one HTTP/2 connection) per 500 streams."""
+    open, and this process's CPU over the steady part (share of one core). A channel (one
+    HTTP/2 connection) per 500 streams."""
     # A connection of its own per channel (gRPC shares one between equal channels otherwise).
     options = [("grpc.max_concurrent_streams", 100_000), ("grpc.use_local_subchannel_pool", 1)]
     channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(max(1, len(keys) // 500))]
@@ -90,6 +94,13 @@ async def beat_streams(target: str, keys: list[str], start_at: float, stop_at: f
         beats = (await call).beats
         return beats / max(time.time() - opened, INTERVAL_S)
 
+    async def own_cpu() -> float:
+        await asyncio.sleep(max(steady_at - time.time(), 0))
+        cpu, wall = time.process_time(), time.monotonic()
+        await asyncio.sleep(max(stop_at - 0.5 - time.time(), 0.1))
+        return (time.process_time() - cpu) / (time.monotonic() - wall)
+
+    cpu_task = asyncio.create_task(own_cpu())
     try:
         replies = await asyncio.gather(*(node(i, k) for i, k in enumerate(keys)), return_exceptions=True)
     finally:
@@ -98,13 +109,19 @@ async def beat_streams(target: str, keys: list[str], start_at: float, stop_at: f
     failures = [r for r in replies if isinstance(r, BaseException)]
     if failures:
         print(f"worker: {len(failures)} streams failed, e.g. {failures[0]!r}", file=sys.stderr)
-    return sum(r for r in replies if isinstance(r, float))
+    return sum(r for r in replies if isinstance(r, float)), await cpu_task
 
 
 def worker(
-    target: str, keys: list[str], start_at: float, stop_at: float, ramp: float, out: multiprocessing.Queue
+    target: str,
+    keys: list[str],
+    start_at: float,
+    steady_at: float,
+    stop_at: float,
+    ramp: float,
+    out: multiprocessing.Queue,
 ) -> None:
-    out.put(asyncio.run(beat_streams(target, keys, start_at, stop_at, ramp)))
+    out.put(asyncio.run(beat_streams(target, keys, start_at, steady_at, stop_at, ramp)))
 
 
 async def setup(target: str, nodes: int) -> tuple[tuple[tuple[str, str], ...], str, list[str]]:
@@ -209,7 +226,13 @@ async def detect(
 
 
 def run(
-    nodes: int, seconds: float, workers: int, database_url: str, ramp: float, redis_url: str = ""
+    nodes: int,
+    seconds: float,
+    workers: int,
+    database_url: str,
+    ramp: float,
+    redis_url: str = "",
+    profile: str = "",
 ) -> dict:
     env = {
         "COORDD_RATE_LIMIT_PEER_RPS": "1000000",
@@ -240,7 +263,8 @@ def run(
         out: multiprocessing.Queue = ctx.Queue()
         procs = [
             ctx.Process(
-                target=worker, args=(target, fleet[i::workers], start_at, stop_at, ramp / workers, out)
+                target=worker,
+                args=(target, fleet[i::workers], start_at, steady_at, stop_at, ramp / workers, out),
             )
             for i in range(workers)
         ]
@@ -249,12 +273,27 @@ def run(
         # Measure the daemon over the steady part only.
         time.sleep(max(steady_at - time.time(), 0))
         cpu_before, wall_before = cpu_seconds(proc.pid), time.monotonic()
+        spy = None
+        if profile:  # py-spy (the `bench` extra) samples the daemon over the steady part
+            spy = subprocess.Popen(
+                [
+                    *(str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(proc.pid)),
+                    *("--duration", str(int(seconds) - 1), "--output", profile),
+                    *("--format", "raw" if profile.endswith(".txt") else "flamegraph"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         # A few nodes beat three times, then stop (while the fleet keeps beating).
         detection = asyncio.run(detect(target, md, project, detected, time.time() + 3 * INTERVAL_S))
         time.sleep(max(stop_at - time.time() - 0.5, 0))
         cpu_after, wall_after = cpu_seconds(proc.pid), time.monotonic()
         rss = rss_mb(proc.pid)
-        accepted = sum(out.get(timeout=120) for _ in procs)
+        load = os.getloadavg()
+        results = [out.get(timeout=120) for _ in procs]
+        accepted = sum(r[0] for r in results)
+        if spy is not None:
+            spy.wait(60)
         for p in procs:
             p.join(30)
         return {
@@ -268,6 +307,8 @@ def run(
             "beats_accepted_per_s": round(accepted, 1),
             "daemon_cpu_cores": round((cpu_after - cpu_before) / (wall_after - wall_before), 2),
             "daemon_rss_mb": round(rss, 1),
+            "client_cpu_cores": [round(r[1], 2) for r in results],
+            "load_average": [round(x, 2) for x in load],
             "detection": detection,
         }
     finally:
@@ -285,13 +326,12 @@ def main() -> None:
         "--redis-url", default="", help="last-seen in Redis each second, the database every 5 s"
     )
     parser.add_argument("--ramp", type=float, default=500.0, help="streams opened per second (all workers)")
+    parser.add_argument("--profile", default="", help="py-spy output (.svg flamegraph, .txt collapsed)")
     args = parser.parse_args()
-    print(
-        json.dumps(
-            run(args.nodes, args.seconds, args.workers, args.database_url, args.ramp, args.redis_url),
-            indent=2,
-        )
+    result = run(
+        args.nodes, args.seconds, args.workers, args.database_url, args.ramp, args.redis_url, args.profile
     )
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

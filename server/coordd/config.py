@@ -170,6 +170,21 @@ class Settings:
     # Unused nonces outstanding at once (each expires after siwe_nonce_ttl_s); past it, new
     # nonces are refused with RESOURCE_EXHAUSTED until the oldest expires. 0 = no cap.
     siwe_max_nonces: int = 50000
+    # Notification deliveries: concurrent sends in the daemon's notification pool, overall.
+    notify_max_in_flight: int = 16
+    # Concurrent sends to one channel (a hung receiver holds at most this many slots).
+    notify_per_channel_in_flight: int = 2
+    # Concurrent sends to the channels of one owner.
+    notify_per_owner_in_flight: int = 4
+    # Failed attempts in a row after which a channel's circuit opens (nothing is attempted).
+    notify_circuit_failures: int = 5
+    # The first cool-down of an open circuit; doubled per consecutive opening, up to the max.
+    notify_circuit_open_s: float = 30.0
+    notify_circuit_open_max_s: float = 300.0
+    # Live notification channels one owner may have.
+    notify_max_channels_per_owner: int = 20
+    # TestChannel deliveries one owner may queue a minute.
+    notify_max_tests_per_minute: int = 5
     # Not a setting: what loading noticed (unknown COORDD_* variables); logged at start.
     _warnings: list[str] = field(default_factory=list, repr=False, compare=False)
 
@@ -289,6 +304,7 @@ def _validate(s: Settings) -> None:
         raise ConfigError("config competition_*: offer hold >= 60 s, entry size and max errors positive")
     _validate_verifiers(s)
     _validate_siwe_throttle(s)
+    _validate_notify(s)
     if s.jwt_secret and len(s.jwt_secret) < 32:
         raise ConfigError("config jwt_secret: must be at least 32 characters")
 
@@ -330,6 +346,23 @@ def _validate_verifiers(s: Settings) -> None:
         raise ConfigError("config snarkjs_verify_timeout_s: expected 0..86400 seconds")
     if s.ceremony_default_verifier == "none":
         raise ConfigError("config ceremony_default_verifier: 'none' must be chosen per ceremony, explicitly")
+
+
+def _validate_notify(s: Settings) -> None:
+    for name in (
+        "notify_max_in_flight",
+        "notify_per_channel_in_flight",
+        "notify_per_owner_in_flight",
+        "notify_circuit_failures",
+        "notify_max_channels_per_owner",
+        "notify_max_tests_per_minute",
+    ):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"config {name}: must be at least 1")
+    if not 0 < s.notify_circuit_open_s <= s.notify_circuit_open_max_s:
+        raise ConfigError(
+            "config notify_circuit_open_s: must be positive and at most notify_circuit_open_max_s"
+        )
 
 
 def load_settings(

@@ -16,8 +16,8 @@ from coordd_client.v1 import notification_pb2 as pb
 from coordd_client.v1 import notification_pb2_grpc
 
 
-def channel_to_proto(c: notify.Channel, now: datetime) -> pb.Channel:
-    state = notify.circuit_state(c, now)
+def channel_to_proto(c: notify.Channel, now: datetime, failures: int = notify.CIRCUIT_FAILURES) -> pb.Channel:
+    state = notify.circuit_state(c, now, failures)
     return pb.Channel(
         name=f"channels/{c.id}",
         owner=f"users/{c.owner_id}",
@@ -64,6 +64,9 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 
+    def _channel(self, c: notify.Channel) -> pb.Channel:
+        return channel_to_proto(c, self.rt.now(), self.rt.settings.notify_circuit_failures)
+
     async def CreateChannel(self, request: pb.CreateChannelRequest, context: Any) -> pb.CreateChannelResponse:
         who = require_user()
         channel, secret = await self.rt.run(
@@ -76,12 +79,12 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
             list(request.event_types),
             kind_from_proto(request.kind),
         )
-        return pb.CreateChannelResponse(channel=channel_to_proto(channel, self.rt.now()), secret=secret)
+        return pb.CreateChannelResponse(channel=self._channel(channel), secret=secret)
 
     async def GetChannel(self, request: pb.GetChannelRequest, context: Any) -> pb.GetChannelResponse:
         who = require_user()
         channel = await self.rt.run(notify.get_channel, who, parse_name(request.name, "channels"))
-        return pb.GetChannelResponse(channel=channel_to_proto(channel, self.rt.now()))
+        return pb.GetChannelResponse(channel=self._channel(channel))
 
     async def ListChannels(self, request: pb.ListChannelsRequest, context: Any) -> pb.ListChannelsResponse:
         who = require_user()
@@ -89,7 +92,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
             notify.list_channels, who, PageRequest.of(request.page_size, request.page_token)
         )
         return pb.ListChannelsResponse(
-            channels=[channel_to_proto(c, self.rt.now()) for c in page.items], next_page_token=page.next_token
+            channels=[self._channel(c) for c in page.items], next_page_token=page.next_token
         )
 
     async def DeleteChannel(self, request: pb.DeleteChannelRequest, context: Any) -> pb.DeleteChannelResponse:

@@ -6,6 +6,15 @@ per channel and per owner than domain/notify/delivery.py allows: a hung receiver
 owner flooding test sends, only slows itself. Each tick claims only as many deliveries
 as there are free slots, so nothing waits claimed; when leadership is lost or the daemon
 stops, the deliveries in flight finish and are recorded before the database closes.
+
+Fencing: a claim is made in a fenced transaction (only the leader claims), and right before
+each POST the sender checks again, in the sending thread, that this process still leads
+(`Fence.still_leading`, the monotonic deadline) and that the claim has at least the send
+timeout plus a margin left, so no other sender can take the delivery while the POST is in
+flight. A delivery that fails the check is not sent and its claim is handed back. Once the
+POST has been made its outcome is recorded even if leadership ended meanwhile: that write is
+conditional on the claim (not on the lease), so a finished POST is never repeated by the
+next leader only because its record was refused.
 """
 
 from __future__ import annotations
@@ -13,7 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
 
 import structlog
 
@@ -21,6 +33,10 @@ from coordd.domain import notify
 from coordd.notify import Outcome
 from coordd.runtime import Runtime
 from coordd.scheduler.core import Task
+from coordd.store.scheduler_lease import FENCE
+
+# A POST starts only if its claim outlives the longest send (webhook/SMTP timeouts) by this.
+SEND_BUDGET_S = 15.0
 
 log = structlog.get_logger("coordd.notify")
 
@@ -28,9 +44,9 @@ TICK_S = 0.5
 
 
 class Dispatcher:
-    def __init__(self, rt: Runtime, size: int = notify.MAX_IN_FLIGHT) -> None:
+    def __init__(self, rt: Runtime, size: int | None = None) -> None:
         self.rt = rt
-        self.size = size
+        self.size = size or rt.settings.notify_max_in_flight
         self.pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="coordd-notify")
         self.by_channel: dict[str, int] = {}
         self.by_owner: dict[str, int] = {}
@@ -65,17 +81,34 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         channel = claim.channel
         try:
+            fence = FENCE.get()
+            still_leading = fence.still_leading if fence is not None else (lambda: True)
             try:
-                outcome = await loop.run_in_executor(self.pool, notify.send, self.rt, claim)
+                outcome = await loop.run_in_executor(self.pool, self._fenced_send, claim, still_leading)
             except Exception as exc:  # a bug in an adapter is one failed attempt, not a lost delivery
                 outcome = Outcome(False, 0, f"{type(exc).__name__}: {exc}"[:500])
-            await self.rt.run(notify.record, self.rt, claim, outcome)
+            if outcome is None:
+                # Not sent: handed back (conditional on the claim), due at once for the leader.
+                await self.rt.run(_unfenced, notify.release, self.rt, [claim])
+                return
+            await self.rt.run(_unfenced, notify.record, self.rt, claim, outcome)
             self.sent += 1
         except Exception as exc:
             # Not recorded: the claim expires and the delivery is attempted again.
             log.error("delivery outcome not recorded", delivery=claim.delivery.id, error=str(exc))
         finally:
             self._done(channel.id, channel.owner_id)
+
+    def _fenced_send(self, claim: notify.Claim, still_leading: Callable[[], bool]) -> Outcome | None:
+        """Notification pool thread: the POST, only while leading and with time left on the
+        claim; None when it was not attempted."""
+        if not still_leading():
+            log.info("delivery not sent: leadership ended", delivery=claim.delivery.id)
+            return None
+        if self.rt.now() + timedelta(seconds=SEND_BUDGET_S) > claim.until:
+            log.info("delivery not sent: its claim is about to expire", delivery=claim.delivery.id)
+            return None
+        return notify.send(self.rt, claim)
 
     def _done(self, channel_id: str, owner_id: str) -> None:
         for table, key in ((self.by_channel, channel_id), (self.by_owner, owner_id)):
@@ -92,6 +125,13 @@ class Dispatcher:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False)
+
+
+def _unfenced(fn: Callable[..., Any], *args: Any) -> Any:
+    """DB thread (a copy of the task's context): runs `fn` without the lease fence. Only for
+    writes conditional on a delivery's claim, which already fences them."""
+    FENCE.set(None)
+    return fn(*args)
 
 
 _dispatchers: weakref.WeakKeyDictionary[Runtime, Dispatcher] = weakref.WeakKeyDictionary()

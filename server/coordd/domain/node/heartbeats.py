@@ -203,9 +203,11 @@ def record_last_seen(rt: Runtime, batch: dict[str, tuple[datetime, float]]) -> d
     """Worker thread: last-seen and the nodes' deadlines (`batch`: node -> (seen, window))
     in one transaction. Returns the stored statuses, which correct any event the caller
     missed."""
+    rows = [
+        # Only a node that can go DOWN (UP or PENDING) has a deadline to move (the store keeps NULL).
+        (node_id, seen, seen + timedelta(seconds=window_s) if window_s else None)
+        for node_id, (seen, window_s) in sorted(batch.items())
+    ]
     with rt.store.write():
-        for node_id, (seen, window_s) in sorted(batch.items()):
-            # Only a node that can go DOWN (UP or PENDING) has a deadline to move (the store keeps NULL).
-            deadline = seen + timedelta(seconds=window_s) if window_s else None
-            health.store_last_seen(node_id, seen, deadline)
+        health.store_last_seen_many(rows)
         return health.statuses_of(sorted(batch))

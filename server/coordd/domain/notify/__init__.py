@@ -20,6 +20,7 @@ from coordd.domain.notify.channels import (
     test_channel,
 )
 from coordd.domain.notify.delivery import (
+    CIRCUIT_FAILURES,
     CLOSED,
     HALF_OPEN,
     MAX_IN_FLIGHT,
@@ -47,6 +48,7 @@ from coordd.store.notify.models import DELIVERED, FAILED, KINDS, PENDING, Channe
 
 __all__ = [
     "BACKOFF_MAX_S",
+    "CIRCUIT_FAILURES",
     "CLOSED",
     "DELIVERED",
     "FAILED",

@@ -23,6 +23,7 @@ from coordd.runtime import Runtime
 from coordd.store.notify import queries
 from coordd.store.notify.models import KINDS, SMTP, WEBHOOK, Channel, Delivery
 
+# Defaults of notify_max_channels_per_owner and notify_max_tests_per_minute (config.py).
 MAX_CHANNELS_PER_OWNER = 20
 MAX_TESTS_PER_MINUTE = 5
 
@@ -81,9 +82,10 @@ def create_channel(
         secret = secret or secrets.token_urlsafe(32)
     channel_id = new_id()
     with rt.store.write() as tx:
-        if queries.count_live_channels(who.user_id) >= MAX_CHANNELS_PER_OWNER:
+        limit = rt.settings.notify_max_channels_per_owner
+        if queries.count_live_channels(who.user_id) >= limit:
             raise ResourceExhausted(
-                f"at most {MAX_CHANNELS_PER_OWNER} channels per owner; delete one first",
+                f"at most {limit} channels per owner; delete one first",
                 reason="CHANNEL_LIMIT",
             )
         channel = queries.insert_channel(
@@ -127,9 +129,10 @@ def test_channel(rt: Runtime, who: Principal, channel_id: str) -> Delivery:
         sent = queries.count_recent_deliveries(
             channel.owner_id, outbox.TEST_EVENT, tx.now - timedelta(minutes=1)
         )
-        if sent >= MAX_TESTS_PER_MINUTE:
+        limit = rt.settings.notify_max_tests_per_minute
+        if sent >= limit:
             raise ResourceExhausted(
-                f"at most {MAX_TESTS_PER_MINUTE} test deliveries a minute per owner; retry later",
+                f"at most {limit} test deliveries a minute per owner; retry later",
                 reason="TEST_LIMIT",
                 retry_after_s=60,
             )

@@ -32,7 +32,8 @@ BACKOFF_BASE_S = 2.0
 BACKOFF_MAX_S = 300.0
 # A claimed delivery is not picked again for this long (a crashed sender's claim expires).
 CLAIM_S = 60.0
-# Concurrency of the notification pool (scheduler/notify.py): overall, per channel, per owner.
+# Defaults of the settings (config.py notify_*): concurrency of the notification pool
+# (scheduler/notify.py) overall, per channel, per owner; the circuit breaker.
 MAX_IN_FLIGHT = 16
 PER_CHANNEL_IN_FLIGHT = 2
 PER_OWNER_IN_FLIGHT = 4
@@ -55,17 +56,17 @@ def secret_context(channel_id: str) -> str:
     return f"notify_channels/{channel_id}/secret"
 
 
-def circuit_state(channel: Channel, now: datetime) -> str:
+def circuit_state(channel: Channel, now: datetime, failures: int = CIRCUIT_FAILURES) -> str:
     if channel.circuit_open_until is not None and channel.circuit_open_until > now:
         return OPEN
-    if channel.consecutive_failures >= CIRCUIT_FAILURES:
+    if channel.consecutive_failures >= failures:
         return HALF_OPEN
     return CLOSED
 
 
-def cool_down_s(trips: int) -> float:
+def cool_down_s(trips: int, base_s: float = CIRCUIT_OPEN_S, max_s: float = CIRCUIT_OPEN_MAX_S) -> float:
     """How long the circuit stays open after its `trips`-th opening in a row (from 0)."""
-    return min(CIRCUIT_OPEN_S * 2 ** max(trips, 0), CIRCUIT_OPEN_MAX_S)
+    return min(base_s * 2 ** max(trips, 0), max_s)
 
 
 @dataclass(frozen=True)
@@ -84,12 +85,14 @@ def claim_due(
     limited: bool = True,
 ) -> list[Claim]:
     """Claims up to `capacity` due deliveries, oldest first, but at most
-    PER_CHANNEL_IN_FLIGHT per channel (one while its circuit is half-open) and
-    PER_OWNER_IN_FLIGHT per owner, counting what is in flight already (`busy_*`): a flood
+    `notify_per_channel_in_flight` per channel (one while its circuit is half-open) and
+    `notify_per_owner_in_flight` per owner, counting what is in flight already (`busy_*`): a flood
     or a hung receiver of one owner leaves room for everyone else."""
+    settings = rt.settings
+    per_channel, per_owner = settings.notify_per_channel_in_flight, settings.notify_per_owner_in_flight
     channels = dict(busy_channels or {})
     owners = dict(busy_owners or {})
-    full: set[str] = {c for c, n in channels.items() if limited and n >= PER_CHANNEL_IN_FLIGHT}
+    full: set[str] = {c for c, n in channels.items() if limited and n >= per_channel}
     claims: list[Claim] = []
     with rt.store.write() as tx:
         for _ in range(4):  # each round skips the channels found full in the previous one
@@ -101,14 +104,10 @@ def claim_due(
                 if len(claims) >= capacity:
                     break
                 channel = delivery.channel
-                probing = circuit_state(channel, tx.now) == HALF_OPEN
+                probing = circuit_state(channel, tx.now, settings.notify_circuit_failures) == HALF_OPEN
                 busy = channels.get(channel.id, 0)
                 if (probing and busy >= 1) or (
-                    limited
-                    and (
-                        busy >= PER_CHANNEL_IN_FLIGHT
-                        or owners.get(channel.owner_id, 0) >= PER_OWNER_IN_FLIGHT
-                    )
+                    limited and (busy >= per_channel or owners.get(channel.owner_id, 0) >= per_owner)
                 ):
                     full.add(channel.id)
                     continue
@@ -162,7 +161,7 @@ def record(rt: Runtime, claim: Claim, outcome: Outcome) -> bool:
         if not queries.record_attempt(delivery.id, claim.until, values):
             log.warning("delivery claim lost before its outcome was recorded", delivery=delivery.id)
             return False
-        _move_breaker(tx.now, claim.channel.id, outcome.ok)
+        _move_breaker(rt, tx.now, claim.channel.id, outcome.ok)
         tx.emit(
             "notify.delivery.attempted",
             f"deliveries/{delivery.id}",
@@ -171,16 +170,19 @@ def record(rt: Runtime, claim: Claim, outcome: Outcome) -> bool:
     return True
 
 
-def _move_breaker(now: datetime, channel_id: str, ok: bool) -> None:
+def _move_breaker(rt: Runtime, now: datetime, channel_id: str, ok: bool) -> None:
     if ok:
         queries.close_circuit(channel_id)
         return
+    settings = rt.settings
     channel = queries.channel_failed(channel_id)
-    if channel is None or channel.consecutive_failures < CIRCUIT_FAILURES:
+    if channel is None or channel.consecutive_failures < settings.notify_circuit_failures:
         return
     if channel.circuit_open_until is not None and channel.circuit_open_until > now:
         return  # opened already by a concurrent attempt
-    pause = cool_down_s(channel.circuit_trips)
+    pause = cool_down_s(
+        channel.circuit_trips, settings.notify_circuit_open_s, settings.notify_circuit_open_max_s
+    )
     queries.open_circuit(channel_id, now + timedelta(seconds=pause))
     log.warning(
         "notification channel circuit opened",

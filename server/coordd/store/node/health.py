@@ -44,6 +44,25 @@ def store_last_seen(node_id: str, seen: datetime, deadline: datetime | None) -> 
     Node.update(values).where(Node.id == node_id).execute()
 
 
+def store_last_seen_many(rows: list[tuple[str, datetime, datetime | None]]) -> None:
+    """`store_last_seen` for a whole flush batch, as two prepared statements run with
+    executemany (one per row of peewee query building cost ~20x more per node)."""
+    db = Node._meta.database
+    p = db.param
+    table, seen_f, deadline_f = Node._meta.table_name, Node.last_seen_time, Node.deadline_time
+    moving = [(seen_f.db_value(s), deadline_f.db_value(d), n) for n, s, d in rows if d is not None]
+    still = [(seen_f.db_value(s), n) for n, s, d in rows if d is None]
+    cursor = db.cursor()
+    if moving:
+        cursor.executemany(
+            f'UPDATE "{table}" SET "last_seen_time" = {p}, "deadline_time" = '
+            f'CASE WHEN "deadline_time" IS NULL THEN NULL ELSE {p} END WHERE "id" = {p}',
+            moving,
+        )
+    if still:
+        cursor.executemany(f'UPDATE "{table}" SET "last_seen_time" = {p} WHERE "id" = {p}', still)
+
+
 def statuses_of(node_ids: list[str]) -> dict[str, str]:
     rows = Node.select(Node.id, Node.status).where(Node.id.in_(node_ids))
     return {row.id: row.status for row in rows}
