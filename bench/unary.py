@@ -1,8 +1,10 @@
 """Unary RPC throughput: coordd's authenticated WhoAmI vs a bare grpc.aio echo server.
 
 Both servers run as separate processes in the same run and are driven by the same
-closed-loop grpc.aio client; the ratio is the figure (what coordd's interceptor chain,
-JWT check and one DB read cost over raw gRPC on this machine).
+closed-loop grpc.aio client; the ratio is the figure (what coordd's per-call pipeline and
+JWT check cost over raw gRPC on this machine). The rate limits stay on, raised far above what
+one caller sends here (the default 1,000/s per caller would refuse this bench's own calls), so
+their buckets are still taken on every call.
 
     .venv/bin/python bench/unary.py [--seconds 5] [--concurrency 32]
 """
@@ -27,6 +29,14 @@ from common import closed_loop, start_coordd
 
 from coordd_client.v1 import auth_pb2, auth_pb2_grpc
 
+SERVER_ENV = {
+    "COORDD_ARGON2_MEMORY_KIB": "8",
+    "COORDD_ARGON2_TIME_COST": "1",
+    "COORDD_ARGON2_PARALLELISM": "1",
+    "COORDD_RATE_LIMIT_CALLER_RPS": "1000000",
+    "COORDD_RATE_LIMIT_PEER_RPS": "1000000",
+}
+
 
 def start_echo() -> tuple[subprocess.Popen[bytes], int]:
     port_file = Path(tempfile.mkdtemp(prefix="echo-")) / "port"
@@ -41,9 +51,7 @@ def start_echo() -> tuple[subprocess.Popen[bytes], int]:
 
 async def run(seconds: float, concurrency: int) -> dict[str, object]:
     echo_proc, echo_port = start_echo()
-    coordd_proc, coordd_port, _ = start_coordd(
-        {"COORDD_ARGON2_MEMORY_KIB": "8", "COORDD_ARGON2_TIME_COST": "1", "COORDD_ARGON2_PARALLELISM": "1"}
-    )
+    coordd_proc, coordd_port, _ = start_coordd(SERVER_ENV)
     try:
         async with (
             grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}") as echo_channel,
@@ -76,6 +84,7 @@ async def run(seconds: float, concurrency: int) -> dict[str, object]:
         "seconds": seconds,
         "concurrency": concurrency,
         "cpus": os.cpu_count(),
+        "server_env": {k: v for k, v in SERVER_ENV.items() if "RATE" in k},
         "echo_baseline": baseline,
         "coordd_whoami": coordd,
         "ratio_rps_coordd_over_echo": round(coordd["rps"] / baseline["rps"], 3) if baseline["rps"] else None,
