@@ -29,6 +29,7 @@ from coordd.domain.auth.audit import (
 from coordd.domain.auth.credentials import (
     authenticate,
     authenticate_api_key,
+    authenticate_now,
     authenticate_token,
     forget_api_key,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "User",
     "authenticate",
     "authenticate_api_key",
+    "authenticate_now",
     "authenticate_token",
     "change_password",
     "create_api_key",

@@ -74,11 +74,16 @@ class AuthState:
                     Access(bool(data["disabled"]), int(data["epoch"]), frozenset(data["roles"])),
                 )
 
-    async def refresh(self, rt: Runtime, *, wait: bool) -> None:
+    def start_refresh(self, rt: Runtime) -> asyncio.Future[None]:
+        """Starts a reload unless one is running (on the event loop thread)."""
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._load(rt))
+        return self._task
+
+    async def refresh(self, rt: Runtime, *, wait: bool) -> None:
+        task = self.start_refresh(rt)
         if wait:
-            await asyncio.shield(self._task)
+            await asyncio.shield(task)
 
     async def _load(self, rt: Runtime) -> None:
         started = rt.now()
