@@ -23,12 +23,13 @@ from coordd import metrics
 from coordd.api.auth import AuthServicer
 from coordd.api.ceremony import CeremonyServicer
 from coordd.api.competition import CompetitionServicer
-from coordd.api.interceptors import Pipeline, Registrar
+from coordd.api.interceptors import Pipeline
 from coordd.api.jobs import JobServicer
 from coordd.api.ledger import LedgerServicer
 from coordd.api.limits import Limits
 from coordd.api.node import NodeServicer
 from coordd.api.notification import NotificationServicer
+from coordd.api.registration import Registrar
 from coordd.api.status import StatusServicer
 from coordd.config import Settings
 from coordd.core.clock import utcnow

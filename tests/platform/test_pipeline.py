@@ -6,8 +6,9 @@ import asyncio
 
 import grpc
 
-from coordd.api.interceptors import Pipeline, Registrar
+from coordd.api.interceptors import Pipeline
 from coordd.api.limits import Limits
+from coordd.api.registration import Registrar
 from coordd.runtime import Runtime
 
 

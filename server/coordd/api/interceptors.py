@@ -9,8 +9,9 @@ with the request id in the trailers.
 
 What a method needs is resolved at registration (`Plan`: its `(coordd.v1.policy)`, whether it is
 rate limited or idempotent, its metric children), and `Registrar` hands the servicers' handlers,
-wrapped, to the grpc.aio server: no interceptor chain, so no per-call handler lookup or handler
-objects per layer, and one coroutine per call. Each handler keeps its own (de)serializers.
+wrapped, to the grpc.aio server (api/registration.py): no interceptor chain, so no per-call
+handler lookup or handler objects per layer, and one coroutine per call. Each handler keeps
+its own (de)serializers. Steps that only some calls take are in api/call_steps.py.
 """
 
 from __future__ import annotations
@@ -20,22 +21,22 @@ import contextlib
 import functools
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 import structlog
-from google.protobuf import descriptor_pool
 from google.protobuf.message import Message
 
 from coordd import metrics
 from coordd.api import decoding
+from coordd.api.call_steps import REQUEST_ID, Behaviour, idempotent, passing_bytes, scan, target_of
 from coordd.api.errors import clip, status_for
 from coordd.api.limits import EXEMPT, Limits, host_of
 from coordd.api.peer import client_peer
+from coordd.api.policy import policy_for
 from coordd.api.validation import check_request
 from coordd.core.errors import (
-    Aborted,
     DomainError,
     Internal,
     PermissionDenied,
@@ -44,16 +45,11 @@ from coordd.core.errors import (
 )
 from coordd.core.principal import ANONYMOUS, NODE_KEY, Principal, current_principal
 from coordd.domain import auth as auth_rules
-from coordd.domain import idempotency as idem
 from coordd.logging import call_fields
 from coordd.runtime import Runtime
-from coordd_client.v1 import common_pb2, options_pb2
 
 log = structlog.get_logger("coordd.rpc")
 
-REQUEST_ID = "x-request-id"
-IDEMPOTENCY_KEY = "idempotency-key"
-AUTHORIZATION = "authorization"
 
 # Codes a healthy daemon returns in normal operation; anything else logs at warning.
 _EXPECTED_CODES = frozenset(
@@ -70,73 +66,6 @@ _EXPECTED_CODES = frozenset(
         "RESOURCE_EXHAUSTED",
     }
 )
-
-Behaviour = Callable[[Any, grpc.aio.ServicerContext], Any]
-
-
-class Policy:
-    __slots__ = ("full_name", "mutating", "node_agent", "public", "roles", "service")
-
-    def __init__(
-        self, public: bool, mutating: bool, roles: frozenset[str], node_agent: bool = False, method: str = ""
-    ) -> None:
-        self.public = public
-        self.mutating = mutating
-        self.roles = roles
-        self.node_agent = node_agent
-        # What an API key's scopes name: `coordd.v1.JobService` and `coordd.v1.JobService.GetJob`.
-        self.service, _, name = method.lstrip("/").partition("/")
-        self.full_name = f"{self.service}.{name}"
-
-
-_PUBLIC = Policy(public=True, mutating=False, roles=frozenset())
-_policies: dict[str, Policy] = {}
-
-
-def policy_for(method: str) -> Policy:
-    """Reads (coordd.v1.policy) from the method's descriptor; other services are public."""
-    found = _policies.get(method)
-    if found is not None:
-        return found
-    policy = _PUBLIC
-    if method.startswith("/coordd."):
-        full_name = method.lstrip("/").replace("/", ".")
-        try:
-            desc = descriptor_pool.Default().FindMethodByName(full_name)
-        except KeyError:
-            desc = None
-        if desc is not None:
-            opts = desc.GetOptions().Extensions[options_pb2.policy]
-            roles = frozenset(common_pb2.Role.Name(r)[5:].lower() for r in opts.roles)
-            policy = Policy(opts.public, opts.mutating, roles, opts.node_agent, method)
-        else:
-            policy = Policy(public=False, mutating=False, roles=frozenset(), method=method)
-    _policies[method] = policy
-    return policy
-
-
-def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str:
-    for item in context.invocation_metadata() or ():
-        if item.key == key:
-            return item.value if isinstance(item.value, str) else ""
-    return ""
-
-
-def _scan(metadata: Iterable[Any] | None) -> tuple[str, str, str]:
-    """(request id, authorization, idempotency key): the first of each, in one pass."""
-    request_id = authorization = key = None
-    for name, value in metadata or ():
-        if name == REQUEST_ID:
-            request_id = value if request_id is None else request_id
-        elif name == AUTHORIZATION:
-            authorization = value if authorization is None else authorization
-        elif name == IDEMPOTENCY_KEY:
-            key = value if key is None else key
-    return (
-        request_id if isinstance(request_id, str) else "",
-        authorization if isinstance(authorization, str) else "",
-        key if isinstance(key, str) else "",
-    )
 
 
 class Plan:
@@ -196,7 +125,7 @@ class Pipeline:
         cls = type(self)
         if handler.unary_unary:
             if plan.idempotent and resp_ser is not None:
-                resp_ser = _passing_bytes(resp_ser)
+                resp_ser = passing_bytes(resp_ser)
             behaviour = functools.partial(cls.unary, self, plan, handler.unary_unary)
             return grpc.unary_unary_rpc_method_handler(behaviour, req_des, resp_ser)
         if handler.stream_unary:
@@ -211,7 +140,7 @@ class Pipeline:
     # -- the steps every call takes -------------------------------------------------------
 
     def _begin(self, plan: Plan, context: Any) -> tuple[str, str, str, str, dict[str, Any]]:
-        request_id, authorization, key = _scan(context.invocation_metadata())
+        request_id, authorization, key = scan(context.invocation_metadata())
         if not request_id or len(request_id) > 128 or not request_id.isprintable():
             # Not a secret, just unique: getrandbits avoids a urandom syscall per call.
             request_id = f"{random.getrandbits(128):032x}"
@@ -337,14 +266,16 @@ class Pipeline:
                     if plan.caller_limited:
                         await self.limits.check_caller(principal.api_key_id or principal.user_id)
                     if key and plan.idempotent:
-                        response = await self._idempotent(plan, call, request, context, key, principal)
+                        response = await idempotent(
+                            self.rt, plan.method, call, request, context, key, principal
+                        )
                     else:
                         response = await call(request, context)
             except PermissionDenied as exc:
                 await self._audit(auth_rules.record_denial, principal, plan.method, exc.reason, peer)
                 raise
             if plan.policy.mutating and auth_rules.is_admin_action(principal, plan.method, True):
-                target = _target_of(request)
+                target = target_of(request)
                 await self._audit(auth_rules.record_admin_call, principal, plan.method, target, peer)
             context.set_trailing_metadata(((REQUEST_ID, request_id),))
             return response
@@ -383,46 +314,6 @@ class Pipeline:
             self._stream_closed()
             if held is not None:
                 self.limits.close_stream(held)
-
-    async def _idempotent(
-        self, plan: Plan, call: Behaviour, request: Any, context: Any, key: str, who: Principal
-    ) -> Any:
-        """Replays the stored response of a keyed mutating unary call, byte for byte."""
-        idem.check_key(key)
-        rt = self.rt
-        method = plan.method
-        scope = who.scope
-        digest = idem.request_hash(method, request.SerializeToString(deterministic=True))
-        deadline = time.monotonic() + rt.settings.idempotency_wait_s
-        delay = 0.01
-        while True:
-            claim = await rt.run(idem.claim, rt, scope, key, method, digest)
-            if claim.action == "replay":
-                await context.send_initial_metadata((("idempotency-replayed", "true"),))
-                return claim.response
-            if claim.action == "run":
-                break
-            if time.monotonic() >= deadline:
-                raise Aborted(
-                    "a call with this idempotency-key is still running; retry later",
-                    reason="IDEMPOTENCY_KEY_IN_USE",
-                    metadata={"idempotency_key": key},
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.25)
-        # The call's first committed write marks the record applied in the same transaction.
-        token = idem.PENDING.set(idem.PendingKey(scope, key))
-        try:
-            response = await call(request, context)
-        except BaseException:
-            idem.PENDING.reset(token)
-            # A failure is not a result: free the key so a retry runs again.
-            await asyncio.shield(rt.run(idem.release, rt, scope, key))
-            raise
-        idem.PENDING.reset(token)
-        data = response.SerializeToString()
-        await asyncio.shield(rt.run(idem.complete, rt, scope, key, data))
-        return data
 
     def _stream_opened(self) -> None:
         self.rt.open_streams += 1
@@ -492,61 +383,3 @@ class Pipeline:
                 self.limits.close_stream(held)
             self._stream_closed()
             plan.finish(code, time.perf_counter() - started)
-
-
-def _passing_bytes(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
-    """Idempotent methods reply with bytes (replays, and first responses as stored): sent as is."""
-
-    def serializer(value: Any) -> bytes:
-        return value if isinstance(value, bytes) else serialize(value)
-
-    return serializer
-
-
-def _target_of(request: Any) -> str:
-    """The resource a request names (`name`, else `parent`), for the audit trail."""
-    fields = getattr(getattr(request, "DESCRIPTOR", None), "fields_by_name", {})
-    for field in ("name", "parent"):
-        if field in fields and isinstance(getattr(request, field), str):
-            return str(getattr(request, field))
-    return ""
-
-
-class _WrappedGeneric(grpc.GenericRpcHandler):
-    """A generic handler whose method handlers come back wrapped (once per method)."""
-
-    def __init__(self, inner: grpc.GenericRpcHandler, wrap: Callable[..., grpc.RpcMethodHandler]) -> None:
-        self._inner = inner
-        self._wrap = wrap
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
-
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        method = handler_call_details.method
-        found = self._wrapped.get(method)
-        if found is None:
-            handler = self._inner.service(handler_call_details)
-            if handler is None:
-                return None
-            found = self._wrapped[method] = self._wrap(method, handler)
-        return found
-
-
-class Registrar:
-    """Stands in for the grpc.aio server while servicers register (`add_*_to_server`):
-    every method handler reaches the server wrapped by the pipeline."""
-
-    def __init__(self, server: grpc.aio.Server, pipeline: Pipeline) -> None:
-        self.server = server
-        self.pipeline = pipeline
-
-    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
-        self.server.add_generic_rpc_handlers(tuple(_WrappedGeneric(h, self.pipeline.wrap) for h in handlers))
-
-    def add_registered_method_handlers(
-        self, service_name: str, method_handlers: dict[str, grpc.RpcMethodHandler]
-    ) -> None:
-        wrap = self.pipeline.wrap
-        self.server.add_registered_method_handlers(
-            service_name,
-            {name: wrap(f"/{service_name}/{name}", h) for name, h in method_handlers.items()},
-        )
