@@ -13,6 +13,7 @@ JSON output) before and after (the median over the repeats), the ratio after/bef
 average around every run, and each run's full output.
 
     .venv/bin/python bench/before_after.py --before main --after HEAD [--only unary,jobs] [--repeat 1]
+        [--args "unary=--seconds 5 --concurrency 32"] [--scripts own|after]
 """
 
 from __future__ import annotations
@@ -156,6 +157,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="before/after pairs per bench")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per bench run")
     parser.add_argument(
+        "--args",
+        action="append",
+        default=[],
+        metavar="BENCH=ARGS",
+        help='replaces a bench\'s arguments, e.g. --args "unary=--seconds 5 --concurrency 32"',
+    )
+    parser.add_argument(
         "--scripts",
         choices=("own", "after"),
         default="own",
@@ -167,6 +175,12 @@ def main() -> None:
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
         parser.error(f"unknown bench {', '.join(unknown)}; known: {', '.join(BENCHES)}")
+    overrides: dict[str, list[str]] = {}
+    for item in opts.args:
+        bench, sep, text = item.partition("=")
+        if not sep or bench not in BENCHES:
+            parser.error(f"--args {item!r}: expected BENCH=ARGS with BENCH one of {', '.join(BENCHES)}")
+        overrides[bench] = text.split()
     if opts.repeat < 1:
         parser.error("--repeat must be at least 1")
     asked = {"before": opts.before, "after": opts.after}
@@ -187,6 +201,7 @@ def main() -> None:
             git("worktree", "add", "--detach", str(tree), revs[side])
         for name in names:
             wanted, pattern = BENCHES[name]
+            wanted = overrides.get(name, wanted)
             scripts = {side: tree / "bench" for side, tree in trees.items()}
             if opts.scripts == "after":
                 scripts["before"] = scripts["after"]
