@@ -13,7 +13,7 @@ JSON output) before and after (the median over the repeats), the ratio after/bef
 average around every run, and each run's full output.
 
     .venv/bin/python bench/before_after.py --before main --after HEAD [--only unary,jobs] [--repeat 1]
-        [--args "unary=--seconds 5 --concurrency 32"] [--scripts own|after]
+        [--args "unary=--seconds 5 --concurrency 32"] [--scripts REV]
 """
 
 from __future__ import annotations
@@ -165,10 +165,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--scripts",
-        choices=("own", "after"),
-        default="own",
-        help="each tree runs its own bench/ scripts (default), or both run the after tree's "
-        "(the same client workload against both daemons)",
+        default="",
+        metavar="REV",
+        help="both sides run the bench/ scripts of this revision (the same client workload "
+        "against both daemons); default: each tree runs its own",
     )
     opts = parser.parse_args()
     names = [n for n in opts.only.split(",") if n] or list(BENCHES)
@@ -186,6 +186,8 @@ def main() -> None:
     asked = {"before": opts.before, "after": opts.after}
     revs = {side: git("rev-parse", "--verify", f"{rev}^{{commit}}").strip() for side, rev in asked.items()}
     base = Path(tempfile.mkdtemp(prefix="coordd-before-after-"))
+    if opts.scripts:
+        revs["scripts"] = git("rev-parse", "--verify", f"{opts.scripts}^{{commit}}").strip()
     trees = {side: base / side for side in revs}
     out: dict[str, Any] = {
         "benchmark": "before_after",
@@ -193,7 +195,7 @@ def main() -> None:
         "after": {"rev": opts.after, "commit": revs["after"]},
         "cpus": os.cpu_count(),
         "repeat": opts.repeat,
-        "scripts": opts.scripts,
+        "scripts": {"rev": opts.scripts, "commit": revs.get("scripts")} if opts.scripts else "own",
         "benches": {},
     }
     try:
@@ -202,9 +204,7 @@ def main() -> None:
         for name in names:
             wanted, pattern = BENCHES[name]
             wanted = overrides.get(name, wanted)
-            scripts = {side: tree / "bench" for side, tree in trees.items()}
-            if opts.scripts == "after":
-                scripts["before"] = scripts["after"]
+            scripts = {side: trees["scripts" if opts.scripts else side] / "bench" for side in asked}
             known = known_options(trees["before"], name, scripts["before"]) & known_options(
                 trees["after"], name, scripts["after"]
             )
