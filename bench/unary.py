@@ -8,7 +8,9 @@ their buckets are still taken on every call.
 
 The two sides take turns (`--slices`, 5 by default: echo, coordd, coordd, echo, ...), so a
 change in the machine's load during the run (other work on a shared machine) hits both alike;
-`slice_ratios` shows the spread within the run.
+`slice_ratios` shows the spread within the run. `server_cpu_us_per_call` is each server
+process's CPU time (all threads, from /proc) over its turns divided by its calls: far less
+sensitive to other work on the machine than calls per second.
 
     .venv/bin/python bench/unary.py [--seconds 5] [--concurrency 32] [--slices 5]
 """
@@ -32,7 +34,7 @@ from typing import Any
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import closed_loop, percentile, start_coordd
+from common import percentile, start_coordd
 
 from coordd_client.v1 import auth_pb2, auth_pb2_grpc
 
@@ -80,30 +82,46 @@ def _summary(latencies: list[float], seconds: float) -> dict[str, float]:
     }
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def interleaved(
-    echo: Callable[[], Awaitable[Any]],
-    coordd: Callable[[], Awaitable[Any]],
+    sides: dict[str, tuple[Callable[[], Awaitable[Any]], int]],
     concurrency: int,
     seconds: float,
     slices: int,
-) -> tuple[dict[str, float], dict[str, float], list[float]]:
-    """Each side `seconds` in all, in `slices` turns that alternate (echo first, then coordd
-    first, ...), after a 0.5 s warm-up each: a change in the machine's load during the run
-    hits both sides alike instead of only the one running then."""
-    await _callers(echo, concurrency, 0.5)
-    await _callers(coordd, concurrency, 0.5)
+) -> tuple[dict[str, dict[str, float]], list[float]]:
+    """Each side (`name: (call, server pid)`) `seconds` in all, in `slices` turns that
+    alternate (echo first, then coordd first, ...), after a 0.5 s warm-up each: a change in
+    the machine's load during the run hits both sides alike instead of only the one running
+    then. Also each server's CPU time per call over its turns, which a busy machine changes
+    far less than the throughput."""
+    for call, _pid in sides.values():
+        await _callers(call, concurrency, 0.5)
     turn = seconds / slices
-    seen: dict[str, list[float]] = {"echo": [], "coordd": []}
-    sides = {"echo": echo, "coordd": coordd}
+    seen: dict[str, list[float]] = {name: [] for name in sides}
+    cpu = dict.fromkeys(sides, 0.0)
     ratios = []
+    names = list(sides)
     for index in range(slices):
         counts = {}
-        for name in ("echo", "coordd") if index % 2 == 0 else ("coordd", "echo"):
-            latencies = await _callers(sides[name], concurrency, turn)
+        for name in names if index % 2 == 0 else names[::-1]:
+            call, pid = sides[name]
+            before = cpu_s(pid)
+            latencies = await _callers(call, concurrency, turn)
+            cpu[name] += cpu_s(pid) - before
             seen[name].extend(latencies)
             counts[name] = len(latencies)
         ratios.append(round(counts["coordd"] / counts["echo"], 3) if counts["echo"] else 0.0)
-    return _summary(seen["echo"], seconds), _summary(seen["coordd"], seconds), ratios
+    summaries = {}
+    for name, latencies in seen.items():
+        summary = _summary(latencies, seconds)
+        summary["server_cpu_us_per_call"] = round(cpu[name] * 1e6 / len(latencies), 1) if latencies else 0.0
+        summaries[name] = summary
+    return summaries, ratios
 
 
 async def run(seconds: float, concurrency: int, slices: int) -> dict[str, object]:
@@ -130,14 +148,9 @@ async def run(seconds: float, concurrency: int, slices: int) -> dict[str, object
             async def call_whoami() -> None:
                 await auth.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=metadata)
 
-            if slices <= 1:
-                baseline = await closed_loop(call_echo, concurrency, seconds)
-                coordd = await closed_loop(call_whoami, concurrency, seconds)
-                slice_ratios: list[float] = []
-            else:
-                baseline, coordd, slice_ratios = await interleaved(
-                    call_echo, call_whoami, concurrency, seconds, slices
-                )
+            sides = {"echo": (call_echo, echo_proc.pid), "coordd": (call_whoami, coordd_proc.pid)}
+            summaries, slice_ratios = await interleaved(sides, concurrency, seconds, max(slices, 1))
+            baseline, coordd = summaries["echo"], summaries["coordd"]
     finally:
         for proc in (echo_proc, coordd_proc):
             proc.terminate()
@@ -153,6 +166,12 @@ async def run(seconds: float, concurrency: int, slices: int) -> dict[str, object
         "ratio_rps_coordd_over_echo": round(coordd["rps"] / baseline["rps"], 3) if baseline["rps"] else None,
         "slices": slices,
         "slice_ratios": slice_ratios,
+        # Server CPU per call, echo over coordd: what the goal ratio would be with a core each.
+        "ratio_cpu_per_call_echo_over_coordd": (
+            round(baseline["server_cpu_us_per_call"] / coordd["server_cpu_us_per_call"], 3)
+            if coordd["server_cpu_us_per_call"]
+            else None
+        ),
     }
 
 
@@ -161,7 +180,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument(
-        "--slices", type=int, default=5, help="alternating turns per side (1: all echo, then all coordd)"
+        "--slices", type=int, default=5, help="alternating turns per side (1: echo, then coordd)"
     )
     args = parser.parse_args()
     print(json.dumps(asyncio.run(run(args.seconds, args.concurrency, args.slices)), indent=2))
