@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # bench -> (arguments, headline figures: a regex over the dotted paths of its JSON numbers).
 BENCHES: dict[str, tuple[list[str], str]] = {
-    "unary": (["--seconds", "3", "--concurrency", "32"], r"(\.rps|_ms|^ratio_.*)$"),
+    "unary": (["--seconds", "3", "--concurrency", "32"], r"(\.rps|_ms|cpu_us_per_call|^ratio_.*)$"),
     "jobs": (
         ["--jobs", "2000", "--workers", "4", "--backends", "postgresql"],
         r"(jobs_per_s|start_p99_ms|double_claims|completion_errors|^ratio_.*)$",
