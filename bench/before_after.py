@@ -1,9 +1,10 @@
 """Every bench of `make bench`, before and after a change, side by side in one run.
 
 Checks out the two revisions into temporary git worktrees (under /tmp, removed at the end), then
-runs each bench alternately on the before and the after tree (with --repeat N: N pairs, the
-order flipped every pair so neither side always runs on a warmer machine), each with short
-explicit arguments so the whole run fits in about ten minutes on a 2-core machine. Every run
+runs each bench alternately on the before and the after tree (--repeat N pairs, 3 by default,
+the order flipped every pair so neither side always runs on a warmer machine), each with short
+explicit arguments: the whole run takes about ten minutes on a 2-core machine (one pair of
+every bench: ~3.5 min). Every run
 uses this interpreter (the shared venv) with PYTHONPATH=<tree>/server:<tree>/clients, so the
 daemon a bench starts is that tree's code. An option one tree's bench does not know is left
 out of both runs (listed under `dropped_args`), so the two sides always run the same workload.
@@ -12,7 +13,7 @@ Prints one JSON document: for each bench, its headline figures (picked from the 
 JSON output) before and after (the median over the repeats), the ratio after/before, the load
 average around every run, and each run's full output.
 
-    .venv/bin/python bench/before_after.py --before main --after HEAD [--only unary,jobs] [--repeat 1]
+    .venv/bin/python bench/before_after.py --before main --after HEAD [--only unary,jobs] [--repeat 3]
         [--args "unary=--seconds 5 --concurrency 32"] [--scripts REV]
 """
 
@@ -154,7 +155,9 @@ def main() -> None:
     parser.add_argument("--before", required=True, help="git revision (branch, tag, commit)")
     parser.add_argument("--after", required=True, help="git revision")
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {','.join(BENCHES)}")
-    parser.add_argument("--repeat", type=int, default=1, help="before/after pairs per bench")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="before/after pairs per bench (3: about ten minutes in all)"
+    )
     parser.add_argument("--timeout", type=float, default=900, help="seconds per bench run")
     parser.add_argument(
         "--args",
