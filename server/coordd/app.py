@@ -1,5 +1,5 @@
-"""Builds and runs the grpc.aio server: interceptors, servicers, health, reflection,
-scheduler, metrics, and graceful shutdown."""
+"""Builds and runs the grpc.aio server: servicers (each method wrapped by the call pipeline,
+api/interceptors.py), health, reflection, scheduler, metrics, and graceful shutdown."""
 
 from __future__ import annotations
 
@@ -17,18 +17,19 @@ from typing import Any
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from coordd import metrics
 from coordd.api.auth import AuthServicer
 from coordd.api.ceremony import CeremonyServicer
 from coordd.api.competition import CompetitionServicer
-from coordd.api.interceptors import AuthInterceptor, IdempotencyInterceptor, ObservabilityInterceptor
+from coordd.api.interceptors import Pipeline
 from coordd.api.jobs import JobServicer
 from coordd.api.ledger import LedgerServicer
 from coordd.api.limits import Limits
 from coordd.api.node import NodeServicer
 from coordd.api.notification import NotificationServicer
+from coordd.api.registration import Registrar
 from coordd.api.status import StatusServicer
 from coordd.config import Settings
 from coordd.core.clock import utcnow
@@ -209,13 +210,6 @@ class App:
         except ValueError as exc:
             raise StartupError(str(exc)) from None
         server = self.server = grpc.aio.server(
-            interceptors=[
-                ObservabilityInterceptor(rt),
-                limits.peer_interceptor,  # before auth: no database work for a flood
-                AuthInterceptor(rt),
-                limits.caller_interceptor,
-                IdempotencyInterceptor(rt),
-            ],
             options=[
                 ("grpc.so_reuseport", 1 if self.reuse_port else 0),
                 ("grpc.max_receive_message_length", s.max_message_bytes),
@@ -225,16 +219,21 @@ class App:
                 ("grpc.max_concurrent_streams", 100_000),
             ],
         )
+        # No interceptors: every handler is wrapped once, here, as it is registered.
+        registrar = Registrar(server, Pipeline(rt, limits))
         for service in services():
-            service.register(service.make(rt, self.scheduler), server)
+            service.register(service.make(rt, self.scheduler), registrar)
             self._service_names.append(service.name)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         names = [
             *self._service_names,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
-        reflection.enable_server_reflection(names, server)
+        # What reflection.enable_server_reflection does for a grpc.aio server.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(names), registrar
+        )
         try:
             self.port, self.tls = add_port(server, s)
         except TlsError as exc:

@@ -17,7 +17,7 @@ from coordd.runtime import Runtime
 from coordd_client.v1 import auth_pb2, auth_pb2_grpc
 
 
-def user_to_proto(user: auth.User) -> auth_pb2.User:
+def user_to_proto(user: auth.User | auth.UserView) -> auth_pb2.User:
     return auth_pb2.User(
         name=f"users/{user.id}",
         email=user.email,
@@ -125,7 +125,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     async def WhoAmI(self, request: auth_pb2.WhoAmIRequest, context: Any) -> auth_pb2.WhoAmIResponse:
         who = require_user()
-        user = await self.rt.run(auth.get_user, who.user_id)
+        # From the replica's access map: no database read after the user's first call.
+        user = await auth.current_user(self.rt, who.user_id)
         return auth_pb2.WhoAmIResponse(
             user=user_to_proto(user),
             effective_roles=roles_to_proto(who.roles),

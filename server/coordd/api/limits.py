@@ -2,7 +2,8 @@
 one caller holds open. Over a limit a call gets RESOURCE_EXHAUSTED (with a google.rpc.RetryInfo
 for rate limits) before any database work.
 
-The chain is observability -> peer limit -> auth -> caller limit -> idempotency -> servicer: the
+Each call's wrapper (api/interceptors.py) runs request checks -> peer limit -> auth -> caller
+limit -> idempotency -> servicer: the
 peer bucket runs before authentication (which may read the database for an API key), the
 caller bucket right after it. "Caller" is the credential: the API key (each node key is one),
 else the user of an access token; anonymous calls count against their peer only. Health and
@@ -21,21 +22,16 @@ Everything here runs on the event loop thread, so the counters need no lock.
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
-
 from coordd.adapters.ratelimit_redis import RedisBuckets
-from coordd.api.interceptors import Behaviour, WrappingInterceptor
 from coordd.api.peer import client_peer, parse_trusted
 from coordd.config import Settings
 from coordd.core.errors import ResourceExhausted
-from coordd.core.principal import caller
+from coordd.core.principal import Principal, caller
 
-_EXEMPT = ("/grpc.health.", "/grpc.reflection.")
+EXEMPT = ("/grpc.health.", "/grpc.reflection.")
 # Tokens taken from the shared bucket per round trip: this fraction of min(rate, burst).
 CHUNK_FRACTION = 0.01
 _MAX_KEYS = 100_000
@@ -95,11 +91,15 @@ def _buckets(rate: float, burst: int) -> Buckets | None:
     return Buckets(rate, burst) if rate else None
 
 
-def peer_host(context: Any, trusted_proxies: str = "") -> str:
+def host_of(peer: str) -> str:
     """`ipv4:10.0.0.7:51234` -> `ipv4:10.0.0.7` (the port changes with every connection)."""
-    peer = client_peer(context, trusted_proxies)
     host, sep, port = peer.rpartition(":")
     return host if sep and port.isdigit() else peer
+
+
+def peer_host(context: Any, trusted_proxies: str = "") -> str:
+    """The host part of `client_peer(context)`."""
+    return host_of(client_peer(context, trusted_proxies))
 
 
 class SharedBuckets:
@@ -145,13 +145,14 @@ class SharedBuckets:
         return wait
 
 
-def caller_key() -> str:
-    who = caller()
+def caller_key(who: Principal | None = None) -> str:
+    who = who or caller()
     return who.api_key_id or who.user_id
 
 
 class Limits:
-    """The buckets and open-stream counts of one process, and its two interceptors."""
+    """The buckets and open-stream counts of one process (the call pipeline in
+    api/interceptors.py asks them: the peer bucket before authentication, the caller's after)."""
 
     def __init__(self, settings: Settings) -> None:
         s = settings
@@ -178,8 +179,6 @@ class Limits:
                 self.shared_peer = SharedBuckets("peer", self.peer, store)
         self.max_streams = s.max_streams_per_caller
         self.open_streams: dict[str, int] = {}
-        self.peer_interceptor = PeerLimitInterceptor(self)
-        self.caller_interceptor = CallerLimitInterceptor(self)
 
     @property
     def shared(self) -> bool:
@@ -190,9 +189,10 @@ class Limits:
         if self.store is not None:
             await self.store.close()
 
-    async def check_peer(self, context: Any) -> None:
+    async def check_peer(self, host: str) -> None:
+        """`host`: `host_of(client_peer(context))`."""
         assert self.peer is not None
-        key, now = peer_host(context, self.trusted_proxies), time.monotonic()
+        key, now = host, time.monotonic()
         wait = self.peer.take(key, now)
         if not wait and self.shared_peer is not None:
             wait = await self.shared_peer.take(key, now)
@@ -218,12 +218,12 @@ class Limits:
             metadata={"scope": scope, "retry_after_ms": str(max(1, round(wait * 1000)))},
         )
 
-    async def open_stream(self, context: Any) -> str:
-        """Admits a stream for the caller (or, anonymous, its peer) and counts it open; the
-        returned key must be passed to close_stream when the stream ends, however it ends."""
-        key = caller_key()
+    async def open_stream(self, host: str, who: Principal | None = None) -> str:
+        """Admits a stream for the caller (or, anonymous, its peer `host`) and counts it open;
+        the returned key must be passed to close_stream when the stream ends, however it ends."""
+        key = caller_key(who)
         await self.check_caller(key)
-        key = key or f"peer:{peer_host(context, self.trusted_proxies)}"
+        key = key or f"peer:{host}"
         held = self.open_streams.get(key, 0)
         if self.max_streams and held >= self.max_streams:
             raise ResourceExhausted(
@@ -240,73 +240,3 @@ class Limits:
             self.open_streams[key] = held
         else:
             self.open_streams.pop(key, None)
-
-
-class PeerLimitInterceptor(WrappingInterceptor):
-    """The per-peer bucket, before authentication."""
-
-    def __init__(self, limits: Limits) -> None:
-        self.limits = limits
-
-    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        if self.limits.peer is None or method.startswith(_EXEMPT):
-            return handler
-        return super().wrap(handler, method)
-
-    async def unary(self, method: str, call: Behaviour, request: Any, context: Any) -> Any:
-        await self.limits.check_peer(context)
-        return await call(request, context)
-
-    async def stream(self, method: str, call: Behaviour, request: Any, context: Any) -> AsyncIterator[Any]:
-        await self.limits.check_peer(context)
-        async for item in call(request, context):
-            yield item
-
-
-class CallerLimitInterceptor(WrappingInterceptor):
-    """The per-caller bucket and open-stream count, after authentication."""
-
-    def __init__(self, limits: Limits) -> None:
-        self.limits = limits
-
-    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        if method.startswith(_EXEMPT):
-            return handler
-        req_des, resp_ser = handler.request_deserializer, handler.response_serializer
-        cls = type(self)
-        if handler.unary_unary:
-            if self.limits.caller is None:
-                return handler
-            return grpc.unary_unary_rpc_method_handler(
-                functools.partial(cls.unary, self, method, handler.unary_unary), req_des, resp_ser
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                functools.partial(cls.client_stream, self, method, handler.stream_unary), req_des, resp_ser
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                functools.partial(cls.stream, self, method, handler.unary_stream), req_des, resp_ser
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            functools.partial(cls.stream, self, method, handler.stream_stream), req_des, resp_ser
-        )
-
-    async def unary(self, method: str, call: Behaviour, request: Any, context: Any) -> Any:
-        await self.limits.check_caller(caller_key())
-        return await call(request, context)
-
-    async def client_stream(self, method: str, call: Behaviour, request: Any, context: Any) -> Any:
-        key = await self.limits.open_stream(context)
-        try:
-            return await call(request, context)
-        finally:
-            self.limits.close_stream(key)
-
-    async def stream(self, method: str, call: Behaviour, request: Any, context: Any) -> AsyncIterator[Any]:
-        key = await self.limits.open_stream(context)
-        try:
-            async for item in call(request, context):
-                yield item
-        finally:
-            self.limits.close_stream(key)

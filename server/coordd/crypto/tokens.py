@@ -4,6 +4,10 @@ Verification is done here rather than through PyJWT: every authenticated RPC ver
 token, and PyJWT's key-format probing cost ~100 µs per call (see docs/PERFORMANCE.md).
 The format is standard (RFC 7519, compact JWS, alg HS256), so any JWT library reads it;
 only HS256 is accepted, which rules out algorithm-confusion attacks by construction.
+
+A token that verified is remembered (by its exact text, per AccessTokens, so per secret) until
+it expires: the next call with it skips the base64, JSON and HMAC work. Its expiry is checked
+on every hit; revocation is not a property of the token (see coordd.domain.auth.sessions).
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ import hashlib
 import hmac
 import json
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 API_KEY_PREFIX = "ck_"
 _ISSUER = "coordd"
 _HEADER = {"alg": "HS256", "typ": "JWT"}
+_MAX_REMEMBERED = 10_000
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,8 @@ class AccessTokens:
         self._secret = secret
         self._ttl = timedelta(seconds=ttl_s)
         self._header = _b64encode(json.dumps(_HEADER, separators=(",", ":")).encode())
+        # token -> (its claims, its expiry as a Unix time): tokens that verified.
+        self._verified: dict[str, tuple[TokenClaims, float]] = {}
 
     def _sign(self, signing_input: bytes) -> bytes:
         return hmac.new(self._secret, signing_input, hashlib.sha256).digest()
@@ -73,6 +81,20 @@ class AccessTokens:
         return token, expire.replace(microsecond=0)
 
     def verify(self, token: str, now: datetime | None = None) -> TokenClaims:
+        if now is None:
+            hit = self._verified.get(token)
+            if hit is not None:
+                if hit[1] > time.time():
+                    return hit[0]
+                raise TokenError("access token expired: log in again")
+        claims = self._verify(token, now)
+        if now is None:
+            if len(self._verified) >= _MAX_REMEMBERED:
+                self._verified.clear()
+            self._verified[token] = (claims, claims.expire_time.timestamp())
+        return claims
+
+    def _verify(self, token: str, now: datetime | None) -> TokenClaims:
         invalid = TokenError("access token is not valid")
         parts = token.split(".")
         if len(parts) != 3:

@@ -29,10 +29,12 @@ from coordd.domain.auth.audit import (
 from coordd.domain.auth.credentials import (
     authenticate,
     authenticate_api_key,
+    authenticate_now,
     authenticate_token,
     forget_api_key,
 )
 from coordd.domain.auth.login import Session, login, sign_up
+from coordd.domain.auth.sessions import UserView, current_user
 from coordd.domain.auth.users import EMAIL_RE, MAX_PASSWORD, MIN_PASSWORD, create_user, get_user
 from coordd.store.auth.models import ApiKey, User
 
@@ -45,12 +47,15 @@ __all__ = [
     "AuditRow",
     "Session",
     "User",
+    "UserView",
     "authenticate",
     "authenticate_api_key",
+    "authenticate_now",
     "authenticate_token",
     "change_password",
     "create_api_key",
     "create_user",
+    "current_user",
     "forget_api_key",
     "get_user",
     "is_admin_action",

@@ -10,7 +10,7 @@ from datetime import datetime
 from coordd.core.errors import FailedPrecondition, Unauthenticated
 from coordd.core.principal import API_KEY, NODE_KEY, TOKEN, Principal, parse_roles
 from coordd.crypto.tokens import API_KEY_PREFIX, TokenClaims, TokenError, hash_api_key
-from coordd.domain.auth.sessions import fresh_state
+from coordd.domain.auth.sessions import AuthState, fresh_state, state_of
 from coordd.runtime import Runtime
 from coordd.store.auth import queries
 
@@ -34,6 +34,32 @@ async def authenticate(rt: Runtime, credential: str) -> Principal:
     else:
         claims = _verify(rt, credential)
         principal = Principal(user_id=claims.user_id, roles=frozenset(claims.roles), kind=TOKEN)
+    return _as_access_stands(state, principal, claims)
+
+
+def authenticate_now(rt: Runtime, credential: str) -> Principal | None:
+    """`authenticate` without leaving the event loop, when nothing needs the database: None
+    when the access map was never loaded or an API key is not in the cache (the caller then
+    awaits `authenticate`). The same checks, the same errors."""
+    state = state_of(rt)
+    if not state.loaded:
+        return None
+    if time.monotonic() >= state.fresh_until:
+        state.start_refresh(rt)  # in the background, as fresh_state does
+    claims: TokenClaims | None = None
+    if credential.startswith(API_KEY_PREFIX):
+        hit, principal = _cached_api_key(rt, hash_api_key(credential))
+        if not hit:
+            return None
+        if principal is None:
+            raise _bad_api_key()
+    else:
+        claims = _verify(rt, credential)
+        principal = Principal(user_id=claims.user_id, roles=frozenset(claims.roles), kind=TOKEN)
+    return _as_access_stands(state, principal, claims)
+
+
+def _as_access_stands(state: AuthState, principal: Principal, claims: TokenClaims | None) -> Principal:
     access = state.access.get(principal.user_id)
     if access is None:
         return principal
@@ -67,20 +93,31 @@ def parse_scopes(text: str) -> frozenset[str]:
     return frozenset(s for s in text.split(",") if s)
 
 
-def authenticate_api_key(rt: Runtime, secret: str) -> Principal:
-    digest = hash_api_key(secret)
+def _bad_api_key() -> Unauthenticated:
+    return Unauthenticated("API key is not valid, revoked or expired", reason="BAD_API_KEY")
+
+
+def _cached_api_key(rt: Runtime, digest: str) -> tuple[bool, Principal | None]:
+    """(True, the principal or None for a refused key) from the cache, else (False, None)."""
     with _api_key_cache_lock:
         hit = _api_key_cache.get(digest)
-    if hit is not None and hit[0] > time.monotonic():
-        principal, expire_time = hit[1], hit[2]
-        # The cache outlives nothing: an expiry (a rotated-out node key) is checked against
-        # the daemon's clock on every hit.
-        if expire_time is not None and expire_time <= rt.now():
-            principal = None
-    else:
+    if hit is None or hit[0] <= time.monotonic():
+        return False, None
+    principal, expire_time = hit[1], hit[2]
+    # The cache outlives nothing: an expiry (a rotated-out node key) is checked against
+    # the daemon's clock on every hit.
+    if expire_time is not None and expire_time <= rt.now():
+        principal = None
+    return True, principal
+
+
+def authenticate_api_key(rt: Runtime, secret: str) -> Principal:
+    digest = hash_api_key(secret)
+    hit, principal = _cached_api_key(rt, digest)
+    if not hit:
         principal = _load_api_key(rt, digest)
     if principal is None:
-        raise Unauthenticated("API key is not valid, revoked or expired", reason="BAD_API_KEY")
+        raise _bad_api_key()
     return principal
 
 

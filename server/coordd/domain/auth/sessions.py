@@ -14,6 +14,11 @@ A change made on this replica updates the map when it commits; other replicas he
 through the event bus (`auth.user.access`), and every replica also re-reads the users
 changed since its last look every REFRESH_S seconds (an indexed query), so a lost event
 delays a revocation by at most that long.
+
+The same map answers "who am I" without a database read (`current_user`): a user's email,
+display name and creation time never change once the account exists, so each replica keeps
+them after the first read, and takes the roles and disabled flag from the access map (which
+holds every user whose access ever changed) when the user is in it, else from that read.
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ import asyncio
 import threading
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import structlog
 
+from coordd.core.errors import NotFound
 from coordd.core.events import Event
-from coordd.core.principal import parse_roles
+from coordd.core.principal import format_roles, parse_roles
 from coordd.domain.auth.throttle import LoginThrottle
 from coordd.runtime import Runtime
 from coordd.store.auth import queries
@@ -48,12 +54,29 @@ class Access:
     roles: frozenset[str]
 
 
+@dataclass(frozen=True)
+class UserView:
+    """What WhoAmI shows of a user (the fields of store.auth.models.User it reads)."""
+
+    id: str
+    email: str
+    display_name: str
+    roles: str
+    create_time: datetime
+    disabled: bool
+
+
+_MAX_PROFILES = 100_000
+
+
 class AuthState:
     """Per Runtime: the access map and the login throttle."""
 
     def __init__(self, rt: Runtime) -> None:
         self.throttle = LoginThrottle()
         self.access: dict[str, Access] = {}
+        # user id -> the user as first read (see current_user); event-loop thread only.
+        self.profiles: dict[str, UserView] = {}
         self._lock = threading.Lock()
         self.loaded = False
         self.fresh_until = 0.0
@@ -74,11 +97,16 @@ class AuthState:
                     Access(bool(data["disabled"]), int(data["epoch"]), frozenset(data["roles"])),
                 )
 
-    async def refresh(self, rt: Runtime, *, wait: bool) -> None:
+    def start_refresh(self, rt: Runtime) -> asyncio.Future[None]:
+        """Starts a reload unless one is running (on the event loop thread)."""
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._load(rt))
+        return self._task
+
+    async def refresh(self, rt: Runtime, *, wait: bool) -> None:
+        task = self.start_refresh(rt)
         if wait:
-            await asyncio.shield(self._task)
+            await asyncio.shield(task)
 
     async def _load(self, rt: Runtime) -> None:
         started = rt.now()
@@ -128,3 +156,24 @@ def access_changed(rt: Runtime, user_id: str, access: Access) -> None:
 
 def access_event_data(access: Access) -> dict[str, object]:
     return {"disabled": access.disabled, "epoch": access.epoch, "roles": sorted(access.roles)}
+
+
+async def current_user(rt: Runtime, user_id: str) -> UserView:
+    """The user as their access stands now; the database is read once per user and replica
+    (see the module doc). NOT_FOUND for an unknown id."""
+    state = state_of(rt)
+    view = state.profiles.get(user_id)
+    if view is None:
+        user = await rt.run(queries.user_by_id, user_id)
+        if user is None:
+            raise NotFound(f"users/{user_id} not found", metadata={"resource": f"users/{user_id}"})
+        view = UserView(
+            user.id, user.email, user.display_name, user.roles, user.create_time, bool(user.disabled)
+        )
+        if len(state.profiles) >= _MAX_PROFILES:
+            state.profiles.clear()
+        state.profiles[user_id] = view
+    access = state.access.get(user_id)
+    if access is None:
+        return view
+    return replace(view, roles=format_roles(access.roles), disabled=access.disabled)
