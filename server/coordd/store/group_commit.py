@@ -27,13 +27,16 @@ caller still waiting. Nothing here knows what the items are.
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 import weakref
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from coordd.store.db import Store, Tx
+from coordd.core.errors import Aborted
+from coordd.store.db import Store, Tx, conflict_of
 
 K = TypeVar("K", bound=Hashable)
 I = TypeVar("I")  # noqa: E741 (the item)
@@ -214,6 +217,18 @@ class GroupCommit(Generic[K, I, R]):
                         pending.error = exc.__cause__ or exc
                     return
             except Exception as exc:
+                if store.is_postgres and conflict_of(exc) and attempt < MAX_RETRIES:
+                    # A deadlock or unique-key race with another transaction (e.g. a group
+                    # registration of one of the batch's users): the whole batch rolled back,
+                    # so it runs again and meets the other's committed rows.
+                    time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
+                    continue
+                if store.is_postgres and conflict_of(exc):
+                    exc = Aborted(
+                        "a concurrent change conflicted with this call; retry it",
+                        reason="CONCURRENT_CONFLICT",
+                        metadata={"conflict": conflict_of(exc)},
+                    )
                 # The commit (or the connection) failed: nobody's item happened.
                 for pending in batch:
                     pending.error = exc

@@ -71,11 +71,7 @@ def register_many(rt: Runtime, comp_id: str, asks: list[Ask]) -> list[Outcome]:
     """Several registrations for one competition gathered by one caller (the API's event
     loop gathers the requests that arrive together: one thread hop for all of them), run as
     `register_call` runs one; one outcome (an answer or an error) per ask, in order."""
-    outcomes = _grouped.submit_many(rt.store, comp_id, asks)
-    for ask, got in zip(asks, outcomes, strict=True):
-        if isinstance(got, Registered) and got.stored and ask.keyed is not None:
-            idem.committed(ask.keyed)
-    return outcomes
+    return _grouped.submit_many(rt.store, comp_id, asks)
 
 
 def register(rt: Runtime, who: Principal, comp_id: str) -> RegistrationView:
@@ -101,10 +97,7 @@ def register_call(
     after the one commit. With `keyed`, the call's idempotency record, holding `render(view)`
     sealed, is written in that same transaction; `replay` then may carry the response of an
     earlier call with the same key instead of a view."""
-    got = _grouped.submit(rt.store, comp_id, Ask(rt, who, keyed, render))
-    if got.stored and keyed is not None:
-        idem.committed(keyed)
-    return got
+    return _grouped.submit(rt.store, comp_id, Ask(rt, who, keyed, render))
 
 
 def register_in(tx: Tx, comp_id: str, who: Principal) -> RegistrationView:
