@@ -239,6 +239,8 @@ class CeremonyServicer(TransferMethods, ceremony_pb2_grpc.CeremonyServiceService
                 last_sent, quiet = now, _keepalive_interval()
             if w.finished:
                 return
+            if w.snap is not None and not self.snapshots.is_current(w.snap):
+                continue  # the queue changed while this stream was busy: no wake-up will come
             await self.rt.notifier.wait(w.keys, max(0.01, quiet - (time.monotonic() - last_sent)))
 
     def _shared_bytes(self, cid: str, w: ceremony.WatchState) -> bytes:
