@@ -7,9 +7,12 @@ contributor holding the turn leaves, which moves every waiter up by one. For eac
 and watcher: time from the Leave call to the message carrying the new position.
 Memory per stream: the daemon's RSS with all K streams open minus before, divided by K.
 
-Side by side in the same run: a bare grpc.aio server that pushes one small message to K
-open streams when triggered (no auth, no database, no per-watcher state): the floor for
-pushing K messages through grpc.aio on this machine. The ratio is the figure to watch.
+Side by side in the same run: a bare grpc.aio server that pushes one message to K open
+streams when triggered (no auth, no database, no per-watcher state): the floor for pushing K
+messages through grpc.aio on this machine. Its message is a real WatchQueueResponse from the
+coordd run (same size), parsed by the client as WatchQueueResponse, one per stream per round
+like coordd's. The ratio is the figure to watch. Join throughput (JoinCeremony alone) and the
+memory per joined contributor are reported too (the 20,000-contributor run: --watchers 20000).
 
     .venv/bin/python bench/queue_watch.py --watchers 1000 [--rounds 5] [--channels 8]
 """
@@ -223,15 +226,17 @@ async def coordd_side(watchers: int, rounds: int, channels: int, gc_threshold: i
         )
         setup_started = time.perf_counter()
 
-        async def sign_up_and_join(i: int) -> str:
+        async def sign_up(i: int) -> str:
             reply = await auth.SignUp(
                 auth_pb2.SignUpRequest(
                     email=f"w{i}-{uuid.uuid4().hex[:6]}@example.com", password="watcher password"
                 )
             )
-            md = (("authorization", f"Bearer {reply.access_token}"),)
+            return str(reply.access_token)
+
+        async def join(token: str) -> None:
+            md = (("authorization", f"Bearer {token}"),)
             await stub.JoinCeremony(pb.JoinCeremonyRequest(ceremony=ceremony.name), metadata=md)
-            return reply.access_token
 
         # The scheduler opens the ceremony within a second of start_time.
         while (
@@ -239,7 +244,11 @@ async def coordd_side(watchers: int, rounds: int, channels: int, gc_threshold: i
         ).ceremony.state != (pb.CEREMONY_STATE_OPENED):
             await asyncio.sleep(0.1)
         progress(f"signing up and joining {watchers + rounds} participants")
-        tokens = await gather_limited([sign_up_and_join(i) for i in range(watchers + rounds)], 32)
+        tokens = await gather_limited([sign_up(i) for i in range(watchers + rounds)], 32)
+        rss_before_joins = rss_kib(proc.pid)
+        joins_started = time.perf_counter()
+        await gather_limited([join(t) for t in tokens], 32)
+        join_s = time.perf_counter() - joins_started
         progress(f"joined in {time.perf_counter() - setup_started:.1f} s; opening streams")
         setup_s = time.perf_counter() - setup_started
         rss_before = rss_kib(proc.pid)
@@ -305,6 +314,9 @@ async def coordd_side(watchers: int, rounds: int, channels: int, gc_threshold: i
         "streams": streams,
         "setup_s": round(setup_s, 1),
         "open_all_streams_s": round(open_s, 2),
+        # JoinCeremony alone (32 in flight), after the sign-ups.
+        "joins_per_s": round(len(tokens) / join_s, 1),
+        "kib_per_joined_contributor_without_stream": round((rss_before - rss_before_joins) / len(tokens), 2),
         "update_latency": summary(latencies, sum(r["expected"] for r in per_round)),
         # Daemon CPU spent per delivered update: robust to other load on the machine.
         "daemon_cpu_us_per_update": round(round_cpu / max(len(latencies), 1) * 1e6, 1),
