@@ -408,14 +408,17 @@ async def baseline_side(watchers: int, rounds: int, channels: int, sample: bytes
         rss_open = rss_kib(proc.pid)
         trigger = chans[0].unary_unary("/bench.Fanout/Trigger")
         latencies: list[float] = []
+        round_cpu = 0.0
         for r in range(rounds):
             await asyncio.sleep(0.5)
+            cpu_before = cpu_s(proc.pid)
             t0 = time.perf_counter()
             message = pb.WatchQueueResponse.FromString(sample)
             message.queue_length = r + 1
             await trigger(message.SerializeToString())
             while len(stamps.get(r, [])) < watchers:
                 await asyncio.sleep(0.01)
+            round_cpu += cpu_s(proc.pid) - cpu_before
             latencies.extend(t - t0 for t in stamps[r])
         for call in calls:
             call.cancel()
@@ -428,6 +431,7 @@ async def baseline_side(watchers: int, rounds: int, channels: int, sample: bytes
     return {
         "streams": watchers,
         "update_latency": summary(latencies, watchers * rounds),
+        "server_cpu_us_per_update": round(round_cpu / max(len(latencies), 1) * 1e6, 1),
         "kib_per_stream": round((rss_open - rss_before) / watchers, 2),
     }
 
@@ -450,6 +454,11 @@ async def run(watchers: int, rounds: int, channels: int, gc_threshold: int) -> d
         "bare_grpc_fanout": baseline,
         "ratio_p50_coordd_over_bare": round(c["p50_ms"] / b["p50_ms"], 2) if b["p50_ms"] else None,
         "ratio_p99_coordd_over_bare": round(c["p99_ms"] / b["p99_ms"], 2) if b["p99_ms"] else None,
+        "ratio_server_cpu_per_update_coordd_over_bare": round(
+            coordd["daemon_cpu_us_per_update"] / baseline["server_cpu_us_per_update"], 2
+        )
+        if baseline["server_cpu_us_per_update"]
+        else None,
         "goal": {"p99_ratio": 1.2, "kib_per_stream": 28},
     }
 
