@@ -14,7 +14,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
+
 from coordd.api.ceremony_convert import (
+    KEEPALIVE_SUFFIX,
     ceremony_to_proto,
     circuit_to_proto,
     contribution_to_proto,
@@ -22,7 +25,9 @@ from coordd.api.ceremony_convert import (
     parse_child,
     participant_to_proto,
     spec_from_proto,
-    watch_message,
+    watch_own_bytes,
+    watch_position_bytes,
+    watch_shared_bytes,
 )
 from coordd.api.ceremony_uploads import TransferMethods
 from coordd.api.convert import parse_name
@@ -45,11 +50,13 @@ def _keepalive_interval() -> float:
 
 class CeremonyServicer(TransferMethods, ceremony_pb2_grpc.CeremonyServiceServicer):
     SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CeremonyService"].full_name
-    register = staticmethod(ceremony_pb2_grpc.add_CeremonyServiceServicer_to_server)
+    register = staticmethod(lambda servicer, server: register(servicer, server))
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.snapshots = ceremony.QueueSnapshots(rt)
+        # Per circuit: the snapshot and ceremony state last encoded, and their shared bytes.
+        self._shared: dict[str, tuple[ceremony.QueueSnapshot, str, bytes]] = {}
         self._upload_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         # Verifications started by a restart's recovery have no call waiting on them: they
         # are stopped here when shutdown starts.
@@ -191,46 +198,62 @@ class CeremonyServicer(TransferMethods, ceremony_pb2_grpc.CeremonyServiceService
 
     # -- WatchQueue ------------------------------------------------------------------------
 
-    async def WatchQueue(
-        self, request: pb.WatchQueueRequest, context: Any
-    ) -> AsyncIterator[pb.WatchQueueResponse]:
+    async def WatchQueue(self, request: pb.WatchQueueRequest, context: Any) -> AsyncIterator[bytes]:
+        """Yields pre-serialized WatchQueueResponse bytes (see `register`): the circuit's shared
+        fields are encoded once per snapshot for every watcher, the caller's own fields once
+        per change of its own row, and only position + estimated wait per message."""
         who = require_user()
         cid = parse_name(request.ceremony, "ceremonies", "ceremony")
         p = await self.rt.run(ceremony.get_participation, who, cid)
+        pid: str = p.id
         hint: str | None = p.circuit_id
+        del p  # the row is not needed again: a stream holds only what it sends
         last_key: tuple[Any, ...] | None = None
-        msg = pb.WatchQueueResponse()
+        data = b""
         last_sent = time.monotonic()
         quiet = _keepalive_interval()
         # The caller's last verdict is read again only when its own status moves (a verdict
         # always moves it), not on every change of the queue ahead of it.
         mine: tuple[Any, ...] | None = None
+        own_bytes = b""
+        own_key: tuple[Any, ...] | None = None
         last: ceremony.Contribution | None = None
         while True:
-            w = await ceremony.watch_state(self.rt, self.snapshots, cid, p.id, hint)
+            w = await ceremony.watch_state(self.rt, self.snapshots, cid, pid, hint)
             hint = w.view.circuit_id
             now = time.monotonic()
             own = (w.view.status, w.view.completed_circuits, w.view.circuit_id, w.view.update_time)
             if own != mine:
                 mine = own
-                last = await self.rt.run(ceremony.last_contribution, p.id)
+                last = await self.rt.run(ceremony.last_contribution, pid)
             key = (w.key, last.id if last is not None else "")
             # A cheap comparison first: the message is only built when something changed.
             if key != last_key:
-                msg = watch_message(cid, w)
-                if last is not None:
-                    msg.last_contribution.CopyFrom(contribution_to_proto(cid, last))
-                yield msg
+                if own_key != (w.view, key[1]):
+                    own_key, own_bytes = (w.view, key[1]), watch_own_bytes(cid, w, last)
+                data = self._shared_bytes(cid, w) + own_bytes + watch_position_bytes(w.position, w.wait)
+                yield data
                 last_key, last_sent, quiet = key, now, _keepalive_interval()
             elif now - last_sent >= quiet:
-                again = pb.WatchQueueResponse()
-                again.CopyFrom(msg)
-                again.keepalive = True
-                yield again
+                yield data + KEEPALIVE_SUFFIX
                 last_sent, quiet = now, _keepalive_interval()
             if w.finished:
                 return
+            if w.snap is not None and not self.snapshots.is_current(w.snap):
+                continue  # the queue changed while this stream was busy: no wake-up will come
             await self.rt.notifier.wait(w.keys, max(0.01, quiet - (time.monotonic() - last_sent)))
+
+    def _shared_bytes(self, cid: str, w: ceremony.WatchState) -> bytes:
+        """The circuit's shared fields, encoded once per (snapshot, ceremony state) for all of
+        its watchers."""
+        if w.snap is None:
+            return watch_shared_bytes(cid, w)
+        held = self._shared.get(w.snap.circuit_id)
+        if held is not None and held[0] is w.snap and held[1] == w.state:
+            return held[2]
+        data = watch_shared_bytes(cid, w)
+        self._shared[w.snap.circuit_id] = (w.snap, w.state, data)
+        return data
 
     # -- transcript and finalization -------------------------------------------------------
 
@@ -286,3 +309,41 @@ class CeremonyServicer(TransferMethods, ceremony_pb2_grpc.CeremonyServiceService
             ceremony.finalize_ceremony, self.rt, who, parse_name(request.name, "ceremonies")
         )
         return pb.FinalizeCeremonyResponse(ceremony=ceremony_to_proto(c))
+
+
+# -- registration ----------------------------------------------------------------------------
+
+
+class _Recorder:
+    """Stands in for the server while the generated function lists the service's handlers."""
+
+    name = ""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, name: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.name, self.handlers = name, handlers
+
+
+def _message_or_bytes(value: Any) -> bytes:
+    """WatchQueue yields pre-serialized bytes; anything else is a message to serialize."""
+    return value if isinstance(value, bytes) else pb.WatchQueueResponse.SerializeToString(value)
+
+
+def register(servicer: Any, server: Any) -> None:
+    """The generated handlers, except WatchQueue's response serializer, which passes the
+    servicer's pre-serialized bytes through (the proto and the generated clients are
+    unchanged; the interceptor chain wraps this handler like any other)."""
+    rec = _Recorder()
+    ceremony_pb2_grpc.add_CeremonyServiceServicer_to_server(servicer, rec)
+    handlers = dict(rec.handlers)
+    watch = handlers["WatchQueue"]
+    handlers["WatchQueue"] = grpc.unary_stream_rpc_method_handler(
+        watch.unary_stream,
+        request_deserializer=watch.request_deserializer,
+        response_serializer=_message_or_bytes,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(rec.name, handlers),))
+    server.add_registered_method_handlers(rec.name, handlers)

@@ -195,3 +195,53 @@ def spec_from_proto(c: pb.Ceremony | pb.CreateCeremonyRequest, fields: set[str])
     if "upload_retries" in fields and c.HasField("upload_retries"):
         spec.upload_retries = c.upload_retries
     return spec
+
+
+# -- WatchQueue as bytes ---------------------------------------------------------------------
+# A WatchQueueResponse is sent as the concatenation of three serialized parts (protobuf merges
+# concatenated messages field by field; each field is in exactly one part): the circuit's
+# shared fields (state, queue length, current contributor), encoded once per snapshot; the
+# caller's own fields (participant, deadline, last contribution), encoded once per change of
+# its own row; and position + estimated wait, a few bytes encoded per message.
+
+KEEPALIVE_SUFFIX = b"\x40\x01"  # field 8 (keepalive), varint true
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def watch_shared_bytes(cid: str, w: ceremony.WatchState) -> bytes:
+    msg = pb.WatchQueueResponse(ceremony_state=pb.CeremonyState.Value(f"CEREMONY_STATE_{w.state}"))
+    if w.snap is not None:
+        msg.queue_length = w.snap.queue_length
+        if w.snap.current is not None:
+            msg.current_contributor = ceremony.participant_name(cid, w.snap.current.id)
+    return msg.SerializeToString()
+
+
+def watch_own_bytes(cid: str, w: ceremony.WatchState, last: ceremony.Contribution | None) -> bytes:
+    msg = pb.WatchQueueResponse(participant=participant_to_proto(w.view), deadline=ts(w.view.due_time))
+    if last is not None:
+        msg.last_contribution.CopyFrom(contribution_to_proto(cid, last))
+    return msg.SerializeToString()
+
+
+def watch_position_bytes(position: int, wait: Any) -> bytes:
+    """Fields 3 (position) and 7 (estimated_wait, a Duration) as wire bytes."""
+    out = b"\x18" + _varint(position) if position > 0 else b""
+    if wait is not None:
+        total_us = round(wait.total_seconds() * 1_000_000)
+        if total_us < 0:  # never expected; protobuf encodes the negative form
+            return out + pb.WatchQueueResponse(estimated_wait=duration(wait)).SerializeToString()
+        secs, micros = divmod(total_us, 1_000_000)
+        body = b"\x08" + _varint(secs) if secs else b""
+        if micros:
+            body += b"\x10" + _varint(micros * 1000)
+        out += b"\x3a" + _varint(len(body)) + body
+    return out

@@ -33,6 +33,13 @@ class Notifier:
                     if not waiter.done():
                         waiter.set_result(True)
 
+    def wake(self, key: str) -> None:
+        """Wakes this process's waiters on `key` (a local signal, not an event: e.g. a shared
+        read that a change made its waiters wait for is ready)."""
+        for waiter in self._waiters.get(key, ()):
+            if not waiter.done():
+                waiter.set_result(True)
+
     def waiting(self, key: str) -> int:
         return len(self._waiters.get(key, ()))
 

@@ -6,6 +6,12 @@ generation when an event names its queue key (`QueueKey`), a stream asks for a s
 least as new as the generation it saw, and concurrent askers share one in-flight read. The
 read starts after the bump, so it sees the change: a change costs one query, not one per
 watcher.
+
+Streams do not wait on the queue key itself but on its `ready_key`: the listener starts the
+re-read as soon as the change is committed and wakes the circuit's streams once it is done
+(a burst of changes during the read costs one more read, and the streams wake once, with the
+newest state). Woken streams find the snapshot cached and never wait on the read themselves,
+so a change is one read plus one wake-up per stream.
 """
 
 from __future__ import annotations
@@ -24,7 +30,14 @@ from coordd.runtime import Runtime
 from coordd.store.ceremony import views
 from coordd.store.ceremony.views import ParticipantView
 
-__all__ = ["ParticipantView", "QueueSnapshot", "QueueSnapshots", "participant_view", "queue_snapshot"]
+__all__ = [
+    "ParticipantView",
+    "QueueSnapshot",
+    "QueueSnapshots",
+    "participant_view",
+    "queue_snapshot",
+    "ready_key",
+]
 
 # A cached queue snapshot is re-read after this long even without events (lost hints).
 SNAPSHOT_MAX_AGE_S = 5.0
@@ -47,6 +60,11 @@ class QueueSnapshot:
     @property
     def queue_length(self) -> int:
         return len(self.positions)
+
+
+def ready_key(circuit_id: str) -> str:
+    """The local key a circuit's streams wait on: signalled once a change's re-read is cached."""
+    return f"snapshot-ready/{circuit_id}"
 
 
 def participant_view(participant_id: str) -> ParticipantView | None:
@@ -83,6 +101,7 @@ class QueueSnapshots:
         self._generation: dict[str, int] = {}
         self._cache: dict[str, tuple[int, float, QueueSnapshot | None]] = {}
         self._inflight: dict[str, tuple[int, asyncio.Future[QueueSnapshot | None]]] = {}
+        self._refreshing: dict[str, asyncio.Future[None]] = {}
         self.reads = 0
         rt.bus.add_listener(self._on_events)
 
@@ -91,7 +110,34 @@ class QueueSnapshots:
             for text in keys_of(event):
                 key = QueueKey.parse(text)
                 if key is not None:
-                    self._generation[key.circuit_id] = self._generation.get(key.circuit_id, 0) + 1
+                    circuit = key.circuit_id
+                    self._generation[circuit] = self._generation.get(circuit, 0) + 1
+                    # Only circuits someone has read are kept fresh (a stream reads first).
+                    known = circuit in self._cache or circuit in self._inflight
+                    if known and circuit not in self._refreshing:
+                        self._refreshing[circuit] = asyncio.ensure_future(self._refresh(circuit))
+
+    def is_current(self, snap: QueueSnapshot) -> bool:
+        """Whether `snap` is still the newest read of its circuit (a stream that saw it may
+        wait for the next change; otherwise a change came while it was busy)."""
+        cached = self._cache.get(snap.circuit_id)
+        return (
+            cached is not None and cached[2] is snap and cached[0] >= self._generation.get(snap.circuit_id, 0)
+        )
+
+    async def _refresh(self, circuit_id: str) -> None:
+        """Re-reads until the cache holds the newest generation, then wakes the streams."""
+        try:
+            while True:
+                generation = self._generation.get(circuit_id, 0)
+                await self.get(circuit_id)
+                if self._generation.get(circuit_id, 0) == generation:
+                    break
+        except Exception:  # the streams' own reads (on their timers) report and retry
+            pass
+        finally:
+            del self._refreshing[circuit_id]
+        self.rt.notifier.wake(ready_key(circuit_id))
 
     async def get(self, circuit_id: str) -> QueueSnapshot | None:
         wanted = self._generation.get(circuit_id, 0)

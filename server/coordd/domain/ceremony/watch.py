@@ -10,8 +10,14 @@ from typing import Any
 
 from coordd.core.errors import NotFound
 from coordd.domain.ceremony.lookup import get_ceremony
-from coordd.domain.ceremony.names import ceremony_name, participant_name, queue_key
-from coordd.domain.ceremony.snapshots import ParticipantView, QueueSnapshot, QueueSnapshots, participant_view
+from coordd.domain.ceremony.names import ceremony_name, participant_name
+from coordd.domain.ceremony.snapshots import (
+    ParticipantView,
+    QueueSnapshot,
+    QueueSnapshots,
+    participant_view,
+    ready_key,
+)
 from coordd.domain.ceremony.states import CLOSED, CREATED, DONE, FINALIZED, TIMEDOUT, WAITING
 from coordd.domain.ceremony.timeouts import estimated_wait
 from coordd.runtime import Runtime
@@ -53,7 +59,8 @@ async def watch_state(
     keys = [participant_name(cid, pid), ceremony_name(cid)]
     position, wait = 0, None
     if snap is not None:
-        keys.append(queue_key(cid, snap.circuit_id))
+        # Not the queue key: its changes wake the stream once their re-read is cached.
+        keys.append(ready_key(snap.circuit_id))
         position = snap.positions.get(pid, 0)
         if view.status == WAITING:
             wait = estimated_wait(position - 1, snap.per_turn, snap.current_elapsed)
