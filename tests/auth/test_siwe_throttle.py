@@ -24,8 +24,8 @@ from grpc_status import rpc_status
 from coordd.api.siwe_limits import SiweLimits
 from coordd.config import ConfigError
 from coordd.core.errors import ResourceExhausted
-from coordd.domain.auth.siwe_message import address_of, compose, sign
 from coordd.store.auth import siwe as siwe_store
+from coordd_client.siwe import address_of, compose, sign
 from coordd_client.v1 import auth_pb2, auth_pb2_grpc
 from tests.helpers import rpc_error
 from tests.support import infra

@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 
-from coordd.domain.auth.siwe_message import SiweError, SiweMessage, address_of, compose, recover_address, sign
+from coordd.domain.auth.siwe_message import SiweError, SiweMessage, recover_address
+from coordd_client.siwe import address_of, compose, sign
 from coordd_client.v1 import auth_pb2, auth_pb2_grpc
 from coordd_client.v1 import ceremony_pb2 as pb
 from tests.ceremony.e2e_ceremony.helpers import Ceremonies, dur

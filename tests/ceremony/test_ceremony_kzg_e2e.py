@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 
-from coordd.domain.auth.siwe_message import address_of, compose, sign
+from coordd_client.siwe import address_of, compose, sign
 from coordd_client.transcript import attestation, file_hash, verify_attestation, verify_transcript
 from coordd_client.v1 import auth_pb2, auth_pb2_grpc
 from coordd_client.v1 import ceremony_pb2 as pb

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import coincurve
-from Crypto.Hash import keccak
 
-HEADER = " wants you to sign in with your Ethereum account:"
+# The message format and the hashing are shared with the client package (coordctl signs with
+# them); the daemon adds parsing and offline verification.
+from coordd_client.siwe import HEADER, checksum, eip191_hash, keccak256
+
 ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
 NONCE_RE = re.compile(r"^[A-Za-z0-9]{8,}$")
 FIELDS = {
@@ -33,18 +35,6 @@ MAX_MESSAGE_CHARS = 8192
 
 class SiweError(ValueError):
     """The message or its signature is not acceptable; the text says why."""
-
-
-def keccak256(data: bytes) -> bytes:
-    return keccak.new(digest_bits=256, data=data).digest()
-
-
-def checksum(address: str) -> str:
-    """EIP-55: the address's hex with letters upper-cased where keccak of the lower-case hex
-    has a nibble of 8 or more."""
-    lower = address[2:].lower()
-    digest = keccak256(lower.encode()).hex()
-    return "0x" + "".join(c.upper() if int(digest[i], 16) >= 8 else c for i, c in enumerate(lower))
 
 
 def _time(text: str, name: str) -> datetime:
@@ -143,11 +133,6 @@ class SiweMessage:
         )
 
 
-def eip191_hash(message: str) -> bytes:
-    data = message.encode()
-    return keccak256(b"\x19Ethereum Signed Message:\n" + str(len(data)).encode() + data)
-
-
 def recover_address(message: str, signature: bytes) -> str:
     """The checksummed address whose key made `signature` (r, s, v) over the message."""
     if len(signature) != 65:
@@ -165,41 +150,3 @@ def recover_address(message: str, signature: bytes) -> str:
         raise SiweError("the signature does not verify") from None
     raw = public.format(compressed=False)[1:]
     return checksum("0x" + keccak256(raw)[-20:].hex())
-
-
-def sign(message: str, private_key: bytes) -> bytes:
-    """personal_sign, for tests and clients: r, s, v (27/28)."""
-    signed = coincurve.PrivateKey(private_key).sign_recoverable(eip191_hash(message), hasher=None)
-    return signed[:64] + bytes([signed[64] + 27])
-
-
-def address_of(private_key: bytes) -> str:
-    raw = coincurve.PrivateKey(private_key).public_key.format(compressed=False)[1:]
-    return checksum("0x" + keccak256(raw)[-20:].hex())
-
-
-def compose(
-    domain: str,
-    address: str,
-    uri: str,
-    nonce: str,
-    issued_at: str,
-    *,
-    statement: str = "",
-    chain_id: int = 1,
-    expiration_time: str = "",
-) -> str:
-    """An EIP-4361 message as wallets show it."""
-    lines = [f"{domain}{HEADER}", address, ""]
-    if statement:
-        lines += [statement, ""]
-    lines += [
-        f"URI: {uri}",
-        "Version: 1",
-        f"Chain ID: {chain_id}",
-        f"Nonce: {nonce}",
-        f"Issued At: {issued_at}",
-    ]
-    if expiration_time:
-        lines.append(f"Expiration Time: {expiration_time}")
-    return "\n".join(lines)
