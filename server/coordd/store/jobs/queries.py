@@ -423,16 +423,19 @@ def complete_leased(
         return {}
     p = store.db.param
     blob, integer = ("bytea", "bigint") if store.is_postgres else ("BLOB", "INTEGER")
+    false = "FALSE" if store.is_postgres else "0"
+    # The row conditions are join conditions against `v`: as filters on `job` they made the
+    # planner expect one row and join every row with every VALUES row (measured: 9,900
+    # rejected pairs per 100 jobs, 3x the statement's time); so it keeps the hash join.
     row = (
         f"({p}, CAST({p} AS {integer}), {p}, CAST({p} AS {integer}), CAST({p} AS {integer}),"
-        f" CAST({p} AS {blob}), {p}, {p}, CAST({p} AS {blob}))"
+        f" CAST({p} AS {blob}), {p}, {p}, CAST({p} AS {blob}), 'running', {p}, {false})"
     )
-    params: list[object] = [x for r in results for x in r]
+    params: list[object] = [x for r in results for x in (*r, provider_id)]
     params.extend((_to_us(now), _to_us(purge_time), key_id))
     params.extend(r[0] for r in results)
-    params.append(provider_id)
     rows = store.db.execute_sql(
-        "WITH v(id, attempt, lease, budget, fee, data, uri, digest, sig) AS"
+        "WITH v(id, attempt, lease, budget, fee, data, uri, digest, sig, state, provider, cancel) AS"
         f" (VALUES {', '.join([row] * len(results))})"
         " UPDATE job SET state = 'succeeded', error = '', progress = 1.0, lease_id = NULL,"
         " lease_expire_time = NULL, attempt_deadline = NULL, start_deadline = NULL, close_deadline = NULL,"
@@ -440,7 +443,7 @@ def complete_leased(
         f" output_digest = v.digest, attestation_key_id = {p}, attestation_sig = v.sig"
         f" FROM v WHERE job.id = v.id AND job.id IN ({', '.join([p] * len(results))})"
         " AND job.attempt = v.attempt AND job.lease_id = v.lease AND job.budget = v.budget"
-        f" AND job.state = 'running' AND job.provider = {p} AND NOT job.cancel_requested"
+        " AND job.state = v.state AND job.provider = v.provider AND job.cancel_requested = v.cancel"
         " RETURNING job.id, job.has_children",
         params,
     ).fetchall()
