@@ -12,7 +12,6 @@ from datetime import datetime, timedelta
 
 from coordd.core.errors import FieldViolation, InvalidArgument
 from coordd.core.principal import Principal
-from coordd.domain.jobs.lease_memo import Remembered, memo_of
 from coordd.domain.jobs.limits import any_limit, capped_ids
 from coordd.domain.jobs.policy import policy_of
 from coordd.domain.jobs.specs import LeaseRef, Worker, claim_bytes, reply_budget
@@ -74,24 +73,6 @@ def lease_to(rt: Runtime, tx: Tx, worker: Worker, limit: int, only_job: str | No
         return []
     claimed.sort(key=lambda j: (-j.priority, j.id))
     leased = [Leased(j, lease_id) for j in claimed]
-    memo_of(rt).remember(
-        [
-            (
-                j.id,
-                Remembered(
-                    j.attempt,
-                    lease_id,
-                    j.submitter,
-                    j.kind,
-                    j.model_ref,
-                    j.input_digest,
-                    j.start_us,
-                    j.budget,
-                ),
-            )
-            for j in claimed
-        ]
-    )
     # One event per claim, not per job: its watch keys still wake each job's watchers.
     names = [f"jobs/{j.id}" for j in claimed]
     tx.emit(

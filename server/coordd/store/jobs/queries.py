@@ -403,56 +403,6 @@ def record_successes(
     )
 
 
-def complete_leased(
-    store: Store,
-    provider_id: str,
-    now: datetime,
-    purge_time: datetime,
-    key_id: str,
-    results: list[tuple[str, int, str, int, int, bytes | None, str, str, bytes]],
-) -> dict[str, bool]:
-    """Marks succeeded, in one UPDATE that is also the lease check, the jobs among `results`
-    (job id, attempt, lease id, budget, fee, output data, output uri, output digest,
-    attestation signature) whose lease is still held by `provider_id` with no cancellation
-    pending and whose budget is the one the fee was computed from. Returns {job id:
-    has_children} of the jobs it updated; the others are left alone for the caller. No row is
-    locked beforehand: PostgreSQL re-checks the conditions on a row a concurrent transaction
-    changed before updating it, so a lease completes once. The redundant `id IN` keeps the
-    planner on the primary key (see lock_leased)."""
-    if not results:
-        return {}
-    p = store.db.param
-    blob, integer = ("bytea", "bigint") if store.is_postgres else ("BLOB", "INTEGER")
-    false = "FALSE" if store.is_postgres else "0"
-    # The row conditions are join conditions against `v`: as filters on `job` they made the
-    # planner expect one row and join every row with every VALUES row (measured: 9,900
-    # rejected pairs per 100 jobs, 3x the statement's time); so it keeps the hash join.
-    row = (
-        f"({p}, CAST({p} AS {integer}), {p}, CAST({p} AS {integer}), CAST({p} AS {integer}),"
-        f" CAST({p} AS {blob}), {p}, {p}, CAST({p} AS {blob}), 'running', {p}, {false})"
-    )
-    params: list[object] = [x for r in results for x in (*r, provider_id)]
-    params.extend((_to_us(now), _to_us(purge_time), key_id))
-    params.extend(r[0] for r in results)
-    rows = store.db.execute_sql(
-        "WITH v(id, attempt, lease, budget, fee, data, uri, digest, sig, state, provider, cancel) AS"
-        f" (VALUES {', '.join([row] * len(results))})"
-        " UPDATE job SET state = 'succeeded', error = '', progress = 1.0, lease_id = NULL,"
-        " lease_expire_time = NULL, attempt_deadline = NULL, start_deadline = NULL, close_deadline = NULL,"
-        f" finish_time = {p}, purge_time = {p}, fee = v.fee, output_data = v.data, output_uri = v.uri,"
-        f" output_digest = v.digest, attestation_key_id = {p}, attestation_sig = v.sig"
-        f" FROM v WHERE job.id = v.id AND job.id IN ({', '.join([p] * len(results))})"
-        " AND job.attempt = v.attempt AND job.lease_id = v.lease AND job.budget = v.budget"
-        " AND job.state = v.state AND job.provider = v.provider AND job.cancel_requested = v.cancel"
-        " RETURNING job.id, job.has_children",
-        params,
-    ).fetchall()
-    return {r[0]: bool(r[1]) for r in rows}
-
-
-time_of_us = TimestampField().python_value
-
-
 # -- one job at a time ------------------------------------------------------------------------
 
 

@@ -1,20 +1,15 @@
-"""Completions of leases the claim remembered (domain.jobs.lease_memo): one UPDATE that is its
-own lease check. The memo is a shortcut, never the authority: a forgotten lease takes the
-locking path with the same result, a stale or repeated lease is refused, a job cancelled while
-running is cancelled and refunded, and nothing is paid twice."""
+"""Batched completions and their lease check: a repeated or stale lease is refused, another
+provider's lease too, a job cancelled while running is cancelled and refunded, and nothing is
+paid twice."""
 
 from __future__ import annotations
 
 import hashlib
 
-from cryptography.hazmat.primitives import serialization
-
 from coordd.core.errors import DomainError
 from coordd.core.principal import Principal
 from coordd.domain import jobs, ledger
-from coordd.domain.jobs.lease_memo import memo_of
 from coordd.store.jobs import queries
-from coordd_client.attestation import PAYLOAD_TYPE, pae
 
 OUT = jobs.Payload(b"ok", "", hashlib.sha256(b"ok").hexdigest())
 
@@ -39,27 +34,6 @@ def _lease(item: jobs.Leased) -> jobs.LeaseRef:
 def _reason(result: object) -> str:
     assert isinstance(result, DomainError), result
     return result.reason
-
-
-def test_remembered_and_forgotten_leases_complete_alike_with_statements_rebuilt_from_the_row(env):
-    rt = env.server.rt
-    _queue(env, 2)
-    who, worker = _provider(env)
-    remembered, forgotten = jobs.claim(rt, worker, 2)
-    # As if claimed by another process (or evicted): this lease is not in this process's memo.
-    assert memo_of(rt).take(forgotten.job.id, forgotten.job.attempt, forgotten.lease_id) is not None
-
-    results = jobs.complete_many(rt, who, [(_lease(remembered), OUT), (_lease(forgotten), OUT)])
-
-    assert [r.job_id for r in results] == [remembered.job.id, forgotten.job.id]
-    public_key = serialization.load_pem_public_key(rt.signer.public_key_pem().encode())
-    for attestation in results:
-        assert isinstance(attestation, jobs.Attestation)
-        public_key.verify(attestation.signature, pae(PAYLOAD_TYPE, attestation.payload))
-        row = queries.job_by_id(attestation.job_id)
-        assert row.state == jobs.SUCCEEDED and row.lease_id is None
-        assert jobs.attestation_of(row).payload == attestation.payload, "the signed bytes are the row's"
-    assert len(memo_of(rt)) == 0, "a completed lease is forgotten"
 
 
 def test_a_lease_completed_twice_is_refused_the_second_time_and_paid_once(env):
@@ -106,7 +80,7 @@ def test_another_providers_completion_of_a_remembered_lease_is_refused(env):
     [done] = jobs.complete_many(rt, who, [(_lease(item), OUT)])
 
     assert _reason(refused) == "NOT_LEASE_HOLDER"
-    assert isinstance(done, jobs.Attestation), "the holder still completes (through the locking path)"
+    assert isinstance(done, jobs.Attestation), "the holder still completes"
 
 
 def test_a_remembered_lease_on_a_job_cancelled_while_running_cancels_and_refunds_it(env):
