@@ -3,7 +3,8 @@
 coordd's `jobs.claim` and `jobs.complete_many` called by one thread (as the servicer calls them, no
 gRPC), batches of 100, on a fresh PostgreSQL database of N queued jobs. Prints JSON: this process's
 CPU and the bench database's PostgreSQL CPU per job (its backends plus the server's background
-processes: `_postgres_cpu_seconds(own=True)` of bench/jobs.py), wall time per job of each kind of statement, the EXPLAIN ANALYZE
+processes: `_postgres_cpu_seconds(own=True)` of bench/jobs.py), wall time per job of each kind of
+statement, the EXPLAIN ANALYZE
 of the first completion UPDATE, and the job table's update / HOT update counters.
 
     PYTHONPATH=$PWD/server:$PWD/clients .venv/bin/python bench/job_complete_statements.py --jobs 20000
@@ -44,7 +45,7 @@ def _kind(sql: str) -> str:
     return sql.split("(")[0][:40].strip()
 
 
-def run(jobs: int, batch: int, pg_admin_url: str) -> dict[str, Any]:
+def run(jobs: int, batch: int, pg_admin_url: str, drop_indexes: list[str]) -> dict[str, Any]:
     pg = bench_jobs.PgDatabase(pg_admin_url, "statements")
     settings = bench_jobs.load_settings(
         None,
@@ -57,6 +58,8 @@ def run(jobs: int, batch: int, pg_admin_url: str) -> dict[str, Any]:
     rt = Runtime(settings)
     try:
         migrate(rt.store)
+        for name in drop_indexes:  # what an index costs the hot path (a measurement, not a proposal)
+            rt.store.db.execute_sql(f'DROP INDEX "{name}"')
         tag = uuid.uuid4().hex[:8]
         submitter = auth.create_user(
             rt, f"s-{tag}@bench.example", "bench-password-1", "", ["participant"], self_service=False
@@ -110,6 +113,7 @@ def run(jobs: int, batch: int, pg_admin_url: str) -> dict[str, Any]:
             "benchmark": "job_complete_statements",
             "jobs": jobs,
             "batch": batch,
+            "dropped_indexes": drop_indexes,
             "completed": done,
             "wall_us_per_job": round(wall * 1e6 / jobs, 1),
             "cpu_us_per_job": {
@@ -134,9 +138,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--drop-index", action="append", default=[], help="an index on job to drop first")
     args = parser.parse_args()
     with contextlib.redirect_stdout(sys.stderr):  # the daemon's log lines, not the figures
-        result = run(args.jobs, args.batch, args.pg_admin_url)
+        result = run(args.jobs, args.batch, args.pg_admin_url, args.drop_index)
     print(json.dumps(result, indent=2))
 
 
