@@ -13,7 +13,7 @@ from coordd.domain.jobs.attestation import Attestation, statement_json
 from coordd.domain.jobs.graph import parents_succeeded
 from coordd.domain.jobs.policy import JobPolicy, platform_fee, policy_of
 from coordd.domain.jobs.specs import LeaseRef, Payload
-from coordd.domain.jobs.states import CANCELLED
+from coordd.domain.jobs.states import CANCELLED, SUCCEEDED
 from coordd.domain.jobs.transitions import close_attempt, lease_error, lock, refund_and_finish
 from coordd.runtime import Runtime
 from coordd.store.db import Tx
@@ -52,12 +52,26 @@ def _complete_batch(
     payments: list[ledger.Entry] = []
     paid = fees = 0
     parents: list[str] = []
+    accepted: set[str] = set()
     sign, key_id = rt.signer.sign, rt.signer.key_id
     for lease, output in items:
         row = locked.pop(lease.job_id, None)
+        if row is None and lease.job_id in accepted:
+            # The same job twice in one batch: its row is not updated yet, so the lease still
+            # looks held; the first completion is the one (before: an AssertionError below).
+            results.append(
+                FailedPrecondition(
+                    f"the lease on jobs/{lease.job_id} attempt {lease.attempt} is no longer held:"
+                    " the job is completed earlier in this batch",
+                    reason="STALE_LEASE",
+                    metadata={"state": SUCCEEDED, "attempt": str(lease.attempt)},
+                )
+            )
+            continue
         if row is None:
             results.append(_explain_rejected_completion(rt, tx, who, lease, policy))
             continue
+        accepted.add(row.id)
         payload = statement_json(
             row.id,
             row.kind,
