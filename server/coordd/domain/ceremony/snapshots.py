@@ -61,6 +61,13 @@ class QueueSnapshot:
     def queue_length(self) -> int:
         return len(self.positions)
 
+    def elapsed_at(self, now: datetime) -> timedelta | None:
+        """How long the current turn has run at `now`: a cached snapshot outlives its read (it
+        is re-read on changes), and a waiting contributor's estimate counts down meanwhile."""
+        if self.current is not None and self.current.turn_start_time is not None:
+            return now - self.current.turn_start_time
+        return self.current_elapsed
+
 
 def ready_key(circuit_id: str) -> str:
     """The local key a circuit's streams wait on: signalled once a change's re-read is cached."""

@@ -63,7 +63,7 @@ async def watch_state(
         keys.append(ready_key(snap.circuit_id))
         position = snap.positions.get(pid, 0)
         if view.status == WAITING:
-            wait = estimated_wait(position - 1, snap.per_turn, snap.current_elapsed)
+            wait = estimated_wait(position - 1, snap.per_turn, snap.elapsed_at(rt.now()))
     finished = view.status in (DONE, FINALIZED) or (
         state in (CLOSED, FINALIZED) and view.status in (CREATED, WAITING, TIMEDOUT)
     )
