@@ -4,6 +4,7 @@ for the daemon's own backlog (issue 14: a fleet on one process)."""
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
 
@@ -136,3 +137,25 @@ def test_a_blocked_event_loop_shows_as_backlog(srv):
     while tracker.backlog_s() < 0.5 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert tracker.backlog_s() >= 0.5
+
+
+def test_beats_read_late_across_the_fleet_show_as_backlog(srv):
+    """The loop may keep time while gRPC hands beats over late: the median lateness of
+    the UP nodes' beats counts too; one node back from a real silence does not."""
+    tracker = heartbeats.tracker_for(srv.rt)
+    start = srv.rt.now()
+
+    async def beats(count: int, late_s: float) -> None:
+        for index in range(count):
+            info = domain.NodeInfo(f"fake-{count}-{index}", "p", "up", 1.0, 3.0, 2)
+            tracker.beat(info, start, [], {})
+            tracker.beat(info, start + timedelta(seconds=1.0 + late_s), [], {})
+
+    srv.call(beats(1, 30.0))
+    time.sleep(1.0)  # a few samples
+    assert tracker.backlog_s() < 1.0, "one late node is not the daemon's backlog"
+    srv.call(beats(40, 2.0))
+    deadline = time.monotonic() + 10
+    while tracker.backlog_s() < 2.0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert tracker.backlog_s() == pytest.approx(2.0, abs=0.5)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import time
 import weakref
 from collections.abc import Iterable
@@ -36,6 +37,9 @@ CHANGE_BATCH_MAX = 500
 # The event loop's lag is sampled this often; detection reads the worst of the last samples.
 LAG_SAMPLE_S = 0.25
 LAG_SAMPLES = 20
+# Lateness of UP nodes' beats counts as the daemon's backlog only as the median of at least
+# this many beats (one node back from a real silence is not the daemon being behind).
+LATENESS_MIN_BEATS = 20
 DB_FLUSH_WITH_REDIS_S = 5.0
 # Cached assignments are re-read at least this often even without an event.
 ASSIGNMENT_TTL_S = 5.0
@@ -77,6 +81,8 @@ class Tracker:
         self._writer_lock = asyncio.Lock()
         self.change_batches = 0
         self.lag_samples: list[float] = [0.0]
+        # How late (past their interval) UP nodes' beats were read since the last sample.
+        self.lateness: list[float] = []
         self.beats = 0
         self.flushes = 0
         self.redis: Any = None
@@ -147,6 +153,9 @@ class Tracker:
         """Records a beat in memory; returns what must be written now, if anything."""
         rules.check_can_beat(info)
         node_id = info.node_id
+        previous = self.last_seen.get(node_id)
+        if previous is not None and info.status == rules.UP:
+            self.lateness.append((now - previous).total_seconds() - info.interval_s)
         self.last_seen[node_id] = now
         self.dirty[node_id] = now
         self.beats += 1
@@ -264,17 +273,23 @@ class Tracker:
     # -- the daemon's own backlog --
 
     async def _lag_loop(self) -> None:
-        """Samples how late the event loop wakes a timer: a loaded daemon reads beats that
-        late, and detection must not blame the nodes for it."""
+        """Samples the daemon's backlog: how late the event loop wakes a timer, or (when
+        the loop keeps time but gRPC hands beats over late) the median lateness of the UP
+        nodes' beats read since the last sample. A loaded daemon reads beats that late, and
+        detection must not blame the nodes for it."""
         loop = asyncio.get_running_loop()
         stopping = self.rt.stopping
         while not stopping.is_set():
             scheduled = loop.time() + LAG_SAMPLE_S
             await asyncio.sleep(LAG_SAMPLE_S)
-            self.lag_samples = [*self.lag_samples[-(LAG_SAMPLES - 1) :], max(0.0, loop.time() - scheduled)]
+            lag = max(0.0, loop.time() - scheduled)
+            lateness, self.lateness = self.lateness, []
+            if len(lateness) >= LATENESS_MIN_BEATS:
+                lag = max(lag, statistics.median_low(lateness))
+            self.lag_samples = [*self.lag_samples[-(LAG_SAMPLES - 1) :], lag]
 
     def backlog_s(self) -> float:
-        """The worst event-loop lag of the last ~5 s (any thread may read it)."""
+        """The worst backlog sampled in the last ~5 s (any thread may read it)."""
         return max(self.lag_samples)
 
     def cached_assignments(self, node_id: str) -> list[AssignedView] | None:
