@@ -97,6 +97,8 @@ def detect_down(rt: Runtime, latest_seen: LastSeen, batch: int = 1000, *, backlo
         fresh = latest_seen([n.id for n in due])
         projects = queries.projects_by_ids({n.project_id for n in due})
         silent: dict[str, list[Node]] = defaultdict(list)
+        # Heard from after all: their deadlines move in one executemany, not a save each.
+        moved: list[tuple[str, datetime, datetime | None]] = []
         for node in due:
             project = projects[node.project_id]
             window = timedelta(seconds=project.window_s)
@@ -105,14 +107,12 @@ def detect_down(rt: Runtime, latest_seen: LastSeen, batch: int = 1000, *, backlo
                 node.last_seen_time = seen
             if seen is not None and seen + window > tx.now:
                 # A beat the database has not seen yet (another replica, an unflushed batch).
-                node.deadline_time = seen + window
-                health.save_last_seen(node)
+                moved.append((node.id, seen, seen + window))
                 continue
             allowance = timedelta(seconds=backlog_allowance_s(backlog_s, project.window_s))
             if allowance and seen is not None and seen + window + allowance > tx.now:
                 # Late by no more than our own backlog: look again when the allowance ends.
-                node.deadline_time = seen + window + allowance
-                health.save_last_seen(node)
+                moved.append((node.id, seen, seen + window + allowance))
                 continue
             grace_until = state.active_since + timedelta(seconds=restart_grace_s(project.window_s))
             if tx.now < grace_until:
@@ -120,6 +120,8 @@ def detect_down(rt: Runtime, latest_seen: LastSeen, batch: int = 1000, *, backlo
                 health.save_deadline(node)
                 continue
             silent[project.id].append(node)
+        if moved:
+            health.store_last_seen_many(moved)
         for project_id, nodes in silent.items():
             marked += _mark_down(tx, projects[project_id], nodes)
     return marked
