@@ -30,10 +30,11 @@ from coordd.runtime import Runtime
 log = structlog.get_logger("coordd.node")
 
 FLUSH_INTERVAL_S = 1.0
-# Beat-driven changes (PENDING, UP, replica reports) queue here and are written in batches:
-# at most this long after the first one queued, or at once when this many are waiting.
+# Beat-driven changes (PENDING, UP, replica reports) queue here and are written in batches
+# of at most CHANGE_BATCH_MAX nodes, CHANGE_BATCH_S apart: between two batches the database
+# writer (SQLite's lock is not fair) is free for the last-seen flush and detection.
 CHANGE_BATCH_S = 0.15
-CHANGE_BATCH_MAX = 500
+CHANGE_BATCH_MAX = 200
 # The event loop's lag is sampled this often; detection reads the worst of the last samples.
 LAG_SAMPLE_S = 0.25
 LAG_SAMPLES = 20
@@ -215,11 +216,15 @@ class Tracker:
         return self.info.get(node_id, info).status
 
     async def write_changes(self) -> int:
-        """Writes every queued change in one transaction (worker thread). Returns how many."""
+        """Writes up to CHANGE_BATCH_MAX nodes' queued changes in one transaction (worker
+        thread). Returns how many nodes."""
         async with self._writer_lock:
             if not self.queued:
                 return 0
-            batch, self.queued = self.queued, {}
+            # The nodes a unary call waits for first, then the oldest queued.
+            order = [n for n in self.waiters if n in self.queued]
+            order += [n for n in self.queued if n not in self.waiters]
+            batch = {n: self.queued.pop(n) for n in order[:CHANGE_BATCH_MAX]}
             self.writing = set(batch)
             waiters = {n: self.waiters.pop(n) for n in list(self.waiters) if n in batch}
             changes = [change for node_changes in batch.values() for change in node_changes]
@@ -254,13 +259,14 @@ class Tracker:
     async def _writer_loop(self) -> None:
         stopping = self.rt.stopping
         while not stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queued_event.wait(), FLUSH_INTERVAL_S)
-            self._queued_event.clear()
             if not self.queued:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._queued_event.wait(), FLUSH_INTERVAL_S)
+                self._queued_event.clear()
                 continue
-            if len(self.queued) < CHANGE_BATCH_MAX and not self.waiters:
-                # Let the batch fill: a recovering fleet's changes go in one transaction.
+            if not self.waiters:
+                # Let the batch fill (a recovering fleet's changes go in one transaction)
+                # and leave the writer to the flush and detection in between.
                 await asyncio.sleep(CHANGE_BATCH_S)
             try:
                 await self.write_changes()
@@ -328,7 +334,7 @@ class Tracker:
         """Hands the beats since the last flush to Redis (when configured) and, when
         `database`, everything not yet stored to the database (queued status changes
         first). Returns the last-seen rows written."""
-        if database:
+        while database and self.queued:
             await self.write_changes()
         batch = self.take_dirty()
         if batch and self.redis is not None and not await self.rt.run(self.write_redis, batch):
