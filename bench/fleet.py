@@ -198,11 +198,16 @@ async def detect(
 
         watching = asyncio.create_task(watcher())
 
+        errors: list[str] = []
+
         async def node(key: str) -> None:
             while time.time() < stop_at:
                 sent = time.time()  # the send time: the latency measured is an upper bound
-                reply = await stub.Heartbeat(node_pb2.HeartbeatRequest(), metadata=key_md(key))
-                last_beat[reply.node] = sent
+                try:
+                    reply = await stub.Heartbeat(node_pb2.HeartbeatRequest(), metadata=key_md(key))
+                    last_beat[reply.node] = sent
+                except grpc.aio.AioRpcError as exc:  # an overloaded server: a missed beat
+                    errors.append(exc.code().name)
                 await asyncio.sleep(INTERVAL_S)
 
         await asyncio.gather(*(node(k) for k in keys))
@@ -222,6 +227,7 @@ async def detect(
         "p99_s": round(percentile(latencies, 99), 3),
         "max_s": round(max(latencies, default=0.0), 3),
         "from_send_p99_s": round(percentile(from_send, 99), 3),
+        "beat_errors": len(errors),
     }
 
 
