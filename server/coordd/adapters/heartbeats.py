@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from coordd.core.errors import Unavailable
 from coordd.core.events import Event
 from coordd.domain import node
 from coordd.domain.node import heartbeats as rules
@@ -234,7 +235,8 @@ class Tracker:
                 # Not lost: put back before anything newer, retried by the next batch.
                 for node_id, node_changes in batch.items():
                     self.queued[node_id] = [*node_changes, *self.queued.get(node_id, [])]
-                error = exc if isinstance(exc, Exception) else RuntimeError("stopped while writing")
+                stopped = Unavailable("the daemon is stopping; retry shortly")
+                error = exc if isinstance(exc, Exception) else stopped
                 for futures in waiters.values():
                     for future in futures:
                         if not future.done():
@@ -251,7 +253,7 @@ class Tracker:
                 for future in waiters.get(node_id, []):
                     if not future.done():
                         if status is None:
-                            future.set_exception(RuntimeError("the heartbeat could not be stored"))
+                            future.set_exception(Unavailable("the heartbeat could not be stored; retry"))
                         else:
                             future.set_result(status)
             return len(batch)
