@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import time
 import weakref
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from coordd.core.errors import Unavailable
 from coordd.core.events import Event
 from coordd.domain import node
 from coordd.domain.node import heartbeats as rules
@@ -29,6 +31,17 @@ from coordd.runtime import Runtime
 log = structlog.get_logger("coordd.node")
 
 FLUSH_INTERVAL_S = 1.0
+# Beat-driven changes (PENDING, UP, replica reports) queue here and are written in batches
+# of at most CHANGE_BATCH_MAX nodes, CHANGE_BATCH_S apart: between two batches the database
+# writer (SQLite's lock is not fair) is free for the last-seen flush and detection.
+CHANGE_BATCH_S = 0.15
+CHANGE_BATCH_MAX = 200
+# The event loop's lag is sampled this often; detection reads the worst of the last samples.
+LAG_SAMPLE_S = 0.25
+LAG_SAMPLES = 20
+# Lateness of UP nodes' beats counts as the daemon's backlog only as the median of at least
+# this many beats (one node back from a real silence is not the daemon being behind).
+LATENESS_MIN_BEATS = 20
 DB_FLUSH_WITH_REDIS_S = 5.0
 # Cached assignments are re-read at least this often even without an event.
 ASSIGNMENT_TTL_S = 5.0
@@ -61,6 +74,17 @@ class Tracker:
         self.reported: dict[str, dict[str, str]] = {}
         self.metrics: dict[str, dict[str, float]] = {}
         self.assignments: dict[str, tuple[float, list[AssignedView]]] = {}
+        # Beat-driven changes not yet written (node -> merged change), those being written,
+        # and the unary calls waiting for their change to commit.
+        self.queued: dict[str, list[BeatChange]] = {}
+        self.writing: set[str] = set()
+        self.waiters: dict[str, list[asyncio.Future[str]]] = {}
+        self._queued_event = asyncio.Event()
+        self._writer_lock = asyncio.Lock()
+        self.change_batches = 0
+        self.lag_samples: list[float] = [0.0]
+        # How late (past their interval) UP nodes' beats were read since the last sample.
+        self.lateness: list[float] = []
         self.beats = 0
         self.flushes = 0
         self.redis: Any = None
@@ -73,6 +97,8 @@ class Tracker:
             )
         rt.bus.add_listener(self._on_events)
         self._loop_task: asyncio.Task[None] | None = None
+        self._writer_task: asyncio.Task[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
 
     # -- events (hints: the flush re-reads statuses anyway) --
 
@@ -129,6 +155,9 @@ class Tracker:
         """Records a beat in memory; returns what must be written now, if anything."""
         rules.check_can_beat(info)
         node_id = info.node_id
+        previous = self.last_seen.get(node_id)
+        if previous is not None and info.status == rules.UP:
+            self.lateness.append((now - previous).total_seconds() - info.interval_s)
         self.last_seen[node_id] = now
         self.dirty[node_id] = now
         self.beats += 1
@@ -149,8 +178,127 @@ class Tracker:
         for workload_id, (state, _) in change.reports.items():
             known[workload_id] = state
         info = self.info.get(change.node_id)
-        if info is not None:
+        # A newer change queued meanwhile knows better than this batch's stored status.
+        if info is not None and change.node_id not in self.queued:
             self._set_status(info, status)
+
+    # -- beat-driven changes, written in batches --
+
+    def queue(self, info: NodeInfo, change: BeatChange) -> None:
+        """The change takes effect in memory at once (status, reports) and is queued for
+        the writer. A node's changes are written in order (PENDING, then UP: both
+        transitions are stored); replica reports merge into the change before them."""
+        changes = self.queued.setdefault(change.node_id, [])
+        last = changes[-1] if changes else None
+        if last is not None and change.status in (None, last.status):
+            merged = {**last.reports, **change.reports}
+            changes[-1] = BeatChange(change.node_id, change.time, last.status, merged)
+        else:
+            changes.append(change)
+        if change.status is not None:
+            self._set_status(info, change.status)
+        known = self.reported.setdefault(change.node_id, {})
+        for workload_id, (state, _) in change.reports.items():
+            known[workload_id] = state
+        self._queued_event.set()
+
+    async def committed(self, info: NodeInfo) -> str:
+        """Waits until the node's queued change (if any) is written; returns the stored
+        status. Raises what the batch's write raised."""
+        node_id = info.node_id
+        while node_id in self.queued or node_id in self.writing:
+            if node_id in self.queued:
+                waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+                self.waiters.setdefault(node_id, []).append(waiter)
+                self._queued_event.set()
+                return await waiter
+            async with self._writer_lock:  # the batch being written: wait for it
+                pass
+        return self.info.get(node_id, info).status
+
+    async def write_changes(self) -> int:
+        """Writes up to CHANGE_BATCH_MAX nodes' queued changes in one transaction (worker
+        thread). Returns how many nodes."""
+        async with self._writer_lock:
+            if not self.queued:
+                return 0
+            # The nodes a unary call waits for first, then the oldest queued.
+            order = [n for n in self.waiters if n in self.queued]
+            order += [n for n in self.queued if n not in self.waiters]
+            batch = {n: self.queued.pop(n) for n in order[:CHANGE_BATCH_MAX]}
+            self.writing = set(batch)
+            waiters = {n: self.waiters.pop(n) for n in list(self.waiters) if n in batch}
+            changes = [change for node_changes in batch.values() for change in node_changes]
+            try:
+                statuses = await self.rt.run(rules.apply_beats, self.rt, changes)
+            except BaseException as exc:
+                # Not lost: put back before anything newer, retried by the next batch.
+                for node_id, node_changes in batch.items():
+                    self.queued[node_id] = [*node_changes, *self.queued.get(node_id, [])]
+                stopped = Unavailable("the daemon is stopping; retry shortly")
+                error = exc if isinstance(exc, Exception) else stopped
+                for futures in waiters.values():
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(error)
+                raise
+            finally:
+                self.writing = set()
+            self.change_batches += 1
+            for node_id, node_changes in batch.items():
+                status = statuses.get(node_id)
+                if status is not None:
+                    for change in node_changes:
+                        self.applied(change, status)
+                for future in waiters.get(node_id, []):
+                    if not future.done():
+                        if status is None:
+                            future.set_exception(Unavailable("the heartbeat could not be stored; retry"))
+                        else:
+                            future.set_result(status)
+            return len(batch)
+
+    async def _writer_loop(self) -> None:
+        stopping = self.rt.stopping
+        while not stopping.is_set():
+            if not self.queued:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._queued_event.wait(), FLUSH_INTERVAL_S)
+                self._queued_event.clear()
+                continue
+            if not self.waiters:
+                # Let the batch fill (a recovering fleet's changes go in one transaction)
+                # and leave the writer to the flush and detection in between.
+                await asyncio.sleep(CHANGE_BATCH_S)
+            try:
+                await self.write_changes()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("beat changes write failed; will retry", error=str(exc))
+                await asyncio.sleep(CHANGE_BATCH_S)
+
+    # -- the daemon's own backlog --
+
+    async def _lag_loop(self) -> None:
+        """Samples the daemon's backlog: how late the event loop wakes a timer, or (when
+        the loop keeps time but gRPC hands beats over late) the median lateness of the UP
+        nodes' beats read since the last sample. A loaded daemon reads beats that late, and
+        detection must not blame the nodes for it."""
+        loop = asyncio.get_running_loop()
+        stopping = self.rt.stopping
+        while not stopping.is_set():
+            scheduled = loop.time() + LAG_SAMPLE_S
+            await asyncio.sleep(LAG_SAMPLE_S)
+            lag = max(0.0, loop.time() - scheduled)
+            lateness, self.lateness = self.lateness, []
+            if len(lateness) >= LATENESS_MIN_BEATS:
+                lag = max(lag, statistics.median_low(lateness))
+            self.lag_samples = [*self.lag_samples[-(LAG_SAMPLES - 1) :], lag]
+
+    def backlog_s(self) -> float:
+        """The worst backlog sampled in the last ~5 s (any thread may read it)."""
+        return max(self.lag_samples)
 
     def cached_assignments(self, node_id: str) -> list[AssignedView] | None:
         hit = self.assignments.get(node_id)
@@ -186,7 +334,10 @@ class Tracker:
 
     async def flush(self, *, database: bool = True) -> int:
         """Hands the beats since the last flush to Redis (when configured) and, when
-        `database`, everything not yet stored to the database. Returns the rows written."""
+        `database`, everything not yet stored to the database (queued status changes
+        first). Returns the last-seen rows written."""
+        while database and self.queued:
+            await self.write_changes()
         batch = self.take_dirty()
         if batch and self.redis is not None and not await self.rt.run(self.write_redis, batch):
             database = True
@@ -203,13 +354,17 @@ class Tracker:
         self._last_db_flush = time.monotonic()
         for node_id, status in statuses.items():
             info = self.info.get(node_id)
-            if info is not None:
+            # A change still queued or being written is newer than what the flush read.
+            if info is not None and node_id not in self.queued and node_id not in self.writing:
                 self._set_status(info, status)
         return len(pending)
 
     def start(self) -> None:
         if self._loop_task is None:
-            self._loop_task = asyncio.get_running_loop().create_task(self._flush_loop(), name="node-flush")
+            loop = asyncio.get_running_loop()
+            self._loop_task = loop.create_task(self._flush_loop(), name="node-flush")
+            self._writer_task = loop.create_task(self._writer_loop(), name="node-beat-changes")
+            self._lag_task = loop.create_task(self._lag_loop(), name="node-loop-lag")
 
     async def _flush_loop(self) -> None:
         stopping = self.rt.stopping
@@ -260,7 +415,8 @@ def tracker_for(rt: Runtime) -> Tracker:
 
 
 def detect_down(rt: Runtime) -> int:
-    return node.detect_down(rt, tracker_for(rt).latest_seen)
+    tracker = tracker_for(rt)
+    return node.detect_down(rt, tracker.latest_seen, backlog_s=tracker.backlog_s())
 
 
 def run_maintenance(rt: Runtime) -> int:

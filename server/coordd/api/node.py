@@ -269,7 +269,9 @@ class NodeServicer(MembershipRpcs, MonitoringRpcs, node_pb2_grpc.NodeServiceServ
             self.tracker.remember(who.api_key_id, info)
         return info
 
-    async def _beat(self, info: node.NodeInfo, request: Any) -> None:
+    async def _beat(self, info: node.NodeInfo, request: Any) -> bool:
+        """Records a beat; a change (status, replica reports) is queued for the batched
+        writer. Returns whether one was."""
         reports = []
         for index, report in enumerate(request.workloads):
             workload_id = parse_name(report.workload, "workloads", f"workloads[{index}].workload")
@@ -285,9 +287,15 @@ class NodeServicer(MembershipRpcs, MonitoringRpcs, node_pb2_grpc.NodeServiceServ
             if any(w not in assigned for w, _, _ in reports):
                 await self.rt.run(node.check_reported_workloads, self.rt, info, reports, assigned)
         change = self.tracker.beat(info, self.rt.now(), reports, metrics)
-        if change is not None:
-            status = await self.rt.run(node.apply_beat, self.rt, change)
-            self.tracker.applied(change, status)
+        if change is None:
+            return False
+        self.tracker.queue(info, change)
+        return True
+
+    async def _committed(self, info: node.NodeInfo) -> None:
+        """The node's queued changes are stored (a reply reports what the database says)."""
+        await self.tracker.committed(info)
+        node.check_can_beat(self.tracker.info.get(info.node_id, info))
 
     async def _assignments(self, node_id: str) -> list[node.AssignedView]:
         views = self.tracker.cached_assignments(node_id)
@@ -298,7 +306,8 @@ class NodeServicer(MembershipRpcs, MonitoringRpcs, node_pb2_grpc.NodeServiceServ
 
     async def Heartbeat(self, request: node_pb2.HeartbeatRequest, context: Any) -> node_pb2.HeartbeatResponse:
         info = await self._node_info()
-        await self._beat(info, request)
+        if await self._beat(info, request):
+            await self._committed(info)  # one write for the batch, not one per beat
         views = await self._assignments(info.node_id)
         return node_pb2.HeartbeatResponse(
             node=f"nodes/{info.node_id}",
@@ -317,8 +326,9 @@ class NodeServicer(MembershipRpcs, MonitoringRpcs, node_pb2_grpc.NodeServiceServ
         async for request in request_iterator:
             # Re-read from the cache: a status change made elsewhere shows up here.
             info = self.tracker.info.get(info.node_id, info)
-            await self._beat(info, request)
+            await self._beat(info, request)  # a change is written by the next batch
             beats += 1
+        await self._committed(info)
         views = await self._assignments(info.node_id)
         return node_pb2.StreamHeartbeatsResponse(
             node=f"nodes/{info.node_id}",

@@ -24,7 +24,12 @@ from coordd.domain.node.access import (
     visible_workload,
     watchable_project,
 )
-from coordd.domain.node.detection import detect_down, reconnect_backoff_max_s, restart_grace_s
+from coordd.domain.node.detection import (
+    backlog_allowance_s,
+    detect_down,
+    reconnect_backoff_max_s,
+    restart_grace_s,
+)
 from coordd.domain.node.escalation import (
     acknowledge_incident,
     get_monitoring_policy,
@@ -38,6 +43,8 @@ from coordd.domain.node.heartbeats import (
     LastSeen,
     NodeInfo,
     apply_beat,
+    apply_beats,
+    check_can_beat,
     check_metrics,
     check_reported_workloads,
     check_reports,
@@ -137,6 +144,9 @@ __all__ = [
     "accept_invite",
     "acknowledge_incident",
     "apply_beat",
+    "apply_beats",
+    "backlog_allowance_s",
+    "check_can_beat",
     "check_metrics",
     "check_reported_workloads",
     "check_reports",

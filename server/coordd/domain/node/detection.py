@@ -76,8 +76,18 @@ def freshest(node: Node, fresh: dict[str, datetime]) -> datetime | None:
     return max(seen_times) if seen_times else None
 
 
-def detect_down(rt: Runtime, latest_seen: LastSeen, batch: int = 1000) -> int:
-    """Scheduler task: marks DOWN the nodes whose deadline passed. Returns how many."""
+def backlog_allowance_s(backlog_s: float, window_s: float) -> float:
+    """How much later than its window a node may be heard before it is DOWN, when the
+    daemon itself is behind by `backlog_s` (its event loop woke that late: it could not
+    have read the beat in time). Bounded by one window, so a real silence is still
+    detected within window + backlog, at most twice the window."""
+    return min(max(backlog_s, 0.0), window_s)
+
+
+def detect_down(rt: Runtime, latest_seen: LastSeen, batch: int = 1000, *, backlog_s: float = 0.0) -> int:
+    """Scheduler task: marks DOWN the nodes whose deadline passed. Returns how many.
+    `backlog_s`: how far behind the daemon is (the event loop's recent lag); a node late
+    by no more than that is not blamed for it (`backlog_allowance_s`)."""
     state = _detector(rt)
     marked = 0
     with rt.store.write() as tx:
@@ -87,6 +97,8 @@ def detect_down(rt: Runtime, latest_seen: LastSeen, batch: int = 1000) -> int:
         fresh = latest_seen([n.id for n in due])
         projects = queries.projects_by_ids({n.project_id for n in due})
         silent: dict[str, list[Node]] = defaultdict(list)
+        # Heard from after all: their deadlines move in one executemany, not a save each.
+        moved: list[tuple[str, datetime, datetime | None]] = []
         for node in due:
             project = projects[node.project_id]
             window = timedelta(seconds=project.window_s)
@@ -95,8 +107,12 @@ def detect_down(rt: Runtime, latest_seen: LastSeen, batch: int = 1000) -> int:
                 node.last_seen_time = seen
             if seen is not None and seen + window > tx.now:
                 # A beat the database has not seen yet (another replica, an unflushed batch).
-                node.deadline_time = seen + window
-                health.save_last_seen(node)
+                moved.append((node.id, seen, seen + window))
+                continue
+            allowance = timedelta(seconds=backlog_allowance_s(backlog_s, project.window_s))
+            if allowance and seen is not None and seen + window + allowance > tx.now:
+                # Late by no more than our own backlog: look again when the allowance ends.
+                moved.append((node.id, seen, seen + window + allowance))
                 continue
             grace_until = state.active_since + timedelta(seconds=restart_grace_s(project.window_s))
             if tx.now < grace_until:
@@ -104,6 +120,8 @@ def detect_down(rt: Runtime, latest_seen: LastSeen, batch: int = 1000) -> int:
                 health.save_deadline(node)
                 continue
             silent[project.id].append(node)
+        if moved:
+            health.store_last_seen_many(moved)
         for project_id, nodes in silent.items():
             marked += _mark_down(tx, projects[project_id], nodes)
     return marked

@@ -3,8 +3,9 @@
 A beat costs no database write: the runtime adapter (adapters/heartbeats.py) keeps
 last-seen in memory and flushes it in batches through `record_last_seen`, which moves each
 node's indexed `deadline_time` (last seen + the project's window: later than that, the node
-is late). Only a beat that changes something (a status, a replica state) writes at once,
-through `apply_beat`.
+is late). A beat that changes something (a status, a replica state) updates the tracker
+at once and is queued: the tracker's writer applies the queued changes in batches, one
+transaction each, through `apply_beats` (a unary Heartbeat waits for its batch to commit).
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import structlog
+
 from coordd.core.errors import FailedPrecondition, PermissionDenied, Violations
 from coordd.core.principal import Principal
 from coordd.domain.node.machine import node_up, refresh_workloads, set_node_status
 from coordd.runtime import Runtime
+from coordd.store.db import Tx
 from coordd.store.node import health, queries
 from coordd.store.node.models import DECOMMISSIONED, DOWN, PENDING, REPLICA_STATES, UNKNOWN, UP
+
+log = structlog.get_logger("coordd.node")
 
 MAX_REPORTS = 1000
 MAX_METRICS = 64
@@ -161,26 +167,55 @@ def node_for_key(rt: Runtime, who: Principal) -> NodeInfo:
 def apply_beat(rt: Runtime, change: BeatChange) -> str:
     """Writes a status change (PENDING, UP) or replica reports; returns the stored status."""
     with rt.store.write() as tx:
-        node = queries.node_with_project(change.node_id)
-        if node is None or node.status == DECOMMISSIONED:
-            raise FailedPrecondition("this node is decommissioned", reason="NODE_DECOMMISSIONED")
-        project = node.project
-        if change.status is not None and node.status in (UNKNOWN, PENDING, DOWN):
-            if change.status == UP:
-                node_up(tx, node, project, f"{project.successes_before_up} consecutive heartbeats")
-            else:
-                set_node_status(tx, node, project, PENDING, "heartbeat received")
-            node.last_seen_time = change.time
-            node.save()
-        affected: set[str] = set()
-        for workload_id, (state, message) in change.reports.items():
-            if health.report_replica(workload_id, node.id, state, message[:500], tx.now):
-                affected.add(workload_id)
-        if affected:
-            refresh_workloads(
-                tx, affected, f"replica on nodes/{node.id} reported", inhibited=node.status != UP
-            )
-        return node.status
+        status = _apply(tx, change)
+    if status == DECOMMISSIONED:
+        raise FailedPrecondition("this node is decommissioned", reason="NODE_DECOMMISSIONED")
+    return status
+
+
+def apply_beats(rt: Runtime, changes: list[BeatChange]) -> dict[str, str]:
+    """Worker thread: the beat-driven changes queued since the last batch, in one
+    transaction (the tracker's writer: a recovering fleet costs one transaction per batch,
+    not one per node). Returns each node's stored status (DECOMMISSIONED: none was written).
+    When the batch fails, each change is retried on its own so one bad change does not
+    hold back the others; a change that still fails is left out of the result."""
+    try:
+        with rt.store.write() as tx:
+            # In order: a node's later change (UP after PENDING) wins.
+            return {change.node_id: _apply(tx, change) for change in changes}
+    except Exception as exc:
+        if len(changes) == 1:
+            raise
+        log.warning("batched beat changes failed; applying one by one", error=str(exc), changes=len(changes))
+    out: dict[str, str] = {}
+    for change in changes:
+        try:
+            with rt.store.write() as tx:
+                out[change.node_id] = _apply(tx, change)
+        except Exception as exc:
+            log.warning("beat change failed", node=change.node_id, error=str(exc))
+    return out
+
+
+def _apply(tx: Tx, change: BeatChange) -> str:
+    node = queries.node_with_project(change.node_id)
+    if node is None or node.status == DECOMMISSIONED:
+        return DECOMMISSIONED
+    project = node.project
+    if change.status is not None and node.status in (UNKNOWN, PENDING, DOWN):
+        if change.status == UP:
+            node_up(tx, node, project, f"{project.successes_before_up} consecutive heartbeats")
+        else:
+            set_node_status(tx, node, project, PENDING, "heartbeat received")
+        node.last_seen_time = change.time
+        node.save()
+    affected: set[str] = set()
+    for workload_id, (state, message) in change.reports.items():
+        if health.report_replica(workload_id, node.id, state, message[:500], tx.now):
+            affected.add(workload_id)
+    if affected:
+        refresh_workloads(tx, affected, f"replica on nodes/{node.id} reported", inhibited=node.status != UP)
+    return node.status
 
 
 def load_assignments(node_id: str) -> list[AssignedView]:
