@@ -68,7 +68,13 @@ async def watch_state(
         keys = (own_key, sys.intern(ceremony_name(cid)), sys.intern(ready_key(snap.circuit_id)))
         position = snap.positions.get(pid, 0)
         if view.status == WAITING:
-            wait = estimated_wait(position - 1, snap.per_turn, snap.current_elapsed)
+            # The current turn's elapsed time as of now, not as of the (shared, cached) read:
+            # the estimate counts down with the clock between queue changes.
+            elapsed = snap.current_elapsed
+            current = snap.current
+            if current is not None and current.turn_start_time is not None:
+                elapsed = rt.now() - current.turn_start_time
+            wait = estimated_wait(position - 1, snap.per_turn, elapsed)
     finished = view.status in (DONE, FINALIZED) or (
         state in (CLOSED, FINALIZED) and view.status in (CREATED, WAITING, TIMEDOUT)
     )
