@@ -204,12 +204,13 @@ class CeremonyServicer(TransferMethods, ceremony_pb2_grpc.CeremonyServiceService
         per change of its own row, and only position + estimated wait per message."""
         who = require_user()
         cid = parse_name(request.ceremony, "ceremonies", "ceremony")
+        del request  # between messages the stream holds only what it compares and sends
         p = await self.rt.run(ceremony.get_participation, who, cid)
+        del who
         pid: str = p.id
         hint: str | None = p.circuit_id
-        del p  # the row is not needed again: a stream holds only what it sends
+        del p  # the row is not needed again
         last_key: tuple[Any, ...] | None = None
-        data = b""
         last_sent = time.monotonic()
         quiet = _keepalive_interval()
         # The caller's last verdict is read again only when its own status moves (a verdict
@@ -227,21 +228,32 @@ class CeremonyServicer(TransferMethods, ceremony_pb2_grpc.CeremonyServiceService
                 mine = own
                 last = await self.rt.run(ceremony.last_contribution, pid)
             key = (w.key, last.id if last is not None else "")
-            # A cheap comparison first: the message is only built when something changed.
-            if key != last_key:
+            # A cheap comparison first: the message is only built when something changed
+            # or a keepalive is due.
+            if key != last_key or now - last_sent >= quiet:
                 if own_key != (w.view, key[1]):
                     own_key, own_bytes = (w.view, key[1]), watch_own_bytes(cid, w, last)
+                # Not kept between messages: a keepalive (same key, so the same content) is
+                # encoded again from the shared bytes, which costs less than holding them.
                 data = self._shared_bytes(cid, w) + own_bytes + watch_position_bytes(w.position, w.wait)
-                yield data
+                yield data if key != last_key else data + KEEPALIVE_SUFFIX
+                del data
                 last_key, last_sent, quiet = key, now, _keepalive_interval()
-            elif now - last_sent >= quiet:
-                yield data + KEEPALIVE_SUFFIX
-                last_sent, quiet = now, _keepalive_interval()
             if w.finished:
                 return
-            if w.snap is not None and not self.snapshots.is_current(w.snap):
+            snap, keys = w.snap, w.keys
+            del w, own
+            if snap is not None and not self.snapshots.is_current(snap):
                 continue  # the queue changed while this stream was busy: no wake-up will come
-            await self.rt.notifier.wait(w.keys, max(0.01, quiet - (time.monotonic() - last_sent)))
+            del snap
+            # The notifier's future, awaited here: no coroutine frame per waiting stream.
+            notifier = self.rt.notifier
+            waiter, timer = notifier.arm(keys, max(0.01, quiet - (time.monotonic() - last_sent)))
+            try:
+                await waiter
+            finally:
+                notifier.disarm(keys, waiter, timer)
+            del keys, waiter, timer
 
     def _shared_bytes(self, cid: str, w: ceremony.WatchState) -> bytes:
         """The circuit's shared fields, encoded once per (snapshot, ceremony state) for all of

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import random
 import time
@@ -115,6 +116,7 @@ class Pipeline:
         self.limits = limits
         self.trusted = rt.settings.trusted_proxies
         self.max_chars = rt.settings.max_string_chars
+        self._role_sets: dict[frozenset[str], frozenset[str]] = {}
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         # grpc.aio tells coroutine and async-generator handlers apart with `inspect`, which
@@ -196,6 +198,17 @@ class Pipeline:
             )
             await self._audit(auth_rules.record_denial, principal, plan.method, denied.reason, peer)
             raise denied
+        current_principal.set(principal)
+        return principal
+
+    def _shared_roles(self, principal: Principal) -> Principal:
+        """The principal with the one shared frozenset of its roles: a stream's principal
+        lives as long as the stream (its task's context holds it), and there are few role
+        sets but many streams."""
+        roles = self._role_sets.setdefault(principal.roles, principal.roles)
+        if roles is principal.roles:
+            return principal
+        principal = dataclasses.replace(principal, roles=roles)
         current_principal.set(principal)
         return principal
 
@@ -340,12 +353,16 @@ class Pipeline:
         held: str | None = None
         try:
             request = self._check(plan, request)
-            principal = await self._admit(plan, authorization, peer)
+            principal = self._shared_roles(await self._admit(plan, authorization, peer))
+            # A stream's frame lives as long as the stream: it keeps only what it needs
+            # between messages (not the bearer token, the request or the principal).
+            authorization = _key = ""
             if principal.user_id:
                 fields["caller"] = principal.user_id
             if plan.stream_limited:
                 held = await self.limits.open_stream(host_of(peer), principal)
             source = call(request, context)
+            request = principal = None
             # Headers go out first (never cancelled mid-send, see above); they also tell the
             # client at once that the stream is established. Servicers must not send them.
             await context.send_initial_metadata(())
@@ -364,6 +381,7 @@ class Pipeline:
                 finally:
                     parked.discard(task)  # type: ignore[arg-type]
                 yield item
+                item = None  # sent: not held while the servicer waits for its next message
             context.set_trailing_metadata(((REQUEST_ID, request_id),))
         except grpc.aio.AbortError:
             code = self._code_of(context)

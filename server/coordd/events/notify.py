@@ -22,26 +22,37 @@ def keys_of(event: Event) -> list[str]:
 
 
 class Notifier:
+    """Waiters per key. A key with one waiter (a participant's own key, say) maps to the
+    waiter itself, not to a one-element set: with thousands of streams each waiting on a key
+    of its own, a set per key would be most of a waiting stream's memory here."""
+
     def __init__(self, bus: EventBus) -> None:
-        self._waiters: dict[str, set[asyncio.Future[bool]]] = {}
+        self._waiters: dict[str, asyncio.Future[bool] | set[asyncio.Future[bool]]] = {}
         bus.add_listener(self._on_events)
 
     def _on_events(self, events: list[Event]) -> None:
         for event in events:
             for key in keys_of(event):
-                for waiter in self._waiters.get(key, ()):
-                    if not waiter.done():
-                        waiter.set_result(True)
+                self.wake(key)
 
     def wake(self, key: str) -> None:
-        """Wakes this process's waiters on `key` (a local signal, not an event: e.g. a shared
-        read that a change made its waiters wait for is ready)."""
-        for waiter in self._waiters.get(key, ()):
-            if not waiter.done():
-                waiter.set_result(True)
+        """Wakes this process's waiters on `key` (also a local signal, not an event: e.g. a
+        shared read that a change made its waiters wait for is ready)."""
+        held = self._waiters.get(key)
+        if held is None:
+            return
+        if type(held) is set:
+            for waiter in held:
+                if not waiter.done():
+                    waiter.set_result(True)
+        elif not held.done():  # type: ignore[union-attr]
+            held.set_result(True)  # type: ignore[union-attr]
 
     def waiting(self, key: str) -> int:
-        return len(self._waiters.get(key, ()))
+        held = self._waiters.get(key)
+        if held is None:
+            return 0
+        return len(held) if type(held) is set else 1
 
     async def wait(self, keys: Iterable[str], timeout: float) -> bool:
         """Returns True when woken by an event on any key, False on timeout.
@@ -49,22 +60,48 @@ class Notifier:
         One future and one timer handle per wait (no wait_for/shield): with thousands of
         streams waiting, this is on the hot path of every update.
         """
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[bool] = loop.create_future()
-        keys = list(keys)
-        for key in keys:
-            self._waiters.setdefault(key, set()).add(waiter)
-        timer = loop.call_later(timeout, _expire, waiter)
+        if not isinstance(keys, (list, tuple)):
+            keys = list(keys)
+        waiter, timer = self.arm(keys, timeout)
         try:
             return await waiter
         finally:
-            timer.cancel()
-            for key in keys:
-                bucket = self._waiters.get(key)
-                if bucket is not None:
-                    bucket.discard(waiter)
-                    if not bucket:
-                        del self._waiters[key]
+            self.disarm(keys, waiter, timer)
+
+    def arm(
+        self, keys: list[str] | tuple[str, ...], timeout: float
+    ) -> tuple[asyncio.Future[bool], asyncio.TimerHandle]:
+        """`wait` without its coroutine, for a caller that waits often and long (a stream):
+        the future to await (True when woken, False on timeout) and its timer; the caller
+        must `disarm` them in a `finally`."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        waiters = self._waiters
+        for key in keys:
+            held = waiters.get(key)
+            if held is None:
+                waiters[key] = waiter
+            elif type(held) is set:
+                held.add(waiter)
+            elif held is not waiter:
+                waiters[key] = {held, waiter}  # type: ignore[arg-type]
+        return waiter, loop.call_later(timeout, _expire, waiter)
+
+    def disarm(
+        self, keys: list[str] | tuple[str, ...], waiter: asyncio.Future[bool], timer: asyncio.TimerHandle
+    ) -> None:
+        timer.cancel()
+        waiters = self._waiters
+        for key in keys:
+            held = waiters.get(key)
+            if held is waiter:
+                del waiters[key]
+            elif type(held) is set:
+                held.discard(waiter)
+                if len(held) == 1:
+                    waiters[key] = next(iter(held))
+                elif not held:
+                    del waiters[key]
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:

@@ -4,6 +4,7 @@ served from the circuit's shared snapshot (see snapshots)."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -30,7 +31,7 @@ class WatchState:
     state: str
     position: int
     wait: timedelta | None
-    keys: list[str]
+    keys: tuple[str, ...]
     finished: bool
 
     @property
@@ -56,11 +57,15 @@ async def watch_state(
         if snap is not None:
             view = snap.participants.get(pid, view)
     state = snap.ceremony_state if snap is not None else (await rt.run(get_ceremony, cid)).state
-    keys = [participant_name(cid, pid), ceremony_name(cid)]
+    # Every stream of a ceremony waits on the same ceremony and ready keys: one string each
+    # (interned), not one per stream. Not the queue key: its changes wake the stream once
+    # their re-read is cached.
+    own_key = participant_name(cid, pid)
     position, wait = 0, None
-    if snap is not None:
-        # Not the queue key: its changes wake the stream once their re-read is cached.
-        keys.append(ready_key(snap.circuit_id))
+    if snap is None:
+        keys: tuple[str, ...] = (own_key, sys.intern(ceremony_name(cid)))
+    else:
+        keys = (own_key, sys.intern(ceremony_name(cid)), sys.intern(ready_key(snap.circuit_id)))
         position = snap.positions.get(pid, 0)
         if view.status == WAITING:
             wait = estimated_wait(position - 1, snap.per_turn, snap.elapsed_at(rt.now()))
