@@ -107,7 +107,8 @@ def _answer(tx: Tx, spec: JobSpec, item: Submitted) -> Outcome:
             return duplicate_error(job)
         return item
     ready = job.state == QUEUED
-    tx.emit("job.submitted", f"jobs/{job.id}", {"budget": spec.budget, "watch_keys": [QUEUE_KEY] if ready else []})
+    watch = [QUEUE_KEY] if ready else []
+    tx.emit("job.submitted", f"jobs/{job.id}", {"budget": spec.budget, "watch_keys": watch})
     return item
 
 
