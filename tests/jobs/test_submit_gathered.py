@@ -165,3 +165,40 @@ def test_a_scheduled_job_and_a_child_in_one_batch_are_pending(env):
 
     assert [o.job.state for o in out] == [jobs.PENDING, jobs.PENDING]  # type: ignore[union-attr]
     assert ledger.balance(env.alice_id).held == 30
+
+
+def test_a_batch_meeting_a_deadlock_on_postgresql_runs_again(env):
+    rt = env.server.rt
+    if not rt.store.is_postgres:
+        return  # a deadlock needs PostgreSQL's row locks (SQLite has one writer)
+    spec = JobServicer(rt)._spec
+    bob_id, _ = _fund(env, 100)
+    alice = Principal(env.alice_id, frozenset({"participant"}), "token")
+    bob = Principal(bob_id, frozenset({"participant"}), "token")
+    holding_bob = threading.Event()
+    failures: list[BaseException] = []
+
+    def other() -> None:
+        """Locks bob's account, then (once the batch waits for it) alice's: a deadlock."""
+        try:
+            with rt.store.write() as tx:
+                # The batch's backend waits less before looking for deadlocks: it is the victim.
+                rt.store.db.execute_sql("SET LOCAL deadlock_timeout = '10s'")
+                ledger.deposit(tx, bob_id, 1, "seed")
+                holding_bob.set()
+                threading.Event().wait(0.5)  # the batch now holds alice's and waits for bob's
+                ledger.deposit(tx, env.alice_id, 1, "seed")
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    holding_bob.wait(10)
+    asks = [gathered.Ask(rt, alice, spec(_request())), gathered.Ask(rt, bob, spec(_request()))]
+    out = gathered.submit_gathered(rt, asks)
+    thread.join()
+
+    assert failures == []
+    assert all(isinstance(o, jobs.Submitted) and not o.existed for o in out)
+    assert ledger.balance(env.alice_id).held == 10 and ledger.balance(bob_id).held == 10
+    assert ledger.balance(bob_id).available == 100 + 1 - 10
