@@ -131,6 +131,9 @@ def test_a_batch_with_refused_calls_answers_every_call_alone(env):
     seqs = {j.id: j.fair_seq for j in Job.select().where(Job.submitter == env.alice_id)}
     assert seqs[out[2].job.id] == seqs[out[0].job.id] + 1
     assert seqs[out[6].job.id] == seqs[out[2].job.id] + 1
+    # One `job.submitted` event per new job, as one call stores it; none for refusals or duplicates.
+    rows = rt.store.db.execute_sql("SELECT subject FROM event_log WHERE type = 'job.submitted'").fetchall()
+    assert sorted(r[0] for r in rows) == sorted(f"jobs/{out[i].job.id}" for i in (0, 2, 6))  # type: ignore[union-attr]
 
 
 def test_a_batch_of_several_submitters_gets_fair_order_in_arrival_order(env):

@@ -17,6 +17,7 @@ back and runs it again (store/group_commit.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from coordd.core.principal import Principal
 from coordd.domain.jobs.specs import JobSpec
@@ -26,6 +27,7 @@ from coordd.domain.jobs.unique import duplicate_error
 from coordd.runtime import Runtime
 from coordd.store.db import Tx, conflict_of
 from coordd.store.group_commit import GroupCommit
+from coordd.store.jobs.events import insert_events
 
 # Calls per batch, at most (the gatherer hands over at most this many at once).
 MAX_BATCH = 100
@@ -70,7 +72,17 @@ def _batch(tx: Tx, _key: int, asks: list[Ask]) -> list[Outcome]:
             raise  # the whole batch runs again (GroupCommit)
         for i in todo:
             out[i] = _alone(rt, tx, asks[i])
+    # The `job.submitted` event of each new job, as one call emits it, in one statement.
+    new = [(asks[i].spec, o) for i, o in enumerate(out) if isinstance(o, Submitted) and not o.existed]
+    events = [_event(spec, item) for spec, item in new]
+    if events:
+        insert_events(tx, events)
     return out  # type: ignore[return-value]
+
+
+def _event(spec: JobSpec, item: Submitted) -> tuple[str, str, dict[str, Any]]:
+    watch = [QUEUE_KEY] if item.job.state == QUEUED else []
+    return ("job.submitted", f"jobs/{item.job.id}", {"budget": spec.budget, "watch_keys": watch})
 
 
 def _together(rt: Runtime, tx: Tx, asks: list[Ask], todo: list[int], out: list[Outcome | None]) -> None:
@@ -81,7 +93,7 @@ def _together(rt: Runtime, tx: Tx, asks: list[Ask], todo: list[int], out: list[O
     for submitter, indexes in by_submitter.items():
         done = insert_submissions(rt, tx, submitter, [asks[i].spec for i in indexes])
         for i, item in zip(indexes, done, strict=True):
-            out[i] = _answer(tx, asks[i].spec, item)
+            out[i] = _answer(asks[i].spec, item)
 
 
 def _alone(rt: Runtime, tx: Tx, ask: Ask) -> Outcome:
@@ -90,7 +102,7 @@ def _alone(rt: Runtime, tx: Tx, ask: Ask) -> Outcome:
     try:
         with rt.store.db.atomic():
             [item] = insert_submissions(rt, tx, ask.who.user_id, [ask.spec])
-            answer = _answer(tx, ask.spec, item)
+            answer = _answer(ask.spec, item)
         return answer
     except Exception as exc:
         del tx.pending_events[mark:]
@@ -99,16 +111,10 @@ def _alone(rt: Runtime, tx: Tx, ask: Ask) -> Outcome:
         return exc
 
 
-def _answer(tx: Tx, spec: JobSpec, item: Submitted) -> Outcome:
-    """What `submission.submit_one` answers without a hand-over, with the same event."""
-    job = item.job
-    if item.existed:
-        if spec.unique is None or not spec.unique.return_existing:
-            return duplicate_error(job)
-        return item
-    ready = job.state == QUEUED
-    watch = [QUEUE_KEY] if ready else []
-    tx.emit("job.submitted", f"jobs/{job.id}", {"budget": spec.budget, "watch_keys": watch})
+def _answer(spec: JobSpec, item: Submitted) -> Outcome:
+    """What `submission.submit_one` answers without a hand-over (its event is stored after)."""
+    if item.existed and (spec.unique is None or not spec.unique.return_existing):
+        return duplicate_error(item.job)
     return item
 
 
