@@ -34,6 +34,7 @@ from coordd.api.job_messages import (
     view_to_proto,
 )
 from coordd.api.job_schedules import JobScheduleMethods
+from coordd.api.job_submit_gather import SubmitGatherer
 from coordd.core.errors import (
     DomainError,
     FieldViolation,
@@ -44,7 +45,9 @@ from coordd.core.errors import (
 )
 from coordd.core.paging import PageRequest
 from coordd.core.principal import Principal, require_user
+from coordd.domain import idempotency as idem
 from coordd.domain import jobs
+from coordd.domain.jobs import gathered
 from coordd.runtime import Runtime
 from coordd_client.v1 import job_pb2, job_pb2_grpc
 
@@ -102,6 +105,7 @@ class JobServicer(JobScheduleMethods, job_pb2_grpc.JobServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.dispatcher = Dispatcher()
+        self.gatherer = SubmitGatherer(rt)
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- submitters --------------------------------------------------------------------------
@@ -184,6 +188,9 @@ class JobServicer(JobScheduleMethods, job_pb2_grpc.JobServiceServicer):
         # A job that may be pending (scheduled, with parents) or a duplicate is not handed over.
         plain = spec.schedule_time is None and not spec.parents and spec.unique is None
         waiter = self.dispatcher.take(spec.labels, spec.gpus, spec.claim_bytes) if plain else None
+        if waiter is None and idem.PENDING.get() is None:
+            # No hand-over and no idempotency key: gathered with the calls arriving together.
+            return await self.gatherer.submit(gathered.Ask(self.rt, who, spec))
         try:
             done, leased = await self.rt.run(
                 jobs.submit_one, self.rt, who, spec, waiter.worker if waiter is not None else None

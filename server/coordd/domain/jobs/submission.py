@@ -46,7 +46,7 @@ def insert_jobs(tx: Tx, submitter_id: str, specs: list[JobSpec]) -> list[Job]:
     return [s.job for s in insert_submissions(None, tx, submitter_id, specs)]
 
 
-def _check_schedule(tx: Tx, specs: list[JobSpec]) -> None:
+def check_schedule(tx: Tx, specs: list[JobSpec]) -> None:
     late = tx.now + timedelta(seconds=MAX_SCHEDULE_AHEAD_S)
     for i, spec in enumerate(specs):
         if spec.schedule_time is not None and spec.schedule_time > late:
@@ -63,7 +63,7 @@ def insert_submissions(
     """`insert_jobs` for any spec: a duplicate of a unique job is the existing job (its
     budget is not held again; no row written); a job scheduled later or with unfinished
     parents is pending. `rt` is needed for unique keys only."""
-    _check_schedule(tx, specs)
+    check_schedule(tx, specs)
     jobs: list[Job] = []
     out: list[Submitted] = []
     edges: list[tuple[str, str]] = []
