@@ -289,8 +289,14 @@ def run_coordd(
     pg = PgDatabase(pg_admin_url, "jobs") if backend == "postgresql" else None
     try:
         tokens = _prepare_coordd(data_dir, pg.url if pg else "", workers, jobs, budget)
-        # Default settings otherwise (8 database threads, a pool of 16 connections).
-        env = {"COORDD_JWT_SECRET": JWT_SECRET}
+        # Default settings otherwise (8 database threads, a pool of 16 connections), but the
+        # rate limits off: all producers share one token and one host, and the defaults
+        # (1,000/s a caller, 2,000/s a host) protect against tenants, not the queue measured.
+        env = {
+            "COORDD_JWT_SECRET": JWT_SECRET,
+            "COORDD_RATE_LIMIT_CALLER_RPS": "0",
+            "COORDD_RATE_LIMIT_PEER_RPS": "0",
+        }
         if pg is not None:
             env["COORDD_DATABASE_URL"] = pg.url
         proc, port, _ = start_coordd(env, data_dir=data_dir)
