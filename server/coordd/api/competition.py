@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,8 +20,8 @@ from coordd.api.competition_convert import (
     team_name_parts,
     team_to_proto,
 )
-from coordd.api.competition_register import RegisterGatherer
 from coordd.api.convert import parse_name
+from coordd.api.gather import Gatherer
 from coordd.core.errors import FieldViolation, InvalidArgument
 from coordd.core.paging import PageRequest
 from coordd.core.principal import require_user
@@ -47,7 +48,10 @@ def _register_reply(view: comp_rules.RegistrationView) -> bytes:
 class CompetitionServicer(competition_pb2_grpc.CompetitionServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.gatherer = RegisterGatherer(rt)
+        # Register calls, grouped per competition (domain/competition/bulk.py runs a batch).
+        self.gatherer: Gatherer[str, comp_rules.Ask, comp_rules.Registered] = Gatherer(
+            rt, functools.partial(comp_rules.register_many, rt), comp_rules.MAX_BATCH, "registration"
+        )
 
     async def CreateCompetition(
         self, request: competition_pb2.CreateCompetitionRequest, context: Any
@@ -112,7 +116,7 @@ class CompetitionServicer(competition_pb2_grpc.CompetitionServiceServicer):
         comp_id = parse_name(request.competition, "competitions", "competition")
         # With an idempotency key, the record (and this reply) is written with the registration.
         keyed = idem.in_call(REGISTER, request.SerializeToString(deterministic=True))
-        got = await self.gatherer.register(comp_id, comp_rules.Ask(self.rt, who, keyed, _register_reply))
+        got = await self.gatherer.submit(comp_id, comp_rules.Ask(self.rt, who, keyed, _register_reply))
         if got.view is None:  # the reply of the first call with this key
             await context.send_initial_metadata(((idem.REPLAYED_HEADER, "true"),))
             return competition_pb2.RegisterResponse.FromString(got.replay)

@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 
 from coordd.api.convert import duration, parse_name, ts
+from coordd.api.gather import Gatherer
 from coordd.api.job_messages import (
     KINDS,
     STATE_PROTO,
@@ -34,7 +35,6 @@ from coordd.api.job_messages import (
     view_to_proto,
 )
 from coordd.api.job_schedules import JobScheduleMethods
-from coordd.api.job_submit_gather import SubmitGatherer
 from coordd.core.errors import (
     DomainError,
     FieldViolation,
@@ -105,7 +105,10 @@ class JobServicer(JobScheduleMethods, job_pb2_grpc.JobServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.dispatcher = Dispatcher()
-        self.gatherer = SubmitGatherer(rt)
+        # Plain SubmitJob calls, one group: a batch is one transaction (domain/jobs/gathered.py).
+        self.gatherer: Gatherer[str, gathered.Ask, jobs.Submitted] = Gatherer(
+            rt, lambda _group, asks: gathered.submit_gathered(rt, asks), gathered.MAX_BATCH, "submission"
+        )
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- submitters --------------------------------------------------------------------------
@@ -190,7 +193,7 @@ class JobServicer(JobScheduleMethods, job_pb2_grpc.JobServiceServicer):
         waiter = self.dispatcher.take(spec.labels, spec.gpus, spec.claim_bytes) if plain else None
         if waiter is None and idem.PENDING.get() is None:
             # No hand-over and no idempotency key: gathered with the calls arriving together.
-            return await self.gatherer.submit(gathered.Ask(self.rt, who, spec))
+            return await self.gatherer.submit("", gathered.Ask(self.rt, who, spec))
         try:
             done, leased = await self.rt.run(
                 jobs.submit_one, self.rt, who, spec, waiter.worker if waiter is not None else None

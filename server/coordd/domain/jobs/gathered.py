@@ -1,4 +1,4 @@
-"""SubmitJob calls gathered on the event loop (api/job_submit_gather.py), run as one batch:
+"""SubmitJob calls gathered on the event loop (api/gather.py), run as one batch:
 one transaction, one commit, and for the common case one multi-row INSERT (COPY on
 PostgreSQL) of each submitter's jobs and one ledger batch for their budget holds.
 
