@@ -160,7 +160,15 @@ async def detection(stub: node_pb2_grpc.NodeServiceStub, md: tuple[tuple[str, st
 
 
 async def run(nodes: int, seconds: float, concurrency: int, database_url: str, redis_url: str) -> dict:
-    env = {"COORDD_ARGON2_MEMORY_KIB": "8", "COORDD_ARGON2_TIME_COST": "1", "COORDD_ARGON2_PARALLELISM": "1"}
+    env = {
+        "COORDD_ARGON2_MEMORY_KIB": "8",
+        "COORDD_ARGON2_TIME_COST": "1",
+        "COORDD_ARGON2_PARALLELISM": "1",
+        # Every simulated node dials from this one host: the per-host limit (2,000/s by default)
+        # would measure itself, not the heartbeat path (node keys keep their own limits).
+        "COORDD_RATE_LIMIT_PEER_RPS": "0",
+        "COORDD_RATE_LIMIT_CALLER_RPS": "0",
+    }
     if database_url:
         env["COORDD_DATABASE_URL"] = database_url
     if redis_url:
