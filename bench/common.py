@@ -24,6 +24,9 @@ def start_coordd(
     env = {k: v for k, v in os.environ.items() if not k.startswith("COORDD_")}
     env.update({"COORDD_LOG_LEVEL": "warning", "COORDD_LOG_FORMAT": "json"})
     env.update(extra_env or {})
+    # BENCH_DAEMON_LOG=path keeps the daemon's log (stderr) there, for looking into a run.
+    log_path = os.environ.get("BENCH_DAEMON_LOG", "")
+    daemon_log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 (the daemon's lifetime)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -39,7 +42,7 @@ def start_coordd(
         ],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=daemon_log,
     )
     deadline = time.monotonic() + 30
     while not (port_file.exists() and port_file.read_text().strip()):

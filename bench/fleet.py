@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import multiprocessing
 import os
@@ -36,6 +37,7 @@ from coordd_client.v1 import auth_pb2, auth_pb2_grpc, common_pb2, node_pb2, node
 INTERVAL_S, MISSES, GRACE_S = 1.0, 2, 1.0
 WINDOW_S = INTERVAL_S * MISSES + GRACE_S
 DETECTED = 50
+RECONNECT_S = 0.5  # an agent's first reconnect pause (coordctl node agent)
 
 
 def secs(value: float) -> duration_pb2.Duration:
@@ -73,26 +75,40 @@ async def beat_streams(
     channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(max(1, len(keys) // 500))]
     stubs = [node_pb2_grpc.NodeServiceStub(c) for c in channels]
     request = node_pb2.StreamHeartbeatsRequest(metrics={"load": 0.5})
+    failures: collections.Counter[str] = collections.Counter()
 
-    async def node(index: int, key: str) -> float:
+    async def node(index: int, key: str) -> tuple[float, int]:
         # gRPC core refuses new calls beyond its pending-request limit when thousands
         # arrive within a second: streams open at `ramp` a second, as agents' jitter does.
+        # A stream that fails is opened again after a short pause, as `coordctl node agent`
+        # does (its backoff is bounded by what the daemon advertises): beats sent on a
+        # stream that failed are not counted, since its reply never came.
         next_at = start_at + index / ramp
         await asyncio.sleep(max(next_at - time.time(), 0))
         opened = time.time()
-        call = stubs[index % len(stubs)].StreamHeartbeats(metadata=key_md(key))
+        accepted = 0
+        reconnects = 0
         while next_at < stop_at:
-            delay = next_at - time.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            call = stubs[index % len(stubs)].StreamHeartbeats(metadata=key_md(key))
             try:
-                await call.write(request)
-            except asyncio.InvalidStateError:
-                raise RuntimeError(f"stream ended: {await call.code()} {await call.details()}") from None
-            next_at += INTERVAL_S
-        await call.done_writing()
-        beats = (await call).beats
-        return beats / max(time.time() - opened, INTERVAL_S)
+                while next_at < stop_at:
+                    delay = next_at - time.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    await call.write(request)
+                    next_at += INTERVAL_S
+                await call.done_writing()
+                accepted += (await call).beats
+            except (asyncio.InvalidStateError, grpc.aio.AioRpcError) as exc:
+                reconnects += 1
+                if isinstance(exc, grpc.aio.AioRpcError):
+                    failures[f"{exc.code().name}: {exc.details()}"] += 1
+                else:  # a write after the call ended: its status says why
+                    failures[f"{(await call.code()).name} (write after end): {await call.details()}"] += 1
+                call.cancel()
+                await asyncio.sleep(RECONNECT_S)
+                next_at = max(next_at, time.time())
+        return accepted / max(time.time() - opened, INTERVAL_S), reconnects
 
     async def own_cpu() -> float:
         await asyncio.sleep(max(steady_at - time.time(), 0))
@@ -106,10 +122,11 @@ async def beat_streams(
     finally:
         for channel in channels:
             await channel.close()
-    failures = [r for r in replies if isinstance(r, BaseException)]
-    if failures:
-        print(f"worker: {len(failures)} streams failed, e.g. {failures[0]!r}", file=sys.stderr)
-    return sum(r for r in replies if isinstance(r, float)), await cpu_task
+    crashed = [r for r in replies if isinstance(r, BaseException)]
+    if crashed:
+        print(f"worker: {len(crashed)} nodes failed, e.g. {crashed[0]!r}", file=sys.stderr)
+    done = [r for r in replies if isinstance(r, tuple)]
+    return sum(r[0] for r in done), await cpu_task, sum(r[1] for r in done), dict(failures)
 
 
 def worker(
@@ -239,6 +256,8 @@ def run(
     ramp: float,
     redis_url: str = "",
     profile: str = "",
+    warm_s: float = 10.0,
+    gil: bool = False,
 ) -> dict:
     env = {
         "COORDD_RATE_LIMIT_PEER_RPS": "1000000",
@@ -253,14 +272,13 @@ def run(
         env["COORDD_REDIS_PREFIX"] = f"bench-fleet-{uuid.uuid4().hex[:6]}"
     if os.environ.get("FLEET_DAEMON_LOG"):
         env.update({"COORDD_LOG_LEVEL": "info"})
-    proc, port, _ = start_coordd(env)
+    proc, port, data_dir = start_coordd(env)
     target = f"127.0.0.1:{port}"
     try:
         started = time.monotonic()
         md, project, keys = asyncio.run(setup(target, nodes))
         setup_s = time.monotonic() - started
         fleet, detected = keys[:nodes], keys[nodes:]
-        warm_s = 3.0
         start_at = time.time() + 4.0
         ramp_s = nodes / ramp
         steady_at = start_at + ramp_s + warm_s
@@ -287,7 +305,7 @@ def run(
             spy = subprocess.Popen(
                 [
                     *(str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(proc.pid)),
-                    *("--duration", str(int(seconds) - 1), "--output", profile),
+                    *("--duration", str(int(seconds) - 1), "--output", profile, *(["--gil"] if gil else [])),
                     *("--format", "raw" if profile.endswith(".txt") else "flamegraph"),
                 ],
                 stdout=subprocess.DEVNULL,
@@ -301,6 +319,10 @@ def run(
         load = os.getloadavg()
         results = [out.get(timeout=120) for _ in procs]
         accepted = sum(r[0] for r in results)
+        reconnects = sum(r[2] for r in results)
+        failures: collections.Counter[str] = collections.Counter()
+        for r in results:
+            failures.update(r[3])
         if spy is not None:
             spy.wait(60)
         for p in procs:
@@ -320,9 +342,13 @@ def run(
             "daemon_cpu_us_per_beat": round(steady_cores * 1e6 / max(accepted, 1.0), 1),
             "daemon_cpu_cores_ramp": round(ramp_cores, 2),
             "daemon_rss_mb": round(rss, 1),
+            # Streams that failed (the daemon did not take the call in time) and were opened again.
+            "stream_reconnects": reconnects,
+            "stream_failures": dict(failures.most_common(5)),
             "client_cpu_cores": [round(r[1], 2) for r in results],
             "load_average": [round(x, 2) for x in load],
             "detection": detection,
+            "data_dir": data_dir,
         }
     finally:
         proc.terminate()
@@ -340,9 +366,21 @@ def main() -> None:
     )
     parser.add_argument("--ramp", type=float, default=500.0, help="streams opened per second (all workers)")
     parser.add_argument("--profile", default="", help="py-spy output (.svg flamegraph, .txt collapsed)")
+    parser.add_argument("--gil", action="store_true", help="profile only samples holding the GIL")
+    parser.add_argument(
+        "--warm", type=float, default=10.0, help="seconds between the last stream opening and the steady part"
+    )
     args = parser.parse_args()
     result = run(
-        args.nodes, args.seconds, args.workers, args.database_url, args.ramp, args.redis_url, args.profile
+        args.nodes,
+        args.seconds,
+        args.workers,
+        args.database_url,
+        args.ramp,
+        args.redis_url,
+        args.profile,
+        args.warm,
+        args.gil,
     )
     print(json.dumps(result, indent=2))
 

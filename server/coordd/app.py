@@ -59,6 +59,9 @@ from coordd_client.v1 import (
 
 log = structlog.get_logger("coordd")
 # The event bus's health (HEALTH_SERVICE): NOT_SERVING while the configured bus is down.
+# New calls gRPC core may hold while the event loop is busy (its default: 1,000 soft, 3,000
+# hard; above that it cancels new calls at random, and a fleet's reconnects feed on it).
+PENDING_CALLS = 50_000
 _SERVING = {True: health_pb2.HealthCheckResponse.SERVING, False: health_pb2.HealthCheckResponse.NOT_SERVING}
 
 
@@ -217,6 +220,11 @@ class App:
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 ("grpc.max_concurrent_streams", 100_000),
+                # Calls gRPC core holds until the event loop takes them: a fleet of agents
+                # reconnecting at once (after a restart) queues instead of being cancelled
+                # beyond core's default of 1,000 (which showed as CANCELLED streams).
+                ("grpc.server.max_pending_requests", PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS),
             ],
         )
         # No interceptors: every handler is wrapped once, here, as it is registered.

@@ -15,7 +15,6 @@ import contextlib
 import statistics
 import time
 import weakref
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -137,6 +136,11 @@ class Tracker:
 
     # -- beats --
 
+    def known_metric_keys(self, node_id: str, metrics: dict[str, float]) -> bool:
+        """The same metric names as the node's last beat (already checked then)."""
+        last = self.metrics.get(node_id)
+        return last is not None and last.keys() == metrics.keys()
+
     def cached_node(self, api_key_id: str) -> NodeInfo | None:
         node_id = self.key_node.get(api_key_id)
         return self.info.get(node_id) if node_id else None
@@ -149,10 +153,11 @@ class Tracker:
         self,
         info: NodeInfo,
         now: datetime,
-        reports: Iterable[tuple[str, str, str]],
+        reports: list[tuple[str, str, str]],
         metrics: dict[str, float],
     ) -> BeatChange | None:
-        """Records a beat in memory; returns what must be written now, if anything."""
+        """Records a beat in memory; returns what must be written now, if anything.
+        `metrics` is kept as given (the caller's own dict)."""
         rules.check_can_beat(info)
         node_id = info.node_id
         previous = self.last_seen.get(node_id)
@@ -162,13 +167,13 @@ class Tracker:
         self.dirty[node_id] = now
         self.beats += 1
         if metrics:
-            self.metrics[node_id] = dict(metrics)
+            self.metrics[node_id] = metrics
         status: str | None = None
         if rules.counts_beats(info.status):
             streak = self.streak.get(node_id, 0) + 1
             self.streak[node_id] = streak
             status = rules.status_after_beats(info, streak)
-        changed = rules.changed_reports(self.reported.get(node_id, {}), reports)
+        changed = rules.changed_reports(self.reported.get(node_id, {}), reports) if reports else {}
         if status is None and not changed:
             return None
         return BeatChange(node_id, now, status, changed)

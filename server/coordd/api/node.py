@@ -273,14 +273,19 @@ class NodeServicer(MembershipRpcs, MonitoringRpcs, node_pb2_grpc.NodeServiceServ
         """Records a beat; a change (status, replica reports) is queued for the batched
         writer. Returns whether one was."""
         reports = []
-        for index, report in enumerate(request.workloads):
-            workload_id = parse_name(report.workload, "workloads", f"workloads[{index}].workload")
-            reports.append(
-                (workload_id, replica_from_proto(report.state, f"workloads[{index}].state"), report.message)
-            )
+        workloads = request.workloads
+        if workloads:
+            for index, report in enumerate(workloads):
+                workload_id = parse_name(report.workload, "workloads", f"workloads[{index}].workload")
+                state = replica_from_proto(report.state, f"workloads[{index}].state")
+                reports.append((workload_id, state, report.message))
         metrics = dict(request.metrics)
         if metrics:
-            node.check_metrics(metrics)
+            # A node reports the same gauges beat after beat: their names were checked once.
+            if self.tracker.known_metric_keys(info.node_id, metrics):
+                node.check_metric_values(metrics)
+            else:
+                node.check_metrics(metrics)
         if reports:
             node.check_reports(reports)
             assigned = {v.workload_id for v in await self._assignments(info.node_id)}

@@ -13,16 +13,15 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
 
 from coordd.core.errors import FailedPrecondition, PermissionDenied, Violations
 from coordd.core.principal import Principal
-from coordd.domain.node.machine import node_up, refresh_workloads, set_node_status
+from coordd.domain.node.beat_batch import BeatChange, apply_changes
 from coordd.runtime import Runtime
-from coordd.store.db import Tx
 from coordd.store.node import health, queries
 from coordd.store.node.models import DECOMMISSIONED, DOWN, PENDING, REPLICA_STATES, UNKNOWN, UP
 
@@ -58,16 +57,6 @@ class AssignedView:
     disk_gb: int
     gpu_count: int
     gpu_model: str
-
-
-@dataclass
-class BeatChange:
-    """What a beat changed that must be written now."""
-
-    node_id: str
-    time: datetime
-    status: str | None
-    reports: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 # -- the rules of a beat -------------------------------------------------------------------
@@ -128,6 +117,12 @@ def check_metrics(metrics: dict[str, float]) -> None:
     v.raise_if_any()
 
 
+def check_metric_values(metrics: dict[str, float]) -> None:
+    """`check_metrics` for gauges whose names were checked on an earlier beat."""
+    if not all(math.isfinite(value) for value in metrics.values()):
+        check_metrics(metrics)  # names the offending keys
+
+
 def check_reported_workloads(
     rt: Runtime, info: NodeInfo, reports: list[tuple[str, str, str]], assigned: set[str]
 ) -> None:
@@ -153,21 +148,27 @@ def check_reported_workloads(
 
 def node_for_key(rt: Runtime, who: Principal) -> NodeInfo:
     """Resolves the node behind a node API key (cached by the caller)."""
-    node = queries.node_for_api_key(who.api_key_id) if who.api_key_id else None
+    node = queries.node_of_key(who.api_key_id) if who.api_key_id else None
     if node is None:
         raise PermissionDenied(
             "heartbeats need the node API key returned by RegisterNode", reason="NODE_KEY_REQUIRED"
         )
     if node.status == DECOMMISSIONED:
         raise FailedPrecondition("this node is decommissioned", reason="NODE_DECOMMISSIONED")
-    p = node.project
-    return NodeInfo(node.id, p.id, node.status, p.heartbeat_interval_s, p.window_s, p.successes_before_up)
+    return NodeInfo(
+        node.node_id,
+        node.project_id,
+        node.status,
+        node.heartbeat_interval_s,
+        node.window_s,
+        node.successes_before_up,
+    )
 
 
 def apply_beat(rt: Runtime, change: BeatChange) -> str:
     """Writes a status change (PENDING, UP) or replica reports; returns the stored status."""
     with rt.store.write() as tx:
-        status = _apply(tx, change)
+        status = apply_changes(tx, [change])[change.node_id]
     if status == DECOMMISSIONED:
         raise FailedPrecondition("this node is decommissioned", reason="NODE_DECOMMISSIONED")
     return status
@@ -176,46 +177,28 @@ def apply_beat(rt: Runtime, change: BeatChange) -> str:
 def apply_beats(rt: Runtime, changes: list[BeatChange]) -> dict[str, str]:
     """Worker thread: the beat-driven changes queued since the last batch, in one
     transaction (the tracker's writer: a recovering fleet costs one transaction per batch,
-    not one per node). Returns each node's stored status (DECOMMISSIONED: none was written).
-    When the batch fails, each change is retried on its own so one bad change does not
-    hold back the others; a change that still fails is left out of the result."""
+    not one per node; domain/node/beat_batch.py). Returns each node's stored status
+    (DECOMMISSIONED: none was written). When the batch fails, each node's changes are
+    retried on their own so one bad change does not hold back the others; a node whose
+    changes still fail is left out of the result."""
     try:
         with rt.store.write() as tx:
-            # In order: a node's later change (UP after PENDING) wins.
-            return {change.node_id: _apply(tx, change) for change in changes}
+            return apply_changes(tx, changes)
     except Exception as exc:
-        if len(changes) == 1:
+        if len({c.node_id for c in changes}) == 1:
             raise
         log.warning("batched beat changes failed; applying one by one", error=str(exc), changes=len(changes))
-    out: dict[str, str] = {}
+    by_node: dict[str, list[BeatChange]] = {}
     for change in changes:
+        by_node.setdefault(change.node_id, []).append(change)
+    out: dict[str, str] = {}
+    for node_id, node_changes in by_node.items():
         try:
             with rt.store.write() as tx:
-                out[change.node_id] = _apply(tx, change)
+                out[node_id] = apply_changes(tx, node_changes)[node_id]
         except Exception as exc:
-            log.warning("beat change failed", node=change.node_id, error=str(exc))
+            log.warning("beat change failed", node=node_id, error=str(exc))
     return out
-
-
-def _apply(tx: Tx, change: BeatChange) -> str:
-    node = queries.node_with_project(change.node_id)
-    if node is None or node.status == DECOMMISSIONED:
-        return DECOMMISSIONED
-    project = node.project
-    if change.status is not None and node.status in (UNKNOWN, PENDING, DOWN):
-        if change.status == UP:
-            node_up(tx, node, project, f"{project.successes_before_up} consecutive heartbeats")
-        else:
-            set_node_status(tx, node, project, PENDING, "heartbeat received")
-        node.last_seen_time = change.time
-        node.save()
-    affected: set[str] = set()
-    for workload_id, (state, message) in change.reports.items():
-        if health.report_replica(workload_id, node.id, state, message[:500], tx.now):
-            affected.add(workload_id)
-    if affected:
-        refresh_workloads(tx, affected, f"replica on nodes/{node.id} reported", inhibited=node.status != UP)
-    return node.status
 
 
 def load_assignments(node_id: str) -> list[AssignedView]:

@@ -35,6 +35,11 @@ ACTIVE = "active"
 ENDED = "ended"
 
 
+def window_of(interval_s: float, misses: int, grace_s: float) -> float:
+    """Silence longer than this makes a node DOWN: interval x misses + grace."""
+    return interval_s * misses + grace_s
+
+
 class Project(IdModel):
     owner = peewee.ForeignKeyField(User, backref="node_projects", on_delete="CASCADE")
     display_name = peewee.CharField(max_length=100)
@@ -57,8 +62,7 @@ class Project(IdModel):
 
     @property
     def window_s(self) -> float:
-        """Silence longer than this makes a node DOWN: interval x misses + grace."""
-        return self.heartbeat_interval_s * self.misses + self.grace_s
+        return window_of(self.heartbeat_interval_s, self.misses, self.grace_s)
 
 
 class Node(IdModel):
