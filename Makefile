@@ -39,7 +39,7 @@ lint: $(STAMP) tools/node_modules/.bin/buf
 	$(BIN)/ruff format --check server clients tests bench tools
 	tools/node_modules/.bin/buf lint
 
-bench: $(STAMP)
+bench: $(STAMP) tools/node_modules/.bin/buf
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python bench/unary.py
 	$(BIN)/python bench/jobs.py

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import collections
 import json
 import multiprocessing
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from datetime import UTC, timedelta
@@ -72,7 +74,9 @@ async def beat_streams(
     HTTP/2 connection) per 500 streams."""
     # A connection of its own per channel (gRPC shares one between equal channels otherwise).
     options = [("grpc.max_concurrent_streams", 100_000), ("grpc.use_local_subchannel_pool", 1)]
-    channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(max(1, len(keys) // 500))]
+    channels = [
+        grpc.aio.insecure_channel(target, options=options) for _ in range(max(1, len(keys) // PER_CHANNEL))
+    ]
     stubs = [node_pb2_grpc.NodeServiceStub(c) for c in channels]
     request = node_pb2.StreamHeartbeatsRequest(metrics={"load": 0.5})
     failures: collections.Counter[str] = collections.Counter()
@@ -127,6 +131,55 @@ async def beat_streams(
         print(f"worker: {len(crashed)} nodes failed, e.g. {crashed[0]!r}", file=sys.stderr)
     done = [r for r in replies if isinstance(r, tuple)]
     return sum(r[0] for r in done), await cpu_task, sum(r[1] for r in done), dict(failures)
+
+
+NODE_CLIENT = Path(__file__).resolve().parent / "fleet_client.js"
+NODE_MODULES = Path(__file__).resolve().parents[1] / "tools" / "node_modules"
+PER_CHANNEL = 500  # streams per HTTP/2 connection, both clients
+
+
+def node_worker(
+    target: str,
+    keys: list[str],
+    start_at: float,
+    steady_at: float,
+    stop_at: float,
+    ramp: float,
+    out: multiprocessing.Queue,
+) -> None:
+    """The same beating by bench/fleet_client.js (@grpc/grpc-js from tools/package.json):
+    about a third of grpc.aio's client CPU per beat, so the load generator leaves the daemon
+    the core it is measured on."""
+    request = node_pb2.StreamHeartbeatsRequest(metrics={"load": 0.5}).SerializeToString()
+    job = {
+        "target": target,
+        "keys": keys,
+        "start_at": start_at,
+        "steady_at": steady_at,
+        "stop_at": stop_at,
+        "ramp": ramp,
+        "interval": INTERVAL_S,
+        "reconnect_s": RECONNECT_S,
+        "per_channel": PER_CHANNEL,
+        "request_b64": base64.b64encode(request).decode(),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "job.json"
+        path.write_text(json.dumps(job))
+        done = subprocess.run(
+            ["node", str(NODE_CLIENT), str(path)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "NODE_PATH": str(NODE_MODULES)},
+            timeout=stop_at - time.time() + 120,
+            check=False,
+        )
+    if done.returncode != 0:
+        print(f"node client failed: {done.stderr[-2000:]}", file=sys.stderr)
+        out.put((0.0, 0.0, 0, {"node client failed": 1}))
+        return
+    result = json.loads(done.stdout)
+    out.put((result["accepted_per_s"], result["cpu_cores"], result["reconnects"], result["failures"]))
 
 
 def worker(
@@ -258,6 +311,7 @@ def run(
     profile: str = "",
     warm_s: float = 10.0,
     gil: bool = False,
+    client: str = "node",
 ) -> dict:
     env = {
         "COORDD_RATE_LIMIT_PEER_RPS": "1000000",
@@ -287,7 +341,7 @@ def run(
         out: multiprocessing.Queue = ctx.Queue()
         procs = [
             ctx.Process(
-                target=worker,
+                target=node_worker if client == "node" else worker,
                 args=(target, fleet[i::workers], start_at, steady_at, stop_at, ramp / workers, out),
             )
             for i in range(workers)
@@ -331,6 +385,7 @@ def run(
         return {
             "nodes": nodes,
             "backend": ("postgresql" if database_url else "sqlite") + (" + redis" if redis_url else ""),
+            "client": "node @grpc/grpc-js" if client == "node" else "python grpc.aio",
             "client_workers": workers,
             "setup_s": round(setup_s, 1),
             "streams_opened_per_s": ramp,
@@ -370,6 +425,12 @@ def main() -> None:
     parser.add_argument(
         "--warm", type=float, default=10.0, help="seconds between the last stream opening and the steady part"
     )
+    parser.add_argument(
+        "--client",
+        choices=("node", "python"),
+        default="node",
+        help="what beats: bench/fleet_client.js (default; cheaper per beat) or grpc.aio processes",
+    )
     args = parser.parse_args()
     result = run(
         args.nodes,
@@ -381,6 +442,7 @@ def main() -> None:
         args.profile,
         args.warm,
         args.gil,
+        args.client,
     )
     print(json.dumps(result, indent=2))
 

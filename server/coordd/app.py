@@ -61,7 +61,7 @@ log = structlog.get_logger("coordd")
 # The event bus's health (HEALTH_SERVICE): NOT_SERVING while the configured bus is down.
 # New calls gRPC core may hold while the event loop is busy (its default: 1,000 soft, 3,000
 # hard; above that it cancels new calls at random, and a fleet's reconnects feed on it).
-PENDING_CALLS = 50_000
+PENDING_CALLS = 20_000
 _SERVING = {True: health_pb2.HealthCheckResponse.SERVING, False: health_pb2.HealthCheckResponse.NOT_SERVING}
 
 
