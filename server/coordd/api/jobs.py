@@ -111,12 +111,20 @@ class JobServicer(JobScheduleMethods, job_pb2_grpc.JobServiceServicer):
     async def SubmitJob(self, request: job_pb2.SubmitJobRequest, context: Any) -> job_pb2.SubmitJobResponse:
         who = require_user()
         spec = self._spec(request)
-        # Shielded: if the caller goes away mid-transaction, the hand-over still completes
-        # (or the job is put back) instead of leaving a job leased to a waiter nobody told.
-        task = asyncio.ensure_future(self._submit(who, spec))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        done = await asyncio.shield(task)
+        # A job that may be pending (scheduled, with parents) or a duplicate is not handed over.
+        plain = spec.schedule_time is None and not spec.parents and spec.unique is None
+        waiter = self.dispatcher.take(spec.labels, spec.gpus, spec.claim_bytes) if plain else None
+        if waiter is None and idem.PENDING.get() is None:
+            # No hand-over and no idempotency key: gathered with the calls arriving together
+            # (a caller that goes away does not undo its job: api/gather.py), no task of its own.
+            done = await self.gatherer.submit("", gathered.Ask(self.rt, who, spec))
+        else:
+            # Shielded: if the caller goes away mid-transaction, the hand-over still completes
+            # (or the job is put back) instead of leaving a job leased to a waiter nobody told.
+            task = asyncio.ensure_future(self._submit(who, spec, waiter))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            done = await asyncio.shield(task)
         return job_pb2.SubmitJobResponse(job=job_to_proto(done.job), already_existed=done.existed)
 
     async def BatchSubmitJobs(
@@ -150,13 +158,8 @@ class JobServicer(JobScheduleMethods, job_pb2_grpc.JobServiceServicer):
         policy, max_claim = limits or (jobs.policy_of(self.rt), jobs.largest_reply_budget(self.rt))
         return spec_from_proto(r, policy, max_claim)
 
-    async def _submit(self, who: Principal, spec: jobs.JobSpec) -> jobs.Submitted:
-        # A job that may be pending (scheduled, with parents) or a duplicate is not handed over.
-        plain = spec.schedule_time is None and not spec.parents and spec.unique is None
-        waiter = self.dispatcher.take(spec.labels, spec.gpus, spec.claim_bytes) if plain else None
-        if waiter is None and idem.PENDING.get() is None:
-            # No hand-over and no idempotency key: gathered with the calls arriving together.
-            return await self.gatherer.submit("", gathered.Ask(self.rt, who, spec))
+    async def _submit(self, who: Principal, spec: jobs.JobSpec, waiter: Waiter | None) -> jobs.Submitted:
+        """One call in its own transaction: with an idempotency key, or handed to `waiter`."""
         try:
             done, leased = await self.rt.run(
                 jobs.submit_one, self.rt, who, spec, waiter.worker if waiter is not None else None
