@@ -205,3 +205,34 @@ def test_a_batch_meeting_a_deadlock_on_postgresql_runs_again(env):
     assert all(isinstance(o, jobs.Submitted) and not o.existed for o in out)
     assert ledger.balance(env.alice_id).held == 10 and ledger.balance(bob_id).held == 10
     assert ledger.balance(bob_id).available == 100 + 1 - 10
+
+
+def test_a_gathered_submit_whose_caller_gave_up_still_stores_its_job_and_hold(env, monkeypatch):
+    """The gathered path has no task of its own per call: a caller cancelled while its batch
+    runs gets nothing back, but its job is committed with the batch (and held), and the next
+    call is served."""
+    user_id, token = _fund(env, 100)
+    entered, proceed, done = threading.Event(), threading.Event(), threading.Event()
+    real = gathered.submit_gathered
+
+    def held(rt, asks):  # type: ignore[no-untyped-def]
+        entered.set()
+        proceed.wait(10)
+        try:
+            return real(rt, asks)
+        finally:
+            done.set()
+
+    monkeypatch.setattr(gathered, "submit_gathered", held)
+    call = env.stub.SubmitJob.future(_request(budget=30), metadata=bearer(token))
+    assert entered.wait(10)
+    call.cancel()
+    assert call.cancelled()
+    proceed.set()
+    assert done.wait(10)
+    monkeypatch.setattr(gathered, "submit_gathered", real)
+    assert [r.budget for r in Job.select().where(Job.submitter == user_id)] == [30]
+    assert env.balance(user_id) == (70, 30)
+    second = env.stub.SubmitJob(_request(budget=20), metadata=bearer(token)).job
+    assert second.state == job_pb2.JOB_STATE_QUEUED
+    assert env.balance(user_id) == (50, 50)

@@ -113,6 +113,52 @@ def parents_from_proto(request: job_pb2.SubmitJobRequest) -> list[str]:
     return [job_id_of(name, f"parents[{i}]") for i, name in enumerate(request.parents)]
 
 
+def invalid(violations: list[FieldViolation]) -> InvalidArgument:
+    detail = "; ".join(f"{v.field}: {v.description}" for v in violations)
+    return InvalidArgument(f"the request has invalid fields: {detail}", violations=violations)
+
+
+def spec_from_proto(r: job_pb2.SubmitJobRequest, policy: jobs.JobPolicy, max_claim: int) -> jobs.JobSpec:
+    """A submission, validated (every violation collected); `max_claim`: the server's
+    largest claim reply (jobs.largest_reply_budget)."""
+    has = r.HasField
+    requirements = r.requirements
+    spec = jobs.make_spec(
+        KINDS.get(r.kind, ""),
+        r.model_ref,
+        payload_from_proto(r.input, has("input")),
+        list(requirements.labels),
+        requirements.gpus,
+        r.budget,
+        r.priority,
+        r.max_attempts,
+        ms_of(r.schedule_to_start_timeout, has("schedule_to_start_timeout")),
+        ms_of(r.start_to_close_timeout, has("start_to_close_timeout")),
+        ms_of(r.heartbeat_timeout, has("heartbeat_timeout")),
+        ms_of(r.schedule_to_close_timeout, has("schedule_to_close_timeout")),
+        policy,
+        max_claim,
+    )
+    if not (has("schedule_time") or has("unique") or r.parents):
+        return spec
+    v: list[FieldViolation] = []
+    parents: list[str] = []
+    unique = None
+    try:
+        parents = parents_from_proto(r)
+    except InvalidArgument as exc:
+        v.extend(exc.violations)
+    try:
+        unique = unique_from_proto(r)
+    except InvalidArgument as exc:
+        v.extend(exc.violations)
+    if v:
+        raise invalid(v)
+    return jobs.with_scheduling(
+        spec, time_of(r.schedule_time, has("schedule_time"), "schedule_time"), unique, parents
+    )
+
+
 def time_of(value: Any, present: bool, field_name: str = "time") -> datetime | None:
     """A Timestamp field as an aware datetime (None when unset)."""
     if not present:
@@ -176,6 +222,53 @@ def job_to_proto(
         parents=[f"jobs/{p}" for p in g("parents") or []],
         unique_key=g("unique_key"),
     )
+
+
+# What a reply's jobs of one batch usually share: every field `job_to_proto` reads but the
+# id, the payloads and the label and parent lists (compared as tuples).
+_SHARED = (
+    "submitter", "kind", "model_ref", "gpus", "budget", "base_priority", "max_attempts",
+    "schedule_to_start_ms", "start_to_close_ms", "heartbeat_ms", "schedule_to_close_ms", "state",
+    "attempt", "provider", "create_time", "start_time", "finish_time", "run_after", "progress",
+    "cancel_requested", "output_uri", "output_digest", "payload_purged", "error", "fee",
+    "schedule_time", "unique_key",
+)  # fmt: skip
+
+
+def batch_submit_reply(batch: list[jobs.Job]) -> job_pb2.BatchSubmitJobsResponse:
+    """The reply's `job_to_proto(job)` of each job. Jobs without output (new submissions)
+    that differ only in id and input share one
+    message built once, copied and given their name and input: building each message from
+    its ~30 fields cost ~11 us per job of a 100-job batch reply, a copy ~1 us."""
+    reply = job_pb2.BatchSubmitJobsResponse()
+    repeated = reply.jobs
+    templates: dict[tuple[Any, ...], job_pb2.Job] = {}
+    for job in batch:
+        g = job.__data__.get
+        if g("output_data") is not None:
+            repeated.append(job_to_proto(job))
+            continue
+        key = (*map(g, _SHARED), tuple(g("labels") or ()), tuple(g("parents") or ()))
+        template = templates.get(key)
+        if template is None:
+            template = templates[key] = job_to_proto(job)
+            template.ClearField("name")
+            template.ClearField("input")
+        message = repeated.add()
+        message.CopyFrom(template)
+        message.name = f"jobs/{g('id')}"
+        digest = g("input_digest")
+        if digest:  # as `_payload` in the full view
+            source = message.input
+            source.sha256 = digest
+            source.purged = g("payload_purged")
+            data, uri = g("input_data"), g("input_uri")
+            if uri:
+                source.uri = uri
+            elif data is not None:
+                source.data = bytes(data)
+                source.size_bytes = len(data)
+    return reply
 
 
 def add_payloads(message: job_pb2.Job, input_data: bytes | None, output_data: bytes | None) -> None:

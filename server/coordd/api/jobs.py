@@ -20,18 +20,18 @@ from coordd.api.job_messages import (
     VIEWS,
     add_payloads,
     attestation_to_proto,
+    batch_submit_reply,
     full_view,
+    invalid,
     job_id_of,
     job_to_proto,
     lease_from_proto,
     leased_to_proto,
     limit_from_proto,
     limit_to_proto,
-    ms_of,
-    parents_from_proto,
     payload_from_proto,
+    spec_from_proto,
     time_of,
-    unique_from_proto,
     view_to_proto,
 )
 from coordd.api.job_schedules import JobScheduleMethods
@@ -96,11 +96,6 @@ class Dispatcher:
         return len(self._waiting)
 
 
-def _invalid(violations: list[FieldViolation]) -> InvalidArgument:
-    detail = "; ".join(f"{v.field}: {v.description}" for v in violations)
-    return InvalidArgument(f"the request has invalid fields: {detail}", violations=violations)
-
-
 class JobServicer(JobScheduleMethods, job_pb2_grpc.JobServiceServicer):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -116,12 +111,20 @@ class JobServicer(JobScheduleMethods, job_pb2_grpc.JobServiceServicer):
     async def SubmitJob(self, request: job_pb2.SubmitJobRequest, context: Any) -> job_pb2.SubmitJobResponse:
         who = require_user()
         spec = self._spec(request)
-        # Shielded: if the caller goes away mid-transaction, the hand-over still completes
-        # (or the job is put back) instead of leaving a job leased to a waiter nobody told.
-        task = asyncio.ensure_future(self._submit(who, spec))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        done = await asyncio.shield(task)
+        # A job that may be pending (scheduled, with parents) or a duplicate is not handed over.
+        plain = spec.schedule_time is None and not spec.parents and spec.unique is None
+        waiter = self.dispatcher.take(spec.labels, spec.gpus, spec.claim_bytes) if plain else None
+        if waiter is None and idem.PENDING.get() is None:
+            # No hand-over and no idempotency key: gathered with the calls arriving together
+            # (a caller that goes away does not undo its job: api/gather.py), no task of its own.
+            done = await self.gatherer.submit("", gathered.Ask(self.rt, who, spec))
+        else:
+            # Shielded: if the caller goes away mid-transaction, the hand-over still completes
+            # (or the job is put back) instead of leaving a job leased to a waiter nobody told.
+            task = asyncio.ensure_future(self._submit(who, spec, waiter))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            done = await asyncio.shield(task)
         return job_pb2.SubmitJobResponse(job=job_to_proto(done.job), already_existed=done.existed)
 
     async def BatchSubmitJobs(
@@ -135,65 +138,28 @@ class JobServicer(JobScheduleMethods, job_pb2_grpc.JobServiceServicer):
             )
         specs: list[jobs.JobSpec] = []
         violations: list[FieldViolation] = []
+        limits = (jobs.policy_of(self.rt), jobs.largest_reply_budget(self.rt))  # once a batch
         for i, item in enumerate(request.requests):
             try:
-                specs.append(self._spec(item))
+                specs.append(self._spec(item, limits))
             except InvalidArgument as exc:
                 violations.extend(
                     FieldViolation(f"requests[{i}].{v.field}", v.description) for v in exc.violations
                 )
         if violations:
-            raise _invalid(violations)
+            raise invalid(violations)
         # No hand-over to waiting workers: the queue event wakes them and they claim in bulk.
         queued = await self.rt.run(jobs.submit_batch, self.rt, who, specs)
-        return job_pb2.BatchSubmitJobsResponse(jobs=[job_to_proto(s.job) for s in queued])
+        return batch_submit_reply([s.job for s in queued])
 
-    def _spec(self, r: job_pb2.SubmitJobRequest) -> jobs.JobSpec:
-        spec = self._base_spec(r)
-        if not (r.HasField("schedule_time") or r.HasField("unique") or r.parents):
-            return spec
-        v: list[FieldViolation] = []
-        parents: list[str] = []
-        unique = None
-        try:
-            parents = parents_from_proto(r)
-        except InvalidArgument as exc:
-            v.extend(exc.violations)
-        try:
-            unique = unique_from_proto(r)
-        except InvalidArgument as exc:
-            v.extend(exc.violations)
-        if v:
-            raise _invalid(v)
-        return jobs.with_scheduling(
-            spec, time_of(r.schedule_time, r.HasField("schedule_time"), "schedule_time"), unique, parents
-        )
+    def _spec(
+        self, r: job_pb2.SubmitJobRequest, limits: tuple[jobs.JobPolicy, int] | None = None
+    ) -> jobs.JobSpec:
+        policy, max_claim = limits or (jobs.policy_of(self.rt), jobs.largest_reply_budget(self.rt))
+        return spec_from_proto(r, policy, max_claim)
 
-    def _base_spec(self, r: job_pb2.SubmitJobRequest) -> jobs.JobSpec:
-        return jobs.make_spec(
-            KINDS.get(r.kind, ""),
-            r.model_ref,
-            payload_from_proto(r.input, r.HasField("input")),
-            list(r.requirements.labels),
-            r.requirements.gpus,
-            r.budget,
-            r.priority,
-            r.max_attempts,
-            ms_of(r.schedule_to_start_timeout, r.HasField("schedule_to_start_timeout")),
-            ms_of(r.start_to_close_timeout, r.HasField("start_to_close_timeout")),
-            ms_of(r.heartbeat_timeout, r.HasField("heartbeat_timeout")),
-            ms_of(r.schedule_to_close_timeout, r.HasField("schedule_to_close_timeout")),
-            jobs.policy_of(self.rt),
-            jobs.largest_reply_budget(self.rt),
-        )
-
-    async def _submit(self, who: Principal, spec: jobs.JobSpec) -> jobs.Submitted:
-        # A job that may be pending (scheduled, with parents) or a duplicate is not handed over.
-        plain = spec.schedule_time is None and not spec.parents and spec.unique is None
-        waiter = self.dispatcher.take(spec.labels, spec.gpus, spec.claim_bytes) if plain else None
-        if waiter is None and idem.PENDING.get() is None:
-            # No hand-over and no idempotency key: gathered with the calls arriving together.
-            return await self.gatherer.submit("", gathered.Ask(self.rt, who, spec))
+    async def _submit(self, who: Principal, spec: jobs.JobSpec, waiter: Waiter | None) -> jobs.Submitted:
+        """One call in its own transaction: with an idempotency key, or handed to `waiter`."""
         try:
             done, leased = await self.rt.run(
                 jobs.submit_one, self.rt, who, spec, waiter.worker if waiter is not None else None
@@ -227,7 +193,7 @@ class JobServicer(JobScheduleMethods, job_pb2_grpc.JobServiceServicer):
         if request.view not in VIEWS:
             v.append(FieldViolation("view", "unknown view"))
         if v:
-            raise _invalid(v)
+            raise invalid(v)
         submitter = parse_name(request.submitter, "users", "submitter") if request.submitter else ""
         page_request = PageRequest.of(request.page_size, request.page_token)
         page = await self.rt.run(
@@ -323,7 +289,7 @@ class JobServicer(JobScheduleMethods, job_pb2_grpc.JobServiceServicer):
         if not 0 <= wait <= MAX_WAIT_S:
             v.append(FieldViolation("wait", f"0..{MAX_WAIT_S:g}s"))
         if v:
-            raise _invalid(v)
+            raise invalid(v)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:

@@ -13,6 +13,7 @@ from coordd.core.principal import Principal
 from coordd.domain import ledger
 from coordd.domain.jobs.fairness import assign as assign_fair_seq
 from coordd.domain.jobs.graph import link_parents, record_edges
+from coordd.domain.jobs.ids import new_ids
 from coordd.domain.jobs.leases import Leased, lease_to
 from coordd.domain.jobs.specs import JobSpec, Worker
 from coordd.domain.jobs.states import (
@@ -68,54 +69,64 @@ def insert_submissions(
     out: list[Submitted] = []
     edges: list[tuple[str, str]] = []
     keys: dict[str, Job] = {}
-    for spec in specs:
-        lease_ms = min(spec.heartbeat_ms, spec.start_to_close_ms or spec.heartbeat_ms)
-        job = queries.new_job(  # the id comes from the model's default (new_id)
-            submitter=submitter_id,
+    now = tx.now
+    # What every new row of the batch shares; the queued state as `enqueue_fields` sets it.
+    base = queries.new_jobs_base(
+        submitter=submitter_id,
+        fee=0,
+        attempt=0,
+        provider=None,
+        create_time=now,
+        start_time=None,
+        finish_time=None,
+        progress=0.0,
+        cancel_requested=False,
+        output_data=None,
+        output_uri="",
+        output_digest="",
+        error="",
+        purge_time=None,
+        payload_purged=False,
+        state=QUEUED,
+        run_after=now,
+        queue_time=now,
+        lease_id=None,
+        lease_expire_time=None,
+        attempt_deadline=None,
+    )
+    for spec, job_id in zip(specs, new_ids(len(specs)), strict=True):
+        payload = spec.input
+        s2s, total = spec.schedule_to_start_ms, spec.schedule_to_close_ms
+        job = queries.new_job(
+            base,
+            job_id,
             kind=spec.kind,
             model_ref=spec.model_ref,
-            input_data=spec.input.data,
-            input_uri=spec.input.uri,
-            input_digest=spec.input.sha256,
+            input_data=payload.data,
+            input_uri=payload.uri,
+            input_digest=payload.sha256,
             labels=spec.labels,
             label_count=len(spec.labels),
             gpus=spec.gpus,
             budget=spec.budget,
-            fee=0,
             priority=spec.priority,
             base_priority=spec.priority,
             max_attempts=spec.max_attempts,
             attempt_limit=spec.max_attempts,
-            schedule_to_start_ms=spec.schedule_to_start_ms,
+            schedule_to_start_ms=s2s,
             start_to_close_ms=spec.start_to_close_ms,
             heartbeat_ms=spec.heartbeat_ms,
-            schedule_to_close_ms=spec.schedule_to_close_ms,
-            lease_ms=lease_ms,
-            attempt=0,
-            provider=None,
-            create_time=tx.now,
-            start_time=None,
-            finish_time=None,
-            progress=0.0,
-            cancel_requested=False,
-            output_data=None,
-            output_uri="",
-            output_digest="",
-            error="",
-            purge_time=None,
-            payload_purged=False,
-            close_deadline=(
-                tx.now + timedelta(milliseconds=spec.schedule_to_close_ms)
-                if spec.schedule_to_close_ms
-                else None
-            ),
+            schedule_to_close_ms=total,
+            lease_ms=min(spec.heartbeat_ms, spec.start_to_close_ms or spec.heartbeat_ms),
+            start_deadline=now + timedelta(milliseconds=s2s) if s2s else None,
+            close_deadline=now + timedelta(milliseconds=total) if total else None,
         )
-        start = tx.now
-        if spec.schedule_time is not None and spec.schedule_time > tx.now:
+        start = now
+        if spec.schedule_time is not None and spec.schedule_time > now:
             start = job.schedule_time = spec.schedule_time
             if job.schedule_to_close_ms:
                 job.close_deadline = start + timedelta(milliseconds=spec.schedule_to_close_ms)
-        enqueue_fields(job, tx.now, start)
+            enqueue_fields(job, now, start)
         if spec.unique is not None:
             assert rt is not None
             job.unique_key = spec.unique.key
@@ -125,7 +136,7 @@ def insert_submissions(
                 continue
         if spec.parents:
             edges.extend(link_parents(tx, job, spec.parents))
-        if start > tx.now or job.parents_left:
+        if start > now or job.parents_left:
             job.state = PENDING
             job.start_deadline = None  # counts from the release
         jobs.append(job)
