@@ -394,7 +394,7 @@ class Pipeline:
         except grpc.aio.AbortError:
             code = self._code_of(context)
             raise
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # GeneratorExit: closed, never resumed
             code = "CANCELLED"
             raise
         except Exception as exc:
