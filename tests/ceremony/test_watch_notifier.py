@@ -65,3 +65,30 @@ def test_a_wait_times_out_with_false_and_arm_disarm_clean_up() -> None:
         assert not other.done()  # disarmed, never woken: its timer is cancelled too
 
     _run(scenario())
+
+
+def test_waiters_armed_with_slack_share_one_timer_per_slot_and_expire_on_it() -> None:
+    async def scenario() -> None:
+        n = Notifier(EventBus("test"))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        first, slot = n.arm(("own/1", "shared"), 0.05, slack=0.05)
+        second, same = n.arm(("own/2", "shared"), 0.05, slack=0.05)
+        later, other = n.arm(("own/3",), 0.5, slack=0.05)
+        assert slot is same and slot is not other  # one shared set per slot, no handle each
+        assert slot == {first, second}
+        n.wake("own/2")  # woken before the slot expires: True, and the expiry leaves it alone
+        assert await second is True
+        n.disarm(("own/2", "shared"), second, same)
+        assert await first is False  # the slot's timer
+        assert loop.time() - started >= 0.05  # never early; at most `slack` late
+        assert not later.done()
+        n.disarm(("own/1", "shared"), first, slot)
+        n.disarm(("own/3",), later, other)
+        assert n._waiters == {}
+        assert not other  # a disarmed waiter leaves its slot
+        await asyncio.sleep(0.6)
+        assert not later.done()  # disarmed before its slot expired: never resolved
+        assert n._slots == {}  # expired slots are dropped
+
+    _run(scenario())

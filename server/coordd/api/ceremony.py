@@ -34,12 +34,16 @@ from coordd.api.convert import parse_name
 from coordd.core.paging import PageRequest
 from coordd.core.principal import require_user
 from coordd.domain import ceremony
+from coordd.domain.ceremony.watch import cached_watch_state
 from coordd.runtime import Runtime
 from coordd_client.v1 import ceremony_pb2 as pb
 from coordd_client.v1 import ceremony_pb2_grpc
 
 # A stream with nothing new sends its last message again (keepalive=true) this often.
 KEEPALIVE_S = 15.0
+# A waiting stream's timeout (its keepalive) may fire this much late: the streams whose timeouts
+# fall in the same slot share one timer (Notifier.arm's slack) instead of a handle each.
+WAIT_SLACK_S = 0.05
 
 
 def _keepalive_interval() -> float:
@@ -220,7 +224,9 @@ class CeremonyServicer(TransferMethods, ceremony_pb2_grpc.CeremonyServiceService
         own_key: tuple[Any, ...] | None = None
         last: ceremony.Contribution | None = None
         while True:
-            w = await ceremony.watch_state(self.rt, self.snapshots, cid, pid, hint)
+            w = cached_watch_state(self.rt, self.snapshots, cid, pid, hint)
+            if w is None:
+                w = await ceremony.watch_state(self.rt, self.snapshots, cid, pid, hint)
             hint = w.view.circuit_id
             now = time.monotonic()
             own = (w.view.status, w.view.completed_circuits, w.view.circuit_id, w.view.update_time)
@@ -248,7 +254,9 @@ class CeremonyServicer(TransferMethods, ceremony_pb2_grpc.CeremonyServiceService
             del snap
             # The notifier's future, awaited here: no coroutine frame per waiting stream.
             notifier = self.rt.notifier
-            waiter, timer = notifier.arm(keys, max(0.01, quiet - (time.monotonic() - last_sent)))
+            waiter, timer = notifier.arm(
+                keys, max(0.01, quiet - (time.monotonic() - last_sent)), slack=WAIT_SLACK_S
+            )
             try:
                 await waiter
             finally:

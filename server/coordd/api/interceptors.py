@@ -22,7 +22,7 @@ import dataclasses
 import functools
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -338,19 +338,25 @@ class Pipeline:
 
     # -- streamed responses ---------------------------------------------------------------
 
-    async def stream(self, plan: Plan, call: Behaviour, request: Any, context: Any) -> AsyncIterator[Any]:
+    async def stream(self, plan: Plan, call: Behaviour, request: Any, context: Any) -> None:
         """Server streams. While the servicer waits for its next message the task is "parked":
         on shutdown App.stop cancels parked tasks and the cancellation becomes UNAVAILABLE.
         A task that is sending is never cancelled (an abort during an in-flight send fails
-        with TOO_MANY_OPERATIONS); it sees `stopping` before it parks again."""
+        with TOO_MANY_OPERATIONS); it sees `stopping` before it parks again.
+
+        A coroutine, not an async generator: it drives the servicer's generator and sends each
+        message with `context.write` (grpc.aio runs a coroutine handler as a writer), so a
+        message passes through one generator, the servicer's, not a second one wrapping it."""
         request_id, authorization, _key, peer, fields = self._begin(plan, context)
         started = time.perf_counter()
         code = "OK"
         self._stream_opened()
         parked = self.rt.parked_streams
+        stopping = self.rt.stopping
         task = asyncio.current_task()
         source: Any = None
         held: str | None = None
+        sending = False
         try:
             request = self._check(plan, request)
             principal = self._shared_roles(await self._admit(plan, authorization, peer))
@@ -367,7 +373,7 @@ class Pipeline:
             # client at once that the stream is established. Servicers must not send them.
             await context.send_initial_metadata(())
             while True:
-                if self.rt.stopping.is_set():
+                if stopping.is_set():
                     raise Unavailable("shutting down", reason="SHUTTING_DOWN")
                 parked.add(task)  # type: ignore[arg-type]
                 try:
@@ -375,21 +381,26 @@ class Pipeline:
                 except StopAsyncIteration:
                     break
                 except asyncio.CancelledError:
-                    if self.rt.stopping.is_set():
+                    if stopping.is_set():
                         raise Unavailable("shutting down", reason="SHUTTING_DOWN") from None
                     raise
                 finally:
                     parked.discard(task)  # type: ignore[arg-type]
-                yield item
+                sending = True
+                await context.write(item)
+                sending = False
                 item = None  # sent: not held while the servicer waits for its next message
             context.set_trailing_metadata(((REQUEST_ID, request_id),))
         except grpc.aio.AbortError:
             code = self._code_of(context)
             raise
-        except (asyncio.CancelledError, GeneratorExit):
+        except (asyncio.CancelledError, GeneratorExit):  # GeneratorExit: closed, never resumed
             code = "CANCELLED"
             raise
         except Exception as exc:
+            if sending:  # grpc's own: the call is over (finished, server stopped)
+                code = "CANCELLED"
+                raise
             code = exc.code if isinstance(exc, DomainError) else "INTERNAL"
             await self._fail(context, request_id, fields, exc)
         finally:

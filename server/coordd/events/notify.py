@@ -28,6 +28,9 @@ class Notifier:
 
     def __init__(self, bus: EventBus) -> None:
         self._waiters: dict[str, asyncio.Future[bool] | set[asyncio.Future[bool]]] = {}
+        # Waiters armed with slack, by (slack, deadline slot), and the loop their timers run on.
+        self._slots: dict[tuple[float, int], set[asyncio.Future[bool]]] = {}
+        self._slots_loop: asyncio.AbstractEventLoop | None = None
         bus.add_listener(self._on_events)
 
     def _on_events(self, events: list[Event]) -> None:
@@ -69,11 +72,17 @@ class Notifier:
             self.disarm(keys, waiter, timer)
 
     def arm(
-        self, keys: list[str] | tuple[str, ...], timeout: float
-    ) -> tuple[asyncio.Future[bool], asyncio.TimerHandle]:
+        self, keys: list[str] | tuple[str, ...], timeout: float, *, slack: float = 0.0
+    ) -> tuple[asyncio.Future[bool], asyncio.TimerHandle | set[asyncio.Future[bool]]]:
         """`wait` without its coroutine, for a caller that waits often and long (a stream):
         the future to await (True when woken, False on timeout) and its timer; the caller
-        must `disarm` them in a `finally`."""
+        must `disarm` them in a `finally`.
+
+        With `slack` (seconds), the timeout may fire up to that much late: the waiter joins
+        the shared set of every waiter whose deadline falls in the same `slack`-long slot,
+        expired by one timer for all of them, instead of a timer handle of its own (thousands
+        of streams re-arm on every change; a handle each is a heap push, a cancel and ~250
+        bytes per stream)."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
         waiters = self._waiters
@@ -85,12 +94,28 @@ class Notifier:
                 held.add(waiter)
             elif held is not waiter:
                 waiters[key] = {held, waiter}  # type: ignore[arg-type]
-        return waiter, loop.call_later(timeout, _expire, waiter)
+        if slack <= 0.0:
+            return waiter, loop.call_later(timeout, _expire, waiter)
+        if loop is not self._slots_loop:  # slots belong to the loop that runs their timers
+            self._slots_loop, self._slots = loop, {}
+        slot = (slack, -int(-(loop.time() + timeout) // slack))  # the deadline, rounded up
+        bucket = self._slots.get(slot)
+        if bucket is None:
+            bucket = self._slots[slot] = set()
+            loop.call_at(slot[1] * slack, self._expire_slot, slot, bucket)
+        bucket.add(waiter)
+        return waiter, bucket
 
     def disarm(
-        self, keys: list[str] | tuple[str, ...], waiter: asyncio.Future[bool], timer: asyncio.TimerHandle
+        self,
+        keys: list[str] | tuple[str, ...],
+        waiter: asyncio.Future[bool],
+        timer: asyncio.TimerHandle | set[asyncio.Future[bool]],
     ) -> None:
-        timer.cancel()
+        if type(timer) is set:
+            timer.discard(waiter)
+        else:
+            timer.cancel()  # type: ignore[union-attr]
         waiters = self._waiters
         for key in keys:
             held = waiters.get(key)
@@ -102,6 +127,13 @@ class Notifier:
                     waiters[key] = next(iter(held))
                 elif not held:
                     del waiters[key]
+
+    def _expire_slot(self, slot: tuple[float, int], bucket: set[asyncio.Future[bool]]) -> None:
+        if self._slots.get(slot) is bucket:
+            del self._slots[slot]
+        for waiter in bucket:
+            if not waiter.done():
+                waiter.set_result(False)
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:

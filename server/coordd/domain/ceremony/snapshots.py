@@ -17,12 +17,13 @@ so a change is one read plus one wake-up per stream.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from coordd.core.events import Event
-from coordd.domain.ceremony.names import QueueKey
+from coordd.domain.ceremony.names import QueueKey, ceremony_name
 from coordd.domain.ceremony.states import WAITING
 from coordd.domain.ceremony.timeouts import average
 from coordd.events.notify import keys_of
@@ -56,6 +57,13 @@ class QueueSnapshot:
     current_elapsed: timedelta | None
     positions: dict[str, int] = field(default_factory=dict)
     participants: dict[str, ParticipantView] = field(default_factory=dict)
+    # The ceremony's and the ready key every stream of the circuit waits on, interned: one
+    # string each for all of them, formatted once per read rather than per wake-up.
+    wait_keys: tuple[str, str] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        keys = (sys.intern(ceremony_name(self.ceremony_id)), sys.intern(ready_key(self.circuit_id)))
+        object.__setattr__(self, "wait_keys", keys)
 
     @property
     def queue_length(self) -> int:
@@ -145,6 +153,17 @@ class QueueSnapshots:
         finally:
             del self._refreshing[circuit_id]
         self.rt.notifier.wake(ready_key(circuit_id))
+
+    def cached(self, circuit_id: str) -> QueueSnapshot | None:
+        """The cached snapshot when `get` would return it without a read, else None."""
+        cached = self._cache.get(circuit_id)
+        if (
+            cached is not None
+            and cached[0] >= self._generation.get(circuit_id, 0)
+            and time.monotonic() - cached[1] < SNAPSHOT_MAX_AGE_S
+        ):
+            return cached[2]
+        return None
 
     async def get(self, circuit_id: str) -> QueueSnapshot | None:
         wanted = self._generation.get(circuit_id, 0)
