@@ -65,17 +65,23 @@ def rss_mb(pid: int) -> float:
 
 
 async def beat_streams(
-    target: str, keys: list[str], start_at: float, steady_at: float, stop_at: float, ramp: float
-) -> tuple[float, float]:
+    target: str,
+    keys: list[str],
+    start_at: float,
+    steady_at: float,
+    stop_at: float,
+    ramp: float,
+    per_channel: int,
+) -> tuple[float, float, int, dict[str, int]]:
     """Each key: one stream, opened `ramp` streams a second from start_at, then one beat a
     second until stop_at. Returns the sum over streams of the beats the server says it
     accepted / the seconds the stream was open: the fleet's accepted beats/s once all are
-    open, and this process's CPU over the steady part (share of one core). A channel (one
-    HTTP/2 connection) per 500 streams."""
+    open, this process's CPU over the steady part (share of one core), the reconnects and
+    their failures by kind. A channel (one HTTP/2 connection) per `per_channel` streams."""
     # A connection of its own per channel (gRPC shares one between equal channels otherwise).
     options = [("grpc.max_concurrent_streams", 100_000), ("grpc.use_local_subchannel_pool", 1)]
     channels = [
-        grpc.aio.insecure_channel(target, options=options) for _ in range(max(1, len(keys) // PER_CHANNEL))
+        grpc.aio.insecure_channel(target, options=options) for _ in range(max(1, len(keys) // per_channel))
     ]
     stubs = [node_pb2_grpc.NodeServiceStub(c) for c in channels]
     request = node_pb2.StreamHeartbeatsRequest(metrics={"load": 0.5})
@@ -135,7 +141,10 @@ async def beat_streams(
 
 NODE_CLIENT = Path(__file__).resolve().parent / "fleet_client.js"
 NODE_MODULES = Path(__file__).resolve().parents[1] / "tools" / "node_modules"
-PER_CHANNEL = 500  # streams per HTTP/2 connection, both clients
+# Streams per HTTP/2 connection (both clients; `--streams-per-connection`). An agent has a
+# connection of its own; 500 streams on one connection made gRPC cancel new streams when
+# the daemon was busy (CANCELLED before the servicer saw them), 50 did not.
+PER_CHANNEL = 50
 
 
 def node_worker(
@@ -145,6 +154,7 @@ def node_worker(
     steady_at: float,
     stop_at: float,
     ramp: float,
+    per_channel: int,
     out: multiprocessing.Queue,
 ) -> None:
     """The same beating by bench/fleet_client.js (@grpc/grpc-js from tools/package.json):
@@ -160,7 +170,7 @@ def node_worker(
         "ramp": ramp,
         "interval": INTERVAL_S,
         "reconnect_s": RECONNECT_S,
-        "per_channel": PER_CHANNEL,
+        "per_channel": per_channel,
         "request_b64": base64.b64encode(request).decode(),
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,9 +199,10 @@ def worker(
     steady_at: float,
     stop_at: float,
     ramp: float,
+    per_channel: int,
     out: multiprocessing.Queue,
 ) -> None:
-    out.put(asyncio.run(beat_streams(target, keys, start_at, steady_at, stop_at, ramp)))
+    out.put(asyncio.run(beat_streams(target, keys, start_at, steady_at, stop_at, ramp, per_channel)))
 
 
 async def setup(target: str, nodes: int) -> tuple[tuple[tuple[str, str], ...], str, list[str]]:
@@ -312,6 +323,7 @@ def run(
     warm_s: float = 10.0,
     gil: bool = False,
     client: str = "node",
+    per_channel: int = PER_CHANNEL,
 ) -> dict:
     env = {
         "COORDD_RATE_LIMIT_PEER_RPS": "1000000",
@@ -342,7 +354,16 @@ def run(
         procs = [
             ctx.Process(
                 target=node_worker if client == "node" else worker,
-                args=(target, fleet[i::workers], start_at, steady_at, stop_at, ramp / workers, out),
+                args=(
+                    target,
+                    fleet[i::workers],
+                    start_at,
+                    steady_at,
+                    stop_at,
+                    ramp / workers,
+                    per_channel,
+                    out,
+                ),
             )
             for i in range(workers)
         ]
@@ -387,6 +408,7 @@ def run(
             "backend": ("postgresql" if database_url else "sqlite") + (" + redis" if redis_url else ""),
             "client": "node @grpc/grpc-js" if client == "node" else "python grpc.aio",
             "client_workers": workers,
+            "streams_per_connection": per_channel,
             "setup_s": round(setup_s, 1),
             "streams_opened_per_s": ramp,
             "steady_s": seconds,
@@ -425,6 +447,7 @@ def main() -> None:
     parser.add_argument(
         "--warm", type=float, default=10.0, help="seconds between the last stream opening and the steady part"
     )
+    parser.add_argument("--streams-per-connection", type=int, default=PER_CHANNEL)
     parser.add_argument(
         "--client",
         choices=("node", "python"),
@@ -443,6 +466,7 @@ def main() -> None:
         args.warm,
         args.gil,
         args.client,
+        args.streams_per_connection,
     )
     print(json.dumps(result, indent=2))
 

@@ -112,3 +112,32 @@ def test_scheduler_stops_cleanly_mid_task(server):
     assert len(started) == count
     assert not scheduler.is_leader
     assert asyncio.iscoroutinefunction(scheduler.stop)
+
+
+def test_task_runs_are_recorded_in_bulk_with_exact_counts(server, monkeypatch):
+    """A run is not a write transaction of its own: the first run is recorded, then at most
+    one record per interval carries the runs since; a new error is recorded at once."""
+    import coordd.scheduler.core as core
+
+    monkeypatch.setattr(core, "RECORD_EVERY_S", 0.5)
+    outcome = {"error": ""}
+
+    def task(rt):
+        if outcome["error"]:
+            raise ValueError(outcome["error"])
+
+    scheduler = Scheduler(server.rt, [Task("bulk", 60, task)], Elector())
+    [bulk] = scheduler.tasks
+    for _ in range(5):
+        server.call(scheduler.run_once(bulk))
+    row = SchedulerTaskRun.get(name="bulk")
+    assert (row.run_count, row.failure_count) == (1, 0), "only the first run wrote"
+    outcome["error"] = "boom"
+    server.call(scheduler.run_once(bulk))
+    row = SchedulerTaskRun.get(name="bulk")
+    assert (row.run_count, row.failure_count, row.last_error) == (6, 1, "ValueError: boom")
+    server.call(scheduler.run_once(bulk))
+    time.sleep(0.6)
+    server.call(scheduler.run_once(bulk))
+    row = SchedulerTaskRun.get(name="bulk")
+    assert (row.run_count, row.failure_count) == (8, 3), "every run counted once the interval passed"

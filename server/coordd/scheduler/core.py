@@ -41,6 +41,10 @@ log = structlog.get_logger("coordd.scheduler")
 # A follower looks at least this often (a dead holder's lease is taken at once, see
 # store/scheduler_lease.py); the holder renews every third of the lease.
 FOLLOWER_POLL_S = 1.0
+# A task's runs are recorded (scheduler_task_run, GetStatus) at most this often (and at
+# least once a leadership lease, so a record younger than a lease shows a live leader),
+# unless it fails differently: the counts then include the runs since.
+RECORD_EVERY_S = 5.0
 # The holder stops acting this fraction of a lease after sending its last good renewal:
 # the database's expiry is a full lease after it *received* the renewal.
 DEADLINE_FRACTION = 0.9
@@ -214,6 +218,8 @@ class Scheduler:
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {t.name: asyncio.Event() for t in tasks}
         self._period = max(rt.settings.scheduler_lease_s / 3, 0.05)
+        # Runs not yet recorded per task: (runs, failures, when last recorded, last error).
+        self._unrecorded: dict[str, tuple[int, int, float, str]] = {}
         if elector.fenced and rt.store not in _FENCED:
             rt.store.before_commit(scheduler_lease.fence)
             _FENCED.add(rt.store)
@@ -344,13 +350,42 @@ class Scheduler:
             log.error("task failed", task=task.name, exc_info=exc)
         elapsed = time.perf_counter() - started
         metrics.TASK_DURATION.labels(task.name).observe(elapsed)
+        runs, failures, recorded_at, last_error = self._unrecorded.get(task.name, (0, 0, 0.0, ""))
+        runs, failures = runs + 1, failures + (1 if error else 0)
+        now = time.monotonic()
+        # Each run is a write transaction of its own to record: a dozen a second that queue
+        # on SQLite's writer behind the heartbeat flush. A task's first run, a change of its
+        # error and otherwise one record per RECORD_EVERY_S (with the runs counted since).
+        every = min(RECORD_EVERY_S, self.rt.settings.scheduler_lease_s)
+        if error == last_error and recorded_at and now - recorded_at < every:
+            self._unrecorded[task.name] = (runs, failures, recorded_at, last_error)
+            return
+        self._unrecorded[task.name] = (0, 0, now, error)
         with contextlib.suppress(Exception):
-            await self.rt.run(self._record, task, started_wall, elapsed, error, leadership)
+            await self.rt.run(self._record, task, started_wall, elapsed, error, leadership, runs, failures)
 
-    def _record(self, task: Task, started: Any, elapsed: float, error: str, leadership: Leadership) -> None:
+    def _record(
+        self,
+        task: Task,
+        started: Any,
+        elapsed: float,
+        error: str,
+        leadership: Leadership,
+        runs: int = 1,
+        failures: int | None = None,
+    ) -> None:
+        failures = (1 if error else 0) if failures is None else failures
         with self.rt.store.write():
             scheduler_lease.record_run(
-                task.name, task.interval, started, elapsed, error, leadership.holder, leadership.epoch
+                task.name,
+                task.interval,
+                started,
+                elapsed,
+                error,
+                leadership.holder,
+                leadership.epoch,
+                runs=runs,
+                failures=failures,
             )
 
     async def stop(self) -> None:

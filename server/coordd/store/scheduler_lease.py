@@ -182,7 +182,12 @@ def record_run(
     error: str,
     holder: str,
     epoch: int,
+    *,
+    runs: int = 1,
+    failures: int | None = None,
 ) -> None:
+    """The task's last run, and `runs` (of which `failures` failed) more counted."""
+    failures = (1 if error else 0) if failures is None else failures
     row = SchedulerTaskRun.get_or_none(SchedulerTaskRun.name == name)
     exists = row is not None
     if row is None:
@@ -191,8 +196,8 @@ def record_run(
     row.last_start_time = started
     row.last_duration_s = elapsed
     row.last_error = error
-    row.run_count += 1
-    row.failure_count += 1 if error else 0
+    row.run_count += runs
+    row.failure_count += failures
     row.last_instance_id = holder
     row.last_epoch = epoch
     row.save(force_insert=not exists)

@@ -90,6 +90,11 @@ def detect_down(rt: Runtime, latest_seen: LastSeen, batch: int = 1000, *, backlo
     by no more than that is not blamed for it (`backlog_allowance_s`)."""
     state = _detector(rt)
     marked = 0
+    # Most ticks find nothing due: look before queueing for the writer (on SQLite behind
+    # the heartbeat flush) with a transaction that would write nothing.
+    with rt.store.read():
+        if not health.due_nodes(rt.now(), 1, skip_locked=False):
+            return 0
     with rt.store.write() as tx:
         due = health.due_nodes(tx.now, batch, skip_locked=rt.store.is_postgres)
         if not due:
