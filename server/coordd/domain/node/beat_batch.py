@@ -18,9 +18,8 @@ from datetime import datetime, timedelta
 import coordd.domain.node.alerts as alerts
 import coordd.domain.node.flapping as flapping
 from coordd.domain.node.machine import (
-    STATUS_CHANGED,
     close_incident,
-    nodes_key,
+    emit_status_changed,
     refresh_workloads,
     resolve_mass_outage,
 )
@@ -101,17 +100,7 @@ def _set_status(
     # Heard from: the node can fall silent from now on.
     node.deadline_time = tx.now + timedelta(seconds=project.window_s)
     node.update_time = tx.now
-    tx.emit(
-        STATUS_CHANGED,
-        f"nodes/{node.id}",
-        {
-            "from": before,
-            "to": to,
-            "reason": reason[:500],
-            "project": f"projects/{project.id}",
-            "watch_keys": [nodes_key(project.id)],
-        },
-    )
+    emit_status_changed(tx, node.id, project.id, before, to, reason)
     return True
 
 

@@ -76,18 +76,23 @@ def set_node_status(
         node.deadline_time = None
     node.update_time = tx.now
     node.save()
+    emit_status_changed(tx, node.id, project.id, before, to, reason)
+    return True
+
+
+def emit_status_changed(tx: Tx, node_id: str, project_id: str, before: str, to: str, reason: str) -> None:
+    """The event of a node's transition (WatchNodes wakes on the project's key)."""
     tx.emit(
         STATUS_CHANGED,
-        f"nodes/{node.id}",
+        f"nodes/{node_id}",
         {
             "from": before,
             "to": to,
             "reason": reason[:500],
-            "project": f"projects/{project.id}",
-            "watch_keys": [nodes_key(project.id)],
+            "project": f"projects/{project_id}",
+            "watch_keys": [nodes_key(project_id)],
         },
     )
-    return True
 
 
 def open_incident(
