@@ -15,15 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import coordd.domain.node.alerts as alerts
-import coordd.domain.node.flapping as flapping
-from coordd.domain.node.machine import (
-    close_incident,
-    emit_status_changed,
-    refresh_workloads,
-    resolve_mass_outage,
-)
-from coordd.domain.node.placement import place_project
+from coordd.domain.node.machine import after_up, emit_status_changed, refresh_workloads
 from coordd.store.db import Tx
 from coordd.store.node import health, queries
 from coordd.store.node.models import DECOMMISSIONED, DOWN, PENDING, UNKNOWN, UP, Node, Project
@@ -68,7 +60,7 @@ def apply_changes(tx: Tx, changes: list[BeatChange]) -> dict[str, str]:
     for project_nodes in came_up.values():
         up = [n for n in project_nodes.values() if n.status == UP]
         if up:
-            _after_up(tx, up[0].project, up)
+            after_up(tx, up[0].project, up)
     _apply_reports(tx, changes, nodes)
     return {n: status if status == DECOMMISSIONED else nodes[n].status for n, status in out.items()}
 
@@ -102,27 +94,6 @@ def _set_status(
     node.update_time = tx.now
     emit_status_changed(tx, node.id, project.id, before, to, reason)
     return True
-
-
-def _after_up(tx: Tx, project: Project, nodes: list[Node]) -> None:
-    """What `machine.node_up` does after the transition, for many nodes of one project:
-    flapping, each outage's recovery notice, the mass outage's end, placement, workloads."""
-    flapping.observe_many(tx, nodes, project, alerts.policy_for(project.id))
-    open_incidents = health.open_incidents_of([n.id for n in nodes])
-    for node in nodes:
-        if node.id in open_incidents:
-            close_incident(
-                tx,
-                node.id,
-                "recovered",
-                recipients=alerts.recipients(node, project),
-                event_type="node.recovered",
-                data=alerts.node_data(node, project),
-            )
-    resolve_mass_outage(tx, project)
-    touched = place_project(tx, project)
-    hosted = queries.workload_ids_on_nodes([n.id for n in nodes])
-    refresh_workloads(tx, touched | hosted, "node is up", inhibited=False)
 
 
 def _apply_reports(tx: Tx, changes: list[BeatChange], nodes: dict[str, Node]) -> None:

@@ -219,21 +219,29 @@ def node_down(
 def node_up(tx: Tx, node: Node, project: Project, reason: str) -> None:
     """UP: the outage's incident closes with a recovery notification, and waiting
     replicas may now be placed here."""
-    if not set_node_status(tx, node, project, UP, reason):
-        return
-    flapping.observe(tx, node, project, alerts.policy_for(project.id))
-    close_incident(
-        tx,
-        node.id,
-        "recovered",
-        recipients=alerts.recipients(node, project),
-        event_type="node.recovered",
-        data=alerts.node_data(node, project),
-    )
-    # The node may have gone DOWN in a mass outage (and be PENDING by now).
+    if set_node_status(tx, node, project, UP, reason):
+        after_up(tx, project, [node])
+
+
+def after_up(tx: Tx, project: Project, nodes: list[Node]) -> None:
+    """What follows the UP transitions of `nodes` (one project; one node, or a batch of
+    beats, domain/node/beat_batch.py): flapping, each outage's recovery notice, the mass
+    outage's end (the nodes may have gone DOWN in one), placement, the workloads."""
+    flapping.observe_many(tx, nodes, project, alerts.policy_for(project.id))
+    open_incidents = health.open_incidents_of([n.id for n in nodes])
+    for node in nodes:
+        if node.id in open_incidents:
+            close_incident(
+                tx,
+                node.id,
+                "recovered",
+                recipients=alerts.recipients(node, project),
+                event_type="node.recovered",
+                data=alerts.node_data(node, project),
+            )
     resolve_mass_outage(tx, project)
     touched = place_project(tx, project)
-    hosted = set(queries.workload_ids_on_node(node.id))
+    hosted = queries.workload_ids_on_nodes([n.id for n in nodes])
     refresh_workloads(tx, touched | hosted, "node is up", inhibited=False)
 
 
