@@ -84,6 +84,12 @@ async def _scenario(settings) -> dict[str, object]:  # type: ignore[no-untyped-d
                 await call.read()
             except grpc.aio.AioRpcError as exc:
                 seen["shutdown"] = (first, exc.code(), exc.details())
+            # The client can see the status before the server's task has finished its
+            # bookkeeping: the counters must come back to zero, not within the same instant.
+            for _ in range(500):
+                if not rt.parked_streams and not rt.open_streams:
+                    break
+                await asyncio.sleep(0.01)
             seen["parked_after"] = len(rt.parked_streams)
             seen["open_after"] = rt.open_streams
     finally:
