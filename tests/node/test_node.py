@@ -372,6 +372,33 @@ def test_watch_nodes_streams_status_changes(srv, clock):
     assert Transition.select().count() == 3
 
 
+def test_a_watch_is_live_when_its_headers_arrive(srv, monkeypatch):
+    """WatchNodes reads where to start before the client hears the stream is up: a change
+    made right after `initial_metadata()` is never missed, however slow that read is."""
+    import time
+
+    from coordd.domain import node as domain
+
+    fleet = Fleet(srv)
+    project = fleet.project()
+    _, key = fleet.node(project)
+    read_cursor = domain.last_transition_id
+
+    def slow_cursor(project_id: str) -> int:
+        time.sleep(0.5)  # a busy database pool
+        return read_cursor(project_id)
+
+    monkeypatch.setattr(domain, "last_transition_id", slow_cursor)
+    stream = fleet.stub.WatchNodes(
+        node_pb2.WatchNodesRequest(project=project.name), metadata=fleet.md, timeout=10
+    )
+    stream.initial_metadata()
+    fleet.beat(key)  # PENDING, committed before the reply
+    first = next(stream)
+    stream.cancel()
+    assert first.transition.to_status == node_pb2.HEALTH_STATUS_PENDING
+
+
 def test_the_owner_opts_a_project_in_to_its_public_status_page_and_others_cannot(srv):
     fleet = Fleet(srv)
     project = fleet.project()

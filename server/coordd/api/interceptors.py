@@ -36,6 +36,7 @@ from coordd.api.errors import clip, status_for
 from coordd.api.limits import EXEMPT, Limits, host_of
 from coordd.api.peer import client_peer
 from coordd.api.policy import policy_for
+from coordd.api.stream_ready import STREAM_READY, is_ready_first
 from coordd.api.validation import check_request
 from coordd.core.errors import (
     DomainError,
@@ -369,8 +370,11 @@ class Pipeline:
                 held = await self.limits.open_stream(host_of(peer), principal)
             source = call(request, context)
             request = principal = None
+            if is_ready_first(call) and await source.__anext__() is not STREAM_READY:
+                raise TypeError(f"{plan.method}: a ready_first servicer yields STREAM_READY first")
             # Headers go out first (never cancelled mid-send, see above); they also tell the
-            # client at once that the stream is established. Servicers must not send them.
+            # client at once that the stream is established (for a `ready_first` servicer:
+            # once it is live). Servicers must not send them.
             await context.send_initial_metadata(())
             while True:
                 if stopping.is_set():

@@ -31,6 +31,7 @@ from coordd.api.node_convert import (
 )
 from coordd.api.node_members import MembershipRpcs
 from coordd.api.node_monitoring import MonitoringRpcs, uptime_to_proto
+from coordd.api.stream_ready import STREAM_READY, ready_first
 from coordd.core.errors import FieldViolation, InvalidArgument
 from coordd.core.paging import PageRequest
 from coordd.core.principal import require_user
@@ -366,14 +367,14 @@ class NodeServicer(HeartbeatRpcs, MembershipRpcs, MonitoringRpcs, node_pb2_grpc.
 
     # -- watch --
 
-    async def WatchNodes(
-        self, request: node_pb2.WatchNodesRequest, context: Any
-    ) -> AsyncIterator[node_pb2.WatchNodesResponse]:
+    @ready_first
+    async def WatchNodes(self, request: node_pb2.WatchNodesRequest, context: Any) -> AsyncIterator[Any]:
         who = require_user()
         project_id = parse_name(request.project, "projects", "project")
         await self.rt.run(node.watchable_project, who, project_id)
         cursor = await self.rt.run(node.last_transition_id, project_id)
-        # The interceptor has sent the headers already: the client knows the watch is live.
+        # Live from here: the pipeline sends the headers now (the client may act on them).
+        yield STREAM_READY
         key = node.nodes_key(project_id)
         while True:
             # Wait first, read second: a change committed while we read still wakes us.
