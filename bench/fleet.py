@@ -27,6 +27,7 @@ import time
 import uuid
 from datetime import UTC, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
@@ -312,6 +313,93 @@ async def detect(
     }
 
 
+def _drive(
+    target: str,
+    pid: int,
+    fleet: list[str],
+    seconds: float,
+    workers: int,
+    ramp: float,
+    warm_s: float,
+    client: str,
+    per_channel: int,
+    during: Any = None,
+) -> dict:
+    """Beats `fleet` against `target` (the server process `pid`) and measures the steady
+    part; `during()` runs once the steady part has begun (profiling, detection) and its
+    result is returned under "during"."""
+    start_at = time.time() + 4.0
+    steady_at = start_at + len(fleet) / ramp + warm_s
+    stop_at = steady_at + seconds
+    ctx = multiprocessing.get_context("spawn")
+    out: multiprocessing.Queue = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=node_worker if client == "node" else worker,
+            args=(target, fleet[i::workers], start_at, steady_at, stop_at, ramp / workers, per_channel, out),
+        )
+        for i in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    # The ramp (streams opening: each authenticates once) apart from the steady part.
+    time.sleep(max(start_at - time.time(), 0))
+    ramp_cpu, ramp_wall = cpu_seconds(pid), time.monotonic()
+    time.sleep(max(steady_at - time.time(), 0))
+    cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
+    ramp_cores = (cpu_before - ramp_cpu) / max(wall_before - ramp_wall, 1e-3)
+    extra = during() if during is not None else None
+    time.sleep(max(stop_at - time.time() - 0.5, 0))
+    cpu_after, wall_after = cpu_seconds(pid), time.monotonic()
+    rss = rss_mb(pid)
+    load = os.getloadavg()
+    results = [out.get(timeout=120) for _ in procs]
+    accepted = sum(r[0] for r in results)
+    failures: collections.Counter[str] = collections.Counter()
+    for r in results:
+        failures.update(r[3])
+    for p in procs:
+        p.join(30)
+    steady_cores = (cpu_after - cpu_before) / (wall_after - wall_before)
+    return {
+        "beats_accepted_per_s": round(accepted, 1),
+        "daemon_cpu_cores": round(steady_cores, 2),
+        # The steadier figure on a shared machine: daemon CPU per beat it accepted.
+        "daemon_cpu_us_per_beat": round(steady_cores * 1e6 / max(accepted, 1.0), 1),
+        "daemon_cpu_cores_ramp": round(ramp_cores, 2),
+        "daemon_rss_mb": round(rss, 1),
+        # Streams that failed (the daemon did not take the call in time) and were opened again.
+        "stream_reconnects": sum(r[2] for r in results),
+        "stream_failures": dict(failures.most_common(5)),
+        "client_cpu_cores": [round(r[1], 2) for r in results],
+        "load_average": [round(x, 2) for x in load],
+        "during": extra,
+    }
+
+
+def run_floor(
+    nodes: int, seconds: float, workers: int, ramp: float, warm_s: float, client: str, per_channel: int
+) -> dict:
+    """The same fleet against bench/fleet_floor_server.py (a handler that only counts)."""
+    port_file = Path(tempfile.mkdtemp(prefix="fleet-floor-")) / "port"
+    server = Path(__file__).parent / "fleet_floor_server.py"
+    proc = subprocess.Popen([sys.executable, str(server), str(port_file)])
+    try:
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the floor server did not start")
+            time.sleep(0.05)
+        target = f"127.0.0.1:{port_file.read_text().strip()}"
+        keys = [f"floor-{i}" for i in range(nodes)]
+        result = _drive(target, proc.pid, keys, seconds, workers, ramp, warm_s, client, per_channel)
+        result.pop("during")
+        return result
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def run(
     nodes: int,
     seconds: float,
@@ -345,64 +433,28 @@ def run(
         md, project, keys = asyncio.run(setup(target, nodes))
         setup_s = time.monotonic() - started
         fleet, detected = keys[:nodes], keys[nodes:]
-        start_at = time.time() + 4.0
-        ramp_s = nodes / ramp
-        steady_at = start_at + ramp_s + warm_s
-        stop_at = steady_at + seconds
-        ctx = multiprocessing.get_context("spawn")
-        out: multiprocessing.Queue = ctx.Queue()
-        procs = [
-            ctx.Process(
-                target=node_worker if client == "node" else worker,
-                args=(
-                    target,
-                    fleet[i::workers],
-                    start_at,
-                    steady_at,
-                    stop_at,
-                    ramp / workers,
-                    per_channel,
-                    out,
-                ),
-            )
-            for i in range(workers)
-        ]
-        for p in procs:
-            p.start()
-        # The ramp (streams opening: each authenticates once) apart from the steady part.
-        time.sleep(max(start_at - time.time(), 0))
-        ramp_cpu, ramp_wall = cpu_seconds(proc.pid), time.monotonic()
-        time.sleep(max(steady_at - time.time(), 0))
-        cpu_before, wall_before = cpu_seconds(proc.pid), time.monotonic()
-        ramp_cores = (cpu_before - ramp_cpu) / max(wall_before - ramp_wall, 1e-3)
-        spy = None
-        if profile:  # py-spy (the `bench` extra) samples the daemon over the steady part
-            spy = subprocess.Popen(
-                [
-                    *(str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(proc.pid)),
-                    *("--duration", str(int(seconds) - 1), "--output", profile, *(["--gil"] if gil else [])),
-                    *("--format", "raw" if profile.endswith(".txt") else "flamegraph"),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        # A few nodes beat three times, then stop (while the fleet keeps beating).
-        detection = asyncio.run(detect(target, md, project, detected, time.time() + 3 * INTERVAL_S))
-        time.sleep(max(stop_at - time.time() - 0.5, 0))
-        cpu_after, wall_after = cpu_seconds(proc.pid), time.monotonic()
-        rss = rss_mb(proc.pid)
-        load = os.getloadavg()
-        results = [out.get(timeout=120) for _ in procs]
-        accepted = sum(r[0] for r in results)
-        reconnects = sum(r[2] for r in results)
-        failures: collections.Counter[str] = collections.Counter()
-        for r in results:
-            failures.update(r[3])
-        if spy is not None:
-            spy.wait(60)
-        for p in procs:
-            p.join(30)
-        steady_cores = (cpu_after - cpu_before) / (wall_after - wall_before)
+
+        def during() -> dict:
+            spy = None
+            if profile:  # py-spy (the `bench` extra) samples the daemon over the steady part
+                spy = subprocess.Popen(
+                    [
+                        *(str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(proc.pid)),
+                        *("--duration", str(int(seconds) - 1), "--output", profile),
+                        *(["--gil"] if gil else []),
+                        *("--format", "raw" if profile.endswith(".txt") else "flamegraph"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            # A few nodes beat three times, then stop (while the fleet keeps beating).
+            detection = asyncio.run(detect(target, md, project, detected, time.time() + 3 * INTERVAL_S))
+            return {"detection": detection, "spy": spy}
+
+        result = _drive(target, proc.pid, fleet, seconds, workers, ramp, warm_s, client, per_channel, during)
+        extra = result.pop("during")
+        if extra["spy"] is not None:
+            extra["spy"].wait(60)
         return {
             "nodes": nodes,
             "backend": ("postgresql" if database_url else "sqlite") + (" + redis" if redis_url else ""),
@@ -413,18 +465,8 @@ def run(
             "streams_opened_per_s": ramp,
             "steady_s": seconds,
             "beats_expected_per_s": nodes / INTERVAL_S,
-            "beats_accepted_per_s": round(accepted, 1),
-            "daemon_cpu_cores": round(steady_cores, 2),
-            # The steadier figure on a shared machine: daemon CPU per beat it accepted.
-            "daemon_cpu_us_per_beat": round(steady_cores * 1e6 / max(accepted, 1.0), 1),
-            "daemon_cpu_cores_ramp": round(ramp_cores, 2),
-            "daemon_rss_mb": round(rss, 1),
-            # Streams that failed (the daemon did not take the call in time) and were opened again.
-            "stream_reconnects": reconnects,
-            "stream_failures": dict(failures.most_common(5)),
-            "client_cpu_cores": [round(r[1], 2) for r in results],
-            "load_average": [round(x, 2) for x in load],
-            "detection": detection,
+            **result,
+            "detection": extra["detection"],
             "data_dir": data_dir,
         }
     finally:
@@ -454,6 +496,11 @@ def main() -> None:
         default="node",
         help="what beats: bench/fleet_client.js (default; cheaper per beat) or grpc.aio processes",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="then the same fleet against a bare grpc.aio handler that only counts (the floor)",
+    )
     args = parser.parse_args()
     result = run(
         args.nodes,
@@ -468,6 +515,14 @@ def main() -> None:
         args.client,
         args.streams_per_connection,
     )
+    if args.floor:
+        shape = (args.ramp, args.warm, args.client, args.streams_per_connection)
+        floor = run_floor(args.nodes, args.seconds, args.workers, *shape)
+        result["floor"] = floor
+        # Side by side in one run: what coordd costs a beat over what the streams cost.
+        result["cpu_per_beat_vs_floor"] = round(
+            result["daemon_cpu_us_per_beat"] / max(floor["daemon_cpu_us_per_beat"], 1e-9), 2
+        )
     print(json.dumps(result, indent=2))
 
 

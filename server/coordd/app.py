@@ -62,6 +62,7 @@ log = structlog.get_logger("coordd")
 # New calls gRPC core may hold while the event loop is busy (its default: 1,000 soft, 3,000
 # hard; above that it cancels new calls at random, and a fleet's reconnects feed on it).
 PENDING_CALLS = 20_000
+UNREQUESTED_CALL_S = 120
 _SERVING = {True: health_pb2.HealthCheckResponse.SERVING, False: health_pb2.HealthCheckResponse.NOT_SERVING}
 
 
@@ -225,6 +226,7 @@ class App:
                 # beyond core's default of 1,000 (which showed as CANCELLED streams).
                 ("grpc.server.max_pending_requests", PENDING_CALLS),
                 ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS),
+                ("grpc.server_max_unrequested_time_in_server", UNREQUESTED_CALL_S),
             ],
         )
         # No interceptors: every handler is wrapped once, here, as it is registered.

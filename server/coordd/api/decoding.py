@@ -64,14 +64,45 @@ def malformed(method: str) -> InvalidArgument:
     )
 
 
-def check(method: str, request: Any) -> Any:
-    """Raises INVALID_ARGUMENT for an undecodable unary request; client-stream request
-    iterators come back wrapped so that an undecodable message raises it when read."""
+def check(method: str, request: Any, context: Any = None) -> Any:
+    """Raises INVALID_ARGUMENT for an undecodable unary request; a client stream comes back
+    as a `CheckedStream` on the call (`context`), whose undecodable message raises it when
+    read."""
     if isinstance(request, Undecodable):
         raise malformed(method)
     if hasattr(request, "__aiter__"):
-        return _checked(method, request)
+        return CheckedStream(method, context) if context is not None else _checked(method, request)
     return request
+
+
+class CheckedStream:
+    """A client stream's messages read straight from the call: one `context.read()` per
+    message instead of grpc's request generator and a checking generator over it (two
+    generator steps a message; on a fleet's heartbeat streams that was ~15 % of the
+    daemon's CPU). `read()` returns None at the end of the stream."""
+
+    __slots__ = ("_method", "_read")
+
+    def __init__(self, method: str, context: Any) -> None:
+        self._method = method
+        self._read = context.read
+
+    async def read(self) -> Any:
+        message = await self._read()
+        if message is grpc.aio.EOF:
+            return None
+        if type(message) is Undecodable:
+            raise malformed(self._method)
+        return message
+
+    def __aiter__(self) -> CheckedStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        message = await self.read()
+        if message is None:
+            raise StopAsyncIteration
+        return message
 
 
 async def _checked(method: str, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:

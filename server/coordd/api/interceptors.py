@@ -152,11 +152,11 @@ class Pipeline:
         call_fields.set(fields)
         return request_id, authorization, key, peer, fields
 
-    def _check(self, plan: Plan, request: Any) -> Any:
+    def _check(self, plan: Plan, request: Any, context: Any) -> Any:
         if type(request) is decoding.Undecodable:
             raise decoding.malformed(plan.method)
         if hasattr(request, "__aiter__"):  # a client stream: each message checked as read
-            return decoding.check(plan.method, request)
+            return decoding.check(plan.method, request, context)
         if isinstance(request, Message):
             check_request(request, self.max_chars)
         return request
@@ -269,7 +269,7 @@ class Pipeline:
         started = time.perf_counter()
         code = "OK"
         try:
-            request = self._check(plan, request)
+            request = self._check(plan, request, context)
             principal = await self._admit(plan, authorization, peer)
             if principal.user_id:
                 fields["caller"] = principal.user_id
@@ -359,7 +359,7 @@ class Pipeline:
         held: str | None = None
         sending = False
         try:
-            request = self._check(plan, request)
+            request = self._check(plan, request, context)
             principal = self._shared_roles(await self._admit(plan, authorization, peer))
             # A stream's frame lives as long as the stream: it keeps only what it needs
             # between messages (not the bearer token, the request or the principal).

@@ -4,11 +4,11 @@ writer; mixed into NodeServicer (api/node.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from coordd.adapters.heartbeats import Tracker
 from coordd.api.convert import duration, parse_name
+from coordd.api.decoding import CheckedStream
 from coordd.api.node_convert import assigned_to_proto, replica_from_proto, status_to_proto
 from coordd.core.principal import require_user
 from coordd.domain import node
@@ -96,19 +96,22 @@ class HeartbeatRpcs:
         )
 
     async def StreamHeartbeats(
-        self, request_iterator: AsyncIterator[node_pb2.StreamHeartbeatsRequest], context: Any
+        self, request_iterator: CheckedStream, context: Any
     ) -> node_pb2.StreamHeartbeatsResponse:
         info = await self._node_info()
+        node_id = info.node_id
         beats = 0
         known = self.tracker.info
-        async for request in request_iterator:
+        read = request_iterator.read  # one await a message (api/decoding.py: CheckedStream)
+        plain_beat = self._plain_beat
+        while (request := await read()) is not None:
             # Re-read from the cache: a status change made elsewhere shows up here.
-            info = known.get(info.node_id, info)
+            info = known.get(node_id, info)
             # A change is written by the next batch; a beat without reports awaits nothing.
             if request.workloads:
                 await self._beat(info, request)
             else:
-                self._plain_beat(info, request)
+                plain_beat(info, request)
             beats += 1
         await self._committed(info)
         views = await self._assignments(info.node_id)

@@ -93,41 +93,48 @@ def detect_down(rt: Runtime, latest_seen: LastSeen, batch: int = 1000, *, backlo
     # Most ticks find nothing due: look before queueing for the writer (on SQLite behind
     # the heartbeat flush) with a transaction that would write nothing.
     with rt.store.read():
-        if not health.due_nodes(rt.now(), 1, skip_locked=False):
+        if not health.due_brief(rt.now(), 1, skip_locked=False):
             return 0
     with rt.store.write() as tx:
-        due = health.due_nodes(tx.now, batch, skip_locked=rt.store.is_postgres)
+        due = health.due_brief(tx.now, batch, skip_locked=rt.store.is_postgres)
         if not due:
             return 0
         fresh = latest_seen([n.id for n in due])
         projects = queries.projects_by_ids({n.project_id for n in due})
-        silent: dict[str, list[Node]] = defaultdict(list)
+        silent: dict[str, dict[str, datetime | None]] = defaultdict(dict)
         # Heard from after all: their deadlines move in one executemany, not a save each.
         moved: list[tuple[str, datetime, datetime | None]] = []
-        for node in due:
-            project = projects[node.project_id]
+        graced: list[tuple[str, datetime]] = []
+        for due_node in due:
+            project = projects[due_node.project_id]
             window = timedelta(seconds=project.window_s)
-            seen = freshest(node, fresh)
-            if seen is not None:
-                node.last_seen_time = seen
+            heard = fresh.get(due_node.id)
+            seen = due_node.last_seen_time
+            if heard is not None and (seen is None or heard > seen):
+                seen = heard
             if seen is not None and seen + window > tx.now:
                 # A beat the database has not seen yet (another replica, an unflushed batch).
-                moved.append((node.id, seen, seen + window))
+                moved.append((due_node.id, seen, seen + window))
                 continue
             allowance = timedelta(seconds=backlog_allowance_s(backlog_s, project.window_s))
             if allowance and seen is not None and seen + window + allowance > tx.now:
                 # Late by no more than our own backlog: look again when the allowance ends.
-                moved.append((node.id, seen, seen + window + allowance))
+                moved.append((due_node.id, seen, seen + window + allowance))
                 continue
             grace_until = state.active_since + timedelta(seconds=restart_grace_s(project.window_s))
             if tx.now < grace_until:
-                node.deadline_time = grace_until
-                health.save_deadline(node)
+                graced.append((due_node.id, grace_until))
                 continue
-            silent[project.id].append(node)
+            silent[project.id][due_node.id] = seen
         if moved:
             health.store_last_seen_many(moved)
-        for project_id, nodes in silent.items():
+        health.save_deadlines(graced)
+        for project_id, seen_of in silent.items():
+            # Only the nodes going DOWN are read whole.
+            nodes = sorted(queries.nodes_by_ids(set(seen_of)).values(), key=lambda n: n.id)
+            for node in nodes:
+                if seen_of[node.id] is not None:
+                    node.last_seen_time = seen_of[node.id]
             marked += _mark_down(tx, projects[project_id], nodes)
     return marked
 
