@@ -20,10 +20,12 @@ import collections
 import json
 import multiprocessing
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from datetime import UTC, timedelta
 from pathlib import Path
@@ -58,6 +60,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def beats_counted(metrics_port: int) -> float:
+    """The server's coordd_heartbeats_total (Prometheus text on its metrics port)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith("coordd_heartbeats_total "):
+                return float(line.split()[1])
+    return 0.0
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -88,7 +105,7 @@ async def beat_streams(
     request = node_pb2.StreamHeartbeatsRequest(metrics={"load": 0.5})
     failures: collections.Counter[str] = collections.Counter()
 
-    async def node(index: int, key: str) -> tuple[float, int]:
+    async def node(index: int, key: str) -> tuple[float, int, float | None]:
         # gRPC core refuses new calls beyond its pending-request limit when thousands
         # arrive within a second: streams open at `ramp` a second, as agents' jitter does.
         # A stream that fails is opened again after a short pause, as `coordctl node agent`
@@ -99,6 +116,7 @@ async def beat_streams(
         opened = time.time()
         accepted = 0
         reconnects = 0
+        ended_at, latency = None, None
         while next_at < stop_at:
             call = stubs[index % len(stubs)].StreamHeartbeats(metadata=key_md(key))
             try:
@@ -108,8 +126,10 @@ async def beat_streams(
                         await asyncio.sleep(delay)
                     await call.write(request)
                     next_at += INTERVAL_S
+                ended_at = time.time()
                 await call.done_writing()
                 accepted += (await call).beats
+                latency = time.time() - ended_at
             except (asyncio.InvalidStateError, grpc.aio.AioRpcError) as exc:
                 reconnects += 1
                 if isinstance(exc, grpc.aio.AioRpcError):
@@ -119,7 +139,8 @@ async def beat_streams(
                 call.cancel()
                 await asyncio.sleep(RECONNECT_S)
                 next_at = max(next_at, time.time())
-        return accepted / max(time.time() - opened, INTERVAL_S), reconnects
+        # Beats counted over the seconds the stream was writing; the reply's delay apart.
+        return accepted / max((ended_at or time.time()) - opened, INTERVAL_S), reconnects, latency
 
     async def own_cpu() -> float:
         await asyncio.sleep(max(steady_at - time.time(), 0))
@@ -137,7 +158,8 @@ async def beat_streams(
     if crashed:
         print(f"worker: {len(crashed)} nodes failed, e.g. {crashed[0]!r}", file=sys.stderr)
     done = [r for r in replies if isinstance(r, tuple)]
-    return sum(r[0] for r in done), await cpu_task, sum(r[1] for r in done), dict(failures)
+    latencies = [r[2] for r in done if r[2] is not None]
+    return sum(r[0] for r in done), await cpu_task, sum(r[1] for r in done), dict(failures), latencies
 
 
 NODE_CLIENT = Path(__file__).resolve().parent / "fleet_client.js"
@@ -187,10 +209,18 @@ def node_worker(
         )
     if done.returncode != 0:
         print(f"node client failed: {done.stderr[-2000:]}", file=sys.stderr)
-        out.put((0.0, 0.0, 0, {"node client failed": 1}))
+        out.put((0.0, 0.0, 0, {"node client failed": 1}, []))
         return
     result = json.loads(done.stdout)
-    out.put((result["accepted_per_s"], result["cpu_cores"], result["reconnects"], result["failures"]))
+    out.put(
+        (
+            result["accepted_per_s"],
+            result["cpu_cores"],
+            result["reconnects"],
+            result["failures"],
+            result["reply_latencies"],
+        )
+    )
 
 
 def worker(
@@ -323,6 +353,7 @@ def _drive(
     warm_s: float,
     client: str,
     per_channel: int,
+    metrics_port: int,
     during: Any = None,
 ) -> dict:
     """Beats `fleet` against `target` (the server process `pid`) and measures the steady
@@ -346,11 +377,11 @@ def _drive(
     time.sleep(max(start_at - time.time(), 0))
     ramp_cpu, ramp_wall = cpu_seconds(pid), time.monotonic()
     time.sleep(max(steady_at - time.time(), 0))
-    cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
+    cpu_before, wall_before, beats_before = cpu_seconds(pid), time.monotonic(), beats_counted(metrics_port)
     ramp_cores = (cpu_before - ramp_cpu) / max(wall_before - ramp_wall, 1e-3)
     extra = during() if during is not None else None
     time.sleep(max(stop_at - time.time() - 0.5, 0))
-    cpu_after, wall_after = cpu_seconds(pid), time.monotonic()
+    cpu_after, wall_after, beats_after = cpu_seconds(pid), time.monotonic(), beats_counted(metrics_port)
     rss = rss_mb(pid)
     load = os.getloadavg()
     results = [out.get(timeout=120) for _ in procs]
@@ -361,16 +392,26 @@ def _drive(
     for p in procs:
         p.join(30)
     steady_cores = (cpu_after - cpu_before) / (wall_after - wall_before)
+    # What the server read while the steady part lasted (its own counter): a server that
+    # falls behind reads fewer than the fleet sends, however many it reads later.
+    handled = (beats_after - beats_before) / (wall_after - wall_before)
+    replies = [latency for r in results for latency in r[4]]
     return {
-        "beats_accepted_per_s": round(accepted, 1),
+        "beats_accepted_per_s": round(handled, 1),
+        # The `beats` the streams' replies counted over the seconds each stream was writing
+        # (the fleet's whole run; a server that catches up later counts them all).
+        "beats_replied_per_s": round(accepted, 1),
         "daemon_cpu_cores": round(steady_cores, 2),
-        # The steadier figure on a shared machine: daemon CPU per beat it accepted.
-        "daemon_cpu_us_per_beat": round(steady_cores * 1e6 / max(accepted, 1.0), 1),
+        # The steadier figure on a shared machine: daemon CPU per beat it read.
+        "daemon_cpu_us_per_beat": round(steady_cores * 1e6 / max(handled, 1.0), 1),
         "daemon_cpu_cores_ramp": round(ramp_cores, 2),
         "daemon_rss_mb": round(rss, 1),
         # Streams that failed (the daemon did not take the call in time) and were opened again.
         "stream_reconnects": sum(r[2] for r in results),
         "stream_failures": dict(failures.most_common(5)),
+        # From a stream's half-close to its reply: how far behind the daemon is at the end.
+        "reply_after_close_p50_s": round(percentile(replies, 50), 3),
+        "reply_after_close_p99_s": round(percentile(replies, 99), 3),
         "client_cpu_cores": [round(r[1], 2) for r in results],
         "load_average": [round(x, 2) for x in load],
         "during": extra,
@@ -383,7 +424,8 @@ def run_floor(
     """The same fleet against bench/fleet_floor_server.py (a handler that only counts)."""
     port_file = Path(tempfile.mkdtemp(prefix="fleet-floor-")) / "port"
     server = Path(__file__).parent / "fleet_floor_server.py"
-    proc = subprocess.Popen([sys.executable, str(server), str(port_file)])
+    metrics_port = free_port()
+    proc = subprocess.Popen([sys.executable, str(server), str(port_file), str(metrics_port)])
     try:
         deadline = time.monotonic() + 30
         while not (port_file.exists() and port_file.read_text().strip()):
@@ -392,7 +434,9 @@ def run_floor(
             time.sleep(0.05)
         target = f"127.0.0.1:{port_file.read_text().strip()}"
         keys = [f"floor-{i}" for i in range(nodes)]
-        result = _drive(target, proc.pid, keys, seconds, workers, ramp, warm_s, client, per_channel)
+        result = _drive(
+            target, proc.pid, keys, seconds, workers, ramp, warm_s, client, per_channel, metrics_port
+        )
         result.pop("during")
         return result
     finally:
@@ -426,6 +470,8 @@ def run(
         env["COORDD_REDIS_PREFIX"] = f"bench-fleet-{uuid.uuid4().hex[:6]}"
     if os.environ.get("FLEET_DAEMON_LOG"):
         env.update({"COORDD_LOG_LEVEL": "info"})
+    metrics_port = free_port()
+    env["COORDD_METRICS_PORT"] = str(metrics_port)
     proc, port, data_dir = start_coordd(env)
     target = f"127.0.0.1:{port}"
     try:
@@ -451,7 +497,8 @@ def run(
             detection = asyncio.run(detect(target, md, project, detected, time.time() + 3 * INTERVAL_S))
             return {"detection": detection, "spy": spy}
 
-        result = _drive(target, proc.pid, fleet, seconds, workers, ramp, warm_s, client, per_channel, during)
+        shape = (seconds, workers, ramp, warm_s, client, per_channel, metrics_port)
+        result = _drive(target, proc.pid, fleet, *shape, during)
         extra = result.pop("during")
         if extra["spy"] is not None:
             extra["spy"].wait(60)

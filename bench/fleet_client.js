@@ -57,6 +57,7 @@ function beatsOf(buf) {
 
 const failures = {};
 let reconnects = 0;
+const replyLatencies = [];
 
 function node(index, key) {
   return new Promise((resolve) => {
@@ -66,7 +67,13 @@ function node(index, key) {
     const md = new grpc.Metadata();
     md.add("authorization", `Bearer ${key}`);
     const channel = channels[index % channels.length];
-    const finish = () => resolve(accepted / Math.max(now() - opened, job.interval));
+    // Beats the server counted over the seconds the stream was writing (from its first beat
+    // to its half-close); how long the reply then took is the daemon's backlog, kept apart.
+    let endedAt = null;
+    const finish = () => {
+      if (endedAt !== null) replyLatencies.push(now() - endedAt);
+      resolve(accepted / Math.max((endedAt ?? now()) - opened, job.interval));
+    };
     const open = () => {
       let ended = false;
       let timer = null;
@@ -91,6 +98,7 @@ function node(index, key) {
         timer = null;
         if (ended) return;
         if (nextAt >= job.stop_at) {
+          endedAt = now();
           call.end();
           return;
         }
@@ -125,6 +133,7 @@ async function main() {
       cpu_cores: cores,
       reconnects,
       failures,
+      reply_latencies: replyLatencies,
     }),
   );
 }

@@ -23,6 +23,9 @@ RPC_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 OPEN_STREAMS = Gauge("coordd_open_streams", "Streaming RPCs open now", multiprocess_mode="livesum")
+HEARTBEATS = Counter(
+    "coordd_heartbeats_total", "Heartbeats accepted (added by each process's tracker four times a second)"
+)
 TASK_DURATION = Histogram("coordd_scheduler_task_duration_seconds", "Scheduler task run time", ["task"])
 TASK_FAILURES = Counter("coordd_scheduler_task_failures_total", "Scheduler task runs that raised", ["task"])
 IS_LEADER = Gauge(

@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from coordd import metrics
 from coordd.core.errors import Unavailable
 from coordd.core.events import Event
 from coordd.domain import node
@@ -85,6 +86,7 @@ class Tracker:
         # How late (past their interval) UP nodes' beats were read since the last sample.
         self.lateness: list[float] = []
         self.beats = 0
+        self._beats_counted = 0
         self.flushes = 0
         self.redis: Any = None
         self.redis_key = f"{rt.settings.redis_prefix}:node:last_seen"
@@ -300,6 +302,14 @@ class Tracker:
             if len(lateness) >= LATENESS_MIN_BEATS:
                 lag = max(lag, statistics.median_low(lateness))
             self.lag_samples = [*self.lag_samples[-(LAG_SAMPLES - 1) :], lag]
+            self._count_beats()
+
+    def _count_beats(self) -> None:
+        """Adds the beats since the last call to coordd_heartbeats_total (a counter's lock
+        per beat would cost more than the beat's own bookkeeping)."""
+        if self.beats > self._beats_counted:
+            metrics.HEARTBEATS.inc(self.beats - self._beats_counted)
+            self._beats_counted = self.beats
 
     def backlog_s(self) -> float:
         """The worst backlog sampled in the last ~5 s (any thread may read it)."""

@@ -129,11 +129,11 @@ def _load_api_key(rt: Runtime, digest: str) -> Principal | None:
     if (
         key is not None
         and key.revoke_time is None
-        and not key.user.disabled
+        and not key.user_disabled
         and (key.expire_time is None or key.expire_time > now)
     ):
         # A key never carries more than its owner holds now.
-        roles = parse_roles(key.roles) & parse_roles(key.user.roles)
+        roles = parse_roles(key.roles) & parse_roles(key.user_roles)
         principal = Principal(
             user_id=key.user_id,
             roles=roles,

@@ -65,9 +65,41 @@ def api_key_by_id(key_id: str) -> ApiKey | None:
     return ApiKey.get_or_none(ApiKey.id == key_id)
 
 
-def api_key_with_owner(secret_hash: str) -> ApiKey | None:
-    """The key whose secret has this digest, with its owner (`key.user`) in the same query."""
-    return ApiKey.select(ApiKey, User).join(User).where(ApiKey.secret_hash == secret_hash).first()
+class KeyWithOwner(NamedTuple):
+    """What authenticating an API key needs: the key and its owner's access."""
+
+    id: str
+    user_id: str
+    roles: str
+    scopes: str
+    node_id: str | None
+    expire_time: datetime | None
+    revoke_time: datetime | None
+    user_roles: str
+    user_disabled: bool
+
+
+_KEY_WITH_OWNER = (
+    'SELECT k."id", k."user_id", k."roles", k."scopes", k."node_id", k."expire_time", k."revoke_time", '
+    'u."roles", u."disabled" FROM "{keys}" AS k JOIN "{users}" AS u ON u."id" = k."user_id" '
+    'WHERE k."secret_hash" = {p} LIMIT 1'
+)
+
+
+def api_key_with_owner(secret_hash: str) -> KeyWithOwner | None:
+    """The key whose secret has this digest, with its owner's access, by fixed SQL text (paid
+    once per new call's key; a fleet reconnecting opens thousands of streams a minute, and
+    peewee's query building and model rows cost several times the read)."""
+    db = ApiKey._meta.database
+    sql = _KEY_WITH_OWNER.format(keys=ApiKey._meta.table_name, users=User._meta.table_name, p=db.param)
+    row = db.execute_sql(sql, (secret_hash,)).fetchone()
+    if row is None:
+        return None
+    key_id, user_id, roles, scopes, node_id, expire, revoke, user_roles, disabled = row
+    ts = ApiKey.expire_time.python_value
+    return KeyWithOwner(
+        key_id, user_id, roles, scopes or "", node_id, ts(expire), ts(revoke), user_roles, bool(disabled)
+    )
 
 
 def api_keys_page(user_id: str, page: PageRequest, show_revoked: bool) -> Page[ApiKey]:
