@@ -4,11 +4,13 @@ heartbeats kept in memory, WatchNodes and StreamHeartbeats."""
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 
+from coordd import metrics
 from coordd.adapters import heartbeats
 from coordd.scheduler.node import place_all
 from coordd.store.models import EventLog
@@ -330,6 +332,21 @@ def test_stream_heartbeats_carry_the_same_beats(srv):
     assert reply.status == node_pb2.HEALTH_STATUS_UP
     assert statuses(fleet.transitions(node.name)) == ["PENDING", "UP"]
     assert heartbeats.tracker_for(srv.rt).metrics[node.name.split("/")[1]] == {"load": 0.5}
+
+
+def test_accepted_beats_are_counted_in_the_heartbeats_metric(srv):
+    fleet = Fleet(srv)
+    project = fleet.project(successes=1)
+    _, key = fleet.node(project)
+    before = metrics.HEARTBEATS._value.get()
+    beats = iter([node_pb2.StreamHeartbeatsRequest() for _ in range(4)])
+    assert fleet.stub.StreamHeartbeats(beats, metadata=bearer(key)).beats == 4
+    fleet.beat(key)
+    # Added by the tracker a few times a second, not per beat.
+    deadline = time.monotonic() + 5
+    while metrics.HEARTBEATS._value.get() - before < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert metrics.HEARTBEATS._value.get() - before == 5
 
 
 def test_watch_nodes_streams_status_changes(srv, clock):
