@@ -58,11 +58,14 @@ from coordd_client.v1 import (
 )
 
 log = structlog.get_logger("coordd")
-# The event bus's health (HEALTH_SERVICE): NOT_SERVING while the configured bus is down.
 # New calls gRPC core may hold while the event loop is busy (its default: 1,000 soft, 3,000
-# hard; above that it cancels new calls at random, and a fleet's reconnects feed on it).
+# hard), and for how long. grpc.aio takes one new call per event-loop round trip, so a busy
+# daemon takes a reconnecting fleet's streams slowly; core cancels a call left waiting longer
+# than its default of 30 s (the CANCELLED streams bench/fleet.py saw, whose reconnects fed the
+# overload): they wait up to two minutes instead.
 PENDING_CALLS = 20_000
 UNREQUESTED_CALL_S = 120
+# The event bus's health (HEALTH_SERVICE): NOT_SERVING while the configured bus is down.
 _SERVING = {True: health_pb2.HealthCheckResponse.SERVING, False: health_pb2.HealthCheckResponse.NOT_SERVING}
 
 
@@ -222,8 +225,7 @@ class App:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 ("grpc.max_concurrent_streams", 100_000),
                 # Calls gRPC core holds until the event loop takes them: a fleet of agents
-                # reconnecting at once (after a restart) queues instead of being cancelled
-                # beyond core's default of 1,000 (which showed as CANCELLED streams).
+                # reconnecting at once (after a restart) queues instead of being cancelled.
                 ("grpc.server.max_pending_requests", PENDING_CALLS),
                 ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS),
                 ("grpc.server_max_unrequested_time_in_server", UNREQUESTED_CALL_S),

@@ -51,13 +51,17 @@ class HeartbeatRpcs:
         return self._record_beat(info, [], self._checked_metrics(info, request))
 
     def _checked_metrics(self, info: node.NodeInfo, request: Any) -> dict[str, float]:
-        metrics = dict(request.metrics)
-        if metrics:
-            # A node reports the same gauges beat after beat: their names were checked once.
-            if self.tracker.known_metric_keys(info.node_id, metrics):
-                node.check_metric_values(metrics)
-            else:
-                node.check_metrics(metrics)
+        gauges = request.metrics
+        if not gauges:
+            return {}
+        # Not dict(gauges): upb's map is no dict, and dict() reads it through the
+        # pure-Python Mapping.keys view at twice the cost.
+        metrics = {key: gauges[key] for key in gauges}
+        # A node reports the same gauges beat after beat: their names were checked once.
+        if self.tracker.known_metric_keys(info.node_id, metrics):
+            node.check_metric_values(metrics)
+        else:
+            node.check_metrics(metrics)
         return metrics
 
     def _record_beat(
