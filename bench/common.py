@@ -52,6 +52,16 @@ def start_coordd(
     return proc, int(port_file.read_text()), data
 
 
+def wait_for_port(proc: subprocess.Popen[bytes], port_file: Path, what: str = "the floor server") -> int:
+    """The port a bench server process writes to `port_file` once it listens (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while not (port_file.exists() and port_file.read_text().strip()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.05)
+    return int(port_file.read_text())
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0

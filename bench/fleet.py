@@ -35,7 +35,7 @@ import grpc
 from google.protobuf import duration_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import percentile, start_coordd
+from common import percentile, start_coordd, wait_for_port
 
 from coordd_client.v1 import auth_pb2, auth_pb2_grpc, common_pb2, node_pb2, node_pb2_grpc
 
@@ -427,12 +427,7 @@ def run_floor(
     metrics_port = free_port()
     proc = subprocess.Popen([sys.executable, str(server), str(port_file), str(metrics_port)])
     try:
-        deadline = time.monotonic() + 30
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the floor server did not start")
-            time.sleep(0.05)
-        target = f"127.0.0.1:{port_file.read_text().strip()}"
+        target = f"127.0.0.1:{wait_for_port(proc, port_file)}"
         keys = [f"floor-{i}" for i in range(nodes)]
         result = _drive(
             target, proc.pid, keys, seconds, workers, ramp, warm_s, client, per_channel, metrics_port

@@ -39,7 +39,7 @@ from urllib.parse import urlparse
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import percentile, start_coordd
+from common import percentile, start_coordd, wait_for_port
 
 from coordd.config import load_settings
 from coordd.domain import auth, ledger
@@ -406,12 +406,7 @@ def run_floor(jobs: int, workers: int, batch: int) -> dict[str, Any]:
         [sys.executable, str(Path(__file__).parent / "job_floor_server.py"), str(port_file), str(jobs)]
     )
     try:
-        deadline = time.monotonic() + 30
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the floor server did not start")
-            time.sleep(0.05)
-        port = int(port_file.read_text())
+        port = wait_for_port(proc, port_file)
 
         async def drive() -> dict[str, Any]:
             channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(4)]
