@@ -70,7 +70,7 @@ def _detector(rt: Runtime) -> _Detector:
     return state
 
 
-def freshest(node: Node, fresh: dict[str, datetime]) -> datetime | None:
+def freshest(node: Node | health.DueNode, fresh: dict[str, datetime]) -> datetime | None:
     """The latest of the stored last-seen and the one known in memory or Redis."""
     seen_times = [t for t in (node.last_seen_time, fresh.get(node.id)) if t is not None]
     return max(seen_times) if seen_times else None
@@ -108,10 +108,7 @@ def detect_down(rt: Runtime, latest_seen: LastSeen, batch: int = 1000, *, backlo
         for due_node in due:
             project = projects[due_node.project_id]
             window = timedelta(seconds=project.window_s)
-            heard = fresh.get(due_node.id)
-            seen = due_node.last_seen_time
-            if heard is not None and (seen is None or heard > seen):
-                seen = heard
+            seen = freshest(due_node, fresh)
             if seen is not None and seen + window > tx.now:
                 # A beat the database has not seen yet (another replica, an unflushed batch).
                 moved.append((due_node.id, seen, seen + window))
