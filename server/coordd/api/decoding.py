@@ -12,7 +12,7 @@ the message that failed, raised from the request iterator the servicer reads.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -64,17 +64,6 @@ def malformed(method: str) -> InvalidArgument:
     )
 
 
-def check(method: str, request: Any, context: Any = None) -> Any:
-    """Raises INVALID_ARGUMENT for an undecodable unary request; a client stream comes back
-    as a `CheckedStream` on the call (`context`), whose undecodable message raises it when
-    read."""
-    if isinstance(request, Undecodable):
-        raise malformed(method)
-    if hasattr(request, "__aiter__"):
-        return CheckedStream(method, context) if context is not None else _checked(method, request)
-    return request
-
-
 class CheckedStream:
     """A client stream's messages read straight from the call: one `context.read()` per
     message instead of grpc's request generator and a checking generator over it (two
@@ -103,10 +92,3 @@ class CheckedStream:
         if message is None:
             raise StopAsyncIteration
         return message
-
-
-async def _checked(method: str, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    async for message in requests:
-        if isinstance(message, Undecodable):
-            raise malformed(method)
-        yield message

@@ -156,7 +156,7 @@ class Pipeline:
         if type(request) is decoding.Undecodable:
             raise decoding.malformed(plan.method)
         if hasattr(request, "__aiter__"):  # a client stream: each message checked as read
-            return decoding.check(plan.method, request, context)
+            return decoding.CheckedStream(plan.method, context)
         if isinstance(request, Message):
             check_request(request, self.max_chars)
         return request
