@@ -17,6 +17,7 @@ from coordd.core.errors import Aborted, FailedPrecondition, InvalidArgument
 from coordd.core.principal import Principal
 from coordd.domain import competition as rules
 from coordd.domain import idempotency as idem
+from coordd.store.competition import bulk as bulk_store
 from coordd.store.competition.models import Competition, Registration
 from coordd.store.models import IdempotencyRecord
 from coordd_client.v1 import competition_pb2, competition_pb2_grpc
@@ -145,6 +146,31 @@ def test_a_key_committed_meanwhile_for_another_competition_refuses_and_registers
     assert info.value.reason == "IDEMPOTENCY_KEY_REUSED"
     assert Registration.select().where(Registration.competition == _comp_id(other)).count() == 0
     assert Competition.get_by_id(_comp_id(other)).waitlisted == 0
+
+
+def test_a_batch_that_keeps_meeting_rows_written_after_its_read_registers_those_users_alone(
+    server, monkeypatch
+):
+    """Another process registers one of the batch's users between the batch's read of who is
+    registered and its one-statement insert (the read here never sees the row, as if the race
+    happened on every run): the insert fails once, the run again registers those users one by
+    one, and the user registered meanwhile gets that registration, not an error."""
+    _, org = server.make_user("organizer")
+    comp = create(server, org, capacity=5)
+    comp_id = _comp_id(comp)
+    (first_id, _), (second_id, _) = bulk_users(server, 2)
+    first, second = (
+        Principal(user_id=u, roles=frozenset({"participant"}), kind="token") for u in (first_id, second_id)
+    )
+    earlier = rules.register(server.rt, first, comp_id)
+    monkeypatch.setattr(bulk_store, "registration_states", lambda comp_id, users: {})
+    got = rules.register_many(server.rt, comp_id, [rules.Ask(server.rt, first), rules.Ask(server.rt, second)])
+    assert not [o for o in got if isinstance(o, BaseException)], got
+    mine, theirs = got
+    assert mine.view.registration.id == earlier.registration.id and not mine.view.created
+    assert theirs.view.created and theirs.view.registration.state == "CONFIRMED"
+    assert Registration.select().where(Registration.competition == comp_id).count() == 2
+    assert Competition.get_by_id(comp_id).confirmed == 2
 
 
 def test_register_in_a_team_competition_is_refused_and_points_to_the_team(server):
@@ -304,7 +330,7 @@ def _race_two_daemons(server: ServerHandle, tmp_path: Path) -> None:
     finally:
         for daemon in daemons:
             daemon.terminate()
-    assert not errors
+    assert not errors, [d.unexpected_errors() for d in daemons]
     assert all(replies[(u, 0)] == replies[(u, 1)] for u in range(150))
     regs = Registration.select().where(Registration.competition == _comp_id(comp))
     assert regs.count() == 150 and len({r.user_id for r in regs}) == 150

@@ -52,9 +52,16 @@ class Replica:
         return self
 
     def status(self, token: str) -> status_pb2.GetStatusResponse:
-        return self.status_stub.GetStatus(
-            status_pb2.GetStatusRequest(), metadata=(("authorization", f"Bearer {token}"),), timeout=5
-        )
+        """GetStatus; an INTERNAL (an unexpected error: never right, even while the database
+        hangs) fails the test at once, with what the daemon logged about it."""
+        try:
+            return self.status_stub.GetStatus(
+                status_pb2.GetStatusRequest(), metadata=(("authorization", f"Bearer {token}"),), timeout=5
+            )
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.INTERNAL:
+                raise AssertionError(f"replica {self.name}: {self.daemon.unexpected_errors()}") from exc
+            raise
 
     def signal(self, sig: signal.Signals) -> None:
         self.daemon.proc.send_signal(sig)

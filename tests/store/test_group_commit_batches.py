@@ -8,8 +8,10 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import peewee
 import pytest
 
+from coordd.core.errors import Aborted
 from coordd.store.auth.models import User
 from coordd.store.db import Store, Tx
 from coordd.store.group_commit import MAX_RETRIES, GroupCommit, RetryBatch
@@ -94,6 +96,59 @@ def test_a_batch_that_keeps_asking_for_a_retry_fails_every_caller_and_stores_not
     with pytest.raises(KeyError):
         grouped.submit(store, "k", items[0])
     assert len(calls) == MAX_RETRIES + 1 and _stored(items) == 0
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_write_conflict_that_outlasts_the_retries_is_aborted_for_the_caller_to_retry(store, backend):
+    """A batch that meets another transaction's row on every run: its callers get ABORTED
+    (CONCURRENT_CONFLICT, worth sending again), not the database's unique-key error."""
+    taken = _email()
+    with store.write() as tx:
+        _insert(tx, taken)
+    items = [_email()]
+
+    def work(tx: Tx, key: str, batch: list[str]) -> list[Any]:
+        _insert(tx, batch[0])
+        try:
+            with store.db.atomic():
+                _insert(tx, taken)
+        except peewee.IntegrityError as exc:
+            raise RetryBatch() from exc
+        return list(batch)
+
+    grouped: GroupCommit[str, str, str] = GroupCommit(batch_work=work, max_batch=8)
+    with pytest.raises(Aborted) as info:
+        grouped.submit(store, "k", items[0])
+    assert info.value.reason == "CONCURRENT_CONFLICT" and _stored(items) == 0
+
+
+def test_retries_that_settle_more_items_each_time_go_on_past_the_retry_limit(store):
+    """Each run answers one more caller (say from a record another process wrote meanwhile)
+    and asks for a run again: it is not stuck, so it runs until every caller is settled."""
+    items = [_email() for _ in range(MAX_RETRIES + 3)]
+    runs: list[int] = []
+
+    def work(tx: Tx, key: str, batch: list[str]) -> list[Any]:
+        runs.append(1)
+        for email in batch:
+            _insert(tx, email)
+        if len(runs) < len(batch):
+            raise RetryBatch(progressed=True)
+        return list(batch)
+
+    grouped: GroupCommit[str, str, str] = GroupCommit(batch_work=work, max_batch=16)
+    assert grouped.submit_many(store, "k", items) == items
+    assert len(runs) == len(items) and _stored(items) == len(items)
+
+
+def test_a_batch_asking_again_and_again_without_a_cause_is_aborted_for_the_caller_to_retry(store):
+    def work(tx: Tx, key: str, batch: list[str]) -> list[Any]:
+        raise RetryBatch()
+
+    grouped: GroupCommit[str, str, str] = GroupCommit(batch_work=work, max_batch=8)
+    with pytest.raises(Aborted) as info:
+        grouped.submit(store, "k", _email())
+    assert info.value.reason == "CONCURRENT_CONFLICT"
 
 
 def test_an_error_raised_by_batch_work_fails_the_whole_batch(store):

@@ -70,6 +70,25 @@ class Daemon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def unexpected_errors(self) -> list[str]:
+        """The daemon's account of each call it failed unexpectedly (an `rpc failed` line:
+        the method, then each exception and its innermost frame), for an assertion message."""
+        found = []
+        for line in self.log().splitlines():
+            if '"rpc failed"' not in line:
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                found.append(line[:2000])
+                continue
+            chain = [
+                f"{e.get('exc_type')}: {e.get('exc_value', '')[:300]} at {(e.get('frames') or [{}])[-1]}"
+                for e in entry.get("exception") or []
+            ]
+            found.append(f"{entry.get('method')}: {' <- '.join(chain)}")
+        return found
+
     def terminate(self, timeout: float = 20) -> int:
         self.proc.send_signal(signal.SIGTERM)
         try:

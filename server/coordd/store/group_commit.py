@@ -47,7 +47,14 @@ MAX_RETRIES = 3
 
 
 class RetryBatch(Exception):
-    """Raised by a `batch_work` function: roll back and run the batch again."""
+    """Raised by a `batch_work` function: roll back and run the batch again. `progressed`:
+    the run again settles at least one more item than this run did (e.g. a caller is then
+    answered from a record another transaction wrote meanwhile, or run alone). Such re-runs
+    do not count against MAX_RETRIES; at most twice as many as the batch has items run."""
+
+    def __init__(self, *, progressed: bool = False) -> None:
+        super().__init__()
+        self.progressed = progressed
 
 
 @dataclass
@@ -206,29 +213,35 @@ class GroupCommit(Generic[K, I, R]):
         batch_work: Callable[[Tx, K, list[I]], list[R | BaseException]],
     ) -> None:
         items = [pending.item for pending in batch]
-        for attempt in range(MAX_RETRIES + 1):
+        attempt = progressed = 0
+        while True:
             try:
                 with store.write() as tx:
                     outcomes = batch_work(tx, key, items)
                 break
             except RetryBatch as exc:
+                if exc.progressed and progressed < 2 * len(items):
+                    progressed += 1
+                    continue
                 if attempt == MAX_RETRIES:
+                    # Still conflicting: ABORTED, which the caller may send again.
+                    error = exc.__cause__ or exc
+                    if isinstance(error, RetryBatch) or (store.is_postgres and conflict_of(error)):
+                        error = _conflicted(error)
                     for pending in batch:
-                        pending.error = exc.__cause__ or exc
+                        pending.error = error
                     return
+                attempt += 1
             except Exception as exc:
                 if store.is_postgres and conflict_of(exc) and attempt < MAX_RETRIES:
                     # A deadlock or unique-key race with another transaction (e.g. a group
                     # registration of one of the batch's users): the whole batch rolled back,
                     # so it runs again and meets the other's committed rows.
-                    time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
+                    attempt += 1
+                    time.sleep(random.uniform(0.005, 0.02) * attempt)
                     continue
                 if store.is_postgres and conflict_of(exc):
-                    exc = Aborted(
-                        "a concurrent change conflicted with this call; retry it",
-                        reason="CONCURRENT_CONFLICT",
-                        metadata={"conflict": conflict_of(exc)},
-                    )
+                    exc = _conflicted(exc)
                 # The commit (or the connection) failed: nobody's item happened.
                 for pending in batch:
                     pending.error = exc
@@ -238,3 +251,12 @@ class GroupCommit(Generic[K, I, R]):
                 pending.error = outcome
             else:
                 pending.result = outcome
+
+
+def _conflicted(exc: BaseException) -> Aborted:
+    """ABORTED for a conflict that outlasted the retries: the caller may send the call again."""
+    return Aborted(
+        "a concurrent change conflicted with this call; retry it",
+        reason="CONCURRENT_CONFLICT",
+        metadata={"conflict": conflict_of(exc) or "concurrent batch"},
+    )

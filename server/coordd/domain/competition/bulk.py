@@ -51,6 +51,9 @@ class Ask:
     render: Callable[[RegistrationView], bytes] | None = None
     # Set when a batch found the key taken: answer from the stored record.
     taken: bool = False
+    # Set when a batch's one-statement insert met a row another process wrote meanwhile: the
+    # run again registers this caller alone, where such a row is the answer.
+    raced: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,12 @@ def run_batch(tx: Tx, comp_id: str, asks: list[Ask], one_by_one: OneByOne) -> li
         try:
             views = _newcomers(tx, comp_id, [asks[i] for i in fast])
         except queries.IntegrityError as exc:
-            # One of them registered meanwhile (another process): read again, from the start.
-            raise RetryBatch() from exc
+            # One of them registered meanwhile (another process, between our read of the
+            # states and the insert). Run again with these callers one by one: each alone
+            # meets the other's row and answers with it, so the run again cannot race again.
+            for i in fast:
+                asks[i].raced = True
+            raise RetryBatch(progressed=True) from exc
         if views is None:
             slow = sorted(fast + slow)
         else:
@@ -102,7 +109,8 @@ def run_batch(tx: Tx, comp_id: str, asks: list[Ask], one_by_one: OneByOne) -> li
 
 
 def _split(comp_id: str, asks: list[Ask], indexes: list[int]) -> tuple[list[int], list[int]]:
-    """(newcomers, the others): users with a registration already, or twice in the batch, go alone."""
+    """(newcomers, the others): users with a registration already, or twice in the batch, or
+    raced in an earlier run of the batch, go alone."""
     users = list(dict.fromkeys(a.who.user_id for a in asks))
     known = store.registration_states(comp_id, users) if users else {}
     seen: set[str] = set()
@@ -110,7 +118,7 @@ def _split(comp_id: str, asks: list[Ask], indexes: list[int]) -> tuple[list[int]
     slow: list[int] = []
     for i, ask in zip(indexes, asks, strict=True):
         user = ask.who.user_id
-        if user in known or user in seen:
+        if user in known or user in seen or ask.raced:
             slow.append(i)
         else:
             seen.add(user)
@@ -189,7 +197,8 @@ def _answers(
             for ask in asks:
                 if ask.keyed is not None and (ask.keyed.scope, ask.keyed.key) in taken:
                     ask.taken = True
-            raise RetryBatch()
+            # Those callers are answered from the records next time: the run again settles more.
+            raise RetryBatch(progressed=True)
     answers: list[Outcome] = []
     for i, ask in enumerate(asks):
         got = out[follows[i]] if i in follows else out[i]
