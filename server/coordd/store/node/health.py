@@ -51,50 +51,52 @@ def store_last_seen(node_id: str, seen: datetime, deadline: datetime | None) -> 
 # interval. bench/flush_convoy.py, 10,000 rows next to a busy thread: 24 s per row against
 # 0.32 s (SQLite), 63 s against 1.2 s (PostgreSQL, where per row took 2.7 s even alone).
 _LOCK_PG = 'SELECT 1 FROM "nodes" WHERE "id" = ANY(%s) ORDER BY "id" FOR NO KEY UPDATE'
-_SEEN_PG = (
-    'UPDATE "nodes" AS n SET "last_seen_time" = j.seen, "deadline_time" = CASE'
-    ' WHEN n."deadline_time" IS NULL OR j.deadline IS NULL THEN n."deadline_time" ELSE j.deadline END'
-    " FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS j(id, seen, deadline)"
-    ' WHERE n."id" = j.id'
-)
-_SEEN_SQLITE = (
-    'UPDATE "nodes" SET "last_seen_time" = j.seen, "deadline_time" = CASE'
-    ' WHEN "nodes"."deadline_time" IS NULL OR j.deadline IS NULL THEN "nodes"."deadline_time"'
-    " ELSE j.deadline END"
-    " FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS seen,"
-    " json_extract(value, '$[2]') AS deadline FROM json_each(?)) AS j"
-    ' WHERE "nodes"."id" = j.id'
-)
-_DEADLINES_PG = (
-    'UPDATE "nodes" AS n SET "deadline_time" = j.deadline'
-    ' FROM unnest(%s::text[], %s::bigint[]) AS j(id, deadline) WHERE n."id" = j.id'
-)
-_DEADLINES_SQLITE = (
-    'UPDATE "nodes" SET "deadline_time" = j.deadline'
-    " FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS deadline"
-    ' FROM json_each(?)) AS j WHERE "nodes"."id" = j.id'
-)
 _STATUSES_PG = 'SELECT "id", "status" FROM "nodes" WHERE "id" = ANY(%s)'
 _STATUSES_SQLITE = (
     'SELECT json_group_object("id", "status") FROM "nodes" WHERE "id" IN (SELECT value FROM json_each(?))'
 )
 
 
-def store_last_seen_many(rows: list[tuple[str, datetime, datetime | None]]) -> None:
-    """`store_last_seen` for a whole flush batch (node id, seen, deadline or None), as one
-    statement (PostgreSQL: the rows locked in id order first, one statement too)."""
-    if not rows:
+def _update_nodes(
+    sets: str, columns: tuple[tuple[str, str], ...], ids: list[str], *values: list[Any]
+) -> None:
+    """One UPDATE of many nodes by id: `sets` reads each node's new values as `j.<column>`
+    (its current ones as `n.<column>`); `columns` names them, with their PostgreSQL types,
+    and `values` holds one list per column, in the order of `ids`. PostgreSQL takes the
+    rows' locks in id order first (one statement too), so batches never deadlock."""
+    if not ids:
         return
     db = Node._meta.database
-    to_db = Node.last_seen_time.db_value
-    ids = [n for n, _, _ in rows]
-    seen = [to_db(s) for _, s, _ in rows]
-    deadlines = [to_db(d) for _, _, d in rows]
+    names = ", ".join(name for name, _ in columns)
     if db.param == "%s":
+        arrays = ", ".join(f"%s::{kind}[]" for _, kind in columns)
         db.execute_sql(_LOCK_PG, (ids,))
-        db.execute_sql(_SEEN_PG, (ids, seen, deadlines))
-    else:
-        db.execute_sql(_SEEN_SQLITE, (json.dumps(list(zip(ids, seen, deadlines, strict=True))),))
+        db.execute_sql(
+            f'UPDATE "nodes" AS n SET {sets} FROM unnest(%s::text[], {arrays}) AS j(id, {names})'
+            ' WHERE n."id" = j.id',
+            (ids, *values),
+        )
+        return
+    picks = ", ".join(f"json_extract(value, '$[{k}]') AS {name}" for k, (name, _) in enumerate(columns, 1))
+    db.execute_sql(
+        f"UPDATE \"nodes\" AS n SET {sets} FROM (SELECT json_extract(value, '$[0]') AS id, {picks}"
+        ' FROM json_each(?)) AS j WHERE n."id" = j.id',
+        (json.dumps(list(zip(ids, *values, strict=True))),),
+    )
+
+
+def store_last_seen_many(rows: list[tuple[str, datetime, datetime | None]]) -> None:
+    """`store_last_seen` for a whole flush batch (node id, seen, deadline or None), as one
+    statement."""
+    to_db = Node.last_seen_time.db_value
+    _update_nodes(
+        '"last_seen_time" = j.seen, "deadline_time" = CASE WHEN n."deadline_time" IS NULL'
+        ' OR j.deadline IS NULL THEN n."deadline_time" ELSE j.deadline END',
+        (("seen", "bigint"), ("deadline", "bigint")),
+        [n for n, _, _ in rows],
+        [to_db(s) for _, s, _ in rows],
+        [to_db(d) for _, _, d in rows],
+    )
 
 
 def statuses_of(node_ids: list[str]) -> dict[str, str]:
@@ -171,18 +173,14 @@ def due_brief(now: datetime, batch: int, *, skip_locked: bool) -> list[DueNode]:
 
 
 def save_deadlines(rows: list[tuple[str, datetime]]) -> None:
-    """Many nodes' deadlines (node, deadline) in one statement (see store_last_seen_many)."""
-    if not rows:
-        return
-    db = Node._meta.database
+    """Many nodes' deadlines (node, deadline) in one statement."""
     value = Node.deadline_time.db_value
-    ids = [node_id for node_id, _ in rows]
-    deadlines = [value(deadline) for _, deadline in rows]
-    if db.param == "%s":
-        db.execute_sql(_LOCK_PG, (ids,))
-        db.execute_sql(_DEADLINES_PG, (ids, deadlines))
-    else:
-        db.execute_sql(_DEADLINES_SQLITE, (json.dumps(list(zip(ids, deadlines, strict=True))),))
+    _update_nodes(
+        '"deadline_time" = j.deadline',
+        (("deadline", "bigint"),),
+        [node_id for node_id, _ in rows],
+        [value(deadline) for _, deadline in rows],
+    )
 
 
 def count_nodes_in(project_id: str, statuses: list[str]) -> int:
@@ -216,32 +214,29 @@ def insert_transitions(rows: list[dict[str, Any]]) -> None:
 
 
 def save_node_statuses(nodes: list[Node]) -> None:
-    """The status fields of many nodes (and their last-seen) by one prepared statement run
-    with executemany."""
-    if not nodes:
-        return
-    db = Node._meta.database
-    p = db.param
+    """The status fields of many nodes (and their last-seen) in one statement."""
     ts = Node.status_time.db_value
-    flag = Node.suppressed.db_value
-    rows = [
+    _update_nodes(
+        '"status" = j.status, "status_reason" = j.reason, "status_time" = j.status_time,'
+        ' "suppressed" = j.suppressed, "deadline_time" = j.deadline, "last_seen_time" = j.seen,'
+        ' "update_time" = j.updated',
         (
-            n.status,
-            n.status_reason,
-            ts(n.status_time),
-            flag(n.suppressed),
-            ts(n.deadline_time),
-            ts(n.last_seen_time),
-            ts(n.update_time),
-            n.id,
-        )
-        for n in nodes
-    ]
-    db.cursor().executemany(
-        f'UPDATE "{Node._meta.table_name}" SET "status" = {p}, "status_reason" = {p}, "status_time" = {p}, '
-        f'"suppressed" = {p}, "deadline_time" = {p}, "last_seen_time" = {p}, "update_time" = {p} '
-        f'WHERE "id" = {p}',
-        rows,
+            ("status", "text"),
+            ("reason", "text"),
+            ("status_time", "bigint"),
+            ("suppressed", "boolean"),
+            ("deadline", "bigint"),
+            ("seen", "bigint"),
+            ("updated", "bigint"),
+        ),
+        [n.id for n in nodes],
+        [n.status for n in nodes],
+        [n.status_reason for n in nodes],
+        [ts(n.status_time) for n in nodes],
+        [bool(n.suppressed) for n in nodes],
+        [ts(n.deadline_time) for n in nodes],
+        [ts(n.last_seen_time) for n in nodes],
+        [ts(n.update_time) for n in nodes],
     )
 
 
