@@ -7,7 +7,6 @@ caller's contextvars (request id, principal) carried into the worker thread.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import functools
 import os
@@ -25,7 +24,7 @@ import peewee
 from coordd import __version__
 from coordd.config import Settings
 from coordd.core.clock import utcnow
-from coordd.core.errors import Aborted, Unavailable
+from coordd.core.errors import Aborted
 from coordd.core.ids import new_id
 from coordd.crypto.passwords import Passwords
 from coordd.crypto.sealing import Sealer
@@ -34,7 +33,7 @@ from coordd.crypto.signing import Signer
 from coordd.crypto.tokens import AccessTokens
 from coordd.events.bus import EventBus, make_bus
 from coordd.events.notify import Notifier
-from coordd.store.db import Store, conflict_of
+from coordd.store.db import Store, conflict_of, connection_lost
 from coordd.store.idempotency_marks import mark_applied
 
 # A write that lost a deadlock or serialization race is run again this many times.
@@ -93,16 +92,12 @@ class Runtime:
             committed = self.store.commits()
             try:
                 return fn(*args, **kwargs)
-            except peewee.DatabaseError as exc:
+            except (peewee.DatabaseError, peewee.InterfaceError) as exc:
                 conflict = conflict_of(exc) if self.store.is_postgres else ""
                 if not conflict:
-                    if isinstance(exc, peewee.OperationalError | peewee.InterfaceError):
-                        # A broken connection is dropped so the next call on this thread reconnects.
-                        with contextlib.suppress(Exception):
-                            self.store.close_thread_connection()
-                        raise Unavailable(
-                            "the database is unavailable; retry shortly", reason="DATABASE_UNAVAILABLE"
-                        ) from exc
+                    lost = connection_lost(self.store, exc)
+                    if lost is not None:
+                        raise lost from exc
                     raise
                 if attempt == CONFLICT_RETRIES or self.store.commits() != committed:
                     raise Aborted(

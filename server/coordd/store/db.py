@@ -11,6 +11,7 @@ tightened at start, with a warning).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -28,6 +29,7 @@ from playhouse.pool import PooledPostgresqlDatabase
 
 from coordd.config import Settings
 from coordd.core.clock import utcnow
+from coordd.core.errors import Unavailable
 from coordd.core.events import Event
 from coordd.store.fields import JSONField, TimestampField
 
@@ -46,6 +48,19 @@ def conflict_of(exc: BaseException) -> str:
         if code:
             return CONFLICT_CODES.get(code, "")
     return ""
+
+
+def connection_lost(store: Store, exc: BaseException) -> Unavailable | None:
+    """UNAVAILABLE for an error that says the connection is gone or unusable (peewee's
+    OperationalError, or InterfaceError: "connection already closed", which is what a
+    transaction whose connection the server ended raises on its rollback, and which is no
+    DatabaseError); the thread's connection is dropped, so its next call reconnects. None
+    for any other error."""
+    if not isinstance(exc, peewee.OperationalError | peewee.InterfaceError):
+        return None
+    with contextlib.suppress(Exception):
+        store.close_thread_connection()
+    return Unavailable("the database is unavailable; retry shortly", reason="DATABASE_UNAVAILABLE")
 
 
 @dataclass

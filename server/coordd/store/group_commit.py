@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from coordd.core.errors import Aborted
-from coordd.store.db import Store, Tx, conflict_of
+from coordd.store.db import Store, Tx, conflict_of, connection_lost
 
 K = TypeVar("K", bound=Hashable)
 I = TypeVar("I")  # noqa: E741 (the item)
@@ -199,8 +199,9 @@ class GroupCommit(Generic[K, I, R]):
                             outcomes.append((answer, None))
         except Exception as exc:
             # The commit (or the connection) failed: nobody's item happened.
+            error = connection_lost(store, exc) or exc
             for pending in batch:
-                pending.error = exc
+                pending.error = error
             return
         for pending, (result, error) in zip(batch, outcomes, strict=True):
             pending.result, pending.error = result, error
@@ -240,11 +241,11 @@ class GroupCommit(Generic[K, I, R]):
                     attempt += 1
                     time.sleep(random.uniform(0.005, 0.02) * attempt)
                     continue
-                if store.is_postgres and conflict_of(exc):
-                    exc = _conflicted(exc)
+                conflict = store.is_postgres and conflict_of(exc)
+                error = _conflicted(exc) if conflict else connection_lost(store, exc)
                 # The commit (or the connection) failed: nobody's item happened.
                 for pending in batch:
-                    pending.error = exc
+                    pending.error = error or exc
                 return
         for pending, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, BaseException):
