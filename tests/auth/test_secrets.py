@@ -13,7 +13,8 @@ import pytest
 from coordd.crypto.secrets import load_or_create
 
 
-def _load(path: str, queue: Any) -> None:
+def _load(path: str, queue: Any, start: Any) -> None:
+    start.wait(30)  # every process is up: they race from here
     queue.put(load_or_create(Path(path)))
 
 
@@ -21,15 +22,17 @@ def test_replicas_starting_together_all_get_the_same_complete_key(tmp_path):
     """Processes racing to create the key: one wins, every other reads the winner's key, and
     none ever reads a file still being written."""
     path = tmp_path / "keys" / "secrets.key"
-    queue = multiprocessing.get_context("fork").Queue()
-    workers = [
-        multiprocessing.get_context("fork").Process(target=_load, args=(str(path), queue)) for _ in range(8)
-    ]
+    # spawn, not fork: a fork of this process (gRPC's threads running) crashed in its exit's
+    # garbage collection now and then, after doing its work.
+    spawn = multiprocessing.get_context("spawn")
+    queue, start = spawn.Queue(), spawn.Barrier(8)
+    workers = [spawn.Process(target=_load, args=(str(path), queue, start)) for _ in range(8)]
     for worker in workers:
         worker.start()
-    keys = [queue.get(timeout=30) for _ in workers]
+    keys = [queue.get(timeout=60) for _ in workers]
     for worker in workers:
         worker.join(30)
+    assert [worker.exitcode for worker in workers] == [0] * len(workers)
     assert len(set(keys)) == 1 and len(keys[0]) == 32
     assert path.read_bytes() == keys[0]
     assert path.stat().st_mode & 0o777 == 0o600
