@@ -48,8 +48,8 @@ def store_last_seen(node_id: str, seen: datetime, deadline: datetime | None) -> 
 # A flush batch (about one row per beating node) goes to the database as ONE statement, on
 # both backends: executemany, or a SELECT stepped row by row, gives the GIL up and takes it
 # back once per row, and next to a thread that never lets go each take waits for the switch
-# interval. bench/flush_convoy.py, 10,000 rows: per row 0.11 s alone and 24 s next to a
-# spinning thread against 0.18 s and 0.32 s (SQLite); 2.7 s and 63 s against 0.81 s and 1.2 s
+# interval. bench/flush_convoy.py, 10,000 rows: per row 0.17 s alone and 55 s next to a
+# spinning thread against 0.13 s and 0.26 s (SQLite); 2.4 s and 65 s against 0.60 s and 0.85 s
 # (PostgreSQL). The event loop lets go more often than a spinning thread: bench/fleet.py read
 # the same beats/s with either flush (docs/PERFORMANCE.md, issue 14 session 7).
 _LOCK_PG = 'SELECT 1 FROM "nodes" WHERE "id" = ANY(%s) ORDER BY "id" FOR NO KEY UPDATE'
