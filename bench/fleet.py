@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -66,13 +67,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def beats_counted(metrics_port: int) -> float:
-    """The server's coordd_heartbeats_total (Prometheus text on its metrics port)."""
+def metric(metrics_port: int, name: str) -> float:
+    """One unlabelled sample of the server's Prometheus text on its metrics port."""
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
         for line in reply.read().decode().splitlines():
-            if line.startswith("coordd_heartbeats_total "):
+            if line.startswith(name + " "):
                 return float(line.split()[1])
     return 0.0
+
+
+def beats_counted(metrics_port: int) -> float:
+    """The server's coordd_heartbeats_total."""
+    return metric(metrics_port, "coordd_heartbeats_total")
+
+
+def sample_backlog(metrics_port: int, until: float, samples: list[float]) -> None:
+    """Thread: the daemon's coordd_heartbeat_backlog_seconds twice a second until `until`
+    (the floor server has no such gauge: it reads 0)."""
+    while time.time() < until:
+        try:
+            samples.append(metric(metrics_port, "coordd_heartbeat_backlog_seconds"))
+        except OSError:
+            return
+        time.sleep(0.5)
 
 
 def rss_mb(pid: int) -> float:
@@ -340,6 +357,8 @@ async def detect(
         "max_s": round(max(latencies, default=0.0), 3),
         "from_send_p99_s": round(percentile(from_send, 99), 3),
         "beat_errors": len(errors),
+        # Every latency, to tell one straggler from a shifted distribution.
+        "all_s": sorted(round(x, 2) for x in latencies),
     }
 
 
@@ -378,12 +397,18 @@ def _drive(
     ramp_cpu, ramp_wall = cpu_seconds(pid), time.monotonic()
     time.sleep(max(steady_at - time.time(), 0))
     cpu_before, wall_before, beats_before = cpu_seconds(pid), time.monotonic(), beats_counted(metrics_port)
+    backlog: list[float] = []
+    sampler = threading.Thread(
+        target=sample_backlog, args=(metrics_port, stop_at - 0.5, backlog), daemon=True
+    )
+    sampler.start()
     ramp_cores = (cpu_before - ramp_cpu) / max(wall_before - ramp_wall, 1e-3)
     extra = during() if during is not None else None
     time.sleep(max(stop_at - time.time() - 0.5, 0))
     cpu_after, wall_after, beats_after = cpu_seconds(pid), time.monotonic(), beats_counted(metrics_port)
     rss = rss_mb(pid)
     load = os.getloadavg()
+    sampler.join(15)
     results = [out.get(timeout=120) for _ in procs]
     accepted = sum(r[0] for r in results)
     failures: collections.Counter[str] = collections.Counter()
@@ -412,6 +437,9 @@ def _drive(
         # From a stream's half-close to its reply: how far behind the daemon is at the end.
         "reply_after_close_p50_s": round(percentile(replies, 50), 3),
         "reply_after_close_p99_s": round(percentile(replies, 99), 3),
+        # The daemon's own backlog (coordd_heartbeat_backlog_seconds) over the steady part.
+        "backlog_p50_s": round(percentile(backlog, 50), 3) if backlog else None,
+        "backlog_max_s": round(max(backlog), 3) if backlog else None,
         "client_cpu_cores": [round(r[1], 2) for r in results],
         "load_average": [round(x, 2) for x in load],
         "during": extra,

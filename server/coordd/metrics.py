@@ -26,6 +26,11 @@ OPEN_STREAMS = Gauge("coordd_open_streams", "Streaming RPCs open now", multiproc
 HEARTBEATS = Counter(
     "coordd_heartbeats_total", "Heartbeats accepted (added by each process's tracker four times a second)"
 )
+HEARTBEAT_BACKLOG = Gauge(
+    "coordd_heartbeat_backlog_seconds",
+    "How far behind the process reads beats (the worst of the last ~5 s): detection allows nodes that much",
+    multiprocess_mode="livemax",
+)
 TASK_DURATION = Histogram("coordd_scheduler_task_duration_seconds", "Scheduler task run time", ["task"])
 TASK_FAILURES = Counter("coordd_scheduler_task_failures_total", "Scheduler task runs that raised", ["task"])
 IS_LEADER = Gauge(

@@ -103,7 +103,11 @@ def test_detection_does_not_blame_a_node_for_the_daemons_backlog(srv, clock):
     tracker = heartbeats.tracker_for(srv.rt)
 
     def detect(backlog_s: float) -> int:
-        return fleet.run(lambda rt: domain.detect_down(rt, tracker.latest_seen, backlog_s=backlog_s))
+        return fleet.run(
+            lambda rt: domain.detect_down(
+                rt, tracker.latest_seen, backlog_s=backlog_s, shared=tracker.shared_deadlines()
+            )
+        )
 
     clock.advance(4)  # 1 s past the window, while the daemon is 2 s behind
     assert detect(2.0) == 0
@@ -121,7 +125,14 @@ def test_the_backlog_allowance_is_at_most_one_window(srv, clock):
     fleet.flush()
     tracker = heartbeats.tracker_for(srv.rt)
     clock.advance(6.5)  # silent for more than two windows
-    assert fleet.run(lambda rt: domain.detect_down(rt, tracker.latest_seen, backlog_s=100.0)) == 1
+    assert (
+        fleet.run(
+            lambda rt: domain.detect_down(
+                rt, tracker.latest_seen, backlog_s=100.0, shared=tracker.shared_deadlines()
+            )
+        )
+        == 1
+    )
     assert domain.backlog_allowance_s(100.0, 3.0) == 3.0
     assert domain.backlog_allowance_s(-1.0, 3.0) == 0.0
 

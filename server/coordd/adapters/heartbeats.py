@@ -3,9 +3,16 @@
 A beat costs no database write: last-seen lives in memory and is flushed in batches, to
 Redis every second when configured (where every replica's detector reads it) and to the
 database every second without Redis, every five with it; each database flush moves the
-nodes' indexed `deadline_time` (domain/node/heartbeats.py: `record_last_seen`). The rules
-(what a beat means, what is late, what is DOWN) are the domain's; this module keeps the
-state, the loop and the Redis client.
+nodes' indexed `deadline_time` (domain/node/heartbeats.py: `record_last_seen`).
+
+With Redis, each flush there also moves the node's deadline in a sorted set
+(`<prefix>:node:deadline`, scores only ever move forward): that set is what finds a silent
+node within its window. The database's deadlines, written five times less often, are then
+a backstop DB_SLACK_S later (if Redis is lost, detection is that much later, never wrong):
+written as last seen + window they fell due between two database flushes for every node
+with a window under five seconds, and detection spent its batches moving deadlines of nodes
+that were beating. The rules (what a beat means, what is late, what is DOWN) are the
+domain's; this module keeps the state, the loop and the Redis client.
 """
 
 from __future__ import annotations
@@ -43,6 +50,19 @@ LAG_SAMPLES = 20
 # this many beats (one node back from a real silence is not the daemon being behind).
 LATENESS_MIN_BEATS = 20
 DB_FLUSH_WITH_REDIS_S = 5.0
+# With Redis, how much later than the window the database's deadlines fall (the next
+# database flush moves them before that while the node beats).
+DB_SLACK_S = DB_FLUSH_WITH_REDIS_S + FLUSH_INTERVAL_S
+# Drops deadline entries the detector settled, unless a beat moved one forward meanwhile.
+_SETTLE_LUA = """
+for i = 1, #ARGV, 2 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) <= tonumber(ARGV[i + 1]) then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return 0
+"""
 # Cached assignments are re-read at least this often even without an event.
 ASSIGNMENT_TTL_S = 5.0
 
@@ -90,12 +110,17 @@ class Tracker:
         self.flushes = 0
         self.redis: Any = None
         self.redis_key = f"{rt.settings.redis_prefix}:node:last_seen"
+        self.deadline_key = f"{rt.settings.redis_prefix}:node:deadline"
+        self._settle: Any = None
+        # Whether the last flush reached Redis (the database's deadlines may lag by DB_SLACK_S).
+        self._in_redis = False
         if rt.settings.redis_url:
             import redis
 
             self.redis = redis.Redis.from_url(
                 rt.settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
             )
+            self._settle = self.redis.register_script(_SETTLE_LUA)
         rt.bus.add_listener(self._on_events)
         self._loop_task: asyncio.Task[None] | None = None
         self._writer_task: asyncio.Task[None] | None = None
@@ -302,6 +327,7 @@ class Tracker:
             if len(lateness) >= LATENESS_MIN_BEATS:
                 lag = max(lag, statistics.median_low(lateness))
             self.lag_samples = [*self.lag_samples[-(LAG_SAMPLES - 1) :], lag]
+            metrics.HEARTBEAT_BACKLOG.set(self.backlog_s())
             self._count_beats()
 
     def _count_beats(self) -> None:
@@ -334,16 +360,22 @@ class Tracker:
     def write_redis(self, batch: dict[str, tuple[datetime, float]]) -> bool:
         """Worker thread: last-seen to Redis, where every replica's detector reads it."""
         try:
-            self.redis.hset(self.redis_key, mapping={n: _micros(t) for n, (t, _) in batch.items()})
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hset(self.redis_key, mapping={n: _micros(t) for n, (t, _) in batch.items()})
+            deadlines = {n: _micros(t) + int(w * 1_000_000) for n, (t, w) in batch.items() if w}
+            if deadlines:
+                pipe.zadd(self.deadline_key, deadlines, gt=True)
+            pipe.execute()
             return True
         except Exception as exc:  # Redis is a cache here: the database is the record
             log.warning("redis last-seen write failed; flushing to the database instead", error=str(exc))
             return False
 
-    def write_db(self, batch: dict[str, tuple[datetime, float]]) -> dict[str, str]:
-        """Worker thread: last-seen and the nodes' deadlines in one transaction. Returns
-        the stored statuses, which correct any event this process missed."""
-        statuses = rules.record_last_seen(self.rt, batch)
+    def write_db(self, batch: dict[str, tuple[datetime, float]], slack_s: float = 0.0) -> dict[str, str]:
+        """Worker thread: last-seen and the nodes' deadlines (`slack_s` later than the
+        window) in one transaction. Returns the stored statuses, which correct any event
+        this process missed."""
+        statuses = rules.record_last_seen(self.rt, batch, slack_s=slack_s)
         self.flushes += 1
         return statuses
 
@@ -354,14 +386,17 @@ class Tracker:
         while database and self.queued:
             await self.write_changes()
         batch = self.take_dirty()
-        if batch and self.redis is not None and not await self.rt.run(self.write_redis, batch):
-            database = True
+        if batch and self.redis is not None:
+            self._in_redis = await self.rt.run(self.write_redis, batch)
+            database = database or not self._in_redis
         self.pending.update(batch)
         if not database or not self.pending:
             return 0
         pending, self.pending = self.pending, {}
+        # Each earlier batch in `pending` reached Redis (else it had been flushed here then).
+        slack = DB_SLACK_S if self._in_redis else 0.0
         try:
-            statuses = await self.rt.run(self.write_db, pending)
+            statuses = await self.rt.run(self.write_db, pending, slack)
         except BaseException:
             # Not lost: merged back under anything newer that arrived meanwhile.
             self.pending = {**pending, **self.pending}
@@ -415,6 +450,34 @@ class Tracker:
                         out[node_id] = seen
         return out
 
+    # -- deadlines in Redis (the detector's; domain/node/heartbeats.py: SharedDeadlines) --
+
+    def late_nodes(self, now: datetime, limit: int) -> dict[str, float]:
+        """Nodes whose deadline in Redis passed by `now`: node -> that deadline (micros)."""
+        try:
+            rows = self.redis.zrangebyscore(
+                self.deadline_key, "-inf", _micros(now), start=0, num=limit, withscores=True
+            )
+        except Exception as exc:  # the database's deadlines are the backstop
+            log.warning("redis deadline read failed", error=str(exc))
+            return {}
+        return {member.decode(): score for member, score in rows}
+
+    def settle_late(self, entries: dict[str, float]) -> None:
+        """Forgets deadlines the detector dealt with, unless a beat moved one meanwhile."""
+        if not entries:
+            return
+        args = [part for node_id, score in entries.items() for part in (node_id, repr(score))]
+        try:
+            self._settle(keys=[self.deadline_key], args=args)
+        except Exception as exc:  # read again next tick: at worst looked at twice
+            log.warning("redis deadline settle failed", error=str(exc))
+
+    def shared_deadlines(self) -> rules.SharedDeadlines | None:
+        if self.redis is None:
+            return None
+        return rules.SharedDeadlines(self.late_nodes, self.settle_late, DB_SLACK_S)
+
 
 _trackers: weakref.WeakKeyDictionary[Runtime, Tracker] = weakref.WeakKeyDictionary()
 
@@ -431,7 +494,9 @@ def tracker_for(rt: Runtime) -> Tracker:
 
 def detect_down(rt: Runtime) -> int:
     tracker = tracker_for(rt)
-    return node.detect_down(rt, tracker.latest_seen, backlog_s=tracker.backlog_s())
+    return node.detect_down(
+        rt, tracker.latest_seen, backlog_s=tracker.backlog_s(), shared=tracker.shared_deadlines()
+    )
 
 
 def run_maintenance(rt: Runtime) -> int:

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 import structlog
 
 import coordd.domain.node.alerts as alerts
-from coordd.domain.node.heartbeats import LastSeen
+from coordd.domain.node.heartbeats import LastSeen, SharedDeadlines
 from coordd.domain.node.machine import node_down, open_incident
 from coordd.runtime import Runtime
 from coordd.store.db import Tx
@@ -84,56 +84,95 @@ def backlog_allowance_s(backlog_s: float, window_s: float) -> float:
     return min(max(backlog_s, 0.0), window_s)
 
 
-def detect_down(rt: Runtime, latest_seen: LastSeen, batch: int = 1000, *, backlog_s: float = 0.0) -> int:
+def detect_down(
+    rt: Runtime,
+    latest_seen: LastSeen,
+    batch: int = 1000,
+    *,
+    backlog_s: float = 0.0,
+    shared: SharedDeadlines | None = None,
+) -> int:
     """Scheduler task: marks DOWN the nodes whose deadline passed. Returns how many.
     `backlog_s`: how far behind the daemon is (the event loop's recent lag); a node late
-    by no more than that is not blamed for it (`backlog_allowance_s`)."""
+    by no more than that is not blamed for it (`backlog_allowance_s`). `shared`: the
+    deadlines every replica moves (Redis), read besides the database's, which then lag
+    by up to `shared.slack_s`."""
     state = _detector(rt)
-    marked = 0
+    late = shared.late(rt.now(), batch) if shared is not None else {}
     # Most ticks find nothing due: look before queueing for the writer (on SQLite behind
     # the heartbeat flush) with a transaction that would write nothing.
-    with rt.store.read():
-        if not health.due_brief(rt.now(), 1, skip_locked=False):
-            return 0
+    if not late:
+        with rt.store.read():
+            if not health.due_brief(rt.now(), 1, skip_locked=False):
+                return 0
+    slack = timedelta(seconds=shared.slack_s if shared is not None else 0.0)
     with rt.store.write() as tx:
         due = health.due_brief(tx.now, batch, skip_locked=rt.store.is_postgres)
-        if not due:
-            return 0
-        fresh = latest_seen([n.id for n in due])
-        projects = queries.projects_by_ids({n.project_id for n in due})
-        silent: dict[str, dict[str, datetime | None]] = defaultdict(dict)
-        # Heard from after all: their deadlines move in one executemany, not a save each.
-        moved: list[tuple[str, datetime, datetime | None]] = []
-        graced: list[tuple[str, datetime]] = []
-        for due_node in due:
-            project = projects[due_node.project_id]
-            window = timedelta(seconds=project.window_s)
-            seen = freshest(due_node, fresh)
-            if seen is not None and seen + window > tx.now:
-                # A beat the database has not seen yet (another replica, an unflushed batch).
-                moved.append((due_node.id, seen, seen + window))
-                continue
-            allowance = timedelta(seconds=backlog_allowance_s(backlog_s, project.window_s))
-            if allowance and seen is not None and seen + window + allowance > tx.now:
-                # Late by no more than our own backlog: look again when the allowance ends.
-                moved.append((due_node.id, seen, seen + window + allowance))
-                continue
-            grace_until = state.active_since + timedelta(seconds=restart_grace_s(project.window_s))
-            if tx.now < grace_until:
-                graced.append((due_node.id, grace_until))
-                continue
-            silent[project.id][due_node.id] = seen
-        if moved:
-            health.store_last_seen_many(moved)
-        health.save_deadlines(graced)
-        for project_id, seen_of in silent.items():
-            # Only the nodes going DOWN are read whole.
-            nodes = sorted(queries.nodes_by_ids(set(seen_of)).values(), key=lambda n: n.id)
-            for node in nodes:
-                if seen_of[node.id] is not None:
-                    node.last_seen_time = seen_of[node.id]
-            marked += _mark_down(tx, projects[project_id], nodes)
+        listed = {n.id for n in due}
+        due += health.watched_brief([n for n in late if n not in listed], skip_locked=rt.store.is_postgres)
+        marked, kept = _decide(tx, state, due, latest_seen, backlog_s, slack) if due else (0, set())
+    if shared is not None and late:
+        _settle(rt, shared, late, {n.id for n in due} - kept)
     return marked
+
+
+def _settle(rt: Runtime, shared: SharedDeadlines, late: dict[str, float], decided: set[str]) -> None:
+    """Late entries dealt with leave the shared set: those decided here (DOWN, graced) and
+    those of nodes that cannot go DOWN (not UP or PENDING, or gone). A node left out of the
+    transaction because another one held its row stays, to be looked at next tick."""
+    unseen = [n for n in late if n not in decided]
+    with rt.store.read():
+        statuses = health.statuses_of(unseen) if unseen else {}
+    gone = {n for n in unseen if statuses.get(n) not in (UP, PENDING)}
+    shared.settle({n: score for n, score in late.items() if n in decided or n in gone})
+
+
+def _decide(
+    tx: Tx,
+    state: _Detector,
+    due: list[health.DueNode],
+    latest_seen: LastSeen,
+    backlog_s: float,
+    slack: timedelta,
+) -> tuple[int, set[str]]:
+    """detect_down's decisions in its transaction. Returns how many nodes went DOWN and the
+    nodes that were heard after all or are late by no more than the backlog."""
+    marked = 0
+    fresh = latest_seen([n.id for n in due])
+    projects = queries.projects_by_ids({n.project_id for n in due})
+    silent: dict[str, dict[str, datetime | None]] = defaultdict(dict)
+    # Heard from after all: their deadlines move in one executemany, not a save each.
+    moved: list[tuple[str, datetime, datetime | None]] = []
+    graced: list[tuple[str, datetime]] = []
+    for due_node in due:
+        project = projects[due_node.project_id]
+        window = timedelta(seconds=project.window_s)
+        seen = freshest(due_node, fresh)
+        if seen is not None and seen + window > tx.now:
+            # A beat the database has not seen yet (another replica, an unflushed batch).
+            moved.append((due_node.id, seen, seen + window + slack))
+            continue
+        allowance = timedelta(seconds=backlog_allowance_s(backlog_s, project.window_s))
+        if allowance and seen is not None and seen + window + allowance > tx.now:
+            # Late by no more than our own backlog: look again when the allowance ends.
+            moved.append((due_node.id, seen, seen + window + allowance))
+            continue
+        grace_until = state.active_since + timedelta(seconds=restart_grace_s(project.window_s))
+        if tx.now < grace_until:
+            graced.append((due_node.id, grace_until))
+            continue
+        silent[project.id][due_node.id] = seen
+    if moved:
+        health.store_last_seen_many(moved)
+    health.save_deadlines(graced)
+    for project_id, seen_of in silent.items():
+        # Only the nodes going DOWN are read whole.
+        nodes = sorted(queries.nodes_by_ids(set(seen_of)).values(), key=lambda n: n.id)
+        for node in nodes:
+            if seen_of[node.id] is not None:
+                node.last_seen_time = seen_of[node.id]
+        marked += _mark_down(tx, projects[project_id], nodes)
+    return marked, {node_id for node_id, _, _ in moved}
 
 
 def _mark_down(tx: Tx, project: Project, nodes: list[Node]) -> int:

@@ -35,6 +35,18 @@ METRIC_KEY_RE = re.compile(r"^[A-Za-z0-9._/-]{1,64}$")
 LastSeen = Callable[[list[str]], dict[str, datetime]]
 
 
+@dataclass(frozen=True)
+class SharedDeadlines:
+    """Deadlines every replica moves at each beat flush (Redis), ahead of the database's,
+    which then lag by up to `slack_s`: `late(now, limit)` gives the nodes whose deadline
+    passed (node -> the deadline read), `settle(entries)` forgets those dealt with unless
+    a beat has moved them since."""
+
+    late: Callable[[datetime, int], dict[str, float]]
+    settle: Callable[[dict[str, float]], None]
+    slack_s: float
+
+
 @dataclass
 class NodeInfo:
     """What a beat needs about its node, cached per process."""
@@ -217,13 +229,15 @@ def load_assignments(node_id: str) -> list[AssignedView]:
     ]
 
 
-def record_last_seen(rt: Runtime, batch: dict[str, tuple[datetime, float]]) -> dict[str, str]:
-    """Worker thread: last-seen and the nodes' deadlines (`batch`: node -> (seen, window))
-    in one transaction. Returns the stored statuses, which correct any event the caller
-    missed."""
+def record_last_seen(
+    rt: Runtime, batch: dict[str, tuple[datetime, float]], *, slack_s: float = 0.0
+) -> dict[str, str]:
+    """Worker thread: last-seen and the nodes' deadlines (`batch`: node -> (seen, window);
+    `slack_s` later when SharedDeadlines detect on time) in one transaction. Returns the
+    stored statuses, which correct any event the caller missed."""
     rows = [
         # Only a node that can go DOWN (UP or PENDING) has a deadline to move (the store keeps NULL).
-        (node_id, seen, seen + timedelta(seconds=window_s) if window_s else None)
+        (node_id, seen, seen + timedelta(seconds=window_s + slack_s) if window_s else None)
         for node_id, (seen, window_s) in sorted(batch.items())
     ]
     with rt.store.write():

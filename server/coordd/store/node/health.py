@@ -174,6 +174,31 @@ def due_brief(now: datetime, batch: int, *, skip_locked: bool) -> list[DueNode]:
     return [DueNode(node_id, project_id, seen(last)) for node_id, project_id, last in rows]
 
 
+_WATCHED_PG = (
+    'SELECT "id", "project_id", "last_seen_time" FROM "nodes" WHERE "id" = ANY(%s) '
+    'AND "deadline_time" IS NOT NULL ORDER BY "id"'
+)
+_WATCHED_SQLITE = (
+    'SELECT "id", "project_id", "last_seen_time" FROM "nodes" WHERE "id" IN '
+    '(SELECT value FROM json_each(?)) AND "deadline_time" IS NOT NULL ORDER BY "id"'
+)
+
+
+def watched_brief(node_ids: list[str], *, skip_locked: bool) -> list[DueNode]:
+    """`due_brief` for the given nodes that can go DOWN (UP or PENDING: a deadline is kept),
+    whatever their stored deadline says (another source found them late)."""
+    if not node_ids:
+        return []
+    db = Node._meta.database
+    if db.param == "%s":
+        sql = _WATCHED_PG + (" FOR UPDATE SKIP LOCKED" if skip_locked else "")
+        rows = db.execute_sql(sql, (list(node_ids),)).fetchall()
+    else:
+        rows = db.execute_sql(_WATCHED_SQLITE, (json.dumps(node_ids),)).fetchall()
+    seen = Node.last_seen_time.python_value
+    return [DueNode(node_id, project_id, seen(last)) for node_id, project_id, last in rows]
+
+
 def save_deadlines(rows: list[tuple[str, datetime]]) -> None:
     """Many nodes' deadlines (node, deadline) in one statement."""
     value = Node.deadline_time.db_value
