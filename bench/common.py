@@ -9,9 +9,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,3 +98,28 @@ async def closed_loop(
         "p99_ms": round(percentile(latencies, 99) * 1000, 3),
         "mean_ms": round(statistics.fmean(latencies) * 1000, 3) if latencies else 0.0,
     }
+
+
+class PgDatabase:
+    """A throw-away database on the benchmark's PostgreSQL server."""
+
+    def __init__(self, admin_url: str, tag: str) -> None:
+        import psycopg2
+
+        self.admin_url = admin_url
+        self.name = f"coordd_bench_{tag}_{uuid.uuid4().hex[:10]}"
+        conn = psycopg2.connect(admin_url)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{self.name}"')
+        conn.close()
+        self.url = urlparse(admin_url)._replace(path=f"/{self.name}").geturl()
+
+    def drop(self) -> None:
+        import psycopg2
+
+        conn = psycopg2.connect(self.admin_url)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        conn.close()

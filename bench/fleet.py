@@ -36,7 +36,7 @@ import grpc
 from google.protobuf import duration_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import percentile, start_coordd, wait_for_port
+from common import PgDatabase, percentile, start_coordd, wait_for_port
 
 from coordd_client.v1 import auth_pb2, auth_pb2_grpc, common_pb2, node_pb2, node_pb2_grpc
 
@@ -486,8 +486,11 @@ def run(
         "COORDD_RATE_LIMIT_CALLER_RPS": "1000000",
         "COORDD_RATE_LIMIT_CALLER_BURST": "1000000",
     }
-    if database_url:
-        env["COORDD_DATABASE_URL"] = database_url
+    # A database of its own for each run: nodes left by an earlier run would be detected as DOWN
+    # (thousands of transitions) while this one measures.
+    pg = PgDatabase(database_url, "fleet") if database_url else None
+    if pg is not None:
+        env["COORDD_DATABASE_URL"] = pg.url
     if redis_url:
         env["COORDD_REDIS_URL"] = redis_url
         env["COORDD_REDIS_PREFIX"] = f"bench-fleet-{uuid.uuid4().hex[:6]}"
@@ -542,6 +545,8 @@ def run(
     finally:
         proc.terminate()
         proc.wait(30)
+        if pg is not None:
+            pg.drop()
 
 
 def main() -> None:
@@ -549,7 +554,9 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--database-url", default="")
+    parser.add_argument(
+        "--database-url", default="", help="a PostgreSQL server: each run makes (and drops) its own database"
+    )
     parser.add_argument(
         "--redis-url", default="", help="last-seen in Redis each second, the database every 5 s"
     )

@@ -34,12 +34,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import percentile, start_coordd, wait_for_port
+from common import PgDatabase, percentile, start_coordd, wait_for_port
 
 from coordd.config import load_settings
 from coordd.domain import auth, ledger
@@ -49,31 +48,6 @@ from coordd_client.v1 import job_pb2, job_pb2_grpc
 
 JWT_SECRET = "bench-jobs-" + "x" * 32
 FAST_ARGON = {"argon2_memory_kib": 8, "argon2_time_cost": 1, "argon2_parallelism": 1}
-
-
-class PgDatabase:
-    """A throw-away database on the benchmark's PostgreSQL server."""
-
-    def __init__(self, admin_url: str, tag: str) -> None:
-        import psycopg2
-
-        self.admin_url = admin_url
-        self.name = f"coordd_bench_{tag}_{uuid.uuid4().hex[:10]}"
-        conn = psycopg2.connect(admin_url)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{self.name}"')
-        conn.close()
-        self.url = urlparse(admin_url)._replace(path=f"/{self.name}").geturl()
-
-    def drop(self) -> None:
-        import psycopg2
-
-        conn = psycopg2.connect(self.admin_url)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-        conn.close()
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -41,12 +41,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlparse
 
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import percentile, start_coordd
+from common import PgDatabase, percentile, start_coordd
 
 from coordd.config import load_settings
 from coordd.core.principal import Principal
@@ -279,30 +278,6 @@ def run_grpc(
         rt.close()
 
 
-class _PgDatabase:
-    def __init__(self, admin_url: str) -> None:
-        import psycopg2
-
-        self.admin_url = admin_url
-        self.name = f"coordd_bench_reg_{uuid.uuid4().hex[:10]}"
-        conn = psycopg2.connect(admin_url)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{self.name}"')
-        conn.close()
-        parsed = urlparse(admin_url)
-        self.url = parsed._replace(path=f"/{self.name}").geturl()
-
-    def drop(self) -> None:
-        import psycopg2
-
-        conn = psycopg2.connect(self.admin_url)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-        conn.close()
-
-
 def run_backend(
     backend: str, registrations: int, concurrency: int, pg_admin_url: str, profile_dir: str = ""
 ) -> dict[str, object]:
@@ -316,7 +291,7 @@ def run_backend(
     )
     for mode, runner in modes:
         data_dir = tempfile.mkdtemp(prefix=f"coordd-bench-reg-{mode}-")
-        pg = _PgDatabase(pg_admin_url) if backend == "postgresql" else None
+        pg = PgDatabase(pg_admin_url, "reg") if backend == "postgresql" else None
         try:
             kw: dict[str, object] = {"data_dir": data_dir, "database_url": pg.url if pg else ""}
             results[mode] = runner(kw, registrations, concurrency)
