@@ -67,6 +67,8 @@ def summary(latencies: list[float], expected: int) -> dict[str, Any]:
     return {
         "updates": len(latencies),
         "expected": expected,
+        # The first update's latency: when the fan-out began (the rest is its spread).
+        "min_ms": round(min(latencies, default=0) * 1000, 1),
         "p50_ms": round(percentile(latencies, 50) * 1000, 1),
         "p99_ms": round(percentile(latencies, 99) * 1000, 1),
         "max_ms": round(max(latencies, default=0) * 1000, 1),
@@ -286,6 +288,7 @@ async def coordd_side(watchers: int, rounds: int, channels: int, gc_threshold: i
             await stub.LeaveCeremony(
                 pb.LeaveCeremonyRequest(ceremony=ceremony.name), metadata=holder.metadata
             )
+            left = time.perf_counter() - t0
             await asyncio.wait_for(asyncio.gather(*(w.updated.wait() for w in waiting)), 120)
             round_cpu += cpu_s(proc.pid) - cpu_before
             failed = [w.error for w in waiting if w.error]
@@ -294,7 +297,8 @@ async def coordd_side(watchers: int, rounds: int, channels: int, gc_threshold: i
             got = [w.latency for w in waiting if w.latency is not None]
             progress(f"round {len(per_round) + 1}: p99 {percentile(got, 99) * 1000:.0f} ms")
             latencies.extend(got)
-            per_round.append(summary(got, len(waiting)))
+            # The LeaveCeremony call itself (its reply), part of every update's latency.
+            per_round.append({**summary(got, len(waiting)), "leave_reply_ms": round(left * 1000, 1)})
             for w in waiting:
                 w.round_start = 0.0
         rss_after = rss_kib(proc.pid)
