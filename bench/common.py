@@ -26,9 +26,10 @@ def start_coordd(
     env = {k: v for k, v in os.environ.items() if not k.startswith("COORDD_")}
     env.update({"COORDD_LOG_LEVEL": "warning", "COORDD_LOG_FORMAT": "json"})
     env.update(extra_env or {})
-    # BENCH_DAEMON_LOG=path keeps the daemon's log (stderr) there, for looking into a run.
-    log_path = os.environ.get("BENCH_DAEMON_LOG", "")
-    daemon_log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 (the daemon's lifetime)
+    # The daemon's log (stderr, warnings and up) goes to daemon.log in its data directory, or
+    # to BENCH_DAEMON_LOG=path, for looking into a run.
+    log_path = os.environ.get("BENCH_DAEMON_LOG", "") or str(Path(data) / "daemon.log")
+    daemon_log = open(log_path, "ab")  # noqa: SIM115 (the daemon's lifetime)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -49,7 +50,9 @@ def start_coordd(
     deadline = time.monotonic() + 30
     while not (port_file.exists() and port_file.read_text().strip()):
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("coordd did not start")
+            daemon_log.close()
+            tail = Path(log_path).read_text(errors="replace").splitlines()[-5:]
+            raise RuntimeError("coordd did not start; its log ends:\n" + "\n".join(tail))
         time.sleep(0.05)
     return proc, int(port_file.read_text()), data
 
