@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import subprocess
@@ -89,6 +90,32 @@ async def gather_limited(coros: list[Any], limit: int) -> list[Any]:
     return await asyncio.gather(*(one(c) for c in coros))
 
 
+def client_gc_off() -> None:
+    """The bench client's own cyclic GC stays off while it measures (both sides): with 10,000
+    watchers in its heap a full collection paused it for a few hundred ms in the middle of a
+    round, and the updates waited for the client."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+
+
+class RoundWait:
+    """The end of a round: every waiting watcher updated (or failed). One counter, not a task
+    per watcher: gathering 10,000 `Event.wait()`s made the client create 10,000 tasks just as
+    the updates began to arrive, and the updates waited for the client, not for coordd."""
+
+    def __init__(self, watchers: int) -> None:
+        self.left = watchers
+        self.done = asyncio.Event()
+        if watchers <= 0:
+            self.done.set()
+
+    def hit(self) -> None:
+        self.left -= 1
+        if self.left <= 0:
+            self.done.set()
+
+
 class Watcher:
     """One contributor's WatchQueue stream; records when each round's update arrives."""
 
@@ -98,7 +125,7 @@ class Watcher:
         self.position = 0
         self.status = 0
         self.first = asyncio.Event()
-        self.updated = asyncio.Event()
+        self.round: RoundWait | None = None
         self.latency: float | None = None
         self.round_start = 0.0
         self.call: Any = None
@@ -116,12 +143,14 @@ class Watcher:
                     self.first.set()
                 elif changed and self.latency is None and self.round_start:
                     self.latency = time.perf_counter() - self.round_start
-                    self.updated.set()
+                    if self.round is not None:
+                        self.round.hit()
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 self.error = f"{exc.code().name}: {exc.details()}"
                 self.first.set()
-                self.updated.set()
+                if self.round is not None and self.latency is None:
+                    self.round.hit()
 
 
 # `--gc-threshold N`: the daemon runs with its startup heap frozen out of the cyclic GC and a
@@ -275,21 +304,23 @@ async def coordd_side(watchers: int, rounds: int, channels: int, gc_threshold: i
         latencies: list[float] = []
         per_round = []
         round_cpu = 0.0
+        client_gc_off()
         for _ in range(rounds):
             # Let the previous round settle (the old holder's last message) and every stream idle.
             await asyncio.sleep(0.5)
             holder = next(w for w in all_watchers if w.status == READY)
             waiting = [w for w in all_watchers if w is not holder and w.position > 0]
+            round_wait = RoundWait(len(waiting))
             t0 = time.perf_counter()
             for w in waiting:
                 w.latency, w.round_start = None, t0
-                w.updated.clear()
+                w.round = round_wait
             cpu_before = cpu_s(proc.pid)
             await stub.LeaveCeremony(
                 pb.LeaveCeremonyRequest(ceremony=ceremony.name), metadata=holder.metadata
             )
             left = time.perf_counter() - t0
-            await asyncio.wait_for(asyncio.gather(*(w.updated.wait() for w in waiting)), 120)
+            await asyncio.wait_for(round_wait.done.wait(), 120)
             round_cpu += cpu_s(proc.pid) - cpu_before
             failed = [w.error for w in waiting if w.error]
             if failed:
@@ -300,7 +331,8 @@ async def coordd_side(watchers: int, rounds: int, channels: int, gc_threshold: i
             # The LeaveCeremony call itself (its reply), part of every update's latency.
             per_round.append({**summary(got, len(waiting)), "leave_reply_ms": round(left * 1000, 1)})
             for w in waiting:
-                w.round_start = 0.0
+                w.round_start, w.round = 0.0, None
+        gc.enable()
         rss_after = rss_kib(proc.pid)
         # A waiting watcher's last message: the bare fan-out sends messages of this size.
         sample = max((w.sample for w in all_watchers if w.position > 0), key=len, default=b"")
@@ -413,6 +445,7 @@ async def baseline_side(watchers: int, rounds: int, channels: int, sample: bytes
         trigger = chans[0].unary_unary("/bench.Fanout/Trigger")
         latencies: list[float] = []
         round_cpu = 0.0
+        client_gc_off()
         for r in range(rounds):
             await asyncio.sleep(0.5)
             cpu_before = cpu_s(proc.pid)
@@ -424,6 +457,7 @@ async def baseline_side(watchers: int, rounds: int, channels: int, sample: bytes
                 await asyncio.sleep(0.01)
             round_cpu += cpu_s(proc.pid) - cpu_before
             latencies.extend(t - t0 for t in stamps[r])
+        gc.enable()
         for call in calls:
             call.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
