@@ -93,6 +93,19 @@ class LiveCeremony:
             time.sleep(0.1)
         raise AssertionError("the daemon's scheduler did not open the ceremony")
 
+    def wait_recorded(self, valid: int, timeout: float = 30) -> None:
+        """Until the daemon has verified and recorded `valid` contributions (genesis
+        included): the moment the queue moves, from which a live page has its second."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.stub.GetCircuit(
+                pb.GetCircuitRequest(name=self.circuit.name), metadata=bearer(self.coordinator)
+            ).circuit
+            if got.valid_contributions >= valid:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"the daemon did not record {valid} valid contributions in {timeout:g} s")
+
     def participant(self) -> str:
         made = admin_create_user(self.daemon, f"p-{uuid.uuid4().hex[:8]}@example.com", "participant")
         return str(made["api_key_secret"])
