@@ -498,7 +498,12 @@ def run(
         env.update({"COORDD_LOG_LEVEL": "info"})
     metrics_port = free_port()
     env["COORDD_METRICS_PORT"] = str(metrics_port)
-    proc, port, data_dir = start_coordd(env)
+    try:
+        proc, port, data_dir = start_coordd(env)
+    except BaseException:
+        if pg is not None:
+            pg.drop()
+        raise
     target = f"127.0.0.1:{port}"
     try:
         started = time.monotonic()

@@ -141,7 +141,7 @@ def _decide(
     fresh = latest_seen([n.id for n in due])
     projects = queries.projects_by_ids({n.project_id for n in due})
     silent: dict[str, dict[str, datetime | None]] = defaultdict(dict)
-    # Heard from after all: their deadlines move in one executemany, not a save each.
+    # Heard from after all: their deadlines move in one statement, not a save each.
     moved: list[tuple[str, datetime, datetime | None]] = []
     graced: list[tuple[str, datetime]] = []
     for due_node in due:
