@@ -112,6 +112,11 @@ class Boards:
                 if cid is not None:
                     self._generation[cid] = self._generation.get(cid, 0) + 1
 
+    def generation(self, ceremony_id: str) -> int:
+        """How many events have named the ceremony: a board got after reading this is at
+        least that new."""
+        return self._generation.get(ceremony_id, 0)
+
     async def get(self, ceremony_id: str) -> Board:
         wanted = self._generation.get(ceremony_id, 0)
         cached = self._cache.get(ceremony_id)

@@ -161,7 +161,9 @@ class CeremonyPages:
         whenever it changes; woken by the same event keys WatchQueue waits on, re-read every
         http_refresh_s without events (a comment line keeps proxies from closing it)."""
         cid = ceremony_id(request)
-        board = await self.ws.boards.get(cid)
+        boards = self.ws.boards
+        seen = boards.generation(cid)
+        board = await boards.get(cid)
         peer = request.remote or ""
         cap = self.rt.settings.http_max_streams_per_peer
         if cap and self.per_peer.get(peer, 0) >= cap:
@@ -191,8 +193,12 @@ class CeremonyPages:
                     last = board.html
                 else:
                     await response.write(b": keepalive\n\n")
-                await self.rt.notifier.wait(board.watch_keys(), refresh)
-                board = await self.ws.boards.get(cid)
+                # An event that came while this page read or wrote woke nobody: read again
+                # at once instead of waiting (no await between this check and the wait).
+                if boards.generation(cid) == seen:
+                    await self.rt.notifier.wait(board.watch_keys(), refresh)
+                seen = boards.generation(cid)
+                board = await boards.get(cid)
         except (asyncio.CancelledError, ConnectionResetError):
             pass
         finally:
