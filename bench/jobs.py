@@ -196,21 +196,28 @@ async def _drain(
     wait.wait.FromTimedelta(timedelta(seconds=1))
     output = job_pb2.Payload(data=b"ok")
     last_ack = [0.0]
+    claim_ms: list[float] = []
+    complete_ms: list[float] = []
+    sizes: list[int] = []
 
     async def work(index: int) -> None:
         nonlocal done, duplicates, errors
         stub = stubs[index % len(stubs)]
         meta = (("authorization", f"Bearer {tokens[index]}"),)
         while done < jobs:
+            asked = time.perf_counter()
             claimed = (await stub.ClaimJobs(wait, metadata=meta, timeout=60)).jobs
             now = time.time()
             if not claimed:
                 continue
+            claim_ms.append((time.perf_counter() - asked) * 1000)
+            sizes.append(len(claimed))
             for leased in claimed:
                 latencies.append(now - leased.job.create_time.ToMicroseconds() / 1e6)
                 if leased.job.name in seen:
                     duplicates += 1
                 seen.add(leased.job.name)
+            asked = time.perf_counter()
             reply = await stub.BatchCompleteJobs(
                 job_pb2.BatchCompleteJobsRequest(
                     requests=[job_pb2.CompleteJobRequest(lease=x.lease, output=output) for x in claimed]
@@ -218,6 +225,7 @@ async def _drain(
                 metadata=meta,
                 timeout=60,
             )
+            complete_ms.append((time.perf_counter() - asked) * 1000)
             errors += sum(1 for r in reply.results if r.error_code)
             done += len(claimed)
             last_ack[0] = time.perf_counter()
@@ -237,6 +245,11 @@ async def _drain(
         "claim_complete_seconds": round(work_s, 2),
         "claim_complete_jobs_per_s": _rate(jobs, work_s),
         **_latency(latencies),
+        # Per worker round trip, as the worker sees it: a claim that leased something, and
+        # its completion. Shows whether the daemon is busy or the calls wait on each other.
+        "claim_rpc_ms_p50_p99": [round(percentile(claim_ms, q), 1) for q in (50, 99)],
+        "complete_rpc_ms_p50_p99": [round(percentile(complete_ms, q), 1) for q in (50, 99)],
+        "jobs_per_claim_mean": round(sum(sizes) / max(1, len(sizes)), 1),
         "completed": len(seen),
         "double_claims": duplicates,
         "completion_errors": errors,

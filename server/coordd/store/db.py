@@ -32,6 +32,7 @@ from coordd.core.clock import utcnow
 from coordd.core.errors import Unavailable
 from coordd.core.events import Event
 from coordd.store.fields import JSONField, TimestampField
+from coordd.store.pg import PostgresDatabase
 
 database_proxy = peewee.DatabaseProxy()
 SQLITE_SUFFIXES = ("", "-wal", "-shm")
@@ -39,6 +40,17 @@ SQLITE_SUFFIXES = ("", "-wal", "-shm")
 # PostgreSQL errors that mean "another transaction got in the way", not "the database is down":
 # serialization_failure, deadlock_detected, and unique_violation (a check-then-insert race).
 CONFLICT_CODES = {"40001": "serialization failure", "40P01": "deadlock", "23505": "unique violation"}
+
+
+def defer(sql: str, params: tuple[Any, ...] | list[Any] = ()) -> None:
+    """A write whose answer nobody needs, sent with the transaction's next statement on
+    PostgreSQL (store/pg.py: one round trip fewer; its error, if any, is raised there), at once
+    on SQLite. Only for callers that handle any error of their transaction alike."""
+    db = database_proxy.obj
+    if isinstance(db, PostgresDatabase):
+        db.defer(sql, params)
+    else:
+        db.execute_sql(sql, params)
 
 
 def conflict_of(exc: BaseException) -> str:
@@ -78,7 +90,7 @@ class Tx:
 
 def _postgres(url: str, settings: Settings) -> peewee.Database:
     parsed = urlparse(url)
-    return PooledPostgresqlDatabase(
+    return PostgresDatabase(
         (parsed.path or "/postgres").lstrip("/"),
         user=unquote(parsed.username) if parsed.username else None,
         password=unquote(parsed.password) if parsed.password else None,

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import peewee
 
-from coordd.store.db import Store
+from coordd.store.db import Store, defer
 from coordd.store.jobs import fair
 from coordd.store.jobs.models import Job, JobAttempt, JobLabel
 from coordd.store.models import JSONField, TimestampField
@@ -365,7 +365,7 @@ def claim_jobs(
             f" UPDATE job SET {assignments} FROM f WHERE job.id = f.id RETURNING {_CLAIMED_JOB_COLUMNS}"
         )
         rows = db.execute_sql(sql, [*params, max_bytes, max_bytes, max_bytes, *set_params]).fetchall()
-        db.execute_sql(_PLANNER_DEFAULTS)
+        defer(_PLANNER_DEFAULTS)  # sent with the transaction's next statement (store/pg.py)
     else:
         sql = f"UPDATE job SET {assignments} WHERE id IN ({fitting}) RETURNING {_CLAIMED_COLUMNS}"
         rows = db.execute_sql(sql, [*set_params, max_bytes, *params, max_bytes, max_bytes]).fetchall()
@@ -428,7 +428,8 @@ def record_successes(
 ) -> None:
     """Marks jobs locked by `lock_leased` succeeded with one UPDATE. `results` are (job id, fee,
     output data, output uri, output digest, attestation signature). The redundant `id IN`
-    keeps the planner on the primary key (see lock_leased)."""
+    keeps the planner on the primary key (see lock_leased). Sent with the transaction's next
+    statement (store/pg.py): its caller fails the whole batch on any error alike."""
     if not results:
         return
     p = store.db.param
@@ -436,7 +437,7 @@ def record_successes(
     row = f"({p}, CAST({p} AS {integer}), CAST({p} AS {blob}), {p}, {p}, CAST({p} AS {blob}))"
     params: list[object] = [x for r in results for x in r]
     params.extend((_to_us(now), _to_us(purge_time), key_id))
-    store.db.execute_sql(
+    defer(
         f"WITH v(id, fee, data, uri, digest, sig) AS (VALUES {', '.join([row] * len(results))})"
         " UPDATE job SET state = 'succeeded', error = '', progress = 1.0, lease_id = NULL,"
         " lease_expire_time = NULL, attempt_deadline = NULL, start_deadline = NULL, close_deadline = NULL,"
