@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def start_coordd(
-    extra_env: dict[str, str] | None = None, data_dir: str | None = None
+    extra_env: dict[str, str] | None = None, data_dir: str | None = None, extra_args: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen[bytes], int, str]:
     data = data_dir or tempfile.mkdtemp(prefix="coordd-bench-")
     port_file = Path(data) / "port"
@@ -42,6 +42,7 @@ def start_coordd(
             "127.0.0.1:0",
             "--port-file",
             str(port_file),
+            *extra_args,
         ],
         env=env,
         stdout=subprocess.DEVNULL,

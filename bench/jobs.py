@@ -47,16 +47,23 @@ from coordd.store.migrations import migrate
 from coordd_client.v1 import job_pb2, job_pb2_grpc
 
 JWT_SECRET = "bench-jobs-" + "x" * 32
+# A TCP connection per channel (grpc shares one between channels to the same target otherwise):
+# with `--processes`, the kernel spreads connections, not calls, over the serving processes.
+_OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 FAST_ARGON = {"argon2_memory_kib": 8, "argon2_time_cost": 1, "argon2_parallelism": 1}
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), to show where a phase spends CPU."""
+def _cpu_seconds(pid: int, children: bool = True) -> float:
+    """User + system CPU time of a process, and of its live children (a `--processes`
+    supervisor's serving processes) unless `children` is false (Linux /proc), to show where a
+    phase spends CPU."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split() if children else []
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(_cpu_seconds(int(kid)) for kid in kids)
 
 
 def _postgres_cpu_seconds(own: bool = False) -> float:
@@ -134,7 +141,7 @@ async def _drive_coordd(
     server_pid: int = 0,
     submit_batch: int = 1,
 ) -> dict[str, Any]:
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(4)]
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=_OWN_CONNECTION) for _ in range(4)]
     stubs = [job_pb2_grpc.JobServiceStub(c) for c in channels]
     submit_meta = (("authorization", f"Bearer {tokens[0]}"),)
     request = job_pb2.SubmitJobRequest(
@@ -158,14 +165,14 @@ async def _drive_coordd(
                 await stub.BatchSubmitJobs(batch_request, metadata=submit_meta, timeout=60)
 
     try:
-        server_cpu, client_cpu = _cpu_seconds(server_pid), _cpu_seconds(os.getpid())
+        server_cpu, client_cpu = _cpu_seconds(server_pid), _cpu_seconds(os.getpid(), children=False)
         db_cpu = _postgres_cpu_seconds()
         started = time.perf_counter()
         await asyncio.gather(*(produce(i) for i in range(producers)))
         enqueue_s = time.perf_counter() - started
         enqueue_cpu = {
             "server": round((_cpu_seconds(server_pid) - server_cpu) * 1000 / jobs, 3),
-            "bench_client": round((_cpu_seconds(os.getpid()) - client_cpu) * 1000 / jobs, 3),
+            "bench_client": round((_cpu_seconds(os.getpid(), children=False) - client_cpu) * 1000 / jobs, 3),
             "postgres": round((_postgres_cpu_seconds() - db_cpu) * 1000 / jobs, 3),
         }
 
@@ -230,7 +237,7 @@ async def _drain(
             done += len(claimed)
             last_ack[0] = time.perf_counter()
 
-    server_cpu, client_cpu = _cpu_seconds(server_pid), _cpu_seconds(os.getpid())
+    server_cpu, client_cpu = _cpu_seconds(server_pid), _cpu_seconds(os.getpid(), children=False)
     db_cpu, own_db_cpu = _postgres_cpu_seconds(), _postgres_cpu_seconds(own=True)
     started = time.perf_counter()
     await asyncio.gather(*(work(i) for i in range(len(tokens))))
@@ -238,7 +245,7 @@ async def _drain(
     # would otherwise add up to one `wait` to the figure.
     work_s = last_ack[0] - started
     server_cpu = _cpu_seconds(server_pid) - server_cpu
-    client_cpu = _cpu_seconds(os.getpid()) - client_cpu
+    client_cpu = _cpu_seconds(os.getpid(), children=False) - client_cpu
     db_cpu = _postgres_cpu_seconds() - db_cpu
     own_db_cpu = _postgres_cpu_seconds(own=True) - own_db_cpu
     return {
@@ -271,6 +278,7 @@ def run_coordd(
     budget: int,
     pg_admin_url: str,
     submit_batch: int = 1,
+    processes: int = 0,
 ) -> dict[str, Any]:
     data_dir = tempfile.mkdtemp(prefix="coordd-bench-jobs-")
     pg = PgDatabase(pg_admin_url, "jobs") if backend == "postgresql" else None
@@ -286,7 +294,8 @@ def run_coordd(
         }
         if pg is not None:
             env["COORDD_DATABASE_URL"] = pg.url
-        proc, port, _ = start_coordd(env, data_dir=data_dir)
+        extra = ("--processes", str(processes)) if processes else ()
+        proc, port, _ = start_coordd(env, data_dir=data_dir, extra_args=extra)
         try:
             return asyncio.run(
                 _drive_coordd(port, tokens, jobs, producers, batch, budget, proc.pid, submit_batch)
@@ -396,7 +405,9 @@ def run_floor(jobs: int, workers: int, batch: int) -> dict[str, Any]:
         port = wait_for_port(proc, port_file)
 
         async def drive() -> dict[str, Any]:
-            channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(4)]
+            channels = [
+                grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=_OWN_CONNECTION) for _ in range(4)
+            ]
             try:
                 stubs = [job_pb2_grpc.JobServiceStub(c) for c in channels]
                 result = await _drain(stubs, ["floor"] * workers, jobs, batch, proc.pid)
@@ -469,7 +480,7 @@ async def _drive_pgqueuer(
 
         managers.append(qm)
 
-    client_cpu = _cpu_seconds(os.getpid())
+    client_cpu = _cpu_seconds(os.getpid(), children=False)
     db_cpu, own_db_cpu = _postgres_cpu_seconds(), _postgres_cpu_seconds(own=True)
     started = time.perf_counter()
     await asyncio.gather(
@@ -483,7 +494,7 @@ async def _drive_pgqueuer(
         )
     )
     work_s = time.perf_counter() - started
-    client_cpu = _cpu_seconds(os.getpid()) - client_cpu
+    client_cpu = _cpu_seconds(os.getpid(), children=False) - client_cpu
     db_cpu = _postgres_cpu_seconds() - db_cpu
     own_db_cpu = _postgres_cpu_seconds(own=True) - own_db_cpu
     for conn in connections:
@@ -533,6 +544,9 @@ def main() -> None:
         help="jobs per enqueue call (>1: BatchSubmitJobs / a list enqueue)",
     )
     parser.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument(
+        "--processes", type=int, default=0, help="serve coordd with `--processes N` (0: one process)"
+    )
     args = parser.parse_args()
     from coordd.logging import configure
 
@@ -545,6 +559,7 @@ def main() -> None:
         "producers": args.producers,
         "budget": args.budget,
         "submit_batch": args.submit_batch,
+        "processes": args.processes or 1,
         "cpus": os.cpu_count(),
     }
     for backend in args.backends.split(","):
@@ -557,6 +572,7 @@ def main() -> None:
             args.budget,
             args.pg_admin_url,
             args.submit_batch,
+            args.processes,
         )
     if not args.no_floor:
         out["grpc_floor"] = run_floor(args.jobs, args.workers, args.batch)

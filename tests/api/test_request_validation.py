@@ -9,7 +9,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from coordd.api.validation import MAX_TIMESTAMP_S, check_request
 from coordd.core.errors import InvalidArgument
-from coordd_client.v1 import auth_pb2, ceremony_pb2, ceremony_pb2_grpc
+from coordd_client.v1 import auth_pb2, ceremony_pb2, ceremony_pb2_grpc, job_pb2
 from tests.helpers import rpc_error
 from tests.support.server import bearer
 
@@ -25,6 +25,28 @@ def test_nul_in_a_nested_or_repeated_string_is_named_by_its_path():
         title="ok", verifier=ceremony_pb2.Verifier(command="snarkjs\x00zkey")
     )
     assert _violations(request) == {"verifier.command": "must not contain a NUL character"}
+
+
+def test_in_a_large_batch_the_items_with_a_bad_string_or_time_are_named_and_only_they():
+    def complete(
+        job: str, lease_id: str = "l", expire_s: int = 1_800_000_000, data: bytes = b"ok"
+    ) -> job_pb2.CompleteJobRequest:
+        lease = job_pb2.Lease(job=job, attempt=1, lease_id=lease_id)
+        lease.expire_time.seconds = expire_s
+        return job_pb2.CompleteJobRequest(lease=lease, output=job_pb2.Payload(data=data))
+
+    items = [complete(f"jobs/{i}") for i in range(100)]  # the whole request is over the limit
+    items[3] = complete("jobs/3", data=b"\x00 bytes may hold NUL")
+    items[7] = complete("jobs/7", lease_id="x" * 101)
+    items[42] = complete("jobs/42\x00")
+    items[99] = complete("jobs/99", expire_s=-1)
+    found = _violations(job_pb2.BatchCompleteJobsRequest(requests=items))
+    assert found == {
+        "requests[7].lease.lease_id": "at most 100 characters",
+        "requests[42].lease.job": "must not contain a NUL character",
+        "requests[99].lease.expire_time": "must be between 1970-01-01T00:00:00Z and 2999-12-31T23:59:59Z",
+    }
+    check_request(job_pb2.BatchCompleteJobsRequest(requests=[complete(f"jobs/{i}") for i in range(100)]), 100)
 
 
 def test_strings_over_the_limit_keep_their_reason():

@@ -1,6 +1,8 @@
 """A batch submission's reply is built from one message per group of jobs that differ only
 in id and input (api/job_messages.batch_submit_reply), and its ids from one random draw
-(domain/jobs/ids.py): each job in the reply must still be exactly the job as stored."""
+(domain/jobs/ids.py): each job in the reply must still be exactly the job as stored. A claim's
+reply is built the same way (api/job_messages.claim_reply): each leased job must be exactly the
+message built for it alone."""
 
 from __future__ import annotations
 
@@ -8,8 +10,11 @@ import hashlib
 import os
 from datetime import timedelta
 
+from coordd.api.job_messages import claim_reply, leased_to_proto
 from coordd.core import ids as core_ids
 from coordd.domain.jobs import ids
+from coordd.domain.jobs.leases import Leased
+from coordd.store.jobs.queries import ClaimedRow
 from coordd_client.v1 import job_pb2
 from tests.support.server import bearer
 
@@ -67,3 +72,48 @@ def test_batch_ids_have_the_layout_of_single_ids(monkeypatch):
     assert ids.new_ids(1, now_ms=1_700_000_000_124)[0] > max(batch)
     assert ids.encode_id(0) == "0" * 26 and ids.encode_id(2**128 - 1) == "7" + "z" * 25
     assert len(set(ids.new_ids(1000))) == 1000
+
+
+def _claimed(i: int, **fields) -> ClaimedRow:
+    row = ClaimedRow(
+        f"01J{i:023d}", "alice", "inference", "hf://org/model@1", b"prompt", "", "ab" * 32, [], 0, 0, 0, 3,
+        0, 0, 30_000, 0, 1, "worker", 1_764_672_000_123_456, 1_764_671_000_000_000 + i, 1_764_671_999_000_000,
+        False,
+    )  # fmt: skip
+    return row._replace(**fields)
+
+
+def test_each_job_of_a_claim_reply_is_the_message_built_for_it_alone():
+    leased = [
+        Leased(_claimed(0), "lease-1"),
+        Leased(_claimed(1, input_data=b"other prompt"), "lease-1"),
+        Leased(_claimed(2), "lease-1"),  # the same as the first, but for its id and create time
+        Leased(_claimed(3, input_data=None, input_uri="https://x.test/in"), "lease-1"),
+        Leased(_claimed(4, input_data=None, input_digest=""), "lease-1"),
+        Leased(_claimed(5, attempt=3, payload_purged=True), "lease-1"),
+        Leased(_claimed(6, labels=["cuda"], gpus=1), "lease-1"),
+        Leased(_claimed(7, labels=["tpu"], gpus=1), "lease-1"),
+        Leased(_claimed(8, budget=7, priority=4, submitter="bob", model_ref="hf://org/other@2"), "lease-1"),
+        Leased(_claimed(9, heartbeat_ms=5_000, schedule_to_close_ms=60_000), "lease-1"),
+        Leased(_claimed(10, lease_expire_us=1_764_672_999_000_000), "lease-2"),
+        Leased(_claimed(11), "lease-2"),
+    ]
+    alone = job_pb2.ClaimJobsResponse(jobs=[leased_to_proto(x) for x in leased])
+    built = claim_reply(leased)
+    assert list(built.jobs) == list(alone.jobs)
+    assert built.SerializeToString() == alone.SerializeToString()
+    assert [j.lease.lease_id for j in built.jobs[-2:]] == ["lease-2", "lease-2"]
+    assert built.jobs[3].job.input.uri == "https://x.test/in" and not built.jobs[3].job.input.data
+    assert built.jobs[4].job.HasField("input") and built.jobs[5].lease.attempt == 3
+
+
+def test_the_jobs_of_a_claim_through_grpc_are_the_stored_jobs(env):
+    items = [_item(), _item(input=job_pb2.Payload(data=b"other")), _item(), _item(budget=3)]
+    env.stub.BatchSubmitJobs(job_pb2.BatchSubmitJobsRequest(requests=items), metadata=bearer(env.alice))
+    claimed = env.claim(env.worker_a, max_jobs=10)
+    assert len({x.job.name for x in claimed}) == 4
+    for x in claimed:
+        stored = env.get(x.job.name)
+        assert x.lease.job == stored.name and x.lease.attempt == stored.attempt == x.job.attempt
+        assert x.job.input == stored.input and x.job.create_time == stored.create_time
+        assert x.job.budget == stored.budget and x.job.start_time == stored.start_time

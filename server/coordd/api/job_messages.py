@@ -4,6 +4,7 @@ message passed as a keyword argument is copied (measured: 12.8 -> 5.5 us per lea
 
 from __future__ import annotations
 
+import operator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -333,6 +334,45 @@ def leased_to_proto(leased: jobs.Leased) -> job_pb2.LeasedJob:
             "start_time": _us_ts(row.start_us),
         },
     )
+
+
+# What the jobs of one claim usually share (one submitter's batch of one model, leased together:
+# one lease id, start time and expiry): a claim reply's jobs that agree on these are copies of one
+# message, each given its own id, attempt, input and create time.
+_LEASE_SHARED = operator.itemgetter(1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 17, 18, 20, 21)  # ClaimedRow
+
+
+def claim_reply(leased: list[jobs.Leased]) -> job_pb2.ClaimJobsResponse:
+    """`ClaimJobsResponse(jobs=[leased_to_proto(x) for x in leased])`, built faster: building a
+    LeasedJob from its ~25 fields cost ~9 us, a copy of a template and its own fields ~3 us."""
+    reply = job_pb2.ClaimJobsResponse()
+    repeated = reply.jobs
+    templates: dict[tuple[Any, ...], job_pb2.LeasedJob] = {}
+    for x in leased:
+        row = x.job
+        key = (x.lease_id, tuple(row.labels), _LEASE_SHARED(row))
+        template = templates.get(key)
+        if template is None:
+            template = templates[key] = leased_to_proto(x)
+            template.job.ClearField("input")
+        message = repeated.add()
+        message.CopyFrom(template)
+        name = f"jobs/{row.id}"
+        lease, job = message.lease, message.job
+        lease.job = job.name = name
+        lease.attempt = job.attempt = row.attempt
+        seconds, micros = divmod(row.create_us, 1_000_000)
+        job.create_time.seconds = seconds
+        job.create_time.nanos = micros * 1000
+        source = job.input
+        source.sha256 = row.input_digest
+        source.purged = row.payload_purged
+        if row.input_uri:
+            source.uri = row.input_uri
+        elif row.input_data is not None:
+            source.data = row.input_data
+            source.size_bytes = len(row.input_data)
+    return reply
 
 
 def job_id_of(name: str, field_name: str = "name") -> str:

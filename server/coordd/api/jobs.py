@@ -21,12 +21,12 @@ from coordd.api.job_messages import (
     add_payloads,
     attestation_to_proto,
     batch_submit_reply,
+    claim_reply,
     full_view,
     invalid,
     job_id_of,
     job_to_proto,
     lease_from_proto,
-    leased_to_proto,
     limit_from_proto,
     limit_to_proto,
     payload_from_proto,
@@ -321,7 +321,7 @@ class JobServicer(JobScheduleMethods, job_pb2_grpc.JobServiceServicer):
         """The reply; the claim statement already kept it within the worker's reply limit (an
         upper bound per job, see jobs.claim_bytes). Should it still not fit, its jobs go back
         instead of being lost in a failed send."""
-        reply = job_pb2.ClaimJobsResponse(jobs=[leased_to_proto(x) for x in leased])
+        reply = claim_reply(leased)
         limit = worker.reply_budget + jobs.CLAIM_REPLY_HEADROOM
         inline = sum(len(x.job.input_data) for x in leased if x.job.input_data is not None)
         if inline * 2 > limit and reply.ByteSize() > limit:

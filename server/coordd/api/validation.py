@@ -63,9 +63,8 @@ def _time_problem(message: Message, name: str) -> str:
 
 
 class _Walk:
-    def __init__(self, limit: int, strings: bool, times: bool) -> None:
+    def __init__(self, limit: int, times: bool) -> None:
         self.limit = limit
-        self.strings = strings
         self.times = times
         self.violations: list[FieldViolation] = []
 
@@ -75,7 +74,11 @@ class _Walk:
         elif "\x00" in value:
             self.violations.append(FieldViolation(path, "must not contain a NUL character"))
 
-    def message(self, message: Message, prefix: str) -> None:
+    def _strings_in(self, message: Message) -> bool:
+        """Whether `message` can hold a string to check (see the module: its size and bytes)."""
+        return message.ByteSize() > self.limit or b"\x00" in message.SerializeToString()
+
+    def message(self, message: Message, prefix: str, strings: bool) -> None:
         desc = message.DESCRIPTOR
         if desc.full_name in (TIMESTAMP, DURATION):
             if self.times:
@@ -84,14 +87,14 @@ class _Walk:
                     self.violations.append(FieldViolation(prefix.rstrip("."), problem))
             return
         times = self.times and _has_time(desc)
-        if not (self.strings or times):
+        if not (strings or times):
             return
         for field, value in message.ListFields():
             if len(self.violations) >= _MAX_PATHS:
                 return
             path = f"{prefix}{field.name}"
             if field.type == _STRING:
-                if self.strings:
+                if strings:
                     if field.is_repeated:
                         for i, v in enumerate(value):
                             self.string(f"{path}[{i}]", v)
@@ -101,17 +104,19 @@ class _Walk:
                 continue
             elif field.message_type.GetOptions().map_entry:
                 for k, v in value.items():
-                    if isinstance(k, str) and self.strings:
+                    if isinstance(k, str) and strings:
                         self.string(f"{path}[key]", k)
-                    if isinstance(v, str) and self.strings:
+                    if isinstance(v, str) and strings:
                         self.string(f"{path}[{str(k)[:32]}]", v)
                     elif isinstance(v, Message):
-                        self.message(v, f"{path}[{str(k)[:32]}].")
+                        self.message(v, f"{path}[{str(k)[:32]}].", strings)
             elif field.is_repeated:
+                # The items of a large request are mostly small: each is checked for strings
+                # only if it can hold one to refuse, as the whole request was.
                 for i, v in enumerate(value):
-                    self.message(v, f"{path}[{i}].")
+                    self.message(v, f"{path}[{i}].", strings and self._strings_in(v))
             else:
-                self.message(value, path + ".")
+                self.message(value, path + ".", strings)
 
 
 def check_request(request: Message, limit: int) -> None:
@@ -121,8 +126,8 @@ def check_request(request: Message, limit: int) -> None:
     strings = request.ByteSize() > limit or b"\x00" in request.SerializeToString()
     if not (strings or times):
         return
-    walk = _Walk(limit, strings, times)
-    walk.message(request, "")
+    walk = _Walk(limit, times)
+    walk.message(request, "", strings)
     if not walk.violations:
         return
     long = [
