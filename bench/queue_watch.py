@@ -444,6 +444,7 @@ async def baseline_side(watchers: int, rounds: int, channels: int, sample: bytes
         rss_open = rss_kib(proc.pid)
         trigger = chans[0].unary_unary("/bench.Fanout/Trigger")
         latencies: list[float] = []
+        per_round = []
         round_cpu = 0.0
         client_gc_off()
         for r in range(rounds):
@@ -456,7 +457,9 @@ async def baseline_side(watchers: int, rounds: int, channels: int, sample: bytes
             while len(stamps.get(r, [])) < watchers:
                 await asyncio.sleep(0.01)
             round_cpu += cpu_s(proc.pid) - cpu_before
-            latencies.extend(t - t0 for t in stamps[r])
+            got = [t - t0 for t in stamps[r]]
+            per_round.append(summary(got, watchers))
+            latencies.extend(got)
         gc.enable()
         for call in calls:
             call.cancel()
@@ -471,6 +474,7 @@ async def baseline_side(watchers: int, rounds: int, channels: int, sample: bytes
         "update_latency": summary(latencies, watchers * rounds),
         "server_cpu_us_per_update": round(round_cpu / max(len(latencies), 1) * 1e6, 1),
         "kib_per_stream": round((rss_open - rss_before) / watchers, 2),
+        "rounds": per_round,
     }
 
 
