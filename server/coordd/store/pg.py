@@ -1,16 +1,18 @@
 """The PostgreSQL connection pool, sending fewer round trips per transaction.
 
-Each round trip to PostgreSQL costs this thread a wake-up, and another for the GIL when it comes
-back: on a busy 2-core machine that was 0.8-1.8 ms a statement (a batch of registrations is ten
-statements). Two things need no answer of their own, so they ride along with the next statement:
+Each round trip to PostgreSQL costs the calling thread a wake-up, and another for the GIL when
+the answer comes back. Two things need no answer of their own, so they ride along with the next
+statement (measured, docs/PERFORMANCE.md "Issue #18, session 9": ~10% on the job paths'
+throughput and server CPU, nothing measurable on Register):
 
 - `BEGIN`: sent in front of the transaction's first statement (psycopg2 sends a query text with
   several statements in one message; the answer is the last one's). A transaction that ran no
   statement sends neither BEGIN nor COMMIT.
 - writes passed to `defer(sql, params)`: a write whose answer the caller does not need (an
   INSERT without RETURNING). It is sent in front of the next statement, or of the COMMIT, in the
-  same transaction, in order. Its error, should it fail, is raised by that next statement: only
-  code that treats any error of the transaction alike may defer (see its callers).
+  same transaction, in order. Its error, should it fail, is raised by that next statement (at the
+  latest by the end of the savepoint or transaction it was made in, whose RELEASE or COMMIT carries
+  it): only code that treats any error there alike may defer (see its callers).
 
 Order is kept exactly: whatever is pending goes first, and a caller that takes a raw cursor
 (COPY, execute_values) gets the pending statements sent before it.
@@ -102,6 +104,12 @@ class PostgresDatabase(PooledPostgresqlDatabase):  # type: ignore[misc]
             raise peewee.InterfaceError("Cannot commit, database connection not open.")
         with peewee.__exception_wrapper__:
             self._state.conn.cursor().execute(prefix + "COMMIT")
+
+    def close(self) -> bool:
+        # peewee closes no connection inside a transaction, whose end clears what is pending;
+        # this is only so that nothing unsent can ever outlive its connection's use here.
+        self._pending.conn, self._pending.texts = None, []
+        return bool(super().close())
 
     def rollback(self) -> None:
         texts = self._texts()
