@@ -13,7 +13,6 @@ import pytest
 from psycopg2.extras import LoggingConnection
 
 from coordd.store.pg import PostgresDatabase
-from tests.support import infra
 
 
 class _Sent(list[str]):
@@ -41,7 +40,6 @@ class RecordingDatabase(PostgresDatabase):
 
 @pytest.fixture
 def db(pg_session_database: str) -> Iterator[RecordingDatabase]:
-    infra.require("postgresql")
     database = RecordingDatabase(pg_session_database)
     database.execute_sql("CREATE TABLE IF NOT EXISTS round_trip_probe (k text PRIMARY KEY, v text)")
     database.execute_sql("DELETE FROM round_trip_probe")
@@ -125,6 +123,10 @@ def test_percent_signs_in_deferred_values_are_stored_as_they_are(db):
         # Like execute_sql, a text is always interpolated: a literal percent is written %%.
         db.defer("INSERT INTO round_trip_probe VALUES ('i', '10%%')")
     assert _rows(db) == {"g": "100% %s %%", "h": "50%", "i": "10%"}
+    with db.atomic():  # a pending write before a statement without parameters
+        db.defer("INSERT INTO round_trip_probe VALUES (%s, %s)", ("j", "5% off"))
+        assert db.execute_sql("SELECT count(*) FROM round_trip_probe").fetchone() == (4,)
+    assert _rows(db)["j"] == "5% off"
 
 
 def test_a_raw_cursor_sees_the_pending_writes_sent_first(db):

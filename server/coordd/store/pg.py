@@ -89,9 +89,8 @@ class PostgresDatabase(PooledPostgresqlDatabase):  # type: ignore[misc]
         return super().cursor(named_cursor)
 
     def _execute_cursor(self, sql: str, params: Any, **cursor_options: Any) -> Any:
-        prefix = self._take()
-        if prefix and params is not None:
-            prefix = prefix.replace("%", "%%")  # the driver interpolates the whole text
+        # peewee passes `params or ()`, so the driver interpolates the whole text, always.
+        prefix = self._take().replace("%", "%%")
         return super()._execute_cursor(prefix + sql, params, **cursor_options)
 
     def commit(self) -> None:
