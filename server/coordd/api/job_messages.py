@@ -339,7 +339,11 @@ def leased_to_proto(leased: jobs.Leased) -> job_pb2.LeasedJob:
 # What the jobs of one claim usually share (one submitter's batch of one model, leased together:
 # one lease id, start time and expiry): a claim reply's jobs that agree on these are copies of one
 # message, each given its own id, attempt, input and create time.
-_LEASE_SHARED = operator.itemgetter(1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 17, 18, 20, 21)  # ClaimedRow
+_LEASE_SHARED = operator.attrgetter(
+    "submitter", "kind", "model_ref", "gpus", "budget", "priority", "max_attempts", "schedule_to_start_ms",
+    "start_to_close_ms", "heartbeat_ms", "schedule_to_close_ms", "provider", "lease_expire_us", "start_us",
+    "payload_purged",
+)  # fmt: skip
 
 
 def claim_reply(leased: list[jobs.Leased]) -> job_pb2.ClaimJobsResponse:
