@@ -150,3 +150,70 @@ def test_a_rolled_back_savepoint_undoes_the_deferred_writes_made_inside_it(db):
 def test_defer_outside_a_transaction_writes_at_once(db):
     db.defer("INSERT INTO round_trip_probe VALUES (%s, %s)", ("m", "now"))
     assert _rows(db) == {"m": "now"}
+
+
+def test_savepoints_go_with_the_next_statement(db):
+    with db.atomic():
+        with db.atomic():  # a savepoint
+            db.execute_sql("INSERT INTO round_trip_probe VALUES (%s, %s)", ("m", "1"))
+        db.execute_sql("INSERT INTO round_trip_probe VALUES (%s, %s)", ("n", "1"))
+    sid = db.sent[0].split("\n")[1].removeprefix("SAVEPOINT ").rstrip(";")
+    assert db.sent == [
+        f"BEGIN;\nSAVEPOINT {sid};\nINSERT INTO round_trip_probe VALUES ('m', '1')",
+        f"RELEASE SAVEPOINT {sid};\nINSERT INTO round_trip_probe VALUES ('n', '1')",
+        "COMMIT",
+    ]
+    assert _rows(db) == {"m": "1", "n": "1"}
+
+
+def test_a_savepoint_that_ran_nothing_sends_nothing(db):
+    with db.atomic():
+        with db.atomic():
+            pass
+        with pytest.raises(RuntimeError), db.atomic():
+            raise RuntimeError("before any statement")
+        db.execute_sql("SELECT 1")
+    assert db.sent == ["BEGIN;\nSELECT 1", "COMMIT"]
+
+
+def test_a_savepoint_rolled_back_before_anything_was_sent_drops_its_writes_unsent(db):
+    with db.atomic():
+        with pytest.raises(RuntimeError), db.atomic():
+            db.defer("INSERT INTO round_trip_probe VALUES (%s, %s)", ("o", "undone"))
+            raise RuntimeError("undo the savepoint")
+        db.execute_sql("INSERT INTO round_trip_probe VALUES (%s, %s)", ("p", "kept"))
+    assert not any("'o'" in text for text in db.sent)
+    assert _rows(db) == {"p": "kept"}
+
+
+def test_a_failing_statement_in_a_savepoint_rolls_back_only_the_savepoint(db):
+    db.execute_sql("INSERT INTO round_trip_probe VALUES ('q', 'first')")
+    with db.atomic():
+        db.execute_sql("UPDATE round_trip_probe SET v = 'outer' WHERE k = 'q'")
+        with pytest.raises(peewee.IntegrityError), db.atomic():
+            db.execute_sql("INSERT INTO round_trip_probe VALUES (%s, %s)", ("r", "inner"))
+            db.execute_sql("INSERT INTO round_trip_probe VALUES (%s, %s)", ("q", "duplicate"))
+        db.execute_sql("INSERT INTO round_trip_probe VALUES (%s, %s)", ("s", "after"))
+    assert _rows(db) == {"q": "outer", "s": "after"}
+
+
+def test_a_deferred_write_inside_a_savepoint_fails_the_savepoint_not_what_follows(db):
+    db.execute_sql("INSERT INTO round_trip_probe VALUES ('t', 'first')")
+    with db.atomic():
+        with pytest.raises(peewee.IntegrityError), db.atomic():
+            db.execute_sql("SELECT 1")
+            db.defer("INSERT INTO round_trip_probe VALUES (%s, %s)", ("t", "duplicate"))
+        db.execute_sql("INSERT INTO round_trip_probe VALUES (%s, %s)", ("u", "after"))
+    assert _rows(db) == {"t": "first", "u": "after"}
+
+
+def test_a_deferred_write_before_a_savepoint_fails_before_it(db):
+    db.execute_sql("INSERT INTO round_trip_probe VALUES ('v', 'first')")
+    entered = False
+    with pytest.raises(peewee.IntegrityError), db.atomic():
+        db.execute_sql("SELECT 1")
+        db.defer("INSERT INTO round_trip_probe VALUES (%s, %s)", ("v", "duplicate"))
+        with db.atomic():
+            entered = True
+    assert not entered  # raised by the savepoint's own SAVEPOINT, as if sent at once
+    assert _rows(db) == {"v": "first"}

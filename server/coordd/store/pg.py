@@ -14,6 +14,12 @@ throughput and server CPU, nothing measurable on Register):
   latest by the end of the savepoint or transaction it was made in, whose RELEASE or COMMIT carries
   it): only code that treats any error there alike may defer (see its callers).
 
+- savepoints (`atomic()` inside a transaction): `SAVEPOINT` and `RELEASE SAVEPOINT` wait like
+  `BEGIN` when nothing pending could fail (only BEGIN and savepoint statements: a
+  deferred write made inside the savepoint is sent with its RELEASE, so its error is still the
+  savepoint's); a savepoint left with nothing sent since it began is dropped without a word to
+  the server, and rolling back to one that was never sent drops what it held, unsent.
+
 Order is kept exactly: whatever is pending goes first, and a caller that takes a raw cursor
 (COPY, execute_values) gets the pending statements sent before it.
 """
@@ -31,6 +37,55 @@ class _Pending(threading.local):
     def __init__(self) -> None:
         self.conn: Any = None
         self.texts: list[str] = []  # statements not sent yet: "BEGIN" first, if it is one
+
+
+# Pending statements that cannot fail on their own: a RELEASE may wait behind them.
+_HARMLESS = ("BEGIN", "SAVEPOINT ", "RELEASE SAVEPOINT ")
+
+
+class _Savepoint(peewee._savepoint):  # type: ignore[misc,name-defined]
+    """A savepoint whose statements ride with the next one (see the module)."""
+
+    db: PostgresDatabase
+
+    def _build_ctx(self) -> _Savepoint:
+        return type(self)(self.db)
+
+    def _begin(self) -> None:
+        texts = self.db._texts()
+        if all(t.startswith(_HARMLESS) for t in texts):
+            texts.append(f"SAVEPOINT {self.quoted_sid}")
+        else:  # a deferred write's error is raised before the savepoint, as it was made
+            self.db.execute_sql(f"SAVEPOINT {self.quoted_sid}")
+
+    def _unsent_at(self) -> int:
+        """Where this savepoint's SAVEPOINT stands among the pending texts, or -1 if sent."""
+        texts = self.db._texts()
+        mark = f"SAVEPOINT {self.quoted_sid}"
+        for i in range(len(texts) - 1, -1, -1):
+            if texts[i] == mark:
+                return i
+        return -1
+
+    def commit(self, begin: bool = True) -> None:
+        texts = self.db._texts()
+        if texts and texts[-1] == f"SAVEPOINT {self.quoted_sid}":
+            texts.pop()  # nothing ran inside it
+        elif all(t.startswith(_HARMLESS) for t in texts):
+            texts.append(f"RELEASE SAVEPOINT {self.quoted_sid}")
+        else:
+            self.db.execute_sql(f"RELEASE SAVEPOINT {self.quoted_sid}")
+        if begin:
+            self._begin()
+
+    def rollback(self, begin: bool = True) -> None:
+        at = self._unsent_at()
+        if at >= 0:
+            del self.db._texts()[at:]  # never sent: what it held is dropped unsent
+        else:
+            self.db.execute_sql(f"ROLLBACK TO SAVEPOINT {self.quoted_sid}")
+        if begin:
+            self._begin()
 
 
 class PostgresDatabase(PooledPostgresqlDatabase):  # type: ignore[misc]
@@ -66,6 +121,11 @@ class PostgresDatabase(PooledPostgresqlDatabase):  # type: ignore[misc]
         texts = self._texts()
         texts.clear()
         texts.append("BEGIN")
+
+    def savepoint(self) -> Any:
+        if not self.in_transaction():
+            return super().savepoint()
+        return _Savepoint(self)
 
     def defer(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> None:
         """`sql` is sent with the next statement of this transaction (see the module)."""
