@@ -59,3 +59,48 @@ def test_a_batch_that_fails_as_a_whole_fails_each_of_its_callers():
 
     outcomes = asyncio.run(scenario())
     assert all(isinstance(o, RuntimeError) and "went away" in str(o) for o in outcomes)
+
+
+def test_a_keys_next_batch_starts_in_the_pool_without_waiting_for_the_event_loop():
+    import time
+
+    started: dict[int, float] = {}
+    gate = threading.Event()
+
+    def work(key: str, items: list[int]) -> list[Any]:
+        started[items[0]] = time.monotonic()
+        if items == [0]:
+            gate.wait(5)
+        return items
+
+    async def scenario() -> tuple[list[Any], float]:
+        gatherer: Gatherer[str, int, int] = Gatherer(_Rt(), work, 10, "test")  # type: ignore[arg-type]
+        first = asyncio.ensure_future(gatherer.submit("k", 0))
+        await asyncio.sleep(0.05)  # [0] runs in the pool, held at the gate
+        second = asyncio.ensure_future(gatherer.submit("k", 1))
+        await asyncio.sleep(0)  # [1] waits for the key
+        gate.set()
+        time.sleep(0.3)  # the event loop is busy: it cannot hand [1] to the pool itself
+        busy_until = time.monotonic()
+        return list(await asyncio.gather(first, second)), busy_until
+
+    outcomes, busy_until = asyncio.run(scenario())
+    assert outcomes == [0, 1]
+    assert started[1] < busy_until  # the thread that ran [0] took [1] at once
+
+
+def test_calls_arriving_after_a_key_was_drained_start_a_new_drain():
+    def work(key: str, items: list[int]) -> list[Any]:
+        return [i + 1 for i in items]
+
+    async def scenario() -> list[int]:
+        gatherer: Gatherer[str, int, int] = Gatherer(_Rt(), work, 10, "test")  # type: ignore[arg-type]
+        out = [await gatherer.submit("k", 1)]
+        await asyncio.sleep(0.05)  # the drain ended
+        out.append(await gatherer.submit("k", 2))
+        # Submitted right as the previous drain lets go of the key: none is stranded or failed.
+        for i in range(20):
+            out.append(await gatherer.submit("k", 10 + i))
+        return out
+
+    assert asyncio.run(scenario()) == [2, 3, *range(11, 31)]
