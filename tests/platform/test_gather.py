@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -62,8 +63,6 @@ def test_a_batch_that_fails_as_a_whole_fails_each_of_its_callers():
 
 
 def test_a_keys_next_batch_starts_in_the_pool_without_waiting_for_the_event_loop():
-    import time
-
     started: dict[int, float] = {}
     gate = threading.Event()
 

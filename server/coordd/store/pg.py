@@ -40,8 +40,12 @@ class _Pending(threading.local):
         self.texts: list[str] = []  # statements not sent yet: "BEGIN" first, if it is one
 
 
-# Pending statements that cannot fail on their own: a RELEASE may wait behind them.
+# Pending statements that cannot fail on their own: a savepoint's statements may wait behind them.
 _HARMLESS = ("BEGIN", "SAVEPOINT ", "RELEASE SAVEPOINT ")
+
+
+def _harmless(texts: list[str]) -> bool:
+    return all(t.startswith(_HARMLESS) for t in texts)
 
 
 class _Savepoint(peewee._savepoint):  # type: ignore[misc,name-defined]
@@ -52,39 +56,34 @@ class _Savepoint(peewee._savepoint):  # type: ignore[misc,name-defined]
     def _build_ctx(self) -> _Savepoint:
         return type(self)(self.db)
 
+    @property
+    def _text(self) -> str:
+        return f"SAVEPOINT {self.quoted_sid}"
+
     def _begin(self) -> None:
         texts = self.db._texts()
-        if all(t.startswith(_HARMLESS) for t in texts):
-            texts.append(f"SAVEPOINT {self.quoted_sid}")
+        if _harmless(texts):
+            texts.append(self._text)
         else:  # a deferred write's error is raised before the savepoint, as it was made
-            self.db.execute_sql(f"SAVEPOINT {self.quoted_sid}")
-
-    def _unsent_at(self) -> int:
-        """Where this savepoint's SAVEPOINT stands among the pending texts, or -1 if sent."""
-        texts = self.db._texts()
-        mark = f"SAVEPOINT {self.quoted_sid}"
-        for i in range(len(texts) - 1, -1, -1):
-            if texts[i] == mark:
-                return i
-        return -1
+            self.db.execute_sql(self._text)
 
     def commit(self, begin: bool = True) -> None:
         texts = self.db._texts()
-        if texts and texts[-1] == f"SAVEPOINT {self.quoted_sid}":
+        if texts and texts[-1] == self._text:
             texts.pop()  # nothing ran inside it
-        elif all(t.startswith(_HARMLESS) for t in texts):
-            texts.append(f"RELEASE SAVEPOINT {self.quoted_sid}")
+        elif _harmless(texts):
+            texts.append(f"RELEASE {self._text}")
         else:
-            self.db.execute_sql(f"RELEASE SAVEPOINT {self.quoted_sid}")
+            self.db.execute_sql(f"RELEASE {self._text}")
         if begin:
             self._begin()
 
     def rollback(self, begin: bool = True) -> None:
-        at = self._unsent_at()
-        if at >= 0:
-            del self.db._texts()[at:]  # never sent: what it held is dropped unsent
+        texts = self.db._texts()
+        if self._text in texts:  # never sent: it and what it held are dropped unsent
+            del texts[texts.index(self._text) :]
         else:
-            self.db.execute_sql(f"ROLLBACK TO SAVEPOINT {self.quoted_sid}")
+            self.db.execute_sql(f"ROLLBACK TO {self._text}")
         if begin:
             self._begin()
 
