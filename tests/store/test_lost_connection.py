@@ -18,8 +18,10 @@ pytestmark = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 
 @pytest.fixture
 def one_thread(settings_factory, clock, backend) -> Iterator[ServerHandle]:
-    """A daemon with one database thread: the call after the failure runs where it failed."""
-    handle = ServerHandle(settings_factory(db_threads=1), clock)
+    """A daemon with one database thread: the call after the failure runs where it failed. No
+    scheduler: its tasks share that thread, and one running between the failure and the next
+    call would meet the ended connection first (and reconnect it)."""
+    handle = ServerHandle(settings_factory(db_threads=1, scheduler_enabled=False), clock)
     try:
         yield handle
     finally:
