@@ -29,9 +29,9 @@ from playhouse.pool import PooledPostgresqlDatabase
 
 from coordd.config import Settings
 from coordd.core.clock import utcnow
-from coordd.core.errors import Unavailable
+from coordd.core.errors import DomainError, Unavailable
 from coordd.core.events import Event
-from coordd.store.fields import JSONField, TimestampField
+from coordd.store import event_log
 from coordd.store.pg import PostgresDatabase
 
 database_proxy = peewee.DatabaseProxy()
@@ -201,6 +201,10 @@ class Store:
                 with self.db.atomic():
                     yield tx
                     self._finish(tx)
+        except BaseException as exc:
+            if not isinstance(exc, DomainError):  # the database's failure, not a rule's
+                event_log.forget_ids(self.db)  # see store/event_log.py
+            raise
         finally:
             self._local.tx = None
         self._local.commits = getattr(self._local, "commits", 0) + 1
@@ -224,22 +228,11 @@ class Store:
             callback(tx)
 
     def _store_events(self, tx: Tx) -> None:
-        """One prepared-text INSERT per event: peewee's query builder cost ~0.3 ms per row,
-        paid by every write that emits an event (most of them)."""
-        if not tx.pending_events:
-            return
-        p = self.db.param
-        sql = f"INSERT INTO event_log (type, subject, data, create_time) VALUES ({p}, {p}, {p}, {p})"
-        created = TimestampField().db_value(tx.now)
-        encode = JSONField().db_value
-        for type_, subject, data in tx.pending_events:
-            params = (type_, subject, encode(data), created)
-            if self.is_postgres:
-                event_id = self.db.execute_sql(sql + " RETURNING id", params).fetchone()[0]
-            else:
-                event_id = self.db.execute_sql(sql, params).lastrowid
-            tx.events.append(Event(event_id, type_, subject, data, tx.now))
-        tx.pending_events.clear()
+        """The transaction's events in one INSERT (on PostgreSQL it goes with the COMMIT:
+        store/event_log.py)."""
+        if tx.pending_events:
+            tx.events += event_log.store(self.db, tx.now, tx.pending_events)
+            tx.pending_events.clear()
 
     def ping(self) -> None:
         self.db.execute_sql("SELECT 1")

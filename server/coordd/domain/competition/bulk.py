@@ -158,7 +158,8 @@ def _newcomers(tx: Tx, comp_id: str, asks: list[Ask]) -> list[RegistrationView] 
     confirm_new(tx, comp, seated, with_channels)
     for reg in seated:
         late_reminder(tx, comp, reg)
-    store.insert_events(tx, [registration_event(reg, "created") for reg in regs])
+    for reg in regs:
+        tx.emit(*registration_event(reg, "created"))
     return views
 
 

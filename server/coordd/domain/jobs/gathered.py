@@ -27,7 +27,6 @@ from coordd.domain.jobs.unique import duplicate_error
 from coordd.runtime import Runtime
 from coordd.store.db import Tx, conflict_of
 from coordd.store.group_commit import GroupCommit
-from coordd.store.jobs.events import insert_events
 
 # Calls per batch, at most (the gatherer hands over at most this many at once).
 MAX_BATCH = 100
@@ -72,11 +71,11 @@ def _batch(tx: Tx, _key: int, asks: list[Ask]) -> list[Outcome]:
             raise  # the whole batch runs again (GroupCommit)
         for i in todo:
             out[i] = _alone(rt, tx, asks[i])
-    # The `job.submitted` event of each new job, as one call emits it, in one statement.
-    new = [(asks[i].spec, o) for i, o in enumerate(out) if isinstance(o, Submitted) and not o.existed]
-    events = [_event(spec, item) for spec, item in new]
-    if events:
-        insert_events(tx, events)
+    # The `job.submitted` event of each new job, as one call emits it (all stored in one
+    # statement with the commit: store/event_log.py).
+    for i, o in enumerate(out):
+        if isinstance(o, Submitted) and not o.existed:
+            tx.emit(*_event(asks[i].spec, o))
     return out  # type: ignore[return-value]
 
 

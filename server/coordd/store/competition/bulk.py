@@ -15,7 +15,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from coordd.core.events import Event
 from coordd.store.competition.models import (
     DRAFT,
     OPEN,
@@ -23,7 +22,7 @@ from coordd.store.competition.models import (
     CompetitionNotification,
     Registration,
 )
-from coordd.store.db import Tx, database_proxy, defer
+from coordd.store.db import database_proxy, defer
 from coordd.store.fields import JSONField
 
 _to_db = Competition.update_time.db_value
@@ -78,7 +77,6 @@ def _statements() -> tuple[Any, dict[str, str]]:
                 f'INSERT INTO "{CompetitionNotification._meta.table_name}" (registration_id, user_id,'
                 " competition_id, kind, payload, deliveries_queued, create_time) VALUES {}"
             ),
-            "events": "INSERT INTO event_log (type, subject, data, create_time) VALUES {} RETURNING id",
         }
     return db, found
 
@@ -160,20 +158,3 @@ def insert_notifications(rows: list[tuple[str, str, str, str, dict[str, Any], in
         for reg_id, user_id, comp_id, kind, payload, queued in chunk:
             params += (reg_id, user_id, comp_id, kind, _json(payload), queued, stamp)
         defer(sql["notes"].format(_values(db, 7, len(chunk))), params)
-
-
-def insert_events(tx: Tx, events: list[tuple[str, str, dict[str, Any]]]) -> None:
-    """The events of the batch in one statement, added to the transaction's committed events
-    (published after the commit, as `Tx.emit`'s are; these are stored at once instead)."""
-    db, sql = _statements()
-    stamp = _to_db(tx.now)
-    for start in range(0, len(events), CHUNK):
-        chunk = events[start : start + CHUNK]
-        params: list[Any] = []
-        for type_, subject, data in chunk:
-            params += (type_, subject, _json(data), stamp)
-        ids = sorted(
-            row[0] for row in db.execute_sql(sql["events"].format(_values(db, 4, len(chunk))), params)
-        )
-        for event_id, (type_, subject, data) in zip(ids, chunk, strict=True):
-            tx.events.append(Event(event_id, type_, subject, data, tx.now))
