@@ -17,8 +17,9 @@ from coordd.core.errors import Aborted, FailedPrecondition, InvalidArgument
 from coordd.core.principal import Principal
 from coordd.domain import competition as rules
 from coordd.domain import idempotency as idem
+from coordd.domain import notify as outbox
 from coordd.store.competition import bulk as bulk_store
-from coordd.store.competition.models import Competition, Registration
+from coordd.store.competition.models import Competition, CompetitionNotification, Registration
 from coordd.store.models import IdempotencyRecord
 from coordd_client.v1 import competition_pb2, competition_pb2_grpc
 from tests.competition.support import QUIET, bulk_users, competition_server, create, get, reg_state, stub
@@ -163,7 +164,7 @@ def test_a_batch_that_keeps_meeting_rows_written_after_its_read_registers_those_
         Principal(user_id=u, roles=frozenset({"participant"}), kind="token") for u in (first_id, second_id)
     )
     earlier = rules.register(server.rt, first, comp_id)
-    monkeypatch.setattr(bulk_store, "registration_states", lambda comp_id, users: {})
+    monkeypatch.setattr(bulk_store, "states_and_channels", lambda comp_id, users: ({}, set()))
     got = rules.register_many(server.rt, comp_id, [rules.Ask(server.rt, first), rules.Ask(server.rt, second)])
     assert not [o for o in got if isinstance(o, BaseException)], got
     mine, theirs = got
@@ -171,6 +172,34 @@ def test_a_batch_that_keeps_meeting_rows_written_after_its_read_registers_those_
     assert theirs.view.created and theirs.view.registration.state == "CONFIRMED"
     assert Registration.select().where(Registration.competition == comp_id).count() == 2
     assert Competition.get_by_id(comp_id).confirmed == 2
+
+
+def test_a_batch_queues_confirmations_to_the_newcomers_with_a_channel_and_leaves_the_registered_alone(
+    server,
+):
+    """The batch's one read of who is registered already and who has a live channel: the
+    registered user keeps the registration, only the newcomer with a channel gets a delivery."""
+    _, org = server.make_user("organizer")
+    comp_id = _comp_id(create(server, org, capacity=5))
+    (known_id, _), (hooked_id, _), (plain_id, _) = bulk_users(server, 3)
+    known, hooked, plain = (
+        Principal(user_id=u, roles=frozenset({"participant"}), kind="token")
+        for u in (known_id, hooked_id, plain_id)
+    )
+    earlier = rules.register(server.rt, known, comp_id)
+    outbox.create_channel(server.rt, hooked, "competitions", "http://127.0.0.1:9/hook", "s" * 20, [])
+
+    got = rules.register_many(server.rt, comp_id, [rules.Ask(server.rt, w) for w in (known, hooked, plain)])
+
+    assert not [o for o in got if isinstance(o, BaseException)], got
+    again, new_hooked, new_plain = got
+    assert again.view.registration.id == earlier.registration.id and not again.view.created
+    assert new_hooked.view.created and new_plain.view.created
+    queued = {
+        n.user_id: n.deliveries_queued
+        for n in CompetitionNotification.select().where(CompetitionNotification.competition == comp_id)
+    }
+    assert queued == {known_id: 0, hooked_id: 1, plain_id: 0}
 
 
 def test_register_in_a_team_competition_is_refused_and_points_to_the_team(server):

@@ -84,7 +84,11 @@ class GroupCommit(Generic[K, I, R]):
     `recover(tx, key, item, error)`, if given, runs in the transaction right after an item's
     savepoint was rolled back; what it returns is the caller's answer, or, if it is an
     exception, the caller's error. An exception it raises fails the whole batch (like any
-    other error outside the savepoints)."""
+    other error outside the savepoints).
+
+    `on_conflict(items)`, if given, is told when a batch's whole transaction met a write
+    conflict (e.g. a unique key taken meanwhile, which a deferred INSERT reports only at the
+    COMMIT), before the batch runs again: it may change how the items run then."""
 
     def __init__(
         self,
@@ -93,6 +97,7 @@ class GroupCommit(Generic[K, I, R]):
         max_batch: int,
         recover: Callable[[Tx, K, I, Exception], R | BaseException] | None = None,
         batch_work: Callable[[Tx, K, list[I]], list[R | BaseException]] | None = None,
+        on_conflict: Callable[[list[I]], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -102,6 +107,7 @@ class GroupCommit(Generic[K, I, R]):
         self.batch_work = batch_work
         self.max_batch = max_batch
         self.recover = recover
+        self.on_conflict = on_conflict
         self._groups: weakref.WeakValueDictionary[K, _Group[I, R]] = weakref.WeakValueDictionary()
         self._guard = threading.Lock()
 
@@ -239,6 +245,8 @@ class GroupCommit(Generic[K, I, R]):
                     # registration of one of the batch's users): the whole batch rolled back,
                     # so it runs again and meets the other's committed rows.
                     attempt += 1
+                    if self.on_conflict is not None:
+                        self.on_conflict(items)
                     time.sleep(random.uniform(0.005, 0.02) * attempt)
                     continue
                 conflict = store.is_postgres and conflict_of(exc)

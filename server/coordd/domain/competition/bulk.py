@@ -28,7 +28,7 @@ from coordd.core.ids import new_id
 from coordd.core.principal import Principal
 from coordd.domain import idempotency as idem
 from coordd.domain.competition.common import registration_event
-from coordd.domain.competition.notifications import confirm_new, users_with_channels
+from coordd.domain.competition.notifications import confirm_new
 from coordd.domain.competition.states import CONFIRMED, WAITLISTED
 from coordd.domain.competition.views import RegistrationView
 from coordd.domain.competition.waitlist import late_reminder, position
@@ -86,14 +86,16 @@ def run_batch(tx: Tx, comp_id: str, asks: list[Ask], one_by_one: OneByOne) -> li
             if follows_i != i:
                 follows[i] = follows_i
     todo = [i for i in range(len(asks)) if out[i] is None and i not in follows]
-    fast, slow = _split(comp_id, [asks[i] for i in todo], todo)
+    fast, slow, with_channels = _split(comp_id, [asks[i] for i in todo], todo)
     if fast:
         try:
-            views = _newcomers(tx, comp_id, [asks[i] for i in fast])
+            views = _newcomers(tx, comp_id, [asks[i] for i in fast], with_channels)
         except queries.IntegrityError as exc:
             # One of them registered meanwhile (another process, between our read of the
             # states and the insert). Run again with these callers one by one: each alone
             # meets the other's row and answers with it, so the run again cannot race again.
+            # (On PostgreSQL their INSERT waits for the COMMIT, which reports the race
+            # instead: registration._raced does the same from there.)
             for i in fast:
                 asks[i].raced = True
             raise RetryBatch(progressed=True) from exc
@@ -108,11 +110,12 @@ def run_batch(tx: Tx, comp_id: str, asks: list[Ask], one_by_one: OneByOne) -> li
     return _answers(tx, asks, out, follows)
 
 
-def _split(comp_id: str, asks: list[Ask], indexes: list[int]) -> tuple[list[int], list[int]]:
-    """(newcomers, the others): users with a registration already, or twice in the batch, or
-    raced in an earlier run of the batch, go alone."""
+def _split(comp_id: str, asks: list[Ask], indexes: list[int]) -> tuple[list[int], list[int], set[str]]:
+    """(newcomers, the others, the users with a live notification channel): users with a
+    registration already, or twice in the batch, or raced in an earlier run of the batch, go
+    alone. One read tells both who is registered and who has a channel."""
     users = list(dict.fromkeys(a.who.user_id for a in asks))
-    known = store.registration_states(comp_id, users) if users else {}
+    known, with_channels = store.states_and_channels(comp_id, users) if users else ({}, set())
     seen: set[str] = set()
     fast: list[int] = []
     slow: list[int] = []
@@ -123,14 +126,15 @@ def _split(comp_id: str, asks: list[Ask], indexes: list[int]) -> tuple[list[int]
         else:
             seen.add(user)
             fast.append(i)
-    return fast, slow
+    return fast, slow, with_channels
 
 
-def _newcomers(tx: Tx, comp_id: str, asks: list[Ask]) -> list[RegistrationView] | None:
+def _newcomers(
+    tx: Tx, comp_id: str, asks: list[Ask], with_channels: set[str]
+) -> list[RegistrationView] | None:
     """Seats (then waitlist places) for users without a registration, in one claim; None when
     the competition takes no batch claim (paid, teams, closed, missing)."""
     now = tx.now
-    with_channels = users_with_channels([a.who.user_id for a in asks])
     claimed = store.claim_seats(comp_id, len(asks), now)
     if claimed is None:
         return None

@@ -63,8 +63,18 @@ def _batch(tx: Tx, comp_id: str, asks: list[Ask]) -> list[Outcome]:
     return run_batch(tx, comp_id, asks, register_in)
 
 
+def _raced(asks: list[Ask]) -> None:
+    """The batch's transaction met a conflict, most often at its COMMIT, which carries the
+    newcomers' deferred INSERT: a user registered meanwhile (another process). The run again
+    registers everybody one by one, where such a row is the answer and cannot race again."""
+    for ask in asks:
+        ask.raced = True
+
+
 # One group per competition: its row lock serializes registrations on PostgreSQL.
-_grouped: GroupCommit[str, Ask, Registered] = GroupCommit(batch_work=_batch, max_batch=MAX_BATCH)
+_grouped: GroupCommit[str, Ask, Registered] = GroupCommit(
+    batch_work=_batch, max_batch=MAX_BATCH, on_conflict=_raced
+)
 
 
 def register_many(rt: Runtime, comp_id: str, asks: list[Ask]) -> list[Outcome]:

@@ -24,6 +24,7 @@ from coordd.store.competition.models import (
 )
 from coordd.store.db import database_proxy, defer
 from coordd.store.fields import JSONField
+from coordd.store.notify.models import Channel
 
 _to_db = Competition.update_time.db_value
 _from_db = Competition.update_time.python_value
@@ -54,6 +55,11 @@ def _statements() -> tuple[Any, dict[str, str]]:
         free = f"{greatest}(capacity - confirmed - offered, 0)"
         taken = f"(CASE WHEN waitlisted = 0 THEN {least}({p}, {free}) ELSE 0 END)"
         comp = Competition._meta.table_name
+        channel, owner, deleted = (
+            Channel._meta.table_name,
+            Channel.owner.column_name,
+            Channel.delete_time.column_name,
+        )
         found = _sql[p] = {
             "claim": (
                 f'UPDATE "{comp}" SET confirmed = confirmed + {taken},'
@@ -65,9 +71,12 @@ def _statements() -> tuple[Any, dict[str, str]]:
                 " RETURNING waitlisted, waitlist_seq, waitlist_extra, title, state, start_time, publish_time,"
                 " reminder_time, reminder_lead_s, owner_id"
             ),
+            # A registration's state, or NULL: the user has a live channel.
             "states": (
                 f'SELECT user_id, state FROM "{Registration._meta.table_name}" WHERE competition_id = {p}'
                 " AND user_id IN ({})"
+                f' UNION ALL SELECT DISTINCT {owner}, NULL FROM "{channel}" WHERE {deleted} IS NULL'
+                f" AND {owner} IN ({{}})"
             ),
             "insert": (
                 f'INSERT INTO "{Registration._meta.table_name}" (id, competition_id, user_id, state,'
@@ -86,15 +95,22 @@ def _values(db: Any, width: int, count: int) -> str:
     return ", ".join([row] * count)
 
 
-def registration_states(comp_id: str, user_ids: list[str]) -> dict[str, str]:
-    """user id -> state of the registrations these users have for the competition already."""
+def states_and_channels(comp_id: str, user_ids: list[str]) -> tuple[dict[str, str], set[str]]:
+    """(user id -> state of the registrations these users have for the competition already,
+    the users among them with a live notification channel), in one statement per chunk: a
+    batch of newcomers needs both before it claims their seats."""
     db, sql = _statements()
-    found: dict[str, str] = {}
+    states: dict[str, str] = {}
+    with_channels: set[str] = set()
     for start in range(0, len(user_ids), CHUNK):
         chunk = user_ids[start : start + CHUNK]
-        text = sql["states"].format(", ".join([db.param] * len(chunk)))
-        found.update(db.execute_sql(text, (comp_id, *chunk)).fetchall())
-    return found
+        marks = ", ".join([db.param] * len(chunk))
+        for user_id, state in db.execute_sql(sql["states"].format(marks, marks), (comp_id, *chunk, *chunk)):
+            if state is None:
+                with_channels.add(user_id)
+            else:
+                states[user_id] = state
+    return states, with_channels
 
 
 def claim_seats(comp_id: str, n: int, now: datetime) -> BatchSeats | None:
