@@ -18,6 +18,7 @@ from coordd.core.principal import Principal
 from coordd.domain import competition as rules
 from coordd.domain import idempotency as idem
 from coordd.domain import notify as outbox
+from coordd.store import idempotency_queries as idem_queries
 from coordd.store.competition import bulk as bulk_store
 from coordd.store.competition.models import Competition, CompetitionNotification, Registration
 from coordd.store.models import IdempotencyRecord
@@ -130,6 +131,36 @@ def test_a_key_committed_meanwhile_by_the_same_request_answers_with_its_reply(se
     got = rules.register_call(server.rt, who, _comp_id(comp), _in_call(user_id, "race", comp.name), _reply)
     assert got.view is None and got.replay == first.SerializeToString()
     assert Registration.select().where(Registration.user == user_id).count() == 1
+
+
+def test_a_key_committed_after_the_batch_looked_answers_with_that_reply_and_registers_once(
+    server, monkeypatch
+):
+    """The other call's record committed between this batch's look for the key and its own
+    record, which then fails (on PostgreSQL at the COMMIT, which carries it): the batch runs
+    again, finds the record and answers with the stored reply."""
+    _, org = server.make_user("organizer")
+    comp = create(server, org, capacity=5)
+    ((user_id, token),) = bulk_users(server, 1)
+    first = stub(server).Register(
+        competition_pb2.RegisterRequest(competition=comp.name),
+        metadata=bearer(token, **{"idempotency-key": "late"}),
+    )
+    looks: list[object] = []
+    real = idem_queries.records_of
+
+    def blind_the_first_time(keys):  # type: ignore[no-untyped-def]
+        looks.append(keys)
+        return {} if len(looks) == 1 else real(keys)
+
+    monkeypatch.setattr(idem_queries, "records_of", blind_the_first_time)
+    who = Principal(user_id=user_id, roles=frozenset({"participant"}), kind="token")
+    got = rules.register_call(server.rt, who, _comp_id(comp), _in_call(user_id, "late", comp.name), _reply)
+    assert got.view is None and got.replay == first.SerializeToString()
+    # PostgreSQL: the COMMIT failed and the run again looked again; SQLite's insert said at once.
+    assert len(looks) == (2 if server.rt.store.is_postgres else 1)
+    assert Registration.select().where(Registration.user == user_id).count() == 1
+    assert IdempotencyRecord.select().where(IdempotencyRecord.key == "late").count() == 1
 
 
 def test_a_key_committed_meanwhile_for_another_competition_refuses_and_registers_nobody(server):

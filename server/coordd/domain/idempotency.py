@@ -201,14 +201,19 @@ def in_call(method: str, request_bytes: bytes) -> InCall | None:
 def write_in_call(rt: Runtime, answers: list[tuple[InCall, bytes]], now: datetime) -> set[tuple[str, str]]:
     """Inside the call's transaction: the finished records (responses sealed) of these calls, in
     one statement. Returns the (scope, key) that were taken already (by a committed record: the
-    caller must answer those with `answer_from_record` and undo their effect). The others count
-    as stored once the transaction commits: see `committed`."""
+    caller must answer those with `answer_from_record` and undo their effect). On PostgreSQL the
+    statement goes with the COMMIT and returns nothing: a key taken meanwhile fails the commit as
+    a write conflict instead (store/idempotency_queries.py: `insert_done`), and the batch's run
+    again finds the record (`look_in_call`). The others count as stored once the transaction
+    commits: see `committed`."""
     expire_time = now + timedelta(seconds=rt.settings.idempotency_retention_s)
     rows = []
     for k, response in answers:
         sealed = rt.sealer.seal_bytes(response, _seal_context(k.scope, k.key))
         rows.append((k.scope, k.key, k.method, k.digest, sealed, now, expire_time))
     inserted = queries.insert_done(rows)
+    if inserted is None:
+        return set()
     return {(k.scope, k.key) for k, _ in answers} - inserted
 
 

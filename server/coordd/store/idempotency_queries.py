@@ -14,6 +14,7 @@ import peewee
 from coordd.store.db import Store
 from coordd.store.idempotency_marks import APPLIED, DONE, RUNNING
 from coordd.store.models import IdempotencyRecord
+from coordd.store.pg import PostgresDatabase
 
 # Raised when a concurrent first call inserted the same key between a read and an insert.
 DuplicateKey = peewee.IntegrityError
@@ -145,11 +146,16 @@ def find_record(scope: str, key: str) -> Found | None:
     return Found(row[0], row[1], row[2], bytes(row[3]) if row[3] is not None else None) if row else None
 
 
-def insert_done(rows: list[tuple[str, str, str, str, bytes, datetime, datetime]]) -> set[tuple[str, str]]:
+def insert_done(
+    rows: list[tuple[str, str, str, str, bytes, datetime, datetime]],
+) -> set[tuple[str, str]] | None:
     """Finished records (scope, key, method, request hash, response, now, expire time) in one
-    statement, each unless its key exists; returns the (scope, key) of those inserted.
-    PostgreSQL waits for a transaction that is inserting the same key and skips it once that
-    one commits, so a key found taken here belongs to a committed record."""
+    statement. SQLite: each unless its key exists; returns the (scope, key) of those inserted.
+    PostgreSQL: all of them, deferred to go with the transaction's COMMIT (store/pg.py), which a
+    key taken meanwhile fails as a unique violation (after waiting for a transaction inserting
+    the same key to end); returns None. The caller looked for these keys in this transaction
+    first (`records_of`), so such a key belongs to a record committed since: its batch runs
+    again (store/group_commit.py) and finds it."""
     if not rows:
         return set()
     db = IdempotencyRecord._meta.database
@@ -163,9 +169,12 @@ def insert_done(rows: list[tuple[str, str, str, str, bytes, datetime, datetime]]
     sql = (
         f'INSERT INTO "{IdempotencyRecord._meta.table_name}" (scope, "key", method, request_hash, state,'
         f" response, locked_until, expire_time, create_time) VALUES {values}"
-        ' ON CONFLICT DO NOTHING RETURNING scope, "key"'
     )
-    return {(scope, key) for scope, key in db.execute_sql(sql, params).fetchall()}
+    if isinstance(db.obj, PostgresDatabase):  # the store's database behind peewee's proxy
+        db.obj.defer(sql, params)
+        return None
+    inserted = db.execute_sql(sql + ' ON CONFLICT DO NOTHING RETURNING scope, "key"', params)
+    return {(scope, key) for scope, key in inserted}
 
 
 class Live(NamedTuple):
