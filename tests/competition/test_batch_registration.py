@@ -163,6 +163,48 @@ def test_a_key_committed_after_the_batch_looked_answers_with_that_reply_and_regi
     assert IdempotencyRecord.select().where(IdempotencyRecord.key == "late").count() == 1
 
 
+def _count_looks(monkeypatch) -> list[object]:  # type: ignore[no-untyped-def]
+    looks: list[object] = []
+    real = idem_queries.records_of
+
+    def counted(keys):  # type: ignore[no-untyped-def]
+        looks.append(keys)
+        return real(keys)
+
+    monkeypatch.setattr(idem_queries, "records_of", counted)
+    return looks
+
+
+def test_on_postgresql_a_fresh_key_is_not_looked_up_and_a_used_one_is_found_at_the_commit(
+    server, monkeypatch
+):
+    """PostgreSQL writes a batch's records unlooked (a retry is rare): a key used before fails
+    the COMMIT, and the run again looks and replays. SQLite looks on every run."""
+    _, org = server.make_user("organizer")
+    comp = create(server, org, capacity=5)
+    (fresh_id, _), (used_id, used_token) = bulk_users(server, 2)
+    first = stub(server).Register(
+        competition_pb2.RegisterRequest(competition=comp.name),
+        metadata=bearer(used_token, **{"idempotency-key": "again"}),
+    )
+    looks = _count_looks(monkeypatch)
+    fresh, used = (
+        Principal(user_id=u, roles=frozenset({"participant"}), kind="token") for u in (fresh_id, used_id)
+    )
+
+    got = rules.register_call(server.rt, fresh, _comp_id(comp), _in_call(fresh_id, "new", comp.name), _reply)
+    assert got.view is not None and got.view.created
+    assert len(looks) == (0 if server.rt.store.is_postgres else 1)
+
+    again = rules.register_call(
+        server.rt, used, _comp_id(comp), _in_call(used_id, "again", comp.name), _reply
+    )
+    assert again.view is None and again.replay == first.SerializeToString()
+    assert len(looks) == (1 if server.rt.store.is_postgres else 2)
+    assert Registration.select().where(Registration.user == used_id).count() == 1
+    assert IdempotencyRecord.select().where(IdempotencyRecord.key == "again").count() == 1
+
+
 def test_a_key_committed_meanwhile_for_another_competition_refuses_and_registers_nobody(server):
     _, org = server.make_user("organizer")
     comp = create(server, org, capacity=5)
@@ -231,6 +273,36 @@ def test_a_batch_queues_confirmations_to_the_newcomers_with_a_channel_and_leaves
         for n in CompetitionNotification.select().where(CompetitionNotification.competition == comp_id)
     }
     assert queued == {known_id: 0, hooked_id: 1, plain_id: 0}
+
+
+def test_a_race_met_by_the_newcomers_is_theirs_even_when_registered_users_follow_in_the_batch(
+    server, monkeypatch
+):
+    """The newcomers' INSERT meets a row written after the batch's read, and the batch also
+    holds a user registered before, who goes alone in a savepoint after them: the race is the
+    newcomers' (their INSERT is sent before that savepoint), the batch runs again one by one,
+    and every caller gets an answer."""
+    _, org = server.make_user("organizer")
+    comp_id = _comp_id(create(server, org, capacity=5))
+    (hidden_id, _), (new_id, _), (known_id, _) = bulk_users(server, 3)
+    hidden, new, known = (
+        Principal(user_id=u, roles=frozenset({"participant"}), kind="token")
+        for u in (hidden_id, new_id, known_id)
+    )
+    earlier = rules.register(server.rt, hidden, comp_id)  # the read below never sees it
+    rules.register(server.rt, known, comp_id)
+    monkeypatch.setattr(
+        bulk_store, "states_and_channels", lambda comp_id, users: ({known_id: "CONFIRMED"}, set())
+    )
+
+    got = rules.register_many(server.rt, comp_id, [rules.Ask(server.rt, w) for w in (hidden, new, known)])
+
+    assert not [o for o in got if isinstance(o, BaseException)], got
+    mine, fresh, again = got
+    assert mine.view.registration.id == earlier.registration.id and not mine.view.created
+    assert fresh.view.created and not again.view.created
+    assert Registration.select().where(Registration.competition == comp_id).count() == 3
+    assert Competition.get_by_id(comp_id).confirmed == 3
 
 
 def test_register_in_a_team_competition_is_refused_and_points_to_the_team(server):

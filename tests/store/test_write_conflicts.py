@@ -111,3 +111,24 @@ def test_a_conflict_after_a_commit_is_aborted_not_repeated(server, probe):
     assert len(attempts) == 1  # the first transaction's effect is not applied twice
     with rt.store.read():
         assert probe.execute_sql("SELECT v FROM conflict_probe WHERE k = 'a'").fetchone()[0] == 1
+
+
+def test_a_used_idempotency_key_is_told_apart_from_other_unique_violations(server, probe):
+    """A keyed batch's deferred record meeting a key used before fails its COMMIT; the run again
+    must look for keys (idempotency), not register one by one as for a row race."""
+    from datetime import UTC, datetime, timedelta
+
+    import peewee
+
+    from coordd.store import idempotency_queries as queries
+
+    now = datetime.now(UTC)
+    row = ("users/u1", "used", "/Register", "digest", b"sealed", now, now + timedelta(hours=1))
+    with server.rt.store.write():
+        queries.insert_done([row])
+    with pytest.raises(peewee.IntegrityError) as record, server.rt.store.write():
+        queries.insert_done([row])  # deferred: the COMMIT reports it
+    with pytest.raises(peewee.IntegrityError) as other, server.rt.store.write():
+        probe.execute_sql("INSERT INTO conflict_probe VALUES ('a', 1)")
+    assert queries.is_record_conflict(record.value)
+    assert not queries.is_record_conflict(other.value)

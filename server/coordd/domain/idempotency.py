@@ -47,7 +47,9 @@ __all__ = [
     "claims_in_call",
     "complete",
     "in_call",
+    "key_was_used",
     "look_in_call",
+    "looks_first",
     "release",
     "request_hash",
     "write_in_call",
@@ -196,6 +198,20 @@ def in_call(method: str, request_bytes: bytes) -> InCall | None:
     # Nothing of this call will ever be `running` to mark: the record is written finished.
     pending.applied = True
     return InCall(pending.scope, pending.key, method, request_hash(method, request_bytes), pending)
+
+
+def looks_first(rt: Runtime) -> bool:
+    """Whether a batch's keyed calls look for their keys (`look_in_call`) before their effect on
+    every run. SQLite: yes. PostgreSQL: only on a run again after a conflict; the first run
+    writes its records unlooked, with the COMMIT, and a key used before fails that COMMIT
+    (`key_was_used`): retries are rare, so the common call saves the look's round trip."""
+    return not rt.store.is_postgres
+
+
+def key_was_used(exc: BaseException) -> bool:
+    """Whether a batch's failed COMMIT (PostgreSQL) was one of its records meeting a key used
+    before: its run again must look for its keys first."""
+    return queries.is_record_conflict(exc)
 
 
 def write_in_call(rt: Runtime, answers: list[tuple[InCall, bytes]], now: datetime) -> set[tuple[str, str]]:

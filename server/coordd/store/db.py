@@ -53,6 +53,14 @@ def defer(sql: str, params: tuple[Any, ...] | list[Any] = ()) -> None:
         db.execute_sql(sql, params)
 
 
+def flush() -> None:
+    """Sends the writes deferred so far (PostgreSQL), so that an error of theirs is raised here,
+    not by an unrelated statement after them (e.g. in another caller's savepoint)."""
+    db = database_proxy.obj
+    if isinstance(db, PostgresDatabase):
+        db.flush()
+
+
 def conflict_of(exc: BaseException) -> str:
     """The kind of write conflict a (peewee-wrapped) PostgreSQL error is, or ""."""
     for candidate in (*(exc.args[:1] if exc.args else ()), exc.__cause__, exc.__context__, exc):

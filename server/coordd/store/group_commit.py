@@ -86,7 +86,7 @@ class GroupCommit(Generic[K, I, R]):
     exception, the caller's error. An exception it raises fails the whole batch (like any
     other error outside the savepoints).
 
-    `on_conflict(items)`, if given, is told when a batch's whole transaction met a write
+    `on_conflict(items, error)`, if given, is told when a batch's whole transaction met a write
     conflict (e.g. a unique key taken meanwhile, which a deferred INSERT reports only at the
     COMMIT), before the batch runs again: it may change how the items run then."""
 
@@ -97,7 +97,7 @@ class GroupCommit(Generic[K, I, R]):
         max_batch: int,
         recover: Callable[[Tx, K, I, Exception], R | BaseException] | None = None,
         batch_work: Callable[[Tx, K, list[I]], list[R | BaseException]] | None = None,
-        on_conflict: Callable[[list[I]], None] | None = None,
+        on_conflict: Callable[[list[I], Exception], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -246,7 +246,7 @@ class GroupCommit(Generic[K, I, R]):
                     # so it runs again and meets the other's committed rows.
                     attempt += 1
                     if self.on_conflict is not None:
-                        self.on_conflict(items)
+                        self.on_conflict(items, exc)
                     time.sleep(random.uniform(0.005, 0.02) * attempt)
                     continue
                 conflict = store.is_postgres and conflict_of(exc)

@@ -177,6 +177,16 @@ def insert_done(
     return {(scope, key) for scope, key in inserted}
 
 
+def is_record_conflict(exc: BaseException) -> bool:
+    """Whether a (peewee-wrapped) PostgreSQL unique violation was a record's key: `insert_done`
+    on PostgreSQL reports a key used before that way, at the COMMIT."""
+    for candidate in (exc, exc.__cause__, exc.__context__, *(exc.args[:1] if exc.args else ())):
+        diag = getattr(candidate, "diag", None)
+        if diag is not None and getattr(candidate, "pgcode", None) == "23505":
+            return bool(diag.table_name == IdempotencyRecord._meta.table_name)
+    return False
+
+
 class Live(NamedTuple):
     """A record as `records_of` reads it (times as datetimes)."""
 

@@ -54,6 +54,9 @@ class Ask:
     # Set when a batch's one-statement insert met a row another process wrote meanwhile: the
     # run again registers this caller alone, where such a row is the answer.
     raced: bool = False
+    # Set when a batch's transaction met a conflict: the run again looks for the key first
+    # (PostgreSQL skips that look on a first run: idempotency.looks_first).
+    look: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,12 +93,14 @@ def run_batch(tx: Tx, comp_id: str, asks: list[Ask], one_by_one: OneByOne) -> li
     if fast:
         try:
             views = _newcomers(tx, comp_id, [asks[i] for i in fast], with_channels)
+            if views is not None and slow:
+                store.send_pending()  # their INSERT's error is theirs, not the first slow call's
         except queries.IntegrityError as exc:
             # One of them registered meanwhile (another process, between our read of the
             # states and the insert). Run again with these callers one by one: each alone
             # meets the other's row and answers with it, so the run again cannot race again.
             # (On PostgreSQL their INSERT waits for the COMMIT, which reports the race
-            # instead: registration._raced does the same from there.)
+            # instead: registration._conflicted does the same from there.)
             for i in fast:
                 asks[i].raced = True
             raise RetryBatch(progressed=True) from exc
@@ -226,7 +231,12 @@ def _replays(tx: Tx, asks: list[Ask], out: list[Outcome | RegistrationView | Non
     keyed = [(i, ask) for i, ask in enumerate(asks) if ask.keyed is not None and out[i] is None]
     if not keyed:
         return
-    found = idem.look_in_call(keyed[0][1].rt, [ask.keyed for _, ask in keyed], tx.now)  # type: ignore[misc]
+    rt = keyed[0][1].rt
+    if not idem.looks_first(rt):
+        keyed = [(i, ask) for i, ask in keyed if ask.look]
+        if not keyed:
+            return
+    found = idem.look_in_call(rt, [ask.keyed for _, ask in keyed], tx.now)  # type: ignore[misc]
     for i, ask in keyed:
         assert ask.keyed is not None
         got = found.get((ask.keyed.scope, ask.keyed.key))

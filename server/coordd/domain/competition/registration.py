@@ -63,17 +63,21 @@ def _batch(tx: Tx, comp_id: str, asks: list[Ask]) -> list[Outcome]:
     return run_batch(tx, comp_id, asks, register_in)
 
 
-def _raced(asks: list[Ask]) -> None:
+def _conflicted(asks: list[Ask], exc: Exception) -> None:
     """The batch's transaction met a conflict, most often at its COMMIT, which carries the
-    newcomers' deferred INSERT: a user registered meanwhile (another process). The run again
-    registers everybody one by one, where such a row is the answer and cannot race again."""
+    deferred INSERTs (PostgreSQL): a key used before (idempotency.looks_first), or a user
+    registered meanwhile by another process. The run again looks for every key first, and after
+    a registration's conflict registers everybody one by one, where such a row is the answer
+    and cannot race again."""
+    used = idem.key_was_used(exc)
     for ask in asks:
-        ask.raced = True
+        ask.look = True
+        ask.raced = ask.raced or not used
 
 
 # One group per competition: its row lock serializes registrations on PostgreSQL.
 _grouped: GroupCommit[str, Ask, Registered] = GroupCommit(
-    batch_work=_batch, max_batch=MAX_BATCH, on_conflict=_raced
+    batch_work=_batch, max_batch=MAX_BATCH, on_conflict=_conflicted
 )
 
 
