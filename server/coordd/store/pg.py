@@ -10,7 +10,8 @@ for one-per-call SubmitJob, whose gathered batch went from 6 round trips to 4):
   several statements in one message; the answer is the last one's). A transaction that ran no
   statement sends neither BEGIN nor COMMIT.
 - writes passed to `defer(sql, params)`: a write whose answer the caller does not need (an
-  INSERT without RETURNING). It is sent in front of the next statement, or of the COMMIT, in the
+  INSERT without RETURNING: every write's events, store/event_log.py; a register batch's rows and
+  idempotency records). It is sent in front of the next statement, or of the COMMIT, in the
   same transaction, in order. Its error, should it fail, is raised by that next statement (at the
   latest by the end of the savepoint or transaction it was made in, whose RELEASE or COMMIT carries
   it): only code that treats any error there alike may defer (see its callers).
