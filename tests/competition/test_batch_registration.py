@@ -117,16 +117,33 @@ def _reply(view: rules.RegistrationView) -> bytes:
     return register_reply(view)
 
 
-def test_a_key_committed_meanwhile_by_the_same_request_answers_with_its_reply(server):
-    """Two calls with one key both passed the claim's look (neither record existed yet): the one
-    that commits second writes nothing and answers with the first one's stored reply."""
+def _competition_with_participants(server, n: int):  # type: ignore[no-untyped-def]
+    """An open competition (capacity 5) and `n` participants: (competition id, [(user id, principal)])."""
+    _, org = server.make_user("organizer")
+    comp_id = _comp_id(create(server, org, capacity=5))
+    people = [
+        (user_id, Principal(user_id=user_id, roles=frozenset({"participant"}), kind="token"))
+        for user_id, _ in bulk_users(server, n)
+    ]
+    return comp_id, people
+
+
+def _keyed_first_call(server, key: str):  # type: ignore[no-untyped-def]
+    """A competition and a user whose keyed Register committed: (competition, user id, reply)."""
     _, org = server.make_user("organizer")
     comp = create(server, org, capacity=5)
     ((user_id, token),) = bulk_users(server, 1)
     first = stub(server).Register(
         competition_pb2.RegisterRequest(competition=comp.name),
-        metadata=bearer(token, **{"idempotency-key": "race"}),
+        metadata=bearer(token, **{"idempotency-key": key}),
     )
+    return comp, user_id, first
+
+
+def test_a_key_committed_meanwhile_by_the_same_request_answers_with_its_reply(server):
+    """Two calls with one key both passed the claim's look (neither record existed yet): the one
+    that commits second writes nothing and answers with the first one's stored reply."""
+    comp, user_id, first = _keyed_first_call(server, "race")
     who = Principal(user_id=user_id, roles=frozenset({"participant"}), kind="token")
     got = rules.register_call(server.rt, who, _comp_id(comp), _in_call(user_id, "race", comp.name), _reply)
     assert got.view is None and got.replay == first.SerializeToString()
@@ -139,13 +156,7 @@ def test_a_key_committed_after_the_batch_looked_answers_with_that_reply_and_regi
     """The other call's record committed between this batch's look for the key and its own
     record, which then fails (on PostgreSQL at the COMMIT, which carries it): the batch runs
     again, finds the record and answers with the stored reply."""
-    _, org = server.make_user("organizer")
-    comp = create(server, org, capacity=5)
-    ((user_id, token),) = bulk_users(server, 1)
-    first = stub(server).Register(
-        competition_pb2.RegisterRequest(competition=comp.name),
-        metadata=bearer(token, **{"idempotency-key": "late"}),
-    )
+    comp, user_id, first = _keyed_first_call(server, "late")
     looks: list[object] = []
     real = idem_queries.records_of
 
@@ -180,13 +191,8 @@ def test_on_postgresql_a_fresh_key_is_not_looked_up_and_a_used_one_is_found_at_t
 ):
     """PostgreSQL writes a batch's records unlooked (a retry is rare): a key used before fails
     the COMMIT, and the run again looks and replays. SQLite looks on every run."""
-    _, org = server.make_user("organizer")
-    comp = create(server, org, capacity=5)
-    (fresh_id, _), (used_id, used_token) = bulk_users(server, 2)
-    first = stub(server).Register(
-        competition_pb2.RegisterRequest(competition=comp.name),
-        metadata=bearer(used_token, **{"idempotency-key": "again"}),
-    )
+    comp, used_id, first = _keyed_first_call(server, "again")
+    ((fresh_id, _),) = bulk_users(server, 1)
     looks = _count_looks(monkeypatch)
     fresh, used = (
         Principal(user_id=u, roles=frozenset({"participant"}), kind="token") for u in (fresh_id, used_id)
@@ -252,12 +258,8 @@ def test_a_batch_queues_confirmations_to_the_newcomers_with_a_channel_and_leaves
 ):
     """The batch's one read of who is registered already and who has a live channel: the
     registered user keeps the registration, only the newcomer with a channel gets a delivery."""
-    _, org = server.make_user("organizer")
-    comp_id = _comp_id(create(server, org, capacity=5))
-    (known_id, _), (hooked_id, _), (plain_id, _) = bulk_users(server, 3)
-    known, hooked, plain = (
-        Principal(user_id=u, roles=frozenset({"participant"}), kind="token")
-        for u in (known_id, hooked_id, plain_id)
+    comp_id, ((known_id, known), (hooked_id, hooked), (plain_id, plain)) = _competition_with_participants(
+        server, 3
     )
     earlier = rules.register(server.rt, known, comp_id)
     outbox.create_channel(server.rt, hooked, "competitions", "http://127.0.0.1:9/hook", "s" * 20, [])
@@ -282,13 +284,7 @@ def test_a_race_met_by_the_newcomers_is_theirs_even_when_registered_users_follow
     holds a user registered before, who goes alone in a savepoint after them: the race is the
     newcomers' (their INSERT is sent before that savepoint), the batch runs again one by one,
     and every caller gets an answer."""
-    _, org = server.make_user("organizer")
-    comp_id = _comp_id(create(server, org, capacity=5))
-    (hidden_id, _), (new_id, _), (known_id, _) = bulk_users(server, 3)
-    hidden, new, known = (
-        Principal(user_id=u, roles=frozenset({"participant"}), kind="token")
-        for u in (hidden_id, new_id, known_id)
-    )
+    comp_id, ((_, hidden), (_, new), (known_id, known)) = _competition_with_participants(server, 3)
     earlier = rules.register(server.rt, hidden, comp_id)  # the read below never sees it
     rules.register(server.rt, known, comp_id)
     monkeypatch.setattr(
