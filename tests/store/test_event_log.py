@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import peewee
 import psycopg2
@@ -14,7 +15,6 @@ import pytest
 
 from coordd.core.events import Event
 from coordd.store import event_log
-from coordd.store.db import database_proxy
 from tests.store.test_round_trips import RecordingDatabase
 from tests.support.server import ServerHandle
 
@@ -67,25 +67,21 @@ def test_a_rolled_back_write_stores_and_publishes_none_of_its_events(handle):
 @pytest.fixture
 def recording(pg_session_database: str) -> Iterator[RecordingDatabase]:
     db = RecordingDatabase(pg_session_database)
-    previous = database_proxy.obj
-    database_proxy.initialize(db)
     try:
         yield db
     finally:
-        database_proxy.initialize(previous)
         db.close_all()
 
 
-def _store_in_transaction(db: peewee.Database, subjects: list[str]) -> list[Event]:
-    from datetime import UTC, datetime
-
+def _store_in_transaction(db: peewee.Database, ids: event_log.EventIds, subjects: list[str]) -> list[Event]:
     with db.atomic():
         db.execute_sql("SELECT 1")
-        return event_log.store(db, datetime.now(UTC), [("probe.made", s, {}) for s in subjects])
+        return event_log.store(db, ids, datetime.now(UTC), [("probe.made", s, {}) for s in subjects])
 
 
 def test_on_postgresql_the_events_go_with_the_commit_and_a_block_serves_many_writes(recording):
-    first = _store_in_transaction(recording, ["probes/a", "probes/b"])
+    ids = event_log.EventIds()
+    first = _store_in_transaction(recording, ids, ["probes/a", "probes/b"])
     statement, reserve, commit = recording.sent
     assert statement == "BEGIN;\nSELECT 1"
     assert "nextval" in reserve and f"generate_series(1, {event_log.BLOCK})" in reserve
@@ -93,7 +89,7 @@ def test_on_postgresql_the_events_go_with_the_commit_and_a_block_serves_many_wri
     assert "RETURNING" not in commit
 
     recording.sent.clear()
-    second = _store_in_transaction(recording, ["probes/c"])
+    second = _store_in_transaction(recording, ids, ["probes/c"])
     statement, commit = recording.sent  # no reservation this time
     assert commit.startswith("INSERT INTO event_log (id,") and commit.endswith("COMMIT")
     assert second[0].id > first[1].id > first[0].id
@@ -102,13 +98,16 @@ def test_on_postgresql_the_events_go_with_the_commit_and_a_block_serves_many_wri
 def test_two_processes_blocks_never_share_an_id(pg_session_database):
     """Two allocators (as two processes have) writing at once: no duplicate key, no id twice."""
     dbs = [RecordingDatabase(pg_session_database) for _ in range(2)]
+    allocators = [event_log.EventIds() for _ in range(2)]
     got: list[list[int]] = [[], []]
     errors: list[BaseException] = []
 
     def write(i: int) -> None:
         try:
             for n in range(event_log.BLOCK // 2 + 40):  # past one block each
-                got[i] += [e.id for e in _store_in_transaction(dbs[i], [f"probes/{i}-{n}"] * 3)]
+                got[i] += [
+                    e.id for e in _store_in_transaction(dbs[i], allocators[i], [f"probes/{i}-{n}"] * 3)
+                ]
         except BaseException as exc:
             errors.append(exc)
 

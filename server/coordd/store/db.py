@@ -171,6 +171,7 @@ class Store:
             self.db = _sqlite(settings.db_path(), settings)
         database_proxy.initialize(self.db)
         self._write_lock = threading.Lock() if self.backend == "sqlite" else None
+        self._event_ids = event_log.EventIds() if self.is_postgres else None
         self._on_commit: list[Callable[[list[Event]], None]] = []
         self._before_commit: list[Callable[[Tx], None]] = []
         self._local = threading.local()
@@ -210,8 +211,8 @@ class Store:
                     yield tx
                     self._finish(tx)
         except BaseException as exc:
-            if not isinstance(exc, DomainError):  # the database's failure, not a rule's
-                event_log.forget_ids(self.db)  # see store/event_log.py
+            if self._event_ids is not None and not isinstance(exc, DomainError):
+                self._event_ids.forget()  # the database's failure, not a rule's: see store/event_log.py
             raise
         finally:
             self._local.tx = None
@@ -239,7 +240,7 @@ class Store:
         """The transaction's events in one INSERT (on PostgreSQL it goes with the COMMIT:
         store/event_log.py)."""
         if tx.pending_events:
-            tx.events += event_log.store(self.db, tx.now, tx.pending_events)
+            tx.events += event_log.store(self.db, self._event_ids, tx.now, tx.pending_events)
             tx.pending_events.clear()
 
     def ping(self) -> None:

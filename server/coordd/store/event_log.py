@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from coordd.core.events import Event
 from coordd.store.fields import JSONField, TimestampField
-from coordd.store.pg import PostgresDatabase
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -47,7 +45,8 @@ _RESERVE = "SELECT nextval(pg_get_serial_sequence('event_log', 'id')) FROM gener
 
 
 class EventIds:
-    """A process's ids for event_log rows on one PostgreSQL database, taken a block at a time."""
+    """A process's ids for event_log rows on one PostgreSQL database, taken a block at a time
+    (the Store holds one)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -72,48 +71,48 @@ class EventIds:
             self._ids = []
 
 
-_IDS: weakref.WeakKeyDictionary[Any, EventIds] = weakref.WeakKeyDictionary()
-_IDS_LOCK = threading.Lock()
-
-
-def ids_of(db: PostgresDatabase) -> EventIds:
-    with _IDS_LOCK:
-        found = _IDS.get(db)
-        if found is None:
-            found = _IDS[db] = EventIds()
-        return found
-
-
-def forget_ids(db: peewee.Database) -> None:
-    """Drops the block in hand (after a failed write: see the module)."""
-    found = _IDS.get(db) if isinstance(db, PostgresDatabase) else None
-    if found is not None:
-        found.forget()
-
-
-def store(db: peewee.Database, now: datetime, events: list[tuple[str, str, dict[str, Any]]]) -> list[Event]:
+def store(
+    db: peewee.Database, ids: EventIds | None, now: datetime, events: list[tuple[str, str, dict[str, Any]]]
+) -> list[Event]:
     """Writes `events` (type, subject, data) in the caller's transaction; they are returned
-    with their ids, for the transaction's committed events (published after the commit)."""
+    with their ids, for the transaction's committed events (published after the commit).
+    `ids`: the store's EventIds on PostgreSQL, None on SQLite."""
     if not events:
         return []
     created = _stamp(now)
-    postgres = isinstance(db, PostgresDatabase)
-    ids = ids_of(db).take(db, len(events)) if postgres else []
+    if ids is None:
+        event_ids = _insert_returning(db, created, events)
+    else:
+        event_ids = ids.take(db, len(events))
+        _insert_named(db, event_ids, created, events)
+    return [
+        Event(event_id, type_, subject, data, now)
+        for event_id, (type_, subject, data) in zip(event_ids, events, strict=True)
+    ]
+
+
+def _insert_named(
+    db: Any, ids: list[int], created: int, events: list[tuple[str, str, dict[str, Any]]]
+) -> None:
+    """PostgreSQL: the rows under the ids taken, deferred to go with the next statement or COMMIT."""
     for start in range(0, len(events), CHUNK):
         chunk = events[start : start + CHUNK]
         params: list[Any] = []
-        if postgres:
-            for event_id, (type_, subject, data) in zip(ids[start : start + len(chunk)], chunk, strict=True):
-                params += (event_id, type_, subject, _json(data), created)
-            rows = ", ".join(["(%s, %s, %s, %s, %s)"] * len(chunk))
-            db.defer(f"INSERT INTO event_log (id, type, subject, data, create_time) VALUES {rows}", params)
-            continue
+        for event_id, (type_, subject, data) in zip(ids[start : start + len(chunk)], chunk, strict=True):
+            params += (event_id, type_, subject, _json(data), created)
+        rows = ", ".join(["(%s, %s, %s, %s, %s)"] * len(chunk))
+        db.defer(f"INSERT INTO event_log (id, type, subject, data, create_time) VALUES {rows}", params)
+
+
+def _insert_returning(db: Any, created: int, events: list[tuple[str, str, dict[str, Any]]]) -> list[int]:
+    """SQLite: the rows, and the ids they were given, in order."""
+    ids: list[int] = []
+    for start in range(0, len(events), CHUNK):
+        chunk = events[start : start + CHUNK]
+        params: list[Any] = []
         for type_, subject, data in chunk:
             params += (type_, subject, _json(data), created)
         rows = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
         sql = f"INSERT INTO event_log (type, subject, data, create_time) VALUES {rows} RETURNING id"
         ids += sorted(row[0] for row in db.execute_sql(sql, params))
-    return [
-        Event(event_id, type_, subject, data, now)
-        for event_id, (type_, subject, data) in zip(ids, events, strict=True)
-    ]
+    return ids

@@ -36,7 +36,7 @@ from coordd.runtime import Runtime
 from coordd.store.competition import bulk as store
 from coordd.store.competition import queries
 from coordd.store.competition.models import Registration
-from coordd.store.db import Tx
+from coordd.store.db import Tx, flush
 from coordd.store.group_commit import RetryBatch
 
 
@@ -94,7 +94,7 @@ def run_batch(tx: Tx, comp_id: str, asks: list[Ask], one_by_one: OneByOne) -> li
         try:
             views = _newcomers(tx, comp_id, [asks[i] for i in fast], with_channels)
             if views is not None and slow:
-                store.send_pending()  # their INSERT's error is theirs, not the first slow call's
+                flush()  # their deferred INSERT now: its error is theirs, not the first slow call's
         except queries.IntegrityError as exc:
             # One of them registered meanwhile (another process, between our read of the
             # states and the insert). Run again with these callers one by one: each alone

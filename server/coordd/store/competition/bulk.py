@@ -22,7 +22,7 @@ from coordd.store.competition.models import (
     CompetitionNotification,
     Registration,
 )
-from coordd.store.db import database_proxy, defer, flush
+from coordd.store.db import database_proxy, defer
 from coordd.store.fields import JSONField
 from coordd.store.notify.models import Channel
 
@@ -93,12 +93,6 @@ def _statements() -> tuple[Any, dict[str, str]]:
 def _values(db: Any, width: int, count: int) -> str:
     row = "(" + ", ".join([db.param] * width) + ")"
     return ", ".join([row] * count)
-
-
-def send_pending() -> None:
-    """The newcomers' deferred INSERTs now, so a race they meet is reported as theirs: a batch's
-    other callers run next, each in a savepoint that must not receive that error."""
-    flush()
 
 
 def states_and_channels(comp_id: str, user_ids: list[str]) -> tuple[dict[str, str], set[str]]:
