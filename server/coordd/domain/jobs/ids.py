@@ -1,7 +1,7 @@
 """Job ids for a batch of new jobs: the layout and alphabet of `core.ids.new_id` (48 bits of
 milliseconds, 80 random bits, 26 Crockford base32 characters), with one urandom call for the
-batch and the encoding done by one `base64.b32encode` of the batch instead of 26 Python steps
-per id."""
+batch and the encoding done by one `base64.b32encode` of the batch's random bits instead of 26
+Python steps per id."""
 
 from __future__ import annotations
 
@@ -22,14 +22,11 @@ def encode_id(value: int) -> str:
 
 
 def new_ids(count: int, now_ms: int | None = None) -> list[str]:
-    """`count` new ids, as `count` calls of `new_id` would give them. Each id's 20 bytes are
-    whole 5-byte base32 groups, so one b32encode of the batch encodes every id apart."""
+    """`count` new ids, as `count` calls of `new_id` would give them. An id's first 10
+    characters are its 50 high bits (two zero bits and the 48 bits of milliseconds), the same
+    for the whole batch, and its last 16 are its 80 random bits, 10 whole bytes: one
+    b32encode of the batch's noise encodes every id's random part apart."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    high = ms << 80
-    noise = os.urandom(10 * count)
-    blocks = b"".join(
-        ((high | int.from_bytes(noise[i : i + 10], "big")) << 30).to_bytes(20, "big")
-        for i in range(0, 10 * count, 10)
-    )
-    text = base64.b32encode(blocks).translate(_TO_CROCKFORD).decode()
-    return [text[i : i + 26] for i in range(0, 32 * count, 32)]
+    prefix = encode_id(ms << 80)[:10]
+    text = base64.b32encode(os.urandom(10 * count)).translate(_TO_CROCKFORD).decode()
+    return [prefix + text[i : i + 16] for i in range(0, 16 * count, 16)]
