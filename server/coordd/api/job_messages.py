@@ -160,6 +160,35 @@ def spec_from_proto(r: job_pb2.SubmitJobRequest, policy: jobs.JobPolicy, max_cla
     )
 
 
+class BatchSpecs:
+    """The specs of one batch's submissions. Submissions that differ only in their input
+    (one producer's batch, the common case) share their settings: validated once, then each
+    input alone (`jobs.with_input`: the same specs and violations as `spec_from_proto`)."""
+
+    def __init__(self, policy: jobs.JobPolicy, max_claim: int) -> None:
+        self.policy, self.max_claim = policy, max_claim
+        self._settings: dict[tuple[Any, ...], jobs.JobSpec] = {}
+
+    def spec(self, r: job_pb2.SubmitJobRequest) -> jobs.JobSpec:
+        has = r.HasField
+        if has("schedule_time") or has("unique") or r.parents or not has("input"):
+            return spec_from_proto(r, self.policy, self.max_claim)
+        key = (
+            r.kind, r.model_ref, r.requirements.SerializeToString(), r.budget, r.priority, r.max_attempts,
+            *(has(f) and getattr(r, f).SerializeToString() for f in _TIMEOUTS),
+        )  # fmt: skip
+        known = self._settings.get(key)
+        if known is None:
+            spec = self._settings[key] = spec_from_proto(r, self.policy, self.max_claim)
+            return spec
+        return jobs.with_input(known, payload_from_proto(r.input, True), self.max_claim)
+
+
+_TIMEOUTS = (
+    "schedule_to_start_timeout", "start_to_close_timeout", "heartbeat_timeout", "schedule_to_close_timeout"
+)  # fmt: skip
+
+
 def time_of(value: Any, present: bool, field_name: str = "time") -> datetime | None:
     """A Timestamp field as an aware datetime (None when unset)."""
     if not present:

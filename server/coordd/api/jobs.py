@@ -18,6 +18,7 @@ from coordd.api.job_messages import (
     STATE_PROTO,
     STATES,
     VIEWS,
+    BatchSpecs,
     add_payloads,
     attestation_to_proto,
     batch_submit_reply,
@@ -138,10 +139,10 @@ class JobServicer(JobScheduleMethods, job_pb2_grpc.JobServiceServicer):
             )
         specs: list[jobs.JobSpec] = []
         violations: list[FieldViolation] = []
-        limits = (jobs.policy_of(self.rt), jobs.largest_reply_budget(self.rt))  # once a batch
+        batch = BatchSpecs(jobs.policy_of(self.rt), jobs.largest_reply_budget(self.rt))
         for i, item in enumerate(request.requests):
             try:
-                specs.append(self._spec(item, limits))
+                specs.append(batch.spec(item))
             except InvalidArgument as exc:
                 violations.extend(
                     FieldViolation(f"requests[{i}].{v.field}", v.description) for v in exc.violations
@@ -152,11 +153,8 @@ class JobServicer(JobScheduleMethods, job_pb2_grpc.JobServiceServicer):
         queued = await self.rt.run(jobs.submit_batch, self.rt, who, specs)
         return batch_submit_reply([s.job for s in queued])
 
-    def _spec(
-        self, r: job_pb2.SubmitJobRequest, limits: tuple[jobs.JobPolicy, int] | None = None
-    ) -> jobs.JobSpec:
-        policy, max_claim = limits or (jobs.policy_of(self.rt), jobs.largest_reply_budget(self.rt))
-        return spec_from_proto(r, policy, max_claim)
+    def _spec(self, r: job_pb2.SubmitJobRequest) -> jobs.JobSpec:
+        return spec_from_proto(r, jobs.policy_of(self.rt), jobs.largest_reply_budget(self.rt))
 
     async def _submit(self, who: Principal, spec: jobs.JobSpec, waiter: Waiter | None) -> jobs.Submitted:
         """One call in its own transaction: with an idempotency key, or handed to `waiter`."""

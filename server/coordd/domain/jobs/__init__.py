@@ -68,6 +68,7 @@ from coordd.domain.jobs.specs import (
     claim_bytes,
     make_spec,
     reply_budget,
+    with_input,
     with_scheduling,
 )
 from coordd.domain.jobs.states import (
@@ -213,5 +214,6 @@ __all__ = [
     "submit_many",
     "submit_one",
     "watch_view",
+    "with_input",
     "with_scheduling",
 ]

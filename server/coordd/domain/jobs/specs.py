@@ -223,12 +223,37 @@ def make_spec(
     spec = JobSpec(
         kind, model_ref, payload, labels, gpus, budget, priority, max_attempts, s2s, s2c, hb, total
     )
+    _check_claim_bytes(spec, max_claim_bytes)
+    return spec
+
+
+def _check_claim_bytes(spec: JobSpec, max_claim_bytes: int | None) -> None:
+    """A job too large to ever be delivered in a claim reply is refused."""
     if max_claim_bytes is not None and spec.claim_bytes > max_claim_bytes:
+        payload = spec.input
         fixed = spec.claim_bytes - (len(payload.data) if payload.data is not None else 0)
         room = max(0, max_claim_bytes - fixed)
+        v = Violations()
         v.add("input.data", f"at most {room} bytes on this server (a claim reply must carry it); send a uri")
         v.raise_if_any()
-    return spec
+
+
+def with_input(spec: JobSpec, input_payload: Payload | None, max_claim_bytes: int | None = None) -> JobSpec:
+    """`make_spec` of `spec`'s settings (already valid: `spec` came from `make_spec`) with
+    another input: only the input is validated, with the same violations. For a batch whose
+    submissions differ only in their inputs, the common case: the rest is checked once."""
+    v = Violations()
+    payload = check_payload(v, input_payload, "input")
+    v.raise_if_any()
+    assert payload is not None and spec.schedule_time is None and spec.unique is None and not spec.parents
+    # `spec` with another input, built as a copy of its fields (a frozen dataclass's
+    # constructor costs ~1.8 us, a copy ~0.4), the labels list its own.
+    out = object.__new__(JobSpec)
+    fields = out.__dict__
+    fields.update(spec.__dict__)
+    fields["input"], fields["labels"] = payload, list(spec.labels)
+    _check_claim_bytes(out, max_claim_bytes)
+    return out
 
 
 def check_worker(
