@@ -25,9 +25,18 @@ def _value_by_value(datas: list[dict]) -> str:
 
 def _jobs(count: int, **varying) -> list[dict]:
     base = queries.new_jobs_base(
-        submitter="alice", kind="inference", model_ref="org/m%s 100%\\N\t\n", state="queued",
-        priority=0, cancel_requested=False, progress=0.0, submit_time=NOW, queue_time=NOW,
-        input_data=b"\x00\t\\{}", input_uri="", input_digest="ab" * 32,
+        submitter="alice",
+        kind="inference",
+        model_ref="org/m%s 100%\\N\t\n",
+        state="queued",
+        priority=0,
+        cancel_requested=False,
+        progress=0.0,
+        submit_time=NOW,
+        queue_time=NOW,
+        input_data=b"\x00\t\\{}",
+        input_uri="",
+        input_digest="ab" * 32,
     )
     out = []
     for i in range(count):
