@@ -1,5 +1,5 @@
 """A batch's submissions that differ only in their input share their settings, validated once
-(api/job_messages.BatchSpecs, domain/jobs/specs.with_input): each submission must still get
+(api/job_batches.BatchSpecs, domain/jobs/specs.with_input): each submission must still get
 exactly the spec, or the violations, that validating it alone gives."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import hashlib
 
 from google.protobuf import duration_pb2
 
-from coordd.api.job_messages import BatchSpecs, spec_from_proto
+from coordd.api.job_batches import BatchSpecs
+from coordd.api.job_messages import spec_from_proto
 from coordd.core.errors import InvalidArgument
 from coordd.domain.jobs.policy import JobPolicy
 from coordd_client.v1 import job_pb2

@@ -1,5 +1,5 @@
-"""A batch submission's reply is built from one message per group of jobs that differ only
-in id and input (api/job_messages.batch_submit_reply), and its ids from one random draw
+"""A batch submission's reply is encoded once per group of jobs that differ only in id and
+input (api/job_batches.batch_submit_reply), and its ids from one random draw
 (domain/jobs/ids.py): each job in the reply must still be exactly the job as stored. A claim's
 reply is built the same way (api/job_messages.claim_reply): each leased job must be exactly the
 message built for it alone."""
@@ -10,10 +10,12 @@ import hashlib
 import os
 from datetime import timedelta
 
-from coordd.api.job_messages import claim_reply, leased_to_proto
+from coordd.api.job_batches import batch_submit_reply
+from coordd.api.job_messages import claim_reply, job_to_proto, leased_to_proto
 from coordd.core import ids as core_ids
 from coordd.domain.jobs import ids
 from coordd.domain.jobs.leases import Leased
+from coordd.store.jobs.models import Job
 from coordd.store.jobs.queries import ClaimedRow
 from coordd_client.v1 import job_pb2
 from tests.support.server import bearer
@@ -55,6 +57,34 @@ def test_each_job_of_a_batch_reply_is_the_stored_job(env):
     assert [list(j.requirements.labels) for j in reply.jobs[5:7]] == [["cuda"], ["tpu"]]
     assert reply.jobs[8].state == job_pb2.JOB_STATE_PENDING and reply.jobs[9].unique_key == "k-1"
     assert reply.jobs[10].input.sha256 == hashlib.sha256(b"").hexdigest()
+
+
+def test_a_batch_reply_encodes_exactly_as_the_message_built_job_by_job(env):
+    """The reply is built a batch at a time (one template per group): it must encode to the
+    bytes of the message built job by job, for every shape of job a reply can hold."""
+    uri = job_pb2.Payload(uri="https://x.test/in\u00e9", sha256=hashlib.sha256(b"in").hexdigest())
+    items = [
+        _item(),
+        _item(input=job_pb2.Payload(data=b"x" * 300)),  # a length of two varint bytes
+        _item(input=uri),
+        _item(input=job_pb2.Payload(data=b"")),
+        _item(requirements=job_pb2.Capabilities(labels=["cuda", "a100"], gpus=2), budget=5),
+        _item(model_ref="hf://org/other@2", priority=4, max_attempts=5),
+        _item(unique=job_pb2.UniqueOptions(key="k-2")),
+    ]
+    reply = env.stub.BatchSubmitJobs(
+        job_pb2.BatchSubmitJobsRequest(requests=items), metadata=bearer(env.alice)
+    )
+    ids = [j.name.removeprefix("jobs/") for j in reply.jobs]
+    with env.server.rt.store.read():
+        stored = {j.id: j for j in Job.select().where(Job.id.in_(ids))}
+    batch = [stored[i] for i in ids]
+    purged, finished = Job.get_by_id(ids[0]), Job.get_by_id(ids[1])
+    purged.payload_purged = True
+    finished.output_data, finished.output_digest = b"out", hashlib.sha256(b"out").hexdigest()
+    batch += [purged, finished, stored[ids[0]]]
+    expected = job_pb2.BatchSubmitJobsResponse(jobs=[job_to_proto(j) for j in batch])
+    assert batch_submit_reply(batch).SerializeToString() == expected.SerializeToString()
 
 
 def test_batch_ids_have_the_layout_of_single_ids(monkeypatch):

@@ -160,35 +160,6 @@ def spec_from_proto(r: job_pb2.SubmitJobRequest, policy: jobs.JobPolicy, max_cla
     )
 
 
-class BatchSpecs:
-    """The specs of one batch's submissions. Submissions that differ only in their input
-    (one producer's batch, the common case) share their settings: validated once, then each
-    input alone (`jobs.with_input`: the same specs and violations as `spec_from_proto`)."""
-
-    def __init__(self, policy: jobs.JobPolicy, max_claim: int) -> None:
-        self.policy, self.max_claim = policy, max_claim
-        self._settings: dict[tuple[Any, ...], jobs.JobSpec] = {}
-
-    def spec(self, r: job_pb2.SubmitJobRequest) -> jobs.JobSpec:
-        has = r.HasField
-        if has("schedule_time") or has("unique") or r.parents or not has("input"):
-            return spec_from_proto(r, self.policy, self.max_claim)
-        key = (
-            r.kind, r.model_ref, r.requirements.SerializeToString(), r.budget, r.priority, r.max_attempts,
-            *(has(f) and getattr(r, f).SerializeToString() for f in _TIMEOUTS),
-        )  # fmt: skip
-        known = self._settings.get(key)
-        if known is None:
-            spec = self._settings[key] = spec_from_proto(r, self.policy, self.max_claim)
-            return spec
-        return jobs.with_input(known, payload_from_proto(r.input, True), self.max_claim)
-
-
-_TIMEOUTS = (
-    "schedule_to_start_timeout", "start_to_close_timeout", "heartbeat_timeout", "schedule_to_close_timeout"
-)  # fmt: skip
-
-
 def time_of(value: Any, present: bool, field_name: str = "time") -> datetime | None:
     """A Timestamp field as an aware datetime (None when unset)."""
     if not present:
@@ -252,53 +223,6 @@ def job_to_proto(
         parents=[f"jobs/{p}" for p in g("parents") or []],
         unique_key=g("unique_key"),
     )
-
-
-# What a reply's jobs of one batch usually share: every field `job_to_proto` reads but the
-# id, the payloads and the label and parent lists (compared as tuples).
-_SHARED = (
-    "submitter", "kind", "model_ref", "gpus", "budget", "base_priority", "max_attempts",
-    "schedule_to_start_ms", "start_to_close_ms", "heartbeat_ms", "schedule_to_close_ms", "state",
-    "attempt", "provider", "create_time", "start_time", "finish_time", "run_after", "progress",
-    "cancel_requested", "output_uri", "output_digest", "payload_purged", "error", "fee",
-    "schedule_time", "unique_key",
-)  # fmt: skip
-
-
-def batch_submit_reply(batch: list[jobs.Job]) -> job_pb2.BatchSubmitJobsResponse:
-    """The reply's `job_to_proto(job)` of each job. Jobs without output (new submissions)
-    that differ only in id and input share one
-    message built once, copied and given their name and input: building each message from
-    its ~30 fields cost ~11 us per job of a 100-job batch reply, a copy ~1 us."""
-    reply = job_pb2.BatchSubmitJobsResponse()
-    repeated = reply.jobs
-    templates: dict[tuple[Any, ...], job_pb2.Job] = {}
-    for job in batch:
-        g = job.__data__.get
-        if g("output_data") is not None:
-            repeated.append(job_to_proto(job))
-            continue
-        key = (*map(g, _SHARED), tuple(g("labels") or ()), tuple(g("parents") or ()))
-        template = templates.get(key)
-        if template is None:
-            template = templates[key] = job_to_proto(job)
-            template.ClearField("name")
-            template.ClearField("input")
-        message = repeated.add()
-        message.CopyFrom(template)
-        message.name = f"jobs/{g('id')}"
-        digest = g("input_digest")
-        if digest:  # as `_payload` in the full view
-            source = message.input
-            source.sha256 = digest
-            source.purged = g("payload_purged")
-            data, uri = g("input_data"), g("input_uri")
-            if uri:
-                source.uri = uri
-            elif data is not None:
-                source.data = bytes(data)
-                source.size_bytes = len(data)
-    return reply
 
 
 def add_payloads(message: job_pb2.Job, input_data: bytes | None, output_data: bytes | None) -> None:

@@ -13,15 +13,14 @@ import structlog
 
 from coordd.api.convert import duration, parse_name, ts
 from coordd.api.gather import Gatherer
+from coordd.api.job_batches import BatchSpecs, batch_submit_reply
 from coordd.api.job_messages import (
     KINDS,
     STATE_PROTO,
     STATES,
     VIEWS,
-    BatchSpecs,
     add_payloads,
     attestation_to_proto,
-    batch_submit_reply,
     claim_reply,
     full_view,
     invalid,
