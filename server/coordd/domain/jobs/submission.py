@@ -28,7 +28,7 @@ from coordd.domain.jobs.transitions import enqueue_fields
 from coordd.domain.jobs.unique import duplicate_error, take_key
 from coordd.runtime import Runtime
 from coordd.store.db import Tx
-from coordd.store.jobs import queries
+from coordd.store.jobs import inserts, queries
 from coordd.store.jobs.models import Job
 
 
@@ -71,7 +71,7 @@ def insert_submissions(
     keys: dict[str, Job] = {}
     now = tx.now
     # What every new row of the batch shares; the queued state as `enqueue_fields` sets it.
-    base = queries.new_jobs_base(
+    base = inserts.new_jobs_base(
         submitter=submitter_id,
         fee=0,
         attempt=0,
@@ -97,7 +97,7 @@ def insert_submissions(
     for spec, job_id in zip(specs, new_ids(len(specs)), strict=True):
         payload = spec.input
         s2s, total = spec.schedule_to_start_ms, spec.schedule_to_close_ms
-        job = queries.new_job(
+        job = inserts.new_job(
             base,
             job_id,
             kind=spec.kind,
@@ -144,13 +144,13 @@ def insert_submissions(
     if not jobs:
         return out
     if len(jobs) == 1:
-        queries.insert_job_in_fair_order(jobs[0])  # the fair-order lookup inside the INSERT
+        inserts.insert_job_in_fair_order(jobs[0])  # the fair-order lookup inside the INSERT
     else:
         assign_fair_seq(submitter_id, jobs)
-        queries.insert_jobs(jobs)
+        inserts.insert_jobs(jobs)
     labels = [{"job": j.id, "label": label} for j in jobs for label in j.labels]
     if labels:
-        queries.insert_labels(labels)
+        inserts.insert_labels(labels)
     holds = [ledger.hold_entry(submitter_id, j.budget, f"jobs/{j.id}", "job.hold") for j in jobs if j.budget]
     ledger.post_many(tx, holds)
     record_edges(edges)
