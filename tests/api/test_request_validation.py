@@ -49,6 +49,25 @@ def test_in_a_large_batch_the_items_with_a_bad_string_or_time_are_named_and_only
     check_request(job_pb2.BatchCompleteJobsRequest(requests=[complete(f"jobs/{i}") for i in range(100)]), 100)
 
 
+def test_in_a_small_batch_only_the_times_set_are_looked_at_and_bad_ones_are_named():
+    """A request within the string limit and without NUL is walked for times only: the
+    fields that can hold one and are set, however deep or repeated."""
+    items = [job_pb2.SubmitJobRequest(model_ref="m") for _ in range(4)]
+    items[1].heartbeat_timeout.CopyFrom(duration_pb2.Duration(seconds=5, nanos=-1))
+    items[2].schedule_time.seconds = MAX_TIMESTAMP_S + 1
+    items[3].unique.window.seconds = 10**11
+    found = _violations(job_pb2.BatchSubmitJobsRequest(requests=items), limit=10_000)
+    assert found == {
+        "requests[1].heartbeat_timeout": "nanos must be in (-1e9, 1e9) with the sign of seconds",
+        "requests[2].schedule_time": "must be between 1970-01-01T00:00:00Z and 2999-12-31T23:59:59Z",
+        "requests[3].unique.window": "must be at most 100 years",
+    }
+    items[1].heartbeat_timeout.nanos = 1
+    items[2].schedule_time.seconds = MAX_TIMESTAMP_S
+    items[3].unique.window.seconds = 60
+    check_request(job_pb2.BatchSubmitJobsRequest(requests=items), 10_000)
+
+
 def test_strings_over_the_limit_keep_their_reason():
     with pytest.raises(InvalidArgument) as info:
         check_request(ceremony_pb2.CreateCeremonyRequest(title="x" * 101), 100)
