@@ -107,6 +107,31 @@ def test_a_keyed_retry_after_a_batch_replays_the_reply_byte_for_byte(server):
     assert ("idempotency-replayed", "true") in tuple(call.initial_metadata())
 
 
+def test_a_keyed_register_sends_the_reply_its_record_holds_and_a_retry_gets_the_same_bytes(server):
+    """The reply written into the idempotency record with the registration is the one sent
+    (not built a second time): the first call and its retry get the same bytes."""
+    _, org = server.make_user("organizer")
+    comp = create(server, org, capacity=1)
+    ((_, token),) = bulk_users(server, 1)
+    raw = server.channel.unary_unary(
+        "/coordd.v1.CompetitionService/Register",
+        request_serializer=competition_pb2.RegisterRequest.SerializeToString,
+        response_deserializer=None,
+    )
+    request = competition_pb2.RegisterRequest(competition=comp.name)
+    meta = bearer(token, **{"idempotency-key": "raw"})
+    first = raw(request, metadata=meta)
+    again, call = raw.with_call(request, metadata=meta)
+    assert isinstance(first, bytes) and again == first
+    assert ("idempotency-replayed", "true") in tuple(call.initial_metadata())
+    reply = competition_pb2.RegisterResponse.FromString(first)
+    assert reply.created and reg_state(reply.registration.state) == "CONFIRMED"
+    listed = stub(server).ListRegistrations(
+        competition_pb2.ListRegistrationsRequest(competition=comp.name), metadata=bearer(org)
+    )
+    assert list(listed.registrations) == [reply.registration]
+
+
 def _in_call(user_id: str, key: str, comp_name: str) -> idem.InCall:
     request = competition_pb2.RegisterRequest(competition=comp_name).SerializeToString(deterministic=True)
     pending = idem.PendingKey(user_id, key)

@@ -111,15 +111,18 @@ class CompetitionServicer(competition_pb2_grpc.CompetitionServiceServicer):
 
     async def Register(
         self, request: competition_pb2.RegisterRequest, context: Any
-    ) -> competition_pb2.RegisterResponse:
+    ) -> competition_pb2.RegisterResponse | bytes:
         who = require_user()
         comp_id = parse_name(request.competition, "competitions", "competition")
-        # With an idempotency key, the record (and this reply) is written with the registration.
+        # With an idempotency key, the record (and this reply) is written with the registration:
+        # the reply is sent as the record holds it (a mutating call's serializer passes bytes).
         keyed = idem.in_call(REGISTER, request.SerializeToString(deterministic=True))
         got = await self.gatherer.submit(comp_id, comp_rules.Ask(self.rt, who, keyed, _register_reply))
         if got.view is None:  # the reply of the first call with this key
             await context.send_initial_metadata(((idem.REPLAYED_HEADER, "true"),))
-            return competition_pb2.RegisterResponse.FromString(got.replay)
+            return got.replay
+        if got.reply:
+            return got.reply
         return competition_pb2.RegisterResponse(
             registration=registration_to_proto(got.view), created=got.view.created
         )

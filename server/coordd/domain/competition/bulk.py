@@ -68,6 +68,8 @@ class Registered:
     replay: bytes = b""
     # The idempotency record with this answer was written in the transaction.
     stored: bool = False
+    # Then the response as the record holds it (`Ask.render` of the view): the reply as is.
+    reply: bytes = b""
 
 
 Outcome = Registered | BaseException
@@ -219,7 +221,7 @@ def _answers(
             else:
                 got = Registered(None, replay=rendered.get(follows[i], b""), stored=True)
         if isinstance(got, RegistrationView):
-            got = Registered(got, stored=i in rendered)
+            got = Registered(got, stored=i in rendered, reply=rendered.get(i, b""))
         assert got is not None
         answers.append(got)
     return answers
