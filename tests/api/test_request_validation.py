@@ -68,6 +68,44 @@ def test_in_a_small_batch_only_the_times_set_are_looked_at_and_bad_ones_are_name
     check_request(job_pb2.BatchSubmitJobsRequest(requests=items), 10_000)
 
 
+def _type_with_repeated_times():  # type: ignore[no-untyped-def]
+    """A message type no coordd proto has yet: repeated Timestamps and Durations, directly."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    pool = descriptor_pool.DescriptorPool()
+    for dependency in (timestamp_pb2, duration_pb2):
+        proto = descriptor_pb2.FileDescriptorProto()
+        dependency.DESCRIPTOR.CopyToProto(proto)
+        pool.Add(proto)
+    file = descriptor_pb2.FileDescriptorProto(
+        name="validation_test.proto", package="validation_test", syntax="proto3",
+        dependency=["google/protobuf/timestamp.proto", "google/protobuf/duration.proto"],
+    )  # fmt: skip
+    message = file.message_type.add(name="Times")
+    for number, (name, type_name) in enumerate(
+        [("at", ".google.protobuf.Timestamp"), ("waits", ".google.protobuf.Duration")], start=1
+    ):
+        message.field.add(
+            name=name, number=number, type_name=type_name,
+            type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+            label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED,
+        )  # fmt: skip
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("validation_test.Times"))
+
+
+def test_repeated_times_themselves_are_each_checked():
+    times = _type_with_repeated_times()()
+    times.at.add(seconds=1)
+    times.at.add(seconds=-1)
+    times.waits.add(seconds=5)
+    times.waits.add(seconds=10**11)
+    assert _violations(times) == {
+        "at[1]": "must be between 1970-01-01T00:00:00Z and 2999-12-31T23:59:59Z",
+        "waits[1]": "must be at most 100 years",
+    }
+
+
 def test_strings_over_the_limit_keep_their_reason():
     with pytest.raises(InvalidArgument) as info:
         check_request(ceremony_pb2.CreateCeremonyRequest(title="x" * 101), 100)

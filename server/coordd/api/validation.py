@@ -100,7 +100,11 @@ class _Walk:
                 present.append((field, getattr(message, field.name)))
         return present
 
-    def message(self, message: Message, prefix: str, strings: bool) -> None:
+    def message(
+        self, message: Message, prefix: str, strings: bool, timed: list[tuple[Any, Any]] | None = None
+    ) -> None:
+        """Checks `message`'s strings (if `strings`) and times; `timed`: its `_timed_present`
+        fields, when the caller has them already."""
         desc = message.DESCRIPTOR
         if desc.full_name in (TIMESTAMP, DURATION):
             if self.times:
@@ -111,7 +115,9 @@ class _Walk:
         times = self.times and _has_time(desc)
         if not (strings or times):
             return
-        for field, value in message.ListFields() if strings else self._timed_present(message):
+        if not strings and timed is None:
+            timed = self._timed_present(message)
+        for field, value in message.ListFields() if strings else timed or ():
             if len(self.violations) >= _MAX_PATHS:
                 return
             path = f"{prefix}{field.name}"
@@ -135,8 +141,14 @@ class _Walk:
             elif field.is_repeated:
                 # The items of a large request are mostly small: each is checked for strings
                 # only if it can hold one to refuse, as the whole request was.
+                item_type = field.message_type
+                times_itself = self.times and item_type.full_name in (TIMESTAMP, DURATION)
+                times_inside = self.times and _has_time(item_type)
                 for i, v in enumerate(value):
-                    self.message(v, f"{path}[{i}].", strings and self._strings_in(v))
+                    if (strings and self._strings_in(v)) or times_itself:
+                        self.message(v, f"{path}[{i}].", strings)
+                    elif times_inside and (present := self._timed_present(v)):
+                        self.message(v, f"{path}[{i}].", False, present)
             else:
                 self.message(value, path + ".", strings)
 
