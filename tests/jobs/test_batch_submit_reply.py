@@ -57,6 +57,11 @@ def test_each_job_of_a_batch_reply_is_the_stored_job(env):
     assert [list(j.requirements.labels) for j in reply.jobs[5:7]] == [["cuda"], ["tpu"]]
     assert reply.jobs[8].state == job_pb2.JOB_STATE_PENDING and reply.jobs[9].unique_key == "k-1"
     assert reply.jobs[10].input.sha256 == hashlib.sha256(b"").hexdigest()
+    # Each job has its own submission's settings, however they alternate along the batch.
+    for item, job in zip(items, reply.jobs, strict=True):
+        settings = (job.model_ref, job.priority, job.budget, job.requirements.gpus)
+        assert settings == (item.model_ref, item.priority, item.budget, item.requirements.gpus)
+    assert reply.jobs[7].max_attempts == 5 and reply.jobs[8].max_attempts == reply.jobs[0].max_attempts != 5
 
 
 def test_a_batch_reply_encodes_exactly_as_the_message_built_job_by_job(env):

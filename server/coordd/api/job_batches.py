@@ -4,6 +4,7 @@ share is validated, and built, once per batch."""
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 from coordd.api.job_messages import job_to_proto, payload_from_proto, spec_from_proto
@@ -50,6 +51,7 @@ _SHARED = (
     "cancel_requested", "output_uri", "output_digest", "payload_purged", "error", "fee",
     "schedule_time", "unique_key",
 )  # fmt: skip
+_shared_of = operator.itemgetter(*_SHARED)
 
 
 def batch_submit_reply(batch: list[jobs.Job]) -> job_pb2.BatchSubmitJobsResponse:
@@ -60,17 +62,28 @@ def batch_submit_reply(batch: list[jobs.Job]) -> job_pb2.BatchSubmitJobsResponse
     reply = job_pb2.BatchSubmitJobsResponse()
     repeated = reply.jobs
     templates: dict[tuple[Any, ...], job_pb2.Job] = {}
+    last: tuple[Any, ...] | None = None
+    template = job_pb2.Job()
     for job in batch:
-        g = job.__data__.get
+        data = job.__data__
+        g = data.get
         if g("output_data") is not None:
             repeated.append(job_to_proto(job))
             continue
-        key = (*map(g, _SHARED), tuple(g("labels") or ()), tuple(g("parents") or ()))
-        template = templates.get(key)
-        if template is None:
-            template = templates[key] = job_to_proto(job)
-            template.ClearField("name")
-            template.ClearField("input")
+        try:
+            shared = _shared_of(data)
+        except KeyError:  # a model without every field loaded
+            shared = tuple(map(g, _SHARED))
+        key = (shared, tuple(g("labels") or ()), tuple(g("parents") or ()))
+        # Consecutive jobs mostly share the template: their values are the same objects, so
+        # comparing with the last key is cheaper than hashing this one.
+        if key != last:
+            found = templates.get(key)
+            if found is None:
+                found = templates[key] = job_to_proto(job)
+                found.ClearField("name")
+                found.ClearField("input")
+            template, last = found, key
         message = repeated.add()
         message.CopyFrom(template)
         message.name = f"jobs/{g('id')}"

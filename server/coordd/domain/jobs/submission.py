@@ -5,8 +5,10 @@ waiting worker."""
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from coordd.core.errors import FieldViolation, InvalidArgument
 from coordd.core.principal import Principal
@@ -58,6 +60,36 @@ def check_schedule(tx: Tx, specs: list[JobSpec]) -> None:
             )
 
 
+# A spec's values that go into its job's row, but its input and labels.
+_SETTINGS = operator.attrgetter(
+    "kind", "model_ref", "gpus", "budget", "priority", "max_attempts", "schedule_to_start_ms",
+    "start_to_close_ms", "heartbeat_ms", "schedule_to_close_ms",
+)  # fmt: skip
+
+
+def _with_settings(base: dict[str, Any], spec: JobSpec, now: datetime) -> dict[str, Any]:
+    """`base` with the row values of `spec`'s settings (`_SETTINGS`), for `inserts.new_job`."""
+    s2s, total = spec.schedule_to_start_ms, spec.schedule_to_close_ms
+    return {
+        **base,
+        "kind": spec.kind,
+        "model_ref": spec.model_ref,
+        "gpus": spec.gpus,
+        "budget": spec.budget,
+        "priority": spec.priority,
+        "base_priority": spec.priority,
+        "max_attempts": spec.max_attempts,
+        "attempt_limit": spec.max_attempts,
+        "schedule_to_start_ms": s2s,
+        "start_to_close_ms": spec.start_to_close_ms,
+        "heartbeat_ms": spec.heartbeat_ms,
+        "schedule_to_close_ms": total,
+        "lease_ms": min(spec.heartbeat_ms, spec.start_to_close_ms or spec.heartbeat_ms),
+        "start_deadline": now + timedelta(milliseconds=s2s) if s2s else None,
+        "close_deadline": now + timedelta(milliseconds=total) if total else None,
+    }
+
+
 def insert_submissions(
     rt: Runtime | None, tx: Tx, submitter_id: str, specs: list[JobSpec]
 ) -> list[Submitted]:
@@ -94,32 +126,20 @@ def insert_submissions(
         lease_expire_time=None,
         attempt_deadline=None,
     )
+    settings: tuple[Any, ...] | None = None
+    shared = base
     for spec, job_id in zip(specs, new_ids(len(specs)), strict=True):
+        if _SETTINGS(spec) != settings:  # a batch's submissions mostly share theirs
+            settings, shared = _SETTINGS(spec), _with_settings(base, spec, now)
         payload = spec.input
-        s2s, total = spec.schedule_to_start_ms, spec.schedule_to_close_ms
         job = inserts.new_job(
-            base,
+            shared,
             job_id,
-            kind=spec.kind,
-            model_ref=spec.model_ref,
             input_data=payload.data,
             input_uri=payload.uri,
             input_digest=payload.sha256,
             labels=spec.labels,
             label_count=len(spec.labels),
-            gpus=spec.gpus,
-            budget=spec.budget,
-            priority=spec.priority,
-            base_priority=spec.priority,
-            max_attempts=spec.max_attempts,
-            attempt_limit=spec.max_attempts,
-            schedule_to_start_ms=s2s,
-            start_to_close_ms=spec.start_to_close_ms,
-            heartbeat_ms=spec.heartbeat_ms,
-            schedule_to_close_ms=total,
-            lease_ms=min(spec.heartbeat_ms, spec.start_to_close_ms or spec.heartbeat_ms),
-            start_deadline=now + timedelta(milliseconds=s2s) if s2s else None,
-            close_deadline=now + timedelta(milliseconds=total) if total else None,
         )
         start = now
         if spec.schedule_time is not None and spec.schedule_time > now:
