@@ -32,7 +32,7 @@ def _jobs(count: int, **varying) -> list[dict]:
         priority=0,
         cancel_requested=False,
         progress=0.0,
-        submit_time=NOW,
+        create_time=NOW,
         queue_time=NOW,
         input_data=b"\x00\t\\{}",
         input_uri="",
