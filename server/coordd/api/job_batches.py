@@ -7,13 +7,33 @@ from __future__ import annotations
 import operator
 from typing import Any
 
+from google.protobuf.descriptor import FieldDescriptor
+
 from coordd.api.job_messages import job_to_proto, payload_from_proto, spec_from_proto
 from coordd.domain import jobs
 from coordd_client.v1 import job_pb2
 
-_TIMEOUTS = (
-    "schedule_to_start_timeout", "start_to_close_timeout", "heartbeat_timeout", "schedule_to_close_timeout"
-)  # fmt: skip
+
+def _settings_key(r: job_pb2.SubmitJobRequest) -> tuple[Any, ...]:
+    """Every field set in the submission but its input (so a field added to the message is
+    part of the key without anyone listing it): messages by their bytes, lists as tuples."""
+    return tuple(
+        (field.number, _hashable(field, value)) for field, value in r.ListFields() if field.number != _INPUT
+    )
+
+
+def _hashable(field: Any, value: Any) -> Any:
+    if field.is_repeated:
+        return tuple(_hashable_item(field, v) for v in value)
+    return _hashable_item(field, value)
+
+
+def _hashable_item(field: Any, value: Any) -> Any:
+    return value.SerializeToString(deterministic=True) if field.type == _MESSAGE else value
+
+
+_INPUT = job_pb2.SubmitJobRequest.DESCRIPTOR.fields_by_name["input"].number
+_MESSAGE = FieldDescriptor.TYPE_MESSAGE
 
 
 class BatchSpecs:
@@ -29,10 +49,7 @@ class BatchSpecs:
         has = r.HasField
         if has("schedule_time") or has("unique") or r.parents or not has("input"):
             return spec_from_proto(r, self.policy, self.max_claim)
-        key = (
-            r.kind, r.model_ref, r.requirements.SerializeToString(), r.budget, r.priority, r.max_attempts,
-            *(has(f) and getattr(r, f).SerializeToString() for f in _TIMEOUTS),
-        )  # fmt: skip
+        key = _settings_key(r)
         known = self._settings.get(key)
         if known is None:
             spec = self._settings[key] = spec_from_proto(r, self.policy, self.max_claim)
