@@ -60,31 +60,32 @@ def check_schedule(tx: Tx, specs: list[JobSpec]) -> None:
             )
 
 
-# A spec's values that go into its job's row, but its input and labels.
+# A spec's values that go into its job's row, but its input and labels: the key of a run of
+# submissions sharing them, and what `_with_settings` reads (so the two cannot drift apart).
 _SETTINGS = operator.attrgetter(
     "kind", "model_ref", "gpus", "budget", "priority", "max_attempts", "schedule_to_start_ms",
     "start_to_close_ms", "heartbeat_ms", "schedule_to_close_ms",
 )  # fmt: skip
 
 
-def _with_settings(base: dict[str, Any], spec: JobSpec, now: datetime) -> dict[str, Any]:
-    """`base` with the row values of `spec`'s settings (`_SETTINGS`), for `inserts.new_job`."""
-    s2s, total = spec.schedule_to_start_ms, spec.schedule_to_close_ms
+def _with_settings(base: dict[str, Any], settings: tuple[Any, ...], now: datetime) -> dict[str, Any]:
+    """`base` with the row values of a spec's `_SETTINGS`, for `inserts.new_job`."""
+    kind, model_ref, gpus, budget, priority, max_attempts, s2s, s2c, heartbeat, total = settings
     return {
         **base,
-        "kind": spec.kind,
-        "model_ref": spec.model_ref,
-        "gpus": spec.gpus,
-        "budget": spec.budget,
-        "priority": spec.priority,
-        "base_priority": spec.priority,
-        "max_attempts": spec.max_attempts,
-        "attempt_limit": spec.max_attempts,
+        "kind": kind,
+        "model_ref": model_ref,
+        "gpus": gpus,
+        "budget": budget,
+        "priority": priority,
+        "base_priority": priority,
+        "max_attempts": max_attempts,
+        "attempt_limit": max_attempts,
         "schedule_to_start_ms": s2s,
-        "start_to_close_ms": spec.start_to_close_ms,
-        "heartbeat_ms": spec.heartbeat_ms,
+        "start_to_close_ms": s2c,
+        "heartbeat_ms": heartbeat,
         "schedule_to_close_ms": total,
-        "lease_ms": min(spec.heartbeat_ms, spec.start_to_close_ms or spec.heartbeat_ms),
+        "lease_ms": min(heartbeat, s2c or heartbeat),
         "start_deadline": now + timedelta(milliseconds=s2s) if s2s else None,
         "close_deadline": now + timedelta(milliseconds=total) if total else None,
     }
@@ -129,8 +130,8 @@ def insert_submissions(
     settings: tuple[Any, ...] | None = None
     shared = base
     for spec, job_id in zip(specs, new_ids(len(specs)), strict=True):
-        if _SETTINGS(spec) != settings:  # a batch's submissions mostly share theirs
-            settings, shared = _SETTINGS(spec), _with_settings(base, spec, now)
+        if (these := _SETTINGS(spec)) != settings:  # a batch's submissions mostly share theirs
+            settings, shared = these, _with_settings(base, these, now)
         payload = spec.input
         job = inserts.new_job(
             shared,
