@@ -49,3 +49,18 @@ def test_whoami_of_a_user_disabled_after_being_seen_is_refused_and_shown_enabled
     assert not shown.user.disabled
     assert shown.credential_kind == "api_key"
     assert shown.api_key == key.api_key.name
+
+
+def test_whoami_answers_each_caller_with_their_own_account_when_calls_alternate(server):
+    first = server.sign_up(email="first@example.com")
+    second = server.sign_up(email="second@example.com")
+    for _ in range(3):
+        assert _whoami(server, first.access_token).user.email == "first@example.com"
+        assert _whoami(server, second.access_token).user.email == "second@example.com"
+    key = server.auth.CreateApiKey(
+        auth_pb2.CreateApiKeyRequest(display_name="k"), metadata=bearer(first.access_token)
+    )
+    by_key = _whoami(server, key.secret)
+    by_token = _whoami(server, first.access_token)
+    assert (by_key.credential_kind, by_key.api_key) == ("api_key", key.api_key.name)
+    assert by_token.api_key == "" and by_token.credential_kind != "api_key"

@@ -16,6 +16,8 @@ from coordd.domain.auth import siwe
 from coordd.runtime import Runtime
 from coordd_client.v1 import auth_pb2, auth_pb2_grpc
 
+_MAX_WHOAMI_REPLIES = 10_000
+
 
 def user_to_proto(user: auth.User | auth.UserView) -> auth_pb2.User:
     return auth_pb2.User(
@@ -81,6 +83,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self.rt = rt
         self.siwe_limits = SiweLimits(rt.settings, lambda: rt.now().timestamp())
         self._siwe_closer = self.siwe_limits.close_when(rt.stopping)
+        # WhoAmI replies by everything they show: a caller asking again gets the same message
+        # (never mutated; grpc only serializes it) instead of one built again.
+        self._whoami: dict[tuple[object, ...], auth_pb2.WhoAmIResponse] = {}
 
     async def SignUp(self, request: auth_pb2.SignUpRequest, context: Any) -> auth_pb2.SignUpResponse:
         roles = roles_from_proto(request.roles)
@@ -127,12 +132,19 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         who = require_user()
         # From the replica's access map: no database read after the user's first call.
         user = await auth.current_user(self.rt, who.user_id)
-        return auth_pb2.WhoAmIResponse(
-            user=user_to_proto(user),
-            effective_roles=roles_to_proto(who.roles),
-            credential_kind=who.kind,
-            api_key=f"apiKeys/{who.api_key_id}" if who.api_key_id else "",
-        )
+        shown = (user, who.roles, who.kind, who.api_key_id)
+        reply = self._whoami.get(shown)
+        if reply is None:
+            reply = auth_pb2.WhoAmIResponse(
+                user=user_to_proto(user),
+                effective_roles=roles_to_proto(who.roles),
+                credential_kind=who.kind,
+                api_key=f"apiKeys/{who.api_key_id}" if who.api_key_id else "",
+            )
+            if len(self._whoami) >= _MAX_WHOAMI_REPLIES:
+                self._whoami.clear()
+            self._whoami[shown] = reply
+        return reply
 
     async def CreateApiKey(
         self, request: auth_pb2.CreateApiKeyRequest, context: Any
