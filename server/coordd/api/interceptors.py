@@ -47,7 +47,7 @@ from coordd.core.errors import (
 )
 from coordd.core.principal import ANONYMOUS, NODE_KEY, Principal, current_principal
 from coordd.domain import auth as auth_rules
-from coordd.logging import call_fields
+from coordd.logging import ENABLED, call_fields
 from coordd.runtime import Runtime
 
 log = structlog.get_logger("coordd.rpc")
@@ -104,7 +104,8 @@ class Plan:
         counter.inc()
         self.latency.observe(elapsed)
         if code in _EXPECTED_CODES:
-            log.info("rpc", code=code, duration_ms=round(elapsed * 1000, 3))
+            if ENABLED.info:
+                log.info("rpc", code=code, duration_ms=round(elapsed * 1000, 3))
         else:
             log.warning("rpc", code=code, duration_ms=round(elapsed * 1000, 3))
 
