@@ -66,3 +66,15 @@ def test_each_submission_of_a_batch_gets_the_spec_or_violations_it_gets_alone():
     assert shared[0].labels is not shared[-1].labels, "each spec has its own labels list"
     assert shared[2] == [("input.sha256", "does not match the data")]
     assert shared[6][0][0] == "input.data" and shared[10] == shared[11] == [("priority", "0..9")]
+
+
+def test_a_long_lived_batch_specs_forgets_past_its_limit_and_still_validates_each_call():
+    specs = BatchSpecs(POLICY, MAX_CLAIM, limit=2)
+    for priority in range(5):  # more settings than it keeps
+        for data in (b"a", b"b"):
+            spec = specs.spec(_item(priority=priority, input=job_pb2.Payload(data=data)))
+            assert (spec.priority, spec.input.data) == (priority, data)
+    assert len(specs._settings) <= 2
+    assert _outcome(specs.spec, _item(priority=4, input=job_pb2.Payload(data=b"x", sha256="0" * 64))) == [
+        ("input.sha256", "does not match the data")
+    ]

@@ -10,6 +10,8 @@ import hashlib
 import os
 from datetime import timedelta
 
+import grpc
+
 from coordd.api.job_batches import batch_submit_reply
 from coordd.api.job_messages import claim_reply, job_to_proto, leased_to_proto
 from coordd.core import ids as core_ids
@@ -152,3 +154,39 @@ def test_the_jobs_of_a_claim_through_grpc_are_the_stored_jobs(env):
         assert x.lease.job == stored.name and x.lease.attempt == stored.attempt == x.job.attempt
         assert x.job.input == stored.input and x.job.create_time == stored.create_time
         assert x.job.budget == stored.budget and x.job.start_time == stored.start_time
+
+
+def test_submit_job_calls_that_repeat_their_settings_each_get_their_own_job(env):
+    """SubmitJob keeps validated settings and reply templates across calls: each call must
+    still be answered with, and store, exactly its own submission."""
+    items = [
+        _item(),
+        _item(input=job_pb2.Payload(data=b"other prompt")),
+        _item(),
+        _item(priority=3),
+        _item(input=job_pb2.Payload(data=b"x", sha256="0" * 64)),  # refused, settings known
+        _item(requirements=job_pb2.Capabilities(labels=["cuda"], gpus=1)),
+        _item(),
+    ]
+    replies = []
+    for item in items:
+        try:
+            replies.append(env.stub.SubmitJob(item, metadata=bearer(env.alice)).job)
+        except grpc.RpcError as exc:
+            replies.append(exc.code())
+    assert replies[4] == grpc.StatusCode.INVALID_ARGUMENT
+    jobs = [j for j in replies if not isinstance(j, grpc.StatusCode)]
+    assert len({j.name for j in jobs}) == len(jobs) == 6
+    assert [env.get(j.name) for j in jobs] == jobs
+    assert [j.input.data for j in jobs] == [
+        b"prompt",
+        b"other prompt",
+        b"prompt",
+        b"prompt",
+        b"prompt",
+        b"prompt",
+    ]
+    assert [j.priority for j in jobs] == [0, 0, 0, 3, 0, 0]
+    assert [list(j.requirements.labels) for j in jobs] == [[], [], [], [], ["cuda"], []]
+    alone = job_to_proto(Job.get_by_id(jobs[2].name.removeprefix("jobs/")))
+    assert jobs[2].SerializeToString(deterministic=True) == alone.SerializeToString(deterministic=True)

@@ -13,7 +13,7 @@ import structlog
 
 from coordd.api.convert import duration, parse_name, ts
 from coordd.api.gather import Gatherer
-from coordd.api.job_batches import BatchSpecs, batch_submit_reply
+from coordd.api.job_batches import BatchSpecs, JobTemplates, batch_submit_reply
 from coordd.api.job_messages import (
     KINDS,
     STATE_PROTO,
@@ -30,7 +30,6 @@ from coordd.api.job_messages import (
     limit_from_proto,
     limit_to_proto,
     payload_from_proto,
-    spec_from_proto,
     time_of,
     view_to_proto,
 )
@@ -105,6 +104,10 @@ class JobServicer(JobScheduleMethods, job_pb2_grpc.JobServiceServicer):
             rt, lambda _group, asks: gathered.submit_gathered(rt, asks), gathered.MAX_BATCH, "submission"
         )
         self._background: set[asyncio.Task[Any]] = set()
+        # SubmitJob calls mostly repeat their settings and their jobs' replies mostly share
+        # everything but id and input: validated and built once, kept across calls.
+        self._specs: BatchSpecs | None = None
+        self._replies = JobTemplates()
 
     # -- submitters --------------------------------------------------------------------------
 
@@ -125,7 +128,9 @@ class JobServicer(JobScheduleMethods, job_pb2_grpc.JobServiceServicer):
             self._background.add(task)
             task.add_done_callback(self._background.discard)
             done = await asyncio.shield(task)
-        return job_pb2.SubmitJobResponse(job=job_to_proto(done.job), already_existed=done.existed)
+        reply = job_pb2.SubmitJobResponse(already_existed=done.existed)
+        self._replies.fill(reply.job, done.job)
+        return reply
 
     async def BatchSubmitJobs(
         self, request: job_pb2.BatchSubmitJobsRequest, context: Any
@@ -153,7 +158,11 @@ class JobServicer(JobScheduleMethods, job_pb2_grpc.JobServiceServicer):
         return batch_submit_reply([s.job for s in queued])
 
     def _spec(self, r: job_pb2.SubmitJobRequest) -> jobs.JobSpec:
-        return spec_from_proto(r, jobs.policy_of(self.rt), jobs.largest_reply_budget(self.rt))
+        policy, max_claim = jobs.policy_of(self.rt), jobs.largest_reply_budget(self.rt)
+        specs = self._specs
+        if specs is None or specs.policy is not policy or specs.max_claim != max_claim:
+            specs = self._specs = BatchSpecs(policy, max_claim)
+        return specs.spec(r)
 
     async def _submit(self, who: Principal, spec: jobs.JobSpec, waiter: Waiter | None) -> jobs.Submitted:
         """One call in its own transaction: with an idempotency key, or handed to `waiter`."""
