@@ -7,9 +7,9 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from coordd.api.validation import MAX_TIMESTAMP_S, check_request
+from coordd.api.validation import MAX_TIMESTAMP_S, _has_string, check_request
 from coordd.core.errors import InvalidArgument
-from coordd_client.v1 import auth_pb2, ceremony_pb2, ceremony_pb2_grpc, job_pb2
+from coordd_client.v1 import auth_pb2, ceremony_pb2, ceremony_pb2_grpc, job_pb2, node_pb2
 from tests.helpers import rpc_error
 from tests.support.server import bearer
 
@@ -25,6 +25,16 @@ def test_nul_in_a_nested_or_repeated_string_is_named_by_its_path():
         title="ok", verifier=ceremony_pb2.Verifier(command="snarkjs\x00zkey")
     )
     assert _violations(request) == {"verifier.command": "must not contain a NUL character"}
+
+
+def test_a_string_only_a_map_key_can_hold_is_still_checked():
+    """Types that cannot hold a string or a time are not walked at all (WhoAmI's request);
+    a string reached only through a map's keys still counts."""
+    assert not _has_string(auth_pb2.WhoAmIRequest.DESCRIPTOR)
+    assert _has_string(node_pb2.HeartbeatRequest.DESCRIPTOR)  # map<string, double> metrics
+    check_request(auth_pb2.WhoAmIRequest(), 100)
+    request = node_pb2.HeartbeatRequest(metrics={"load\x00": 1.0})
+    assert _violations(request) == {"metrics[key]": "must not contain a NUL character"}
 
 
 def test_in_a_large_batch_the_items_with_a_bad_string_or_time_are_named_and_only_they():

@@ -82,6 +82,7 @@ class Plan:
         "method",
         "peer_limited",
         "policy",
+        "request_stream",
         "stream_limited",
     )
 
@@ -90,6 +91,7 @@ class Plan:
         self.method = method
         self.policy = policy_for(method)
         self.client_stream = bool(handler.stream_unary)
+        self.request_stream = bool(handler.stream_unary or handler.stream_stream)
         self.peer_limited = limits.peer is not None and not exempt
         self.caller_limited = limits.caller is not None and not exempt and bool(handler.unary_unary)
         self.stream_limited = not exempt and not handler.unary_unary
@@ -156,7 +158,7 @@ class Pipeline:
     def _check(self, plan: Plan, request: Any, context: Any) -> Any:
         if type(request) is decoding.Undecodable:
             raise decoding.malformed(plan.method)
-        if hasattr(request, "__aiter__"):  # a client stream: each message checked as read
+        if plan.request_stream:  # each message checked as read
             return decoding.CheckedStream(plan.method, context)
         if isinstance(request, Message):
             check_request(request, self.max_chars)

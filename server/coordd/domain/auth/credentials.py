@@ -19,6 +19,22 @@ _api_key_cache: dict[str, tuple[float, Principal | None, datetime | None]] = {}
 _api_key_cache_lock = threading.Lock()
 
 
+# access token -> the Principal its verified claims make (the same token always makes the same
+# one; the token is still verified, expiry included, on every call).
+_token_principals: dict[str, Principal] = {}
+_MAX_TOKEN_PRINCIPALS = 10_000
+
+
+def _token_principal(credential: str, claims: TokenClaims) -> Principal:
+    principal = _token_principals.get(credential)
+    if principal is None:
+        principal = Principal(user_id=claims.user_id, roles=frozenset(claims.roles), kind=TOKEN)
+        if len(_token_principals) >= _MAX_TOKEN_PRINCIPALS:
+            _token_principals.clear()
+        _token_principals[credential] = principal
+    return principal
+
+
 def forget_api_key(secret_hash: str) -> None:
     with _api_key_cache_lock:
         _api_key_cache.pop(secret_hash, None)
@@ -33,7 +49,7 @@ async def authenticate(rt: Runtime, credential: str) -> Principal:
         principal = await rt.run(authenticate_api_key, rt, credential)
     else:
         claims = _verify(rt, credential)
-        principal = Principal(user_id=claims.user_id, roles=frozenset(claims.roles), kind=TOKEN)
+        principal = _token_principal(credential, claims)
     return _as_access_stands(state, principal, claims)
 
 
@@ -55,7 +71,7 @@ def authenticate_now(rt: Runtime, credential: str) -> Principal | None:
             raise _bad_api_key()
     else:
         claims = _verify(rt, credential)
-        principal = Principal(user_id=claims.user_id, roles=frozenset(claims.roles), kind=TOKEN)
+        principal = _token_principal(credential, claims)
     return _as_access_stands(state, principal, claims)
 
 
