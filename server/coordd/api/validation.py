@@ -14,6 +14,7 @@ Duration anywhere below them are known from their descriptor.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -32,13 +33,13 @@ MAX_DURATION_S = 100 * 366 * 86_400
 _MAX_PATHS = 20
 
 
-@cache
-def _has_time(desc: descriptor.Descriptor) -> bool:
-    """Whether a Timestamp or Duration can appear anywhere in messages of this type."""
+def _reaches(desc: descriptor.Descriptor, found: Callable[[descriptor.Descriptor], bool]) -> bool:
+    """Whether a message type for which `found` holds can appear anywhere in messages of this
+    type, itself included (map entries are message types, so their keys and values count)."""
     seen: set[str] = set()
 
     def walk(d: descriptor.Descriptor) -> bool:
-        if d.full_name in (TIMESTAMP, DURATION):
+        if found(d):
             return True
         if d.full_name in seen:
             return False
@@ -49,18 +50,15 @@ def _has_time(desc: descriptor.Descriptor) -> bool:
 
 
 @cache
+def _has_time(desc: descriptor.Descriptor) -> bool:
+    """Whether a Timestamp or Duration can appear anywhere in messages of this type."""
+    return _reaches(desc, lambda d: d.full_name in (TIMESTAMP, DURATION))
+
+
+@cache
 def _has_string(desc: descriptor.Descriptor) -> bool:
-    """Whether a string field can appear anywhere in messages of this type (map keys and
-    values included: map entries are message types)."""
-    seen: set[str] = set()
-
-    def walk(d: descriptor.Descriptor) -> bool:
-        if d.full_name in seen:
-            return False
-        seen.add(d.full_name)
-        return any(f.type == _STRING or (f.type == _MESSAGE and walk(f.message_type)) for f in d.fields)
-
-    return walk(desc)
+    """Whether a string field can appear anywhere in messages of this type."""
+    return _reaches(desc, lambda d: any(f.type == _STRING for f in d.fields))
 
 
 @cache
