@@ -9,6 +9,7 @@ from google.protobuf import descriptor_pool, struct_pb2
 from coordd.api.convert import from_ts, parse_name, roles_from_proto, roles_to_proto, ts
 from coordd.api.peer import client_peer
 from coordd.api.siwe_limits import SiweLimits
+from coordd.core.memo import remember
 from coordd.core.paging import PageRequest
 from coordd.core.principal import parse_roles, require_user
 from coordd.domain import auth
@@ -141,9 +142,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 credential_kind=who.kind,
                 api_key=f"apiKeys/{who.api_key_id}" if who.api_key_id else "",
             )
-            if len(self._whoami) >= _MAX_WHOAMI_REPLIES:
-                self._whoami.clear()
-            self._whoami[shown] = reply
+            remember(self._whoami, shown, reply, _MAX_WHOAMI_REPLIES)
         return reply
 
     async def CreateApiKey(

@@ -10,6 +10,7 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 
 from coordd.api.job_messages import job_to_proto, payload_from_proto, spec_from_proto
+from coordd.core.memo import remember
 from coordd.domain import jobs
 from coordd_client.v1 import job_pb2
 
@@ -53,11 +54,7 @@ class BatchSpecs:
         key = _settings_key(r)
         known = self._settings.get(key)
         if known is None:
-            spec = spec_from_proto(r, self.policy, self.max_claim)
-            if len(self._settings) >= self._limit:
-                self._settings.clear()
-            self._settings[key] = spec
-            return spec
+            return remember(self._settings, key, spec_from_proto(r, self.policy, self.max_claim), self._limit)
         return jobs.with_input(known, payload_from_proto(r.input, True), self.max_claim)
 
 
@@ -106,9 +103,7 @@ class JobTemplates:
         if key != self._last:
             found = self._templates.get(key)
             if found is None:
-                if len(self._templates) >= self._limit:
-                    self._templates.clear()
-                found = self._templates[key] = job_to_proto(job)
+                found = remember(self._templates, key, job_to_proto(job), self._limit)
                 found.ClearField("name")
                 found.ClearField("input")
             self._template, self._last = found, key

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from coordd.core.memo import remember
+
 API_KEY_PREFIX = "ck_"
 _ISSUER = "coordd"
 _HEADER = {"alg": "HS256", "typ": "JWT"}
@@ -89,9 +91,7 @@ class AccessTokens:
                 raise TokenError("access token expired: log in again")
         claims = self._verify(token, now)
         if now is None:
-            if len(self._verified) >= _MAX_REMEMBERED:
-                self._verified.clear()
-            self._verified[token] = (claims, claims.expire_time.timestamp())
+            remember(self._verified, token, (claims, claims.expire_time.timestamp()), _MAX_REMEMBERED)
         return claims
 
     def _verify(self, token: str, now: datetime | None) -> TokenClaims:

@@ -8,6 +8,7 @@ import time
 from datetime import datetime
 
 from coordd.core.errors import FailedPrecondition, Unauthenticated
+from coordd.core.memo import remember
 from coordd.core.principal import API_KEY, NODE_KEY, TOKEN, Principal, parse_roles
 from coordd.crypto.tokens import API_KEY_PREFIX, TokenClaims, TokenError, hash_api_key
 from coordd.domain.auth.sessions import AuthState, fresh_state, state_of
@@ -29,9 +30,7 @@ def _token_principal(credential: str, claims: TokenClaims) -> Principal:
     principal = _token_principals.get(credential)
     if principal is None:
         principal = Principal(user_id=claims.user_id, roles=frozenset(claims.roles), kind=TOKEN)
-        if len(_token_principals) >= _MAX_TOKEN_PRINCIPALS:
-            _token_principals.clear()
-        _token_principals[credential] = principal
+        remember(_token_principals, credential, principal, _MAX_TOKEN_PRINCIPALS)
     return principal
 
 

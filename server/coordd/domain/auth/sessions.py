@@ -34,6 +34,7 @@ import structlog
 
 from coordd.core.errors import NotFound
 from coordd.core.events import Event
+from coordd.core.memo import remember
 from coordd.core.principal import format_roles, parse_roles
 from coordd.domain.auth.throttle import LoginThrottle
 from coordd.runtime import Runtime
@@ -170,9 +171,7 @@ async def current_user(rt: Runtime, user_id: str) -> UserView:
         view = UserView(
             user.id, user.email, user.display_name, user.roles, user.create_time, bool(user.disabled)
         )
-        if len(state.profiles) >= _MAX_PROFILES:
-            state.profiles.clear()
-        state.profiles[user_id] = view
+        remember(state.profiles, user_id, view, _MAX_PROFILES)
     access = state.access.get(user_id)
     if access is None:
         return view
