@@ -34,6 +34,8 @@ from typing import Any
 import peewee
 from playhouse.pool import PooledPostgresqlDatabase
 
+from coordd.store.pg_literals import conforming, interpolate
+
 
 class _Pending(threading.local):
     def __init__(self) -> None:
@@ -133,7 +135,10 @@ class PostgresDatabase(PooledPostgresqlDatabase):  # type: ignore[misc]
         if not self.in_transaction():
             self.execute_sql(sql, params)
             return
-        text = self._state.conn.cursor().mogrify(sql, tuple(params)).decode()
+        conn = self._state.conn
+        text = interpolate(sql, params) if conforming(conn) else None
+        if text is None:
+            text = conn.cursor().mogrify(sql, tuple(params)).decode()
         self._texts().append(text)
 
     def flush(self) -> None:
@@ -150,9 +155,15 @@ class PostgresDatabase(PooledPostgresqlDatabase):  # type: ignore[misc]
         return super().cursor(named_cursor)
 
     def _execute_cursor(self, sql: str, params: Any, **cursor_options: Any) -> Any:
-        # peewee passes `params or ()`, so the driver interpolates the whole text, always.
-        prefix = self._take().replace("%", "%%")
-        return super()._execute_cursor(prefix + sql, params, **cursor_options)
+        # peewee passes `params or ()`, so the driver interpolates the whole text, always: what
+        # is written into it already has its `%` doubled.
+        prefix = self._take()
+        conn = self._state.conn
+        if params and conn is not None and conforming(conn):
+            text = interpolate(sql, params)  # store/pg_literals.py: psycopg2's text, faster
+            if text is not None:
+                return super()._execute_cursor((prefix + text).replace("%", "%%"), (), **cursor_options)
+        return super()._execute_cursor(prefix.replace("%", "%%") + sql, params, **cursor_options)
 
     def commit(self) -> None:
         texts = self._texts()
