@@ -1,13 +1,13 @@
 """Statement parameters written into the SQL text in Python, for the types the store sends.
 
 psycopg2 has no server-side parameters: it always writes them into the statement's text on the
-client, adapting each `%s` through its adapter protocol, at ~3.5 us a parameter with the GIL
-held. A completion batch of 100 jobs has 703 of them: 2.4 ms of one thread's GIL time, while
-the event loop waits (docs/PERFORMANCE.md, "Issue #18, session 14"). For the types the store
-actually sends (str, int, bool, None, bytes and psycopg2's `Binary`, finite floats), `interpolate`
-writes the same text psycopg2 would, byte for byte (tests/store/test_pg_literals.py compares
-them), about fifteen times faster; for any other type it answers None and the caller lets
-psycopg2 do it.
+client, adapting each `%s` through its adapter protocol with the GIL held. A completion batch of
+100 jobs has 703 of them: 0.5-0.7 ms of one thread's GIL time on an idle machine, more under load,
+while the event loop waits (bench/pg_literals.py; docs/PERFORMANCE.md, "Issue #18, session 14").
+For the types the store actually sends (str, int, bool, None, bytes and psycopg2's `Binary`,
+finite floats), `interpolate` writes the same text psycopg2 would, byte for byte
+(tests/store/test_pg_literals.py compares them), 2-4 times faster; for any other type it
+answers None and the caller lets psycopg2 do it.
 
 It relies on `standard_conforming_strings` being on (PostgreSQL's default since 9.1): a
 backslash in a string literal is then an ordinary character and only a quote needs doubling.
