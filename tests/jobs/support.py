@@ -10,8 +10,8 @@ from datetime import timedelta
 from google.protobuf import duration_pb2
 
 from coordd.domain import jobs, ledger
-from coordd.store.jobs.models import Job
 from coordd_client.v1 import job_pb2, job_pb2_grpc, ledger_pb2_grpc
+from tests.jobs.rows import unfinished_budgets
 from tests.support.server import ServerHandle, bearer
 
 TEST_POLICY = jobs.JobPolicy(fee_bps=1000, backoff_base_s=1.0, backoff_max_s=4.0, payload_retention_s=3600)
@@ -19,14 +19,12 @@ TEST_POLICY = jobs.JobPolicy(fee_bps=1000, backoff_base_s=1.0, backoff_max_s=4.0
 
 def held_invariant_problems() -> list[str]:
     """Each user's held balance is exactly the budgets of their unfinished jobs."""
-    expected: dict[str, int] = {}
-    for job in Job.select(Job.submitter, Job.budget).where(Job.state.in_(list(jobs.UNFINISHED))):
-        expected[job.submitter] = expected.get(job.submitter, 0) + job.budget
+    expected = unfinished_budgets()
     problems = []
-    for user in {*expected, *(j.submitter for j in Job.select(Job.submitter).distinct())}:
+    for user, budgets in expected.items():
         held = ledger.balance(user).held
-        if held != expected.get(user, 0):
-            problems.append(f"users/{user}: held {held}, unfinished budgets {expected.get(user, 0)}")
+        if held != budgets:
+            problems.append(f"users/{user}: held {held}, unfinished budgets {budgets}")
     return problems
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from coordd.domain import jobs
 from coordd.domain.jobs.fairness import aging_windows
+from tests.jobs.rows import job_rows
 
 _PERIOD = jobs.DEFAULT_POLICY.priority_aging_s
 
@@ -27,15 +28,13 @@ def test_each_crossed_boundary_raises_the_job_one_level(env, clock):
     for _ in range(3):
         clock.advance(_PERIOD)
         jobs.age_priorities(rt)
-        levels.append(_effective_priority(env))
+        levels.append(_effective_priority())
     assert levels == [2, 3, 4]
 
 
-def _effective_priority(env) -> int:
-    rt = env.server.rt
-    with rt.store.read():
-        [(priority,)] = rt.store.db.execute_sql("SELECT priority FROM job WHERE state = 'queued'").fetchall()
-    return int(priority)
+def _effective_priority() -> int:
+    [queued] = job_rows(state=jobs.QUEUED)
+    return int(queued.priority)
 
 
 def test_a_job_at_the_top_is_never_read_again(env, clock):
@@ -45,7 +44,7 @@ def test_a_job_at_the_top_is_never_read_again(env, clock):
     assert jobs.age_priorities(rt) == 1
     clock.advance(_PERIOD * 5)
     assert jobs.age_priorities(rt) == 0
-    assert _effective_priority(env) == 9
+    assert _effective_priority() == 9
 
 
 def test_the_windows_are_the_queue_times_whose_wait_crossed_a_boundary():

@@ -17,9 +17,9 @@ from coordd.api.job_messages import claim_reply, job_to_proto, leased_to_proto
 from coordd.core import ids as core_ids
 from coordd.domain.jobs import ids
 from coordd.domain.jobs.leases import Leased
-from coordd.store.jobs.models import Job
 from coordd.store.jobs.queries import ClaimedRow
 from coordd_client.v1 import job_pb2
+from tests.jobs.rows import job_row
 from tests.support.server import bearer
 
 
@@ -84,9 +84,9 @@ def test_a_batch_reply_encodes_exactly_as_the_message_built_job_by_job(env):
     )
     ids = [j.name.removeprefix("jobs/") for j in reply.jobs]
     with env.server.rt.store.read():
-        stored = {j.id: j for j in Job.select().where(Job.id.in_(ids))}
+        stored = {i: job_row(i) for i in ids}
     batch = [stored[i] for i in ids]
-    purged, finished = Job.get_by_id(ids[0]), Job.get_by_id(ids[1])
+    purged, finished = job_row(ids[0]), job_row(ids[1])
     purged.payload_purged = True
     finished.output_data, finished.output_digest = b"out", hashlib.sha256(b"out").hexdigest()
     batch += [purged, finished, stored[ids[0]]]
@@ -188,5 +188,5 @@ def test_submit_job_calls_that_repeat_their_settings_each_get_their_own_job(env)
     ]
     assert [j.priority for j in jobs] == [0, 0, 0, 3, 0, 0]
     assert [list(j.requirements.labels) for j in jobs] == [[], [], [], [], ["cuda"], []]
-    alone = job_to_proto(Job.get_by_id(jobs[2].name.removeprefix("jobs/")))
+    alone = job_to_proto(job_row(jobs[2].name))
     assert jobs[2].SerializeToString(deterministic=True) == alone.SerializeToString(deterministic=True)

@@ -13,9 +13,10 @@ import peewee
 import pytest
 
 from coordd.domain import jobs, ledger
-from coordd.store.jobs.models import Job, JobAttempt
+from coordd.store.jobs.models import JobAttempt
 from coordd_client.v1 import job_pb2, job_pb2_grpc
 from tests.helpers import rpc_error
+from tests.jobs.rows import count_jobs
 from tests.jobs.support import TEST_POLICY, seconds
 from tests.support.server import ServerHandle, bearer
 
@@ -66,7 +67,7 @@ def test_no_double_claim_8_workers_x_500_jobs(env):
     assert len(everything) == 4_000 and len({job_id for job_id, _ in everything}) == 4_000
     assert {attempt for _, attempt in everything} == {1}
     assert sum(1 for per_worker in claimed if per_worker) >= 2, "the work was actually shared"
-    assert Job.select().where(Job.state == jobs.SUCCEEDED).count() == 4_000
+    assert count_jobs(jobs.SUCCEEDED) == 4_000
     assert JobAttempt.select().count() == 0, "a successful attempt is read from its job row"
     paid = sum(ledger.balance(p).available for p in providers)
     assert paid == 4_000, "a budget of 1 carries no fee at 10%: fees round down"
@@ -108,7 +109,7 @@ def test_concurrent_grpc_workers_never_share_a_job(env):
         t.join(10)
     assert not errors, errors[:3]
     assert sorted(seen) == sorted(names), "every job once, none twice"
-    assert Job.select().where(Job.state == jobs.SUCCEEDED).count() == total
+    assert count_jobs(jobs.SUCCEEDED) == total
 
 
 def test_job_tables_reject_a_second_attempt_row(env):

@@ -13,8 +13,8 @@ import pytest
 from coordd import metrics
 from coordd.api.job_messages import leased_to_proto
 from coordd.domain import jobs
-from coordd.store.jobs.models import Job
 from coordd_client.v1 import job_pb2, job_pb2_grpc
+from tests.jobs.rows import job_row
 from tests.jobs.support import seconds
 from tests.support.server import bearer
 
@@ -29,10 +29,6 @@ def _eventually(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-un
         time.sleep(0.02)
 
 
-def _row(name: str) -> Job:
-    return Job.get_by_id(name.removeprefix("jobs/"))
-
-
 def test_a_claim_leases_only_as_many_jobs_as_fit_in_one_reply(env_with):
     env = env_with(max_message_bytes=SMALL_LIMIT)
     names = [env.submit(input=job_pb2.Payload(data=bytes([i]) * 62_000)).name for i in range(5)]
@@ -41,7 +37,7 @@ def test_a_claim_leases_only_as_many_jobs_as_fit_in_one_reply(env_with):
     assert [j.job.name for j in first] == names[:3]
     assert all(len(j.job.input.data) == 62_000 for j in first)
     for name in names[3:]:
-        row = _row(name)
+        row = job_row(name)
         assert (row.state, row.attempt) == (jobs.QUEUED, 0)
     second = env.claim(env.worker_b, max_jobs=10)
     assert [j.job.name for j in second] == names[3:]
@@ -88,9 +84,9 @@ def test_a_queued_job_no_reply_can_carry_is_skipped_by_claims_then_failed_and_re
     small = env.submit(priority=0)
     # The big job comes first in claim order, yet it neither blocks the queue nor gets leased.
     assert [j.job.name for j in env.claim(env.worker_a, max_jobs=10)] == [small.name]
-    assert _row(f"jobs/{big.id}").state == jobs.QUEUED
+    assert job_row(f"jobs/{big.id}").state == jobs.QUEUED
     assert jobs.enforce_deadlines(rt) == 1
-    row = _row(f"jobs/{big.id}")
+    row = job_row(f"jobs/{big.id}")
     assert row.state == jobs.FAILED and "too large" in row.error
     assert env.balance(env.alice_id)[1] == 0  # its budget was refunded; the small job is free
 
@@ -118,7 +114,7 @@ def test_a_claim_never_exceeds_the_reply_size_the_worker_accepts(env):
         channel.close()
     # Two 40 kB jobs fit in 100 kB; the 90 kB one is left for a worker that can take it.
     assert [j.job.name for j in reply.jobs] == names[:2]
-    assert _row(oversized).state == jobs.QUEUED
+    assert job_row(oversized).state == jobs.QUEUED
     assert [j.job.name for j in env.claim(env.worker_b, max_jobs=10)] == [oversized, names[2]]
 
 
@@ -167,8 +163,8 @@ def test_the_jobs_of_a_claim_whose_caller_gave_up_are_back_without_spending_an_a
     _eventually(lambda: _cancelled_claims() > before)  # the server saw the call end
     proceed.set()  # only now does the claim lease the job, for a call that is gone
     assert leased.wait(10)
-    _eventually(lambda: _row(name).state == jobs.QUEUED and _row(name).lease_id is None)
-    row = _row(name)
+    _eventually(lambda: job_row(name).state == jobs.QUEUED and job_row(name).lease_id is None)
+    row = job_row(name)
     assert (row.attempt, row.attempt_limit, row.provider) == (0, 1, None)
     assert list(env.get(name).attempts) == []
     monkeypatch.setattr(jobs, "claim", real_claim)
@@ -185,13 +181,13 @@ def test_a_returned_retry_gets_back_its_previous_attempt_and_backoff(env, clock)
     env.stub.FailJob(
         job_pb2.FailJobRequest(lease=first.lease, error="boom", retryable=True), metadata=bearer(env.worker_a)
     )
-    before = _row(name)
+    before = job_row(name)
     clock.advance(10)  # past the backoff
     worker = jobs.check_worker(env.worker_b_id, [], 0)
     leased = jobs.claim(rt, worker, 1)
     assert [x.job.attempt for x in leased] == [2]
     assert jobs.return_leases(rt, leased) == 1
-    row = _row(name)
+    row = job_row(name)
     assert (row.state, row.attempt, row.attempt_limit) == (jobs.QUEUED, 1, 3)
     assert (row.provider, row.start_time) == (env.worker_a_id, before.start_time)
     assert row.run_after == before.run_after
@@ -207,7 +203,7 @@ def test_a_job_cancelled_while_its_claim_was_undelivered_is_cancelled_and_refund
     leased = jobs.claim(rt, jobs.check_worker(env.worker_a_id, [], 0), 1)
     env.stub.CancelJob(job_pb2.CancelJobRequest(name=name), metadata=bearer(env.alice))
     assert jobs.return_leases(rt, leased) == 0
-    assert _row(name).state == jobs.CANCELLED
+    assert job_row(name).state == jobs.CANCELLED
     assert env.balance(env.alice_id) == (10_000, 0)
 
 
@@ -228,8 +224,8 @@ def test_a_reply_that_would_still_not_fit_puts_its_jobs_back_instead_of_failing_
         env.claim(env.worker_a, max_jobs=10)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "put back" in err.value.details()
-    _eventually(lambda: all(_row(n).state == jobs.QUEUED for n in names))
-    assert [_row(n).attempt for n in names] == [0] * 6
+    _eventually(lambda: all(job_row(n).state == jobs.QUEUED for n in names))
+    assert [job_row(n).attempt for n in names] == [0] * 6
 
 
 def test_a_waiting_worker_is_not_handed_a_job_larger_than_it_accepts(env):
@@ -238,5 +234,5 @@ def test_a_waiting_worker_is_not_handed_a_job_larger_than_it_accepts(env):
     time.sleep(0.2)  # most likely waiting by now (hand-over); if not, its re-poll must skip the job
     name = env.submit(input=job_pb2.Payload(data=b"x" * 50_000)).name
     assert list(call.result(10).jobs) == []
-    assert _row(name).state == jobs.QUEUED
+    assert job_row(name).state == jobs.QUEUED
     assert [j.job.name for j in env.claim(env.worker_b)] == [name]

@@ -7,9 +7,9 @@ import hashlib
 
 import grpc
 
-from coordd.store.jobs.models import Job
 from coordd_client.v1 import job_pb2, ledger_pb2
 from tests.helpers import rpc_error
+from tests.jobs.rows import count_jobs
 from tests.jobs.support import seconds
 from tests.support.server import bearer
 
@@ -28,7 +28,7 @@ def test_submit_holds_the_budget_in_the_same_transaction(env):
 
     failure = rpc_error(grpc.StatusCode.FAILED_PRECONDITION, env.submit, budget=9_701)
     assert failure.reason == "INSUFFICIENT_FUNDS"
-    assert Job.select().count() == 1, "a refused submission writes nothing"
+    assert count_jobs() == 1, "a refused submission writes nothing"
     assert env.balance(env.alice_id) == (9_700, 300)
 
 
@@ -60,7 +60,7 @@ def test_submit_rejects_bad_input_and_writes_nothing(env):
     assert "input" in rpc_error(grpc.StatusCode.INVALID_ARGUMENT, env.submit, input=None).violations
     denied = rpc_error(grpc.StatusCode.PERMISSION_DENIED, env.submit, token=env.worker_a)
     assert denied.reason == "ROLE_REQUIRED"
-    assert Job.select().count() == 0
+    assert count_jobs() == 0
     assert env.balance(env.alice_id) == (10_000, 0)
 
 
@@ -69,7 +69,7 @@ def test_submit_with_idempotency_key_is_applied_once(env):
     first = env.submit(budget=100, metadata=meta)
     second = env.submit(budget=100, metadata=meta)
     assert first == second
-    assert Job.select().count() == 1
+    assert count_jobs() == 1
     assert env.balance(env.alice_id) == (9_900, 100)
 
 
@@ -148,7 +148,7 @@ def test_batch_submit_is_all_or_nothing(env):
             job_pb2.BatchSubmitJobsRequest(requests=requests),
             metadata=bearer(env.alice),
         )
-    assert Job.select().count() == 0
+    assert count_jobs() == 0
     assert env.balance(env.alice_id) == (10_000, 0)
 
 
@@ -158,7 +158,7 @@ def test_batch_submit_with_idempotency_key_is_applied_once(env):
     first = env.stub.BatchSubmitJobs(request, metadata=meta)
     second = env.stub.BatchSubmitJobs(request, metadata=meta)
     assert first == second and len(first.jobs) == 4
-    assert Job.select().count() == 4
+    assert count_jobs() == 4
     assert env.balance(env.alice_id) == (9_960, 40)
 
 

@@ -15,8 +15,8 @@ from coordd.core.errors import AlreadyExists, FailedPrecondition, InvalidArgumen
 from coordd.core.principal import Principal
 from coordd.domain import jobs, ledger
 from coordd.domain.jobs import gathered
-from coordd.store.jobs.models import Job
 from coordd_client.v1 import job_pb2
+from tests.jobs.rows import count_jobs, job_rows
 from tests.support.server import bearer
 
 
@@ -40,8 +40,7 @@ def _fund(env, amount: int) -> tuple[str, str]:
 
 def _fair_seqs(user_id: str) -> list[int]:
     """The submitter's fair-order values, oldest job first."""
-    rows = Job.select(Job.fair_seq).where(Job.submitter == user_id).order_by(Job.create_time, Job.fair_seq)
-    return [r.fair_seq for r in rows]
+    return [r.fair_seq for r in job_rows(submitter=user_id)]
 
 
 def test_concurrent_submits_from_several_submitters_each_get_their_own_answer(env):
@@ -94,7 +93,7 @@ def test_concurrent_submits_from_several_submitters_each_get_their_own_answer(en
     assert ledger.balance(env.alice_id).held == 41 * 10
     assert ledger.balance(bob_id).held == 50 and ledger.balance(bob_id).available == 0
     assert ledger.balance(carol_id).held == 0
-    assert Job.select().where(Job.submitter == carol_id).count() == 0
+    assert count_jobs(submitter=carol_id) == 0
     # Fair order per submitter: distinct, consecutive values (no two calls share one).
     for user_id, count in ((env.alice_id, 41), (bob_id, 5)):
         seqs = sorted(_fair_seqs(user_id))
@@ -128,7 +127,7 @@ def test_a_batch_with_refused_calls_answers_every_call_alone(env):
     assert isinstance(out[5], InvalidArgument)
     assert isinstance(out[6], jobs.Submitted) and out[6].job.budget == 20
     assert ledger.balance(env.alice_id).held == 10 + 10 + 20
-    seqs = {j.id: j.fair_seq for j in Job.select().where(Job.submitter == env.alice_id)}
+    seqs = {j.id: j.fair_seq for j in job_rows(submitter=env.alice_id)}
     assert seqs[out[2].job.id] == seqs[out[0].job.id] + 1
     assert seqs[out[6].job.id] == seqs[out[2].job.id] + 1
     # One `job.submitted` event per new job, as one call stores it; none for refusals or duplicates.
@@ -148,7 +147,7 @@ def test_a_batch_of_several_submitters_gets_fair_order_in_arrival_order(env):
     assert all(isinstance(o, jobs.Submitted) and not o.existed for o in out)
     for who in (alice, bob):
         ids = [o.job.id for o, w in zip(out, whos, strict=True) if w is who]  # type: ignore[union-attr]
-        by_id = {j.id: j.fair_seq for j in Job.select().where(Job.submitter == who.user_id)}
+        by_id = {j.id: j.fair_seq for j in job_rows(submitter=who.user_id)}
         seqs = [by_id[i] for i in ids]
         assert seqs == list(range(seqs[0], seqs[0] + len(ids)))
     assert ledger.balance(env.alice_id).held == 40
@@ -231,7 +230,7 @@ def test_a_gathered_submit_whose_caller_gave_up_still_stores_its_job_and_hold(en
     proceed.set()
     assert done.wait(10)
     monkeypatch.setattr(gathered, "submit_gathered", real)
-    assert [r.budget for r in Job.select().where(Job.submitter == user_id)] == [30]
+    assert [r.budget for r in job_rows(submitter=user_id)] == [30]
     assert env.balance(user_id) == (70, 30)
     second = env.stub.SubmitJob(_request(budget=20), metadata=bearer(token)).job
     assert second.state == job_pb2.JOB_STATE_QUEUED

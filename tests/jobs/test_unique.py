@@ -11,9 +11,9 @@ import grpc
 from coordd.core.errors import AlreadyExists
 from coordd.core.principal import Principal
 from coordd.domain import jobs
-from coordd.store.jobs.models import Job
 from coordd_client.v1 import job_pb2
 from tests.helpers import rpc_error
+from tests.jobs.rows import count_jobs
 from tests.jobs.support import seconds
 
 
@@ -30,7 +30,7 @@ def test_a_duplicate_while_the_first_is_unfinished_is_already_exists_naming_it(e
     assert failure.metadata["job"] == first.name
     assert first.unique_key == "nightly-report"
     assert env.balance(env.alice_id) == (9_990, 10)  # the duplicate held nothing
-    assert Job.select().count() == 1
+    assert count_jobs() == 1
 
 
 def test_a_duplicate_returns_the_existing_job_when_asked(env):
@@ -142,5 +142,5 @@ def test_unique_submits_racing_from_8_threads_create_one_job(env):
     assert errors == []
     assert len(created) == 1
     assert set(duplicates) == {f"jobs/{created[0]}"} and len(duplicates) == 39
-    assert Job.select().count() == 1
+    assert count_jobs() == 1
     assert env.balance(env.alice_id) == (9_997, 3)

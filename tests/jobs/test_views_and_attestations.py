@@ -16,6 +16,7 @@ from coordd.store.jobs.models import Job, JobAttestation
 from coordd_client import attestation as offline
 from coordd_client.v1 import job_pb2
 from tests.helpers import rpc_error
+from tests.jobs.rows import forget_signature, job_row
 from tests.jobs.support import seconds
 from tests.support.server import bearer
 
@@ -119,7 +120,7 @@ def test_attestations_signed_before_migration_12_are_still_served(env):
     job = env.submit(budget=10)
     [leased] = env.claim(env.worker_a)
     done = env.complete(env.worker_a, leased.lease, b"out")
-    row = Job.get_by_id(job.name.split("/")[1])
+    row = job_row(job.name)
     JobAttestation.create(
         job=row.id,
         payload_type=done.attestation.payload_type,
@@ -128,7 +129,7 @@ def test_attestations_signed_before_migration_12_are_still_served(env):
         signature=row.attestation_sig,
         create_time=row.finish_time,
     )
-    Job.update(attestation_sig=None, attestation_key_id="").where(Job.id == row.id).execute()
+    forget_signature(row.id)
     fetched = env.stub.GetAttestation(
         job_pb2.GetAttestationRequest(name=job.name), metadata=bearer(env.alice)
     )

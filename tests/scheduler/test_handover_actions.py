@@ -12,6 +12,7 @@ from google.protobuf import duration_pb2
 from coordd.domain import jobs, ledger
 from coordd.scheduler.core import Task
 from coordd_client.v1 import job_pb2, job_pb2_grpc
+from tests.jobs.rows import count_jobs
 from tests.scheduler.support import Replica, assert_one_leader_at_a_time, lease_server, ticks, wait_for
 from tests.support.server import bearer
 
@@ -55,8 +56,7 @@ def test_job_deadlines_due_during_pauses_and_crashes_are_each_enforced_once(sett
         a, b = replicas
 
         def failed() -> int:
-            rows = server.rt.store.db.execute_sql("SELECT COUNT(*) FROM job WHERE state = %s", (jobs.FAILED,))
-            return int(rows.fetchone()[0])
+            return count_jobs(jobs.FAILED)
 
         assert wait_for(lambda: any(r.leading for r in replicas))
         leader = next(r for r in replicas if r.leading)
