@@ -10,7 +10,7 @@ from coordd.domain.jobs.policy import policy_of
 from coordd.domain.jobs.states import CANCELLED, PENDING, QUEUED, TERMINAL
 from coordd.domain.jobs.transitions import lock, not_found, refund_and_finish
 from coordd.runtime import Runtime
-from coordd.store.jobs import queries
+from coordd.store.jobs import writes
 from coordd.store.jobs.models import Job
 
 
@@ -29,6 +29,6 @@ def cancel(rt: Runtime, who: Principal, job_id: str, reason: str) -> Job:
         elif not job.cancel_requested:
             job.cancel_requested = True
             job.error = reason or "cancelled"
-            queries.save_job(job)
+            writes.write_cancel_requested(job)
             tx.emit("job.cancel_requested", f"jobs/{job.id}", {})
         return job

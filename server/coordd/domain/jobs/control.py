@@ -17,7 +17,7 @@ from coordd.domain.jobs.specs import LeaseRef
 from coordd.domain.jobs.states import CANCELLED, MAX_SNOOZE_S, PENDING
 from coordd.domain.jobs.transitions import close_attempt, enqueue_fields, leased_job, refund_and_finish
 from coordd.runtime import Runtime
-from coordd.store.jobs import queries, reads
+from coordd.store.jobs import reads, writes
 from coordd.store.jobs.models import Job
 
 SNOOZED = "snoozed"
@@ -56,7 +56,7 @@ def snooze(rt: Runtime, who: Principal, lease: LeaseRef, until: datetime | None,
             job.start_deadline = None  # counts from the release
             job.progress = 0.0
             job.error = reason[:4000]
-            queries.save_job(job)
+            writes.write_snoozed(job)
             tx.emit("job.snoozed", f"jobs/{job.id}", {"until": until.isoformat(), "attempt": job.attempt})
     if cancelled:
         raise FailedPrecondition(f"jobs/{job.id} was cancelled", reason="JOB_CANCELLED")

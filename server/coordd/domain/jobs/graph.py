@@ -12,7 +12,7 @@ from coordd.domain.jobs.fairness import assign as assign_fair_seq
 from coordd.domain.jobs.states import CANCELLED, FAILED, PENDING, QUEUE_KEY, SUCCEEDED
 from coordd.domain.jobs.transitions import enqueue_fields
 from coordd.store.db import Tx
-from coordd.store.jobs import graph, queries
+from coordd.store.jobs import graph, queries, writes
 from coordd.store.jobs.models import Job
 
 
@@ -22,7 +22,7 @@ def link_parents(tx: Tx, job: Job, parent_ids: tuple[str, ...]) -> list[tuple[st
     parents that have not succeeded yet (a succeeded parent needs none)."""
     edges: list[tuple[str, str]] = []
     for parent_id in sorted(parent_ids):
-        parent = graph.lock_job(parent_id)
+        parent = queries.lock_job(parent_id)
         if parent is None or parent.submitter != job.submitter:
             raise NotFound(f"parent jobs/{parent_id} not found", metadata={"resource": f"jobs/{parent_id}"})
         if parent.state == SUCCEEDED:
@@ -60,14 +60,16 @@ def parents_succeeded(tx: Tx, parent_ids: list[str]) -> list[str]:
     counts = Counter(child for _, child in graph.children_of(parent_ids))
     released: list[str] = []
     for child_id in sorted(counts):
-        child = graph.lock_job(child_id)
+        child = queries.lock_job(child_id)
         if child is None or child.state != PENDING:
             continue
         child.parents_left = max(0, child.parents_left - counts[child_id])
         if child.parents_left == 0 and child.run_after <= tx.now:
             release(tx, child)
+            writes.write_released(child)
             released.append(child.id)
-        queries.save_job(child)
+        else:
+            writes.write_parents_left(child)
     if released:
         names = [f"jobs/{j}" for j in released]
         tx.emit("jobs.released", names[0], {"jobs": names, "watch_keys": [*names, QUEUE_KEY]})
@@ -79,11 +81,11 @@ def release_due(tx: Tx, limit: int) -> int:
     has come (partial index `job_pending_due`) are released; how many."""
     names: list[str] = []
     for job_id in graph.due_pending_ids(tx.now, limit):
-        job = graph.lock_job(job_id)
+        job = queries.lock_job(job_id)
         if job is None or job.state != PENDING or job.parents_left or job.run_after > tx.now:
             continue
         release(tx, job)
-        queries.save_job(job)
+        writes.write_released(job)
         names.append(f"jobs/{job.id}")
     if names:
         tx.emit("jobs.released", names[0], {"jobs": names, "watch_keys": [*names, QUEUE_KEY]})

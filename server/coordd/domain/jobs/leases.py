@@ -19,7 +19,7 @@ from coordd.domain.jobs.states import CANCELLED, LEASED_JOB_OVERHEAD, MAX_CLAIM,
 from coordd.domain.jobs.transitions import close_attempt, leased_job, lock, refund_and_finish
 from coordd.runtime import Runtime
 from coordd.store.db import Tx
-from coordd.store.jobs import queries
+from coordd.store.jobs import queries, writes
 from coordd.store.jobs.models import Job
 from coordd.store.jobs.queries import ClaimedRow
 
@@ -126,7 +126,7 @@ def return_leases(rt: Runtime, leased: list[Leased]) -> int:
             if job.cancel_requested:
                 refund_and_finish(tx, job, CANCELLED, "cancelled by request", policy)
                 continue
-            queries.save_job(job)
+            writes.write_unclaimed(job)
             names.append(f"jobs/{job.id}")
         if names:
             tx.emit("jobs.returned", names[0], {"jobs": names, "watch_keys": [*names, QUEUE_KEY]})
@@ -167,6 +167,6 @@ def heartbeat(rt: Runtime, who: Principal, lease: LeaseRef, progress: float) -> 
             expire = min(expire, job.attempt_deadline)
         job.lease_expire_time = expire
         job.progress = progress
-        queries.save_job(job)
+        writes.write_heartbeat(job)
         tx.emit("job.progress", f"jobs/{job.id}", {"progress": progress})
         return Heartbeat(expire, False)

@@ -22,7 +22,7 @@ from coordd.domain.jobs.transitions import (
 )
 from coordd.runtime import Runtime
 from coordd.store.db import Tx
-from coordd.store.jobs import queries
+from coordd.store.jobs import writes
 from coordd.store.jobs.models import Job
 
 
@@ -36,7 +36,7 @@ def retry_or_dead(tx: Tx, job: Job, outcome: str, error: str, retryable: bool, p
         delay = backoff_s(job.attempt, policy)
         enqueue_fields(job, tx.now, tx.now + timedelta(seconds=delay))
         job.error = error[:4000]
-        queries.save_job(job)
+        writes.write_retry(job)
         tx.emit(
             "job.retry_scheduled",
             f"jobs/{job.id}",
@@ -84,6 +84,6 @@ def requeue(rt: Runtime, who: Principal, job_id: str) -> Job:
             tx.now + timedelta(milliseconds=job.schedule_to_close_ms) if job.schedule_to_close_ms else None
         )
         enqueue_fields(job, tx.now, tx.now)
-        queries.save_job(job)
+        writes.write_requeued(job)
         tx.emit("job.requeued", f"jobs/{job.id}", {"by": f"users/{who.user_id}", "watch_keys": [QUEUE_KEY]})
         return job

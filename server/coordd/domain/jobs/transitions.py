@@ -14,7 +14,7 @@ from coordd.domain.jobs.specs import LeaseRef
 from coordd.domain.jobs.states import FAILED, PENDING, QUEUED, RUNNING
 from coordd.runtime import Runtime
 from coordd.store.db import Tx
-from coordd.store.jobs import graph, queries
+from coordd.store.jobs import graph, queries, writes
 from coordd.store.jobs.models import Job
 
 
@@ -24,7 +24,7 @@ def not_found(job_id: str) -> NotFound:
 
 def lock(rt: Runtime, job_id: str) -> Job | None:
     """The whole job row, locked for the rest of the transaction."""
-    return queries.lock_job(rt.store, job_id)
+    return queries.lock_job(job_id)
 
 
 def lease_error(job: Job | None, who: Principal, lease: LeaseRef) -> DomainError | None:
@@ -103,7 +103,7 @@ def _refund_and_finish_one(tx: Tx, job: Job, state: str, error: str, policy: Job
     finish(tx, job, state, error, policy)
     if job.budget:
         ledger.refund(tx, job.submitter, job.budget, f"jobs/{job.id}", reason="job.refund")
-    queries.save_job(job)
+    writes.write_finished(job)
     tx.emit(f"job.{state}", f"jobs/{job.id}", {"error": job.error, "refunded": job.budget})
 
 
@@ -115,7 +115,7 @@ def _finish_dependants(tx: Tx, root: Job, state: str, policy: JobPolicy) -> None
     while stack:
         parent_id = stack.pop()
         for _, child_id in graph.children_of([parent_id]):
-            child = graph.lock_job(child_id)
+            child = queries.lock_job(child_id)
             if child is None or child.state != PENDING:
                 continue  # already finished (or released: it cannot be, a parent did not succeed)
             _refund_and_finish_one(tx, child, state, f"parent jobs/{parent_id} {verb}", policy)

@@ -14,7 +14,7 @@ from coordd.domain.jobs.specs import JobSpec
 from coordd.domain.jobs.states import TERMINAL
 from coordd.runtime import Runtime
 from coordd.store.db import Tx
-from coordd.store.jobs import graph
+from coordd.store.jobs import graph, queries
 from coordd.store.jobs.models import Job
 
 
@@ -48,7 +48,7 @@ def take_key(rt: Runtime, tx: Tx, job: Job, spec: JobSpec, in_batch: dict[str, J
         if holder is None:
             in_batch[digest] = job
             return None
-        existing = graph.lock_job(holder.job_id)
+        existing = queries.lock_job(holder.job_id)
         if _holds(existing, holder.expire_time, tx.now):
             assert existing is not None
             return existing

@@ -8,8 +8,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import NamedTuple
 
-import peewee
-
 from coordd.store.jobs.models import Job, JobDependency, JobUnique
 from coordd.store.models import TimestampField
 
@@ -110,13 +108,3 @@ def due_pending_ids(now: datetime, limit: int) -> list[str]:
         .limit(limit)
     )
     return [r.id for r in query]
-
-
-def lock_job(job_id: str) -> Job | None:
-    """The whole job row, locked (PostgreSQL; SQLite's immediate transaction already
-    excludes other writers): for state changes that reach a job from another one."""
-    db = Job._meta.database
-    query = Job.select().where(Job.id == job_id)
-    if not isinstance(getattr(db, "obj", db), peewee.SqliteDatabase):
-        query = query.for_update()
-    return query.first()

@@ -11,6 +11,8 @@ import json
 from datetime import datetime
 from typing import Any, NamedTuple
 
+import peewee
+
 from coordd.store.db import Store, defer
 from coordd.store.jobs.models import Job, JobAttempt
 from coordd.store.models import TimestampField
@@ -276,11 +278,14 @@ def record_successes(
 # -- one job at a time ------------------------------------------------------------------------
 
 
-def lock_job(store: Store, job_id: str) -> Job | None:
+def lock_job(job_id: str) -> Job | None:
     """The whole job row, locked until the end of the transaction on PostgreSQL (SQLite's
-    immediate transaction already excludes other writers)."""
+    immediate transaction already excludes other writers): every cold state change starts
+    here, whether it reaches the job by its id, a lease, a parent or a unique key, and
+    writes through `coordd.store.jobs.writes`."""
     query = Job.select().where(Job.id == job_id)
-    if store.is_postgres:
+    db = Job._meta.database
+    if not isinstance(getattr(db, "obj", db), peewee.SqliteDatabase):
         query = query.for_update()
     return query.first()
 
@@ -288,10 +293,6 @@ def lock_job(store: Store, job_id: str) -> Job | None:
 def job_by_id(job_id: str) -> Job:
     """The whole row of a job known to exist."""
     return Job.get_by_id(job_id)
-
-
-def save_job(job: Job) -> None:
-    job.save()
 
 
 def insert_attempt(
