@@ -34,7 +34,7 @@ def test_a_write_refuses_a_column_its_transition_does_not_name_and_writes_nothin
         assert row is not None
         row.progress = 0.25
         row.priority = 9  # not a heartbeat's column
-        with pytest.raises(AssertionError, match="heartbeat write of jobs/.* does not write priority"):
+        with pytest.raises(AssertionError, match=r"heartbeat write of jobs/.* does not write priority"):
             writes.write_heartbeat(row)
     stored = job_row(job.name)
     assert (stored.priority, stored.progress) == (3, 0.0)
