@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -140,6 +141,7 @@ async def _drive_coordd(
     budget: int,
     server_pid: int = 0,
     submit_batch: int = 1,
+    worker_stream: bool = False,
 ) -> dict[str, Any]:
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=_OWN_CONNECTION) for _ in range(4)]
     stubs = [job_pb2_grpc.JobServiceStub(c) for c in channels]
@@ -176,7 +178,10 @@ async def _drive_coordd(
             "postgres": round((_postgres_cpu_seconds() - db_cpu) * 1000 / jobs, 3),
         }
 
-        drained = await _drain(stubs, tokens[1:], jobs, batch, server_pid)
+        if worker_stream:
+            drained = await _drain_stream(channels, tokens[1:], jobs, batch, server_pid)
+        else:
+            drained = await _drain(stubs, tokens[1:], jobs, batch, server_pid)
     finally:
         for channel in channels:
             await channel.close()
@@ -269,6 +274,97 @@ async def _drain(
     }
 
 
+async def _drain_stream(
+    channels: list[grpc.aio.Channel], tokens: list[str], jobs: int, batch: int, server_pid: int
+) -> dict[str, Any]:
+    """One WorkJobs stream per token: open asking for `batch` jobs, then each message completes
+    the jobs of the last lease and asks for as many again (one round trip a batch), until
+    `jobs` completions are acknowledged. CPU per job measured over the phase, as `_drain`."""
+    acked = 0
+    seen: set[str] = set()
+    duplicates = 0
+    errors = 0
+    digest = hashlib.sha256(b"ok").hexdigest()
+    last_ack = [0.0]
+    round_ms: list[float] = []
+    sizes: list[int] = []
+    finished = asyncio.Event()
+    calls: list[Any] = []
+
+    async def work(index: int) -> None:
+        nonlocal acked, duplicates, errors
+        stub = job_pb2_grpc.JobServiceStub(channels[index % len(channels)])
+        call = stub.WorkJobs(metadata=(("authorization", f"Bearer {tokens[index]}"),))
+        calls.append(call)
+        await call.write(job_pb2.WorkJobsRequest(open=job_pb2.WorkJobsOpen(), max_jobs=batch))
+        asked = time.perf_counter()
+        while True:
+            reply = await call.read()
+            if reply is grpc.aio.EOF:
+                return
+            if reply.HasField("completed"):
+                done = reply.completed
+                errors += len(done.failed_jobs)
+                acked += done.succeeded + len(done.failed_jobs)
+                last_ack[0] = time.perf_counter()
+                if acked >= jobs:
+                    finished.set()
+            leases = reply.leases
+            names = leases.jobs
+            if not names:
+                continue
+            round_ms.append((time.perf_counter() - asked) * 1000)
+            count = len(names)
+            sizes.append(count)
+            for name in names:
+                if name in seen:
+                    duplicates += 1
+                seen.add(name)
+            asked = time.perf_counter()
+            await call.write(
+                job_pb2.WorkJobsRequest(
+                    complete=job_pb2.JobCompletions(
+                        jobs=names,
+                        attempts=leases.attempts,
+                        lease_ids=[leases.lease_id] * count,
+                        output_sha256=[digest] * count,
+                        output_data=[b"ok"] * count,
+                    ),
+                    max_jobs=count,
+                )
+            )
+
+    server_cpu, client_cpu = _cpu_seconds(server_pid), _cpu_seconds(os.getpid(), children=False)
+    db_cpu, own_db_cpu = _postgres_cpu_seconds(), _postgres_cpu_seconds(own=True)
+    started = time.perf_counter()
+    workers = [asyncio.ensure_future(work(i)) for i in range(len(tokens))]
+    await finished.wait()
+    work_s = last_ack[0] - started
+    server_cpu = _cpu_seconds(server_pid) - server_cpu
+    client_cpu = _cpu_seconds(os.getpid(), children=False) - client_cpu
+    db_cpu = _postgres_cpu_seconds() - db_cpu
+    own_db_cpu = _postgres_cpu_seconds(own=True) - own_db_cpu
+    for call in calls:
+        call.cancel()
+    await asyncio.gather(*workers, return_exceptions=True)
+    return {
+        "claim_complete_seconds": round(work_s, 2),
+        "claim_complete_jobs_per_s": _rate(jobs, work_s),
+        # From a worker's message (its completions and its ask) to the next jobs leased to it.
+        "round_trip_ms_p50_p99": [round(percentile(round_ms, q), 1) for q in (50, 99)],
+        "jobs_per_lease_mean": round(sum(sizes) / max(1, len(sizes)), 1),
+        "completed": len(seen),
+        "double_claims": duplicates,
+        "completion_errors": errors,
+        "claim_complete_cpu_ms_per_job": {
+            "server": round(server_cpu * 1000 / jobs, 3),
+            "bench_client": round(client_cpu * 1000 / jobs, 3),
+            "postgres": round(db_cpu * 1000 / jobs, 3),
+            "postgres_bench_db": round(own_db_cpu * 1000 / jobs, 3),
+        },
+    }
+
+
 def run_coordd(
     backend: str,
     jobs: int,
@@ -279,6 +375,7 @@ def run_coordd(
     pg_admin_url: str,
     submit_batch: int = 1,
     processes: int = 0,
+    worker_stream: bool = False,
 ) -> dict[str, Any]:
     data_dir = tempfile.mkdtemp(prefix="coordd-bench-jobs-")
     pg = PgDatabase(pg_admin_url, "jobs") if backend == "postgresql" else None
@@ -297,9 +394,10 @@ def run_coordd(
         extra = ("--processes", str(processes)) if processes else ()
         proc, port, _ = start_coordd(env, data_dir=data_dir, extra_args=extra)
         try:
-            return asyncio.run(
-                _drive_coordd(port, tokens, jobs, producers, batch, budget, proc.pid, submit_batch)
+            drive = _drive_coordd(
+                port, tokens, jobs, producers, batch, budget, proc.pid, submit_batch, worker_stream
             )
+            return asyncio.run(drive)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -547,6 +645,11 @@ def main() -> None:
     parser.add_argument(
         "--processes", type=int, default=0, help="serve coordd with `--processes N` (0: one process)"
     )
+    parser.add_argument(
+        "--worker-stream",
+        action="store_true",
+        help="on PostgreSQL, also run coordd with WorkJobs stream workers (coordd_postgresql_stream)",
+    )
     args = parser.parse_args()
     from coordd.logging import configure
 
@@ -560,6 +663,7 @@ def main() -> None:
         "budget": args.budget,
         "submit_batch": args.submit_batch,
         "processes": args.processes or 1,
+        "worker_stream": args.worker_stream,
         "cpus": os.cpu_count(),
     }
     for backend in args.backends.split(","):
@@ -574,6 +678,19 @@ def main() -> None:
             args.submit_batch,
             args.processes,
         )
+    if args.worker_stream and "postgresql" in args.backends.split(","):
+        out["coordd_postgresql_stream"] = run_coordd(
+            "postgresql",
+            args.jobs,
+            args.workers,
+            args.producers,
+            args.batch,
+            args.budget,
+            args.pg_admin_url,
+            args.submit_batch,
+            args.processes,
+            worker_stream=True,
+        )
     if not args.no_floor:
         out["grpc_floor"] = run_floor(args.jobs, args.workers, args.batch)
         if "postgresql" in args.backends.split(","):
@@ -587,6 +704,10 @@ def main() -> None:
         ours = out["coordd_postgresql"]["claim_complete_jobs_per_s"]
         theirs = out["pgqueuer_postgresql"]["claim_complete_jobs_per_s"]
         out["ratio_claim_complete_coordd_pg_over_pgqueuer"] = round(ours / theirs, 3) if theirs else None
+        if "coordd_postgresql_stream" in out:
+            ours = out["coordd_postgresql_stream"]["claim_complete_jobs_per_s"]
+            ratio = round(ours / theirs, 3) if theirs else None
+            out["ratio_claim_complete_coordd_pg_stream_over_pgqueuer"] = ratio
         ours = out["coordd_postgresql"]["enqueue_jobs_per_s"]
         theirs = out["pgqueuer_postgresql"]["enqueue_jobs_per_s"]
         out["ratio_enqueue_coordd_pg_over_pgqueuer"] = round(ours / theirs, 3) if theirs else None

@@ -6,6 +6,7 @@ and is not recorded (the gathered SubmitJob batch sends one COPY besides these).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -117,6 +118,42 @@ def test_a_claim_and_a_batch_completion_send_two_messages_each(recorded):
     assert len(completed) == 2, completed
     assert completed[0].startswith("BEGIN;") and completed[1].endswith("COMMIT")
     assert "INSERT INTO event_log" in completed[1]
+
+
+def test_a_worker_stream_message_completing_and_claiming_sends_three_messages(recorded):
+    """One transaction for both (jobs.complete_and_claim): the lease check, the claim (with the
+    completion's UPDATE riding along), and the COMMIT with both events; two each apart."""
+    server, sent = recorded
+    rt = server.rt
+    _, submitter = server.make_user("participant")
+    worker_id, worker_token = server.make_user("provider")
+    stub = job_pb2_grpc.JobServiceStub(server.channel)
+    submit = job_pb2.SubmitJobRequest(
+        kind=job_pb2.JOB_KIND_INFERENCE, model_ref="noop", input=job_pb2.Payload(data=b"{}")
+    )
+    for _ in range(30):
+        stub.SubmitJob(submit, metadata=bearer(submitter))
+    who = credentials.authenticate_token(rt, worker_token)
+    worker = jobs.check_worker(worker_id, [], 0)
+    jobs.claim(rt, worker, 2)  # warm: ids, plans
+    leased = jobs.claim(rt, worker, 10)
+    items = [
+        (
+            jobs.LeaseRef(x.job.id, x.job.attempt, x.lease_id),
+            jobs.Payload(b"ok", "", hashlib.sha256(b"ok").hexdigest()),
+        )
+        for x in leased
+    ]
+    results: list[Any] = []
+    messages = _messages(sent, lambda: results.append(jobs.complete_and_claim(rt, who, items, worker, 10)))
+
+    [(outcomes, claimed)] = results
+    assert len(outcomes) == 10 and not any(isinstance(o, Exception) for o in outcomes)
+    assert len(claimed) == 10
+    assert len(messages) == 3, messages
+    assert messages[0].startswith("BEGIN;") and "FOR UPDATE" in messages[0]
+    assert "UPDATE job SET state = 'succeeded'" in messages[1] and "SKIP LOCKED" in messages[1]
+    assert messages[2].endswith("COMMIT") and "INSERT INTO event_log" in messages[2]
 
 
 def test_a_keyed_register_batch_of_newcomers_sends_three_messages(recorded):

@@ -1238,6 +1238,282 @@ class BatchCompleteJobsResponse(_message.Message):
 Global___BatchCompleteJobsResponse: _TypeAlias = BatchCompleteJobsResponse  # noqa: Y015
 
 @_typing.final
+class WorkJobsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPEN_FIELD_NUMBER: _builtins.int
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    MAX_JOBS_FIELD_NUMBER: _builtins.int
+    max_jobs: _builtins.int
+    """How many more jobs to lease to this stream, 0..100, on top of those asked for before
+    and not sent yet (at most 100 outstanding).
+    """
+    @_builtins.property
+    def open(self) -> Global___WorkJobsOpen:
+        """The first message's, and only there: what this worker runs and receives."""
+
+    @_builtins.property
+    def complete(self) -> Global___JobCompletions:
+        """Results of jobs leased to this provider (on this stream or elsewhere); at most 100."""
+
+    def __init__(
+        self,
+        *,
+        open: Global___WorkJobsOpen | None = ...,
+        complete: Global___JobCompletions | None = ...,
+        max_jobs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "open", b"open"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "max_jobs", b"max_jobs", "open", b"open"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkJobsRequest: _TypeAlias = WorkJobsRequest  # noqa: Y015
+
+@_typing.final
+class WorkJobsOpen(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAPABILITIES_FIELD_NUMBER: _builtins.int
+    MAX_REPLY_BYTES_FIELD_NUMBER: _builtins.int
+    ATTESTATIONS_FIELD_NUMBER: _builtins.int
+    max_reply_bytes: _builtins.int
+    """As in ClaimJobsRequest: no `leases` message is larger."""
+    attestations: _builtins.bool
+    """Each answer to completions also carries every success's attestation (DSSE payload and
+    signature); without it, only what failed (GetAttestation reads them later).
+    """
+    @_builtins.property
+    def capabilities(self) -> Global___Capabilities:
+        """What this worker can run."""
+
+    def __init__(
+        self,
+        *,
+        capabilities: Global___Capabilities | None = ...,
+        max_reply_bytes: _builtins.int = ...,
+        attestations: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestations", b"attestations", "capabilities", b"capabilities", "max_reply_bytes", b"max_reply_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkJobsOpen: _TypeAlias = WorkJobsOpen  # noqa: Y015
+
+@_typing.final
+class JobCompletions(_message.Message):
+    """Completions as columns: element i of every list is job i's. `jobs`, `attempts`,
+    `lease_ids` and `output_sha256` have one element a job; `output_data` and `output_uris`
+    have one a job or none at all, and a job's output is its URI when it has a non-empty one,
+    else its inline data (at most 1 MiB).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LEASE_IDS_FIELD_NUMBER: _builtins.int
+    OUTPUT_SHA256_FIELD_NUMBER: _builtins.int
+    OUTPUT_DATA_FIELD_NUMBER: _builtins.int
+    OUTPUT_URIS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`jobs/{job}`."""
+
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def lease_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def output_sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Lower-case hex SHA-256 of each output: required with a URI, checked against inline data
+        (empty: computed).
+        """
+
+    @_builtins.property
+    def output_data(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    @_builtins.property
+    def output_uris(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[_builtins.str] | None = ...,
+        attempts: _abc.Iterable[_builtins.int] | None = ...,
+        lease_ids: _abc.Iterable[_builtins.str] | None = ...,
+        output_sha256: _abc.Iterable[_builtins.str] | None = ...,
+        output_data: _abc.Iterable[_builtins.bytes] | None = ...,
+        output_uris: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "jobs", b"jobs", "lease_ids", b"lease_ids", "output_data", b"output_data", "output_sha256", b"output_sha256", "output_uris", b"output_uris"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobCompletions: _TypeAlias = JobCompletions  # noqa: Y015
+
+@_typing.final
+class WorkJobsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASES_FIELD_NUMBER: _builtins.int
+    COMPLETED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def leases(self) -> Global___JobLeases:
+        """Jobs leased to this stream; empty when the message answers only completions."""
+
+    @_builtins.property
+    def completed(self) -> Global___JobCompletionResults:
+        """The answer to one request's completions, in the order the requests were sent."""
+
+    def __init__(
+        self,
+        *,
+        leases: Global___JobLeases | None = ...,
+        completed: Global___JobCompletionResults | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "leases", b"leases"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "leases", b"leases"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkJobsResponse: _TypeAlias = WorkJobsResponse  # noqa: Y015
+
+@_typing.final
+class JobLeases(_message.Message):
+    """Leased jobs as columns (element i of every list is job i's), all under one lease id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIMES_US_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    MODEL_REFS_FIELD_NUMBER: _builtins.int
+    INPUT_DATA_FIELD_NUMBER: _builtins.int
+    INPUT_URIS_FIELD_NUMBER: _builtins.int
+    INPUT_SHA256_FIELD_NUMBER: _builtins.int
+    START_TO_CLOSE_TIMEOUTS_MS_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_TIMEOUTS_MS_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.str
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`jobs/{job}`."""
+
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def expire_times_us(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Each lease's expiry, microseconds since the Unix epoch (a column, not one Timestamp
+        message a job); HeartbeatJob extends it.
+        """
+
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___JobKind.ValueType]: ...
+    @_builtins.property
+    def model_refs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def input_data(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Each input: its URI when non-empty, else the inline data; with its SHA-256."""
+
+    @_builtins.property
+    def input_uris(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def input_sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def start_to_close_timeouts_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Milliseconds (0: none), as in Job's timeouts."""
+
+    @_builtins.property
+    def heartbeat_timeouts_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        lease_id: _builtins.str = ...,
+        jobs: _abc.Iterable[_builtins.str] | None = ...,
+        attempts: _abc.Iterable[_builtins.int] | None = ...,
+        expire_times_us: _abc.Iterable[_builtins.int] | None = ...,
+        kinds: _abc.Iterable[Global___JobKind.ValueType] | None = ...,
+        model_refs: _abc.Iterable[_builtins.str] | None = ...,
+        input_data: _abc.Iterable[_builtins.bytes] | None = ...,
+        input_uris: _abc.Iterable[_builtins.str] | None = ...,
+        input_sha256: _abc.Iterable[_builtins.str] | None = ...,
+        start_to_close_timeouts_ms: _abc.Iterable[_builtins.int] | None = ...,
+        heartbeat_timeouts_ms: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "expire_times_us", b"expire_times_us", "heartbeat_timeouts_ms", b"heartbeat_timeouts_ms", "input_data", b"input_data", "input_sha256", b"input_sha256", "input_uris", b"input_uris", "jobs", b"jobs", "kinds", b"kinds", "lease_id", b"lease_id", "model_refs", b"model_refs", "start_to_close_timeouts_ms", b"start_to_close_timeouts_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobLeases: _TypeAlias = JobLeases  # noqa: Y015
+
+@_typing.final
+class JobCompletionResults(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUCCEEDED_FIELD_NUMBER: _builtins.int
+    FAILED_JOBS_FIELD_NUMBER: _builtins.int
+    ERROR_CODES_FIELD_NUMBER: _builtins.int
+    ERROR_REASONS_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGES_FIELD_NUMBER: _builtins.int
+    ATTESTED_JOBS_FIELD_NUMBER: _builtins.int
+    ATTESTATION_PAYLOADS_FIELD_NUMBER: _builtins.int
+    ATTESTATION_SIGNATURES_FIELD_NUMBER: _builtins.int
+    ATTESTATION_KEY_ID_FIELD_NUMBER: _builtins.int
+    succeeded: _builtins.int
+    """How many of the request's completions were recorded: every one not in `failed_jobs`."""
+    attestation_key_id: _builtins.str
+    @_builtins.property
+    def failed_jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The completions that were not, in request order, each with the canonical code name,
+        ErrorInfo reason and message BatchCompleteJobs would give it.
+        """
+
+    @_builtins.property
+    def error_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def error_reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def error_messages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def attested_jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With `open.attestations`: the successes in request order, each with its DSSE payload and
+        its signature by `attestation_key_id` (GetSigningKey).
+        """
+
+    @_builtins.property
+    def attestation_payloads(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    @_builtins.property
+    def attestation_signatures(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        succeeded: _builtins.int = ...,
+        failed_jobs: _abc.Iterable[_builtins.str] | None = ...,
+        error_codes: _abc.Iterable[_builtins.str] | None = ...,
+        error_reasons: _abc.Iterable[_builtins.str] | None = ...,
+        error_messages: _abc.Iterable[_builtins.str] | None = ...,
+        attested_jobs: _abc.Iterable[_builtins.str] | None = ...,
+        attestation_payloads: _abc.Iterable[_builtins.bytes] | None = ...,
+        attestation_signatures: _abc.Iterable[_builtins.bytes] | None = ...,
+        attestation_key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation_key_id", b"attestation_key_id", "attestation_payloads", b"attestation_payloads", "attestation_signatures", b"attestation_signatures", "attested_jobs", b"attested_jobs", "error_codes", b"error_codes", "error_messages", b"error_messages", "error_reasons", b"error_reasons", "failed_jobs", b"failed_jobs", "succeeded", b"succeeded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobCompletionResults: _TypeAlias = JobCompletionResults  # noqa: Y015
+
+@_typing.final
 class FailJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -96,6 +96,11 @@ class JobServiceStub:
                 request_serializer=coordd_dot_v1_dot_job__pb2.BatchCompleteJobsRequest.SerializeToString,
                 response_deserializer=coordd_dot_v1_dot_job__pb2.BatchCompleteJobsResponse.FromString,
                 _registered_method=True)
+        self.WorkJobs = channel.stream_stream(
+                '/coordd.v1.JobService/WorkJobs',
+                request_serializer=coordd_dot_v1_dot_job__pb2.WorkJobsRequest.SerializeToString,
+                response_deserializer=coordd_dot_v1_dot_job__pb2.WorkJobsResponse.FromString,
+                _registered_method=True)
         self.FailJob = channel.unary_unary(
                 '/coordd.v1.JobService/FailJob',
                 request_serializer=coordd_dot_v1_dot_job__pb2.FailJobRequest.SerializeToString,
@@ -267,6 +272,20 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WorkJobs(self, request_iterator, context):
+        """Workers: claims and completions on one long-lived stream, jobs carried as columns (one
+        list a field) rather than one message a job. The first message opens the stream
+        (`open`); each message may complete jobs (`complete`, checked and paid as
+        BatchCompleteJobs does, in one transaction with the claim it asks for) and ask for
+        `max_jobs` more. A message that completes jobs is answered at once; jobs asked for are
+        sent as soon as some are claimable (as ClaimJobs waits, without a deadline). Leases are
+        ordinary leases: HeartbeatJob, SnoozeJob and FailJob take them, and they outlive the
+        stream (a lease the server could not send is handed back without spending an attempt).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def FailJob(self, request, context):
         """Workers: reports a failed attempt. Retryable failures are retried with backoff until
         max_attempts; otherwise the job fails and its budget is refunded.
@@ -420,6 +439,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.BatchCompleteJobs,
                     request_deserializer=coordd_dot_v1_dot_job__pb2.BatchCompleteJobsRequest.FromString,
                     response_serializer=coordd_dot_v1_dot_job__pb2.BatchCompleteJobsResponse.SerializeToString,
+            ),
+            'WorkJobs': grpc.stream_stream_rpc_method_handler(
+                    servicer.WorkJobs,
+                    request_deserializer=coordd_dot_v1_dot_job__pb2.WorkJobsRequest.FromString,
+                    response_serializer=coordd_dot_v1_dot_job__pb2.WorkJobsResponse.SerializeToString,
             ),
             'FailJob': grpc.unary_unary_rpc_method_handler(
                     servicer.FailJob,
@@ -791,6 +815,33 @@ class JobService:
             '/coordd.v1.JobService/BatchCompleteJobs',
             coordd_dot_v1_dot_job__pb2.BatchCompleteJobsRequest.SerializeToString,
             coordd_dot_v1_dot_job__pb2.BatchCompleteJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WorkJobs(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/coordd.v1.JobService/WorkJobs',
+            coordd_dot_v1_dot_job__pb2.WorkJobsRequest.SerializeToString,
+            coordd_dot_v1_dot_job__pb2.WorkJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

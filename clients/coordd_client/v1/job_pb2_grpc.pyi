@@ -89,6 +89,16 @@ class JobServiceStub:
     """Workers: completes several leased jobs in one call (one transaction); each result
     reports its own success or error.
     """
+    WorkJobs: _grpc.StreamStreamMultiCallable[_job_pb2.WorkJobsRequest, _job_pb2.WorkJobsResponse]
+    """Workers: claims and completions on one long-lived stream, jobs carried as columns (one
+    list a field) rather than one message a job. The first message opens the stream
+    (`open`); each message may complete jobs (`complete`, checked and paid as
+    BatchCompleteJobs does, in one transaction with the claim it asks for) and ask for
+    `max_jobs` more. A message that completes jobs is answered at once; jobs asked for are
+    sent as soon as some are claimable (as ClaimJobs waits, without a deadline). Leases are
+    ordinary leases: HeartbeatJob, SnoozeJob and FailJob take them, and they outlive the
+    stream (a lease the server could not send is handed back without spending an attempt).
+    """
     FailJob: _grpc.UnaryUnaryMultiCallable[_job_pb2.FailJobRequest, _job_pb2.FailJobResponse]
     """Workers: reports a failed attempt. Retryable failures are retried with backoff until
     max_attempts; otherwise the job fails and its budget is refunded.
@@ -185,6 +195,16 @@ class JobServiceAsyncStub(JobServiceStub):
     BatchCompleteJobs: _aio.UnaryUnaryMultiCallable[_job_pb2.BatchCompleteJobsRequest, _job_pb2.BatchCompleteJobsResponse]  # type: ignore[assignment]
     """Workers: completes several leased jobs in one call (one transaction); each result
     reports its own success or error.
+    """
+    WorkJobs: _aio.StreamStreamMultiCallable[_job_pb2.WorkJobsRequest, _job_pb2.WorkJobsResponse]  # type: ignore[assignment]
+    """Workers: claims and completions on one long-lived stream, jobs carried as columns (one
+    list a field) rather than one message a job. The first message opens the stream
+    (`open`); each message may complete jobs (`complete`, checked and paid as
+    BatchCompleteJobs does, in one transaction with the claim it asks for) and ask for
+    `max_jobs` more. A message that completes jobs is answered at once; jobs asked for are
+    sent as soon as some are claimable (as ClaimJobs waits, without a deadline). Leases are
+    ordinary leases: HeartbeatJob, SnoozeJob and FailJob take them, and they outlive the
+    stream (a lease the server could not send is handed back without spending an attempt).
     """
     FailJob: _aio.UnaryUnaryMultiCallable[_job_pb2.FailJobRequest, _job_pb2.FailJobResponse]  # type: ignore[assignment]
     """Workers: reports a failed attempt. Retryable failures are retried with backoff until
@@ -345,6 +365,22 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_job_pb2.BatchCompleteJobsResponse, _abc.Awaitable[_job_pb2.BatchCompleteJobsResponse]]:
         """Workers: completes several leased jobs in one call (one transaction); each result
         reports its own success or error.
+        """
+
+    @_abc_1.abstractmethod
+    def WorkJobs(
+        self,
+        request_iterator: _MaybeAsyncIterator[_job_pb2.WorkJobsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_job_pb2.WorkJobsResponse], _abc.AsyncIterator[_job_pb2.WorkJobsResponse]]:
+        """Workers: claims and completions on one long-lived stream, jobs carried as columns (one
+        list a field) rather than one message a job. The first message opens the stream
+        (`open`); each message may complete jobs (`complete`, checked and paid as
+        BatchCompleteJobs does, in one transaction with the claim it asks for) and ask for
+        `max_jobs` more. A message that completes jobs is answered at once; jobs asked for are
+        sent as soon as some are claimable (as ClaimJobs waits, without a deadline). Leases are
+        ordinary leases: HeartbeatJob, SnoozeJob and FailJob take them, and they outlive the
+        stream (a lease the server could not send is handed back without spending an attempt).
         """
 
     @_abc_1.abstractmethod

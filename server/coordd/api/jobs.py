@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 
 from coordd.api.convert import duration, parse_name, ts
+from coordd.api.decoding import CheckedStream
 from coordd.api.gather import Gatherer
 from coordd.api.job_batches import BatchSpecs, JobTemplates, batch_submit_reply
 from coordd.api.job_messages import (
@@ -34,6 +35,7 @@ from coordd.api.job_messages import (
     view_to_proto,
 )
 from coordd.api.job_schedules import JobScheduleMethods
+from coordd.api.job_stream import WorkStream
 from coordd.core.errors import (
     DomainError,
     FieldViolation,
@@ -431,6 +433,13 @@ class JobServicer(JobScheduleMethods, job_pb2_grpc.JobServiceServicer):
                     )
                 )
         return job_pb2.BatchCompleteJobsResponse(results=results)
+
+    def WorkJobs(
+        self, request_iterator: CheckedStream, context: Any
+    ) -> AsyncIterator[job_pb2.WorkJobsResponse]:
+        # The generator itself, not one wrapping it: when the pipeline closes it, a reply it
+        # could not send hands its jobs back at once (api/job_stream.py).
+        return WorkStream(self.rt, require_user(), request_iterator, self._wait_for_work, self._spawn).serve()
 
     async def FailJob(self, request: job_pb2.FailJobRequest, context: Any) -> job_pb2.FailJobResponse:
         who = require_user()

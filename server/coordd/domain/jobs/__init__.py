@@ -20,7 +20,7 @@ moves through `coordd.domain.ledger`.
 
 from coordd.domain.jobs.attestation import Attestation, attestation_of, statement, statement_json
 from coordd.domain.jobs.cancellation import cancel
-from coordd.domain.jobs.completion import Completion, complete, complete_many
+from coordd.domain.jobs.completion import Completion, complete, complete_and_claim, complete_many
 from coordd.domain.jobs.control import snooze
 from coordd.domain.jobs.fairness import age_priorities
 from coordd.domain.jobs.leases import (
@@ -171,6 +171,7 @@ __all__ = [
     "claim",
     "claim_bytes",
     "complete",
+    "complete_and_claim",
     "complete_many",
     "create_schedule",
     "delete_schedule",

@@ -11,8 +11,9 @@ from coordd.core.principal import Principal
 from coordd.domain import ledger
 from coordd.domain.jobs.attestation import Attestation, statement_json
 from coordd.domain.jobs.graph import parents_succeeded
+from coordd.domain.jobs.leases import Leased, lease_to
 from coordd.domain.jobs.policy import JobPolicy, platform_fee, policy_of
-from coordd.domain.jobs.specs import LeaseRef, Payload
+from coordd.domain.jobs.specs import LeaseRef, Payload, Worker
 from coordd.domain.jobs.states import CANCELLED, SUCCEEDED
 from coordd.domain.jobs.transitions import close_attempt, lease_error, lock, refund_and_finish
 from coordd.runtime import Runtime
@@ -150,3 +151,14 @@ def complete_many(
     acks are what make a worker's throughput independent of per-call overhead."""
     with rt.store.write() as tx:
         return _complete_batch(rt, tx, who, items)
+
+
+def complete_and_claim(
+    rt: Runtime, who: Principal, items: list[tuple[LeaseRef, Payload]], worker: Worker, limit: int
+) -> tuple[list[Attestation | DomainError], list[Leased]]:
+    """A worker stream's message: its completions, then a claim of up to `limit` more jobs
+    (none when 0), in one transaction: one commit for both."""
+    with rt.store.write() as tx:
+        results = _complete_batch(rt, tx, who, items) if items else []
+        leased = lease_to(rt, tx, worker, limit) if limit else []
+    return results, leased

@@ -1,0 +1,258 @@
+"""WorkJobs, the worker stream: jobs leased and completed as columns on one call, each
+completion checked, signed and paid as BatchCompleteJobs does, the next claim in the same
+message; jobs asked for are sent when they become claimable; bad messages end the stream with
+INVALID_ARGUMENT and change nothing; leases are ordinary leases that outlive the stream."""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+import time
+
+import grpc
+import pytest
+
+from coordd_client import attestation as offline
+from coordd_client.v1 import job_pb2
+from tests.helpers import RpcFailure
+from tests.jobs.rows import job_row
+from tests.support.server import bearer
+
+_DONE = object()
+
+
+class Stream:
+    """One WorkJobs call driven from a test: messages go in through a queue, replies come out."""
+
+    def __init__(self, env, token: str, **open_fields) -> None:
+        self._requests: queue.Queue[object] = queue.Queue()
+        self.call = env.stub.WorkJobs(iter(self._requests.get, _DONE), metadata=bearer(token), timeout=30)
+        self._first = job_pb2.WorkJobsOpen(**open_fields)
+
+    def open(self, max_jobs: int = 0) -> None:
+        self.send(open=self._first, max_jobs=max_jobs)
+
+    def send(self, **fields) -> None:
+        self._requests.put(job_pb2.WorkJobsRequest(**fields))
+
+    def read(self) -> job_pb2.WorkJobsResponse:
+        return next(self.call)
+
+    def close(self) -> None:
+        self._requests.put(_DONE)
+
+
+def _completions(leases: job_pb2.JobLeases, outputs: list[bytes], lease_ids: list[str] | None = None):
+    return job_pb2.JobCompletions(
+        jobs=leases.jobs,
+        attempts=leases.attempts,
+        lease_ids=lease_ids or [leases.lease_id] * len(leases.jobs),
+        output_sha256=[""] * len(leases.jobs),  # computed from the inline data
+        output_data=outputs,
+    )
+
+
+def _stream_error(stream: Stream) -> RpcFailure:
+    with pytest.raises(grpc.RpcError) as info:
+        while True:
+            stream.read()
+    return RpcFailure(info.value)  # type: ignore[arg-type]
+
+
+def test_a_stream_leases_jobs_as_columns_and_completion_pays_like_batch_complete(env):
+    names = [env.submit(budget=100, input=job_pb2.Payload(data=f"p{i}".encode())).name for i in range(3)]
+    stream = Stream(env, env.worker_a)
+    stream.open(max_jobs=3)
+    leases = stream.read().leases
+    assert sorted(leases.jobs) == sorted(names)
+    assert list(leases.attempts) == [1, 1, 1]
+    assert leases.lease_id and all(t > 0 for t in leases.expire_times_us)
+    assert set(leases.kinds) == {job_pb2.JOB_KIND_INFERENCE}
+    assert {bytes(d) for d in leases.input_data} == {b"p0", b"p1", b"p2"}
+    assert list(leases.input_sha256) == [hashlib.sha256(bytes(d)).hexdigest() for d in leases.input_data]
+    assert all(job_row(n).state == "running" for n in names)
+
+    stream.send(complete=_completions(leases, [b"r"] * 3))
+    completed = stream.read().completed
+    assert completed.succeeded == 3 and not completed.failed_jobs
+    assert not completed.attested_jobs  # only with open.attestations
+    stream.close()
+    assert env.balance(env.alice_id) == (9_700, 0)
+    assert env.balance(env.worker_a_id) == (270, 0)  # 10% platform fee (TEST_POLICY)
+    assert all(env.get(n).state == job_pb2.JOB_STATE_SUCCEEDED for n in names)
+
+
+def test_a_message_with_completions_and_max_jobs_gets_both_in_one_reply(env):
+    first, second = env.submit().name, env.submit().name
+    stream = Stream(env, env.worker_a)
+    stream.open(max_jobs=1)
+    leases = stream.read().leases
+    assert list(leases.jobs) == [first]
+    stream.send(complete=_completions(leases, [b"r"]), max_jobs=1)
+    reply = stream.read()
+    assert reply.completed.succeeded == 1
+    assert list(reply.leases.jobs) == [second]
+    assert reply.leases.lease_id != leases.lease_id  # a new claim, a new lease
+    stream.close()
+
+
+def test_jobs_asked_for_are_sent_as_soon_as_one_is_submitted(env):
+    stream = Stream(env, env.worker_a)
+    stream.open(max_jobs=2)
+    replies: list[job_pb2.WorkJobsResponse] = []
+    reader = threading.Thread(target=lambda: replies.append(stream.read()))
+    reader.start()
+    time.sleep(0.3)  # the stream is waiting for work
+    assert not replies
+    job = env.submit()
+    reader.join(10)
+    assert [list(r.leases.jobs) for r in replies] == [[job.name]]
+    assert job_row(job.name).provider == env.worker_a_id
+    stream.close()
+
+
+def test_a_completion_arriving_while_the_stream_waits_for_work_is_answered_at_once(env):
+    job = env.submit()
+    stream = Stream(env, env.worker_a)
+    stream.open(max_jobs=1)
+    leases = stream.read().leases
+    stream.send(max_jobs=5)  # the queue is empty now: the stream waits for work
+    stream.send(complete=_completions(leases, [b"r"]))
+    assert stream.read().completed.succeeded == 1
+    assert env.get(job.name).state == job_pb2.JOB_STATE_SUCCEEDED
+    stream.close()
+
+
+def test_a_stale_completion_fails_alone_and_the_others_are_recorded(env):
+    names = [env.submit(budget=10).name for _ in range(2)]
+    stream = Stream(env, env.worker_a)
+    stream.open(max_jobs=2)
+    leases = stream.read().leases
+    wrong = [leases.lease_id, "0" * 24]
+    stream.send(complete=_completions(leases, [b"r", b"r"], lease_ids=wrong))
+    completed = stream.read().completed
+    assert completed.succeeded == 1
+    assert list(completed.failed_jobs) == [leases.jobs[1]]
+    assert list(completed.error_codes) == ["FAILED_PRECONDITION"]
+    assert list(completed.error_reasons) == ["STALE_LEASE"]
+    assert env.get(leases.jobs[0]).state == job_pb2.JOB_STATE_SUCCEEDED
+    assert env.get(leases.jobs[1]).state == job_pb2.JOB_STATE_RUNNING
+    stream.close()
+    assert sorted(names) == sorted(leases.jobs)
+
+
+def test_with_attestations_each_success_carries_an_envelope_that_verifies(env):
+    job = env.submit()
+    stream = Stream(env, env.worker_a, attestations=True)
+    stream.open(max_jobs=1)
+    leases = stream.read().leases
+    stream.send(complete=_completions(leases, [b"the answer"]))
+    completed = stream.read().completed
+    stream.close()
+    key = env.stub.GetSigningKey(job_pb2.GetSigningKeyRequest())
+    assert list(completed.attested_jobs) == [job.name]
+    assert completed.attestation_key_id == key.key_id
+    statement = offline.verify_payload(
+        offline.PAYLOAD_TYPE,
+        completed.attestation_payloads[0],
+        [(completed.attestation_key_id, completed.attestation_signatures[0])],
+        key.public_key,
+    )
+    assert offline.verify_output(statement, b"the answer")
+    stored = env.stub.GetAttestation(job_pb2.GetAttestationRequest(name=job.name), metadata=bearer(env.alice))
+    assert stored.attestation.payload == completed.attestation_payloads[0]
+
+
+def test_a_stream_honours_the_workers_capabilities(env):
+    gpu_job = env.submit(requirements=job_pb2.Capabilities(labels=["gpu"], gpus=1)).name
+    plain = env.submit().name
+    stream = Stream(env, env.worker_a)  # no labels, no GPUs
+    stream.open(max_jobs=2)
+    assert list(stream.read().leases.jobs) == [plain]
+    stream.close()
+    assert job_row(gpu_job).state == "queued"
+
+
+def test_the_first_message_must_open_the_stream(env):
+    stream = Stream(env, env.worker_a)
+    stream.send(max_jobs=1)
+    failure = _stream_error(stream)
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "open" in failure.violations
+
+
+def test_open_twice_is_invalid(env):
+    stream = Stream(env, env.worker_a)
+    stream.open()
+    stream.open()
+    failure = _stream_error(stream)
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "open" in failure.violations
+
+
+def test_columns_of_different_lengths_end_the_stream_and_change_nothing(env):
+    job = env.submit(budget=10)
+    stream = Stream(env, env.worker_a)
+    stream.open(max_jobs=1)
+    leases = stream.read().leases
+    bad = _completions(leases, [b"r"])
+    bad.attempts.append(1)
+    stream.send(complete=bad)
+    failure = _stream_error(stream)
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "complete.attempts" in failure.violations
+    assert job_row(job.name).state == "running"
+    assert env.balance(env.alice_id) == (9_990, 10)
+
+
+def test_a_bad_output_digest_names_its_column_and_row(env):
+    env.submit()
+    stream = Stream(env, env.worker_a)
+    stream.open(max_jobs=1)
+    leases = stream.read().leases
+    bad = _completions(leases, [b"r"])
+    bad.output_sha256[0] = "f" * 64  # not the data's
+    stream.send(complete=bad)
+    failure = _stream_error(stream)
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "complete.output_sha256[0]" in failure.violations
+
+
+def test_more_than_100_jobs_asked_for_and_not_sent_is_invalid(env):
+    stream = Stream(env, env.worker_a)
+    stream.open(max_jobs=60)
+    stream.send(max_jobs=41)
+    failure = _stream_error(stream)
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_jobs" in failure.violations
+
+
+def test_a_submitter_without_the_provider_role_cannot_open_a_stream(env):
+    stream = Stream(env, env.alice)
+    stream.open(max_jobs=1)
+    assert _stream_error(stream).code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_leases_outlive_the_stream_and_complete_through_the_unary_call(env):
+    job = env.submit()
+    stream = Stream(env, env.worker_a)
+    stream.open(max_jobs=1)
+    leases = stream.read().leases
+    stream.close()
+    with pytest.raises(StopIteration):
+        stream.read()
+    assert job_row(job.name).state == "running"
+    lease = job_pb2.Lease(job=leases.jobs[0], attempt=leases.attempts[0], lease_id=leases.lease_id)
+    assert env.complete(env.worker_a, lease).job.state == job_pb2.JOB_STATE_SUCCEEDED
+
+
+def test_a_stream_cancelled_while_waiting_leaves_later_jobs_queued(env):
+    stream = Stream(env, env.worker_a)
+    stream.open(max_jobs=1)
+    time.sleep(0.3)  # waiting for work
+    stream.call.cancel()
+    time.sleep(0.3)
+    job = env.submit()
+    assert job_row(job.name).state == "queued"
+    assert [x.job.name for x in env.claim(env.worker_b)] == [job.name]
