@@ -4,6 +4,7 @@ when served (the row stores only the signature; see Job.attestation_sig)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,7 +34,10 @@ def statement(job: Job, output_digest: str, finish_time: datetime) -> dict[str, 
     }
 
 
+@functools.lru_cache(maxsize=4096)
 def _rfc3339(value: datetime) -> str:
+    """Remembered: a batch's statements share one finish time, a claim's jobs one start time
+    (isoformat was a tenth of a completion batch's CPU in the statements)."""
     text = value.isoformat()  # an offset can only come last: "+00:00" -> "Z"
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
