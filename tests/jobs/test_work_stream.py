@@ -5,6 +5,7 @@ INVALID_ARGUMENT and change nothing; leases are ordinary leases that outlive the
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import queue
 import threading
@@ -13,8 +14,10 @@ import time
 import grpc
 import pytest
 
+import coordd_client.aio
 from coordd_client import attestation as offline
 from coordd_client.v1 import job_pb2
+from coordd_client.worker import JobWorker, StreamedJob
 from tests.helpers import RpcFailure
 from tests.jobs.rows import job_row
 from tests.support.server import bearer
@@ -256,3 +259,73 @@ def test_a_stream_cancelled_while_waiting_leaves_later_jobs_queued(env):
     job = env.submit()
     assert job_row(job.name).state == "queued"
     assert [x.job.name for x in env.claim(env.worker_b)] == [job.name]
+
+
+# -- coordd_client.worker.JobWorker: the loop a worker writes -----------------------------------
+
+
+def _run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def test_job_worker_runs_every_job_and_its_completions_are_paid(env):
+    names = {env.submit(budget=10, input=job_pb2.Payload(data=f"in{i}".encode())).name for i in range(25)}
+
+    async def work() -> tuple[JobWorker, list[StreamedJob]]:
+        seen: list[StreamedJob] = []
+        async with (
+            coordd_client.aio.connect(env.server.target, token=env.worker_a) as client,
+            JobWorker(client.job, batch=10) as worker,
+        ):
+            async for job in worker:
+                seen.append(job)
+                worker.complete(job, data=job.input_data.upper())
+                if len(seen) == 25:
+                    worker.stop()
+        return worker, seen
+
+    worker, seen = _run(work())
+    assert {j.name for j in seen} == names and len(seen) == 25
+    assert worker.succeeded == 25 and worker.failures == [] and worker.unprocessed == []
+    assert env.balance(env.worker_a_id) == (225, 0)
+    done = env.get(seen[0].name)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert done.output.data == seen[0].input_data.upper()
+
+
+def test_job_worker_reports_a_completion_the_server_refused(env):
+    env.submit()
+
+    async def work() -> JobWorker:
+        async with (
+            coordd_client.aio.connect(env.server.target, token=env.worker_a) as client,
+            JobWorker(client.job, batch=1, attestations=True) as worker,
+        ):
+            async for job in worker:
+                worker.complete(job._replace(lease_id="0" * 24), data=b"late")
+                worker.stop()
+        return worker
+
+    worker = _run(work())
+    assert worker.succeeded == 0 and worker.attested == []
+    [failure] = worker.failures
+    assert (failure.code, failure.reason) == ("FAILED_PRECONDITION", "STALE_LEASE")
+
+
+def test_job_worker_hands_out_only_jobs_it_can_run(env):
+    env.submit(requirements=job_pb2.Capabilities(labels=["gpu"]))
+    plain = env.submit().name
+
+    async def work() -> list[str]:
+        got: list[str] = []
+        async with (
+            coordd_client.aio.connect(env.server.target, token=env.worker_a) as client,
+            JobWorker(client.job, batch=5) as worker,
+        ):
+            async for job in worker:
+                got.append(job.name)
+                worker.complete(job, data=b"ok")
+                worker.stop()
+        return got
+
+    assert _run(work()) == [plain]

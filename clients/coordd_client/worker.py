@@ -1,0 +1,214 @@
+"""A worker loop over JobService.WorkJobs (asyncio): jobs handed out one at a time, their
+completions sent in batches together with the next ask, as the stream is meant to be used.
+
+    async with coordd_client.aio.connect(target, token=token) as client:
+        async with JobWorker(client.job, batch=100) as worker:
+            async for job in worker:
+                worker.complete(job, data=run(job.model_ref, job.input_data))
+                if time_to_stop:
+                    worker.stop()
+        print(worker.succeeded, worker.failures)
+
+Completions are buffered until every job received so far has been handed out; then they go in
+one message that also asks for as many jobs as were completed (so at most `batch` are leased to
+this worker at once). Leaving the `async with` block sends what is buffered, waits for its
+answer and ends the stream. A job that is not completed keeps its lease until it expires (or
+use the unary HeartbeatJob, FailJob and SnoozeJob with `job.lease()`). `succeeded` counts the
+recorded completions, `failures` lists the others with BatchCompleteJobs' code, reason and
+message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import grpc
+
+from coordd_client.errors import from_rpc_error
+from coordd_client.v1 import job_pb2
+
+
+class StreamedJob(NamedTuple):
+    """One leased job, from a `JobLeases` message's columns."""
+
+    name: str
+    attempt: int
+    lease_id: str
+    kind: int
+    model_ref: str
+    # The inline input (empty when `input_uri` is set).
+    input_data: bytes
+    input_uri: str
+    input_sha256: str
+    expire_time_us: int
+    start_to_close_timeout_ms: int
+    heartbeat_timeout_ms: int
+
+    def lease(self) -> job_pb2.Lease:
+        """For the unary calls (HeartbeatJob, FailJob, SnoozeJob, CompleteJob)."""
+        return job_pb2.Lease(job=self.name, attempt=self.attempt, lease_id=self.lease_id)
+
+
+class CompletionFailure(NamedTuple):
+    """A completion the server did not record, as BatchCompleteJobs would report it."""
+
+    job: str
+    code: str
+    reason: str
+    message: str
+
+
+def jobs_of(leases: job_pb2.JobLeases) -> list[StreamedJob]:
+    return [
+        StreamedJob(name, attempt, leases.lease_id, kind, model, data, uri, digest, expire, close, beat)
+        for name, attempt, expire, kind, model, data, uri, digest, close, beat in zip(
+            leases.jobs,
+            leases.attempts,
+            leases.expire_times_us,
+            leases.kinds,
+            leases.model_refs,
+            leases.input_data,
+            leases.input_uris,
+            leases.input_sha256,
+            leases.start_to_close_timeouts_ms,
+            leases.heartbeat_timeouts_ms,
+            strict=True,
+        )
+    ]
+
+
+class JobWorker:
+    """`async with JobWorker(client.job, ...) as worker: async for job in worker: ...`; see the
+    module doc. `job_service` is an AsyncClient's `job` (or a grpc.aio JobServiceStub)."""
+
+    def __init__(
+        self,
+        job_service: Any,
+        *,
+        batch: int = 100,
+        labels: Sequence[str] = (),
+        gpus: int = 0,
+        max_reply_bytes: int = 0,
+        attestations: bool = False,
+    ) -> None:
+        if not 1 <= batch <= 100:
+            raise ValueError("batch: 1..100")
+        self._service = job_service
+        self._batch = batch
+        self._open = job_pb2.WorkJobsOpen(
+            capabilities=job_pb2.Capabilities(labels=list(labels), gpus=gpus),
+            max_reply_bytes=max_reply_bytes,
+            attestations=attestations,
+        )
+        self._call: Any = None
+        self._ready: deque[StreamedJob] = deque()
+        self._done = job_pb2.JobCompletions()
+        self._answers_due = 0  # messages with completions not answered yet
+        self._asked = 0  # jobs asked for and not received yet
+        self._stopping = False
+        self.succeeded = 0
+        self.failures: list[CompletionFailure] = []
+        # With attestations=True: (job name, DSSE payload, signature, key id) of each success.
+        self.attested: list[tuple[str, bytes, bytes, str]] = []
+
+    async def __aenter__(self) -> JobWorker:
+        self._call = self._service.WorkJobs()
+        await self._call.write(job_pb2.WorkJobsRequest(open=self._open, max_jobs=self._batch))
+        self._asked = self._batch
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        call, self._call = self._call, None
+        if call is None:
+            return
+        try:
+            if exc[0] is None:
+                self._stopping = True
+                await self._send(call)
+                while self._answers_due:
+                    if not await self._read(call):
+                        break
+                await call.done_writing()
+        finally:
+            call.cancel()
+
+    def complete(self, job: StreamedJob, data: bytes | None = None, uri: str = "", sha256: str = "") -> None:
+        """Buffers `job`'s result: inline `data` (its SHA-256 computed here unless given), or a `uri`
+        with its `sha256`. Sent with the next message."""
+        if (data is None) == (not uri):
+            raise ValueError("complete: give data or uri")
+        done = self._done
+        done.jobs.append(job.name)
+        done.attempts.append(job.attempt)
+        done.lease_ids.append(job.lease_id)
+        done.output_sha256.append(sha256 or (hashlib.sha256(data).hexdigest() if data is not None else ""))
+        done.output_data.append(data if data is not None else b"")
+        done.output_uris.append(uri)
+
+    def stop(self) -> None:
+        """Asks for no more jobs; iteration ends once the jobs already received are handed out.
+        Jobs asked for before are not waited for: leaving the `async with` block ends the
+        stream, and a claim it cuts short goes back to the queue (server side)."""
+        self._stopping = True
+
+    @property
+    def unprocessed(self) -> list[StreamedJob]:
+        """Jobs that arrived after the last one handed out (while leaving): their leases run out
+        unless failed or snoozed with `job.lease()`."""
+        return list(self._ready)
+
+    def __aiter__(self) -> JobWorker:
+        return self
+
+    async def __anext__(self) -> StreamedJob:
+        call = self._call
+        if call is None:
+            raise RuntimeError("use JobWorker inside `async with`")
+        while not self._ready:
+            if self._stopping:
+                raise StopAsyncIteration
+            await self._send(call)
+            if not await self._read(call):
+                raise StopAsyncIteration
+        return self._ready.popleft()
+
+    async def _send(self, call: Any) -> None:
+        """Buffered completions, and an ask for as many jobs as this worker is short of `batch`."""
+        more = 0 if self._stopping else self._batch - self._asked - len(self._ready)
+        if not self._done.jobs and more <= 0:
+            return
+        request = job_pb2.WorkJobsRequest(max_jobs=max(0, more))
+        if self._done.jobs:
+            request.complete.CopyFrom(self._done)
+            self._done = job_pb2.JobCompletions()
+            self._answers_due += 1
+        self._asked += request.max_jobs
+        try:
+            await call.write(request)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    async def _read(self, call: Any) -> bool:
+        try:
+            reply = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        if reply is grpc.aio.EOF:
+            return False
+        if reply.HasField("completed"):
+            self._answers_due -= 1
+            answer = reply.completed
+            self.succeeded += answer.succeeded
+            a = answer
+            failed = zip(a.failed_jobs, a.error_codes, a.error_reasons, a.error_messages, strict=True)
+            self.failures.extend(CompletionFailure(*f) for f in failed)
+            signed = zip(a.attested_jobs, a.attestation_payloads, a.attestation_signatures, strict=True)
+            self.attested.extend((name, payload, sig, a.attestation_key_id) for name, payload, sig in signed)
+        if reply.HasField("leases"):
+            received = jobs_of(reply.leases)
+            self._asked -= len(received)
+            self._ready.extend(received)
+        return True
