@@ -13,10 +13,16 @@ jobs are all enqueued before workers start, so this is mostly time spent waiting
   database), enqueued one per call through an asyncpg pool by C producers, drained by W
   QueueManagers (batch size B) running a no-op entrypoint in this process.
 
-The figure to watch is `ratio_claim_complete_coordd_pg_over_pgqueuer` (goal: >= 1).
+- `--worker-stream`: coordd on PostgreSQL once more, its workers on the WorkJobs stream through
+  `coordd_client.worker.JobWorker` (leases and completions as columns, a batch's completions
+  and the next claim in one message and one transaction): `coordd_postgresql_stream`.
+
+The figures to watch are `ratio_claim_complete_coordd_pg_over_pgqueuer` and, with
+`--worker-stream`, `ratio_claim_complete_coordd_pg_stream_over_pgqueuer`.
 
     .venv/bin/python bench/jobs.py [--jobs 20000] [--workers 8] [--batch 100] [--producers 32]
         [--budget 0] [--backends sqlite,postgresql] [--pg-admin-url postgresql://postgres@127.0.0.1:5432/postgres]
+        [--submit-batch 1] [--processes 0] [--worker-stream] [--no-floor]
 """
 
 from __future__ import annotations
@@ -277,85 +283,56 @@ async def _drain(
 async def _drain_stream(
     channels: list[grpc.aio.Channel], tokens: list[str], jobs: int, batch: int, server_pid: int
 ) -> dict[str, Any]:
-    """One WorkJobs stream per token: open asking for `batch` jobs, then each message completes
-    the jobs of the last lease and asks for as many again (one round trip a batch), until
-    `jobs` completions are acknowledged. CPU per job measured over the phase, as `_drain`."""
-    acked = 0
+    """One WorkJobs stream per token through `coordd_client.worker.JobWorker` (what a worker
+    would run): jobs one at a time, each completed at once; the worker sends the batch's
+    completions with its next ask. Until `jobs` completions are recorded; CPU per job measured
+    over the phase, as `_drain`."""
+    from coordd_client.worker import JobWorker
+
     seen: set[str] = set()
     duplicates = 0
-    errors = 0
-    digest = hashlib.sha256(b"ok").hexdigest()
-    last_ack = [0.0]
-    round_ms: list[float] = []
-    sizes: list[int] = []
-    finished = asyncio.Event()
-    calls: list[Any] = []
+    workers: list[JobWorker] = []
+
+    def recorded() -> int:
+        return sum(w.succeeded + len(w.failures) for w in workers)
 
     async def work(index: int) -> None:
-        nonlocal acked, duplicates, errors
+        nonlocal duplicates
         stub = job_pb2_grpc.JobServiceStub(channels[index % len(channels)])
-        call = stub.WorkJobs(metadata=(("authorization", f"Bearer {tokens[index]}"),))
-        calls.append(call)
-        await call.write(job_pb2.WorkJobsRequest(open=job_pb2.WorkJobsOpen(), max_jobs=batch))
-        asked = time.perf_counter()
-        while True:
-            reply = await call.read()
-            if reply is grpc.aio.EOF:
-                return
-            if reply.HasField("completed"):
-                done = reply.completed
-                errors += len(done.failed_jobs)
-                acked += done.succeeded + len(done.failed_jobs)
-                last_ack[0] = time.perf_counter()
-                if acked >= jobs:
-                    finished.set()
-            leases = reply.leases
-            names = leases.jobs
-            if not names:
-                continue
-            round_ms.append((time.perf_counter() - asked) * 1000)
-            count = len(names)
-            sizes.append(count)
-            for name in names:
-                if name in seen:
+        worker = JobWorker(_Authorized(stub, tokens[index]), batch=batch)
+        workers.append(worker)
+        async with worker:
+            async for job in worker:
+                if job.name in seen:
                     duplicates += 1
-                seen.add(name)
-            asked = time.perf_counter()
-            await call.write(
-                job_pb2.WorkJobsRequest(
-                    complete=job_pb2.JobCompletions(
-                        jobs=names,
-                        attempts=leases.attempts,
-                        lease_ids=[leases.lease_id] * count,
-                        output_sha256=[digest] * count,
-                        output_data=[b"ok"] * count,
-                    ),
-                    max_jobs=count,
-                )
-            )
+                seen.add(job.name)
+                worker.complete(job, data=b"ok")
 
     server_cpu, client_cpu = _cpu_seconds(server_pid), _cpu_seconds(os.getpid(), children=False)
     db_cpu, own_db_cpu = _postgres_cpu_seconds(), _postgres_cpu_seconds(own=True)
     started = time.perf_counter()
-    workers = [asyncio.ensure_future(work(i)) for i in range(len(tokens))]
-    await finished.wait()
-    work_s = last_ack[0] - started
+    tasks = [asyncio.ensure_future(work(i)) for i in range(len(tokens))]
+    # Until the last completion is recorded (the workers themselves wait for more work).
+    while recorded() < jobs and not any(t.done() for t in tasks):
+        await asyncio.sleep(0.002)
+    work_s = time.perf_counter() - started
     server_cpu = _cpu_seconds(server_pid) - server_cpu
     client_cpu = _cpu_seconds(os.getpid(), children=False) - client_cpu
     db_cpu = _postgres_cpu_seconds() - db_cpu
     own_db_cpu = _postgres_cpu_seconds(own=True) - own_db_cpu
-    for call in calls:
-        call.cancel()
-    await asyncio.gather(*workers, return_exceptions=True)
+    for task in tasks:
+        task.cancel()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    broken = [o for o in outcomes if isinstance(o, Exception)]
+    if broken:
+        raise broken[0]
     return {
         "claim_complete_seconds": round(work_s, 2),
         "claim_complete_jobs_per_s": _rate(jobs, work_s),
-        # From a worker's message (its completions and its ask) to the next jobs leased to it.
-        "round_trip_ms_p50_p99": [round(percentile(round_ms, q), 1) for q in (50, 99)],
-        "jobs_per_lease_mean": round(sum(sizes) / max(1, len(sizes)), 1),
         "completed": len(seen),
+        "recorded": recorded(),
         "double_claims": duplicates,
-        "completion_errors": errors,
+        "completion_errors": sum(len(w.failures) for w in workers),
         "claim_complete_cpu_ms_per_job": {
             "server": round(server_cpu * 1000 / jobs, 3),
             "bench_client": round(client_cpu * 1000 / jobs, 3),
@@ -363,6 +340,17 @@ async def _drain_stream(
             "postgres_bench_db": round(own_db_cpu * 1000 / jobs, 3),
         },
     }
+
+
+class _Authorized:
+    """A JobServiceStub whose WorkJobs carries a bearer token (JobWorker takes a client's
+    `job`, which adds it; the bench drives raw stubs)."""
+
+    def __init__(self, stub: job_pb2_grpc.JobServiceStub, token: str) -> None:
+        self._stub, self._meta = stub, (("authorization", f"Bearer {token}"),)
+
+    def WorkJobs(self) -> Any:
+        return self._stub.WorkJobs(metadata=self._meta)
 
 
 def run_coordd(
@@ -414,7 +402,6 @@ def run_domain_ceiling(jobs: int, workers: int, batch: int, pg_admin_url: str) -
     """coordd's claim and batched completion called in-process by `workers` threads, the way
     the servicer calls them, with no gRPC, auth or protobuf: the ceiling for the server as
     DESIGN.md prescribes it (peewee on a thread pool, a signed attestation per job)."""
-    import hashlib
     import threading
 
     from coordd.core.principal import Principal
