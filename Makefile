@@ -42,7 +42,7 @@ lint: $(STAMP) tools/node_modules/.bin/buf
 bench: $(STAMP) tools/node_modules/.bin/buf
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python bench/unary.py
-	$(BIN)/python bench/jobs.py
+	$(BIN)/python bench/jobs.py --worker-stream
 	$(BIN)/python bench/register.py
 	$(BIN)/python bench/heartbeats.py
 	$(BIN)/python bench/queue_watch.py
