@@ -653,8 +653,9 @@ def main() -> None:
         "worker_stream": args.worker_stream,
         "cpus": os.cpu_count(),
     }
-    for backend in args.backends.split(","):
-        out[f"coordd_{backend}"] = run_coordd(
+
+    def coordd(backend: str, worker_stream: bool = False) -> dict[str, Any]:
+        return run_coordd(
             backend,
             args.jobs,
             args.workers,
@@ -664,20 +665,13 @@ def main() -> None:
             args.pg_admin_url,
             args.submit_batch,
             args.processes,
+            worker_stream=worker_stream,
         )
+
+    for backend in args.backends.split(","):
+        out[f"coordd_{backend}"] = coordd(backend)
     if args.worker_stream and "postgresql" in args.backends.split(","):
-        out["coordd_postgresql_stream"] = run_coordd(
-            "postgresql",
-            args.jobs,
-            args.workers,
-            args.producers,
-            args.batch,
-            args.budget,
-            args.pg_admin_url,
-            args.submit_batch,
-            args.processes,
-            worker_stream=True,
-        )
+        out["coordd_postgresql_stream"] = coordd("postgresql", worker_stream=True)
     if not args.no_floor:
         out["grpc_floor"] = run_floor(args.jobs, args.workers, args.batch)
         if "postgresql" in args.backends.split(","):

@@ -63,6 +63,13 @@ def _stream_error(stream: Stream) -> RpcFailure:
     return RpcFailure(info.value)  # type: ignore[arg-type]
 
 
+def _assert_invalid(stream: Stream, field: str) -> None:
+    """The stream ended with INVALID_ARGUMENT naming `field`."""
+    failure = _stream_error(stream)
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in failure.violations, failure.violations
+
+
 def test_a_stream_leases_jobs_as_columns_and_completion_pays_like_batch_complete(env):
     names = [env.submit(budget=100, input=job_pb2.Payload(data=f"p{i}".encode())).name for i in range(3)]
     stream = Stream(env, env.worker_a)
@@ -180,18 +187,14 @@ def test_a_stream_honours_the_workers_capabilities(env):
 def test_the_first_message_must_open_the_stream(env):
     stream = Stream(env, env.worker_a)
     stream.send(max_jobs=1)
-    failure = _stream_error(stream)
-    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "open" in failure.violations
+    _assert_invalid(stream, "open")
 
 
 def test_open_twice_is_invalid(env):
     stream = Stream(env, env.worker_a)
     stream.open()
     stream.open()
-    failure = _stream_error(stream)
-    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "open" in failure.violations
+    _assert_invalid(stream, "open")
 
 
 def test_columns_of_different_lengths_end_the_stream_and_change_nothing(env):
@@ -202,9 +205,7 @@ def test_columns_of_different_lengths_end_the_stream_and_change_nothing(env):
     bad = _completions(leases, [b"r"])
     bad.attempts.append(1)
     stream.send(complete=bad)
-    failure = _stream_error(stream)
-    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "complete.attempts" in failure.violations
+    _assert_invalid(stream, "complete.attempts")
     assert job_row(job.name).state == "running"
     assert env.balance(env.alice_id) == (9_990, 10)
 
@@ -217,18 +218,14 @@ def test_a_bad_output_digest_names_its_column_and_row(env):
     bad = _completions(leases, [b"r"])
     bad.output_sha256[0] = "f" * 64  # not the data's
     stream.send(complete=bad)
-    failure = _stream_error(stream)
-    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "complete.output_sha256[0]" in failure.violations
+    _assert_invalid(stream, "complete.output_sha256[0]")
 
 
 def test_more_than_100_jobs_asked_for_and_not_sent_is_invalid(env):
     stream = Stream(env, env.worker_a)
     stream.open(max_jobs=60)
     stream.send(max_jobs=41)
-    failure = _stream_error(stream)
-    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "max_jobs" in failure.violations
+    _assert_invalid(stream, "max_jobs")
 
 
 def test_a_submitter_without_the_provider_role_cannot_open_a_stream(env):
