@@ -20,6 +20,7 @@ message.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections import deque
 from collections.abc import Sequence
@@ -109,12 +110,15 @@ class JobWorker:
         self._answers_due = 0  # messages with completions not answered yet
         self._asked = 0  # jobs asked for and not received yet
         self._stopping = False
+        self._stopped: asyncio.Event | None = None  # set by stop(), made inside the loop
+        self._reading: asyncio.Future[Any] | None = None  # a read that outlived a stop()
         self.succeeded = 0
         self.failures: list[CompletionFailure] = []
         # With attestations=True: (job name, DSSE payload, signature, key id) of each success.
         self.attested: list[tuple[str, bytes, bytes, str]] = []
 
     async def __aenter__(self) -> JobWorker:
+        self._stopped = asyncio.Event()
         self._call = self._service.WorkJobs()
         await self._call.write(job_pb2.WorkJobsRequest(open=self._open, max_jobs=self._batch))
         self._asked = self._batch
@@ -129,10 +133,12 @@ class JobWorker:
                 self._stopping = True
                 await self._send(call)
                 while self._answers_due:
-                    if not await self._read(call):
+                    if not await self._read(call, stoppable=False):
                         break
                 await call.done_writing()
         finally:
+            if self._reading is not None:
+                self._reading.cancel()
             call.cancel()
 
     def complete(self, job: StreamedJob, data: bytes | None = None, uri: str = "", sha256: str = "") -> None:
@@ -149,10 +155,13 @@ class JobWorker:
         done.output_uris.append(uri)
 
     def stop(self) -> None:
-        """Asks for no more jobs; iteration ends once the jobs already received are handed out.
-        Jobs asked for before are not waited for: leaving the `async with` block ends the
-        stream, and a claim it cuts short goes back to the queue (server side)."""
+        """Asks for no more jobs; iteration ends once the jobs already received are handed out,
+        also when it is waiting for jobs (stop() may come from another task). Jobs asked for
+        before are not waited for: leaving the `async with` block ends the stream, and a claim
+        it cuts short goes back to the queue (server side)."""
         self._stopping = True
+        if self._stopped is not None:
+            self._stopped.set()
 
     @property
     def unprocessed(self) -> list[StreamedJob]:
@@ -171,7 +180,7 @@ class JobWorker:
             if self._stopping:
                 raise StopAsyncIteration
             await self._send(call)
-            if not await self._read(call):
+            if not await self._read(call, stoppable=True):
                 raise StopAsyncIteration
         return self._ready.popleft()
 
@@ -191,9 +200,23 @@ class JobWorker:
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
 
-    async def _read(self, call: Any) -> bool:
+    async def _read(self, call: Any, stoppable: bool) -> bool:
+        """The next reply, taken in; False at the end of the stream, or (`stoppable`) when
+        stop() came first (the read stays pending for the next call)."""
+        if self._reading is None:
+            self._reading = asyncio.ensure_future(call.read())
+        reading = self._reading
+        if stoppable and self._stopped is not None and not reading.done():
+            stopped = asyncio.ensure_future(self._stopped.wait())
+            try:
+                await asyncio.wait({reading, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopped.cancel()
+            if not reading.done():
+                return False
+        self._reading = None
         try:
-            reply = await call.read()
+            reply = await reading
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
         if reply is grpc.aio.EOF:

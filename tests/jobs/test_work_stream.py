@@ -15,11 +15,12 @@ import grpc
 import pytest
 
 import coordd_client.aio
+from coordd.domain import jobs, ledger
 from coordd_client import attestation as offline
 from coordd_client.v1 import job_pb2
 from coordd_client.worker import JobWorker, StreamedJob
 from tests.helpers import RpcFailure
-from tests.jobs.rows import job_row
+from tests.jobs.rows import count_jobs, job_row
 from tests.support.server import bearer
 
 _DONE = object()
@@ -326,3 +327,61 @@ def test_job_worker_hands_out_only_jobs_it_can_run(env):
         return got
 
     assert _run(work()) == [plain]
+
+
+def test_four_stream_workers_share_a_queue_and_complete_each_job_once(env):
+    rt = env.server.rt
+    spec = jobs.make_spec(
+        "inference", "m", jobs.Payload(b"x", "", ""), [], 0, 1, 0, 1, None, None, None, None
+    )
+    with rt.store.write() as tx:
+        ledger.deposit(tx, env.alice_id, 1_200, "bulk")
+        jobs.insert_jobs(tx, env.alice_id, [spec] * 1_200)
+    tokens = [env.server.make_user("provider")[1] for _ in range(4)]
+    workers: list[JobWorker] = []
+    handed: list[str] = []
+
+    async def work(token: str) -> tuple[list[str], JobWorker]:
+        got: list[str] = []
+        async with (
+            coordd_client.aio.connect(env.server.target, token=token) as client,
+            JobWorker(client.job, batch=50) as worker,
+        ):
+            workers.append(worker)
+            async for job in worker:
+                got.append(job.name)
+                handed.append(job.name)
+                worker.complete(job, data=b"ok")
+                if len(handed) == 1_200:  # the last one: every worker stops, the waiting ones too
+                    for each in workers:
+                        each.stop()
+        return got, worker
+
+    async def all_workers() -> list[tuple[list[str], JobWorker]]:
+        return await asyncio.gather(*(work(t) for t in tokens))
+
+    results = _run(all_workers())
+    names = [n for got, _ in results for n in got]
+    assert len(names) == 1_200 and len(set(names)) == 1_200, "every job handed out once"
+    assert sum(w.succeeded for _, w in results) == 1_200
+    assert all(w.failures == [] for _, w in results)
+    assert sum(1 for got, _ in results if got) >= 2, "the work was actually shared"
+    assert count_jobs(jobs.SUCCEEDED) == 1_200
+    assert ledger.check_consistency() == []
+
+
+def test_job_worker_stopped_from_another_task_stops_waiting_for_jobs(env):
+    async def work() -> list[StreamedJob]:
+        got: list[StreamedJob] = []
+        async with (
+            coordd_client.aio.connect(env.server.target, token=env.worker_a) as client,
+            JobWorker(client.job, batch=5) as worker,
+        ):
+            asyncio.get_running_loop().call_later(0.3, worker.stop)  # the queue is empty: it waits
+            async for job in worker:
+                got.append(job)
+        return got
+
+    assert _run(work()) == []
+    job = env.submit()  # nothing is leased to the stream that ended
+    assert [x.job.name for x in env.claim(env.worker_b)] == [job.name]
