@@ -385,3 +385,14 @@ def test_job_worker_stopped_from_another_task_stops_waiting_for_jobs(env):
     assert _run(work()) == []
     job = env.submit()  # nothing is leased to the stream that ended
     assert [x.job.name for x in env.claim(env.worker_b)] == [job.name]
+
+
+def test_a_nul_in_a_lease_id_ends_the_stream_with_invalid_argument_and_changes_nothing(env):
+    job = env.submit(budget=10)
+    stream = Stream(env, env.worker_a)
+    stream.open(max_jobs=1)
+    leases = stream.read().leases
+    stream.send(complete=_completions(leases, [b"r"], lease_ids=["a\x00b"]))
+    failure = _stream_error(stream)
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT, failure.details
+    assert job_row(job.name).state == "running"

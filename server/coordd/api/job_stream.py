@@ -17,6 +17,7 @@ from typing import Any
 
 from coordd.api.decoding import CheckedStream
 from coordd.api.job_messages import KIND_PROTO, job_id_of
+from coordd.api.validation import check_request
 from coordd.core.errors import DomainError, FieldViolation, InvalidArgument, Unavailable, Violations
 from coordd.core.principal import Principal
 from coordd.domain import jobs
@@ -137,12 +138,20 @@ class WorkStream:
         self.worker = jobs.Worker(who.user_id, frozenset(), 0)
         self.attestations = False
 
-    async def serve(self) -> AsyncIterator[job_pb2.WorkJobsResponse]:
+    async def _read(self) -> job_pb2.WorkJobsRequest | None:
+        """The next message, checked as the pipeline checks a unary request (string lengths, NUL,
+        times): a stream's messages arrive after the pipeline's own check."""
         request = await self.stream.read()
+        if request is not None:
+            check_request(request, self.rt.settings.max_string_chars)
+        return request
+
+    async def serve(self) -> AsyncIterator[job_pb2.WorkJobsResponse]:
+        request = await self._read()
         if request is None:
             return
         self._open(request)
-        reading = asyncio.ensure_future(self.stream.read())
+        reading = asyncio.ensure_future(self._read())
         try:
             while True:
                 if request is not None:
@@ -154,7 +163,7 @@ class WorkStream:
                     request = await reading
                     if request is None:
                         return
-                    reading = asyncio.ensure_future(self.stream.read())
+                    reading = asyncio.ensure_future(self._read())
                     if request.HasField("open"):
                         raise InvalidArgument(
                             "open: only in a stream's first message",
