@@ -21,7 +21,6 @@ message.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -142,15 +141,18 @@ class JobWorker:
             call.cancel()
 
     def complete(self, job: StreamedJob, data: bytes | None = None, uri: str = "", sha256: str = "") -> None:
-        """Buffers `job`'s result: inline `data` (its SHA-256 computed here unless given), or a `uri`
-        with its `sha256`. Sent with the next message."""
+        """Buffers `job`'s result: inline `data` (the server computes its SHA-256, and checks
+        `sha256` against it when given), or a `uri` with its `sha256` (required). Sent with the
+        next message."""
         if (data is None) == (not uri):
             raise ValueError("complete: give data or uri")
+        if uri and not sha256:
+            raise ValueError("complete: a uri needs its sha256")
         done = self._done
         done.jobs.append(job.name)
         done.attempts.append(job.attempt)
         done.lease_ids.append(job.lease_id)
-        done.output_sha256.append(sha256 or (hashlib.sha256(data).hexdigest() if data is not None else ""))
+        done.output_sha256.append(sha256)
         done.output_data.append(data if data is not None else b"")
         done.output_uris.append(uri)
 

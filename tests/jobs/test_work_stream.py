@@ -396,3 +396,13 @@ def test_a_nul_in_a_lease_id_ends_the_stream_with_invalid_argument_and_changes_n
     failure = _stream_error(stream)
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT, failure.details
     assert job_row(job.name).state == "running"
+
+
+def test_job_worker_refuses_a_result_it_cannot_send():
+    worker = JobWorker(object(), batch=1)
+    job = StreamedJob("jobs/x", 1, "l" * 24, job_pb2.JOB_KIND_INFERENCE, "m", b"", "", "", 0, 0, 0)
+    with pytest.raises(ValueError, match="data or uri"):
+        worker.complete(job)
+    with pytest.raises(ValueError, match="needs its sha256"):
+        worker.complete(job, uri="s3://bucket/out")
+    worker.complete(job, uri="s3://bucket/out", sha256="a" * 64)  # buffered, nothing sent yet
