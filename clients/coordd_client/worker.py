@@ -111,6 +111,11 @@ class JobWorker:
         self._stopping = False
         self._stopped: asyncio.Event | None = None  # set by stop(), made inside the loop
         self._reading: asyncio.Future[Any] | None = None  # a read that outlived a stop()
+        # One reader and one writer at a time: heartbeat() may run in another task.
+        self._read_lock = asyncio.Lock()
+        self._write_lock = asyncio.Lock()
+        self._beats: deque[asyncio.Future[set[str]]] = deque()  # heartbeats not answered yet
+        self.heartbeat_failures: list[CompletionFailure] = []
         self.succeeded = 0
         self.failures: list[CompletionFailure] = []
         # With attestations=True: (job name, DSSE payload, signature, key id) of each success.
@@ -165,6 +170,29 @@ class JobWorker:
         if self._stopped is not None:
             self._stopped.set()
 
+    async def heartbeat(self, jobs: Sequence[StreamedJob], progress: Sequence[float] = ()) -> set[str]:
+        """Extends the leases of `jobs` (at most 100) and reports their `progress` (0..1 each, or
+        none) in one message, and waits for the answer. Returns the names of the jobs that were
+        cancelled meanwhile: they are over, stop working on them. A heartbeat the server refused
+        (a stale lease, say) is added to `heartbeat_failures`. May be called from another task
+        while the loop runs a job."""
+        call = self._call
+        if call is None:
+            raise RuntimeError("use JobWorker inside `async with`")
+        answer: asyncio.Future[set[str]] = asyncio.get_running_loop().create_future()
+        beats = job_pb2.JobHeartbeats(
+            jobs=[j.name for j in jobs],
+            attempts=[j.attempt for j in jobs],
+            lease_ids=[j.lease_id for j in jobs],
+            progress=list(progress),
+        )
+        self._beats.append(answer)
+        await self._write(call, job_pb2.WorkJobsRequest(heartbeat=beats))
+        while not answer.done():
+            if not await self._read(call, stoppable=False, unless=answer):
+                raise EOFError("the WorkJobs stream ended before the heartbeat was answered")
+        return answer.result()
+
     @property
     def unprocessed(self) -> list[StreamedJob]:
         """Jobs that arrived after the last one handed out (while leaving): their leases run out
@@ -197,37 +225,55 @@ class JobWorker:
             self._done = job_pb2.JobCompletions()
             self._answers_due += 1
         self._asked += request.max_jobs
-        try:
-            await call.write(request)
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None
+        await self._write(call, request)
 
-    async def _read(self, call: Any, stoppable: bool) -> bool:
-        """The next reply, taken in; False at the end of the stream, or (`stoppable`) when
-        stop() came first (the read stays pending for the next call)."""
-        if self._reading is None:
-            self._reading = asyncio.ensure_future(call.read())
-        reading = self._reading
-        if stoppable and self._stopped is not None and not reading.done():
-            stopped = asyncio.ensure_future(self._stopped.wait())
+    async def _write(self, call: Any, request: job_pb2.WorkJobsRequest) -> None:
+        async with self._write_lock:
             try:
-                await asyncio.wait({reading, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopped.cancel()
-            if not reading.done():
+                await call.write(request)
+            except grpc.aio.AioRpcError as exc:
+                raise from_rpc_error(exc) from None
+
+    async def _read(self, call: Any, stoppable: bool, unless: asyncio.Future[Any] | None = None) -> bool:
+        """The next reply, taken in; False at the end of the stream, or (`stoppable`) when
+        stop() came first (the read stays pending for the next call). `unless`: nothing is read
+        if it is done by the time this task may read (another task read its answer)."""
+        async with self._read_lock:
+            if unless is not None and unless.done():
+                return True
+            if self._reading is None:
+                self._reading = asyncio.ensure_future(call.read())
+            reading = self._reading
+            if stoppable and self._stopped is not None and not reading.done():
+                stopped = asyncio.ensure_future(self._stopped.wait())
+                try:
+                    await asyncio.wait({reading, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopped.cancel()
+                if not reading.done():
+                    return False
+            self._reading = None
+            try:
+                reply = await reading
+            except grpc.aio.AioRpcError as exc:
+                raise from_rpc_error(exc) from None
+            if reply is grpc.aio.EOF:
                 return False
-        self._reading = None
-        try:
-            reply = await reading
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None
-        if reply is grpc.aio.EOF:
-            return False
+            self._take(reply)
+            return True
+
+    def _take(self, reply: job_pb2.WorkJobsResponse) -> None:
+        if reply.HasField("heartbeats") and self._beats:
+            b = reply.heartbeats
+            failed = zip(b.failed_jobs, b.error_codes, b.error_reasons, b.error_messages, strict=True)
+            self.heartbeat_failures.extend(CompletionFailure(*f) for f in failed)
+            beat = self._beats.popleft()
+            if not beat.done():
+                beat.set_result(set(b.cancelled_jobs))
         if reply.HasField("completed"):
             self._answers_due -= 1
-            answer = reply.completed
-            self.succeeded += answer.succeeded
-            a = answer
+            a = reply.completed
+            self.succeeded += a.succeeded
             failed = zip(a.failed_jobs, a.error_codes, a.error_reasons, a.error_messages, strict=True)
             self.failures.extend(CompletionFailure(*f) for f in failed)
             signed = zip(a.attested_jobs, a.attestation_payloads, a.attestation_signatures, strict=True)
@@ -236,4 +282,3 @@ class JobWorker:
             received = jobs_of(reply.leases)
             self._asked -= len(received)
             self._ready.extend(received)
-        return True

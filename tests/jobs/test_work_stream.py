@@ -21,6 +21,7 @@ from coordd_client.v1 import job_pb2
 from coordd_client.worker import JobWorker, StreamedJob
 from tests.helpers import RpcFailure
 from tests.jobs.rows import count_jobs, job_row
+from tests.jobs.support import seconds
 from tests.support.server import bearer
 
 _DONE = object()
@@ -406,3 +407,90 @@ def test_job_worker_refuses_a_result_it_cannot_send():
     with pytest.raises(ValueError, match="needs its sha256"):
         worker.complete(job, uri="s3://bucket/out")
     worker.complete(job, uri="s3://bucket/out", sha256="a" * 64)  # buffered, nothing sent yet
+
+
+# -- heartbeats on the stream -------------------------------------------------------------------
+
+
+def _beats(leases: job_pb2.JobLeases, progress: list[float], lease_ids: list[str] | None = None):
+    return job_pb2.JobHeartbeats(
+        jobs=leases.jobs,
+        attempts=leases.attempts,
+        lease_ids=lease_ids or [leases.lease_id] * len(leases.jobs),
+        progress=progress,
+    )
+
+
+def test_a_stream_heartbeat_extends_every_lease_and_records_progress(env, clock):
+    names = [env.submit(heartbeat_timeout=seconds(10)).name for _ in range(2)]
+    stream = Stream(env, env.worker_a)
+    stream.open(max_jobs=2)
+    leases = stream.read().leases
+    clock.advance(5)
+    stream.send(heartbeat=_beats(leases, [0.5, 0.25]))
+    beats = stream.read().heartbeats
+    stream.close()
+    assert not beats.failed_jobs and not beats.cancelled_jobs
+    moved = [b - a for a, b in zip(leases.expire_times_us, beats.expire_times_us, strict=True)]
+    assert all(5_000_000 <= m < 6_000_000 for m in moved), moved  # the clock moved 5 s (and a little)
+    progress = {n: job_row(n).progress for n in leases.jobs}
+    assert progress == {leases.jobs[0]: 0.5, leases.jobs[1]: 0.25}
+    assert sorted(names) == sorted(leases.jobs)
+
+
+def test_a_stream_heartbeat_ends_a_cancelled_job_and_reports_a_stale_lease_alone(env):
+    first, second = env.submit(budget=10).name, env.submit(budget=10).name
+    stream = Stream(env, env.worker_a)
+    stream.open(max_jobs=2)
+    leases = stream.read().leases
+    cancelled = leases.jobs[list(leases.jobs).index(first)]
+    env.stub.CancelJob(job_pb2.CancelJobRequest(name=first), metadata=bearer(env.alice))
+    ids = [leases.lease_id if name == cancelled else "0" * 24 for name in leases.jobs]
+    stream.send(heartbeat=_beats(leases, [], lease_ids=ids))
+    beats = stream.read().heartbeats
+    stream.close()
+    assert list(beats.cancelled_jobs) == [first]
+    assert list(beats.failed_jobs) == [second]
+    assert (list(beats.error_codes), list(beats.error_reasons)) == (["FAILED_PRECONDITION"], ["STALE_LEASE"])
+    assert list(beats.expire_times_us) == [0, 0]
+    assert env.get(first).state == job_pb2.JOB_STATE_CANCELLED
+    assert env.get(second).state == job_pb2.JOB_STATE_RUNNING
+    assert env.balance(env.alice_id) == (9_990, 10)  # the cancelled job's budget came back
+
+
+def test_a_heartbeat_progress_out_of_range_ends_the_stream_and_changes_nothing(env):
+    job = env.submit()
+    stream = Stream(env, env.worker_a)
+    stream.open(max_jobs=1)
+    leases = stream.read().leases
+    stream.send(heartbeat=_beats(leases, [1.5]))
+    _assert_invalid(stream, "heartbeat.progress[0]")
+    assert job_row(job.name).progress == 0.0
+
+
+def test_job_worker_heartbeats_a_running_job_and_learns_of_its_cancellation(env):
+    kept, dropped = env.submit().name, env.submit().name
+
+    async def work() -> tuple[list[set[str]], JobWorker]:
+        answers: list[set[str]] = []
+        async with (
+            coordd_client.aio.connect(env.server.target, token=env.worker_a) as client,
+            JobWorker(client.job, batch=2) as worker,
+        ):
+            async for job in worker:
+                if job.name == dropped:
+                    await client.job.CancelJob(
+                        job_pb2.CancelJobRequest(name=dropped), metadata=bearer(env.alice)
+                    )
+                answers.append(await worker.heartbeat([job], [0.5]))
+                if job.name == kept:
+                    worker.complete(job, data=b"ok")
+                if len(answers) == 2:
+                    worker.stop()
+        return answers, worker
+
+    answers, worker = _run(work())
+    assert sorted(answers, key=len) == [set(), {dropped}]
+    assert worker.succeeded == 1 and worker.heartbeat_failures == []
+    assert env.get(kept).state == job_pb2.JOB_STATE_SUCCEEDED
+    assert env.get(dropped).state == job_pb2.JOB_STATE_CANCELLED

@@ -1244,6 +1244,7 @@ class WorkJobsRequest(_message.Message):
     OPEN_FIELD_NUMBER: _builtins.int
     COMPLETE_FIELD_NUMBER: _builtins.int
     MAX_JOBS_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
     max_jobs: _builtins.int
     """How many more jobs to lease to this stream, 0..100, on top of those asked for before
     and not sent yet (at most 100 outstanding).
@@ -1256,20 +1257,115 @@ class WorkJobsRequest(_message.Message):
     def complete(self) -> Global___JobCompletions:
         """Results of jobs leased to this provider (on this stream or elsewhere); at most 100."""
 
+    @_builtins.property
+    def heartbeat(self) -> Global___JobHeartbeats:
+        """Heartbeats of jobs leased to this provider (at most 100), each as HeartbeatJob does, in
+        one transaction; answered at once (`heartbeats`), before the message's completions.
+        """
+
     def __init__(
         self,
         *,
         open: Global___WorkJobsOpen | None = ...,
         complete: Global___JobCompletions | None = ...,
         max_jobs: _builtins.int = ...,
+        heartbeat: Global___JobHeartbeats | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "open", b"open"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "heartbeat", b"heartbeat", "open", b"open"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "max_jobs", b"max_jobs", "open", b"open"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "heartbeat", b"heartbeat", "max_jobs", b"max_jobs", "open", b"open"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkJobsRequest: _TypeAlias = WorkJobsRequest  # noqa: Y015
+
+@_typing.final
+class JobHeartbeats(_message.Message):
+    """Heartbeats as columns: element i of every list is job i's."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LEASE_IDS_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`jobs/{job}`."""
+
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def lease_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def progress(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """0..1 each; none at all means 0 for every job."""
+
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[_builtins.str] | None = ...,
+        attempts: _abc.Iterable[_builtins.int] | None = ...,
+        lease_ids: _abc.Iterable[_builtins.str] | None = ...,
+        progress: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "jobs", b"jobs", "lease_ids", b"lease_ids", "progress", b"progress"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobHeartbeats: _TypeAlias = JobHeartbeats  # noqa: Y015
+
+@_typing.final
+class JobHeartbeatResults(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPIRE_TIMES_US_FIELD_NUMBER: _builtins.int
+    CANCELLED_JOBS_FIELD_NUMBER: _builtins.int
+    FAILED_JOBS_FIELD_NUMBER: _builtins.int
+    ERROR_CODES_FIELD_NUMBER: _builtins.int
+    ERROR_REASONS_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def expire_times_us(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Each heartbeat's new lease expiry, microseconds since the Unix epoch, in request order;
+        0 where it failed or the job was cancelled.
+        """
+
+    @_builtins.property
+    def cancelled_jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Jobs whose cancellation was asked for: cancelled and refunded now; stop working on them."""
+
+    @_builtins.property
+    def failed_jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The heartbeats that failed, in request order, each with the canonical code name, ErrorInfo
+        reason and message HeartbeatJob would give it (e.g. FAILED_PRECONDITION STALE_LEASE).
+        """
+
+    @_builtins.property
+    def error_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def error_reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def error_messages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        expire_times_us: _abc.Iterable[_builtins.int] | None = ...,
+        cancelled_jobs: _abc.Iterable[_builtins.str] | None = ...,
+        failed_jobs: _abc.Iterable[_builtins.str] | None = ...,
+        error_codes: _abc.Iterable[_builtins.str] | None = ...,
+        error_reasons: _abc.Iterable[_builtins.str] | None = ...,
+        error_messages: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_jobs", b"cancelled_jobs", "error_codes", b"error_codes", "error_messages", b"error_messages", "error_reasons", b"error_reasons", "expire_times_us", b"expire_times_us", "failed_jobs", b"failed_jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobHeartbeatResults: _TypeAlias = JobHeartbeatResults  # noqa: Y015
 
 @_typing.final
 class WorkJobsOpen(_message.Message):
@@ -1361,6 +1457,7 @@ class WorkJobsResponse(_message.Message):
 
     LEASES_FIELD_NUMBER: _builtins.int
     COMPLETED_FIELD_NUMBER: _builtins.int
+    HEARTBEATS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def leases(self) -> Global___JobLeases:
         """Jobs leased to this stream; empty when the message answers only completions."""
@@ -1369,15 +1466,20 @@ class WorkJobsResponse(_message.Message):
     def completed(self) -> Global___JobCompletionResults:
         """The answer to one request's completions, in the order the requests were sent."""
 
+    @_builtins.property
+    def heartbeats(self) -> Global___JobHeartbeatResults:
+        """The answer to one request's heartbeats, sent before its completions' answer."""
+
     def __init__(
         self,
         *,
         leases: Global___JobLeases | None = ...,
         completed: Global___JobCompletionResults | None = ...,
+        heartbeats: Global___JobHeartbeatResults | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "leases", b"leases"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "heartbeats", b"heartbeats", "leases", b"leases"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "leases", b"leases"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "heartbeats", b"heartbeats", "leases", b"leases"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

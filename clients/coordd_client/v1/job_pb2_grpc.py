@@ -278,7 +278,8 @@ class JobServiceServicer:
         (`open`); each message may complete jobs (`complete`, checked and paid as
         BatchCompleteJobs does, in one transaction with the claim it asks for) and ask for
         `max_jobs` more. A message that completes jobs is answered at once; jobs asked for are
-        sent as soon as some are claimable (as ClaimJobs waits, without a deadline). Leases are
+        sent as soon as some are claimable (as ClaimJobs waits, without a deadline). A message may
+        also carry heartbeats for up to 100 jobs (`heartbeat`), one transaction for all. Leases are
         ordinary leases: HeartbeatJob, SnoozeJob and FailJob take them, and they outlive the
         stream (a lease the server could not send is handed back without spending an attempt).
         """

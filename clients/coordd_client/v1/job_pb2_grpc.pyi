@@ -95,7 +95,8 @@ class JobServiceStub:
     (`open`); each message may complete jobs (`complete`, checked and paid as
     BatchCompleteJobs does, in one transaction with the claim it asks for) and ask for
     `max_jobs` more. A message that completes jobs is answered at once; jobs asked for are
-    sent as soon as some are claimable (as ClaimJobs waits, without a deadline). Leases are
+    sent as soon as some are claimable (as ClaimJobs waits, without a deadline). A message may
+    also carry heartbeats for up to 100 jobs (`heartbeat`), one transaction for all. Leases are
     ordinary leases: HeartbeatJob, SnoozeJob and FailJob take them, and they outlive the
     stream (a lease the server could not send is handed back without spending an attempt).
     """
@@ -202,7 +203,8 @@ class JobServiceAsyncStub(JobServiceStub):
     (`open`); each message may complete jobs (`complete`, checked and paid as
     BatchCompleteJobs does, in one transaction with the claim it asks for) and ask for
     `max_jobs` more. A message that completes jobs is answered at once; jobs asked for are
-    sent as soon as some are claimable (as ClaimJobs waits, without a deadline). Leases are
+    sent as soon as some are claimable (as ClaimJobs waits, without a deadline). A message may
+    also carry heartbeats for up to 100 jobs (`heartbeat`), one transaction for all. Leases are
     ordinary leases: HeartbeatJob, SnoozeJob and FailJob take them, and they outlive the
     stream (a lease the server could not send is handed back without spending an attempt).
     """
@@ -378,7 +380,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         (`open`); each message may complete jobs (`complete`, checked and paid as
         BatchCompleteJobs does, in one transaction with the claim it asks for) and ask for
         `max_jobs` more. A message that completes jobs is answered at once; jobs asked for are
-        sent as soon as some are claimable (as ClaimJobs waits, without a deadline). Leases are
+        sent as soon as some are claimable (as ClaimJobs waits, without a deadline). A message may
+        also carry heartbeats for up to 100 jobs (`heartbeat`), one transaction for all. Leases are
         ordinary leases: HeartbeatJob, SnoozeJob and FailJob take them, and they outlive the
         stream (a lease the server could not send is handed back without spending an attempt).
         """

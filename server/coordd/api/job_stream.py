@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from coordd.api.decoding import CheckedStream
@@ -25,6 +26,7 @@ from coordd.runtime import Runtime
 from coordd_client.v1 import job_pb2
 
 _UNSPECIFIED = job_pb2.JOB_KIND_UNSPECIFIED
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # check_payload's paths (`<path>`, `<path>.sha256`, ...) -> this message's columns.
@@ -70,6 +72,59 @@ def completions_from_proto(c: job_pb2.JobCompletions) -> list[tuple[jobs.LeaseRe
             items.append((jobs.LeaseRef(job_id, attempt, lease_id), output))
     v.raise_if_any()
     return items
+
+
+def heartbeats_from_proto(h: job_pb2.JobHeartbeats) -> list[tuple[jobs.LeaseRef, float]]:
+    """The heartbeats, checked (field paths `heartbeat.<column>[i]`); INVALID_ARGUMENT otherwise."""
+    count = len(h.jobs)
+    v = Violations()
+    if count > jobs.MAX_CLAIM:
+        v.add("heartbeat.jobs", f"at most {jobs.MAX_CLAIM} heartbeats a message")
+    for column in ("attempts", "lease_ids"):
+        if len(getattr(h, column)) != count:
+            v.add(f"heartbeat.{column}", f"one element a job ({count})")
+    if len(h.progress) not in (0, count):
+        v.add("heartbeat.progress", f"one element a job ({count}) or none")
+    v.raise_if_any()
+    progress = list(h.progress) or [0.0] * count
+    items: list[tuple[jobs.LeaseRef, float]] = []
+    columns = zip(h.jobs, h.attempts, h.lease_ids, progress, strict=True)
+    for i, (name, attempt, lease_id, done) in enumerate(columns):
+        job_id = job_id_of(name, f"heartbeat.jobs[{i}]")
+        if attempt <= 0:
+            v.add(f"heartbeat.attempts[{i}]", "required")
+        if not lease_id or len(lease_id) > 32:
+            v.add(f"heartbeat.lease_ids[{i}]", "required, at most 32 characters")
+        items.append((jobs.LeaseRef(job_id, attempt, lease_id), done))
+    v.raise_if_any()
+    return items
+
+
+def heartbeat_results_to_proto(
+    items: list[tuple[jobs.LeaseRef, float]], outcomes: list[jobs.Heartbeat | DomainError]
+) -> job_pb2.JobHeartbeatResults:
+    out = job_pb2.JobHeartbeatResults()
+    expiries = []
+    for (lease, _), outcome in zip(items, outcomes, strict=True):
+        name = f"jobs/{lease.job_id}"
+        if isinstance(outcome, DomainError):
+            expiries.append(0)
+            out.failed_jobs.append(name)
+            out.error_codes.append(outcome.code)
+            out.error_reasons.append(outcome.reason)
+            out.error_messages.append(outcome.message)
+        elif outcome.cancelled or outcome.expire_time is None:
+            expiries.append(0)
+            out.cancelled_jobs.append(name)
+        else:
+            expiries.append(_us(outcome.expire_time))
+    out.expire_times_us.extend(expiries)
+    return out
+
+
+def _us(value: datetime) -> int:
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def leases_to_proto(leased: list[jobs.Leased]) -> job_pb2.JobLeases:
@@ -205,7 +260,18 @@ class WorkStream:
                 violations=[FieldViolation("max_jobs", f"0..{jobs.MAX_CLAIM - self.wanted}")],
             )
         items = completions_from_proto(request.complete) if request.HasField("complete") else []
+        beats = heartbeats_from_proto(request.heartbeat) if request.HasField("heartbeat") else []
         self.wanted += asked
+        replies: Replies = []
+        if beats:
+            outcomes = await self.rt.run(jobs.heartbeat_many, self.rt, self.who, beats)
+            answer = heartbeat_results_to_proto(beats, outcomes)
+            replies.append((job_pb2.WorkJobsResponse(heartbeats=answer), []))
+        return replies + await self._complete_and_claim(items, asked)
+
+    async def _complete_and_claim(
+        self, items: list[tuple[jobs.LeaseRef, jobs.Payload]], asked: int
+    ) -> Replies:
         if not items:
             return await self._claim() if asked else []
         rt, worker = self.rt, self.worker

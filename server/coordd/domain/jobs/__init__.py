@@ -29,6 +29,7 @@ from coordd.domain.jobs.leases import (
     claim,
     deliverable,
     heartbeat,
+    heartbeat_many,
     largest_reply_budget,
     return_leases,
 )
@@ -184,6 +185,7 @@ __all__ = [
     "get_job",
     "get_schedule",
     "heartbeat",
+    "heartbeat_many",
     "insert_job",
     "insert_jobs",
     "insert_submissions",

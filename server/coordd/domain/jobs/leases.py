@@ -10,10 +10,10 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from coordd.core.errors import FieldViolation, InvalidArgument
+from coordd.core.errors import DomainError, FieldViolation, InvalidArgument
 from coordd.core.principal import Principal
 from coordd.domain.jobs.limits import any_limit, capped_ids
-from coordd.domain.jobs.policy import policy_of
+from coordd.domain.jobs.policy import JobPolicy, policy_of
 from coordd.domain.jobs.specs import LeaseRef, Worker, claim_bytes, reply_budget
 from coordd.domain.jobs.states import CANCELLED, LEASED_JOB_OVERHEAD, MAX_CLAIM, QUEUE_KEY, QUEUED, RUNNING
 from coordd.domain.jobs.transitions import close_attempt, leased_job, lock, refund_and_finish
@@ -151,22 +151,49 @@ def _unclaim(job: Job) -> None:
 
 
 def heartbeat(rt: Runtime, who: Principal, lease: LeaseRef, progress: float) -> Heartbeat:
-    if not 0.0 <= progress <= 1.0 or math.isnan(progress):
-        raise InvalidArgument("progress must be 0..1", violations=[FieldViolation("progress", "0..1")])
+    _check_progress(progress, "progress")
     policy = policy_of(rt)
     with rt.store.write() as tx:
-        job = leased_job(rt, who, lease)
-        if job.cancel_requested:
-            job = lock(rt, job.id)  # the whole row: it is saved below
-            assert job is not None
-            close_attempt(tx, job, CANCELLED, "cancelled by request")
-            refund_and_finish(tx, job, CANCELLED, "cancelled while running", policy)
-            return Heartbeat(None, True)
-        expire = tx.now + timedelta(milliseconds=job.heartbeat_ms)
-        if job.attempt_deadline is not None:
-            expire = min(expire, job.attempt_deadline)
-        job.lease_expire_time = expire
-        job.progress = progress
-        writes.write_heartbeat(job)
-        tx.emit("job.progress", f"jobs/{job.id}", {"progress": progress})
-        return Heartbeat(expire, False)
+        return _beat(rt, tx, who, lease, progress, policy)
+
+
+def heartbeat_many(
+    rt: Runtime, who: Principal, items: list[tuple[LeaseRef, float]]
+) -> list[Heartbeat | DomainError]:
+    """Several heartbeats (the worker stream's) in one transaction, each as `heartbeat` does with
+    its own outcome; the rows are locked in id order (one order for every caller)."""
+    for i, (_, progress) in enumerate(items):
+        _check_progress(progress, f"heartbeat.progress[{i}]")
+    policy = policy_of(rt)
+    results: dict[int, Heartbeat | DomainError] = {}
+    with rt.store.write() as tx:
+        for index in sorted(range(len(items)), key=lambda i: items[i][0].job_id):
+            lease, progress = items[index]
+            try:
+                results[index] = _beat(rt, tx, who, lease, progress, policy)
+            except DomainError as error:  # raised before anything of this job was written
+                results[index] = error
+    return [results[i] for i in range(len(items))]
+
+
+def _check_progress(progress: float, path: str) -> None:
+    if not 0.0 <= progress <= 1.0 or math.isnan(progress):
+        raise InvalidArgument(f"{path} must be 0..1", violations=[FieldViolation(path, "0..1")])
+
+
+def _beat(
+    rt: Runtime, tx: Tx, who: Principal, lease: LeaseRef, progress: float, policy: JobPolicy
+) -> Heartbeat:
+    job = leased_job(rt, who, lease)
+    if job.cancel_requested:
+        close_attempt(tx, job, CANCELLED, "cancelled by request")
+        refund_and_finish(tx, job, CANCELLED, "cancelled while running", policy)
+        return Heartbeat(None, True)
+    expire = tx.now + timedelta(milliseconds=job.heartbeat_ms)
+    if job.attempt_deadline is not None:
+        expire = min(expire, job.attempt_deadline)
+    job.lease_expire_time = expire
+    job.progress = progress
+    writes.write_heartbeat(job)
+    tx.emit("job.progress", f"jobs/{job.id}", {"progress": progress})
+    return Heartbeat(expire, False)
