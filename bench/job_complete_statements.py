@@ -45,6 +45,24 @@ def _kind(sql: str) -> str:
     return sql.split("(")[0][:40].strip()
 
 
+def fill_queue(rt: Runtime, jobs: int) -> Any:
+    """A submitter with `jobs` queued no-op jobs, and a provider to run them (returned)."""
+    tag = uuid.uuid4().hex[:8]
+    submitter = auth.create_user(
+        rt, f"s-{tag}@bench.example", "bench-password-1", "", ["participant"], self_service=False
+    )
+    provider = auth.create_user(
+        rt, f"p-{tag}@bench.example", "bench-password-1", "", ["provider"], self_service=False
+    )
+    spec = job_domain.make_spec(
+        "inference", "noop", job_domain.Payload(b"{}", "", ""), [], 0, 0, 0, 0, None, None, None, None
+    )
+    for start in range(0, jobs, 1000):
+        with rt.store.write() as tx:
+            job_domain.insert_jobs(tx, submitter.id, [spec] * min(1000, jobs - start))
+    return provider
+
+
 def run(jobs: int, batch: int, pg_admin_url: str, drop_indexes: list[str]) -> dict[str, Any]:
     pg = bench_jobs.PgDatabase(pg_admin_url, "statements")
     settings = bench_jobs.load_settings(
@@ -60,19 +78,7 @@ def run(jobs: int, batch: int, pg_admin_url: str, drop_indexes: list[str]) -> di
         migrate(rt.store)
         for name in drop_indexes:  # what an index costs the hot path (a measurement, not a proposal)
             rt.store.db.execute_sql(f'DROP INDEX "{name}"')
-        tag = uuid.uuid4().hex[:8]
-        submitter = auth.create_user(
-            rt, f"s-{tag}@bench.example", "bench-password-1", "", ["participant"], self_service=False
-        )
-        provider = auth.create_user(
-            rt, f"p-{tag}@bench.example", "bench-password-1", "", ["provider"], self_service=False
-        )
-        spec = job_domain.make_spec(
-            "inference", "noop", job_domain.Payload(b"{}", "", ""), [], 0, 0, 0, 0, None, None, None, None
-        )
-        for start in range(0, jobs, 1000):
-            with rt.store.write() as tx:
-                job_domain.insert_jobs(tx, submitter.id, [spec] * min(1000, jobs - start))
+        provider = fill_queue(rt, jobs)
         db = rt.store.db
         execute = db.execute_sql
         timings: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])

@@ -20,16 +20,15 @@ import json
 import statistics
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import jobs as bench_jobs
+from job_complete_statements import fill_queue
 
 from coordd.core.principal import Principal
-from coordd.domain import auth
 from coordd.domain import jobs as job_domain
 from coordd.runtime import Runtime
 from coordd.store.jobs import queries
@@ -75,19 +74,7 @@ def run(jobs: int, batches: int, pg_admin_url: str) -> dict[str, Any]:
     rt = Runtime(settings)
     try:
         migrate(rt.store)
-        tag = uuid.uuid4().hex[:8]
-        submitter = auth.create_user(
-            rt, f"s-{tag}@b.example", "bench-password-1", "", ["participant"], self_service=False
-        )
-        provider = auth.create_user(
-            rt, f"p-{tag}@b.example", "bench-password-1", "", ["provider"], self_service=False
-        )
-        spec = job_domain.make_spec(
-            "inference", "noop", job_domain.Payload(b"{}", "", ""), [], 0, 0, 0, 0, None, None, None, None
-        )
-        for start in range(0, jobs, 1000):
-            with rt.store.write() as tx:
-                job_domain.insert_jobs(tx, submitter.id, [spec] * min(1000, jobs - start))
+        provider = fill_queue(rt, jobs)
         db = rt.store.db
         execute = db.execute_sql
         db.execute_sql("ANALYZE job")
