@@ -491,3 +491,40 @@ def _race_two_daemons(server: ServerHandle, tmp_path: Path) -> None:
     assert (seen.confirmed_count, seen.waitlisted_count) == (20, 130)
     records = IdempotencyRecord.select().where(IdempotencyRecord.key.startswith("both-"))
     assert records.count() == 150 and {r.state for r in records} == {"done"}
+
+
+class _DeadlockDetected(Exception):
+    pgcode = "40P01"  # what psycopg2 reports for PostgreSQL's deadlock_detected
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_registration_that_loses_a_deadlock_runs_again_instead_of_failing(server, monkeypatch):
+    """A registration alone in its savepoint (here: a user raced before, so never in the batch
+    claim) meets a deadlock with another process: the batch rolls back and runs again, and the
+    caller gets its registration, not INTERNAL (seen once with two daemons on one database)."""
+    import peewee
+
+    from coordd.domain.competition import registration
+
+    _, org = server.make_user("organizer")
+    comp = create(server, org, capacity=5)
+    [(user_id, _)] = bulk_users(server, 1)
+    who = Principal(user_id=user_id, roles=frozenset({"participant"}), kind="token")
+    real = registration.register_in
+    calls: list[int] = []
+
+    def deadlocks_once(tx, comp_id, principal):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:  # as peewee raises it: the driver's error as its cause
+            cause = _DeadlockDetected("deadlock detected")
+            raise peewee.OperationalError(cause) from cause
+        return real(tx, comp_id, principal)
+
+    monkeypatch.setattr(registration, "register_in", deadlocks_once)
+    ask = rules.Ask(server.rt, who)
+    ask.raced = True  # registered alone, in its own savepoint
+    [got] = rules.register_many(server.rt, _comp_id(comp), [ask])
+    assert not isinstance(got, BaseException), got
+    assert got.view.created and got.view.registration.state == "CONFIRMED"
+    assert len(calls) == 2
+    assert Registration.select().where(Registration.user == user_id).count() == 1

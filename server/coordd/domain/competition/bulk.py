@@ -36,7 +36,7 @@ from coordd.runtime import Runtime
 from coordd.store.competition import bulk as store
 from coordd.store.competition import queries
 from coordd.store.competition.models import Registration
-from coordd.store.db import Tx, flush
+from coordd.store.db import Tx, conflict_of, flush
 from coordd.store.group_commit import RetryBatch
 
 
@@ -174,6 +174,9 @@ def _newcomers(
     return views
 
 
+_RUN_AGAIN = frozenset({"deadlock", "serialization failure"})
+
+
 def _alone(tx: Tx, comp_id: str, ask: Ask, one_by_one: OneByOne) -> RegistrationView | BaseException:
     """One registration in its own savepoint: its failure undoes only itself."""
     mark = len(tx.pending_events)
@@ -182,6 +185,11 @@ def _alone(tx: Tx, comp_id: str, ask: Ask, one_by_one: OneByOne) -> Registration
             return one_by_one(tx, comp_id, ask.who)
     except Exception as exc:
         del tx.pending_events[mark:]
+        if ask.rt.store.is_postgres and conflict_of(exc) in _RUN_AGAIN:
+            # A deadlock or serialization failure with another transaction (another process
+            # registering the same users): not this call's answer. The whole batch rolls back
+            # and runs again (store/group_commit.py); before, it reached the caller as INTERNAL.
+            raise
         if not isinstance(exc, queries.IntegrityError):
             return exc
         # The same user twice in flight: the first one's row is the answer.
