@@ -58,6 +58,13 @@ def _completions(leases: job_pb2.JobLeases, outputs: list[bytes], lease_ids: lis
     )
 
 
+def _wait_until_queued(name: str, within_s: float = 10.0) -> None:
+    deadline = time.monotonic() + within_s
+    while job_row(name).state != "queued":
+        assert time.monotonic() < deadline, f"{name} is {job_row(name).state}, not back in the queue"
+        time.sleep(0.02)
+
+
 def _stream_error(stream: Stream) -> RpcFailure:
     with pytest.raises(grpc.RpcError) as info:
         while True:
@@ -254,9 +261,8 @@ def test_a_stream_cancelled_while_waiting_leaves_later_jobs_queued(env):
     stream.open(max_jobs=1)
     time.sleep(0.3)  # waiting for work
     stream.call.cancel()
-    time.sleep(0.3)
     job = env.submit()
-    assert job_row(job.name).state == "queued"
+    _wait_until_queued(job.name)  # at once, or once a hand-over to the ended stream came back
     assert [x.job.name for x in env.claim(env.worker_b)] == [job.name]
 
 
@@ -384,7 +390,8 @@ def test_job_worker_stopped_from_another_task_stops_waiting_for_jobs(env):
         return got
 
     assert _run(work()) == []
-    job = env.submit()  # nothing is leased to the stream that ended
+    job = env.submit()  # nothing stays leased to the stream that ended
+    _wait_until_queued(job.name)
     assert [x.job.name for x in env.claim(env.worker_b)] == [job.name]
 
 
