@@ -161,7 +161,7 @@ def test_the_running_scheduler_rescues_expired_leases_by_itself(server, clock):
 def test_a_worker_waiting_on_another_replica_is_woken_through_redis(settings_factory, clock, monkeypatch):
     """Two replicas on one PostgreSQL and Redis: a job submitted on A reaches a worker
     long-polling on B through the queue event, not through B's periodic re-poll."""
-    from coordd.api import jobs as jobs_api
+    from coordd.api import job_workers as jobs_api
 
     monkeypatch.setattr(jobs_api, "REPOLL_S", 60.0)  # only an event can wake the waiter in time
     a = ServerHandle(settings_factory(scheduler_enabled=False), clock)

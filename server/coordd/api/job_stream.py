@@ -183,7 +183,7 @@ class WorkStream:
         spawn: Callable[[Any], None],
     ) -> None:
         """`wait_for_work` and `spawn` are the servicer's: its hand-over dispatcher and its
-        background tasks (api/jobs.py)."""
+        background tasks (api/job_workers.py)."""
         self.rt = rt
         self._wait = wait_for_work
         self._spawn = spawn
