@@ -45,6 +45,23 @@ def _kind(sql: str) -> str:
     return sql.split("(")[0][:40].strip()
 
 
+def migrated_runtime(pg_admin_url: str, name: str) -> tuple[Any, Runtime]:
+    """A fresh PostgreSQL database (bench_jobs.PgDatabase: drop it when done) and an in-process
+    Runtime on it, migrated."""
+    pg = bench_jobs.PgDatabase(pg_admin_url, name)
+    settings = bench_jobs.load_settings(
+        None,
+        env={},
+        data_dir=tempfile.mkdtemp(prefix=f"coordd-bench-{name}-"),
+        database_url=pg.url,
+        jwt_secret=bench_jobs.JWT_SECRET,
+        **bench_jobs.FAST_ARGON,
+    )
+    rt = Runtime(settings)
+    migrate(rt.store)
+    return pg, rt
+
+
 def fill_queue(rt: Runtime, jobs: int) -> Any:
     """A submitter with `jobs` queued no-op jobs, and a provider to run them (returned)."""
     tag = uuid.uuid4().hex[:8]
@@ -64,18 +81,8 @@ def fill_queue(rt: Runtime, jobs: int) -> Any:
 
 
 def run(jobs: int, batch: int, pg_admin_url: str, drop_indexes: list[str]) -> dict[str, Any]:
-    pg = bench_jobs.PgDatabase(pg_admin_url, "statements")
-    settings = bench_jobs.load_settings(
-        None,
-        env={},
-        data_dir=tempfile.mkdtemp(prefix="coordd-bench-statements-"),
-        database_url=pg.url,
-        jwt_secret=bench_jobs.JWT_SECRET,
-        **bench_jobs.FAST_ARGON,
-    )
-    rt = Runtime(settings)
+    pg, rt = migrated_runtime(pg_admin_url, "statements")
     try:
-        migrate(rt.store)
         for name in drop_indexes:  # what an index costs the hot path (a measurement, not a proposal)
             rt.store.db.execute_sql(f'DROP INDEX "{name}"')
         provider = fill_queue(rt, jobs)

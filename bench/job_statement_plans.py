@@ -19,20 +19,16 @@ import hashlib
 import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import jobs as bench_jobs
-from job_complete_statements import fill_queue
+from job_complete_statements import fill_queue, migrated_runtime
 
 from coordd.core.principal import Principal
 from coordd.domain import jobs as job_domain
-from coordd.runtime import Runtime
 from coordd.store.jobs import queries
-from coordd.store.migrations import migrate
 
 
 def _kind(sql: str) -> str:
@@ -62,18 +58,8 @@ def _timed(db: Any, execute: Any, sql: str, params: Any) -> tuple[float, float]:
 
 
 def run(jobs: int, batches: int, pg_admin_url: str) -> dict[str, Any]:
-    pg = bench_jobs.PgDatabase(pg_admin_url, "plans")
-    settings = bench_jobs.load_settings(
-        None,
-        env={},
-        data_dir=tempfile.mkdtemp(prefix="coordd-bench-plans-"),
-        database_url=pg.url,
-        jwt_secret=bench_jobs.JWT_SECRET,
-        **bench_jobs.FAST_ARGON,
-    )
-    rt = Runtime(settings)
+    pg, rt = migrated_runtime(pg_admin_url, "plans")
     try:
-        migrate(rt.store)
         provider = fill_queue(rt, jobs)
         db = rt.store.db
         execute = db.execute_sql

@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from coordd.api.decoding import CheckedStream
 from coordd.api.job_messages import KIND_PROTO, job_id_of
 from coordd.api.validation import check_request
+from coordd.core.clock import micros_of
 from coordd.core.errors import DomainError, FieldViolation, InvalidArgument, Unavailable, Violations
 from coordd.core.principal import Principal
 from coordd.domain import jobs
@@ -26,7 +26,6 @@ from coordd.runtime import Runtime
 from coordd_client.v1 import job_pb2
 
 _UNSPECIFIED = job_pb2.JOB_KIND_UNSPECIFIED
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # check_payload's paths (`<path>`, `<path>.sha256`, ...) -> this message's columns.
@@ -38,64 +37,66 @@ _OUTPUT_COLUMNS = {
 }
 
 
+def _columns(
+    v: Violations, message: Any, prefix: str, every: tuple[str, ...], each_or_none: tuple[str, ...]
+) -> int:
+    """How many jobs `message` carries (its `jobs` column); a column of another length is a
+    violation (`each_or_none` columns may also be empty). Raises when any is."""
+    count = len(message.jobs)
+    if count > jobs.MAX_CLAIM:
+        v.add(f"{prefix}.jobs", f"at most {jobs.MAX_CLAIM} jobs a message")
+    for column in every:
+        if len(getattr(message, column)) != count:
+            v.add(f"{prefix}.{column}", f"one element a job ({count})")
+    for column in each_or_none:
+        if len(getattr(message, column)) not in (0, count):
+            v.add(f"{prefix}.{column}", f"one element a job ({count}) or none")
+    v.raise_if_any()
+    return count
+
+
+def _lease(v: Violations, prefix: str, i: int, name: str, attempt: int, lease_id: str) -> jobs.LeaseRef:
+    """Row i's lease, as jobs.check_lease checks one, with this message's field paths."""
+    job_id = job_id_of(name, f"{prefix}.jobs[{i}]")
+    if attempt <= 0:
+        v.add(f"{prefix}.attempts[{i}]", "required")
+    if not lease_id or len(lease_id) > 32:
+        v.add(f"{prefix}.lease_ids[{i}]", "required, at most 32 characters")
+    return jobs.LeaseRef(job_id, attempt, lease_id)
+
+
 def completions_from_proto(c: job_pb2.JobCompletions) -> list[tuple[jobs.LeaseRef, jobs.Payload]]:
     """The completions, checked as BatchCompleteJobs checks its requests (field paths
     `complete.<column>[i]`); INVALID_ARGUMENT for the whole message otherwise."""
-    count = len(c.jobs)
     v = Violations()
-    if count > jobs.MAX_CLAIM:
-        v.add("complete.jobs", f"at most {jobs.MAX_CLAIM} completions a message")
-    for column in ("attempts", "lease_ids", "output_sha256"):
-        if len(getattr(c, column)) != count:
-            v.add(f"complete.{column}", f"one element a job ({count})")
-    for column in ("output_data", "output_uris"):
-        if len(getattr(c, column)) not in (0, count):
-            v.add(f"complete.{column}", f"one element a job ({count}) or none")
-    v.raise_if_any()
+    count = _columns(
+        v, c, "complete", ("attempts", "lease_ids", "output_sha256"), ("output_data", "output_uris")
+    )
     data = list(c.output_data) or [b""] * count
     uris = list(c.output_uris) or [""] * count
     items: list[tuple[jobs.LeaseRef, jobs.Payload]] = []
     check_payload = jobs.check_payload
     columns = zip(c.jobs, c.attempts, c.lease_ids, c.output_sha256, data, uris, strict=True)
     for i, (name, attempt, lease_id, digest, inline, uri) in enumerate(columns):
-        job_id = job_id_of(name, f"complete.jobs[{i}]")
-        if attempt <= 0:
-            v.add(f"complete.attempts[{i}]", "required")
-        if not lease_id or len(lease_id) > 32:
-            v.add(f"complete.lease_ids[{i}]", "required, at most 32 characters")
+        lease = _lease(v, "complete", i, name, attempt, lease_id)
         found = len(v.items)
         output = check_payload(v, jobs.Payload(None if uri else inline, uri, digest), "")
         for k in range(found, len(v.items)):
             p = v.items[k]
             v.items[k] = FieldViolation(f"complete.{_OUTPUT_COLUMNS[p.field]}[{i}]", p.description)
         if output is not None:
-            items.append((jobs.LeaseRef(job_id, attempt, lease_id), output))
+            items.append((lease, output))
     v.raise_if_any()
     return items
 
 
 def heartbeats_from_proto(h: job_pb2.JobHeartbeats) -> list[tuple[jobs.LeaseRef, float]]:
     """The heartbeats, checked (field paths `heartbeat.<column>[i]`); INVALID_ARGUMENT otherwise."""
-    count = len(h.jobs)
     v = Violations()
-    if count > jobs.MAX_CLAIM:
-        v.add("heartbeat.jobs", f"at most {jobs.MAX_CLAIM} heartbeats a message")
-    for column in ("attempts", "lease_ids"):
-        if len(getattr(h, column)) != count:
-            v.add(f"heartbeat.{column}", f"one element a job ({count})")
-    if len(h.progress) not in (0, count):
-        v.add("heartbeat.progress", f"one element a job ({count}) or none")
-    v.raise_if_any()
+    count = _columns(v, h, "heartbeat", ("attempts", "lease_ids"), ("progress",))
     progress = list(h.progress) or [0.0] * count
-    items: list[tuple[jobs.LeaseRef, float]] = []
     columns = zip(h.jobs, h.attempts, h.lease_ids, progress, strict=True)
-    for i, (name, attempt, lease_id, done) in enumerate(columns):
-        job_id = job_id_of(name, f"heartbeat.jobs[{i}]")
-        if attempt <= 0:
-            v.add(f"heartbeat.attempts[{i}]", "required")
-        if not lease_id or len(lease_id) > 32:
-            v.add(f"heartbeat.lease_ids[{i}]", "required, at most 32 characters")
-        items.append((jobs.LeaseRef(job_id, attempt, lease_id), done))
+    items = [(_lease(v, "heartbeat", i, *row[:3]), row[3]) for i, row in enumerate(columns)]
     v.raise_if_any()
     return items
 
@@ -117,14 +118,9 @@ def heartbeat_results_to_proto(
             expiries.append(0)
             out.cancelled_jobs.append(name)
         else:
-            expiries.append(_us(outcome.expire_time))
+            expiries.append(micros_of(outcome.expire_time))
     out.expire_times_us.extend(expiries)
     return out
-
-
-def _us(value: datetime) -> int:
-    delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def leases_to_proto(leased: list[jobs.Leased]) -> job_pb2.JobLeases:
@@ -168,6 +164,26 @@ def results_to_proto(
     return out
 
 
+T = TypeVar("T")
+
+
+async def committing(call: Awaitable[T], if_abandoned: Callable[[T], None]) -> T:
+    """Awaits a database call that may lease jobs. If the caller goes away meanwhile (its task
+    is cancelled), the call still commits in its thread and `if_abandoned` gets its result
+    (to hand the leased jobs back at once): ClaimJobs and WorkJobs both claim this way."""
+    task = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+
+        def abandoned(done: asyncio.Future[T]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                if_abandoned(done.result())
+
+        task.add_done_callback(abandoned)
+        raise
+
+
 Replies = list[tuple[job_pb2.WorkJobsResponse, list[jobs.Leased]]]
 
 
@@ -179,14 +195,15 @@ class WorkStream:
         rt: Runtime,
         who: Principal,
         stream: CheckedStream,
-        wait_for_work: Callable[[jobs.Worker, float], Awaitable[jobs.Leased | None]],
-        spawn: Callable[[Any], None],
+        wait_for_work: Callable[[jobs.Worker], Awaitable[jobs.Leased | None]],
+        give_back: Callable[[list[jobs.Leased]], None],
     ) -> None:
-        """`wait_for_work` and `spawn` are the servicer's: its hand-over dispatcher and its
-        background tasks (api/job_workers.py)."""
+        """`wait_for_work` and `give_back` are the servicer's (api/job_workers.py): a wait for its
+        hand-over dispatcher or the queue event, re-polling as ClaimJobs does, and how jobs
+        leased but not delivered go back to the queue."""
         self.rt = rt
         self._wait = wait_for_work
-        self._spawn = spawn
+        self._give_back = give_back
         self.who = who
         self.stream = stream
         self.wanted = 0
@@ -276,7 +293,7 @@ class WorkStream:
             return await self._claim() if asked else []
         rt, worker = self.rt, self.worker
         call = rt.run(jobs.complete_and_claim, rt, self.who, items, worker, self.wanted)
-        outcomes, leased = await self._claiming(call)
+        outcomes, leased = await committing(call, lambda result: self._give_back(result[1]))
         completed = results_to_proto(items, outcomes, self.attestations)
         if not leased:
             return [(job_pb2.WorkJobsResponse(completed=completed), [])]
@@ -288,34 +305,15 @@ class WorkStream:
         return [(reply, leased)]
 
     async def _claim(self) -> Replies:
-        leased = await self._claiming(self.rt.run(jobs.claim, self.rt, self.worker, self.wanted))
+        leased = await committing(self.rt.run(jobs.claim, self.rt, self.worker, self.wanted), self._give_back)
         return [(job_pb2.WorkJobsResponse(leases=leases_to_proto(leased)), leased)] if leased else []
-
-    async def _claiming(self, call: Any) -> Any:
-        """A database call that may lease jobs: if the stream ends meanwhile, it still commits in
-        its thread, and whatever it leased goes back at once."""
-        task = asyncio.ensure_future(call)
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(self._give_back_result)
-            raise
-
-    def _give_back_result(self, task: asyncio.Future[Any]) -> None:
-        if not task.cancelled() and task.exception() is None:
-            result = task.result()
-            self._give_back(result[1] if isinstance(result, tuple) else result)
-
-    def _give_back(self, leased: list[jobs.Leased]) -> None:
-        if leased:
-            self._spawn(self.rt.run(jobs.return_leases, self.rt, leased))
 
     async def _wait_for_work(self, reading: asyncio.Future[Any]) -> Replies:
         """Until a job is handed over or may be claimable (then it is claimed), or the worker
         sends its next message (then it is read)."""
         if self.rt.stopping.is_set():
             raise Unavailable("shutting down", reason="SHUTTING_DOWN")
-        waiting = asyncio.ensure_future(self._wait(self.worker, 1.0))
+        waiting = asyncio.ensure_future(self._wait(self.worker))
         try:
             await asyncio.wait({reading, waiting}, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from coordd.api.job_messages import (
     payload_from_proto,
     time_of,
 )
-from coordd.api.job_stream import WorkStream
+from coordd.api.job_stream import WorkStream, committing
 from coordd.core.errors import (
     DomainError,
     FieldViolation,
@@ -119,16 +120,11 @@ class JobWorkerMethods:
     async def _claim(self, worker: jobs.Worker, limit: int) -> list[jobs.Leased]:
         """One claim. If the call ends meanwhile (cancelled, deadline, caller gone), the
         transaction still commits in its thread: whatever it leased goes back at once."""
-        task = asyncio.ensure_future(self.rt.run(jobs.claim, self.rt, worker, limit))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(self._return_undelivered)
-            raise
+        return await committing(self.rt.run(jobs.claim, self.rt, worker, limit), self._return_undelivered)
 
-    def _return_undelivered(self, task: asyncio.Future[list[jobs.Leased]]) -> None:
-        if not task.cancelled() and task.exception() is None and task.result():
-            self._spawn(self.rt.run(jobs.return_leases, self.rt, task.result()))
+    def _return_undelivered(self, leased: list[jobs.Leased]) -> None:
+        if leased:
+            self._spawn(self.rt.run(jobs.return_leases, self.rt, leased))
 
     def _claim_reply(self, worker: jobs.Worker, leased: list[jobs.Leased]) -> job_pb2.ClaimJobsResponse:
         """The reply; the claim statement already kept it within the worker's reply limit (an
@@ -244,7 +240,8 @@ class JobWorkerMethods:
     ) -> AsyncIterator[job_pb2.WorkJobsResponse]:
         # The generator itself, not one wrapping it: when the pipeline closes it, a reply it
         # could not send hands its jobs back at once (api/job_stream.py).
-        return WorkStream(self.rt, require_user(), request_iterator, self._wait_for_work, self._spawn).serve()
+        wait = functools.partial(self._wait_for_work, timeout=REPOLL_S)
+        return WorkStream(self.rt, require_user(), request_iterator, wait, self._return_undelivered).serve()
 
     async def FailJob(self, request: job_pb2.FailJobRequest, context: Any) -> job_pb2.FailJobResponse:
         who = require_user()

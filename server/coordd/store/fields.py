@@ -12,6 +12,8 @@ from typing import Any
 
 import peewee
 
+from coordd.core.clock import micros_of
+
 
 class TimestampField(peewee.BigIntegerField):
     def db_value(self, value: datetime | None) -> int | None:
@@ -21,8 +23,7 @@ class TimestampField(peewee.BigIntegerField):
             return value
         if value.tzinfo is None:
             raise ValueError("naive datetimes are not stored: use an aware UTC datetime")
-        delta = value - datetime(1970, 1, 1, tzinfo=UTC)
-        return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+        return micros_of(value)
 
     def python_value(self, value: int | None) -> datetime | None:
         if value is None:
